@@ -1,0 +1,5 @@
+import sys
+
+from hparr.cli import main
+
+sys.exit(main())

@@ -1,0 +1,187 @@
+"""Snapshots: safe loading, the original code's names and layout, and epoch labels."""
+from __future__ import annotations
+
+import glob
+import os
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from . import files
+from .errors import HparrError, UsageError
+
+SNAPSHOT_SUFFIXES = (".pt", ".tar", ".pth")
+FORMAT = "hparr-snapshot-1"
+
+
+def torch_load(path: str | os.PathLike) -> Any:
+    """torch.load with weights_only=True, turning every failure into a one-line HparrError."""
+    path = Path(path)
+    if not path.is_file():
+        raise HparrError(f"snapshot not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if "Weights only load failed" in str(exc) or "Unsupported" in str(exc):
+            raise HparrError(f"refused to load {path}: it holds pickled objects other than tensors and "
+                             "plain values, and loading it could run code") from None
+        raise HparrError(f"corrupt snapshot {path}: {first}") from None
+    except (EOFError, zipfile.BadZipFile, RuntimeError, ValueError, OSError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HparrError(f"truncated or corrupt snapshot {path}: {msg}") from None
+
+
+def state_dict_of(obj: Any, path: str | os.PathLike = "<snapshot>") -> dict[str, torch.Tensor]:
+    """The model state_dict inside a loaded snapshot (ours, the original's .tar, or a bare state_dict)."""
+    if isinstance(obj, dict):
+        for key in ("model_state_dict", "state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return clean_keys(obj)
+    raise HparrError(f"{path} holds no model state_dict")
+
+
+def clean_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop DataParallel/DDP/compile wrappers from keys (`features.module.0.weight` -> `features.0.weight`)."""
+    out = {}
+    for key, value in state.items():
+        parts = [p for p in key.split(".") if p not in ("module", "_orig_mod")]
+        out[".".join(parts)] = value
+    return out
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Safely read the model weights of any supported snapshot file."""
+    return state_dict_of(torch_load(path), path)
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "snapshot") -> None:
+    """Load `state` into `model`, or raise an error naming the keys and shapes that differ."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: snapshot {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            parts.append("shapes differ: " + "; ".join(shapes[:4]) + (" ..." if len(shapes) > 4 else ""))
+        if missing:
+            parts.append("missing keys: " + ", ".join(missing[:4]) + (" ..." if len(missing) > 4 else ""))
+        if unexpected:
+            parts.append("unexpected keys: " + ", ".join(unexpected[:4]) + (" ..." if len(unexpected) > 4 else ""))
+        raise HparrError(f"{source} does not match this architecture/class count ({'; '.join(parts)})")
+    model.load_state_dict(state)
+
+
+def load_model_weights(model: torch.nn.Module, path: str | os.PathLike) -> dict[str, Any]:
+    """Load a snapshot file into `model`; return the whole snapshot (for its metadata)."""
+    obj = torch_load(path)
+    load_weights(model, state_dict_of(obj, path), source=str(path))
+    return obj if isinstance(obj, dict) else {}
+
+
+def save_snapshot(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """Atomically write a snapshot of tensors and plain Python values."""
+    files.save_torch(payload, path)
+
+
+# --- names, layout and epoch labels --------------------------------------------------------------
+
+def run_directory(models_path: str | os.PathLike, dataset: str, arch: str, seed: int | None,
+                  subsample_classes: int = 0, noise: float = 0.0) -> Path:
+    """`<models>/<dataset>[_<k>]/[noise_<pct>|pixel_shuffle/]<arch>/<seed>/`, as the original code laid it out."""
+    path = Path(models_path) / (f"{dataset}_{subsample_classes}" if subsample_classes else dataset)
+    if noise < 0:
+        path /= "pixel_shuffle"
+    elif noise > 0:
+        path /= f"noise_{round(noise * 100):g}"
+    path /= arch
+    if seed is not None:
+        path /= str(seed)
+    return path
+
+
+def init_name(arch: str, pretrained: bool = False) -> str:
+    return f"{arch}_{'pretrained' if pretrained else 'init'}_0.pt"
+
+
+def epoch_name(arch: str, epoch_index: int) -> str:
+    """Periodic snapshot after the epoch with 0-based index `epoch_index`."""
+    return f"{arch}_{epoch_index}.tar"
+
+
+def final_name(arch: str, epochs: int, pretrained: bool = False) -> str:
+    return f"{arch}_{'pretrained_' if pretrained else ''}{epochs}.pt"
+
+
+def epoch_from_filename(path: str | os.PathLike) -> int:
+    """The original file-name rule: 'pretrained' -> -1, 'init' -> 0, `<arch>_<e>.tar` -> e+1.
+
+    A final `<arch>_<N>.pt` is labelled N, the epochs it ran (the original labelled it N+1).
+    """
+    stem, suffix = os.path.splitext(os.path.basename(str(path)))
+    parts = stem.split("_")
+    if "pretrained" in parts:
+        return -1
+    if "init" in parts:
+        return 0
+    if not re.fullmatch(r"\d+", parts[-1]):
+        raise HparrError(f"cannot tell the epoch of {path}: its name does not end in _<number>")
+    number = int(parts[-1])
+    return number if suffix == ".pt" else number + 1
+
+
+def snapshot_epoch(obj: Any, path: str | os.PathLike) -> int:
+    """Completed epochs of a snapshot: from its own metadata, else from the file-name rule."""
+    if isinstance(obj, dict):
+        if "epochs_completed" in obj:
+            return int(obj["epochs_completed"])
+        if "epoch" in obj and "model_state_dict" in obj:  # the original .tar: 0-based finished epoch
+            return int(obj["epoch"]) + 1
+    return epoch_from_filename(path)
+
+
+def find_snapshots(specs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand files, directories and globs into snapshot files, in a stable order."""
+    if isinstance(specs, (str, os.PathLike)):
+        specs = [specs]
+    found: list[Path] = []
+    for spec in specs:
+        spec = str(spec)
+        path = Path(spec)
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.is_file() and p.suffix in SNAPSHOT_SUFFIXES
+                            and not p.name.startswith("."))
+        elif path.is_file():
+            found.append(path)
+        elif glob.has_magic(spec):
+            found += sorted(Path(p) for p in glob.glob(spec) if Path(p).is_file())
+        else:
+            raise UsageError(f"no such snapshot file or directory: {spec}")
+    if not found:
+        raise UsageError(f"no snapshot files found in {', '.join(map(str, specs))}")
+    seen: set[Path] = set()
+    return [p for p in found if not (p in seen or seen.add(p))]
+
+
+def newest_snapshot(directory: str | os.PathLike) -> Path:
+    """The complete snapshot of a run directory with the most completed epochs."""
+    best: tuple[int, Path] | None = None
+    for path in find_snapshots(directory):
+        try:
+            epoch = snapshot_epoch(torch_load(path), path)
+        except HparrError:
+            continue  # a torn or foreign file is never the one to resume from
+        if best is None or epoch >= best[0]:
+            best = (epoch, path)
+    if best is None:
+        raise HparrError(f"no loadable snapshot in {directory}")
+    return best[1]

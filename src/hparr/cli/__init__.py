@@ -1,0 +1,59 @@
+"""The `hparr` command: a thin layer that parses flags, calls the library and writes results."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import HparrError
+
+# subcommand -> (module under hparr.cli, one-line help)
+COMMANDS = {
+    "train": ("train", "train a model with snapshots (the paper's train.py)"),
+    "projections": ("projections", "per-layer hyperplane statistics and bias tests (compute_projections.py)"),
+    "reinit": ("reinit", "layer re-initialization test of Zhang et al. (reinit_layers.py)"),
+    "reproduce": ("reproduce", "the whole study: train, projections, reinit, report"),
+    "report": ("report", "figures, summary.md and index.html from result files"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hparr", description=__doc__)
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"hparr {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        mod = importlib.import_module(f"{__name__}.{module}")
+        p = sub.add_parser(name, help=help_text, description=getattr(mod, "DESCRIPTION", help_text))
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `hparr` and `python -m hparr`; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except HparrError as exc:
+        print(f"hparr {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"hparr {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - out-of-memory must read as advice, not a traceback
+        if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+            print(f"hparr {args.command}: error: out of memory ({str(exc).splitlines()[0][:200]}); "
+                  "try a smaller --batch-size", file=sys.stderr)
+            return 1
+        raise
+
+
+def script_main(command: str) -> None:
+    """Run `command` with the process arguments (for the paper's script names)."""
+    sys.exit(main([command, *sys.argv[1:]]))

@@ -1,0 +1,207 @@
+"""Architectures: the paper's (lenet, AlexNet, VGG, MLP) and any torchvision classifier.
+
+Every model is built with its own seed inside a forked RNG, so building one never touches
+the global torch RNG and the same seed always gives the same initialization.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torchvision
+
+from .errors import HparrError, UsageError
+
+VGG_ARCHS = ("vgg11", "vgg13", "vgg16", "vgg19", "vgg11bn", "vgg13bn", "vgg16bn", "vgg19bn", "vgg19_orig")
+ARCHS = ("lenet", "alexnet", *VGG_ARCHS, "mlp", "mlp_bn")
+
+LENET_CFG = (6, 6, "M", 16, 16, "M", 64, 64, "M")
+
+
+class LeNet(nn.Module):
+    """The paper's lenet: 3x3 convs [6, 6, M, 16, 16, M, 64, 64, M], avgpool 3x3, 3 Linears."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for v in LENET_CFG:
+            if v == "M":
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            else:
+                layers += [nn.Conv2d(channels, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+                channels = v
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d((3, 3))
+        self.classifier = nn.Sequential(
+            nn.Linear(64 * 3 * 3, 120), nn.ReLU(inplace=True), nn.Dropout(),
+            nn.Linear(120, 84), nn.ReLU(inplace=True), nn.Dropout(),
+            nn.Linear(84, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.avgpool(self.features(x))
+        return self.classifier(torch.flatten(x, 1))
+
+
+class MLP(nn.Module):
+    """The paper's MLP: in->4096, three blocks 4096->1024->4096, then 4096->classes."""
+
+    def __init__(self, num_classes: int = 10, in_features: int = 3072, batchnorm: bool = False):
+        super().__init__()
+        widths = [in_features, 4096] + [1024, 4096] * 3
+        layers: list[nn.Module] = [nn.Flatten(1)]
+        for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(fan_in, fan_out), nn.Dropout(0.2)]
+            if batchnorm:
+                layers.append(nn.BatchNorm1d(fan_out))
+            layers.append(nn.ReLU(inplace=True))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(4096, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def _init_lenet(model: nn.Module) -> None:
+    gain = nn.init.calculate_gain("relu")
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight, gain=gain)
+            nn.init.zeros_(m.bias)
+
+
+def _init_vgg(model: nn.Module, orig: bool) -> None:
+    """torchvision's VGG scheme, or N(0, 0.01^2) everywhere for the original VGG paper."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            if orig:
+                nn.init.normal_(m.weight, 0.0, 0.01)
+            else:
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
+def _init_mlp(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm1d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def _replace_first_conv(model: nn.Module, in_channels: int, **overrides) -> None:
+    """Swap the first Conv2d for one with `in_channels` inputs (and optional new geometry)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+            new = nn.Conv2d(
+                in_channels, module.out_channels,
+                kernel_size=overrides.get("kernel_size", module.kernel_size),
+                stride=overrides.get("stride", module.stride),
+                padding=overrides.get("padding", module.padding),
+                bias=module.bias is not None,
+            )
+            setattr(parent, name.rpartition(".")[2], new)
+            return
+    raise HparrError("model has no Conv2d to adapt to the input channels")
+
+
+def _construct(arch: str, num_classes: int, in_channels: int, input_size: int) -> nn.Module:
+    tvm = torchvision.models
+    if arch == "lenet":
+        model = LeNet(num_classes, in_channels)
+        _init_lenet(model)
+    elif arch in ("mlp", "mlp_bn"):
+        model = MLP(num_classes, in_channels * input_size * input_size, batchnorm=arch == "mlp_bn")
+        _init_mlp(model)
+    elif arch == "alexnet":
+        model = tvm.alexnet(weights=None, num_classes=num_classes)
+        if input_size < 64:
+            # torchvision's 11x11 stride-4 stem reduces a 32 px image to nothing before the last pool.
+            _replace_first_conv(model, in_channels, kernel_size=5, stride=1, padding=2)
+        elif in_channels != 3:
+            _replace_first_conv(model, in_channels)
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.reset_parameters()
+    elif arch in VGG_ARCHS:
+        name = "vgg19" if arch == "vgg19_orig" else arch.replace("bn", "_bn")
+        model = tvm.get_model(name, weights=None, num_classes=num_classes)
+        if in_channels != 3:
+            _replace_first_conv(model, in_channels)
+        _init_vgg(model, orig=arch == "vgg19_orig")
+    else:
+        model = tvm.get_model(arch, weights=None, num_classes=num_classes)
+        if in_channels != 3:
+            _replace_first_conv(model, in_channels)
+            first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+            nn.init.kaiming_normal_(first.weight, mode="fan_out", nonlinearity="relu")
+    return model
+
+
+def supported_archs() -> list[str]:
+    """The paper's architectures, then every torchvision classification model."""
+    extra = sorted(set(torchvision.models.list_models(module=torchvision.models)) - {"vgg19", "alexnet"}
+                   - {a.replace("bn", "_bn") for a in VGG_ARCHS})
+    return list(ARCHS) + extra
+
+
+def check_arch(arch: str) -> str:
+    """Return `arch` if it is known, else raise a UsageError that lists the names."""
+    if arch in ARCHS or arch in torchvision.models.list_models(module=torchvision.models):
+        return arch
+    raise UsageError(f"unknown architecture {arch!r}; supported: {', '.join(ARCHS)}, "
+                     "or any torchvision classification model (e.g. resnet18)")
+
+
+def build_model(arch: str, num_classes: int = 10, in_channels: int = 3, input_size: int = 32,
+                seed: int = 0, pretrained: bool = False, weights: str | os.PathLike | None = None) -> nn.Module:
+    """Build `arch` initialized from `seed` (the global RNG is left untouched).
+
+    `pretrained` loads torchvision's ImageNet weights from `weights` or the local hub cache;
+    layers whose shape differs (class count, input channels) keep their fresh initialization.
+    """
+    check_arch(arch)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _construct(arch, num_classes, in_channels, input_size)
+    if pretrained or weights is not None:
+        load_pretrained(model, arch, weights)
+    return model
+
+
+def pretrained_file(arch: str) -> Path:
+    """Where torchvision's ImageNet weights for `arch` are expected in the local hub cache."""
+    name = "vgg19" if arch == "vgg19_orig" else arch.replace("bn", "_bn") if arch in VGG_ARCHS else arch
+    if arch in ("lenet", "mlp", "mlp_bn", "vgg19_orig"):
+        raise UsageError(f"--pretrained: no ImageNet weights exist for {arch!r}")
+    url = torchvision.models.get_model_weights(name).DEFAULT.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def load_pretrained(model: nn.Module, arch: str, weights: str | os.PathLike | None = None) -> list[str]:
+    """Copy ImageNet weights into `model`; return the keys left at their initialization."""
+    path = Path(weights) if weights is not None else pretrained_file(arch)
+    if not path.is_file():
+        raise HparrError(
+            f"pretrained weights for {arch} not found: expected {path}. Copy torchvision's file "
+            f"{path.name} there (the torch hub cache, set by TORCH_HOME) or pass --weights PATH")
+    from .checkpoints import load_state_dict_file
+
+    state = load_state_dict_file(path)
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(usable, strict=False)
+    return sorted(set(own) - set(usable))
