@@ -5,7 +5,6 @@ import glob
 import os
 import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -18,20 +17,23 @@ SNAPSHOT_SUFFIXES = (".pt", ".tar", ".pth")
 FORMAT = "hparr-snapshot-1"
 
 
-def torch_load(path: str | os.PathLike) -> Any:
-    """torch.load with weights_only=True, turning every failure into a one-line HparrError."""
+def torch_load(path: str | os.PathLike, mmap: bool = False) -> Any:
+    """torch.load with weights_only=True, turning every failure into a one-line HparrError.
+
+    `mmap` maps the file instead of reading it (zip-format files; others are read whole), so that
+    only the tensors used are read from disk.
+    """
     path = Path(path)
     if not path.is_file():
         raise HparrError(f"snapshot not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        if "Weights only load failed" in str(exc) or "Unsupported" in str(exc):
+        if re.search(r"Unsupported (global|class)|GLOBAL|not an allowed global", str(exc)):
             raise HparrError(f"refused to load {path}: it holds pickled objects other than tensors and "
                              "plain values, and loading it could run code") from None
-        raise HparrError(f"corrupt snapshot {path}: {first}") from None
-    except (EOFError, zipfile.BadZipFile, RuntimeError, ValueError, OSError) as exc:
+        raise HparrError(f"truncated or corrupt snapshot {path}: not a tensor snapshot") from None
+    except Exception as exc:  # noqa: BLE001 - a torn file fails in many ways, all of them "corrupt"
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise HparrError(f"truncated or corrupt snapshot {path}: {msg}") from None
 

@@ -127,20 +127,29 @@ def _construct(arch: str, num_classes: int, in_channels: int, input_size: int) -
         model = MLP(num_classes, in_channels * input_size * input_size, batchnorm=arch == "mlp_bn")
         _init_mlp(model)
     elif arch == "alexnet":
-        model = tvm.alexnet(weights=None, num_classes=num_classes)
-        if input_size < 64:
-            # torchvision's 11x11 stride-4 stem reduces a 32 px image to nothing before the last pool.
-            _replace_first_conv(model, in_channels, kernel_size=5, stride=1, padding=2)
-        elif in_channels != 3:
-            _replace_first_conv(model, in_channels)
+        with torch.device("meta"):  # every parameter is initialized below: skip torchvision's own pass
+            model = tvm.alexnet(weights=None, num_classes=num_classes)
+            if input_size < 64:
+                # torchvision's 11x11 stride-4 stem reduces a 32 px image to nothing before the last pool.
+                _replace_first_conv(model, in_channels, kernel_size=5, stride=1, padding=2)
+            elif in_channels != 3:
+                _replace_first_conv(model, in_channels)
+        model.to_empty(device="cpu")
         for m in model.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 m.reset_parameters()
     elif arch in VGG_ARCHS:
         name = "vgg19" if arch == "vgg19_orig" else arch.replace("bn", "_bn")
-        model = tvm.get_model(name, weights=None, num_classes=num_classes)
-        if in_channels != 3:
-            _replace_first_conv(model, in_channels)
+        with torch.device("meta"):
+            model = tvm.get_model(name, weights=None, num_classes=num_classes)
+            if in_channels != 3:
+                _replace_first_conv(model, in_channels)
+        model.to_empty(device="cpu")
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.reset_running_stats()
+            elif isinstance(m, nn.MaxPool2d) and input_size % 32:
+                m.ceil_mode = True  # five halvings of 28 px would reach 0; rounding up keeps 1x1 at the end
         _init_vgg(model, orig=arch == "vgg19_orig")
     else:
         model = tvm.get_model(arch, weights=None, num_classes=num_classes)

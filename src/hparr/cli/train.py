@@ -1,0 +1,153 @@
+"""`hparr train`: the paper's train.py, flag for flag, plus resume, AMP and torchrun."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+DESCRIPTION = "Model training/finetuning, with snapshots in the original code's layout."
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """The dataset flags shared by train, reinit and reproduce."""
+    p.add_argument("--dataset", type=str, default=None,
+                   help="dataset to train on; run without it to list the datasets")
+    p.add_argument("--data-path", type=str, default="./data", help="folder holding the dataset files [./data]")
+    p.add_argument("--download", action="store_true", help="download MNIST/CIFAR into --data-path if missing")
+    p.add_argument("--subsample-classes", type=int, default=0,
+                   help="use only this many classes (0 = all) [0]")
+    p.add_argument("--class-sample-seed", type=int, default=None, help="seed for choosing the classes")
+    p.add_argument("--unnormalize", action="store_true",
+                   help="no mean/std normalization: pixel values in [0, 1]")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", type=str, default=None, help="architecture; run without it to list them")
+    add_data_arguments(p)
+    p.add_argument("--noise", type=float, default=0.0,
+                   help="ratio of corrupted training labels in [0, 1]; -1 = pixel shuffle instead [0]")
+    p.add_argument("--noise-seed", type=int, default=None, help="seed for label corruption / pixel shuffle")
+    p.add_argument("--augmentation", action="store_true", help="enable data augmentation")
+    p.add_argument("--pretrained", action="store_true", help="start from torchvision's ImageNet weights")
+    p.add_argument("--weights", type=str, default=None, help="file of pretrained weights (implies --pretrained)")
+    p.add_argument("--split", type=float, default=0.0,
+                   help="fraction of the training set held out for validation (0 = none) [0]")
+    p.add_argument("--stratified", action="store_true", help="validation split with equal samples per class")
+    p.add_argument("--split-seed", type=int, default=None, help="seed for shuffling before the split")
+    p.add_argument("--shuffle", action="store_true", help="shuffle the training data before the split")
+    p.add_argument("--evaluate", "--test-only", action="store_true",
+                   help="evaluate the --resume-from snapshot on the test set and exit")
+    p.add_argument("--evaluate-train", action="store_true",
+                   help="evaluate the --resume-from snapshot on the training set and exit")
+    p.add_argument("--cuda", action="store_true", help="use the GPU (falls back to the CPU with a warning)")
+    p.add_argument("--amp", nargs="?", const="bf16", default=None, choices=["bf16", "fp16"],
+                   help="mixed precision on the GPU (bf16 by default; fp16 uses a GradScaler)")
+    p.add_argument("--sync-bn", action="store_true", help="synchronized BatchNorm under torchrun")
+    p.add_argument("--workers", "-j", type=int, default=1, help="data loading processes (ImageNet only) [1]")
+    p.add_argument("--epochs", type=int, default=20, help="number of training epochs [20]")
+    p.add_argument("--start-epoch", type=int, default=0, help="starting epoch (for a bare-weights resume) [0]")
+    p.add_argument("--batch-size", type=int, default=128, help="minibatch size [128]")
+    p.add_argument("--optimizer", type=str, default="sgd", help="sgd or adam [sgd]")
+    p.add_argument("--lr", type=float, default=0.001, help="base learning rate [0.001]")
+    p.add_argument("--lr-step", type=int, default=0, help="decay the lr every this many epochs [off]")
+    p.add_argument("--lr-decay", type=float, default=0.0, help="lr decay factor [off]")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay (SGD) [1e-4]")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum [0.9]")
+    p.add_argument("--models-path", type=str, default="./models", help="where snapshots are stored [./models]")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of initialization, data order and dropout (a random one is drawn and recorded if unset)")
+    p.add_argument("--tb-logdir", type=str, default="./tensorboard", help="TensorBoard folder [./tensorboard]")
+    p.add_argument("--snapshot-every", type=int, default=0, help="snapshot every E epochs [0 = only the last]")
+    p.add_argument("--snapshot-all-until", type=int, default=0,
+                   help="snapshot every epoch until this one, then every --snapshot-every")
+    p.add_argument("--resume-from", type=str, default=None,
+                   help="snapshot to resume from; 'auto' or a directory picks the run's newest complete one")
+    p.add_argument("--kill-plateaus", action="store_true",
+                   help="stop when validation accuracy stalls in the first 10 epochs")
+    p.add_argument("--train-acc", action="store_true", help="also report training accuracy at snapshots")
+    p.add_argument("--log", type=str, default="train.log", help="log file name, in the run directory [train.log]")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+
+
+def data_options(args):
+    from ..data import DataOptions
+
+    return DataOptions(
+        dataset=args.dataset, data_path=args.data_path, download=args.download,
+        noise=getattr(args, "noise", 0.0), noise_seed=getattr(args, "noise_seed", None),
+        subsample_classes=args.subsample_classes, class_sample_seed=args.class_sample_seed,
+        split=getattr(args, "split", 0.0), split_seed=getattr(args, "split_seed", None),
+        stratified=getattr(args, "stratified", False), shuffle=getattr(args, "shuffle", False),
+        augmentation=getattr(args, "augmentation", False), unnormalize=args.unnormalize)
+
+
+def listing(args) -> bool:
+    """The original behaviour: no --arch lists the architectures, no --dataset the datasets."""
+    if args.arch is None:
+        from ..models import supported_archs
+
+        print("Available architectures:\n  " + "\n  ".join(supported_archs()))
+        return True
+    if args.dataset is None:
+        from ..data import DATASETS
+
+        print("Available datasets:\n  " + "\n  ".join(DATASETS))
+        return True
+    return False
+
+
+def setup_logging() -> None:
+    logger = logging.getLogger("hparr")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+def settings_from_args(args):
+    from ..training import TrainSettings
+
+    return TrainSettings(
+        arch=args.arch, data=data_options(args), epochs=args.epochs, start_epoch=args.start_epoch,
+        batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, lr_step=args.lr_step,
+        lr_decay=args.lr_decay, weight_decay=args.weight_decay, momentum=args.momentum, seed=args.seed,
+        models_path=args.models_path, tb_logdir=args.tb_logdir or None, snapshot_every=args.snapshot_every,
+        snapshot_all_until=args.snapshot_all_until, resume_from=args.resume_from,
+        kill_plateaus=args.kill_plateaus, train_acc=args.train_acc,
+        pretrained=args.pretrained or args.weights is not None, weights=args.weights, cuda=args.cuda,
+        amp=args.amp, sync_bn=args.sync_bn, workers=args.workers, progress=not args.no_progress, log=args.log)
+
+
+def run(args) -> int:
+    if listing(args):
+        return 0
+    import torch
+
+    from ..errors import UsageError
+    from ..training import Run, default_threads, distributed
+
+    setup_logging()
+    torch.set_num_threads(default_threads())
+    settings = settings_from_args(args)
+    if (args.evaluate or args.evaluate_train) and not args.resume_from:
+        raise UsageError("--evaluate/--evaluate-train need a snapshot: pass --resume-from")
+    session = Run(settings)
+    try:
+        if args.evaluate or args.evaluate_train:
+            split = "test" if args.evaluate else "train"
+            m = session.evaluate(split)
+            print(f"{split}: loss {m['loss']:.4f}  top1 {m['top1']:.2f}%  top5 {m['top5']:.2f}%  ({m['count']} images)")
+            if args.json:
+                print(json.dumps({"split": split, **m}))
+            return 0
+        summary = session.fit()
+    finally:
+        distributed.shutdown(session.ctx)
+    if args.json and session.ctx.is_main:
+        print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
+    elif session.ctx.is_main and summary["final"]:
+        t = summary["final"]["test"]
+        print(f"test accuracy: top1 {t['top1']:.2f}%  top5 {t['top5']:.2f}%  (snapshots in {summary['run_dir']})")
+    return 0

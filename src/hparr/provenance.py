@@ -1,0 +1,29 @@
+"""What produced a result: library versions and seeds, as plain values for result files."""
+from __future__ import annotations
+
+import platform
+import secrets
+
+import numpy as np
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and of the libraries that shape the numbers."""
+    import torch
+    import torchvision
+
+    from . import __version__
+
+    return {"hparr": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "numpy": np.__version__}
+
+
+def resolve_seed(seed: int | None) -> int:
+    """`seed`, or a fresh one (to be recorded) when the user gave none."""
+    return int(seed) if seed is not None else secrets.randbelow(2**31)
+
+
+def derive_seeds(seed: int, *names: str) -> dict[str, int]:
+    """Independent named seeds derived from one user seed (stable across runs and versions)."""
+    states = np.random.SeedSequence(seed).generate_state(len(names), dtype=np.uint32)
+    return {name: int(s) for name, s in zip(names, states)}

@@ -1,0 +1,441 @@
+"""Training with snapshots in the original layout, exact resume, TensorBoard and torchrun (DDP)."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import checkpoints, distributed
+from .data import DataOptions, load_data, make_loader
+from .errors import HparrError, UsageError
+from .models import build_model, check_arch
+from .provenance import derive_seeds, resolve_seed, versions
+
+log = logging.getLogger("hparr.train")
+
+PLATEAU_EPOCHS = 10
+
+
+@dataclass
+class TrainSettings:
+    """Every option of a training run (the paper's train.py flags, plus the new ones)."""
+
+    arch: str
+    data: DataOptions = field(default_factory=DataOptions)
+    epochs: int = 20
+    start_epoch: int = 0
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.001
+    lr_step: int = 0
+    lr_decay: float = 0.0
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    seed: int | None = None
+    models_path: str = "./models"
+    tb_logdir: str | None = "./tensorboard"
+    snapshot_every: int = 0
+    snapshot_all_until: int = 0
+    resume_from: str | None = None
+    kill_plateaus: bool = False
+    train_acc: bool = False
+    pretrained: bool = False
+    weights: str | None = None
+    cuda: bool = False
+    amp: str | None = None  # None, "bf16" or "fp16"
+    sync_bn: bool = False
+    workers: int = 1
+    progress: bool = True
+    log: str | None = "train.log"
+
+    def validate(self) -> None:
+        check_arch(self.arch)
+        self.data.validate()
+        checks = [
+            (self.epochs >= 0, f"--epochs must be >= 0, got {self.epochs}"),
+            (self.start_epoch >= 0, f"--start-epoch must be >= 0, got {self.start_epoch}"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.optimizer in ("sgd", "adam"), f"unknown optimizer {self.optimizer!r}; supported: sgd, adam"),
+            (self.lr > 0 and math.isfinite(self.lr), f"--lr must be > 0, got {self.lr}"),
+            (self.lr_step >= 0, f"--lr-step must be >= 0, got {self.lr_step}"),
+            (self.lr_decay >= 0, f"--lr-decay must be >= 0, got {self.lr_decay}"),
+            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
+            (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
+            (self.snapshot_every >= 0, f"--snapshot-every must be >= 0, got {self.snapshot_every}"),
+            (self.snapshot_all_until >= 0, f"--snapshot-all-until must be >= 0, got {self.snapshot_all_until}"),
+            (self.amp in (None, "bf16", "fp16"), f"--amp must be bf16 or fp16, got {self.amp!r}"),
+            (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
+
+def make_optimizer(params, settings: TrainSettings):
+    """The original's optimizers: SGD (momentum, weight decay, optional StepLR per epoch) or Adam(lr)."""
+    if settings.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    else:
+        opt = torch.optim.Adam(params, lr=settings.lr)
+    sched = None
+    if settings.optimizer == "sgd" and settings.lr_step > 0 and settings.lr_decay > 0:
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=settings.lr_step, gamma=settings.lr_decay)
+    return opt, sched
+
+
+def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> list[int]:
+    """How many targets are among the top-k logits, for each k (k capped at the class count)."""
+    maxk = min(max(ks), logits.shape[1])
+    pred = logits.topk(maxk, dim=1).indices
+    hits = pred.eq(target[:, None])
+    return [int(hits[:, : min(k, maxk)].any(dim=1).sum()) for k in ks]
+
+
+def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype: torch.dtype | None = None) -> dict[str, float]:
+    """Mean loss, top-1 and top-5 accuracy (%) over `loader`, summed across ranks under torchrun."""
+    was_training = model.training
+    model.eval()
+    loss_sum, c1, c5, n = 0.0, 0, 0, 0
+    with torch.inference_mode(), _autocast(device, amp_dtype):
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            out = model(x).float()
+            loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
+            a, b = topk_correct(out, y)
+            c1, c5, n = c1 + a, c5 + b, n + y.numel()
+    model.train(was_training)
+    loss_sum, c1, c5, n = distributed.all_reduce_sum([loss_sum, c1, c5, n], device)
+    if n == 0:
+        raise HparrError("evaluation set is empty")
+    return {"loss": loss_sum / n, "top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "count": int(n)}
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _amp_dtype(amp: str | None) -> torch.dtype | None:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp) if amp else None
+
+
+def _device(cuda: bool, ctx: distributed.Context) -> torch.device:
+    if cuda and torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+        return torch.device("cuda", ctx.local_rank)
+    if cuda:
+        log.warning("--cuda given but no GPU is available: training on the CPU")
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def _log_file(path: Path | None) -> Iterator[None]:
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger("hparr")
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def _data_options_with_seeds(opts: DataOptions, seed: int) -> DataOptions:
+    """Fill unset data seeds deterministically from the run seed, so every rank and every rerun agrees."""
+    derived = derive_seeds(seed, "noise", "split", "class_sample")
+    return DataOptions(**{**asdict(opts),
+                          "noise_seed": opts.noise_seed if opts.noise_seed is not None else derived["noise"],
+                          "split_seed": opts.split_seed if opts.split_seed is not None else derived["split"],
+                          "class_sample_seed": opts.class_sample_seed if opts.class_sample_seed is not None
+                          else derived["class_sample"]})
+
+
+def _resolve_resume(spec: str, run_dir: Path) -> Path:
+    if spec == "auto":
+        return checkpoints.newest_snapshot(run_dir)
+    if Path(spec).is_dir():
+        return checkpoints.newest_snapshot(spec)
+    return Path(spec)
+
+
+class Run:
+    """One training run: built from settings, then `fit()` or `evaluate()`."""
+
+    def __init__(self, settings: TrainSettings):
+        settings.validate()
+        self.s = settings
+        self.ctx = distributed.init_from_env(settings.cuda and torch.cuda.is_available())
+        self.device = _device(settings.cuda, self.ctx)
+        self.amp_dtype = _amp_dtype(settings.amp) if self.device.type == "cuda" else None
+        if settings.amp and self.device.type != "cuda":
+            log.warning("--amp needs a GPU: training in float32")
+        seed = resolve_seed(settings.seed)
+        if self.ctx.distributed:  # one seed for all ranks, chosen by rank 0
+            seed = int(distributed.all_reduce_sum([seed if self.ctx.is_main else 0], torch.device("cpu"))[0])
+        self.seed = seed
+        self.seeds = {"seed": seed, "model_init": seed, **derive_seeds(seed, "data_order", "dropout")}
+        self.data_options = _data_options_with_seeds(settings.data, seed)
+        self.data = load_data(self.data_options)
+        self.seeds.update(noise_seed=self.data_options.noise_seed, split_seed=self.data_options.split_seed,
+                          class_sample_seed=self.data_options.class_sample_seed)
+        self.run_dir = checkpoints.run_directory(settings.models_path, self.data_options.dataset, settings.arch,
+                                                 settings.seed, self.data_options.subsample_classes,
+                                                 self.data_options.noise)
+        self.model = build_model(settings.arch, self.data.num_classes, self.data.in_channels, self.data.image_size,
+                                 seed=seed, pretrained=settings.pretrained, weights=settings.weights)
+        if settings.sync_bn and self.ctx.distributed:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.channels_last = self.device.type == "cuda"
+        self.model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+        self.optimizer, self.scheduler = make_optimizer(self.model.parameters(), settings)
+        self.data_generator = torch.Generator().manual_seed(self.seeds["data_order"])
+        self.dropout_state = torch.Generator().manual_seed(self.seeds["dropout"]).get_state()
+        self.cuda_states: list[torch.Tensor] | None = None
+        self.start_epoch = settings.start_epoch
+        self.history: list[dict[str, Any]] = []
+        self.resumed_from: Path | None = None
+        if settings.resume_from:
+            self._resume(_resolve_resume(settings.resume_from, self.run_dir))
+
+    # -- loaders ------------------------------------------------------------------------------------
+    def loader(self, split: str, train: bool | None = None):
+        return make_loader(self.data, split, self.s.batch_size, train=train,
+                           generator=self.data_generator if (train if train is not None else split == "train") else None,
+                           device=self.device, workers=self.s.workers, rank=self.ctx.rank,
+                           world_size=self.ctx.world_size, channels_last=self.channels_last)
+
+    # -- snapshots ----------------------------------------------------------------------------------
+    def _resume(self, path: Path) -> None:
+        obj = checkpoints.torch_load(path)
+        checkpoints.load_weights(self.model, checkpoints.state_dict_of(obj, path), source=str(path))
+        self.resumed_from = path
+        if not (isinstance(obj, dict) and "model_state_dict" in obj):
+            log.info("resumed weights from %s (a bare state_dict: optimizer starts fresh at epoch %d)",
+                     path, self.start_epoch)
+            return
+        if obj.get("optimizer_state_dict"):
+            self.optimizer.load_state_dict(obj["optimizer_state_dict"])
+        if self.scheduler is not None and obj.get("scheduler_state_dict"):
+            self.scheduler.load_state_dict(obj["scheduler_state_dict"])
+        self.start_epoch = checkpoints.snapshot_epoch(obj, path)
+        rng = obj.get("rng") or {}
+        if "data_order" in rng:
+            self.data_generator.set_state(rng["data_order"])
+        if "dropout" in rng:
+            self.dropout_state = rng["dropout"]
+        self.cuda_states = rng.get("cuda")
+        self.history = list(obj.get("history") or [])
+        log.info("resumed from %s: %d epochs completed", path, self.start_epoch)
+
+    def _payload(self, epochs_completed: int, metrics: dict[str, Any]) -> dict[str, Any]:
+        val = metrics.get("val") or metrics.get("test") or {}
+        rng = {"data_order": self.data_generator.get_state(), "dropout": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        settings = asdict(self.s)
+        return {
+            "format": checkpoints.FORMAT,
+            "arch": self.s.arch, "dataset": self.data_options.dataset,
+            "num_classes": self.data.num_classes, "in_channels": self.data.in_channels,
+            "input_size": self.data.image_size, "pretrained": self.s.pretrained,
+            "epochs_completed": epochs_completed, "epoch": epochs_completed - 1,
+            "top1_acc": val.get("top1"), "top5_acc": val.get("top5"), "metrics": metrics,
+            "model_state_dict": self.model.state_dict(),
+            "optimizer_state_dict": self.optimizer.state_dict(),
+            "scheduler_state_dict": self.scheduler.state_dict() if self.scheduler is not None else {},
+            "rng": rng, "seeds": dict(self.seeds), "settings": settings, "data": self.data.meta,
+            "normalization": {"mean": list(self.data.mean), "std": list(self.data.std)},
+            "versions": versions(), "history": list(self.history),
+        }
+
+    def save(self, name: str, epochs_completed: int, metrics: dict[str, Any]) -> Path | None:
+        if not self.ctx.is_main:
+            return None
+        path = self.run_dir / name
+        checkpoints.save_snapshot(path, self._payload(epochs_completed, metrics))
+        log.info("saved %s", path)
+        return path
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Loss, top-1 and top-5 of the current model on `split` ("test", "val" or "train")."""
+        if split == "val" and self.data.val is None:
+            raise UsageError("no validation set: use --split")
+        return evaluate(self.model, self.loader(split, train=False), self.device, self.amp_dtype)
+
+    def fit(self) -> dict[str, Any]:
+        """Train from `start_epoch` to `epochs`, writing snapshots; return a summary."""
+        s = self.s
+        self.run_dir.mkdir(parents=True, exist_ok=True) if self.ctx.is_main else None
+        log_path = self.run_dir / s.log if (s.log and self.ctx.is_main) else None
+        with _log_file(log_path), torch.random.fork_rng(devices=[]), self._writer() as writer:
+            torch.set_rng_state(self.dropout_state)
+            if self.cuda_states is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state_all(self.cuda_states)
+            elif self.device.type == "cuda":
+                torch.cuda.manual_seed_all(self.seeds["dropout"])
+            return self._fit(writer)
+
+    @contextlib.contextmanager
+    def _writer(self):
+        if not (self.s.tb_logdir and self.ctx.is_main):
+            yield None
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        rel = self.run_dir.relative_to(self.s.models_path) if self.run_dir.is_relative_to(self.s.models_path) \
+            else Path(self.run_dir.name)
+        writer = SummaryWriter(log_dir=str(Path(self.s.tb_logdir) / rel))
+        try:
+            yield writer
+        finally:
+            writer.close()
+
+    def _fit(self, writer) -> dict[str, Any]:
+        s = self.s
+        model = self.model
+        if self.ctx.distributed:
+            model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.ctx.local_rank] if self.device.type == "cuda" else None)
+        scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        snapshots: list[str] = []
+        if writer is not None and self.start_epoch == 0:
+            writer.add_text("settings", "\n".join(f"    {k}: {v}" for k, v in asdict(s).items()), 0)
+        log.info("training %s on %s: %d train / %s val / %d test samples, seed %d, run dir %s",
+                 s.arch, self.data_options.dataset, len(self.data.train),
+                 len(self.data.val) if self.data.val is not None else 0, len(self.data.test), self.seed, self.run_dir)
+        if self.start_epoch == 0 and self.resumed_from is None:
+            path = self.save(checkpoints.init_name(s.arch, s.pretrained), 0, {})
+            snapshots += [str(path)] if path else []
+        every = s.snapshot_every if s.snapshot_every >= 1 else max(s.epochs, 1)
+        train_loader = self.loader("train")
+        converged, previous = True, None
+        for epoch in range(self.start_epoch, s.epochs):
+            model.train()
+            train_loss = self._train_epoch(model, train_loader, epoch, scaler)
+            if self.scheduler is not None:
+                self.scheduler.step()
+            lr = self.optimizer.param_groups[0]["lr"]
+            record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr}
+            snap = epoch < s.snapshot_all_until or (epoch + 1) % every == 0 or epoch + 1 == s.epochs
+            watch = s.kill_plateaus and epoch < PLATEAU_EPOCHS
+            metrics: dict[str, Any] = {}
+            if self.data.val is not None and (snap or watch):
+                metrics["val"] = self.evaluate("val")
+            if s.train_acc and snap or (watch and self.data.val is None):
+                metrics["train"] = self.evaluate("train")
+            if snap:
+                metrics["test"] = self.evaluate("test")  # reported only, never used for selection
+            record.update({f"{k}_{m}": v for k, d in metrics.items() for m, v in d.items() if m != "count"})
+            self.history.append(record)
+            self._report(writer, epoch, record)
+            if snap:
+                path = self.save(checkpoints.epoch_name(s.arch, epoch), epoch + 1, metrics)
+                snapshots += [str(path)] if path else []
+            if watch:
+                watched = (metrics.get("val") or metrics["train"])["top1"]
+                if previous is not None and watched == previous:
+                    log.warning("%s accuracy stalled at %.2f%% at epoch %d: stopping (--kill-plateaus)",
+                                "validation" if "val" in metrics else "training", watched, epoch + 1)
+                    converged = False
+                    break
+                previous = watched
+        final_metrics = {"test": self.evaluate("test")} if s.epochs > 0 else {}
+        if self.data.val is not None and s.epochs > 0:
+            final_metrics["val"] = self.evaluate("val")
+        if converged and s.epochs > 0 and self.start_epoch <= s.epochs:
+            path = self.save(checkpoints.final_name(s.arch, s.epochs, s.pretrained), s.epochs, final_metrics)
+            snapshots += [str(path)] if path else []
+        if writer is not None and final_metrics:
+            writer.add_scalar("Loss/test", final_metrics["test"]["loss"], s.epochs)
+            writer.add_scalar("Accuracy/test/top1", final_metrics["test"]["top1"], s.epochs)
+            writer.add_scalar("Accuracy/test/top5", final_metrics["test"]["top5"], s.epochs)
+            hparams = {k: v for k, v in {**asdict(s), **asdict(self.data_options)}.items()
+                       if isinstance(v, (int, float, str, bool))}
+            writer.add_hparams(hparams, {"hparam/test_top1": final_metrics["test"]["top1"]}, run_name=".")
+        if final_metrics:
+            t = final_metrics["test"]
+            log.info("test: loss %.4f top1 %.2f%% top5 %.2f%%", t["loss"], t["top1"], t["top5"])
+        return {"run_dir": str(self.run_dir), "seed": self.seed, "converged": converged, "snapshots": snapshots,
+                "final": final_metrics, "history": self.history}
+
+    def _train_epoch(self, model: nn.Module, loader, epoch: int, scaler) -> float:
+        from tqdm.auto import tqdm
+
+        show = self.s.progress and self.ctx.is_main and sys.stderr.isatty()
+        bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{self.s.epochs}", leave=False, disable=not show)
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        batches = 0
+        for x, y in loader:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            self.optimizer.zero_grad(set_to_none=True)
+            with _autocast(self.device, self.amp_dtype):
+                loss = F.cross_entropy(model(x), y)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(self.optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                self.optimizer.step()
+            loss_sum += loss.detach()
+            batches += 1
+            if show and batches % 10 == 0:
+                bar.set_postfix(loss=f"{float(loss_sum) / batches:.4f}")
+            bar.update()
+        bar.close()
+        mean = float(loss_sum) / max(batches, 1)
+        if not math.isfinite(mean):
+            raise HparrError(f"the training loss became {mean} in epoch {epoch + 1}: stopping. The last good "
+                             f"snapshot in {self.run_dir} is kept; try a smaller --lr")
+        return mean
+
+    def _report(self, writer, epoch: int, record: dict[str, Any]) -> None:
+        parts = [f"epoch {epoch + 1}/{self.s.epochs}", f"loss {record['train_loss']:.4f}", f"lr {record['lr']:.3g}"]
+        for split in ("train", "val", "test"):
+            if f"{split}_top1" in record:
+                parts.append(f"{split} top1 {record[f'{split}_top1']:.2f}%")
+        if self.ctx.is_main:
+            log.info("  ".join(parts))
+        if writer is None:
+            return
+        writer.add_scalar("Loss/train", record["train_loss"], epoch)
+        writer.add_scalar("Lr", record["lr"], epoch)
+        for split in ("train", "val", "test"):
+            if f"{split}_top1" in record:
+                writer.add_scalar(f"Loss/{split}" if split != "train" else "Loss/train_eval",
+                                  record[f"{split}_loss"], epoch)
+                writer.add_scalar(f"Accuracy/{split}/top1", record[f"{split}_top1"], epoch)
+                writer.add_scalar(f"Accuracy/{split}/top5", record[f"{split}_top5"], epoch)
+
+
+def train(settings: TrainSettings) -> dict[str, Any]:
+    """Run a whole training as the settings say; return the summary (run dir, snapshots, metrics)."""
+    run = Run(settings)
+    try:
+        return run.fit()
+    finally:
+        distributed.shutdown(run.ctx)
+
+
+def default_threads() -> int:
+    """Every core this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
