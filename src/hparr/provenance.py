@@ -14,8 +14,8 @@ def versions() -> dict[str, str]:
 
     from . import __version__
 
-    return {"hparr": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "numpy": np.__version__}
+    return {"hparr": __version__, "python": platform.python_version(), "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__), "numpy": str(np.__version__)}
 
 
 def resolve_seed(seed: int | None) -> int:

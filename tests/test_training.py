@@ -1,0 +1,155 @@
+"""`hparr train`: snapshots, exact resume, evaluation, logging and every flag, on the digits dataset."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hparr import checkpoints as ck
+from hparr.cli import main
+from hparr.data import DataOptions
+from hparr.training import TrainSettings, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def settings(tmp_path, **kw):
+    data = kw.pop("data", DataOptions(dataset="digits"))
+    base = dict(arch="lenet", data=data, epochs=2, lr=0.01, seed=0, models_path=str(tmp_path / "models"),
+                tb_logdir=None, progress=False, batch_size=128)
+    base.update(kw)
+    return TrainSettings(**base)
+
+
+def weights(path):
+    return ck.load_state_dict_file(path)
+
+
+def test_resume_gives_the_same_weights_as_a_straight_run(tmp_path):
+    common = dict(lr_step=1, lr_decay=0.7, snapshot_every=1,
+                  data=DataOptions(dataset="digits", augmentation=True))
+    straight = train(settings(tmp_path / "a", epochs=4, **common))
+    half = train(settings(tmp_path / "b", epochs=2, **common))
+    resumed = train(settings(tmp_path / "b", epochs=4, resume_from=str(Path(half["run_dir"]) / "lenet_1.tar"),
+                             **common))
+    a, b = weights(Path(straight["run_dir"]) / "lenet_4.pt"), weights(Path(resumed["run_dir"]) / "lenet_4.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the resumed run continued with epoch 3: it did not repeat epoch 2
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4]
+    assert straight["final"]["test"]["top1"] == resumed["final"]["test"]["top1"]
+
+
+def test_resume_auto_picks_the_newest_complete_snapshot(tmp_path):
+    first = train(settings(tmp_path, epochs=2, snapshot_every=1))
+    run_dir = Path(first["run_dir"])
+    (run_dir / "lenet_7.tar").write_bytes(b"torn")  # an interrupted write never wins
+    again = train(settings(tmp_path, epochs=3, resume_from="auto"))
+    assert [h["epoch"] for h in again["history"]] == [1, 2, 3]
+    assert (run_dir / "lenet_3.pt").exists()
+
+
+def test_snapshot_schedule_names_and_contents(tmp_path):
+    out = train(settings(tmp_path, epochs=5, snapshot_every=2, snapshot_all_until=1))
+    run_dir = Path(out["run_dir"])
+    assert run_dir == tmp_path / "models" / "digits" / "lenet" / "0"
+    names = sorted(p.name for p in run_dir.glob("lenet_*"))
+    assert names == sorted(["lenet_init_0.pt", "lenet_0.tar", "lenet_1.tar", "lenet_3.tar", "lenet_4.tar",
+                            "lenet_5.pt"])
+    for name, completed in [("lenet_init_0.pt", 0), ("lenet_1.tar", 2), ("lenet_5.pt", 5)]:
+        snap = ck.torch_load(run_dir / name)  # weights_only=True: only tensors and plain values
+        assert snap["epochs_completed"] == completed
+        assert ck.snapshot_epoch(snap, run_dir / name) == completed
+        assert snap["arch"] == "lenet" and snap["seeds"]["seed"] == 0
+        assert set(snap["versions"]) >= {"torch", "torchvision", "hparr"}
+        assert snap["settings"]["lr"] == 0.01 and snap["normalization"]["mean"]
+    final = ck.torch_load(run_dir / "lenet_5.pt")
+    assert final["metrics"]["test"]["top1"] == out["final"]["test"]["top1"]
+    assert ck.torch_load(run_dir / "lenet_1.tar")["top1_acc"] is not None
+
+
+def test_validation_split_is_used_and_test_reported_separately(tmp_path):
+    data = DataOptions(dataset="digits", split=0.2, stratified=True, split_seed=1)
+    out = train(settings(tmp_path, epochs=1, data=data, train_acc=True))
+    snap = ck.torch_load(Path(out["run_dir"]) / "lenet_0.tar")
+    assert set(snap["metrics"]) == {"val", "train", "test"}
+    per_class = snap["data"]["split"]["per_class"]
+    assert per_class == [round(0.2 * 1347) // 10] * 10  # stratified: equal class balance
+    assert snap["metrics"]["val"]["count"] == sum(per_class)
+    assert snap["top1_acc"] == snap["metrics"]["val"]["top1"]
+
+
+def test_kill_plateaus_stops_a_stalled_run(tmp_path):
+    out = train(settings(tmp_path, epochs=6, lr=1e-12, kill_plateaus=True,
+                         data=DataOptions(dataset="digits", split=0.2)))
+    assert not out["converged"] and len(out["history"]) == 2
+    assert not (Path(out["run_dir"]) / "lenet_6.pt").exists()
+
+
+def test_a_diverging_loss_stops_with_a_clear_error_and_keeps_snapshots(tmp_path, capsys):
+    code = main(["train", "--arch", "lenet", "--dataset", "digits", "--epochs", "3", "--lr", "1e12",
+                 "--models-path", str(tmp_path), "--tb-logdir", "", "--seed", "1", "--no-progress"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "loss became" in err and "Traceback" not in err
+    assert ck.torch_load(tmp_path / "digits" / "lenet" / "1" / "lenet_init_0.pt")["epochs_completed"] == 0
+
+
+def test_evaluate_and_evaluate_train_report_a_snapshot(tmp_path, capsys):
+    out = train(settings(tmp_path, epochs=2))
+    snap = str(Path(out["run_dir"]) / "lenet_2.pt")
+    args = ["--arch", "lenet", "--dataset", "digits", "--resume-from", snap, "--tb-logdir", "",
+            "--models-path", str(tmp_path), "--seed", "0"]
+    assert main(["train", *args, "--evaluate"]) == 0
+    assert f"top1 {out['final']['test']['top1']:.2f}%" in capsys.readouterr().out
+    assert main(["train", *args, "--evaluate-train"]) == 0
+    assert "train: loss" in capsys.readouterr().out
+    assert main(["train", "--arch", "lenet", "--dataset", "digits", "--evaluate"]) == 2
+
+
+def test_listing_without_arch_or_dataset(capsys):
+    assert main(["train"]) == 0
+    assert "vgg19_orig" in capsys.readouterr().out
+    assert main(["train", "--arch", "lenet"]) == 0
+    assert "cifar100" in capsys.readouterr().out
+
+
+def test_bad_flags_are_usage_errors(capsys):
+    for flags in (["--optimizer", "rmsprop"], ["--lr", "-1"], ["--noise", "2"], ["--batch-size", "0"]):
+        assert main(["train", "--arch", "lenet", "--dataset", "digits", *flags]) == 2
+        assert "error:" in capsys.readouterr().err
+    assert main(["train", "--arch", "nope", "--dataset", "digits"]) == 2
+
+
+def test_tensorboard_log_file_adam_cuda_fallback_and_noise(tmp_path, caplog):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data = DataOptions(dataset="digits", noise=0.3, noise_seed=5)
+    out = train(settings(tmp_path, epochs=1, optimizer="adam", lr=1e-3, cuda=True, amp="bf16",
+                         tb_logdir=str(tmp_path / "tb"), data=data))
+    if not torch.cuda.is_available():
+        assert "no GPU" in caplog.text
+    run_dir = Path(out["run_dir"])
+    assert run_dir == tmp_path / "models" / "digits" / "noise_30" / "lenet" / "0"
+    events = EventAccumulator(str(tmp_path / "tb" / "digits" / "noise_30" / "lenet" / "0")).Reload()
+    assert {"Loss/train", "Lr", "Accuracy/test/top1"} <= set(events.Tags()["scalars"])
+    assert "epoch 1/1" in (run_dir / "train.log").read_text()
+    snap = ck.torch_load(run_dir / "lenet_1.pt")
+    assert abs(snap["data"]["label_noise"]["realised_ratio"] - 0.3) < 0.05
+    assert snap["optimizer_state_dict"]["param_groups"][0].get("betas") is not None
+
+
+def test_pretrained_weights_file(tmp_path):
+    from hparr.models import build_model
+
+    source = build_model("lenet", num_classes=10, in_channels=1, seed=9)
+    torch.save(source.state_dict(), tmp_path / "w.pth")
+    out = train(settings(tmp_path, epochs=0, weights=str(tmp_path / "w.pth"), pretrained=True))
+    init = weights(Path(out["run_dir"]) / "lenet_pretrained_0.pt")
+    assert torch.equal(init["features.0.weight"], source.features[0].weight)
+
+
+def test_root_script_runs_the_same_command():
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--dataset", "digits"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "lenet" in proc.stdout
