@@ -5,6 +5,7 @@ import glob
 import os
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any, Iterable
 

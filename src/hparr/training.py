@@ -165,9 +165,14 @@ def _data_options_with_seeds(opts: DataOptions, seed: int) -> DataOptions:
                           else derived["class_sample"]})
 
 
-def _resolve_resume(spec: str, run_dir: Path) -> Path:
+def _resolve_resume(spec: str, run_dir: Path) -> Path | None:
+    """The snapshot to resume from; 'auto' on a run with no snapshot yet means a fresh start."""
     if spec == "auto":
-        return checkpoints.newest_snapshot(run_dir)
+        try:
+            return checkpoints.newest_snapshot(run_dir)
+        except (HparrError, UsageError):
+            log.info("no snapshot in %s yet: starting from scratch", run_dir)
+            return None
     if Path(spec).is_dir():
         return checkpoints.newest_snapshot(spec)
     return Path(spec)
@@ -180,6 +185,8 @@ class Run:
         settings.validate()
         self.s = settings
         self.ctx = distributed.init_from_env(settings.cuda and torch.cuda.is_available())
+        if not self.ctx.is_main:  # rank 0 alone reports
+            logging.getLogger("hparr").setLevel(logging.WARNING)
         self.device = _device(settings.cuda, self.ctx)
         self.amp_dtype = _amp_dtype(settings.amp) if self.device.type == "cuda" else None
         if settings.amp and self.device.type != "cuda":
@@ -209,8 +216,9 @@ class Run:
         self.start_epoch = settings.start_epoch
         self.history: list[dict[str, Any]] = []
         self.resumed_from: Path | None = None
-        if settings.resume_from:
-            self._resume(_resolve_resume(settings.resume_from, self.run_dir))
+        resume = _resolve_resume(settings.resume_from, self.run_dir) if settings.resume_from else None
+        if resume is not None:
+            self._resume(resume)
 
     # -- loaders ------------------------------------------------------------------------------------
     def loader(self, split: str, train: bool | None = None):

@@ -1,0 +1,96 @@
+"""Training data path: ours (in-memory uint8 + tensor augmentation) against torchvision's CIFAR10 +
+transforms + a 1-worker DataLoader (the paper's pipeline), and the floor (preloaded batches)."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .common import timed
+
+N_IMAGES = 50_000
+BATCH = 128
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+
+
+def write_dataset(root: Path) -> None:
+    from tests.formats import random_images, random_labels, write_cifar10
+
+    write_cifar10(root, random_images(N_IMAGES, 3, 32, 32, seed=1), random_labels(N_IMAGES, 10, seed=1),
+                  random_images(100, 3, 32, 32, seed=2), random_labels(100, 10, seed=2))
+
+
+def train_steps(model, batches, max_batches: int) -> int:
+    """Plain SGD steps over `batches`; returns the number of images seen."""
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    model.train()
+    seen = 0
+    for i, (x, y) in enumerate(batches):
+        if i == max_batches:
+            break
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        seen += y.numel()
+    return seen
+
+
+def ours(root: Path):
+    from hparr.data import DataOptions, load_data, make_loader
+
+    data = load_data(DataOptions(dataset="cifar10", data_path=str(root), augmentation=True))
+    return make_loader(data, "train", BATCH, generator=torch.Generator().manual_seed(0))
+
+
+def baseline(root: Path):
+    import torchvision
+    import torchvision.transforms as T
+
+    class LocalCIFAR10(torchvision.datasets.CIFAR10):
+        def _check_integrity(self) -> bool:  # the bench's files are not the official ones, so no md5 match
+            return True
+
+    transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
+    dataset = LocalCIFAR10(str(root), train=True, transform=transform, download=False)
+    return torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=1,
+                                       generator=torch.Generator().manual_seed(0))
+
+
+def floor_batches(loader, max_batches: int):
+    """The same batches, materialized before timing: the model's own cost."""
+    out = []
+    for i, b in enumerate(loader):
+        if i == max_batches:
+            break
+        out.append(b)
+    return out
+
+
+def case(arch: str, root: Path, max_batches: int) -> dict:
+    from hparr.models import build_model
+
+    loader_ours = ours(root)
+    loader_base = baseline(root)
+    preloaded = floor_batches(loader_ours, max_batches)
+    results = {}
+    for name, batches in (("floor", preloaded), ("ours", loader_ours), ("baseline", loader_base)):
+        model = build_model(arch, num_classes=10, in_channels=3, input_size=32, seed=0)
+        seconds, seen = timed(train_steps, model, batches, max_batches)
+        results[name] = seen / seconds
+    return {"case": f"train_{arch}", "batches": min(max_batches, len(loader_ours)),
+            "ours_img_s": results["ours"], "baseline_img_s": results["baseline"], "floor_img_s": results["floor"],
+            "speedup_vs_baseline": results["ours"] / results["baseline"],
+            "overhead_vs_floor": results["floor"] / results["ours"] - 1.0}
+
+
+def run() -> list[dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_dataset(root)
+        load_s, _ = timed(ours, root)
+        rows = [{"case": "cifar10_load", "images": N_IMAGES, "seconds": load_s}]
+        rows.append(case("lenet", root, max_batches=10**9))
+        rows.append(case("vgg11", root, max_batches=30))
+    return rows

@@ -1,0 +1,86 @@
+"""`hparr projections`: the paper's compute_projections.py, for one model or many snapshots at once."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+DESCRIPTION = (
+    "Per-layer statistics of the conv filters' orientation relative to the identity line (projections, "
+    "mean, mass, std, distances from initialization) and a test of bias against the random-initialization "
+    "null. Writes one JSON per snapshot to <results>/<dataset>/<arch>[/<seed>]/<snapshot name>.json and a "
+    "tidy table of every snapshot x layer (projections.csv) beside them. Without --load-from it analyzes the "
+    "random initialization of --arch with --seed (init_<arch>.json, epoch 0), or with --pretrained "
+    "torchvision's ImageNet weights (pretrained_<arch>.json, epoch -1).")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", type=str, default=None, help="architecture; run without it to list them")
+    p.add_argument("--dataset", type=str, default=None,
+                   help="dataset the model was trained on (sets classes, channels, image size); "
+                        "run without it to list the datasets")
+    p.add_argument("--subsample-classes", type=int, default=0,
+                   help="the snapshots come from a run on this many classes (0 = all) [0]; results go to "
+                        "<results>/<dataset>_<K>/")
+    p.add_argument("--load-from", nargs="+", action="extend", default=None, metavar="PATH",
+                   help="snapshot files, directories or globs (repeatable); without it the random "
+                        "initialization (or --pretrained weights) is analyzed")
+    p.add_argument("--init-from", type=str, default=None, metavar="FILE",
+                   help="snapshot at initialization: adds l2_dist and l_inf_dist per layer")
+    p.add_argument("--pretrained", action="store_true", help="analyze torchvision's ImageNet weights of --arch")
+    p.add_argument("--cuda", action="store_true", help="compute on the GPU (falls back to the CPU with a warning)")
+    p.add_argument("--normalize", action="store_true",
+                   help="cosine projections <w,1>/(||w|| sqrt(d)) instead of the plain sums <w,1>")
+    p.add_argument("--with-linear", action="store_true", help="also analyze Linear layers")
+    p.add_argument("--include-1x1", action="store_true", help="also analyze 1x1 convolutions")
+    p.add_argument("--level", type=float, default=0.05,
+                   help="level of the bias test, Holm-corrected over the layers of a network [0.05]")
+    p.add_argument("--results", type=str, default="./results", help="results folder [./results]")
+    p.add_argument("--log", type=str, default="positive_orthant.log",
+                   help="log file name; written beside the JSON results (not under ./log as the original) "
+                        "[positive_orthant.log]")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the run (results go to <arch>/<seed>/); random initialization uses it (0 if unset)")
+    p.add_argument("--parquet", action="store_true", help="also write the table as projections.parquet")
+    p.add_argument("--overwrite", action="store_true", help="recompute snapshots whose JSON already exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    from .train import listing
+
+    if listing(args):
+        return 0
+    import torch
+
+    from .. import projections
+    from ..data import dataset_info
+    from ..errors import UsageError
+    from ..models import check_arch
+
+    check_arch(args.arch)
+    info = dataset_info(args.dataset)
+    k = args.subsample_classes
+    if k < 0 or k > info.num_classes or k == 1:
+        raise UsageError(f"--subsample-classes must be 0 (all) or 2..{info.num_classes}, got {k}")
+    if not 0 < args.level < 1:
+        raise UsageError(f"--level must be in (0, 1), got {args.level}")
+    if args.load_from and args.pretrained:
+        raise UsageError("--pretrained analyzes torchvision's weights; it cannot be combined with --load-from")
+    device = "cpu"
+    if args.cuda:
+        if torch.cuda.is_available():
+            device = "cuda"
+        else:
+            print("hparr projections: warning: --cuda: no GPU available, computing on the CPU", file=sys.stderr)
+
+    out_dir, table, docs, computed = projections.analyze_snapshots(
+        arch=args.arch, dataset=args.dataset, results=args.results, load_from=args.load_from,
+        init_from=args.init_from, seed=args.seed, subsample_classes=k, normalize=args.normalize,
+        with_linear=args.with_linear, include_1x1=args.include_1x1, level=args.level,
+        pretrained=args.pretrained, device=device, overwrite=args.overwrite, parquet=args.parquet,
+        log=args.log, progress=not args.no_progress)
+    biased = sum(int(d["net"]["n_biased"]) for d in docs.values())
+    print(f"{len(docs)} snapshot(s): {computed} computed, {len(docs) - computed} kept; {biased} biased layer(s) "
+          f"at level {args.level} (Holm); results in {out_dir}")
+    return 0
+

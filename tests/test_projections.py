@@ -1,0 +1,255 @@
+"""Projection statistics against an independent computation, snapshots, and the bias test's calibration."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from scipy import stats
+
+from hparr import projections as P
+from hparr.errors import HparrError
+from hparr.layers import discover_layers
+from hparr.models import build_model
+
+
+# --- an independent computation of method.md §2, with plain loops ----------------------------------
+
+def reference_layer(weight, normalize, init=None):
+    w = np.asarray(weight, dtype=np.float64)
+    n = w.shape[0]
+    rows = w.reshape(n, -1)
+    d = rows.shape[1]
+    p = []
+    for j in range(n):
+        total, squares = 0.0, 0.0
+        for value in rows[j]:
+            total += float(value)
+            squares += float(value) * float(value)
+        p.append(total / (math.sqrt(squares) * math.sqrt(d)) if normalize else total)
+    mean = sum(p) / n
+    out = {"projections": p, "N": n, "d": d, "mean": mean, "mass": sum(1 for v in p if v <= 0) / n,
+           "std": math.sqrt(sum((v - mean) ** 2 for v in p) / n)}
+    if init is not None:
+        w0 = np.asarray(init, dtype=np.float64).ravel()
+        diff_sq, init_sq, diff_max, init_max = 0.0, 0.0, 0.0, 0.0
+        for a, b in zip(w.ravel(), w0):
+            diff_sq += (float(a) - float(b)) ** 2
+            init_sq += float(b) ** 2
+            diff_max = max(diff_max, abs(float(a) - float(b)))
+            init_max = max(init_max, abs(float(b)))
+        out.update(l2_dist=math.sqrt(diff_sq) / math.sqrt(init_sq), l_inf_dist=diff_max / init_max)
+    return out
+
+
+def reference_numbering(features):
+    """(name, stage, block) of the convs of a `features` Sequential, as the original code walked it."""
+    out, stage, block = [], 0, 0
+    for i, m in enumerate(features):
+        if isinstance(m, nn.MaxPool2d):
+            stage, block = stage + 1, 0
+        elif isinstance(m, nn.Conv2d):
+            out.append((f"features.{i}", stage, block))
+            block += 1
+    return out
+
+
+def trained_like(model, seed=5, strength=0.4):
+    """A copy of `model` whose weights moved away from initialization, some towards the positive orthant."""
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for k, v in model.state_dict().items():
+        if k.endswith("weight") and v.dim() > 1:
+            v = v + strength * v.std() * (torch.randn(v.shape, generator=gen) + 0.3)
+        state[k] = v.clone()
+    return state
+
+
+def assert_matches_reference(df, state, features, normalize, init_state=None):
+    assert list(zip(df["name"], df["stage"], df["block"])) == reference_numbering(features)
+    for row in df.itertuples():
+        ref = reference_layer(state[row.name + ".weight"].numpy(), normalize,
+                              None if init_state is None else init_state[row.name + ".weight"].numpy())
+        assert (row.N, row.d) == (ref["N"], ref["d"])
+        np.testing.assert_allclose(row.projections, ref["projections"], rtol=1e-10, atol=1e-13)
+        assert row.mean == pytest.approx(ref["mean"], rel=1e-9, abs=1e-13)
+        assert row.std == pytest.approx(ref["std"], rel=1e-9)
+        assert row.mass == ref["mass"]
+        if init_state is not None:
+            assert row.l2_dist == pytest.approx(ref["l2_dist"], rel=1e-10)
+            assert row.l_inf_dist == pytest.approx(ref["l_inf_dist"], rel=1e-10)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_layer_stats_equal_independent_computation(normalize):
+    init = build_model("lenet", seed=3)
+    state = trained_like(init)
+    model = build_model("lenet", seed=9)
+    model.load_state_dict(state)
+    df = P.layer_stats(model, normalize=normalize, init=init, input_shape=(2, 3, 32, 32))
+    assert_matches_reference(df, state, model.features, normalize, init.state_dict())
+    pooled = np.concatenate([reference_layer(state[n + ".weight"].numpy(), normalize)["projections"]
+                             for n in df["name"]])
+    net = df.attrs["net"]
+    assert net["N"] == len(pooled) == 172
+    assert net["mean"] == pytest.approx(pooled.mean(), rel=1e-9)
+    assert net["mass"] == np.mean(pooled <= 0)
+    assert df.attrs["normalize"] is normalize and df.attrs["std_ddof"] == 0
+
+
+def test_masses_agree_between_modes_and_zero_filter_counts_negative():
+    w = torch.randn(40, 3, 3, 3, generator=torch.Generator().manual_seed(0))
+    w[7] = 0.0
+    cos, sums = P.projections(w, True), P.projections(w, False)
+    assert cos[7] == 0.0 and sums[7] == 0.0
+    assert P.summarize(cos)["mass"] == P.summarize(sums)["mass"] == np.mean(sums <= 0)
+    assert P.summarize([1.0, 3.0])["std"] == 1.0  # population std
+    assert P.distances(w + 1, torch.ones_like(w))["l_inf_dist"] == pytest.approx(float(w.abs().max()))
+    with pytest.raises(HparrError, match="no layers to analyze"):
+        P.layer_stats(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), input_shape=(1, 12))
+    assert len(P.layer_stats(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), with_linear=True)) == 1
+
+
+# --- snapshots in the original formats and hparr's own --------------------------------------------
+
+def write_original_snapshots(directory, arch="lenet", seed=0):
+    init = build_model(arch, seed=seed)
+    states = [init.state_dict()] + [trained_like(init, seed=s, strength=0.2 * s) for s in (1, 2, 3)]
+    torch.save(states[0], directory / f"{arch}_init_0.pt")
+    tar = {"epoch": 0, "top1_acc": 31.0, "top5_acc": 80.0, "model_state_dict": states[1],
+           "optimizer_state_dict": {"state": {}, "param_groups": [{"lr": 0.01, "params": [0, 1]}]},
+           "scheduler_state_dict": {"last_epoch": 1}}
+    torch.save(tar, directory / f"{arch}_0.tar")
+    wrapped = {k.replace("features.", "features.module."): v for k, v in states[2].items()}
+    torch.save({**tar, "epoch": 1, "model_state_dict": wrapped}, directory / f"{arch}_1.tar")
+    torch.save(states[3], directory / f"{arch}_2.pt")
+    return states
+
+
+def test_original_snapshot_formats_and_epochs(tmp_path):
+    states = write_original_snapshots(tmp_path)
+    analyzer = P.SnapshotAnalyzer(P.ModelConfig("lenet", 10, 3, 32), P.Settings(normalize=False),
+                                  context={"dataset": "cifar10"}, init_state=states[0])
+    names = ["lenet_init_0.pt", "lenet_0.tar", "lenet_1.tar", "lenet_2.pt"]
+    docs = [analyzer.analyze_file(tmp_path / n) for n in names]
+    assert [d["epoch"] for d in docs] == ["0", "1", "2", "2"]
+    assert [d["stem"] for d in docs] == [n.rsplit(".", 1)[0] for n in names]
+    model = build_model("lenet")
+    layers, _ = discover_layers(model, (1, 3, 32, 32))
+    for doc, state in zip(docs, states):
+        df = P.layer_table(layers, state, normalize=False, init=states[0])
+        assert_matches_reference(df, state, model.features, False, states[0])
+        for row in df.itertuples():
+            entry = doc[str(row.stage)][str(row.block)]
+            assert entry["name"] == row.name and entry["mean"] == row.mean and entry["mass"] == row.mass
+            assert entry["l2_dist"] == row.l2_dist and entry["projections"] == list(row.projections)
+    assert docs[0]["0"]["0"]["l2_dist"] == 0.0
+    assert docs[1]["snapshot_top1_acc"] == 31.0 and docs[0]["dataset"] == "cifar10"
+
+
+def test_hparr_metadata_preferred_and_checked(tmp_path):
+    model = build_model("lenet", num_classes=5, seed=2)
+    meta = {"format": "hparr-snapshot-1", "arch": "lenet", "num_classes": 5, "in_channels": 3, "input_size": 32,
+            "epochs_completed": 7, "epoch": 6, "model_state_dict": model.state_dict(), "seeds": {"seed": 2}}
+    torch.save(meta, tmp_path / "weights.pt")
+    analyzer = P.SnapshotAnalyzer(P.ModelConfig("lenet", 10, 3, 32), P.Settings(), seed=2)
+    doc = analyzer.analyze_file(tmp_path / "weights.pt")
+    assert doc["epoch"] == "7" and doc["num_classes"] == 5 and doc["snapshot_seeds"] == {"seed": 2}
+    with pytest.raises(HparrError, match="trained with seed 2, not --seed 4"):
+        P.SnapshotAnalyzer(P.ModelConfig("lenet", 10, 3, 32), P.Settings(), seed=4).analyze_file(
+            tmp_path / "weights.pt")
+    with pytest.raises(HparrError, match="is a snapshot of lenet, not of --arch vgg11"):
+        P.SnapshotAnalyzer(P.ModelConfig("vgg11", 10, 3, 32), P.Settings()).analyze_file(tmp_path / "weights.pt")
+    torch.save(model.state_dict(), tmp_path / "lenet_3.pt")  # no metadata: 5 classes do not fit 10
+    with pytest.raises(HparrError, match=r"does not match .*classifier.6.weight: snapshot \(5, 84\) vs model \(10"):
+        analyzer.analyze_file(tmp_path / "lenet_3.pt")
+
+
+# --- the null and the test --------------------------------------------------------------------------
+
+def test_null_cdf_is_the_cosine_of_a_random_direction():
+    t = np.linspace(-0.99, 0.99, 41)
+    for d in (2, 9, 27, 576):
+        np.testing.assert_allclose(P.null_cdf(t, d), stats.beta.cdf((1 + t) / 2, (d - 1) / 2, (d - 1) / 2),
+                                   rtol=1e-10, atol=1e-14)
+    gen = torch.Generator().manual_seed(1)
+    cos = P.projections(torch.randn(20000, 27, generator=gen), True)
+    assert stats.kstest(cos, lambda x: P.null_cdf(x, 27)).pvalue > 0.01
+    assert np.var(cos) == pytest.approx(1 / 27, rel=0.05)
+    assert np.all(np.diff(P.null_cdf(t, 27)) > 0) and P.null_cdf(0.0, 27) == pytest.approx(0.5)
+
+
+def test_one_weight_per_filter_has_no_ks_test():
+    cos = P.projections(torch.tensor([[0.5], [-2.0], [3.0], [1.0]]), True)
+    assert cos.tolist() == [1.0, -1.0, 1.0, 1.0]
+    tests = P.bias_tests(cos, 1)
+    assert math.isnan(tests["p_ks"]) and tests["p_value"] == tests["p_sign"] == stats.binomtest(1, 4).pvalue
+    layers, _ = discover_layers(nn.Conv2d(1, 4, 1), (1, 1, 8, 8), include_1x1=True)
+    doc = P.result_document(P.layer_table(layers, {"weight": torch.ones(4, 1, 1, 1)}))
+    assert doc["0"]["0"]["p_ks"] is None and doc["0"]["0"]["d"] == 1 and doc["0"]["0"]["mass"] == 0.0
+
+
+def test_holm_follows_its_definition():
+    p = np.array([0.01, 0.04, np.nan, 0.03, 0.005, 0.5])
+    adj = P.holm(p)
+    order = [4, 0, 3, 1, 5]  # ascending among the 5 finite values
+    expected, running = {}, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (5 - rank) * p[i]))
+        expected[i] = running
+    assert np.isnan(adj[2])
+    assert all(adj[i] == pytest.approx(expected[i]) for i in order)
+    assert adj[4] == pytest.approx(0.025) and adj[5] == pytest.approx(0.5)
+
+
+def test_a_biased_layer_is_detected():
+    model = build_model("lenet", seed=0)
+    with torch.no_grad():
+        w = model.features[10].weight  # 64 filters
+        w.mul_(torch.where(w.sum((1, 2, 3), keepdim=True) > 0, -1.0, 1.0))  # every filter points away from 1
+        v = model.features[12].weight
+        v.add_(0.3 * v.std())  # a shift of the whole layer towards the positive orthant
+    df = P.layer_stats(model, input_shape=(1, 3, 32, 32))
+    biased = dict(zip(df["name"], df["biased"]))
+    assert biased == {"features.0": False, "features.2": False, "features.5": False, "features.7": False,
+                      "features.10": True, "features.12": True}
+    row = df.set_index("name").loc["features.10"]
+    assert row["mass"] == 1.0 and row["p_sign"] == pytest.approx(2 * 0.5 ** 64)
+    assert df.attrs["net"]["biased"] and df.attrs["net"]["n_biased"] == 2
+
+
+def _redrawn_vgg11(layers, seed):
+    """The conv weights of vgg11 at initialization (torchvision's Kaiming-normal, fan_out), drawn for `seed`."""
+    gen = torch.Generator().manual_seed(seed)
+    return {layer.weight_key: nn.init.kaiming_normal_(torch.empty(layer.shape), mode="fan_out",
+                                                      nonlinearity="relu", generator=gen) for layer in layers}
+
+
+def test_false_positive_rate_at_initialization():
+    level = 0.05
+    tables = []
+    lenet_layers, _ = discover_layers(build_model("lenet"), (1, 3, 32, 32))
+    for seed in range(300):  # the real initialization: Xavier-uniform
+        tables.append(("lenet", P.layer_table(lenet_layers, build_model("lenet", seed=seed).state_dict())))
+    vgg_layers, _ = discover_layers(build_model("vgg11"), (1, 3, 32, 32))
+    for seed in range(40):
+        tables.append(("vgg11", P.layer_table(vgg_layers, _redrawn_vgg11(vgg_layers, seed))))
+    # Kaiming-uniform, Kaiming-normal with 1x1 convs skipped, N(0, 0.01^2)
+    for arch, seeds in (("alexnet", 4), ("resnet18", 4), ("vgg19_orig", 2)):
+        layers, _ = discover_layers(build_model(arch), (1, 3, 32, 32))
+        for seed in range(seeds):
+            tables.append((arch, P.layer_table(layers, build_model(arch, seed=seed).state_dict())))
+
+    networks = {arch: [t.attrs["net"]["biased"] for a, t in tables if a == arch] for arch, _ in tables}
+    for arch, flags in networks.items():
+        n = len(flags)
+        limit = level + 3 * math.sqrt(level * (1 - level) / n)
+        assert np.mean(flags) <= limit, (arch, np.mean(flags))
+    # the per-layer tests hold their level: p_ks is exact (uniform p-values), p_sign is conservative
+    p_ks = np.concatenate([t["p_ks"].to_numpy() for _, t in tables])
+    p_sign = np.concatenate([t["p_sign"].to_numpy() for _, t in tables])
+    n = len(p_ks)
+    sd = math.sqrt(level * (1 - level) / n)
+    assert abs(np.mean(p_ks <= level) - level) < 4 * sd
+    assert stats.kstest(p_ks, "uniform").pvalue > 0.001
+    assert np.mean(p_sign <= level) < level + 4 * sd
