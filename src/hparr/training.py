@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import checkpoints, distributed
+from . import checkpoints, distributed, files
 from .data import DataOptions, load_data, make_loader
 from .errors import HparrError, UsageError
 from .models import build_model, check_arch
@@ -143,7 +143,7 @@ def _log_file(path: Path | None) -> Iterator[None]:
     if path is None:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    files.ensure_dir(path.parent)
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     root = logging.getLogger("hparr")
@@ -289,7 +289,8 @@ class Run:
     def fit(self) -> dict[str, Any]:
         """Train from `start_epoch` to `epochs`, writing snapshots; return a summary."""
         s = self.s
-        self.run_dir.mkdir(parents=True, exist_ok=True) if self.ctx.is_main else None
+        if self.ctx.is_main:
+            files.ensure_dir(self.run_dir)
         log_path = self.run_dir / s.log if (s.log and self.ctx.is_main) else None
         with _log_file(log_path), torch.random.fork_rng(devices=[]), self._writer() as writer:
             torch.set_rng_state(self.dropout_state)
