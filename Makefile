@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(BIN)/hparr reproduce --out runs/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -q --durations=10
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import platform
 import secrets
+import zlib
 
 import numpy as np
 
@@ -25,5 +26,5 @@ def resolve_seed(seed: int | None) -> int:
 
 def derive_seeds(seed: int, *names: str) -> dict[str, int]:
     """Independent named seeds derived from one user seed (stable across runs and versions)."""
-    states = np.random.SeedSequence(seed).generate_state(len(names), dtype=np.uint32)
-    return {name: int(s) for name, s in zip(names, states)}
+    return {name: int(np.random.SeedSequence([seed, zlib.crc32(name.encode())]).generate_state(1)[0])
+            for name in names}

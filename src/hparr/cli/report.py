@@ -1,0 +1,33 @@
+"""`hparr report`: figures, summary.md and index.html of a run, from its result files alone."""
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = (
+    "Draws the report of a run from the JSON results of `hparr projections` and `hparr reinit` found below "
+    "RUN_DIR (no model or data is loaded): per-layer distributions of the projections at initialization and "
+    "trained with the null density, mass and mean across epochs with the null's band, the re-initialization "
+    "heatmap, each layer's bias against its accuracy drop under re-initialization to epoch 0 (Spearman), "
+    "layers.csv, report.json, summary.md and index.html. Written to RUN_DIR/report/ unless --out is given.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..report import BIAS_MEASURES, DEFAULT_THRESHOLD
+
+    p.add_argument("run_dir", metavar="RUN_DIR", help="folder searched (recursively) for result JSON files")
+    p.add_argument("--out", type=str, default=None, metavar="DIR", help="output folder [RUN_DIR/report]")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help="a layer is robust when its relative top-1 drop after re-initialization to epoch 0 is "
+                        f"<= this, else critical [{DEFAULT_THRESHOLD}]")
+    p.add_argument("--bias-measure", choices=tuple(BIAS_MEASURES), default="mass",
+                   help="a layer's bias in the bias-against-criticality correlation: "
+                        + "; ".join(f"{k}: {v}" for k, v in BIAS_MEASURES.items()) + " [mass]")
+
+
+def run(args) -> int:
+    from .. import report
+
+    written = report.build_report(args.run_dir, args.out, threshold=args.threshold, measure=args.bias_measure)
+    for path in written.values():
+        print(f"wrote {path}")
+    return 0

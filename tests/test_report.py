@@ -1,0 +1,314 @@
+"""`hparr report`: a report drawn from result files made by the real projection and reinit code paths."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from scipy import integrate, stats
+
+from hparr import files, projections, reinit, report
+from hparr.cli import main
+from hparr.layers import discover_layers
+from hparr.models import build_model
+
+FIGURES = ("distributions", "mass_mean_by_epoch", "reinit_heatmap", "bias_vs_criticality")
+BIASED = ("features.0", "features.7")  # layers pushed towards the positive orthant
+
+
+def trained_like(model, seed: int, strength: float, shift: float):
+    """A copy of `model` whose weights moved from initialization; BIASED layers also move towards +1."""
+    out = build_model("lenet", 10, 3, 32, seed=0)
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.endswith("weight") and value.dim() > 1:
+            scale = float(value.std())
+            value = value + strength * scale * torch.randn(value.shape, generator=gen)
+            if key.rsplit(".", 1)[0] in BIASED:
+                value = value + shift * scale
+        state[key] = value
+    out.load_state_dict(state)
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A run directory: snapshots, normalized and plain projection results, a reinit result, clutter."""
+    root = tmp_path_factory.mktemp("run")
+    models = root / "models" / "cifar10" / "lenet" / "0"
+    init = build_model("lenet", 10, 3, 32, seed=0)
+    mid = trained_like(init, seed=1, strength=0.3, shift=0.8)
+    final = trained_like(init, seed=2, strength=0.6, shift=2.0)
+    files.save_torch(init.state_dict(), models / "lenet_init_0.pt")
+    files.save_torch({"epoch": 4, "top1_acc": 50.0, "top5_acc": 90.0, "model_state_dict": mid.state_dict(),
+                      "optimizer_state_dict": {}, "scheduler_state_dict": {}}, models / "lenet_4.tar")
+    files.save_torch(final.state_dict(), models / "lenet_10.pt")
+    # the last periodic snapshot holds the same epoch as the final model (both are epoch 10)
+    files.save_torch({"epoch": 9, "top1_acc": 60.0, "top5_acc": 95.0, "model_state_dict": final.state_dict(),
+                      "optimizer_state_dict": {}, "scheduler_state_dict": {}}, models / "lenet_9.tar")
+    snaps = sorted(models.iterdir())
+
+    for folder, normalize in (("results", True), ("results_plain", False)):
+        settings = projections.Settings(normalize=normalize, init_from=str((models / "lenet_init_0.pt").resolve()))
+        analyzer = projections.SnapshotAnalyzer(
+            projections.ModelConfig("lenet", 10, 3, 32), settings,
+            context={"arch": "lenet", "dataset": "cifar10", "seed": "0"},
+            init_state=projections.load_init_state(models / "lenet_init_0.pt"))
+        out = root / folder / "cifar10" / "lenet" / "0"
+        for path in snaps:
+            files.write_json(out / f"{path.stem}.json", analyzer.analyze_file(path))
+
+    # the test set: random images labelled by the trained model itself (trained accuracy 100%)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(96, 3, 32, 32, generator=gen)
+    with torch.no_grad():
+        y = final.eval()(x).argmax(1)
+    batches = [(x[i:i + 48], y[i:i + 48]) for i in (0, 48)]
+    layers, _ = discover_layers(final, (2, 3, 32, 32), with_linear=True, include_1x1=True)
+    alternatives = {"0": init.state_dict(), "5": mid.state_dict(),
+                    "rand": build_model("lenet", 10, 3, 32, seed=99).state_dict()}
+    result = reinit.reinit_sweep(final, alternatives, batches, layers=[i.name for i in layers])
+    doc = reinit.results_document(result, arch="lenet", dataset="cifar10", seed=0, epoch=10,
+                                  load_from=str((models / "lenet_10.pt").resolve()),
+                                  layer_kinds=[i.kind for i in layers],
+                                  layer_stage_block=[(i.stage, i.block) for i in layers])
+    files.write_json(root / "results" / "cifar10" / "lenet" / "0" / "reinit_lenet_10.json", doc)
+    files.write_json(root / "results" / "unrelated.json", {"hello": [1, 2]})
+    (root / "results" / "broken.json").write_text("{not json")
+    return root
+
+
+def load(path: Path):
+    return json.loads(path.read_text())
+
+
+def trained_doc(run: Path) -> dict:
+    return load(run / "results" / "cifar10" / "lenet" / "0" / "lenet_10.json")
+
+
+def reinit_doc(run: Path) -> dict:
+    return load(run / "results" / "cifar10" / "lenet" / "0" / "reinit_lenet_10.json")
+
+
+def layer_entries(doc: dict) -> dict[str, dict]:
+    return {e["name"]: e for s, blocks in doc.items() if s.isdigit() for e in blocks.values()}
+
+
+@pytest.fixture(scope="module")
+def built(run):
+    return report.build_report(run, threshold=0.1)
+
+
+def test_figures_and_files_are_written(run, built):
+    out = run / "report"
+    for name in FIGURES:
+        png, pdf = out / f"{name}.png", out / f"{name}.pdf"
+        assert built[png.name] == png and built[pdf.name] == pdf
+        with Image.open(png) as image:
+            image.verify()
+        with Image.open(png) as image:
+            assert image.format == "PNG" and image.width >= 400 and image.height >= 300
+            assert np.asarray(image.convert("L")).std() > 5  # not a blank canvas
+        assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 2000
+    for name in ("layers.csv", "report.json", "summary.md", "index.html"):
+        assert (out / name).is_file() and built[name] == out / name
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_table_values_equal_the_json_values(run, built):
+    doc, rdoc = trained_doc(run), reinit_doc(run)
+    entries = layer_entries(doc)
+    init_entries = layer_entries(load(run / "results" / "cifar10" / "lenet" / "0" / "lenet_init_0.json"))
+    csv = pd.read_csv(run / "report" / "layers.csv")
+    rep = load(run / "report" / "report.json")
+    assert list(csv["name"]) == rdoc["layers"]  # conv layers then the Linear ones, in forward order
+    top1 = rdoc["top1_test"]
+    for row, rec in zip(csv.to_dict(orient="records"), rep["layers"]):
+        name = row["name"]
+        i = rdoc["layers"].index(name)
+        acc0, acc_rand = rdoc["init_from_epoch"]["0"][i], rdoc["init_from_epoch"]["rand"][i]
+        drop0 = (top1 - acc0) / top1
+        for source in (row, rec):
+            assert source["top1_trained"] == top1
+            assert source["top1_reinit_0"] == acc0 and source["top1_rand"] == acc_rand
+            assert source["drop_reinit_0"] == pytest.approx(drop0, rel=1e-12)
+            assert source["drop_rand"] == pytest.approx((top1 - acc_rand) / top1, rel=1e-12)
+            assert source["verdict"] == ("robust" if drop0 <= 0.1 else "critical")
+        if name in entries:
+            e = entries[name]
+            for key in ("mass", "mean", "p_value", "p_adjusted", "l2_dist", "l_inf_dist", "N", "d"):
+                assert row[key] == e[key] and rec[key] == e[key], key
+            assert bool(row["biased"]) == e["biased"] == rec["biased"]
+            assert rec["bias"] == abs(e["mass"] - 0.5)
+            assert rec["mass_init"] == init_entries[name]["mass"]
+            assert pd.isna(row["missing"])
+        else:  # Linear layers are re-initialized but not analyzed by the projections
+            assert name.startswith("classifier") and row["missing"] == "projections" and pd.isna(row["mass"])
+    assert any(entries[n]["biased"] for n in BIASED)
+
+
+def test_spearman_equals_scipy_on_the_json_numbers(run, built):
+    doc, rdoc = trained_doc(run), reinit_doc(run)
+    entries = layer_entries(doc)
+    names = [n for n in rdoc["layers"] if n in entries]
+    bias = [abs(entries[n]["mass"] - 0.5) for n in names]
+    drop = [(rdoc["top1_test"] - rdoc["init_from_epoch"]["0"][rdoc["layers"].index(n)]) / rdoc["top1_test"]
+            for n in names]
+    expected = stats.spearmanr(bias, drop)
+    got = load(run / "report" / "report.json")["bias_vs_criticality"]
+    assert got["n_layers"] == len(names) == 6 and got["layers"] == names
+    assert got["spearman_rho"] == pytest.approx(expected.statistic, abs=1e-12)
+    assert got["p_value"] == pytest.approx(expected.pvalue, rel=1e-9)
+    summary = (run / "report" / "summary.md").read_text()
+    assert f"Spearman rho = {expected.statistic:.3f}" in summary
+
+    # another bias measure: the z-score of the mass
+    results = report.load_run(run, exclude=[run / "report"])
+    long = results.reinit.set_index(["label", "layer"])
+    for label, drops in rdoc["relative_drop"].items():
+        for layer, value in zip(rdoc["layers"], drops):
+            assert long.loc[(label, layer), "relative_drop"] == pytest.approx(value, rel=1e-12)
+            assert long.loc[(label, layer), "top5"] == rdoc["top5_init_from_epoch"][label][rdoc["layers"].index(layer)]
+    table = report.layer_table(results, measure="mass_z")
+    got = report.bias_vs_criticality(table)
+    expected = stats.spearmanr([abs(entries[n]["mass"] - 0.5) * 2 * math.sqrt(entries[n]["N"]) for n in names], drop)
+    assert got["spearman_rho"] == pytest.approx(expected.statistic, abs=1e-12)
+
+
+def test_summary_and_index_show_the_table_and_the_choices(run, built):
+    out = run / "report"
+    summary, page = (out / "summary.md").read_text(), (out / "index.html").read_text()
+    entries = layer_entries(trained_doc(run))
+    rep = load(out / "report.json")
+    n_biased = sum(bool(e["biased"]) for e in entries.values())
+    assert f"**{n_biased} of 6** layers biased at level 0.05" in summary
+    assert f"<strong>{n_biased} of 6</strong>" in page
+    for name in FIGURES:
+        assert f"]({name}.png)" in summary and f'<img src="{name}.png"' in page
+    for name, e in entries.items():
+        assert f"| {name} |" in summary and f"<td>{name}</td>" in page
+        assert f"{e['mass']:.3f}" in summary
+    # the normalized run was preferred and the plain one named as not used
+    assert rep["inputs"]["projection_settings"]["normalize"] is True
+    assert "results_plain" in summary and "not used" in summary and "normalized" in summary
+    missing_line = summary.split("Layers with no projection results")[1].splitlines()[0]
+    assert missing_line.endswith(": classifier.0, classifier.3, classifier.6.")
+    assert "BatchNorm" in summary
+    # of the two epoch-10 results, the one of the re-initialized snapshot is used
+    used = [Path(p).name for p in rep["inputs"]["projections"]]
+    assert used == ["lenet_init_0.json", "lenet_4.json", "lenet_10.json"]
+    assert "are both epoch 10; using lenet_10.json" in summary
+    assert {"torch", "torchvision", "hparr", "numpy"} <= set(rep["versions"]["report"])
+    assert rep["seeds"]["reinit"]["seed"] == "0" and rep["seeds"]["projections"]["seed"] == "0"
+
+
+def test_regenerated_from_json_alone_with_the_command(run, built, tmp_path, capsys):
+    first = (run / "report" / "layers.csv").read_bytes()
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("*.pt", "*.tar", "report"))  # no snapshots, no report
+    assert main(["report", str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {copy / 'report' / 'index.html'}" in out
+    assert (copy / "report" / "layers.csv").read_bytes() == first
+    # a report inside the run is not read as input; --out elsewhere and --threshold are honoured
+    assert main(["report", str(copy), "--out", str(copy / "second"), "--threshold", "0.99"]) == 0
+    capsys.readouterr()
+    second = pd.read_csv(copy / "second" / "layers.csv")
+    expected = np.where(second["drop_reinit_0"] <= 0.99, "robust", "critical")
+    assert list(second["verdict"]) == list(expected) and "robust" in expected
+    assert load(copy / "second" / "report.json")["threshold"] == 0.99
+
+
+def test_projections_only_and_reinit_only(run, tmp_path):
+    only_p = tmp_path / "p"
+    shutil.copytree(run / "results", only_p, ignore=shutil.ignore_patterns("reinit_*"))
+    written = report.build_report(only_p)
+    assert {"distributions.png", "mass_mean_by_epoch.pdf"} <= set(written)
+    assert "reinit_heatmap.png" not in written and "bias_vs_criticality.png" not in written
+    assert "no re-initialization result" in (only_p / "report" / "summary.md").read_text()
+    table = pd.read_csv(only_p / "report" / "layers.csv")
+    assert table["drop_reinit_0"].isna().all() and len(table) == 6
+
+    only_r = tmp_path / "r"
+    only_r.mkdir()
+    shutil.copy(run / "results" / "cifar10" / "lenet" / "0" / "reinit_lenet_10.json", only_r)
+    written = report.build_report(only_r)
+    assert "reinit_heatmap.png" in written and "distributions.png" not in written
+    table = pd.read_csv(only_r / "report" / "layers.csv")
+    assert list(table["name"]) == reinit_doc(run)["layers"] and table["mass"].isna().all()
+    # a stale figure from an earlier report is removed when the results no longer allow it
+    files.write_bytes(only_r / "report" / "distributions.png", b"old")
+    report.build_report(only_r)
+    assert not (only_r / "report" / "distributions.png").exists()
+
+
+def test_errors_are_one_line(tmp_path, capsys):
+    def fails(*args):
+        rc = main(["report", *map(str, args)])
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        return rc, err
+
+    rc, err = fails(tmp_path / "nope")
+    assert rc == 1 and "does not exist" in err
+    (tmp_path / "empty").mkdir()
+    files.write_json(tmp_path / "empty" / "other.json", {"format": "something-else"})
+    rc, err = fails(tmp_path / "empty")
+    assert rc == 1 and "no result files" in err
+    rc, err = fails(tmp_path / "empty", "--threshold", "-0.5")
+    assert rc == 2 and "threshold" in err
+    rc, err = fails(tmp_path / "empty", "--threshold", "nan")
+    assert rc == 2
+
+
+def test_null_density_and_bands():
+    for d in (3, 27, 144):
+        total, _ = integrate.quad(lambda t: float(report.null_density(t, d)), -1, 1)
+        assert total == pytest.approx(1.0, abs=1e-7)
+        part, _ = integrate.quad(lambda t: float(report.null_density(t, d)), -1, 0.1)
+        assert part == pytest.approx(float(projections.null_cdf(0.1, d)), abs=1e-7)
+        var, _ = integrate.quad(lambda t: t * t * float(report.null_density(t, d)), -1, 1)
+        assert var == pytest.approx(1 / d, rel=1e-6)  # method.md §3: variance 1/d
+    lo, hi = report.mass_band(64)
+    assert (lo, hi) == pytest.approx((0.5 - 1.96 / 16, 0.5 + 1.96 / 16), abs=1e-4)
+    lo, hi = report.mean_band(16, d=144)
+    assert hi == -lo == pytest.approx(1.96 * math.sqrt(1 / 144) / 4, rel=1e-4)
+    # the binomial mass of random layers falls in the band about 95% of the time
+    rng = np.random.default_rng(0)
+    masses = rng.binomial(64, 0.5, size=20000) / 64
+    inside = np.mean((masses >= report.mass_band(64)[0]) & (masses <= report.mass_band(64)[1]))
+    assert 0.9 < inside < 0.99
+
+
+def test_original_layouts_are_recognized(run, tmp_path):
+    """The original code's JSON: no format field, no layer names; the report still reads them."""
+    keep = ("projections", "mean", "mass", "l2_dist", "l_inf_dist")
+    src = run / "results" / "cifar10" / "lenet" / "0"
+    for stem in ("lenet_init_0", "lenet_10"):
+        doc = load(src / f"{stem}.json")
+        old = {s: {b: {k: e[k] for k in keep} for b, e in blocks.items()} for s, blocks in doc.items() if s.isdigit()}
+        old.update(net={k: doc["net"][k] for k in ("projections", "mean", "mass")},
+                   **{k: doc[k] for k in ("arch", "dataset", "epoch")}, seed="None")  # run without --seed
+        files.write_json(tmp_path / f"{stem}.json", old)
+    rdoc = reinit_doc(run)
+    files.write_json(tmp_path / "reinit.json", {k: rdoc[k] for k in ("init_from_epoch", "top1_test", "top5_test",
+                                                                      "arch", "dataset", "seed", "epoch")})
+    results = report.load_run(tmp_path)
+    assert results.trained_epoch == 10 and results.init_doc is not None and results.reinit_doc is not None
+    table = report.layer_table(results)
+    entries = layer_entries(trained_doc(run))
+    by_position = [e for _, e in sorted(((int(s), int(b)), e) for s, blocks in trained_doc(run).items()
+                                        if s.isdigit() for b, e in blocks.items())]
+    conv = table[table["name"].str.startswith("stage")]
+    assert list(conv["mass"]) == [e["mass"] for e in by_position] and list(conv["N"]) == [e["N"] for e in by_position]
+    assert len(entries) == len(conv)
+    # without layer names the two sides cannot be matched: every layer is reported missing on one side
+    assert set(table["missing"]) == {"reinit", "projections"} and table["drop_reinit_0"].notna().sum() == 9
+    assert report.bias_vs_criticality(table)["n_layers"] == 0
