@@ -35,7 +35,7 @@ def torch_load(path: str | os.PathLike, mmap: bool = False) -> Any:
                              "plain values, and loading it could run code") from None
         raise HparrError(f"truncated or corrupt snapshot {path}: not a tensor snapshot") from None
     except Exception as exc:  # noqa: BLE001 - a torn file fails in many ways, all of them "corrupt"
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = str(exc).strip().splitlines()[0].split(". ")[0][:200] if str(exc).strip() else type(exc).__name__
         raise HparrError(f"truncated or corrupt snapshot {path}: {msg}") from None
 
 

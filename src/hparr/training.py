@@ -52,6 +52,7 @@ class TrainSettings:
     weights: str | None = None
     cuda: bool = False
     amp: str | None = None  # None, "bf16" or "fp16"
+    channels_last: str = "auto"  # "auto", "on" or "off"
     sync_bn: bool = False
     workers: int = 1
     progress: bool = True
@@ -73,11 +74,28 @@ class TrainSettings:
             (self.snapshot_every >= 0, f"--snapshot-every must be >= 0, got {self.snapshot_every}"),
             (self.snapshot_all_until >= 0, f"--snapshot-all-until must be >= 0, got {self.snapshot_all_until}"),
             (self.amp in (None, "bf16", "fp16"), f"--amp must be bf16 or fp16, got {self.amp!r}"),
+            (self.channels_last in ("auto", "on", "off"), f"--channels-last must be auto, on or off, "
+                                                           f"got {self.channels_last!r}"),
             (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+
+
+CHANNELS_LAST_MAX_WIDTH = 128
+
+
+def use_channels_last(model: nn.Module, device: torch.device, choice: str = "auto") -> bool:
+    """Whether to train in channels_last. "auto": always on the GPU; on the CPU only for narrow convnets
+    (at most 128 channels), where it was measured 1.6x faster for lenet and 2-5% slower for VGG/AlexNet.
+    The rule depends on the model alone, so a resumed run makes the same choice."""
+    if choice != "auto":
+        return choice == "on"
+    widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not widths:
+        return False
+    return device.type == "cuda" or max(widths) <= CHANNELS_LAST_MAX_WIDTH
 
 
 def make_optimizer(params, settings: TrainSettings):
@@ -207,7 +225,7 @@ class Run:
                                  seed=seed, pretrained=settings.pretrained, weights=settings.weights)
         if settings.sync_bn and self.ctx.distributed:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.channels_last = self.device.type == "cuda"
+        self.channels_last = use_channels_last(self.model, self.device, settings.channels_last)
         self.model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
         self.optimizer, self.scheduler = make_optimizer(self.model.parameters(), settings)
         self.data_generator = torch.Generator().manual_seed(self.seeds["data_order"])

@@ -44,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", nargs="?", const="bf16", default=None, choices=["bf16", "fp16"],
                    help="mixed precision on the GPU (bf16 by default; fp16 uses a GradScaler)")
     p.add_argument("--sync-bn", action="store_true", help="synchronized BatchNorm under torchrun")
+    p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
+                   help="channels_last memory format: auto = on the GPU, and on the CPU for narrow convnets [auto]")
     p.add_argument("--workers", "-j", type=int, default=1, help="data loading processes (ImageNet only) [1]")
     p.add_argument("--epochs", type=int, default=20, help="number of training epochs [20]")
     p.add_argument("--start-epoch", type=int, default=0, help="starting epoch (for a bare-weights resume) [0]")
@@ -127,7 +129,7 @@ def settings_from_args(args):
         snapshot_all_until=args.snapshot_all_until, resume_from=args.resume_from,
         kill_plateaus=args.kill_plateaus, train_acc=args.train_acc,
         pretrained=args.pretrained or args.weights is not None, weights=args.weights, cuda=args.cuda,
-        amp=args.amp, sync_bn=args.sync_bn, workers=args.workers, progress=not args.no_progress, log=args.log)
+        amp=args.amp, channels_last=args.channels_last, sync_bn=args.sync_bn, workers=args.workers, progress=not args.no_progress, log=args.log)
 
 
 def run(args) -> int:
