@@ -1,0 +1,145 @@
+"""Layer re-initialization: the shared-prefix sweep against the plain swap-evaluate-restore loop.
+
+Both evaluate the same in-memory test batches in the same run, with 2 checkpoints and --rand
+(random weights: accuracy does not matter for timing), and must give equal counts. The ideal
+speed-up is the plain loop's conv/linear FLOPs over the sweep's, counted with forward hooks: the
+plain loop runs the whole network 1 + K*L times per batch, the sweep once plus, for each of the L
+layers, K times the part of the network from that layer on.
+
+A third case runs `python reinit_layers.py` end to end (process start, CIFAR-format test set of
+10,000 images read from disk, snapshots in the original code's formats, 19 test passes' worth of
+work for lenet), the work the original code did in 77 s on 2 cores.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .common import ROOT, timed
+
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+BATCH = 128
+
+
+def layer_flops(model: nn.Module, input_shape) -> list[tuple[str, int]]:
+    """(name, multiply-adds per image) of every Conv2d and Linear, in execution order."""
+    out: list[tuple[str, int]] = []
+
+    def hook(module, args, output):
+        per_out = module.weight[0].numel()  # (in_channels / groups) * kh * kw, or in_features
+        out.append((names[module], output[0].numel() * per_out))
+
+    names = {m: n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    handles = [m.register_forward_hook(hook) for m in names]
+    try:
+        with torch.inference_mode():
+            model.eval()(torch.zeros(1, *input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+def ideal_speedup(flops: list[tuple[str, int]], layers: list[str], alternatives: int) -> float:
+    """Plain loop FLOPs over shared-sweep FLOPs (chain networks: a layer's suffix is everything after it)."""
+    order = [name for name, _ in flops]
+    total = sum(f for _, f in flops)
+    suffix = {name: sum(f for _, f in flops[order.index(name):]) for name in layers}
+    plain = total * (1 + alternatives * len(layers))
+    shared = total + alternatives * sum(suffix.values())
+    return plain / shared
+
+
+def _loader(n: int, seed: int = 0):
+    from hparr.data import ImageSet, TensorLoader
+
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    labels = torch.randint(0, 10, (n,), generator=gen)
+    return TensorLoader(ImageSet(images, labels), BATCH, train=False, augment=None, mean=CIFAR_MEAN, std=CIFAR_STD,
+                        channels_last=True)
+
+
+def sweep_case(arch: str, images: int, repeats: int = 1) -> dict:
+    """Time the shared sweep and the plain loop on the same data (alternating, best of `repeats`);
+    check that their counts are equal."""
+    from hparr.models import build_model
+    from hparr.reinit import plain_reinit_sweep, reinit_layers, reinit_sweep
+
+    model = build_model(arch, 10, 3, 32, seed=0)
+    alternatives = {"0": build_model(arch, 10, 3, 32, seed=1).state_dict(),
+                    "5": build_model(arch, 10, 3, 32, seed=2).state_dict(),
+                    "rand": build_model(arch, 10, 3, 32, seed=3).state_dict()}
+    layers = reinit_layers(model)
+    loader = _loader(images)
+    sweep_s = plain_s = float("inf")
+    for _ in range(repeats):
+        seconds, shared = timed(reinit_sweep, model, alternatives, loader, layers=layers, method="shared")
+        sweep_s = min(sweep_s, seconds)
+        seconds, plain = timed(plain_reinit_sweep, model, alternatives, loader, layers=layers)
+        plain_s = min(plain_s, seconds)
+        if not (np.array_equal(shared.correct, plain.correct) and shared.trained_correct == plain.trained_correct):
+            raise RuntimeError(f"{arch}: the shared sweep and the plain loop disagree")
+    ideal = ideal_speedup(layer_flops(model, (3, 32, 32)), layers, len(alternatives))
+    measured = plain_s / sweep_s
+    return {"case": f"reinit_{arch}", "images": images, "layers": len(layers), "alternatives": len(alternatives),
+            "test_passes_plain": 1 + len(alternatives) * len(layers), "sweep_s": round(sweep_s, 3),
+            "plain_s": round(plain_s, 3), "speedup": round(measured, 3), "ideal_speedup": round(ideal, 3),
+            "measured_over_ideal": round(measured / ideal, 3), "equal_counts": True, "repeats": repeats,
+            "torch_threads": torch.get_num_threads()}
+
+
+def write_original_snapshots(directory: Path) -> tuple[Path, Path]:
+    """lenet snapshots as the original code wrote them; returns (trained snapshot, list of inits)."""
+    from hparr import files
+    from hparr.models import build_model
+
+    init = build_model("lenet", seed=1).state_dict()
+    files.save_torch(init, directory / "lenet_init_0.pt")  # a plain state_dict
+    mid = build_model("lenet", seed=2).state_dict()  # a .tar dict from its DataParallel: features.module. keys
+    mid = {k.replace("features.", "features.module.", 1): v for k, v in mid.items()}
+    files.save_torch({"epoch": 4, "top1_acc": 40.0, "top5_acc": 80.0, "model_state_dict": mid,
+                      "optimizer_state_dict": {}, "scheduler_state_dict": {}}, directory / "lenet_4.tar")
+    trained = directory / "lenet_20.pt"
+    files.save_torch(build_model("lenet", seed=3).state_dict(), trained)
+    inits = directory / "inits.txt"
+    files.write_text(inits, f"{directory / 'lenet_init_0.pt'}\n{directory / 'lenet_4.tar'}\n")
+    return trained, inits
+
+
+def command_case(images: int = 10_000) -> dict:
+    """`python reinit_layers.py` on lenet, CIFAR-format test set, 2 checkpoints and --rand."""
+    from tests.formats import random_images, random_labels, write_cifar10
+
+    root = Path(tempfile.mkdtemp(prefix="hparr-bench-reinit-"))
+    try:
+        write_cifar10(root / "data", random_images(10, 3, 32, 32, seed=1), random_labels(10, 10, seed=1),
+                      random_images(images, 3, 32, 32, seed=2), random_labels(images, 10, seed=2))
+        trained, inits = write_original_snapshots(root)
+        cmd = [sys.executable, str(ROOT / "reinit_layers.py"), "--arch", "lenet", "--dataset", "cifar10",
+               "--data-path", str(root / "data"), "--load-from", str(trained), "--inits-from", str(inits),
+               "--rand", "--results", str(root / "results"), "--no-progress"]
+        seconds, proc = timed(subprocess.run, cmd, capture_output=True, text=True, cwd=root)
+        if proc.returncode != 0:
+            raise RuntimeError(f"reinit_layers.py failed: {proc.stderr.strip()[-500:]}")
+        return {"case": "reinit_lenet_command", "images": images, "test_passes_plain": 19,
+                "seconds": round(seconds, 3), "original_code_s": 77.0, "target_s": 15.0}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run() -> list[dict]:
+    return [sweep_case("lenet", 10_000, repeats=2), sweep_case("vgg11", 1_000), command_case()]
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    for row in run():
+        print(row)

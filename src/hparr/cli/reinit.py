@@ -1,0 +1,92 @@
+"""`hparr reinit`: the paper's reinit_layers.py (layer re-initialization test of Zhang et al.)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+DESCRIPTION = (
+    "Reinit network weights and compute drop in performance. For each conv layer (and Linear with "
+    "--with-linear), its weight and bias are replaced by those of each snapshot of --inits-from "
+    "(re-initialization) and, with --rand, by a fresh seeded initialization (re-randomization), and the "
+    "test accuracy is measured; BatchNorm stays as trained. Writes "
+    "<results>/<dataset>[_<K>]/<arch>[/<seed>]/reinit_<snapshot name>.json (the original layout plus layer "
+    "names, top-5 and provenance) and, with --plots, a heatmap of the relative accuracy drop (.png, .pdf).")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .train import add_data_arguments
+
+    p.add_argument("--arch", type=str, default=None, help="architecture; run without it to list them")
+    add_data_arguments(p)
+    p.add_argument("--load-from", type=str, default="", help="the trained snapshot to evaluate")
+    p.add_argument("--inits-from", type=str, default=None,
+                   help="snapshots to re-initialize from: a text file of paths (one per line; blank lines are "
+                        "ignored, missing files skipped with a warning) or a directory of snapshots")
+    p.add_argument("--rand", action="store_true",
+                   help="also re-randomize each layer from a fresh initialization (seed derived from --seed)")
+    p.add_argument("--with-linear", action="store_true", help="also re-initialize the Linear layers")
+    p.add_argument("--cuda", action="store_true", help="evaluate on the GPU (falls back to the CPU with a warning)")
+    p.add_argument("--results", type=str, default="./results", help="results folder [./results]")
+    p.add_argument("--log", type=str, default="reinit_weights.log",
+                   help="log file name, written beside the JSON results [reinit_weights.log]")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed the model was trained with (results go to <arch>/<seed>/); the re-randomization "
+                        "seed is derived from it")
+    p.add_argument("--workers", "-j", type=int, default=1, help="data loading processes (ImageNet only) [1]")
+    p.add_argument("--batch-size", type=int, default=128, help="evaluation batch size [128]")
+    p.add_argument("--plots", action="store_true", help="also write the heatmap of the relative drop (PNG, PDF)")
+    p.add_argument("--method", choices=("auto", "shared", "plain"), default="auto",
+                   help="auto/shared: run the trained part before each layer once per batch; plain: swap, "
+                        "evaluate the whole network, restore (same accuracies, slower) [auto]")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+class _Lines(logging.Handler):
+    """Keeps the run's log messages for the log file, which is written once, atomically, at the end."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+def run(args) -> int:
+    from .train import data_options, listing, setup_logging
+
+    if listing(args):
+        return 0
+    from .. import files, reinit
+    from ..projections import results_directory
+
+    setup_logging()
+    settings = reinit.ReinitSettings(
+        load_from=args.load_from, data=data_options(args), arch=args.arch, inits_from=args.inits_from,
+        rand=args.rand, with_linear=args.with_linear, seed=args.seed, batch_size=args.batch_size, cuda=args.cuda,
+        workers=args.workers, method=args.method, progress=not args.no_progress and sys.stderr.isatty())
+    captured = _Lines()
+    logger = logging.getLogger("hparr")
+    logger.addHandler(captured)
+    try:
+        out = reinit.run_reinit(settings)
+    finally:
+        logger.removeHandler(captured)
+    doc = out.document
+    out_dir = results_directory(args.results, doc["dataset"], doc["arch"], args.seed, doc["subsample_classes"])
+    json_path = out_dir / f"{out.stem}.json"
+    files.write_json(json_path, doc)
+    written = [json_path]
+    if args.plots:
+        png, pdf = out_dir / f"{out.stem}.png", out_dir / f"{out.stem}.pdf"
+        reinit.save_heatmap(doc, png, pdf)
+        written += [png, pdf]
+    lines = reinit.summary_lines(doc)
+    log_path = out_dir / args.log
+    old = log_path.read_text() if log_path.is_file() else ""
+    files.write_text(log_path, old + "".join(line + "\n" for line in captured.lines + lines))
+    print("\n".join(lines))
+    print("wrote " + ", ".join(map(str, written)))
+    return 0

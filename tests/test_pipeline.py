@@ -1,0 +1,35 @@
+"""`hparr reproduce`: train, projections, reinit and report in one command, resumable."""
+import json
+
+import pandas as pd
+
+from hparr.cli import main
+
+
+def test_reproduce_writes_the_whole_study_and_reruns_cheaply(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["reproduce", "--out", str(out), "--epochs", "3", "--snapshot-every", "1", "--snapshot-all-until", "0",
+            "--lr", "0.02", "--seed", "1", "--no-progress"]
+    assert main(argv) == 0
+    assert "report in" in capsys.readouterr().out
+    run_dir = out / "models" / "digits" / "lenet" / "1"
+    assert sorted(p.name for p in run_dir.glob("lenet_*")) == [
+        "lenet_0.tar", "lenet_1.tar", "lenet_2.tar", "lenet_3.pt", "lenet_init_0.pt"]
+    proj = pd.read_csv(out / "results" / "digits" / "lenet" / "1" / "projections.csv")
+    assert set(proj["epoch"]) == {0, 1, 2, 3}
+    reinit = json.loads((out / "results" / "reinit" / "digits" / "lenet" / "1" / "reinit_lenet_3.json").read_text())
+    assert set(reinit["init_from_epoch"]) == {"0", "1", "2", "rand"}
+    report = out / "report"
+    for name in ("distributions", "mass_mean_by_epoch", "reinit_heatmap", "bias_vs_criticality"):
+        assert (report / f"{name}.png").stat().st_size > 10_000 and (report / f"{name}.pdf").exists()
+    layers = pd.read_csv(report / "layers.csv")
+    assert list(layers["name"]) == ["features.0", "features.2", "features.5", "features.7", "features.10",
+                                    "features.12"]
+    final = proj[(proj["epoch"] == 3) & (proj["kind"] == "conv")].drop_duplicates("name").set_index("name")
+    assert (layers.set_index("name")["mass"] - final["mass"]).abs().max() < 1e-12
+    assert "index.html" in {p.name for p in report.iterdir()}
+
+    before = (run_dir / "lenet_3.pt").stat().st_mtime_ns
+    assert main(argv) == 0  # resumes: training is complete, finished projections are reused
+    assert (run_dir / "lenet_3.pt").stat().st_mtime_ns >= before
+    assert pd.read_csv(report / "layers.csv").equals(layers)

@@ -1,0 +1,171 @@
+"""`hparr reinit` end to end: the original code's snapshot formats, `hparr train` snapshots, errors."""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+try:
+    import formats
+except ImportError:  # tests/ imported as a package
+    from tests import formats
+
+from hparr import checkpoints, files, reinit
+from hparr.cli import main
+from hparr.data import DataOptions, load_data, make_loader
+from hparr.models import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+N_TEST = 200
+
+
+def original_snapshots(directory: Path, in_channels: int = 3) -> Path:
+    """lenet snapshots as the original code wrote them: a plain state_dict at init, a .tar dict whose
+    keys carry its DataParallel's `features.module.`, and a final state_dict. Returns the final one."""
+    files.save_torch(build_model("lenet", 10, in_channels, seed=11).state_dict(), directory / "lenet_init_0.pt")
+    mid = {k.replace("features.", "features.module.", 1): v
+           for k, v in build_model("lenet", 10, in_channels, seed=12).state_dict().items()}
+    files.save_torch({"epoch": 4, "top1_acc": 31.0, "top5_acc": 70.0, "model_state_dict": mid,
+                      "optimizer_state_dict": {"state": {}, "param_groups": []}, "scheduler_state_dict": {}},
+                     directory / "lenet_4.tar")
+    final = directory / "lenet_20.pt"
+    files.save_torch(build_model("lenet", 10, in_channels, seed=13).state_dict(), final)
+    return final
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reinit_cifar")
+    formats.write_cifar10(root / "data", formats.random_images(10, 3, 32, 32, 1), formats.random_labels(10, 10, 1),
+                          formats.random_images(N_TEST, 3, 32, 32, 2), formats.random_labels(N_TEST, 10, 2))
+    snaps = root / "models"
+    snaps.mkdir()
+    final = original_snapshots(snaps)
+    inits = root / "inits.txt"
+    inits.write_text(f"{snaps / 'lenet_init_0.pt'}\n\n{snaps / 'lenet_7.tar'}\n   \n{snaps / 'lenet_4.tar'}\n")
+    return root, final, inits
+
+
+def run_cli(capsys, *args):
+    # the command's log handler writes to the sys.stderr of its creation; pytest swaps it per test
+    logging.getLogger("hparr").handlers.clear()
+    rc = main(["reinit", *map(str, args)])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def expected_counts(root: Path, final: Path, doc: dict) -> reinit.ReinitResult:
+    """The plain loop on weights and test data loaded independently of the command."""
+    data = load_data(DataOptions(dataset="cifar10", data_path=str(root / "data")))
+    model = build_model("lenet", 10, 3, 32)
+    checkpoints.load_model_weights(model, final)
+    snaps = final.parent
+    alternatives = {"0": checkpoints.load_state_dict_file(snaps / "lenet_init_0.pt"),
+                    "5": checkpoints.load_state_dict_file(snaps / "lenet_4.tar"),
+                    "rand": build_model("lenet", 10, 3, 32, seed=doc["seeds"]["rand"]).state_dict()}
+    return reinit.plain_reinit_sweep(model, alternatives, make_loader(data, "test", 64))
+
+
+def test_original_formats_cifar(cifar, capsys):
+    root, final, inits = cifar
+    results = root / "results"
+    rc, out, err = run_cli(capsys, "--arch", "lenet", "--dataset", "cifar10", "--data-path", root / "data",
+                           "--load-from", final, "--inits-from", inits, "--rand", "--seed", 3, "--plots",
+                           "--results", results, "--batch-size", 64, "--no-progress")
+    assert rc == 0, err
+    assert "lenet_7.tar" in err and "skipping" in err  # the missing file is a warning
+    out_dir = results / "cifar10" / "lenet" / "3"
+    doc = json.loads((out_dir / "reinit_lenet_20.json").read_text())
+
+    # the original layout
+    assert list(doc["init_from_epoch"]) == ["0", "5", "rand"]
+    assert doc["arch"] == "lenet" and doc["dataset"] == "cifar10" and doc["seed"] == "3" and doc["epoch"] == "20"
+    assert all(len(v) == 6 for v in doc["init_from_epoch"].values())
+    # the additions
+    assert doc["layers"] == ["features.0", "features.2", "features.5", "features.7", "features.10", "features.12"]
+    assert list(doc["top5_init_from_epoch"]) == ["0", "5", "rand"]
+    assert "BatchNorm" in doc["batchnorm"] and "left as trained" in doc["batchnorm"]
+    assert doc["normalization"]["mean"] == [0.4914, 0.4822, 0.4465]
+    assert doc["normalization"]["std"] == [0.2023, 0.1994, 0.2010]
+    assert set(doc["versions"]) >= {"torch", "torchvision", "hparr", "numpy"}
+    assert isinstance(doc["seeds"]["rand"], int) and doc["seeds"]["seed"] == 3
+    assert doc["init_files"]["5"].endswith("lenet_4.tar")
+    assert doc["num_test"] == N_TEST and doc["method"] == "shared-prefix"
+
+    # the same accuracies as the plain loop on the same weights and test data
+    ref = expected_counts(root, final, doc)
+    assert doc["top1_test"] == ref.trained_accuracy(1) and doc["top5_test"] == ref.trained_accuracy(5)
+    assert doc["init_from_epoch"] == ref.accuracy(1)
+    assert doc["top5_init_from_epoch"] == ref.accuracy(5)
+    assert doc["correct_top1"] == {k: ref.correct[i, :, 0].tolist() for i, k in enumerate(ref.labels)}
+    drop = doc["relative_drop"]["rand"][2]
+    assert drop == pytest.approx((doc["top1_test"] - doc["init_from_epoch"]["rand"][2]) / doc["top1_test"])
+
+    assert (out_dir / "reinit_lenet_20.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out_dir / "reinit_lenet_20.pdf").read_bytes()[:5] == b"%PDF-"
+    log_text = (out_dir / "reinit_weights.log").read_text()
+    assert "re-randomized" in log_text and "lenet_7.tar" in log_text
+    assert not [p for p in out_dir.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+    # --method plain writes the same numbers; the directory form of --inits-from finds the same snapshots
+    rc, _, err = run_cli(capsys, "--arch", "lenet", "--dataset", "cifar10", "--data-path", root / "data",
+                         "--load-from", final, "--inits-from", final.parent, "--rand", "--seed", 3,
+                         "--results", root / "plain", "--method", "plain", "--no-progress")
+    assert rc == 0, err
+    plain = json.loads((root / "plain" / "cifar10" / "lenet" / "3" / "reinit_lenet_20.json").read_text())
+    assert plain["method"] == "plain"
+    assert plain["init_from_epoch"] == doc["init_from_epoch"]
+    assert plain["top5_init_from_epoch"] == doc["top5_init_from_epoch"]
+
+
+def test_errors_are_one_line(cifar, capsys, tmp_path):
+    root, final, inits = cifar
+    base = ["--arch", "lenet", "--dataset", "cifar10", "--data-path", root / "data", "--results", tmp_path]
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n \n")
+    cases = [
+        ([*base, "--load-from", final, "--inits-from", tmp_path / "nope.txt"], 2, "no such file or directory"),
+        ([*base, "--load-from", final, "--inits-from", empty], 2, "lists no existing snapshot"),
+        ([*base, "--load-from", final, "--inits-from", ""], 2, "--inits-from is empty"),
+        ([*base, "--load-from", final], 2, "nothing to evaluate"),
+        ([*base, "--load-from", tmp_path / "gone.pt", "--rand"], 1, "snapshot not found"),
+        (["--arch", "vgg11", "--dataset", "cifar10", "--data-path", root / "data", "--load-from", final,
+          "--rand", "--results", tmp_path], 1, "does not match this architecture"),
+        ([*base, "--load-from", final, "--rand", "--batch-size", 0], 2, "--batch-size must be >= 1"),
+    ]
+    for args, code, message in cases:
+        rc, _, err = run_cli(capsys, *args)
+        assert rc == code, (args, err)
+        lines = err.strip().splitlines()
+        assert message in lines[-1] and lines[-1].startswith("hparr reinit: error:"), err
+        assert "Traceback" not in err
+
+
+def test_train_snapshots_through_the_paper_script(tmp_path, capsys):
+    """Snapshots of `hparr train` on digits: epochs from their metadata, their seed checked, the root script."""
+    train = [sys.executable, "-m", "hparr", "train", "--arch", "lenet", "--dataset", "digits", "--epochs", "1",
+             "--seed", "5", "--snapshot-every", "1", "--models-path", str(tmp_path / "models"), "--tb-logdir", "",
+             "--no-progress"]
+    subprocess.run(train, check=True, capture_output=True, cwd=tmp_path)
+    run_dir = tmp_path / "models" / "digits" / "lenet" / "5"
+    final = run_dir / "lenet_1.pt"
+    args = ["--arch", "lenet", "--dataset", "digits", "--load-from", str(final), "--inits-from", str(run_dir),
+            "--rand", "--results", str(tmp_path / "results"), "--with-linear"]
+    proc = subprocess.run([sys.executable, str(ROOT / "reinit_weights.py"), *args, "--seed", "5"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "results" / "digits" / "lenet" / "5" / "reinit_lenet_1.json").read_text())
+    # lenet_init_0.pt -> epoch 0, lenet_0.tar -> 1; the trained snapshot itself is skipped
+    assert list(doc["init_from_epoch"]) == ["0", "1", "rand"]
+    assert doc["epoch"] == "1" and doc["with_linear"] is True
+    assert len(doc["layers"]) == 9 and doc["layers"][-1] == "classifier.6"
+    assert doc["init_from_epoch"]["1"] == [doc["top1_test"]] * 9  # the same weights as the trained model
+    assert doc["seeds"]["model"]["seed"] == 5
+    assert doc["normalization"]["mean"] == [0.3052]  # recorded in the snapshot
+
+    rc, _, err = run_cli(capsys, *args, "--seed", 6)
+    assert rc == 1 and "trained with seed 5, not --seed 6" in err
