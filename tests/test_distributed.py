@@ -20,23 +20,24 @@ def torchrun(*args, cwd):
 
 
 def test_two_process_gloo_run_matches_a_single_process_run(tmp_path):
-    common = ["--lr", "0.05", "--seed", "4", "--models-path", str(tmp_path / "ddp"), "--tb-logdir", "",
-              "--batch-size", "64"]  # 2 ranks x 64 = the single process's batch of 128
-    torchrun("--epochs", "4", "--snapshot-every", "2", *common, cwd=tmp_path)
+    common = ["--optimizer", "adam", "--lr", "0.003", "--seed", "4", "--models-path", str(tmp_path / "ddp"),
+              "--tb-logdir", "", "--batch-size", "64"]  # 2 ranks x 64 = the single process's batch of 128
+    torchrun("--epochs", "3", *common, cwd=tmp_path)
     proc = torchrun("--epochs", "6", "--resume-from", "auto", *common, cwd=tmp_path)
     assert proc.stdout.count("test accuracy") == 1  # rank 0 alone reports
     run_dir = tmp_path / "ddp" / "digits" / "lenet" / "4"
     names = sorted(p.name for p in run_dir.iterdir() if p.suffix in (".pt", ".tar"))
-    assert names == ["lenet_1.tar", "lenet_3.tar", "lenet_4.pt", "lenet_5.tar", "lenet_6.pt", "lenet_init_0.pt"]
+    assert names == ["lenet_2.tar", "lenet_3.pt", "lenet_5.tar", "lenet_6.pt", "lenet_init_0.pt"]
     final = ck.torch_load(run_dir / "lenet_6.pt")
     assert not any("module" in k for k in final["model_state_dict"])
     plain = build_model("lenet", num_classes=10, in_channels=1)
     ck.load_weights(plain, ck.state_dict_of(final))  # loads into a plain single-device model
     assert [h["epoch"] for h in final["history"]] == [1, 2, 3, 4, 5, 6]
 
-    single = train(TrainSettings(arch="lenet", data=DataOptions(dataset="digits"), epochs=6, lr=0.05, seed=4,
+    single = train(TrainSettings(arch="lenet", data=DataOptions(dataset="digits"), epochs=6, optimizer="adam",
+                                 lr=0.003, seed=4,
                                  models_path=str(tmp_path / "single"), tb_logdir=None, progress=False))
     ddp_top1 = final["metrics"]["test"]["top1"]
     assert final["metrics"]["test"]["count"] == 450  # evaluation gathered every test image once
-    assert abs(ddp_top1 - single["final"]["test"]["top1"]) < 12, (ddp_top1, single["final"]["test"]["top1"])
-    assert ddp_top1 > 30  # well above the 10% of chance after 6 short epochs
+    assert abs(ddp_top1 - single["final"]["test"]["top1"]) < 15, (ddp_top1, single["final"]["test"]["top1"])
+    assert ddp_top1 > 60  # far above the 10% of chance after 6 short epochs

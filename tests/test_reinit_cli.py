@@ -111,6 +111,18 @@ def test_original_formats_cifar(cifar, capsys):
     assert "re-randomized" in log_text and "lenet_7.tar" in log_text
     assert not [p for p in out_dir.iterdir() if p.name.startswith(".")]  # no temporary files left
 
+    # a rerun keeps the finished result unless --overwrite
+    before = (out_dir / "reinit_lenet_20.json").stat().st_mtime_ns
+    rc, out, _ = run_cli(capsys, "--arch", "lenet", "--dataset", "cifar10", "--data-path", root / "data",
+                         "--load-from", final, "--inits-from", inits, "--seed", 3, "--results", results)
+    assert rc == 0 and "kept" in out
+    assert (out_dir / "reinit_lenet_20.json").stat().st_mtime_ns == before
+    rc, out, _ = run_cli(capsys, "--arch", "lenet", "--dataset", "cifar10", "--data-path", root / "data",
+                         "--load-from", final, "--inits-from", inits, "--rand", "--seed", 3, "--results", results,
+                         "--overwrite", "--no-progress")
+    assert rc == 0 and "kept" not in out
+    assert json.loads((out_dir / "reinit_lenet_20.json").read_text())["init_from_epoch"] == doc["init_from_epoch"]
+
     # --method plain writes the same numbers; the directory form of --inits-from finds the same snapshots
     rc, _, err = run_cli(capsys, "--arch", "lenet", "--dataset", "cifar10", "--data-path", root / "data",
                          "--load-from", final, "--inits-from", final.parent, "--rand", "--seed", 3,

@@ -10,7 +10,7 @@ import torch
 
 from hparr import checkpoints as ck
 
-EPOCHS = 6
+EPOCHS = 4
 
 
 def test_kill_9_at_random_points_then_resume_matches_an_uninterrupted_run(tmp_path):
@@ -25,10 +25,10 @@ def test_kill_9_at_random_points_then_resume_matches_an_uninterrupted_run(tmp_pa
     run_dir = tmp_path / "killed" / "digits" / "lenet" / "2"
     rng = random.Random(0)
     kills = 0
-    for _ in range(4):
+    for _ in range(3):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 )
-        time.sleep(rng.uniform(3.0, 9.0))
+        time.sleep(rng.uniform(3.0, 7.0))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1

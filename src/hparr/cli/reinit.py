@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 DESCRIPTION = (
     "Reinit network weights and compute drop in performance. For each conv layer (and Linear with "
@@ -35,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "seed is derived from it")
     p.add_argument("--workers", "-j", type=int, default=1, help="data loading processes (ImageNet only) [1]")
     p.add_argument("--batch-size", type=int, default=128, help="evaluation batch size [128]")
+    p.add_argument("--overwrite", action="store_true", help="recompute a result that already exists")
     p.add_argument("--plots", action="store_true", help="also write the heatmap of the relative drop (PNG, PDF)")
     p.add_argument("--method", choices=("auto", "shared", "plain"), default="auto",
                    help="auto/shared: run the trained part before each layer once per batch; plain: swap, "
@@ -63,6 +65,12 @@ def run(args) -> int:
     from ..projections import results_directory
 
     setup_logging()
+    if args.load_from:  # a finished result is kept: a rerun of a crashed batch skips it
+        done = results_directory(args.results, args.dataset, args.arch, args.seed, args.subsample_classes) \
+            / f"reinit_{Path(args.load_from).stem}.json"
+        if done.is_file() and not args.overwrite:
+            print(f"kept {done} (already computed; --overwrite to recompute)")
+            return 0
     settings = reinit.ReinitSettings(
         load_from=args.load_from, data=data_options(args), arch=args.arch, inits_from=args.inits_from,
         rand=args.rand, with_linear=args.with_linear, seed=args.seed, batch_size=args.batch_size, cuda=args.cuda,
