@@ -152,3 +152,23 @@ def test_root_script_runs_the_same_command():
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--dataset", "digits"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "lenet" in proc.stdout
+
+
+def test_remaining_flags_reach_the_run(tmp_path, capsys):
+    argv = ["train", "--arch", "lenet", "--dataset", "digits", "--subsample-classes", "5", "--class-sample-seed", "3",
+            "--split", "0.1", "--shuffle", "--split-seed", "2", "--unnormalize", "--start-epoch", "1", "--epochs", "2",
+            "--weight-decay", "0.001", "--momentum", "0.5", "--workers", "0", "--batch-size", "64", "--lr", "0.01",
+            "--seed", "7", "--models-path", str(tmp_path), "--tb-logdir", "", "--channels-last", "off", "--json"]
+    assert main(argv) == 0
+    run_dir = tmp_path / "digits_5" / "lenet" / "7"
+    assert not (run_dir / "lenet_init_0.pt").exists()  # --start-epoch 1: training starts at the second epoch
+    snap = ck.torch_load(run_dir / "lenet_2.pt")
+    assert [h["epoch"] for h in snap["history"]] == [2]
+    group = snap["optimizer_state_dict"]["param_groups"][0]
+    assert group["weight_decay"] == 0.001 and group["momentum"] == 0.5
+    assert snap["num_classes"] == 5 and len(snap["data"]["class_subset"]["classes"]) == 5
+    assert snap["data"]["class_subset"]["seed"] == 3
+    assert snap["data"]["split"]["shuffle"] and snap["data"]["split"]["seed"] == 2
+    assert snap["normalization"] == {"mean": [0.0], "std": [1.0]}
+    assert snap["settings"]["workers"] == 0 and snap["settings"]["batch_size"] == 64
+    assert '"converged": true' in capsys.readouterr().out
