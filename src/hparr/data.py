@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import HparrError, UsageError
+from .provenance import versions
 
 log = logging.getLogger("hparr.data")
 
@@ -526,12 +527,6 @@ def _imagenet_raw(root: Path):
 # load_data
 
 
-def _versions() -> dict[str, str]:
-    from .provenance import versions
-
-    return versions()
-
-
 def load_data(options: DataOptions) -> Data:
     """Load a dataset and apply the options (subsample -> split -> corrupt the training part)."""
     options.validate()
@@ -634,7 +629,7 @@ def load_data(options: DataOptions) -> Data:
         "sizes": {"train": len(train), "val": 0 if val is None else len(val), "test": len(test)},
         "normalization": {"mean": list(mean), "std": list(std), "normalized": normalize},
         "augmentation": augmentation,
-        "versions": _versions(),
+        "versions": versions(),
     })
     log.info("%s: %d train, %d val, %d test samples, %d classes", options.dataset, len(train),
              meta["sizes"]["val"], len(test), num_classes)
