@@ -57,7 +57,7 @@ def reproduce(settings: TrainSettings, out_dir: str | Path, with_linear: bool = 
         with_linear=with_linear, seed=seed if settings.seed is None else settings.seed,
         batch_size=max(settings.batch_size, 256), cuda=settings.cuda, workers=settings.workers,
         progress=settings.progress and sys.stderr.isatty()))
-    reinit_dir = projections.results_directory(results / "reinit", settings.data.dataset, settings.arch,
+    reinit_dir = checkpoints.results_directory(results / "reinit", settings.data.dataset, settings.arch,
                                                settings.seed, settings.data.subsample_classes)
     reinit_json = reinit_dir / f"{swept.stem}.json"
     files.write_json(reinit_json, swept.document)

@@ -32,6 +32,8 @@ import torch.nn as nn
 from scipy import special, stats
 
 from . import checkpoints
+from .checkpoints import (ModelConfig, check_metadata, check_state,  # noqa: F401 - public here too
+                          results_directory, snapshot_config)
 from .errors import HparrError, UsageError
 from .layers import LayerInfo, Skipped, discover_layers
 from .provenance import versions
@@ -316,56 +318,6 @@ def reusable_result(path: str | os.PathLike, settings: Settings) -> dict[str, An
     return doc
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    arch: str
-    num_classes: int
-    in_channels: int
-    input_size: int
-
-
-def snapshot_config(obj: Any, default: ModelConfig, source: str) -> ModelConfig:
-    """The model configuration of a snapshot: its own metadata where present, else `default`.
-
-    Metadata that contradicts the requested architecture raises an HparrError.
-    """
-    meta = obj if isinstance(obj, dict) else {}
-    arch = meta.get("arch")
-    if isinstance(arch, str) and arch != default.arch:
-        raise HparrError(f"{source} is a snapshot of {arch}, not of --arch {default.arch}")
-
-    def pick(key: str, value: int) -> int:
-        v = meta.get(key)
-        return int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else value
-
-    return ModelConfig(default.arch, pick("num_classes", default.num_classes),
-                       pick("in_channels", default.in_channels), pick("input_size", default.input_size))
-
-
-def check_metadata(obj: Any, source: str, dataset: str | None = None, seed: int | None = None) -> None:
-    """Raise an HparrError if a snapshot's own metadata names another dataset or seed than requested."""
-    meta = obj if isinstance(obj, dict) else {}
-    if dataset is not None and isinstance(meta.get("dataset"), str) and meta["dataset"].lower() != dataset.lower():
-        raise HparrError(f"{source} was trained on {meta['dataset']}, not on --dataset {dataset}")
-    seeds = meta.get("seeds")
-    own = seeds.get("seed") if isinstance(seeds, dict) else None
-    if seed is not None and isinstance(own, int) and own != seed:
-        raise HparrError(f"{source} was trained with seed {own}, not --seed {seed}")
-
-
-def check_state(reference: Mapping[str, tuple[int, ...]], state: Mapping[str, Any], source: str) -> None:
-    """Raise an HparrError naming the keys/shapes of `state` that differ from the model's (a strict load)."""
-    missing = [k for k in reference if k not in state]
-    unexpected = [k for k in state if k not in reference]
-    shapes = [f"{k}: snapshot {tuple(state[k].shape)} vs model {reference[k]}"
-              for k in reference if k in state and tuple(state[k].shape) != reference[k]]
-    if missing or unexpected or shapes:
-        parts = [f"{label}: {', '.join(items[:4])}{' ...' if len(items) > 4 else ''}"
-                 for label, items in (("shapes differ", shapes), ("missing keys", missing),
-                                      ("unexpected keys", unexpected)) if items]
-        raise HparrError(f"{source} does not match this architecture/class count ({'; '.join(parts)})")
-
-
 class SnapshotAnalyzer:
     """Result documents for many snapshots of one architecture.
 
@@ -448,13 +400,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return _plain(value)
     return str(value)
-
-
-def results_directory(results: str | os.PathLike, dataset: str, arch: str, seed: int | None = None,
-                      subsample_classes: int = 0) -> Path:
-    """`<results>/<dataset>[_<k>]/<arch>[/<seed>]`, where the per-snapshot JSON files go."""
-    path = Path(results) / (f"{dataset}_{subsample_classes}" if subsample_classes else dataset) / arch
-    return path / str(seed) if seed is not None else path
 
 
 def collect_results(directory: str | os.PathLike, settings: Settings,

@@ -551,8 +551,6 @@ def _load_alternatives(paths: Sequence[Path], trained: Path, config, reference: 
     Each is checked against the trained model (architecture, shapes, dataset and seed it records);
     the trained snapshot itself is skipped; two snapshots of the same epoch are an error.
     """
-    from .projections import check_metadata, check_state, snapshot_config
-
     states: dict[str, Mapping[str, torch.Tensor]] = {}
     sources: dict[str, str] = {}
     for path in paths:
@@ -560,10 +558,10 @@ def _load_alternatives(paths: Sequence[Path], trained: Path, config, reference: 
             log.info("skipping %s: it is the trained snapshot itself", path)
             continue
         obj = checkpoints.torch_load(path, mmap=True)
-        snapshot_config(obj, config, str(path))
-        check_metadata(obj, str(path), dataset, seed)
+        checkpoints.snapshot_config(obj, config, str(path))
+        checkpoints.check_metadata(obj, str(path), dataset, seed)
         state = checkpoints.state_dict_of(obj, path)
-        check_state(reference, state, str(path))
+        checkpoints.check_state(reference, state, str(path))
         label = str(checkpoints.snapshot_epoch(obj, path))
         if label in sources:
             raise UsageError(f"{sources[label]} and {path} are both snapshots of epoch {label}")
@@ -585,7 +583,6 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
     """Load the trained snapshot, the alternatives and the test set; sweep; return the results document."""
     from .data import dataset_info, load_data, make_loader
     from .models import build_model, check_arch
-    from .projections import ModelConfig, check_metadata, snapshot_config
 
     if settings.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {settings.batch_size}")
@@ -602,7 +599,7 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
     epoch = checkpoints.snapshot_epoch(trained_obj, load_from)
     # keep the metadata only (a bare state_dict has none), not a second copy of the weights
     meta = {k: v for k, v in trained_obj.items() if k not in _SNAPSHOT_STATES and not isinstance(v, torch.Tensor)}
-    check_metadata(meta, str(load_from), settings.data.dataset, settings.seed)
+    checkpoints.check_metadata(meta, str(load_from), settings.data.dataset, settings.seed)
     arch = settings.arch or (meta.get("arch") if isinstance(meta.get("arch"), str) else None)
     if arch is None:
         raise UsageError(f"--arch is required: {load_from} does not record its architecture")
@@ -613,8 +610,8 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
     data = load_data(data_options)
     data = _snapshot_normalization(data, meta, str(load_from))
     info = dataset_info(data_options.dataset)
-    config = snapshot_config(meta, ModelConfig(arch, data.num_classes, data.in_channels, data.image_size),
-                             str(load_from))
+    default = checkpoints.ModelConfig(arch, data.num_classes, data.in_channels, data.image_size)
+    config = checkpoints.snapshot_config(meta, default, str(load_from))
     if config.num_classes != data.num_classes or config.in_channels != data.in_channels:
         raise HparrError(f"{load_from} is a model of {config.num_classes} classes and {config.in_channels} input "
                          f"channels; the test set has {data.num_classes} and {data.in_channels}")

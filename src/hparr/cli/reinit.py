@@ -62,7 +62,7 @@ def run(args) -> int:
     if listing(args):
         return 0
     from .. import files, reinit
-    from ..projections import results_directory
+    from ..checkpoints import results_directory
 
     setup_logging()
     if args.load_from:  # a finished result is kept: a rerun of a crashed batch skips it
