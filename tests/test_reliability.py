@@ -10,7 +10,19 @@ import torch
 
 from hparr import checkpoints as ck
 
-EPOCHS = 4
+EPOCHS = 6
+
+
+def wait_for_new_snapshot(run_dir, known: set, proc, timeout: float = 300.0) -> bool:
+    """Wait until a snapshot not in `known` is on disk; False if the process ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if {p.name for p in run_dir.glob("lenet_*")} - known:
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.01)
+    raise AssertionError(f"no new snapshot in {run_dir} within {timeout} s")
 
 
 def test_kill_9_at_random_points_then_resume_matches_an_uninterrupted_run(tmp_path):
@@ -21,14 +33,20 @@ def test_kill_9_at_random_points_then_resume_matches_an_uninterrupted_run(tmp_pa
 
     reference = subprocess.run(command(tmp_path / "ref"), capture_output=True, text=True, timeout=600)
     assert reference.returncode == 0, reference.stderr[-2000:]
+    ref_dir = tmp_path / "ref" / "digits" / "lenet" / "2"
+    # an epoch's wall time on this machine, so that kills land inside epochs however fast the machine is
+    epoch_s = (ref_dir / "lenet_2.tar").stat().st_mtime - (ref_dir / "lenet_1.tar").stat().st_mtime
     cmd = command(tmp_path / "killed")
     run_dir = tmp_path / "killed" / "digits" / "lenet" / "2"
     rng = random.Random(0)
     kills = 0
     for _ in range(3):
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                )
-        time.sleep(rng.uniform(3.0, 7.0))
+        known = {p.name for p in run_dir.glob("lenet_*")}
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # each round makes progress (a new snapshot), then dies at a random moment of the next epoch,
+        # writing a snapshot included
+        if wait_for_new_snapshot(run_dir, known, proc):
+            time.sleep(rng.uniform(0.0, 0.9 * max(epoch_s, 0.05)))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
