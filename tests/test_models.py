@@ -51,10 +51,10 @@ def test_init_schemes_are_symmetric_with_the_documented_scale():
             bound = 2 ** 0.5 * (6 / (fan_in + fan_out)) ** 0.5  # Xavier uniform with ReLU gain
             assert m.weight.abs().max() <= bound and torch.all(m.bias == 0)
     orig = build_model("vgg19_orig", seed=0)
-    w = orig.features[0].weight
+    w = orig.features[0].weight.detach()
     assert abs(float(w.std()) - 0.01) < 0.002 and torch.all(orig.features[0].bias == 0)
     vgg = build_model("vgg11", seed=0)
-    w = vgg.features[3].weight  # 128 filters of 64x3x3, Kaiming normal fan_out
+    w = vgg.features[3].weight.detach()  # 128 filters of 64x3x3, Kaiming normal fan_out
     assert abs(float(w.std()) - (2 / (128 * 9)) ** 0.5) < 0.003
     assert abs(float(w.mean())) < 0.001
 
