@@ -41,3 +41,16 @@ def test_two_process_gloo_run_matches_a_single_process_run(tmp_path):
     assert final["metrics"]["test"]["count"] == 450  # evaluation gathered every test image once
     assert abs(ddp_top1 - single["final"]["test"]["top1"]) < 15, (ddp_top1, single["final"]["test"]["top1"])
     assert ddp_top1 > 60  # far above the 10% of chance after 6 short epochs
+
+
+def test_select_device_takes_this_ranks_gpu_or_warns_and_falls_back():
+    import torch
+    from hparr import distributed
+
+    warnings = []
+    assert distributed.select_device(False, warn=warnings.append) == torch.device("cpu") and warnings == []
+    device = distributed.select_device(True, local_rank=0, warn=warnings.append)
+    if torch.cuda.is_available():
+        assert device == torch.device("cuda", 0) and warnings == []
+    else:
+        assert device == torch.device("cpu") and warnings == ["--cuda given but no GPU available: running on the CPU"]

@@ -1,8 +1,11 @@
-"""torchrun support: process-group set-up from the environment, and reductions that are no-ops alone."""
+"""torchrun support: process-group set-up from the environment, the device of each rank, and reductions
+that are no-ops alone."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -35,6 +38,16 @@ def init_from_env(use_cuda: bool) -> Context:
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend)
     return Context(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def select_device(cuda: bool, local_rank: int = 0,
+                  warn: Callable[[str], None] = logging.getLogger("hparr").warning) -> torch.device:
+    """This rank's GPU when --cuda asks for one and there is one; otherwise the CPU, with a warning if asked."""
+    if cuda and torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    if cuda:
+        warn("--cuda given but no GPU available: running on the CPU")
+    return torch.device("cpu")
 
 
 def shutdown(ctx: Context) -> None:

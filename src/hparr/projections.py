@@ -443,8 +443,8 @@ def load_init_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def analyze_snapshots(arch: str, dataset: str, results: str | os.PathLike, load_from=None,
                       init_from: str | None = None, seed: int | None = None, subsample_classes: int = 0,
                       normalize: bool = True, with_linear: bool = False, include_1x1: bool = False,
-                      level: float = 0.05, pretrained: bool = False, device: str = "cpu", overwrite: bool = False,
-                      parquet: bool = False, log: str = "positive_orthant.log", progress: bool = True):
+                      level: float = 0.05, pretrained: bool = False, device: str | torch.device = "cpu",
+                      overwrite: bool = False, parquet: bool = False, log: str = "positive_orthant.log", progress: bool = True):
     """Analyze snapshots (files, directories or globs; none = the random init or --pretrained weights) and write
     one JSON per snapshot plus `projections.csv` to `<results>/<dataset>[_<k>]/<arch>[/<seed>]/`.
 

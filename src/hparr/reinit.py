@@ -30,7 +30,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import checkpoints, files
+from . import checkpoints, distributed, files
 from .data import Data, DataOptions
 from .errors import HparrError, UsageError
 from .provenance import derive_seeds, versions
@@ -536,14 +536,6 @@ def _snapshot_normalization(data: Data, meta: Mapping[str, Any], source: str) ->
     return dataclasses.replace(data, mean=mean, std=std)
 
 
-def _device(cuda: bool) -> torch.device:
-    if cuda and torch.cuda.is_available():
-        return torch.device("cuda")
-    if cuda:
-        log.warning("warning: --cuda given but no GPU is available: evaluating on the CPU")
-    return torch.device("cpu")
-
-
 def _load_alternatives(paths: Sequence[Path], trained: Path, config, reference: Mapping[str, tuple],
                        dataset: str, seed: int | None) -> tuple[dict[str, Mapping[str, torch.Tensor]], dict[str, str]]:
     """{epoch label: state_dict} and {epoch label: file} of the snapshots to re-initialize from, by epoch.
@@ -615,7 +607,7 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
     if config.num_classes != data.num_classes or config.in_channels != data.in_channels:
         raise HparrError(f"{load_from} is a model of {config.num_classes} classes and {config.in_channels} input "
                          f"channels; the test set has {data.num_classes} and {data.in_channels}")
-    device = _device(settings.cuda)
+    device = distributed.select_device(settings.cuda)
     model = build_model(arch, config.num_classes, config.in_channels, config.input_size, seed=0)
     checkpoints.load_weights(model, state, source=str(load_from))
     del trained_obj, state

@@ -147,15 +147,6 @@ def _amp_dtype(amp: str | None) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp) if amp else None
 
 
-def _device(cuda: bool, ctx: distributed.Context) -> torch.device:
-    if cuda and torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True
-        return torch.device("cuda", ctx.local_rank)
-    if cuda:
-        log.warning("--cuda given but no GPU is available: training on the CPU")
-    return torch.device("cpu")
-
-
 @contextlib.contextmanager
 def _log_file(path: Path | None) -> Iterator[None]:
     if path is None:
@@ -205,7 +196,9 @@ class Run:
         self.ctx = distributed.init_from_env(settings.cuda and torch.cuda.is_available())
         if not self.ctx.is_main:  # rank 0 alone reports
             logging.getLogger("hparr").setLevel(logging.WARNING)
-        self.device = _device(settings.cuda, self.ctx)
+        self.device = distributed.select_device(settings.cuda, self.ctx.local_rank)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
         self.amp_dtype = _amp_dtype(settings.amp) if self.device.type == "cuda" else None
         if settings.amp and self.device.type != "cuda":
             log.warning("--amp needs a GPU: training in float32")

@@ -50,9 +50,7 @@ def run(args) -> int:
 
     if listing(args):
         return 0
-    import torch
-
-    from .. import projections
+    from .. import distributed, projections
     from ..data import dataset_info
     from ..errors import UsageError
     from ..models import check_arch
@@ -66,12 +64,8 @@ def run(args) -> int:
         raise UsageError(f"--level must be in (0, 1), got {args.level}")
     if args.load_from and args.pretrained:
         raise UsageError("--pretrained analyzes torchvision's weights; it cannot be combined with --load-from")
-    device = "cpu"
-    if args.cuda:
-        if torch.cuda.is_available():
-            device = "cuda"
-        else:
-            print("hparr projections: warning: --cuda: no GPU available, computing on the CPU", file=sys.stderr)
+    device = distributed.select_device(
+        args.cuda, warn=lambda message: print(f"hparr projections: warning: {message}", file=sys.stderr))
 
     out_dir, table, docs, computed = projections.analyze_snapshots(
         arch=args.arch, dataset=args.dataset, results=args.results, load_from=args.load_from,
