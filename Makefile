@@ -17,6 +17,7 @@ demo: $(STAMP)
 	$(BIN)/hparr reproduce --out runs/demo
 
 test: $(STAMP)
+	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q --durations=10
 
 bench: $(STAMP)

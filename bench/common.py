@@ -4,13 +4,10 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # the official-format writers live in tests/formats.py
 
 
 def timed(fn, *args, **kwargs):

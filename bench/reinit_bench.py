@@ -1,10 +1,12 @@
 """Layer re-initialization: the shared-prefix sweep against the plain swap-evaluate-restore loop.
 
 Both evaluate the same in-memory test batches in the same run, with 2 checkpoints and --rand
-(random weights: accuracy does not matter for timing), and must give equal counts. The ideal
-speed-up is the plain loop's conv/linear FLOPs over the sweep's, counted with forward hooks: the
-plain loop runs the whole network 1 + K*L times per batch, the sweep once plus, for each of the L
-layers, K times the part of the network from that layer on.
+(random weights: accuracy does not matter for timing), and must give equal counts. They take turns
+batch by batch (`alternate`): the sweep on batch 0, the loop on batch 0, the sweep on batch 1, ...,
+so that a busy spell of a shared machine slows both sides of a pair alike, and the speed-up is the
+ratio of paired sums. The ideal speed-up is the plain loop's conv/linear FLOPs over the sweep's,
+counted with forward hooks: the plain loop runs the whole network 1 + K*L times per batch, the sweep
+once plus, for each of the L layers, K times the part of the network from that layer on.
 
 A third case runs `python reinit_layers.py` end to end (process start, CIFAR-format test set of
 10,000 images read from disk, snapshots in the original code's formats, 19 test passes' worth of
@@ -16,7 +18,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -67,33 +72,99 @@ def _loader(n: int, seed: int = 0):
                         channels_last=True)
 
 
+def alternate(first: Callable[[Iterable], Any], second: Callable[[Iterable], Any], batches: Sequence):
+    """Run `first(batches)` and `second(batches)` in turns, one batch each: first on batch 0, second on
+    batch 0, first on batch 1, and so on. Each runs in its own thread, but only one at a time.
+
+    Returns (results, seconds, setup): the two results; for each side, the seconds it spent on each
+    batch (from handing the batch out to the request for the next one); for each side, the seconds
+    from its start to its request for the first batch. An exception in either side is raised here,
+    after both have stopped.
+    """
+    turn = threading.Condition()
+    state = {"turn": 0, "done": [False, False]}
+    results: list[Any] = [None, None]
+    errors: list[BaseException | None] = [None, None]
+    seconds: tuple[list[float], list[float]] = ([], [])
+    setup = [0.0, 0.0]
+
+    def wait(side: int) -> None:
+        with turn:
+            turn.wait_for(lambda: state["turn"] == side or state["done"][1 - side])
+
+    def give(side: int) -> None:
+        with turn:
+            state["turn"] = 1 - side
+            turn.notify_all()
+
+    def fed(side: int, started: float):
+        for i, batch in enumerate(batches):
+            if i == 0:
+                setup[side] = time.perf_counter() - started
+            handed = time.perf_counter()
+            yield batch
+            seconds[side].append(time.perf_counter() - handed)
+            give(side)
+            wait(side)
+
+    def run(side: int, fn: Callable[[Iterable], Any]) -> None:
+        try:
+            wait(side)
+            results[side] = fn(fed(side, time.perf_counter()))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller after both sides stop
+            errors[side] = exc
+        finally:
+            with turn:
+                state["done"][side] = True
+                state["turn"] = 1 - side
+                turn.notify_all()
+
+    threads = [threading.Thread(target=run, args=(side, fn), daemon=True) for side, fn in enumerate((first, second))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for exc in errors:
+        if exc is not None:
+            raise exc
+    return results, seconds, setup
+
+
 def sweep_case(arch: str, images: int, repeats: int = 1) -> dict:
-    """Time the shared sweep and the plain loop on the same data (alternating, best of `repeats`);
-    check that their counts are equal."""
+    """Time the shared sweep and the plain loop on the same in-memory batches, taking turns batch by batch
+    (`repeats` times over the data, times summed); check that their counts are equal."""
     from hparr.models import build_model
     from hparr.reinit import plain_reinit_sweep, reinit_layers, reinit_sweep
 
-    model = build_model(arch, 10, 3, 32, seed=0)
+    model = build_model(arch, 10, 3, 32, seed=0).eval()
     alternatives = {"0": build_model(arch, 10, 3, 32, seed=1).state_dict(),
                     "5": build_model(arch, 10, 3, 32, seed=2).state_dict(),
                     "rand": build_model(arch, 10, 3, 32, seed=3).state_dict()}
     layers = reinit_layers(model)
-    loader = _loader(images)
-    sweep_s = plain_s = float("inf")
+    batches = list(_loader(images))  # made once: both sides read the same tensors
+    sweep_s = plain_s = setup_s = 0.0
+    ratios: list[float] = []
     for _ in range(repeats):
-        seconds, shared = timed(reinit_sweep, model, alternatives, loader, layers=layers, method="shared")
-        sweep_s = min(sweep_s, seconds)
-        seconds, plain = timed(plain_reinit_sweep, model, alternatives, loader, layers=layers)
-        plain_s = min(plain_s, seconds)
+        (shared, plain), (sweep_times, plain_times), setup = alternate(
+            lambda b: reinit_sweep(model, alternatives, b, layers=layers, method="shared"),
+            lambda b: plain_reinit_sweep(model, alternatives, b, layers=layers), batches)
+        if shared.method != "shared-prefix":
+            raise RuntimeError(f"{arch}: the sweep fell back to the plain loop ({shared.notes})")
         if not (np.array_equal(shared.correct, plain.correct) and shared.trained_correct == plain.trained_correct):
             raise RuntimeError(f"{arch}: the shared sweep and the plain loop disagree")
+        sweep_s, plain_s, setup_s = sweep_s + sum(sweep_times), plain_s + sum(plain_times), setup_s + setup[0]
+        ratios += [p / s for s, p in zip(sweep_times, plain_times)]
     ideal = ideal_speedup(layer_flops(model, (3, 32, 32)), layers, len(alternatives))
     measured = plain_s / sweep_s
+    q1, median, q3 = np.quantile(ratios, [0.25, 0.5, 0.75])
     return {"case": f"reinit_{arch}", "images": images, "layers": len(layers), "alternatives": len(alternatives),
             "test_passes_plain": 1 + len(alternatives) * len(layers), "sweep_s": round(sweep_s, 3),
             "plain_s": round(plain_s, 3), "speedup": round(measured, 3), "ideal_speedup": round(ideal, 3),
             "measured_over_ideal": round(measured / ideal, 3), "equal_counts": True, "repeats": repeats,
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "paired_batches": len(ratios),
+            "batch_speedup_median": round(float(median), 3),
+            "batch_speedup_quartiles": [round(float(q1), 3), round(float(q3), 3)],
+            "sweep_setup_s": round(setup_s, 3)}
 
 
 def write_original_snapshots(directory: Path) -> tuple[Path, Path]:
@@ -116,7 +187,7 @@ def write_original_snapshots(directory: Path) -> tuple[Path, Path]:
 
 def command_case(images: int = 10_000) -> dict:
     """`python reinit_layers.py` on lenet, CIFAR-format test set, 2 checkpoints and --rand."""
-    from tests.formats import random_images, random_labels, write_cifar10
+    from hparr.fakedata import random_images, random_labels, write_cifar10
 
     root = Path(tempfile.mkdtemp(prefix="hparr-bench-reinit-"))
     try:

@@ -18,7 +18,7 @@ MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
 
 def write_dataset(root: Path) -> None:
-    from tests.formats import random_images, random_labels, write_cifar10
+    from hparr.fakedata import random_images, random_labels, write_cifar10
 
     write_cifar10(root, random_images(N_IMAGES, 3, 32, 32, seed=1), random_labels(N_IMAGES, 10, seed=1),
                   random_images(100, 3, 32, 32, seed=2), random_labels(100, 10, seed=2))

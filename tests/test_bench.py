@@ -1,9 +1,12 @@
-"""The training bench's interleaved timing: it alternates our steps with floor steps on one model."""
+"""The benches' paired timing: training alternates our steps with floor steps on one model, reinit alternates
+the shared sweep and the plain loop batch by batch."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn as nn
 
+from bench.reinit_bench import alternate
 from bench.training_bench import interleaved
 
 
@@ -41,3 +44,38 @@ def test_interleaved_counts_both_sides_and_stops_at_max_batches():
     loader = CountingLoader(batches([5, 5, 5, 2], seed=0))
     out = interleaved(nn.Linear(4, 3), loader, held, max_batches=2)
     assert loader.fetched == 2 and out["images"] == 10 and out["floor_images"] == 10
+
+
+def test_alternate_takes_turns_batch_by_batch_and_times_each_side():
+    log = []
+
+    def side(name):
+        def consume(batches):
+            for i, b in enumerate(batches):
+                log.append((name, i, b))
+            return name
+        return consume
+
+    results, seconds, setup = alternate(side("shared"), side("plain"), [10, 11, 12])
+    assert results == ["shared", "plain"]
+    assert log == [("shared", 0, 10), ("plain", 0, 10), ("shared", 1, 11), ("plain", 1, 11),
+                   ("shared", 2, 12), ("plain", 2, 12)]
+    assert [len(s) for s in seconds] == [3, 3] and all(t >= 0 for s in seconds for t in s)
+    assert len(setup) == 2
+
+
+def test_alternate_raises_an_error_of_either_side_once_both_stop():
+    seen = []
+
+    def failing(batches):
+        for i, _ in enumerate(batches):
+            if i == 1:
+                raise ValueError("broken at batch 1")
+
+    def counting(batches):
+        seen.extend(batches)
+        return len(seen)
+
+    with pytest.raises(ValueError, match="broken at batch 1"):
+        alternate(failing, counting, [0, 1, 2, 3])
+    assert seen == [0, 1, 2, 3]  # the other side ran to its end alone

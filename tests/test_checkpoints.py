@@ -89,9 +89,33 @@ def test_run_directory_layout(tmp_path):
 def test_find_snapshots_and_newest(tmp_path):
     model = build_model("lenet")
     for e in (0, 1, 2):
-        ck.save_snapshot(tmp_path / f"lenet_{e}.tar", {"epochs_completed": e + 1, "model_state_dict": model.state_dict()})
+        ck.save_snapshot(tmp_path / f"lenet_{e}.tar",
+                         {"epochs_completed": e + 1, "model_state_dict": model.state_dict()})
     (tmp_path / "lenet_9.tar").write_bytes(b"torn")
     assert len(ck.find_snapshots(str(tmp_path / "*.tar"))) == 4
     assert ck.newest_snapshot(tmp_path).name == "lenet_2.tar"
     with pytest.raises(UsageError):
         ck.find_snapshots(tmp_path / "nope")
+
+
+def test_recorded_normalization_reads_every_layout():
+    top = {"mean": [0.5], "std": [0.25], "normalized": True}
+    assert ck.recorded_normalization({"normalization": top, "data": {}}) == top
+    # earlier hparr snapshots: constants at the top level, the flag only in the data record
+    older = {"normalization": {"mean": [0.0], "std": [1.0]},
+             "data": {"normalization": {"mean": [0.0], "std": [1.0], "normalized": False}}}
+    assert ck.recorded_normalization(older) == {"mean": [0.0], "std": [1.0], "normalized": False}
+    assert ck.recorded_normalization({"data": {"normalization": {"normalized": True}}}) == {"normalized": True}
+    assert ck.recorded_normalization({}) is None  # the original code's snapshots record none
+
+
+def test_newest_snapshot_reads_snapshots_memory_mapped(tmp_path, monkeypatch):
+    for epoch in (1, 3, 2):
+        ck.save_snapshot(tmp_path / f"lenet_{epoch - 1}.tar",
+                         {"epochs_completed": epoch, "model_state_dict": {"w": torch.zeros(2)}})
+    (tmp_path / "lenet_9.tar").write_bytes(b"torn")
+    calls = []
+    load = ck.torch_load
+    monkeypatch.setattr(ck, "torch_load", lambda path, mmap=False: calls.append(mmap) or load(path, mmap=mmap))
+    assert ck.newest_snapshot(tmp_path) == tmp_path / "lenet_2.tar"
+    assert calls and all(calls)

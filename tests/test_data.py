@@ -9,12 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-try:
-    import formats
-except ImportError:  # tests/ imported as a package
-    from tests import formats
-
 from hparr import data as hd
+from hparr import fakedata
 from hparr.data import DataOptions, ImageSet, TensorLoader, load_data, make_loader
 from hparr.errors import HparrError, UsageError
 
@@ -28,16 +24,16 @@ def _key(images: torch.Tensor) -> list[bytes]:
 @pytest.fixture(scope="module")
 def cifar10(tmp_path_factory):
     root = tmp_path_factory.mktemp("cifar10")
-    arrays = (formats.random_images(N_TRAIN, 3, 32, 32, 1), formats.random_labels(N_TRAIN, 10, 1),
-              formats.random_images(N_TEST, 3, 32, 32, 2), formats.random_labels(N_TEST, 10, 2))
-    formats.write_cifar10(root, *arrays)
+    arrays = (fakedata.random_images(N_TRAIN, 3, 32, 32, 1), fakedata.random_labels(N_TRAIN, 10, 1),
+              fakedata.random_images(N_TEST, 3, 32, 32, 2), fakedata.random_labels(N_TEST, 10, 2))
+    fakedata.write_cifar10(root, *arrays)
     return root, arrays
 
 
 @pytest.fixture(scope="module")
 def imagenet(tmp_path_factory):
     root = tmp_path_factory.mktemp("imagenet")
-    formats.write_imagenet(root, ["n001", "n002", "n003"], train_per_class=30, val_per_class=2)
+    fakedata.write_imagenet(root, ["n001", "n002", "n003"], train_per_class=30, val_per_class=2)
     return root
 
 
@@ -95,9 +91,9 @@ def test_cifar10_from_official_files(cifar10):
 
 @pytest.mark.parametrize("protocol", [None, 2, 4])  # None: Python 2 pickles, as the official files
 def test_cifar100_fine_labels(tmp_path, protocol):
-    x_tr, y_tr = formats.random_images(300, 3, 32, 32, 3), formats.random_labels(300, 100, 3)
-    x_te, y_te = formats.random_images(120, 3, 32, 32, 4), formats.random_labels(120, 100, 4)
-    formats.write_cifar100(tmp_path, x_tr, y_tr, x_te, y_te, protocol=protocol)
+    x_tr, y_tr = fakedata.random_images(300, 3, 32, 32, 3), fakedata.random_labels(300, 100, 3)
+    x_te, y_te = fakedata.random_images(120, 3, 32, 32, 4), fakedata.random_labels(120, 100, 4)
+    fakedata.write_cifar100(tmp_path, x_tr, y_tr, x_te, y_te, protocol=protocol)
     d = load_data(DataOptions(dataset="cifar100", data_path=str(tmp_path)))
     assert d.num_classes == 100 and d.mean == (0.5071, 0.4865, 0.4409)
     assert torch.equal(d.train.images, torch.from_numpy(x_tr)) and d.train.labels.tolist() == y_tr.tolist()
@@ -106,9 +102,9 @@ def test_cifar100_fine_labels(tmp_path, protocol):
 
 @pytest.mark.parametrize("gz,flat", [(False, False), (True, False), (False, True), (True, True)])
 def test_mnist_idx_layouts(tmp_path, gz, flat):
-    x_tr, y_tr = formats.random_images(60, 1, 28, 28, 5)[:, 0], formats.random_labels(60, 10, 5)
-    x_te, y_te = formats.random_images(20, 1, 28, 28, 6)[:, 0], formats.random_labels(20, 10, 6)
-    formats.write_mnist(tmp_path, x_tr, y_tr, x_te, y_te, gz=gz, flat=flat)
+    x_tr, y_tr = fakedata.random_images(60, 1, 28, 28, 5)[:, 0], fakedata.random_labels(60, 10, 5)
+    x_te, y_te = fakedata.random_images(20, 1, 28, 28, 6)[:, 0], fakedata.random_labels(20, 10, 6)
+    fakedata.write_mnist(tmp_path, x_tr, y_tr, x_te, y_te, gz=gz, flat=flat)
     d = load_data(DataOptions(dataset="mnist", data_path=str(tmp_path)))
     assert d.train.images.shape == (60, 1, 28, 28) and d.test.images.shape == (20, 1, 28, 28)
     assert torch.equal(d.train.images[:, 0], torch.from_numpy(x_tr)) and d.train.labels.tolist() == y_tr.tolist()
@@ -165,8 +161,8 @@ def test_unusable_imagenet_folders(imagenet, tmp_path):
 
 
 def _small_cifar(root):
-    formats.write_cifar10(root, formats.random_images(50, 3, 32, 32), formats.random_labels(50, 10),
-                          formats.random_images(10, 3, 32, 32, 1), formats.random_labels(10, 10, 1))
+    fakedata.write_cifar10(root, fakedata.random_images(50, 3, 32, 32), fakedata.random_labels(50, 10),
+                          fakedata.random_images(10, 3, 32, 32, 1), fakedata.random_labels(10, 10, 1))
     return root / "cifar-10-batches-py"
 
 
@@ -204,8 +200,8 @@ def test_tampered_pickle_is_refused(tmp_path):
 
 
 def test_malformed_idx(tmp_path):
-    x, y = formats.random_images(10, 1, 28, 28)[:, 0], formats.random_labels(10, 10)
-    paths = formats.write_mnist(tmp_path, x, y, x, y)
+    x, y = fakedata.random_images(10, 1, 28, 28)[:, 0], fakedata.random_labels(10, 10)
+    paths = fakedata.write_mnist(tmp_path, x, y, x, y)
     raw = paths[0].read_bytes()
     paths[0].write_bytes(b"\x00\x00\x09\x03" + raw[4:])
     with pytest.raises(HparrError, match="train-images-idx3-ubyte: bad magic"):
@@ -214,7 +210,7 @@ def test_malformed_idx(tmp_path):
     with pytest.raises(HparrError, match="malformed IDX file .*train-images-idx3-ubyte"):
         load_data(DataOptions(dataset="mnist", data_path=str(tmp_path)))
     paths[0].write_bytes(raw)
-    formats.write_idx(paths[3], np.full(10, 12, np.uint8))
+    fakedata.write_idx(paths[3], np.full(10, 12, np.uint8))
     with pytest.raises(HparrError, match="t10k-labels-idx1-ubyte: labels outside"):
         load_data(DataOptions(dataset="mnist", data_path=str(tmp_path)))
 
@@ -328,13 +324,13 @@ def _position_coded_images(n: int) -> np.ndarray:
     pos = np.arange(1024).reshape(32, 32)
     images = np.empty((n, 3, 32, 32), np.uint8)
     images[:, 0], images[:, 1] = pos % 256, pos // 256
-    images[:, 2] = formats.random_images(n, 1, 32, 32, 9)[:, 0]
+    images[:, 2] = fakedata.random_images(n, 1, 32, 32, 9)[:, 0]
     return images
 
 
 def test_pixel_shuffle(tmp_path):
     x_tr, x_te = _position_coded_images(60), _position_coded_images(10)
-    formats.write_cifar10(tmp_path, x_tr, formats.random_labels(60, 10), x_te, formats.random_labels(10, 10, 1))
+    fakedata.write_cifar10(tmp_path, x_tr, fakedata.random_labels(60, 10), x_te, fakedata.random_labels(10, 10, 1))
     d = _cifar(tmp_path, noise=-1, noise_seed=5, split=0.2)
     assert d.meta["pixel_shuffle"] == {"seed": 5} and d.meta["label_noise"] is None
     img = d.train.images.numpy().astype(np.int64)
@@ -358,8 +354,8 @@ def test_pixel_shuffle(tmp_path):
 
 
 def test_pixel_shuffle_mnist_uses_28x28(tmp_path):
-    x, y = formats.random_images(40, 1, 28, 28, 2)[:, 0], formats.random_labels(40, 10)
-    formats.write_mnist(tmp_path, x, y, x[:10], y[:10])
+    x, y = fakedata.random_images(40, 1, 28, 28, 2)[:, 0], fakedata.random_labels(40, 10)
+    fakedata.write_mnist(tmp_path, x, y, x[:10], y[:10])
     d = load_data(DataOptions(dataset="mnist", data_path=str(tmp_path), noise=-1))
     assert d.train.images.shape == (40, 1, 28, 28)
     shuffled = d.train.images.reshape(40, -1).numpy()
@@ -433,7 +429,7 @@ def test_imagenet_loader_is_seeded(imagenet):
 
 
 def _set(n=103, c=3, size=32, seed=0):
-    return ImageSet(torch.from_numpy(formats.random_images(n, c, size, size, seed)), torch.arange(n))
+    return ImageSet(torch.from_numpy(fakedata.random_images(n, c, size, size, seed)), torch.arange(n))
 
 
 def test_tensor_loader_covers_every_sample_each_epoch():

@@ -3,11 +3,10 @@ import os
 import subprocess
 import sys
 
-
 from hparr import checkpoints as ck
+from hparr.data import DataOptions
 from hparr.models import build_model
 from hparr.training import TrainSettings, train
-from hparr.data import DataOptions
 
 
 def torchrun(*args, cwd):
@@ -39,12 +38,13 @@ def test_two_process_gloo_run_matches_a_single_process_run(tmp_path):
                                  models_path=str(tmp_path / "single"), tb_logdir=None, progress=False))
     ddp_top1 = final["metrics"]["test"]["top1"]
     assert final["metrics"]["test"]["count"] == 450  # evaluation gathered every test image once
-    assert abs(ddp_top1 - single["final"]["test"]["top1"]) < 15, (ddp_top1, single["final"]["test"]["top1"])
+    assert abs(ddp_top1 - single.final["test"]["top1"]) < 15, (ddp_top1, single.final["test"]["top1"])
     assert ddp_top1 > 60  # far above the 10% of chance after 6 short epochs
 
 
 def test_select_device_takes_this_ranks_gpu_or_warns_and_falls_back():
     import torch
+
     from hparr import distributed
 
     warnings = []

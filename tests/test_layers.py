@@ -7,17 +7,7 @@ import torch.nn.functional as F
 from hparr.layers import discover_layers, guess_input_shape
 from hparr.models import build_model
 
-
-def original_numbering(features: nn.Sequential) -> list[tuple[str, int, int]]:
-    """The original code's walk of `features`: a max-pool advances the stage, a conv gets the next block."""
-    out, stage, block = [], 0, 0
-    for index, module in enumerate(features):
-        if isinstance(module, nn.MaxPool2d):
-            stage, block = stage + 1, 0
-        elif isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1):
-            out.append((f"features.{index}", stage, block))
-            block += 1
-    return out
+from conftest import original_numbering
 
 
 def labels(layers):

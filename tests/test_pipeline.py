@@ -29,7 +29,17 @@ def test_reproduce_writes_the_whole_study_and_reruns_cheaply(tmp_path, capsys):
     assert (layers.set_index("name")["mass"] - final["mass"]).abs().max() < 1e-12
     assert "index.html" in {p.name for p in report.iterdir()}
 
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["format"] == "hparr-manifest-1" and manifest["epochs"] == [0, 1, 2, 3]
+    assert manifest["projections"] == "results/digits/lenet/1"
+    assert manifest["reinit"] == "results/reinit/digits/lenet/1/reinit_lenet_3.json"
+    rep = json.loads((report / "report.json").read_text())
+    assert rep["inputs"]["reinit"] == str((out / manifest["reinit"]).resolve())
+
     before = (run_dir / "lenet_3.pt").stat().st_mtime_ns
-    assert main(argv) == 0  # resumes: training is complete, finished projections are reused
+    reinit_file = out / manifest["reinit"]
+    reinit_before = reinit_file.stat().st_mtime_ns
+    assert main(argv) == 0  # resumes: training is complete, finished projections and reinit are reused
     assert (run_dir / "lenet_3.pt").stat().st_mtime_ns >= before
+    assert reinit_file.stat().st_mtime_ns == reinit_before
     assert pd.read_csv(report / "layers.csv").equals(layers)

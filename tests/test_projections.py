@@ -7,13 +7,14 @@ import torch
 import torch.nn as nn
 from scipy import stats
 
+from hparr import null
 from hparr import projections as P
 from hparr.errors import HparrError
 from hparr.layers import discover_layers
 from hparr.models import build_model
 
 
-# --- an independent computation of method.md §2, with plain loops ----------------------------------
+# --- an independent computation of docs/method.md §2, with plain loops -----------------------------
 
 def reference_layer(weight, normalize, init=None):
     w = np.asarray(weight, dtype=np.float64)
@@ -65,13 +66,15 @@ def trained_like(model, seed=5, strength=0.4):
     return state
 
 
-def assert_matches_reference(df, state, features, normalize, init_state=None):
+def assert_matches_reference(stats_, state, features, normalize, init_state=None):
+    df = stats_.table
+    assert "projections" not in df.columns  # per-filter arrays stay out of the table's rows
     assert list(zip(df["name"], df["stage"], df["block"])) == reference_numbering(features)
     for row in df.itertuples():
         ref = reference_layer(state[row.name + ".weight"].numpy(), normalize,
                               None if init_state is None else init_state[row.name + ".weight"].numpy())
         assert (row.N, row.d) == (ref["N"], ref["d"])
-        np.testing.assert_allclose(row.projections, ref["projections"], rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(stats_.projections[row.name], ref["projections"], rtol=1e-10, atol=1e-13)
         assert row.mean == pytest.approx(ref["mean"], rel=1e-9, abs=1e-13)
         assert row.std == pytest.approx(ref["std"], rel=1e-9)
         assert row.mass == ref["mass"]
@@ -86,15 +89,15 @@ def test_layer_stats_equal_independent_computation(normalize):
     state = trained_like(init)
     model = build_model("lenet", seed=9)
     model.load_state_dict(state)
-    df = P.layer_stats(model, normalize=normalize, init=init, input_shape=(2, 3, 32, 32))
-    assert_matches_reference(df, state, model.features, normalize, init.state_dict())
+    stats_ = P.layer_stats(model, normalize=normalize, init=init, input_shape=(2, 3, 32, 32))
+    assert_matches_reference(stats_, state, model.features, normalize, init.state_dict())
     pooled = np.concatenate([reference_layer(state[n + ".weight"].numpy(), normalize)["projections"]
-                             for n in df["name"]])
-    net = df.attrs["net"]
+                             for n in stats_.table["name"]])
+    net = stats_.net
     assert net["N"] == len(pooled) == 172
     assert net["mean"] == pytest.approx(pooled.mean(), rel=1e-9)
     assert net["mass"] == np.mean(pooled <= 0)
-    assert df.attrs["normalize"] is normalize and df.attrs["std_ddof"] == 0
+    assert stats_.normalize is normalize and stats_.std_ddof == 0 and not stats_.table.attrs
 
 
 def test_masses_agree_between_modes_and_zero_filter_counts_negative():
@@ -107,7 +110,7 @@ def test_masses_agree_between_modes_and_zero_filter_counts_negative():
     assert P.distances(w + 1, torch.ones_like(w))["l_inf_dist"] == pytest.approx(float(w.abs().max()))
     with pytest.raises(HparrError, match="no layers to analyze"):
         P.layer_stats(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), input_shape=(1, 12))
-    assert len(P.layer_stats(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), with_linear=True)) == 1
+    assert len(P.layer_stats(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), with_linear=True).table) == 1
 
 
 # --- snapshots in the original formats and hparr's own --------------------------------------------
@@ -128,7 +131,7 @@ def write_original_snapshots(directory, arch="lenet", seed=0):
 
 def test_original_snapshot_formats_and_epochs(tmp_path):
     states = write_original_snapshots(tmp_path)
-    analyzer = P.SnapshotAnalyzer(P.ModelConfig("lenet", 10, 3, 32), P.Settings(normalize=False),
+    analyzer = P.SnapshotAnalyzer(P.ModelConfig("lenet", 10, 3, 32), P.AnalysisOptions(normalize=False),
                                   context={"dataset": "cifar10"}, init_state=states[0])
     names = ["lenet_init_0.pt", "lenet_0.tar", "lenet_1.tar", "lenet_2.pt"]
     docs = [analyzer.analyze_file(tmp_path / n) for n in names]
@@ -137,12 +140,12 @@ def test_original_snapshot_formats_and_epochs(tmp_path):
     model = build_model("lenet")
     layers, _ = discover_layers(model, (1, 3, 32, 32))
     for doc, state in zip(docs, states):
-        df = P.layer_table(layers, state, normalize=False, init=states[0])
-        assert_matches_reference(df, state, model.features, False, states[0])
-        for row in df.itertuples():
+        stats_ = P.analyze_layers(layers, state, normalize=False, init=states[0])
+        assert_matches_reference(stats_, state, model.features, False, states[0])
+        for row in stats_.table.itertuples():
             entry = doc[str(row.stage)][str(row.block)]
             assert entry["name"] == row.name and entry["mean"] == row.mean and entry["mass"] == row.mass
-            assert entry["l2_dist"] == row.l2_dist and entry["projections"] == list(row.projections)
+            assert entry["l2_dist"] == row.l2_dist and entry["projections"] == list(stats_.projections[row.name])
     assert docs[0]["0"]["0"]["l2_dist"] == 0.0
     assert docs[1]["snapshot_top1_acc"] == 31.0 and docs[0]["dataset"] == "cifar10"
 
@@ -152,14 +155,14 @@ def test_hparr_metadata_preferred_and_checked(tmp_path):
     meta = {"format": "hparr-snapshot-1", "arch": "lenet", "num_classes": 5, "in_channels": 3, "input_size": 32,
             "epochs_completed": 7, "epoch": 6, "model_state_dict": model.state_dict(), "seeds": {"seed": 2}}
     torch.save(meta, tmp_path / "weights.pt")
-    analyzer = P.SnapshotAnalyzer(P.ModelConfig("lenet", 10, 3, 32), P.Settings(), seed=2)
+    analyzer = P.SnapshotAnalyzer(P.ModelConfig("lenet", 10, 3, 32), P.AnalysisOptions(), seed=2)
     doc = analyzer.analyze_file(tmp_path / "weights.pt")
     assert doc["epoch"] == "7" and doc["num_classes"] == 5 and doc["snapshot_seeds"] == {"seed": 2}
     with pytest.raises(HparrError, match="trained with seed 2, not --seed 4"):
-        P.SnapshotAnalyzer(P.ModelConfig("lenet", 10, 3, 32), P.Settings(), seed=4).analyze_file(
+        P.SnapshotAnalyzer(P.ModelConfig("lenet", 10, 3, 32), P.AnalysisOptions(), seed=4).analyze_file(
             tmp_path / "weights.pt")
     with pytest.raises(HparrError, match="is a snapshot of lenet, not of --arch vgg11"):
-        P.SnapshotAnalyzer(P.ModelConfig("vgg11", 10, 3, 32), P.Settings()).analyze_file(tmp_path / "weights.pt")
+        P.SnapshotAnalyzer(P.ModelConfig("vgg11", 10, 3, 32), P.AnalysisOptions()).analyze_file(tmp_path / "weights.pt")
     torch.save(model.state_dict(), tmp_path / "lenet_3.pt")  # no metadata: 5 classes do not fit 10
     with pytest.raises(HparrError, match=r"does not match .*classifier.6.weight: snapshot \(5, 84\) vs model \(10"):
         analyzer.analyze_file(tmp_path / "lenet_3.pt")
@@ -170,13 +173,16 @@ def test_hparr_metadata_preferred_and_checked(tmp_path):
 def test_null_cdf_is_the_cosine_of_a_random_direction():
     t = np.linspace(-0.99, 0.99, 41)
     for d in (2, 9, 27, 576):
-        np.testing.assert_allclose(P.null_cdf(t, d), stats.beta.cdf((1 + t) / 2, (d - 1) / 2, (d - 1) / 2),
-                                   rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(null.distribution(d).cdf(t),
+                                   stats.beta.cdf((1 + t) / 2, (d - 1) / 2, (d - 1) / 2), rtol=1e-10, atol=1e-14)
     gen = torch.Generator().manual_seed(1)
     cos = P.projections(torch.randn(20000, 27, generator=gen), True)
-    assert stats.kstest(cos, lambda x: P.null_cdf(x, 27)).pvalue > 0.01
+    law = null.distribution(27)
+    assert stats.kstest(cos, law.cdf).pvalue > 0.01
+    assert P.bias_tests(cos, 27)["p_ks"] == stats.kstest(cos, law.cdf).pvalue  # the test uses this very law
     assert np.var(cos) == pytest.approx(1 / 27, rel=0.05)
-    assert np.all(np.diff(P.null_cdf(t, 27)) > 0) and P.null_cdf(0.0, 27) == pytest.approx(0.5)
+    assert np.all(np.diff(law.cdf(t)) > 0) and law.cdf(0.0) == pytest.approx(0.5)
+    assert law.cdf(-1.5) == 0.0 and law.cdf(1.5) == 1.0
 
 
 def test_one_weight_per_filter_has_no_ks_test():
@@ -185,7 +191,7 @@ def test_one_weight_per_filter_has_no_ks_test():
     tests = P.bias_tests(cos, 1)
     assert math.isnan(tests["p_ks"]) and tests["p_value"] == tests["p_sign"] == stats.binomtest(1, 4).pvalue
     layers, _ = discover_layers(nn.Conv2d(1, 4, 1), (1, 1, 8, 8), include_1x1=True)
-    doc = P.result_document(P.layer_table(layers, {"weight": torch.ones(4, 1, 1, 1)}))
+    doc = P.projection_document(P.analyze_layers(layers, {"weight": torch.ones(4, 1, 1, 1)}))
     assert doc["0"]["0"]["p_ks"] is None and doc["0"]["0"]["d"] == 1 and doc["0"]["0"]["mass"] == 0.0
 
 
@@ -209,13 +215,14 @@ def test_a_biased_layer_is_detected():
         w.mul_(torch.where(w.sum((1, 2, 3), keepdim=True) > 0, -1.0, 1.0))  # every filter points away from 1
         v = model.features[12].weight
         v.add_(0.3 * v.std())  # a shift of the whole layer towards the positive orthant
-    df = P.layer_stats(model, input_shape=(1, 3, 32, 32))
+    stats_ = P.layer_stats(model, input_shape=(1, 3, 32, 32))
+    df = stats_.table
     biased = dict(zip(df["name"], df["biased"]))
     assert biased == {"features.0": False, "features.2": False, "features.5": False, "features.7": False,
                       "features.10": True, "features.12": True}
     row = df.set_index("name").loc["features.10"]
     assert row["mass"] == 1.0 and row["p_sign"] == pytest.approx(2 * 0.5 ** 64)
-    assert df.attrs["net"]["biased"] and df.attrs["net"]["n_biased"] == 2
+    assert stats_.net["biased"] and stats_.net["n_biased"] == 2
 
 
 def _redrawn_vgg11(layers, seed):
@@ -230,24 +237,24 @@ def test_false_positive_rate_at_initialization():
     tables = []
     lenet_layers, _ = discover_layers(build_model("lenet"), (1, 3, 32, 32))
     for seed in range(300):  # the real initialization: Xavier-uniform
-        tables.append(("lenet", P.layer_table(lenet_layers, build_model("lenet", seed=seed).state_dict())))
+        tables.append(("lenet", P.analyze_layers(lenet_layers, build_model("lenet", seed=seed).state_dict())))
     vgg_layers, _ = discover_layers(build_model("vgg11"), (1, 3, 32, 32))
     for seed in range(40):
-        tables.append(("vgg11", P.layer_table(vgg_layers, _redrawn_vgg11(vgg_layers, seed))))
+        tables.append(("vgg11", P.analyze_layers(vgg_layers, _redrawn_vgg11(vgg_layers, seed))))
     # Kaiming-uniform, Kaiming-normal with 1x1 convs skipped, N(0, 0.01^2)
     for arch, seeds in (("alexnet", 4), ("resnet18", 4), ("vgg19_orig", 2)):
         layers, _ = discover_layers(build_model(arch), (1, 3, 32, 32))
         for seed in range(seeds):
-            tables.append((arch, P.layer_table(layers, build_model(arch, seed=seed).state_dict())))
+            tables.append((arch, P.analyze_layers(layers, build_model(arch, seed=seed).state_dict())))
 
-    networks = {arch: [t.attrs["net"]["biased"] for a, t in tables if a == arch] for arch, _ in tables}
+    networks = {arch: [t.net["biased"] for a, t in tables if a == arch] for arch, _ in tables}
     for arch, flags in networks.items():
         n = len(flags)
         limit = level + 3 * math.sqrt(level * (1 - level) / n)
         assert np.mean(flags) <= limit, (arch, np.mean(flags))
     # the per-layer tests hold their level: p_ks is exact (uniform p-values), p_sign is conservative
-    p_ks = np.concatenate([t["p_ks"].to_numpy() for _, t in tables])
-    p_sign = np.concatenate([t["p_sign"].to_numpy() for _, t in tables])
+    p_ks = np.concatenate([t.table["p_ks"].to_numpy() for _, t in tables])
+    p_sign = np.concatenate([t.table["p_sign"].to_numpy() for _, t in tables])
     n = len(p_ks)
     sd = math.sqrt(level * (1 - level) / n)
     assert abs(np.mean(p_ks <= level) - level) < 4 * sd

@@ -76,10 +76,10 @@ def test_directory_of_snapshots(tmp_path, snapshots, capsys):
     for s, state in zip(["lenet_init_0", "lenet_0", "lenet_1", "lenet_2"], states):
         model = build_model("lenet", seed=5)
         model.load_state_dict(state)
-        df = P.layer_stats(model, normalize=True, init=states[0])
-        for row in df.itertuples():
+        stats_ = P.layer_stats(model, normalize=True, init=states[0])
+        for row in stats_.table.itertuples():
             entry = docs[s][str(row.stage)][str(row.block)]
-            assert entry["name"] == row.name and entry["projections"] == list(row.projections)
+            assert entry["name"] == row.name and entry["projections"] == list(stats_.projections[row.name])
             assert (entry["mean"], entry["mass"], entry["l2_dist"], entry["biased"]) == (
                 row.mean, row.mass, row.l2_dist, row.biased)
     assert docs["lenet_init_0"]["0"]["0"]["l2_dist"] == 0.0 and docs["lenet_2"]["0"]["0"]["l2_dist"] > 0
@@ -159,7 +159,7 @@ def test_random_init_pretrained_and_listings(tmp_path, capsys, monkeypatch):
     assert (doc["epoch"], doc["seed"], doc["init_seed"], doc["in_channels"], doc["input_size"]) == ("0", "7", 7, 1, 28)
     df = P.layer_stats(build_model("lenet", in_channels=1, input_size=28, seed=7), with_linear=True)
     assert doc["3"]["2"]["name"] == "classifier.6" and doc["3"]["2"]["kind"] == "linear"
-    assert doc["net"]["mean"] == df.attrs["net"]["mean"] and doc["net"]["N"] == 172 + 120 + 84 + 10
+    assert doc["net"]["mean"] == df.net["mean"] and doc["net"]["N"] == 172 + 120 + 84 + 10
 
     # --cuda computes on the GPU, or says it falls back to the CPU; the numbers agree
     rc, out = run("--arch", "lenet", "--dataset", "mnist", "--seed", 7, "--normalize", "--with-linear", "--cuda",

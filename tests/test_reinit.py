@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.vgg import make_layers
 
+from hparr.results import drop_frame
 from hparr import reinit
 from hparr.errors import HparrError, UsageError
 from hparr.models import build_model
@@ -266,8 +267,10 @@ def test_lenet_from_build_model_and_relative_drop():
     np.testing.assert_allclose(drop.to_numpy(), expected)
     acc = result.accuracy()
     assert acc["0"][0] == pytest.approx(100.0 * result.correct[0, 0, 0] / 64)
-    frame = reinit.relative_drop_frame(result.trained_accuracy(), acc, result.layers)
-    np.testing.assert_allclose(frame.to_numpy(), expected)
+    doc = reinit.reinit_document(result, arch="lenet", dataset="digits", seed=0, epoch=3)
+    stored = np.array([doc["relative_drop"][label] for label in ("0", "rand")], dtype=float)
+    np.testing.assert_allclose(stored, expected)  # the document stores the same drop, computed once
+    np.testing.assert_array_equal(drop_frame(doc).to_numpy(), drop.to_numpy())
 
 
 def test_bad_alternatives_are_named():

@@ -9,12 +9,8 @@ from pathlib import Path
 
 import pytest
 
-try:
-    import formats
-except ImportError:  # tests/ imported as a package
-    from tests import formats
-
 from hparr import checkpoints, files, reinit
+from hparr import fakedata as formats
 from hparr.cli import main
 from hparr.data import DataOptions, load_data, make_loader
 from hparr.models import build_model
@@ -181,3 +177,33 @@ def test_train_snapshots_through_the_paper_script(tmp_path, capsys):
 
     rc, _, err = run_cli(capsys, *args, "--seed", 6)
     assert rc == 1 and "trained with seed 5, not --seed 6" in err
+
+
+def test_plots_folder_and_a_rerun_of_a_class_subset_snapshot(tmp_path, capsys):
+    """`--plots DIR` as the paper's README passes it (both script names and `hparr reinit`), and a rerun that
+    keeps the finished result of a snapshot whose class subset comes from the snapshot itself."""
+    train = [sys.executable, "-m", "hparr", "train", "--arch", "lenet", "--dataset", "digits", "--epochs", "1",
+             "--seed", "5", "--subsample-classes", "3", "--models-path", str(tmp_path / "models"),
+             "--tb-logdir", "", "--no-progress"]
+    subprocess.run(train, check=True, capture_output=True, cwd=tmp_path)
+    run_dir = tmp_path / "models" / "digits_3" / "lenet" / "5"
+    args = ["--arch", "lenet", "--dataset", "digits", "--load-from", str(run_dir / "lenet_1.pt"), "--inits-from",
+            str(run_dir), "--rand", "--seed", "5", "--results", str(tmp_path / "results")]
+    result = tmp_path / "results" / "digits_3" / "lenet" / "5" / "reinit_lenet_1.json"
+    for script, figs in (("reinit_layers.py", "figs"), ("reinit_weights.py", "figs2")):
+        proc = subprocess.run([sys.executable, str(ROOT / script), *args, "--plots", figs, "--overwrite"],
+                              capture_output=True, text=True, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        for suffix, magic in ((".png", b"\x89PNG"), (".pdf", b"%PDF")):
+            assert (tmp_path / figs / "digits" / "lenet" / f"reinit_lenet_1{suffix}").read_bytes()[:4] == magic
+        assert not list(result.parent.glob("*.png"))  # with a folder, nothing is drawn beside the result
+    doc = json.loads(result.read_text())
+    assert doc["subsample_classes"] == 3 and len(doc["class_subset"]["classes"]) == 3
+
+    before = result.stat().st_mtime_ns
+    rc, out, _ = run_cli(capsys, *args, "--plots")  # no --subsample-classes: the snapshot records 3
+    assert rc == 0 and f"kept {result}" in out and result.stat().st_mtime_ns == before
+    rc, out, err = run_cli(capsys, *args, "--plots", "--overwrite", "--no-progress")
+    assert rc == 0, err
+    assert result.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"  # bare --plots: beside the result
+    assert json.loads(result.read_text())["init_from_epoch"] == doc["init_from_epoch"]

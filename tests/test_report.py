@@ -13,7 +13,9 @@ import torch
 from PIL import Image
 from scipy import integrate, stats
 
-from hparr import files, projections, reinit, report
+from hparr import files, null, projections, reinit, report
+from hparr import results as results_module
+from hparr.results import drop_frame
 from hparr.cli import main
 from hparr.layers import discover_layers
 from hparr.models import build_model
@@ -56,7 +58,7 @@ def run(tmp_path_factory):
     snaps = sorted(models.iterdir())
 
     for folder, normalize in (("results", True), ("results_plain", False)):
-        settings = projections.Settings(normalize=normalize, init_from=str((models / "lenet_init_0.pt").resolve()))
+        settings = projections.AnalysisOptions(normalize=normalize, init_from=str((models / "lenet_init_0.pt").resolve()))
         analyzer = projections.SnapshotAnalyzer(
             projections.ModelConfig("lenet", 10, 3, 32), settings,
             context={"arch": "lenet", "dataset": "cifar10", "seed": "0"},
@@ -75,10 +77,10 @@ def run(tmp_path_factory):
     alternatives = {"0": init.state_dict(), "5": mid.state_dict(),
                     "rand": build_model("lenet", 10, 3, 32, seed=99).state_dict()}
     result = reinit.reinit_sweep(final, alternatives, batches, layers=[i.name for i in layers])
-    doc = reinit.results_document(result, arch="lenet", dataset="cifar10", seed=0, epoch=10,
-                                  load_from=str((models / "lenet_10.pt").resolve()),
-                                  layer_kinds=[i.kind for i in layers],
-                                  layer_stage_block=[(i.stage, i.block) for i in layers])
+    doc = reinit.reinit_document(result, arch="lenet", dataset="cifar10", seed=0, epoch=10,
+                                 load_from=str((models / "lenet_10.pt").resolve()),
+                                 layer_kinds=[i.kind for i in layers],
+                                 layer_stage_block=[(i.stage, i.block) for i in layers])
     files.write_json(root / "results" / "cifar10" / "lenet" / "0" / "reinit_lenet_10.json", doc)
     files.write_json(root / "results" / "unrelated.json", {"hello": [1, 2]})
     (root / "results" / "broken.json").write_text("{not json")
@@ -171,12 +173,12 @@ def test_spearman_equals_scipy_on_the_json_numbers(run, built):
 
     # another bias measure: the z-score of the mass
     results = report.load_run(run, exclude=[run / "report"])
-    long = results.reinit.set_index(["label", "layer"])
+    frame = drop_frame(results.reinit_doc)
     for label, drops in rdoc["relative_drop"].items():
-        for layer, value in zip(rdoc["layers"], drops):
-            assert long.loc[(label, layer), "relative_drop"] == pytest.approx(value, rel=1e-12)
-            assert long.loc[(label, layer), "top5"] == rdoc["top5_init_from_epoch"][label][rdoc["layers"].index(layer)]
-    table = report.layer_table(results, measure="mass_z")
+        for i, (layer, value) in enumerate(zip(rdoc["layers"], drops)):
+            assert frame.loc[label, layer] == pytest.approx(value, rel=1e-12)
+            assert results.reinit_doc["top5_init_from_epoch"][label][i] == rdoc["top5_init_from_epoch"][label][i]
+    table = report.joined_table(results, measure="mass_z")
     got = report.bias_vs_criticality(table)
     expected = stats.spearmanr([abs(entries[n]["mass"] - 0.5) * 2 * math.sqrt(entries[n]["N"]) for n in names], drop)
     assert got["spearman_rho"] == pytest.approx(expected.statistic, abs=1e-12)
@@ -205,7 +207,8 @@ def test_summary_and_index_show_the_table_and_the_choices(run, built):
     used = [Path(p).name for p in rep["inputs"]["projections"]]
     assert used == ["lenet_init_0.json", "lenet_4.json", "lenet_10.json"]
     assert "are both epoch 10; using lenet_10.json" in summary
-    assert {"torch", "torchvision", "hparr", "numpy"} <= set(rep["versions"]["report"])
+    assert {"hparr", "numpy", "scipy", "pandas", "matplotlib"} <= set(rep["versions"]["report"])
+    assert {"torch", "torchvision"} <= set(rep["versions"]["projections"])
     assert rep["seeds"]["reinit"]["seed"] == "0" and rep["seeds"]["projections"]["seed"] == "0"
 
 
@@ -270,20 +273,24 @@ def test_errors_are_one_line(tmp_path, capsys):
 
 def test_null_density_and_bands():
     for d in (3, 27, 144):
-        total, _ = integrate.quad(lambda t: float(report.null_density(t, d)), -1, 1)
+        law = null.distribution(d)
+        total, _ = integrate.quad(lambda t: float(law.pdf(t)), -1, 1)
         assert total == pytest.approx(1.0, abs=1e-7)
-        part, _ = integrate.quad(lambda t: float(report.null_density(t, d)), -1, 0.1)
-        assert part == pytest.approx(float(projections.null_cdf(0.1, d)), abs=1e-7)
-        var, _ = integrate.quad(lambda t: t * t * float(report.null_density(t, d)), -1, 1)
-        assert var == pytest.approx(1 / d, rel=1e-6)  # method.md §3: variance 1/d
-    lo, hi = report.mass_band(64)
+        part, _ = integrate.quad(lambda t: float(law.pdf(t)), -1, 0.1)
+        assert part == pytest.approx(float(law.cdf(0.1)), abs=1e-7)
+        # the density is that of (1 + t)/2 ~ Beta((d-1)/2, (d-1)/2), written out
+        t = np.linspace(-0.9, 0.9, 7)
+        np.testing.assert_allclose(law.pdf(t), stats.beta.pdf((1 + t) / 2, (d - 1) / 2, (d - 1) / 2) / 2, rtol=1e-12)
+        var, _ = integrate.quad(lambda t: t * t * float(law.pdf(t)), -1, 1)
+        assert var == pytest.approx(1 / d, rel=1e-6)  # docs/method.md §3: variance 1/d
+    lo, hi = null.mass_band(64)
     assert (lo, hi) == pytest.approx((0.5 - 1.96 / 16, 0.5 + 1.96 / 16), abs=1e-4)
-    lo, hi = report.mean_band(16, d=144)
+    lo, hi = null.mean_band(16, d=144)
     assert hi == -lo == pytest.approx(1.96 * math.sqrt(1 / 144) / 4, rel=1e-4)
     # the binomial mass of random layers falls in the band about 95% of the time
     rng = np.random.default_rng(0)
     masses = rng.binomial(64, 0.5, size=20000) / 64
-    inside = np.mean((masses >= report.mass_band(64)[0]) & (masses <= report.mass_band(64)[1]))
+    inside = np.mean((masses >= null.mass_band(64)[0]) & (masses <= null.mass_band(64)[1]))
     assert 0.9 < inside < 0.99
 
 
@@ -302,7 +309,7 @@ def test_original_layouts_are_recognized(run, tmp_path):
                                                                       "arch", "dataset", "seed", "epoch")})
     results = report.load_run(tmp_path)
     assert results.trained_epoch == 10 and results.init_doc is not None and results.reinit_doc is not None
-    table = report.layer_table(results)
+    table = report.joined_table(results)
     entries = layer_entries(trained_doc(run))
     by_position = [e for _, e in sorted(((int(s), int(b)), e) for s, blocks in trained_doc(run).items()
                                         if s.isdigit() for b, e in blocks.items())]
@@ -312,3 +319,32 @@ def test_original_layouts_are_recognized(run, tmp_path):
     # without layer names the two sides cannot be matched: every layer is reported missing on one side
     assert set(table["missing"]) == {"reinit", "projections"} and table["drop_reinit_0"].notna().sum() == 9
     assert report.bias_vs_criticality(table)["n_layers"] == 0
+
+
+def test_the_report_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, hparr.report, hparr.cli.report; assert 'torch' not in sys.modules, 'torch imported'"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_manifest_names_the_inputs(run, built, tmp_path):
+    """With the manifest of `hparr reproduce`, the report reads the files it names and nothing else."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("report"))
+    folder = copy / "results" / "cifar10" / "lenet" / "0"
+    files.write_json(copy / "manifest.json", results_module.manifest(
+        copy, folder, folder / "reinit_lenet_10.json", [0, 4, 10]))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    assert manifest["projections"] == "results/cifar10/lenet/0" and manifest["epochs"] == [0, 4, 10]
+    loaded = report.load_run(copy)
+    assert loaded.projection_run.directory == folder.resolve() and not loaded.other_runs  # results_plain unread
+    assert loaded.reinit_path == folder / "reinit_lenet_10.json"
+    # a stray result elsewhere in the folder is not read when a manifest names the inputs
+    shutil.copy(folder / "reinit_lenet_10.json", copy / "results" / "reinit_stray.json")
+    assert not any("stray" in n for n in report.load_run(copy).notes)
+    written = report.build_report(copy)
+    assert (copy / "report" / "layers.csv").read_bytes() == (run / "report" / "layers.csv").read_bytes()
+    assert "results_plain" not in (copy / "report" / "summary.md").read_text() and written

@@ -30,27 +30,27 @@ def test_resume_gives_the_same_weights_as_a_straight_run(tmp_path):
                   data=DataOptions(dataset="digits", augmentation=True))
     straight = train(settings(tmp_path / "a", epochs=4, **common))
     half = train(settings(tmp_path / "b", epochs=2, **common))
-    resumed = train(settings(tmp_path / "b", epochs=4, resume_from=str(Path(half["run_dir"]) / "lenet_1.tar"),
+    resumed = train(settings(tmp_path / "b", epochs=4, resume_from=str(Path(half.run_dir) / "lenet_1.tar"),
                              **common))
-    a, b = weights(Path(straight["run_dir"]) / "lenet_4.pt"), weights(Path(resumed["run_dir"]) / "lenet_4.pt")
+    a, b = weights(Path(straight.run_dir) / "lenet_4.pt"), weights(Path(resumed.run_dir) / "lenet_4.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
     # the resumed run continued with epoch 3: it did not repeat epoch 2
-    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4]
-    assert straight["final"]["test"]["top1"] == resumed["final"]["test"]["top1"]
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    assert straight.final["test"]["top1"] == resumed.final["test"]["top1"]
 
 
 def test_resume_auto_picks_the_newest_complete_snapshot(tmp_path):
     first = train(settings(tmp_path, epochs=2, snapshot_every=1))
-    run_dir = Path(first["run_dir"])
+    run_dir = Path(first.run_dir)
     (run_dir / "lenet_7.tar").write_bytes(b"torn")  # an interrupted write never wins
     again = train(settings(tmp_path, epochs=3, resume_from="auto"))
-    assert [h["epoch"] for h in again["history"]] == [1, 2, 3]
+    assert [h["epoch"] for h in again.history] == [1, 2, 3]
     assert (run_dir / "lenet_3.pt").exists()
 
 
 def test_snapshot_schedule_names_and_contents(tmp_path):
     out = train(settings(tmp_path, epochs=5, snapshot_every=2, snapshot_all_until=1))
-    run_dir = Path(out["run_dir"])
+    run_dir = Path(out.run_dir)
     assert run_dir == tmp_path / "models" / "digits" / "lenet" / "0"
     names = sorted(p.name for p in run_dir.glob("lenet_*"))
     assert names == sorted(["lenet_init_0.pt", "lenet_0.tar", "lenet_1.tar", "lenet_3.tar", "lenet_4.tar",
@@ -63,14 +63,14 @@ def test_snapshot_schedule_names_and_contents(tmp_path):
         assert set(snap["versions"]) >= {"torch", "torchvision", "hparr"}
         assert snap["settings"]["lr"] == 0.01 and snap["normalization"]["mean"]
     final = ck.torch_load(run_dir / "lenet_5.pt")
-    assert final["metrics"]["test"]["top1"] == out["final"]["test"]["top1"]
+    assert final["metrics"]["test"]["top1"] == out.final["test"]["top1"]
     assert ck.torch_load(run_dir / "lenet_1.tar")["top1_acc"] is not None
 
 
 def test_validation_split_is_used_and_test_reported_separately(tmp_path):
     data = DataOptions(dataset="digits", split=0.2, stratified=True, split_seed=1)
     out = train(settings(tmp_path, epochs=1, data=data, train_acc=True))
-    snap = ck.torch_load(Path(out["run_dir"]) / "lenet_0.tar")
+    snap = ck.torch_load(Path(out.run_dir) / "lenet_0.tar")
     assert set(snap["metrics"]) == {"val", "train", "test"}
     per_class = snap["data"]["split"]["per_class"]
     assert per_class == [round(0.2 * 1347) // 10] * 10  # stratified: equal class balance
@@ -81,8 +81,8 @@ def test_validation_split_is_used_and_test_reported_separately(tmp_path):
 def test_kill_plateaus_stops_a_stalled_run(tmp_path):
     out = train(settings(tmp_path, epochs=6, lr=1e-12, kill_plateaus=True,
                          data=DataOptions(dataset="digits", split=0.2)))
-    assert not out["converged"] and len(out["history"]) == 2
-    assert not (Path(out["run_dir"]) / "lenet_6.pt").exists()
+    assert not out.converged and len(out.history) == 2
+    assert not (Path(out.run_dir) / "lenet_6.pt").exists()
 
 
 def test_a_diverging_loss_stops_with_a_clear_error_and_keeps_snapshots(tmp_path, capsys):
@@ -96,7 +96,7 @@ def test_a_diverging_loss_stops_with_a_clear_error_and_keeps_snapshots(tmp_path,
 
 def test_evaluate_and_evaluate_train_report_a_snapshot(tmp_path, capsys):
     out = train(settings(tmp_path, epochs=2))
-    snap = str(Path(out["run_dir"]) / "lenet_2.pt")
+    snap = str(Path(out.run_dir) / "lenet_2.pt")
     args = ["--arch", "lenet", "--dataset", "digits", "--resume-from", snap, "--tb-logdir", "",
             "--models-path", str(tmp_path), "--seed", "0"]
     assert main(["train", *args, "--evaluate"]) == 0
@@ -128,7 +128,7 @@ def test_tensorboard_log_file_adam_cuda_fallback_and_noise(tmp_path, caplog):
                          tb_logdir=str(tmp_path / "tb"), data=data))
     if not torch.cuda.is_available():
         assert "no GPU" in caplog.text
-    run_dir = Path(out["run_dir"])
+    run_dir = Path(out.run_dir)
     assert run_dir == tmp_path / "models" / "digits" / "noise_30" / "lenet" / "0"
     events = EventAccumulator(str(tmp_path / "tb" / "digits" / "noise_30" / "lenet" / "0")).Reload()
     assert {"Loss/train", "Lr", "Accuracy/test/top1"} <= set(events.Tags()["scalars"])
@@ -144,7 +144,7 @@ def test_pretrained_weights_file(tmp_path):
     source = build_model("lenet", num_classes=10, in_channels=1, seed=9)
     torch.save(source.state_dict(), tmp_path / "w.pth")
     out = train(settings(tmp_path, epochs=0, weights=str(tmp_path / "w.pth"), pretrained=True))
-    init = weights(Path(out["run_dir"]) / "lenet_pretrained_0.pt")
+    init = weights(Path(out.run_dir) / "lenet_pretrained_0.pt")
     assert torch.equal(init["features.0.weight"], source.features[0].weight)
 
 
@@ -169,6 +169,9 @@ def test_remaining_flags_reach_the_run(tmp_path, capsys):
     assert snap["num_classes"] == 5 and len(snap["data"]["class_subset"]["classes"]) == 5
     assert snap["data"]["class_subset"]["seed"] == 3
     assert snap["data"]["split"]["shuffle"] and snap["data"]["split"]["seed"] == 2
-    assert snap["normalization"] == {"mean": [0.0], "std": [1.0]}
+    assert snap["normalization"] == {"mean": [0.0], "std": [1.0], "normalized": False}
+    # each fact is stored once: the data record holds none of the facts kept at the top level
+    assert not set(ck.TOP_LEVEL_FACTS) & set(snap["data"])
+    assert (snap["in_channels"], snap["input_size"], snap["dataset"]) == (1, 32, "digits")
     assert snap["settings"]["workers"] == 0 and snap["settings"]["batch_size"] == 64
     assert '"converged": true' in capsys.readouterr().out

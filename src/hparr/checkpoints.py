@@ -14,10 +14,11 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from . import files
-from .errors import HparrError, UsageError
+from .errors import HparrError, UsageError, first_line
 
 SNAPSHOT_SUFFIXES = (".pt", ".tar", ".pth")
-FORMAT = "hparr-snapshot-1"
+# facts about the data that a snapshot of `hparr train` stores once, at its top level, not in its "data" record
+TOP_LEVEL_FACTS = ("dataset", "num_classes", "in_channels", "image_size", "normalization", "versions")
 
 
 def torch_load(path: str | os.PathLike, mmap: bool = False) -> Any:
@@ -37,8 +38,7 @@ def torch_load(path: str | os.PathLike, mmap: bool = False) -> Any:
                              "plain values, and loading it could run code") from None
         raise HparrError(f"truncated or corrupt snapshot {path}: not a tensor snapshot") from None
     except Exception as exc:  # noqa: BLE001 - a torn file fails in many ways, all of them "corrupt"
-        msg = str(exc).strip().splitlines()[0].split(". ")[0][:200] if str(exc).strip() else type(exc).__name__
-        raise HparrError(f"truncated or corrupt snapshot {path}: {msg}") from None
+        raise HparrError(f"truncated or corrupt snapshot {path}: {first_line(exc).split('. ')[0]}") from None
 
 
 def state_dict_of(obj: Any, path: str | os.PathLike = "<snapshot>") -> dict[str, torch.Tensor]:
@@ -68,21 +68,8 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "snapshot") -> None:
-    """Load `state` into `model`, or raise an error naming the keys and shapes that differ."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: snapshot {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or unexpected or shapes:
-        parts = []
-        if shapes:
-            parts.append("shapes differ: " + "; ".join(shapes[:4]) + (" ..." if len(shapes) > 4 else ""))
-        if missing:
-            parts.append("missing keys: " + ", ".join(missing[:4]) + (" ..." if len(missing) > 4 else ""))
-        if unexpected:
-            parts.append("unexpected keys: " + ", ".join(unexpected[:4]) + (" ..." if len(unexpected) > 4 else ""))
-        raise HparrError(f"{source} does not match this architecture/class count ({'; '.join(parts)})")
+    """Load `state` into `model`, or raise the error of `check_state` naming the keys and shapes that differ."""
+    check_state({k: tuple(v.shape) for k, v in model.state_dict().items()}, state, source)
     model.load_state_dict(state)
 
 
@@ -96,6 +83,24 @@ def load_model_weights(model: torch.nn.Module, path: str | os.PathLike) -> dict[
 def save_snapshot(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Atomically write a snapshot of tensors and plain Python values."""
     files.save_torch(payload, path)
+
+
+def data_record(data_meta: Mapping[str, Any]) -> dict[str, Any]:
+    """What a snapshot stores under "data": the data's record without the facts kept at the top level."""
+    return {k: v for k, v in data_meta.items() if k not in TOP_LEVEL_FACTS}
+
+
+def recorded_normalization(meta: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The normalization a snapshot records ({"mean", "std", "normalized"}), or None.
+
+    Snapshots of earlier hparr versions also kept a copy under "data"; the top-level one is read first.
+    """
+    norm = meta.get("normalization")
+    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    older = data.get("normalization") if isinstance(data.get("normalization"), dict) else {}
+    if not isinstance(norm, dict):
+        return dict(older) or None
+    return {**older, **norm}
 
 
 # --- names, layout and epoch labels --------------------------------------------------------------
@@ -189,7 +194,7 @@ def newest_snapshot(directory: str | os.PathLike) -> Path:
     best: tuple[int, Path] | None = None
     for path in find_snapshots(directory):
         try:
-            epoch = snapshot_epoch(torch_load(path), path)
+            epoch = snapshot_epoch(torch_load(path, mmap=True), path)
         except HparrError:
             continue  # a torn or foreign file is never the one to resume from
         if best is None or epoch >= best[0]:

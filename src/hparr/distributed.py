@@ -63,16 +63,3 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
 
-
-def broadcast_flag(flag: bool, device: torch.device) -> bool:
-    """Rank 0's boolean, on every rank (so all ranks stop together)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    t = torch.tensor([1 if flag else 0], device=device)
-    dist.broadcast(t, src=0)
-    return bool(t.item())
-
-
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()

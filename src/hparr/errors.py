@@ -11,3 +11,9 @@ class UsageError(HparrError):
     """A bad flag or argument value (exit code 2)."""
 
     exit_code = 2
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name when it has none), at most `limit` characters."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import math
 import os
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from .errors import HparrError
 
@@ -68,20 +71,54 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write `obj` as indented JSON, atomically."""
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """Write `obj` as indented JSON (through `jsonable`), atomically."""
+    write_text(path, json.dumps(jsonable(obj), indent=2, sort_keys=False) + "\n")
 
 
-def _json_default(obj: Any) -> Any:
-    import numpy as np
+def jsonable(value: Any) -> Any:
+    """A JSON-ready copy of `value`: numpy and torch scalars and arrays become Python values and lists,
+    NaN and infinities become None, paths become text, mappings and sequences are converted throughout;
+    anything else unknown becomes its text."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy and torch scalars and arrays
+        return jsonable(value.tolist())
+    pandas = sys.modules.get("pandas")
+    if pandas is not None and value is pandas.NA:
+        return None
+    return str(value)
 
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+@contextlib.contextmanager
+def log_to(path: str | os.PathLike | None, logger: str = "hparr") -> Iterator[Callable[[str], None]]:
+    """Append the messages of `logger` to the file `path` while the block runs (None: no file).
+
+    Yields a function that appends one more line to the file alone (not to the console). A log is the one
+    file written as a stream rather than atomically: each message is appended as it comes.
+    """
+    if path is None:
+        yield lambda line: None
+        return
+    path = Path(path)
+    ensure_dir(path.parent)
+    handler = logging.FileHandler(path)
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger(logger)
+    root.addHandler(handler)
+    try:
+        yield lambda line: handler.handle(logging.LogRecord(logger, logging.INFO, "", 0, line, None, None))
+    finally:
+        root.removeHandler(handler)
+        handler.close()
 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:

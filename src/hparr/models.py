@@ -118,6 +118,16 @@ def _replace_first_conv(model: nn.Module, in_channels: int, **overrides) -> None
     raise HparrError("model has no Conv2d to adapt to the input channels")
 
 
+def torchvision_name(arch: str) -> str | None:
+    """The torchvision model behind an architecture name (`vgg11bn` -> `vgg11_bn`, `vgg19_orig` -> `vgg19`, any
+    torchvision name -> itself), or None for the architectures defined here (lenet, mlp, mlp_bn)."""
+    if arch in ("lenet", "mlp", "mlp_bn"):
+        return None
+    if arch == "vgg19_orig":
+        return "vgg19"
+    return arch.replace("bn", "_bn") if arch in VGG_ARCHS else arch
+
+
 def _construct(arch: str, num_classes: int, in_channels: int, input_size: int) -> nn.Module:
     tvm = torchvision.models
     if arch == "lenet":
@@ -139,9 +149,8 @@ def _construct(arch: str, num_classes: int, in_channels: int, input_size: int) -
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 m.reset_parameters()
     elif arch in VGG_ARCHS:
-        name = "vgg19" if arch == "vgg19_orig" else arch.replace("bn", "_bn")
         with torch.device("meta"):
-            model = tvm.get_model(name, weights=None, num_classes=num_classes)
+            model = tvm.get_model(torchvision_name(arch), weights=None, num_classes=num_classes)
             if in_channels != 3:
                 _replace_first_conv(model, in_channels)
         model.to_empty(device="cpu")
@@ -162,8 +171,8 @@ def _construct(arch: str, num_classes: int, in_channels: int, input_size: int) -
 
 def supported_archs() -> list[str]:
     """The paper's architectures, then every torchvision classification model."""
-    extra = sorted(set(torchvision.models.list_models(module=torchvision.models)) - {"vgg19", "alexnet"}
-                   - {a.replace("bn", "_bn") for a in VGG_ARCHS})
+    extra = sorted(set(torchvision.models.list_models(module=torchvision.models))
+                   - {torchvision_name(a) for a in ARCHS})
     return list(ARCHS) + extra
 
 
@@ -193,8 +202,8 @@ def build_model(arch: str, num_classes: int = 10, in_channels: int = 3, input_si
 
 def pretrained_file(arch: str) -> Path:
     """Where torchvision's ImageNet weights for `arch` are expected in the local hub cache."""
-    name = "vgg19" if arch == "vgg19_orig" else arch.replace("bn", "_bn") if arch in VGG_ARCHS else arch
-    if arch in ("lenet", "mlp", "mlp_bn", "vgg19_orig"):
+    name = torchvision_name(arch)
+    if name is None or arch == "vgg19_orig":
         raise UsageError(f"--pretrained: no ImageNet weights exist for {arch!r}")
     url = torchvision.models.get_model_weights(name).DEFAULT.url
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)

@@ -4,10 +4,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import checkpoints, files, projections, reinit, report, training
+from . import checkpoints, files, projections, reinit, report, results, training
+from .errors import HparrError
 from .training import TrainSettings
 
 log = logging.getLogger("hparr.pipeline")
@@ -23,8 +25,22 @@ def reinit_checkpoints(run_dir: Path, epochs: int) -> list[Path]:
     return [chosen[e] for e in sorted(chosen)]
 
 
+@dataclass
+class ReproduceResult:
+    """What `reproduce` produced below its folder: the run's snapshots, the projection results, the
+    re-initialization result, the manifest that names them, and the report's files."""
+
+    run_dir: Path
+    final: dict[str, Any]
+    projections: Path
+    reinit: Path
+    manifest: Path
+    report: dict[str, Path]
+    snapshots: int
+
+
 def reproduce(settings: TrainSettings, out_dir: str | Path, with_linear: bool = False,
-              threshold: float = 0.1, level: float = 0.05) -> dict[str, Any]:
+              threshold: float = 0.1, level: float = 0.05) -> ReproduceResult:
     """Train with snapshots under `out_dir/models`, analyze every snapshot, run the reinit sweep with
     `--rand`, and draw the report into `out_dir/report`. Rerunning resumes and reuses finished results."""
     out = Path(out_dir)
@@ -33,37 +49,39 @@ def reproduce(settings: TrainSettings, out_dir: str | Path, with_linear: bool = 
                                    tb_logdir=str(out / "tensorboard") if settings.tb_logdir else None,
                                    resume_from=settings.resume_from or "auto")
     log.info("[1/4] training %s on %s", settings.arch, settings.data.dataset)
-    summary = training.train(settings)
-    if not summary["converged"]:
-        raise training.HparrError("training stalled (--kill-plateaus): no final model to analyze")
-    run_dir = Path(summary["run_dir"])
-    seed = summary["seed"] if settings.seed is None else settings.seed
+    trained = training.train(settings)
+    if not trained.converged:
+        raise HparrError("training stalled (--kill-plateaus): no final model to analyze")
+    run_dir = Path(trained.run_dir)
     init = run_dir / checkpoints.init_name(settings.arch, settings.pretrained)
     final = run_dir / checkpoints.final_name(settings.arch, settings.epochs, settings.pretrained)
-    results = out / "results"
+    root = out / "results"
 
     log.info("[2/4] projections of every snapshot")
-    proj_dir, _, docs, _ = projections.analyze_snapshots(
-        arch=settings.arch, dataset=settings.data.dataset, results=results, load_from=[run_dir],
-        init_from=str(init), seed=settings.seed, subsample_classes=settings.data.subsample_classes,
-        normalize=True, with_linear=with_linear, level=level, progress=settings.progress)
+    analyzed = projections.run_projections(projections.ProjectionSettings(
+        arch=settings.arch, dataset=settings.data.dataset, load_from=[run_dir], init_from=str(init),
+        seed=settings.seed, subsample_classes=settings.data.subsample_classes, normalize=True,
+        with_linear=with_linear, level=level, progress=settings.progress), root)
+    proj_dir = projections.save(analyzed, root)
 
     log.info("[3/4] layer re-initialization (every checkpoint and --rand)")
-    inits = reinit_checkpoints(run_dir, settings.epochs)
-    inits_file = results / "reinit_checkpoints.txt"
-    files.write_text(inits_file, "".join(f"{p.resolve()}\n" for p in inits))
-    swept = reinit.run_reinit(reinit.ReinitSettings(
-        load_from=str(final), data=settings.data, arch=settings.arch, inits_from=str(inits_file), rand=True,
-        with_linear=with_linear, seed=seed if settings.seed is None else settings.seed,
+    swept = reinit.ReinitSettings(
+        load_from=str(final), data=settings.data, arch=settings.arch,
+        inits_from=reinit_checkpoints(run_dir, settings.epochs), rand=True, with_linear=with_linear,
+        seed=trained.seed if settings.seed is None else settings.seed,
         batch_size=max(settings.batch_size, 256), cuda=settings.cuda, workers=settings.workers,
-        progress=settings.progress and sys.stderr.isatty()))
-    reinit_dir = checkpoints.results_directory(results / "reinit", settings.data.dataset, settings.arch,
-                                               settings.seed, settings.data.subsample_classes)
-    reinit_json = reinit_dir / f"{swept.stem}.json"
-    files.write_json(reinit_json, swept.document)
-    reinit.save_heatmap(swept.document, reinit_dir / f"{swept.stem}.png", reinit_dir / f"{swept.stem}.pdf")
+        progress=settings.progress and sys.stderr.isatty())
+    reinit_json = reinit.result_path(swept, root / "reinit")
+    if reinit_json.is_file():
+        log.info("kept %s (already computed)", reinit_json)
+    else:
+        reinit_json = reinit.save(reinit.run_reinit(swept), root / "reinit", plots="")[0]
+
+    manifest = out / results.MANIFEST_NAME
+    epochs = sorted({int(doc["epoch"]) for doc in analyzed.documents.values()})
+    files.write_json(manifest, results.manifest(out, proj_dir, reinit_json, epochs, models=str(run_dir)))
 
     log.info("[4/4] report")
     written = report.build_report(out, threshold=threshold)
-    return {"run_dir": str(run_dir), "final": summary["final"], "projections": str(proj_dir),
-            "reinit": str(reinit_json), "report": written, "snapshots": len(docs)}
+    return ReproduceResult(run_dir=run_dir, final=trained.final, projections=proj_dir, reinit=reinit_json,
+                           manifest=manifest, report=written, snapshots=len(analyzed.documents))

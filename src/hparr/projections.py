@@ -1,11 +1,12 @@
-"""Per-layer hyperplane statistics (method.md §2) and a test of bias against the null of §3.
+"""Per-layer hyperplane statistics (docs/method.md §2) and a test of bias against the null of §3.
 
 Pure functions compute the statistics from weight tensors or arrays, in float64:
-`projections`, `summarize`, `distances`, `bias_tests`, `holm`. `layer_table` applies them to the
+`projections`, `summarize`, `distances`, `bias_tests`, `holm`. `analyze_layers` applies them to the
 layers found by `hparr.layers.discover_layers`, `layer_stats` does both for a model, and
 `SnapshotAnalyzer` turns many snapshot files into result documents quickly: the layers are
 discovered once per model configuration and the weights are read straight from memory-mapped
-state_dicts, so a snapshot costs the reading of its analyzed weights only.
+state_dicts, so a snapshot costs the reading of its analyzed weights only. `run_projections` is the
+stage behind `hparr projections` (settings in, result out) and `save` writes its result files.
 
 The standard deviation is the population one (ddof=0). The bias test of a layer combines a two-sided
 exact binomial test of its number of filters with projection <= 0 against Binomial(N, 1/2) and a
@@ -18,30 +19,33 @@ null of the cosine is off by O(1/d), far below what the KS test can see with N f
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import scipy
 import torch
 import torch.nn as nn
-from scipy import special, stats
+from scipy import stats
 
-from . import checkpoints
-from .checkpoints import (ModelConfig, check_metadata, check_state,  # noqa: F401 - public here too
-                          results_directory, snapshot_config)
+from . import checkpoints, files, null
+from .checkpoints import ModelConfig, check_metadata, check_state, results_directory, snapshot_config
 from .errors import HparrError, UsageError
 from .layers import LayerInfo, Skipped, discover_layers
 from .provenance import versions
+from .results import PROJECTIONS_FORMAT, document_rows, projections_table, read_json
+
+log = logging.getLogger("hparr.projections")
 
 DEFAULT_LEVEL = 0.05
 CORRECTION = "holm"
 STD_DDOF = 0
-FORMAT = "hparr-projections-1"
 
 
 # --- the statistics --------------------------------------------------------------------------------
@@ -81,7 +85,7 @@ def summarize(p) -> dict[str, float]:
 
 
 def distances(weight, init_weight) -> dict[str, float]:
-    """l2_dist = ||W - W0||_F / ||W0||_F and l_inf_dist = max|W - W0| / max|W0| (method.md §2)."""
+    """l2_dist = ||W - W0||_F / ||W0||_F and l_inf_dist = max|W - W0| / max|W0| (docs/method.md §2)."""
     w = torch.as_tensor(weight).detach().to(torch.float64)
     w0 = torch.as_tensor(init_weight).detach().to(device=w.device, dtype=torch.float64)
     if w.shape != w0.shape:
@@ -91,23 +95,17 @@ def distances(weight, init_weight) -> dict[str, float]:
             "l_inf_dist": float(diff.abs().max() / w0.abs().max())}
 
 
-def null_cdf(t, d: int) -> np.ndarray:
-    """CDF of the cosine between a uniformly random direction of R^d and a fixed one (d >= 2)."""
-    a = (d - 1) / 2
-    return special.betainc(a, a, np.clip((1 + np.asarray(t, dtype=np.float64)) / 2, 0.0, 1.0))
-
-
 def bias_tests(cosines, d: int) -> dict[str, float]:
-    """p-values of one layer under the null of method.md §3.
+    """p-values of one layer under the null of docs/method.md §3.
 
     p_sign: two-sided exact binomial test of #(cosine <= 0) against Binomial(N, 1/2);
-    p_ks: Kolmogorov-Smirnov test of the cosines against `null_cdf` (NaN when d < 2);
+    p_ks: Kolmogorov-Smirnov test of the cosines against the CDF of `null.distribution(d)` (NaN when d < 2);
     p_value: min(1, k x the smallest of the k available p-values).
     """
     c = np.asarray(cosines, dtype=np.float64).ravel()
     n = c.size
     p_sign = float(stats.binomtest(int(np.count_nonzero(c <= 0)), n, 0.5).pvalue)
-    p_ks = float(stats.kstest(c, lambda x: null_cdf(x, d)).pvalue) if d >= 2 else float("nan")
+    p_ks = float(stats.kstest(c, null.distribution(d).cdf).pvalue) if d >= 2 else float("nan")
     available = [p for p in (p_sign, p_ks) if not math.isnan(p)]
     return {"p_sign": p_sign, "p_ks": p_ks, "p_value": min(1.0, len(available) * min(available))}
 
@@ -128,20 +126,38 @@ def holm(pvalues) -> np.ndarray:
 
 # --- tables ----------------------------------------------------------------------------------------
 
-def layer_table(layers: Sequence[LayerInfo], weights: Mapping[str, Any], normalize: bool = True,
-                init: Mapping[str, Any] | None = None, level: float = DEFAULT_LEVEL,
-                skipped: Sequence[Skipped] = ()) -> pd.DataFrame:
-    """One row per layer from weight tensors keyed like a state_dict (`layer.weight_key`).
+@dataclass
+class LayerStats:
+    """The statistics of a network's analyzed layers.
 
-    Columns: name, kind, stage, block, N, d, mean, std, mass, n_negative, p_sign, p_ks, p_value,
-    p_adjusted, biased, [l2_dist, l_inf_dist when `init` is given], projections (an array per row).
-    `df.attrs` holds the network summary ("net"), the skipped layers and the test settings.
+    table: one row per layer (name, kind, stage, block, N, d, mean, std, mass, n_negative, p_sign, p_ks,
+    p_value, p_adjusted, biased[, l2_dist, l_inf_dist]); projections: each layer's per-filter projections
+    by name; net: the network summary over the pooled projections (N, mean, std, mass, n_negative,
+    n_layers, n_biased, p_value, biased); skipped: the conv/linear layers not analyzed and why; and the
+    test settings.
     """
+
+    table: pd.DataFrame
+    projections: dict[str, np.ndarray]
+    net: dict[str, Any]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    level: float = DEFAULT_LEVEL
+    normalize: bool = True
+    layer_order: str = "forward"
+    correction: str = CORRECTION
+    std_ddof: int = STD_DDOF
+
+
+def analyze_layers(layers: Sequence[LayerInfo], weights: Mapping[str, Any], normalize: bool = True,
+                   init: Mapping[str, Any] | None = None, level: float = DEFAULT_LEVEL,
+                   skipped: Sequence[Skipped] = ()) -> LayerStats:
+    """The statistics and bias tests of `layers`, from weight tensors keyed like a state_dict
+    (`layer.weight_key`); `init` (weights at initialization, same keys) adds the distances."""
     if not 0 < level < 1:
         raise UsageError(f"the test level must be in (0, 1), got {level}")
     if not layers:
         raise HparrError("no layers to analyze (every conv layer is skipped; try --with-linear or --include-1x1)")
-    rows = []
+    rows, per_filter = [], {}
     for layer in layers:
         weight = _weight(weights, layer, "snapshot")
         sums, cos, d = _sums_and_cosines(weight)
@@ -150,7 +166,7 @@ def layer_table(layers: Sequence[LayerInfo], weights: Mapping[str, Any], normali
                **summarize(p), **bias_tests(cos, d)}
         if init is not None:
             row.update(distances(weight, _weight(init, layer, "initial weights")))
-        row["projections"] = p
+        per_filter[layer.name] = p
         rows.append(row)
     df = pd.DataFrame(rows)
     df["p_adjusted"] = holm(df["p_value"].to_numpy())
@@ -158,15 +174,14 @@ def layer_table(layers: Sequence[LayerInfo], weights: Mapping[str, Any], normali
     first = ["name", "kind", "stage", "block", "N", "d", "mean", "std", "mass", "n_negative",
              "p_sign", "p_ks", "p_value", "p_adjusted", "biased"]
     df = df[first + [c for c in df.columns if c not in first]]
-    pooled = np.concatenate(list(df["projections"]))
+    pooled = np.concatenate(list(per_filter.values()))
     tested = df["p_value"].dropna()
     net = {**summarize(pooled), "n_layers": len(df), "n_biased": int(df["biased"].sum()),
            "p_value": min(1.0, len(tested) * float(tested.min())) if len(tested) else float("nan"),
-           "biased": bool(df["biased"].any()), "projections": pooled}
-    df.attrs.update(net=net, skipped=[vars(s).copy() for s in skipped], level=level, correction=CORRECTION,
-                    normalize=normalize, std_ddof=STD_DDOF,
-                    layer_order="forward" if all(layer.traced for layer in layers) else "modules")
-    return df
+           "biased": bool(df["biased"].any())}
+    return LayerStats(df, per_filter, net, skipped=[vars(s).copy() for s in skipped], level=level,
+                      normalize=normalize,
+                      layer_order="forward" if all(layer.traced for layer in layers) else "modules")
 
 
 def _weight(weights: Mapping[str, Any], layer: LayerInfo, what: str):
@@ -187,15 +202,16 @@ def weights_of(model_or_state: nn.Module | Mapping[str, Any]) -> Mapping[str, An
 
 def layer_stats(model: nn.Module, normalize: bool = True, with_linear: bool = False,
                 init: nn.Module | Mapping[str, Any] | None = None, include_1x1: bool = False,
-                input_shape: Sequence[int] | None = None, level: float = DEFAULT_LEVEL) -> pd.DataFrame:
-    """Statistics and bias tests of every analyzed layer of `model` (see `layer_table`).
+                input_shape: Sequence[int] | None = None, level: float = DEFAULT_LEVEL) -> LayerStats:
+    """Statistics and bias tests of every analyzed layer of `model` (see `analyze_layers`); `.table` is
+    the per-layer DataFrame and `.net` the network summary.
 
     Layers come from `discover_layers(model, input_shape, with_linear, include_1x1)`; `init` (a model
     or a state_dict of the same architecture) adds the distances from initialization.
     """
     layers, skipped = discover_layers(model, input_shape, with_linear=with_linear, include_1x1=include_1x1)
-    return layer_table(layers, weights_of(model), normalize=normalize,
-                       init=None if init is None else weights_of(init), level=level, skipped=skipped)
+    return analyze_layers(layers, weights_of(model), normalize=normalize,
+                          init=None if init is None else weights_of(init), level=level, skipped=skipped)
 
 
 # --- result documents (the original JSON layout plus new fields) and tidy rows ----------------------
@@ -203,85 +219,33 @@ def layer_stats(model: nn.Module, normalize: bool = True, with_linear: bool = Fa
 LAYER_FIELDS = ("name", "kind", "N", "d", "std", "n_negative", "p_sign", "p_ks", "p_value", "p_adjusted", "biased")
 
 
-def _plain(x: Any) -> Any:
-    """JSON-ready value: numpy scalars to Python, NaN to None."""
-    if isinstance(x, np.ndarray):
-        if x.dtype.kind != "f" or not np.isnan(x).any():
-            return x.tolist()
-        return [_plain(v) for v in x.tolist()]
-    if isinstance(x, (np.generic,)):
-        x = x.item()
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    return x
-
-
-def result_document(df: pd.DataFrame, **fields: Any) -> dict[str, Any]:
+def projection_document(stats_: LayerStats, **fields: Any) -> dict[str, Any]:
     """The original `stage -> block -> {projections, mean, mass[, l2_dist, l_inf_dist]}` + `net` layout,
-    with the new per-layer fields and the test settings; `fields` (arch, dataset, seed, epoch, ...) are added."""
+    with the new per-layer fields and the test settings; `fields` (arch, dataset, seed, epoch, ...) are added.
+    Every value is JSON-ready (NaN as None)."""
     doc: dict[str, Any] = {}
+    df = stats_.table
     has_dist = "l2_dist" in df.columns
-    for row in df.itertuples(index=False):
-        row = row._asdict()
-        entry = {"projections": _plain(row["projections"]), "mean": row["mean"], "mass": row["mass"]}
+    for row in df.to_dict(orient="records"):
+        entry = {"projections": stats_.projections[row["name"]], "mean": row["mean"], "mass": row["mass"]}
         if has_dist:
             entry.update(l2_dist=row["l2_dist"], l_inf_dist=row["l_inf_dist"])
-        entry.update({k: _plain(row[k]) for k in LAYER_FIELDS})
+        entry.update({k: row[k] for k in LAYER_FIELDS})
         doc.setdefault(str(row["stage"]), {})[str(row["block"])] = entry
-    net = dict(df.attrs["net"])
-    doc["net"] = {"projections": _plain(net.pop("projections")), "mean": net.pop("mean"), "mass": net.pop("mass"),
-                  **{k: _plain(v) for k, v in net.items()}}
-    doc.update({k: _plain(v) for k, v in fields.items()})
-    doc.update(format=FORMAT, level=df.attrs["level"], correction=CORRECTION, normalize=df.attrs["normalize"],
-               std_ddof=STD_DDOF, layer_order=df.attrs["layer_order"], skipped=df.attrs["skipped"])
-    return doc
-
-
-ROW_CONTEXT = ("stem", "source", "arch", "dataset", "seed", "epoch", "normalize", "level")
-
-
-def document_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Tidy rows (one per layer, plus a `kind == "net"` row) of a result document, without the projections."""
-    context = {k: doc.get(k) for k in ROW_CONTEXT}
-    try:
-        context["epoch"] = int(context["epoch"])
-    except (TypeError, ValueError):
-        pass
-    rows = []
-    for stage in sorted((k for k in doc if k.isdigit()), key=int):
-        for block in sorted(doc[stage], key=int):
-            entry = doc[stage][block]
-            rows.append({**context, "stage": int(stage), "block": int(block),
-                         **{k: v for k, v in entry.items() if k != "projections"}})
-    net = doc["net"]
-    rows.append({**context, "name": "net", "kind": "net", "stage": None, "block": None,
-                 **{k: v for k, v in net.items() if k not in ("projections",)}})
-    return rows
-
-
-def results_table(docs: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """The tidy table of many documents, sorted by epoch then layer order."""
-    rows = [r for doc in docs for r in document_rows(doc)]
-    df = pd.DataFrame(rows)
-    if df.empty:
-        return df
-    first = [c for c in (*ROW_CONTEXT, "name", "kind", "stage", "block", "N", "d", "mean", "std", "mass",
-                         "n_negative", "p_sign", "p_ks", "p_value", "p_adjusted", "biased", "l2_dist",
-                         "l_inf_dist") if c in df.columns]
-    df = df[first + [c for c in df.columns if c not in first]]
-    for col in ("stage", "block", "N", "d", "n_negative", "n_layers", "n_biased"):
-        if col in df.columns:
-            df[col] = pd.to_numeric(df[col]).astype("Int64")
-    df["_net"] = df["kind"] == "net"
-    df["_epoch"] = pd.to_numeric(df["epoch"], errors="coerce")
-    df = df.sort_values(["_epoch", "stem", "_net", "stage", "block"], kind="stable", na_position="last")
-    return df.drop(columns=["_net", "_epoch"]).reset_index(drop=True)
+    net = dict(stats_.net)
+    pooled = np.concatenate(list(stats_.projections.values()))
+    doc["net"] = {"projections": pooled, "mean": net.pop("mean"), "mass": net.pop("mass"), **net}
+    doc.update(fields)
+    doc.update(format=PROJECTIONS_FORMAT, level=stats_.level, correction=stats_.correction,
+               normalize=stats_.normalize, std_ddof=stats_.std_ddof, layer_order=stats_.layer_order,
+               skipped=stats_.skipped)
+    return files.jsonable(doc)
 
 
 # --- many snapshots ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Settings:
+class AnalysisOptions:
     """What changes the numbers of a result: compared before a result on disk is reused."""
 
     normalize: bool = True
@@ -295,23 +259,18 @@ class Settings:
                 "level": self.level, "init_from": self.init_from}
 
 
-def reusable_result(path: str | os.PathLike, settings: Settings) -> dict[str, Any] | None:
-    """The result document at `path` if it exists and was made with `settings`; None if there is none.
+def reusable_result(path: str | os.PathLike, options: AnalysisOptions) -> dict[str, Any] | None:
+    """The result document at `path` if it exists and was made with `options`; None if there is none.
 
-    A document made with other settings raises a UsageError (keeping it would mix settings).
+    A document made with other options raises a UsageError (keeping it would mix settings).
     """
-    import json
-
     path = Path(path)
     if not path.is_file():
         return None
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None  # unreadable: compute it again
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT or "net" not in doc:
+    doc = read_json(path)  # unreadable: None, computed again
+    if not isinstance(doc, dict) or doc.get("format") != PROJECTIONS_FORMAT or "net" not in doc:
         return None
-    differ = [f"{k}={doc.get(k)!r}" for k, v in settings.as_dict().items() if doc.get(k) != v]
+    differ = [f"{k}={doc.get(k)!r}" for k, v in options.as_dict().items() if doc.get(k) != v]
     if differ:
         raise UsageError(f"{path} was computed with other settings ({', '.join(differ)}); "
                          "pass --overwrite to replace it, or choose another --results directory")
@@ -327,12 +286,12 @@ class SnapshotAnalyzer:
     architecture, `dataset` or `seed` are refused.
     """
 
-    def __init__(self, default: ModelConfig, settings: Settings, context: Mapping[str, Any] | None = None,
+    def __init__(self, default: ModelConfig, options: AnalysisOptions, context: Mapping[str, Any] | None = None,
                  device: str | torch.device = "cpu", init_state: Mapping[str, Any] | None = None,
                  dataset: str | None = None, seed: int | None = None):
         self.default = default
         self.dataset, self.seed = dataset, seed
-        self.settings = settings
+        self.options = options
         self.context = dict(context or {})
         self.device = torch.device(device)
         self.init_state = init_state
@@ -346,8 +305,8 @@ class SnapshotAnalyzer:
             if model is None:
                 model = build_model(config.arch, config.num_classes, config.in_channels, config.input_size, seed=0)
             layers, skipped = discover_layers(model, (2, config.in_channels, config.input_size, config.input_size),
-                                              with_linear=self.settings.with_linear,
-                                              include_1x1=self.settings.include_1x1)
+                                              with_linear=self.options.with_linear,
+                                              include_1x1=self.options.include_1x1)
             reference = {k: tuple(v.shape) for k, v in model.state_dict().items()}
             self._plans[config] = (layers, skipped, reference)
         return self._plans[config]
@@ -358,12 +317,12 @@ class SnapshotAnalyzer:
         if self.init_state is not None:
             init = {layer.weight_key: _weight(self.init_state, layer, "--init-from").to(self.device)
                     for layer in layers}
-        df = layer_table(layers, weights, normalize=self.settings.normalize, init=init,
-                         level=self.settings.level, skipped=skipped)
-        return result_document(
-            df, **self.context, **fields, num_classes=config.num_classes, in_channels=config.in_channels,
-            input_size=config.input_size, with_linear=self.settings.with_linear,
-            include_1x1=self.settings.include_1x1, init_from=self.settings.init_from,
+        stats_ = analyze_layers(layers, weights, normalize=self.options.normalize, init=init,
+                                level=self.options.level, skipped=skipped)
+        return projection_document(
+            stats_, **self.context, **fields, num_classes=config.num_classes, in_channels=config.in_channels,
+            input_size=config.input_size, with_linear=self.options.with_linear,
+            include_1x1=self.options.include_1x1, init_from=self.options.init_from,
             versions={**versions(), "scipy": scipy.__version__})
 
     def analyze_file(self, path: str | os.PathLike) -> dict[str, Any]:
@@ -376,8 +335,11 @@ class SnapshotAnalyzer:
         layers, skipped, reference = self.plan(config)
         check_state(reference, state, str(path))
         meta = obj if isinstance(obj, dict) else {}
-        extra = {k: meta[k] for k in ("seeds", "normalization", "dataset", "top1_acc", "top5_acc") if k in meta}
-        extra = {f"snapshot_{k}": _jsonable(v) for k, v in extra.items()}
+        extra = {k: meta[k] for k in ("seeds", "dataset", "top1_acc", "top5_acc") if k in meta}
+        normalization = checkpoints.recorded_normalization(meta)
+        if normalization is not None:
+            extra["normalization"] = normalization
+        extra = {f"snapshot_{k}": v for k, v in extra.items()}
         return self._document(config, state, layers, skipped, stem=path.stem, source=str(path.resolve()),
                               epoch=str(checkpoints.snapshot_epoch(obj, path)), **extra)
 
@@ -390,35 +352,18 @@ class SnapshotAnalyzer:
                               epoch=str(epoch), **fields)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return _plain(value)
-    return str(value)
-
-
-def collect_results(directory: str | os.PathLike, settings: Settings,
+def collect_results(directory: str | os.PathLike, options: AnalysisOptions,
                     known: Mapping[Path, Mapping[str, Any]] | None = None) -> list[Mapping[str, Any]]:
-    """`known` documents plus every other result document in `directory` made with `settings`."""
-    import json
-
+    """`known` documents plus every other result document in `directory` made with `options`."""
     known = dict(known or {})
     docs = list(known.values())
     seen = {Path(p).resolve() for p in known}
     for path in sorted(Path(directory).glob("*.json")):
         if path.name.startswith(".") or path.resolve() in seen:
             continue
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(doc, dict) and doc.get("format") == FORMAT and \
-                all(doc.get(k) == v for k, v in settings.as_dict().items()):
+        doc = read_json(path)
+        if isinstance(doc, dict) and doc.get("format") == PROJECTIONS_FORMAT and \
+                all(doc.get(k) == v for k, v in options.as_dict().items()):
             docs.append(doc)
     return docs
 
@@ -440,77 +385,132 @@ def load_init_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return checkpoints.state_dict_of(checkpoints.torch_load(path, mmap=True), path)
 
 
-def analyze_snapshots(arch: str, dataset: str, results: str | os.PathLike, load_from=None,
-                      init_from: str | None = None, seed: int | None = None, subsample_classes: int = 0,
-                      normalize: bool = True, with_linear: bool = False, include_1x1: bool = False,
-                      level: float = 0.05, pretrained: bool = False, device: str | torch.device = "cpu",
-                      overwrite: bool = False, parquet: bool = False, log: str = "positive_orthant.log", progress: bool = True):
-    """Analyze snapshots (files, directories or globs; none = the random init or --pretrained weights) and write
-    one JSON per snapshot plus `projections.csv` to `<results>/<dataset>[_<k>]/<arch>[/<seed>]/`.
+# --- the stage behind `hparr projections` -----------------------------------------------------------
 
-    Results already there are kept unless `overwrite`. Returns (out_dir, table, docs, computed).
+@dataclass
+class ProjectionSettings:
+    """Every option of `hparr projections` (the original compute_projections.py flags and the new ones).
+
+    `load_from`: snapshot files, directories or globs; none analyzes the random initialization of `arch`
+    with `seed` (or, with `pretrained`, torchvision's weights).
     """
-    import sys
 
+    arch: str
+    dataset: str
+    load_from: str | os.PathLike | Sequence[str | os.PathLike] | None = None
+    init_from: str | None = None
+    seed: int | None = None
+    subsample_classes: int = 0
+    normalize: bool = True
+    with_linear: bool = False
+    include_1x1: bool = False
+    level: float = DEFAULT_LEVEL
+    pretrained: bool = False
+    device: str | torch.device = "cpu"
+    overwrite: bool = False
+    progress: bool = True
+
+    @property
+    def relpath(self) -> Path:
+        """The folder of the results below a results folder: <dataset>[_<k>]/<arch>[/<seed>]."""
+        return results_directory("", self.dataset, self.arch, self.seed, self.subsample_classes)
+
+    def options(self) -> AnalysisOptions:
+        init_from = str(Path(self.init_from).resolve()) if self.init_from else None
+        return AnalysisOptions(normalize=self.normalize, with_linear=self.with_linear,
+                               include_1x1=self.include_1x1, level=self.level, init_from=init_from)
+
+
+@dataclass
+class ProjectionsResult:
+    """The documents of a projections run, by file name (`<snapshot stem>.json`), and which of them this run
+    computed (the others were kept from an earlier run with the same options)."""
+
+    relpath: Path
+    options: AnalysisOptions
+    documents: dict[str, dict[str, Any]]
+    computed: list[str]
+
+    @property
+    def n_biased(self) -> int:
+        return sum(int(d["net"]["n_biased"]) for d in self.documents.values())
+
+
+def run_projections(settings: ProjectionSettings, root: str | os.PathLike | None = None) -> ProjectionsResult:
+    """Analyze the snapshots of `settings`; results already in the results folder `root` made with the same
+    options are kept (unless `settings.overwrite`) instead of computed again."""
     from tqdm import tqdm
 
-    from . import files
     from .checkpoints import find_snapshots
     from .data import dataset_info
     from .models import build_model, pretrained_file
 
-    info = dataset_info(dataset)
-    k = subsample_classes
-    out_dir = results_directory(results, dataset, arch, seed, k)
-    init_from = str(Path(init_from).resolve()) if init_from else None
-    settings = Settings(normalize=normalize, with_linear=with_linear, include_1x1=include_1x1, level=level,
-                        init_from=init_from)
-    config = ModelConfig(arch, k or info.num_classes, info.in_channels, info.image_size)
+    s = settings
+    info = dataset_info(s.dataset)
+    k = s.subsample_classes
+    options = s.options()
+    config = ModelConfig(s.arch, k or info.num_classes, info.in_channels, info.image_size)
     shape = (config.num_classes, config.in_channels, config.input_size)
     analyzer = SnapshotAnalyzer(
-        config, settings, context={"arch": arch, "dataset": dataset, "seed": str(seed)},
-        device=device, init_state=load_init_state(init_from) if init_from else None, dataset=dataset, seed=seed)
-    if load_from:
-        paths = find_snapshots(load_from)
+        config, options, context={"arch": s.arch, "dataset": s.dataset, "seed": str(s.seed)}, device=s.device,
+        init_state=load_init_state(options.init_from) if options.init_from else None, dataset=s.dataset, seed=s.seed)
+    if s.load_from:
+        paths = find_snapshots(s.load_from)
         stems = [p.stem for p in paths]
-        twice = sorted({s for s in stems if stems.count(s) > 1})
+        twice = sorted({t for t in stems if stems.count(t) > 1})
         if twice:
             raise UsageError(f"several snapshots are named {', '.join(twice)}: their results would overwrite "
                              "each other; analyze them into different --results folders")
         jobs = [(p.stem, p) for p in paths]
     else:
-        jobs = [(f"{'pretrained' if pretrained else 'init'}_{arch}", None)]
+        jobs = [(f"{'pretrained' if s.pretrained else 'init'}_{s.arch}", None)]
 
-    log_path = out_dir / log
-    lines = log_path.read_text().splitlines() if log_path.is_file() else []
-    docs, computed = {}, 0
+    out_dir = Path(root) / s.relpath if root is not None else None
+    docs: dict[str, dict[str, Any]] = {}
+    computed: list[str] = []
     for stem, path in tqdm(jobs, desc="projections", unit="snapshot", file=sys.stderr,
-                           disable=not progress or not sys.stderr.isatty()):
-        out = out_dir / f"{stem}.json"
-        doc = None if overwrite else reusable_result(out, settings)
-        if doc is not None:
-            docs[out] = doc
-            continue
-        if path is not None:
-            doc = analyzer.analyze_file(path)
-        elif pretrained:
-            model = build_model(arch, *shape, pretrained=True)
-            doc = analyzer.analyze_model(model, stem, -1, str(pretrained_file(arch)))
-        else:
-            init_seed = 0 if seed is None else seed
-            model = build_model(arch, *shape, seed=init_seed)
-            doc = analyzer.analyze_model(model, stem, 0, f"random initialization (seed {init_seed})",
-                                         init_seed=init_seed)
-        files.write_json(out, doc)
-        docs[out] = doc
-        computed += 1
-        lines += log_lines(doc)
-        files.write_text(log_path, "\n".join(lines) + "\n")
+                           disable=not s.progress or not sys.stderr.isatty()):
+        name = f"{stem}.json"
+        doc = None if s.overwrite or out_dir is None else reusable_result(out_dir / name, options)
+        if doc is None:
+            if path is not None:
+                doc = analyzer.analyze_file(path)
+            elif s.pretrained:
+                doc = analyzer.analyze_model(build_model(s.arch, *shape, pretrained=True), stem, -1,
+                                             str(pretrained_file(s.arch)))
+            else:
+                init_seed = 0 if s.seed is None else s.seed
+                doc = analyzer.analyze_model(build_model(s.arch, *shape, seed=init_seed), stem, 0,
+                                             f"random initialization (seed {init_seed})", init_seed=init_seed)
+            computed.append(name)
+            for line in log_lines(doc):
+                log.debug(line)
+        docs[name] = doc
+    return ProjectionsResult(s.relpath, options, docs, computed)
 
-    table = results_table(collect_results(out_dir, settings, docs))
+
+def save(result: ProjectionsResult, root: str | os.PathLike, parquet: bool = False,
+         log_name: str | None = "positive_orthant.log") -> Path:
+    """Write the documents this run computed to `root`/<dataset>[_<k>]/<arch>[/<seed>]/<stem>.json, the
+    tidy table of every document in that folder made with the same options (`projections.csv`, and
+    `.parquet` with `parquet`), and append their summary lines to the log file there. Returns the folder."""
+    out_dir = Path(root) / result.relpath
+    with files.log_to(out_dir / log_name if log_name else None) as note:
+        for name in result.computed:
+            files.write_json(out_dir / name, result.documents[name])
+            for line in log_lines(result.documents[name]):
+                note(line)
+    table = table_of(result, root)
     with files.atomic_path(out_dir / "projections.csv") as tmp:
         table.to_csv(tmp, index=False)
     if parquet:
         with files.atomic_path(out_dir / "projections.parquet") as tmp:
             table.to_parquet(tmp, index=False)
-    return out_dir, table, docs, computed
+    return out_dir
+
+
+def table_of(result: ProjectionsResult, root: str | os.PathLike) -> pd.DataFrame:
+    """The tidy table of a run's documents and of the others in its results folder made with the same options."""
+    out_dir = Path(root) / result.relpath
+    return projections_table(collect_results(out_dir, result.options,
+                                             {out_dir / n: d for n, d in result.documents.items()}))

@@ -8,15 +8,18 @@ import zlib
 import numpy as np
 
 
-def versions() -> dict[str, str]:
-    """Versions of Python and of the libraries that shape the numbers."""
-    import torch
-    import torchvision
-
+def versions(with_torch: bool = True) -> dict[str, str]:
+    """Versions of Python and of the libraries that shape the numbers (without torch and torchvision, for
+    what never imports them, such as the report)."""
     from . import __version__
 
-    return {"hparr": __version__, "python": platform.python_version(), "torch": str(torch.__version__),
-            "torchvision": str(torchvision.__version__), "numpy": str(np.__version__)}
+    out = {"hparr": __version__, "python": platform.python_version()}
+    if with_torch:
+        import torch
+        import torchvision
+
+        out.update(torch=str(torch.__version__), torchvision=str(torchvision.__version__))
+    return {**out, "numpy": str(np.__version__)}
 
 
 def resolve_seed(seed: int | None) -> int:

@@ -32,15 +32,15 @@ import torch.nn.functional as F
 
 from . import checkpoints, distributed, files
 from .data import Data, DataOptions
-from .errors import HparrError, UsageError
+from .errors import HparrError, UsageError, first_line
+from .metrics import correct_counts
 from .provenance import derive_seeds, versions
+from .results import RAND, REINIT_FORMAT, relative_drops
 
 log = logging.getLogger("hparr.reinit")
 
 BATCHNORM_NOTE = ("BatchNorm parameters and running statistics are left as trained; only the weight "
                   "and bias of the re-initialized layer change")
-RAND = "rand"
-RESULTS_FORMAT = "hparr-reinit-1"
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -116,29 +116,10 @@ class ReinitResult:
 
     def relative_drop(self):
         """(acc_trained - acc_reinit) / acc_trained of top-1, a DataFrame: rows labels, columns layers."""
-        return relative_drop_frame(self.trained_accuracy(), self.accuracy(), self.layers)
+        import pandas as pd
 
-
-def relative_drops(trained_acc: float, accuracies: Mapping[str, Sequence[float]]) -> dict[str, list[float]]:
-    """{label: [(acc_trained - acc) / acc_trained per layer]} (NaN when the trained accuracy is 0)."""
-    return {label: [(trained_acc - a) / trained_acc if trained_acc else float("nan") for a in accs]
-            for label, accs in accuracies.items()}
-
-
-def relative_drop_frame(trained_acc: float, accuracies: Mapping[str, Sequence[float]], layers: Sequence[str]):
-    """The relative drop table (rows: labels, columns: layers) from a trained accuracy and the
-    re-initialized accuracies, e.g. `top1_test` and `init_from_epoch` of a results file."""
-    import pandas as pd
-
-    return pd.DataFrame.from_dict(relative_drops(trained_acc, accuracies), orient="index", columns=list(layers))
-
-
-def _count(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
-    """(top-1, top-k) correct predictions of a batch, as a tensor on the logits' device."""
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        raise HparrError("the model must return a (batch, classes) tensor of logits")
-    hits = logits.topk(min(k, logits.shape[1]), dim=1).indices == labels[:, None]
-    return torch.stack((hits[:, 0].sum(), hits.any(dim=1).sum()))
+        return pd.DataFrame.from_dict(relative_drops(self.trained_accuracy(), self.accuracy()), orient="index",
+                                      columns=list(self.layers))
 
 
 # --- the reference loop --------------------------------------------------------------------------
@@ -181,7 +162,7 @@ def _plain_batch(model, layers, params, x, y, k, counts):
                 for own, new in zip((module.weight, module.bias), params[label][layer]):
                     if own is not None:
                         own.detach().copy_(new)
-                counts[ai, li] += _count(model(x), y, k)
+                counts[ai, li] += correct_counts(model(x), y, k)
         finally:
             for own, old in zip((module.weight, module.bias), saved):
                 if own is not None:
@@ -205,7 +186,7 @@ def _run_sweep(model, layers, params, batches, topk, per_batch, method, notes=()
                     counts = torch.zeros(len(params), len(layers), 2, dtype=torch.int64, device=device)
                     trained = torch.zeros(2, dtype=torch.int64, device=device)
                 logits = per_batch(model, layers, params, x, y, k, counts)
-                trained += _count(logits, y, k)
+                trained += correct_counts(logits, y, k)
                 k = min(k, logits.shape[1])
                 total += int(y.shape[0])
     finally:
@@ -254,11 +235,6 @@ class _Stage:
     suffixes: list[_Suffix]
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 class SharedPrefixPlan:
     """The model's graph cut into stages of the trained pass and, per layer, the part downstream of it.
 
@@ -271,7 +247,7 @@ class SharedPrefixPlan:
         try:
             traced = fx.symbolic_trace(model)
         except Exception as exc:  # noqa: BLE001 - any tracing failure means: use the plain loop
-            raise NotShareable(f"torch.fx cannot trace {type(model).__name__}: {_first_line(exc)}") from None
+            raise NotShareable(f"torch.fx cannot trace {type(model).__name__}: {first_line(exc)}") from None
         self._traced = traced
         nodes = list(traced.graph.nodes)
         pos = {n: i for i, n in enumerate(nodes)}
@@ -389,7 +365,7 @@ def _shared_batch(plan: SharedPrefixPlan):
                 for ai, label in enumerate(params):
                     weight, bias = params[label][suffix.layer]
                     (logits,) = suffix.module(*args, weight, bias)
-                    counts[ai, li] += _count(logits, y, k)
+                    counts[ai, li] += correct_counts(logits, y, k)
         return values[plan.output]
 
     return run
@@ -484,12 +460,16 @@ _SNAPSHOT_STATES = ("model_state_dict", "state_dict", "model", "optimizer_state_
 
 @dataclass
 class ReinitSettings:
-    """Every option of a re-initialization run (the original reinit_layers.py flags and the new ones)."""
+    """Every option of a re-initialization run (the original reinit_layers.py flags and the new ones).
+
+    `inits_from`: a text file of snapshot paths, a directory or glob of snapshots (as --inits-from), or a
+    list of snapshot paths.
+    """
 
     load_from: str
     data: DataOptions
     arch: str | None = None
-    inits_from: str | None = None
+    inits_from: str | os.PathLike | Sequence[str | os.PathLike] | None = None
     rand: bool = False
     with_linear: bool = False
     seed: int | None = None
@@ -514,7 +494,7 @@ def _snapshot_data_options(options: DataOptions, meta: Mapping[str, Any], source
             raise HparrError(f"{source} chose its {k} classes with seed {seed}, not --class-sample-seed "
                              f"{options.class_sample_seed}")
         updates.update(subsample_classes=k, class_sample_seed=seed)
-    normalized = (recorded.get("normalization") or {}).get("normalized")
+    normalized = (checkpoints.recorded_normalization(meta) or {}).get("normalized")
     if normalized is False and not options.unnormalize:
         updates["unnormalize"] = True
     elif normalized is True and options.unnormalize:
@@ -524,7 +504,7 @@ def _snapshot_data_options(options: DataOptions, meta: Mapping[str, Any], source
 
 def _snapshot_normalization(data: Data, meta: Mapping[str, Any], source: str) -> Data:
     """Use the normalization constants the snapshot was trained with, when it records them."""
-    norm = meta.get("normalization")
+    norm = checkpoints.recorded_normalization(meta)
     if not isinstance(norm, dict) or "mean" not in norm or "std" not in norm:
         return data
     mean, std = tuple(float(v) for v in norm["mean"]), tuple(float(v) for v in norm["std"])
@@ -563,42 +543,83 @@ def _load_alternatives(paths: Sequence[Path], trained: Path, config, reference: 
 
 
 @dataclass
+class _Trained:
+    """The trained snapshot as the settings name it: its metadata, architecture and data options."""
+
+    path: Path
+    obj: Any
+    meta: dict[str, Any]
+    arch: str
+    data: DataOptions
+    seed: int | None = None
+
+    @property
+    def relpath(self) -> Path:
+        """Where its result goes below a results folder: <dataset>[_<k>]/<arch>[/<seed>]/reinit_<stem>.json."""
+        return checkpoints.results_directory("", self.data.dataset, self.arch, self.seed,
+                                             self.data.subsample_classes) / f"reinit_{self.path.stem}.json"
+
+
+def _trained(settings: ReinitSettings, mmap: bool = False) -> _Trained:
+    from .models import check_arch
+
+    if not settings.load_from:
+        raise UsageError("--load-from is required: the trained snapshot to evaluate")
+    path = Path(settings.load_from)
+    obj = checkpoints.torch_load(path, mmap=mmap)
+    # keep the metadata only (a bare state_dict has none), not a second copy of the weights
+    meta = {k: v for k, v in obj.items() if k not in _SNAPSHOT_STATES and not isinstance(v, torch.Tensor)} \
+        if isinstance(obj, dict) else {}
+    checkpoints.check_metadata(meta, str(path), settings.data.dataset, settings.seed)
+    arch = settings.arch or (meta.get("arch") if isinstance(meta.get("arch"), str) else None)
+    if arch is None:
+        raise UsageError(f"--arch is required: {path} does not record its architecture")
+    check_arch(arch)
+    return _Trained(path, obj, meta, arch, _snapshot_data_options(settings.data, meta, str(path)), settings.seed)
+
+
+def result_path(settings: ReinitSettings, root: str | os.PathLike) -> Path:
+    """The file below the results folder `root` where the result of `settings` goes (and is found by a rerun)."""
+    return Path(root) / _trained(settings, mmap=True).relpath
+
+
+@dataclass
 class ReinitRun:
-    """What `run_reinit` produced: the results document, the sweep and where results go."""
+    """What `run_reinit` produced: the results document, the sweep, and where below a results folder
+    the document goes (`relpath`, see `result_path`)."""
 
     document: dict[str, Any]
     result: ReinitResult
-    stem: str
+    relpath: Path
+
+    @property
+    def stem(self) -> str:
+        return self.relpath.stem
 
 
 def run_reinit(settings: ReinitSettings) -> ReinitRun:
     """Load the trained snapshot, the alternatives and the test set; sweep; return the results document."""
     from .data import dataset_info, load_data, make_loader
-    from .models import build_model, check_arch
+    from .models import build_model
 
     if settings.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {settings.batch_size}")
     if settings.inits_from is None and not settings.rand:
         raise UsageError("nothing to evaluate: pass --inits-from (snapshots to re-initialize from) and/or --rand")
-    if not settings.load_from:
-        raise UsageError("--load-from is required: the trained snapshot to evaluate")
     settings.data.validate()
-    init_paths = read_inits_list(settings.inits_from) if settings.inits_from is not None else []
+    if settings.inits_from is None:
+        init_paths: list[Path] = []
+    elif isinstance(settings.inits_from, (str, os.PathLike)):
+        init_paths = read_inits_list(settings.inits_from)
+    else:
+        init_paths = [Path(p) for p in settings.inits_from]
 
-    load_from = Path(settings.load_from)
-    trained_obj = checkpoints.torch_load(load_from)
-    state = checkpoints.state_dict_of(trained_obj, load_from)
-    epoch = checkpoints.snapshot_epoch(trained_obj, load_from)
-    # keep the metadata only (a bare state_dict has none), not a second copy of the weights
-    meta = {k: v for k, v in trained_obj.items() if k not in _SNAPSHOT_STATES and not isinstance(v, torch.Tensor)}
-    checkpoints.check_metadata(meta, str(load_from), settings.data.dataset, settings.seed)
-    arch = settings.arch or (meta.get("arch") if isinstance(meta.get("arch"), str) else None)
-    if arch is None:
-        raise UsageError(f"--arch is required: {load_from} does not record its architecture")
-    check_arch(arch)
-    seed = settings.seed
+    trained = _trained(settings)
+    load_from, meta, arch, seed = trained.path, trained.meta, trained.arch, settings.seed
+    state = checkpoints.state_dict_of(trained.obj, load_from)
+    epoch = checkpoints.snapshot_epoch(trained.obj, load_from)
     own_seeds = meta.get("seeds") if isinstance(meta.get("seeds"), dict) else {}
-    data_options = _snapshot_data_options(settings.data, meta, str(load_from))
+    data_options = trained.data
     data = load_data(data_options)
     data = _snapshot_normalization(data, meta, str(load_from))
     info = dataset_info(data_options.dataset)
@@ -610,7 +631,8 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
     device = distributed.select_device(settings.cuda)
     model = build_model(arch, config.num_classes, config.in_channels, config.input_size, seed=0)
     checkpoints.load_weights(model, state, source=str(load_from))
-    del trained_obj, state
+    trained.obj = None
+    del state
     model.to(device)
     reference = {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
@@ -643,7 +665,7 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
     stage_block = {i.name: (i.stage, i.block) for i in infos}
     seeds = {"seed": seed, "rand": rand_seed, "rand_derived_from": int(base_seed) if settings.rand else None,
              "class_sample_seed": data_options.class_sample_seed, "model": own_seeds or None}
-    document = results_document(
+    document = reinit_document(
         result, arch=arch, dataset=data_options.dataset, seed=seed, epoch=epoch,
         load_from=str(load_from.resolve()), init_files=sources, layer_kinds=[i.kind for i in infos],
         layer_stage_block=[stage_block[name] for name in layers],
@@ -653,13 +675,13 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
         normalization={"mean": list(data.mean), "std": list(data.std), "normalized": not data_options.unnormalize,
                        "dataset_default": {"mean": list(info.mean), "std": list(info.std)}},
         batch_size=settings.batch_size, device=str(device))
-    return ReinitRun(document=document, result=result, stem=f"reinit_{load_from.stem}")
+    return ReinitRun(document=document, result=result, relpath=trained.relpath)
 
 
-def results_document(result: ReinitResult, *, arch: str, dataset: str, seed: int | None, epoch: int,
-                     **fields: Any) -> dict[str, Any]:
+def reinit_document(result: ReinitResult, *, arch: str, dataset: str, seed: int | None, epoch: int,
+                    **fields: Any) -> dict[str, Any]:
     """The original JSON (`init_from_epoch: {epoch: [top-1 per layer]}`, top1_test, top5_test, arch,
-    dataset, seed, epoch) plus layer names, top-5, counts, relative drops and provenance."""
+    dataset, seed, epoch) plus layer names, top-5, counts, the relative drops and provenance."""
     top1, top5 = result.accuracy(1), result.accuracy(5)
     doc: dict[str, Any] = {"init_from_epoch": top1, "arch": arch, "dataset": dataset,
                            "top1_test": result.trained_accuracy(1), "top5_test": result.trained_accuracy(5)}
@@ -667,7 +689,7 @@ def results_document(result: ReinitResult, *, arch: str, dataset: str, seed: int
         doc["seed"] = str(seed)
     doc["epoch"] = str(epoch)
     doc.update({
-        "format": RESULTS_FORMAT,
+        "format": REINIT_FORMAT,
         "layers": list(result.layers),
         "top5_init_from_epoch": top5,
         "relative_drop": {label: [v if math.isfinite(v) else None for v in drops]
@@ -683,36 +705,22 @@ def results_document(result: ReinitResult, *, arch: str, dataset: str, seed: int
     return doc
 
 
-def save_heatmap(document: Mapping[str, Any], png: str | os.PathLike | None = None,
-                 pdf: str | os.PathLike | None = None) -> None:
-    """Heatmap of the relative top-1 drop (rows: epochs, then rand; columns: layers), PNG and/or PDF."""
-    from matplotlib.figure import Figure
+def save(run: ReinitRun, root: str | os.PathLike, plots: str | os.PathLike | None = None) -> list[Path]:
+    """Write the results document to `root`/`run.relpath`; with `plots`, also the heatmap of the relative
+    drop, as PNG and PDF: beside the document when `plots` is "" (the bare --plots), else under
+    `plots`/<dataset>/<arch>/ (the original code's --plots PATH). Returns the files written."""
+    from .report.figures import save_heatmap
 
-    layers = list(document["layers"])
-    frame = relative_drop_frame(document["top1_test"], document["init_from_epoch"], layers)
-    values = frame.to_numpy(dtype=float)
-    fig = Figure(figsize=(max(4.0, 0.9 * len(layers) + 2.5), max(2.5, 0.55 * len(frame) + 1.8)),
-                 layout="constrained")
-    ax = fig.subplots()
-    finite = values[np.isfinite(values)]
-    vmin = min(0.0, float(finite.min())) if finite.size else 0.0
-    vmax = max(1.0, float(finite.max())) if finite.size else 1.0
-    image = ax.imshow(values, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
-    ax.set_xticks(range(len(layers)), labels=layers, rotation=45, ha="right", rotation_mode="anchor")
-    ax.set_yticks(range(len(frame)), labels=[f"epoch {r}" if r != RAND else RAND for r in frame.index])
-    ax.set_xlabel("layer")
-    ax.set_ylabel("re-initialized from")
-    for (i, j), v in np.ndenumerate(values):
-        if np.isfinite(v):
-            dark = (v - vmin) / (vmax - vmin) < 0.6
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="white" if dark else "black")
-    fig.colorbar(image, ax=ax, label="(acc_trained - acc_reinit) / acc_trained")
-    ax.set_title(f"{document.get('arch')} on {document.get('dataset')}, epoch {document.get('epoch')}: "
-                 f"top-1 {document['top1_test']:.2f}%")
-    for path, fmt in ((png, "png"), (pdf, "pdf")):
-        if path is not None:
-            with files.atomic_path(path) as tmp:
-                fig.savefig(tmp, format=fmt, dpi=150)
+    json_path = Path(root) / run.relpath
+    files.write_json(json_path, run.document)
+    written = [json_path]
+    if plots is not None:
+        folder = json_path.parent if str(plots) == "" else \
+            Path(plots) / str(run.document["dataset"]) / str(run.document["arch"])
+        png, pdf = folder / f"{run.stem}.png", folder / f"{run.stem}.pdf"
+        save_heatmap(run.document, png, pdf)
+        written += [png, pdf]
+    return written
 
 
 def summary_lines(document: Mapping[str, Any]) -> list[str]:

@@ -8,7 +8,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -17,8 +17,10 @@ import torch.nn.functional as F
 from . import checkpoints, distributed, files
 from .data import DataOptions, load_data, make_loader
 from .errors import HparrError, UsageError
+from .metrics import correct_counts
 from .models import build_model, check_arch
 from .provenance import derive_seeds, resolve_seed, versions
+from .results import SNAPSHOT_FORMAT
 
 log = logging.getLogger("hparr.train")
 
@@ -98,6 +100,30 @@ def use_channels_last(model: nn.Module, device: torch.device, choice: str = "aut
     return device.type == "cuda" or max(widths) <= CHANNELS_LAST_MAX_WIDTH
 
 
+@dataclass
+class TrainResult:
+    """What a training run produced. Its snapshots are its saved output, written as the run goes
+    (an interrupted run keeps them and resumes from them), so there is nothing left to save at the end.
+
+    run_dir: the run's snapshot folder; seed: the seed used (drawn when none was given); converged:
+    False when --kill-plateaus stopped the run; snapshots: the files written by this call; final:
+    the metrics of the final model ({"test": ..., "val": ...}); history: one record per epoch.
+    """
+
+    run_dir: str
+    seed: int
+    converged: bool
+    snapshots: list[str]
+    final: dict[str, Any]
+    history: list[dict[str, Any]]
+
+    def as_dict(self, history: bool = True) -> dict[str, Any]:
+        out = asdict(self)
+        if not history:
+            out.pop("history")
+        return out
+
+
 def make_optimizer(params, settings: TrainSettings):
     """The original's optimizers: SGD (momentum, weight decay, optional StepLR per epoch) or Adam(lr)."""
     if settings.optimizer == "sgd":
@@ -110,14 +136,6 @@ def make_optimizer(params, settings: TrainSettings):
     return opt, sched
 
 
-def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> list[int]:
-    """How many targets are among the top-k logits, for each k (k capped at the class count)."""
-    maxk = min(max(ks), logits.shape[1])
-    pred = logits.topk(maxk, dim=1).indices
-    hits = pred.eq(target[:, None])
-    return [int(hits[:, : min(k, maxk)].any(dim=1).sum()) for k in ks]
-
-
 def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype: torch.dtype | None = None) -> dict[str, float]:
     """Mean loss, top-1 and top-5 accuracy (%) over `loader`, summed across ranks under torchrun."""
     was_training = model.training
@@ -128,7 +146,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype: torch.dt
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             out = model(x).float()
             loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
-            a, b = topk_correct(out, y)
+            a, b = correct_counts(out, y, 5).tolist()
             c1, c5, n = c1 + a, c5 + b, n + y.numel()
     model.train(was_training)
     loss_sum, c1, c5, n = distributed.all_reduce_sum([loss_sum, c1, c5, n], device)
@@ -145,23 +163,6 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 
 def _amp_dtype(amp: str | None) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp) if amp else None
-
-
-@contextlib.contextmanager
-def _log_file(path: Path | None) -> Iterator[None]:
-    if path is None:
-        yield
-        return
-    files.ensure_dir(path.parent)
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    root = logging.getLogger("hparr")
-    root.addHandler(handler)
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        handler.close()
 
 
 def _data_options_with_seeds(opts: DataOptions, seed: int) -> DataOptions:
@@ -268,7 +269,7 @@ class Run:
             rng["cuda"] = torch.cuda.get_rng_state_all()
         settings = asdict(self.s)
         return {
-            "format": checkpoints.FORMAT,
+            "format": SNAPSHOT_FORMAT,
             "arch": self.s.arch, "dataset": self.data_options.dataset,
             "num_classes": self.data.num_classes, "in_channels": self.data.in_channels,
             "input_size": self.data.image_size, "pretrained": self.s.pretrained,
@@ -277,8 +278,10 @@ class Run:
             "model_state_dict": self.model.state_dict(),
             "optimizer_state_dict": self.optimizer.state_dict(),
             "scheduler_state_dict": self.scheduler.state_dict() if self.scheduler is not None else {},
-            "rng": rng, "seeds": dict(self.seeds), "settings": settings, "data": self.data.meta,
-            "normalization": {"mean": list(self.data.mean), "std": list(self.data.std)},
+            "rng": rng, "seeds": dict(self.seeds), "settings": settings,
+            "data": checkpoints.data_record(self.data.meta),
+            "normalization": {"mean": list(self.data.mean), "std": list(self.data.std),
+                              "normalized": not self.data_options.unnormalize},
             "versions": versions(), "history": list(self.history),
         }
 
@@ -297,13 +300,13 @@ class Run:
             raise UsageError("no validation set: use --split")
         return evaluate(self.model, self.loader(split, train=False), self.device, self.amp_dtype)
 
-    def fit(self) -> dict[str, Any]:
+    def fit(self) -> TrainResult:
         """Train from `start_epoch` to `epochs`, writing snapshots; return a summary."""
         s = self.s
         if self.ctx.is_main:
             files.ensure_dir(self.run_dir)
         log_path = self.run_dir / s.log if (s.log and self.ctx.is_main) else None
-        with _log_file(log_path), torch.random.fork_rng(devices=[]), self._writer() as writer:
+        with files.log_to(log_path), torch.random.fork_rng(devices=[]), self._writer() as writer:
             torch.set_rng_state(self.dropout_state)
             if self.cuda_states is not None and self.device.type == "cuda":
                 torch.cuda.set_rng_state_all(self.cuda_states)
@@ -326,7 +329,7 @@ class Run:
         finally:
             writer.close()
 
-    def _fit(self, writer) -> dict[str, Any]:
+    def _fit(self, writer) -> TrainResult:
         s = self.s
         model = self.model
         if self.ctx.distributed:
@@ -391,8 +394,8 @@ class Run:
         if final_metrics:
             t = final_metrics["test"]
             log.info("test: loss %.4f top1 %.2f%% top5 %.2f%%", t["loss"], t["top1"], t["top5"])
-        return {"run_dir": str(self.run_dir), "seed": self.seed, "converged": converged, "snapshots": snapshots,
-                "final": final_metrics, "history": self.history}
+        return TrainResult(run_dir=str(self.run_dir), seed=self.seed, converged=converged, snapshots=snapshots,
+                           final=final_metrics, history=self.history)
 
     def _train_epoch(self, model: nn.Module, loader, epoch: int, scaler) -> float:
         from tqdm.auto import tqdm
@@ -444,8 +447,8 @@ class Run:
                 writer.add_scalar(f"Accuracy/{split}/top5", record[f"{split}_top5"], epoch)
 
 
-def train(settings: TrainSettings) -> dict[str, Any]:
-    """Run a whole training as the settings say; return the summary (run dir, snapshots, metrics)."""
+def train(settings: TrainSettings) -> TrainResult:
+    """Run a whole training as the settings say; its snapshots are written as it goes."""
     run = Run(settings)
     try:
         return run.fit()

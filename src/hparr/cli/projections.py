@@ -67,14 +67,14 @@ def run(args) -> int:
     device = distributed.select_device(
         args.cuda, warn=lambda message: print(f"hparr projections: warning: {message}", file=sys.stderr))
 
-    out_dir, table, docs, computed = projections.analyze_snapshots(
-        arch=args.arch, dataset=args.dataset, results=args.results, load_from=args.load_from,
-        init_from=args.init_from, seed=args.seed, subsample_classes=k, normalize=args.normalize,
-        with_linear=args.with_linear, include_1x1=args.include_1x1, level=args.level,
-        pretrained=args.pretrained, device=device, overwrite=args.overwrite, parquet=args.parquet,
-        log=args.log, progress=not args.no_progress)
-    biased = sum(int(d["net"]["n_biased"]) for d in docs.values())
-    print(f"{len(docs)} snapshot(s): {computed} computed, {len(docs) - computed} kept; {biased} biased layer(s) "
+    settings = projections.ProjectionSettings(
+        arch=args.arch, dataset=args.dataset, load_from=args.load_from, init_from=args.init_from, seed=args.seed,
+        subsample_classes=k, normalize=args.normalize, with_linear=args.with_linear, include_1x1=args.include_1x1,
+        level=args.level, pretrained=args.pretrained, device=device, overwrite=args.overwrite,
+        progress=not args.no_progress)
+    result = projections.run_projections(settings, args.results)
+    out_dir = projections.save(result, args.results, parquet=args.parquet, log_name=args.log)
+    n, computed = len(result.documents), len(result.computed)
+    print(f"{n} snapshot(s): {computed} computed, {n - computed} kept; {result.n_biased} biased layer(s) "
           f"at level {args.level} (Holm); results in {out_dir}")
     return 0
-

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-from pathlib import Path
 
 DESCRIPTION = (
     "Reinit network weights and compute drop in performance. For each conv layer (and Linear with "
@@ -37,23 +35,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", "-j", type=int, default=1, help="data loading processes (ImageNet only) [1]")
     p.add_argument("--batch-size", type=int, default=128, help="evaluation batch size [128]")
     p.add_argument("--overwrite", action="store_true", help="recompute a result that already exists")
-    p.add_argument("--plots", action="store_true", help="also write the heatmap of the relative drop (PNG, PDF)")
+    p.add_argument("--plots", nargs="?", const="", default=None, metavar="DIR",
+                   help="also write the heatmap of the relative drop (PNG, PDF): beside the JSON result, or with "
+                        "DIR under DIR/<dataset>/<arch>/ as the original code did")
     p.add_argument("--method", choices=("auto", "shared", "plain"), default="auto",
                    help="auto/shared: run the trained part before each layer once per batch; plain: swap, "
                         "evaluate the whole network, restore (same accuracies, slower) [auto]")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-class _Lines(logging.Handler):
-    """Keeps the run's log messages for the log file, which is written once, atomically, at the end."""
-
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
 
 
 def run(args) -> int:
@@ -62,39 +50,22 @@ def run(args) -> int:
     if listing(args):
         return 0
     from .. import files, reinit
-    from ..checkpoints import results_directory
 
     setup_logging()
-    if args.load_from:  # a finished result is kept: a rerun of a crashed batch skips it
-        done = results_directory(args.results, args.dataset, args.arch, args.seed, args.subsample_classes) \
-            / f"reinit_{Path(args.load_from).stem}.json"
-        if done.is_file() and not args.overwrite:
-            print(f"kept {done} (already computed; --overwrite to recompute)")
-            return 0
     settings = reinit.ReinitSettings(
         load_from=args.load_from, data=data_options(args), arch=args.arch, inits_from=args.inits_from,
         rand=args.rand, with_linear=args.with_linear, seed=args.seed, batch_size=args.batch_size, cuda=args.cuda,
         workers=args.workers, method=args.method, progress=not args.no_progress and sys.stderr.isatty())
-    captured = _Lines()
-    logger = logging.getLogger("hparr")
-    logger.addHandler(captured)
-    try:
+    target = reinit.result_path(settings, args.results)
+    if target.is_file() and not args.overwrite:  # a finished result is kept: a rerun of a crashed batch skips it
+        print(f"kept {target} (already computed; --overwrite to recompute)")
+        return 0
+    with files.log_to(target.parent / args.log) as note:
         out = reinit.run_reinit(settings)
-    finally:
-        logger.removeHandler(captured)
-    doc = out.document
-    out_dir = results_directory(args.results, doc["dataset"], doc["arch"], args.seed, doc["subsample_classes"])
-    json_path = out_dir / f"{out.stem}.json"
-    files.write_json(json_path, doc)
-    written = [json_path]
-    if args.plots:
-        png, pdf = out_dir / f"{out.stem}.png", out_dir / f"{out.stem}.pdf"
-        reinit.save_heatmap(doc, png, pdf)
-        written += [png, pdf]
-    lines = reinit.summary_lines(doc)
-    log_path = out_dir / args.log
-    old = log_path.read_text() if log_path.is_file() else ""
-    files.write_text(log_path, old + "".join(line + "\n" for line in captured.lines + lines))
+        written = reinit.save(out, args.results, plots=args.plots)
+        lines = reinit.summary_lines(out.document)
+        for line in lines:
+            note(line)
     print("\n".join(lines))
     print("wrote " + ", ".join(map(str, written)))
     return 0

@@ -39,7 +39,7 @@ def run(args) -> int:
     torch.set_num_threads(default_threads())
     out = reproduce(train_cli.settings_from_args(args), args.out, with_linear=args.with_linear,
                     threshold=args.threshold, level=args.level)
-    t = out["final"]["test"]
-    print(f"test accuracy {t['top1']:.2f}%; {out['snapshots']} snapshots analyzed; report in "
+    t = out.final["test"]
+    print(f"test accuracy {t['top1']:.2f}%; {out.snapshots} snapshots analyzed; report in "
           f"{args.out}/report/index.html")
     return 0

@@ -158,8 +158,8 @@ def run(args) -> int:
     finally:
         distributed.shutdown(session.ctx)
     if args.json and session.ctx.is_main:
-        print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
-    elif session.ctx.is_main and summary["final"]:
-        t = summary["final"]["test"]
-        print(f"test accuracy: top1 {t['top1']:.2f}%  top5 {t['top5']:.2f}%  (snapshots in {summary['run_dir']})")
+        print(json.dumps(summary.as_dict(history=False)))
+    elif session.ctx.is_main and summary.final:
+        t = summary.final["test"]
+        print(f"test accuracy: top1 {t['top1']:.2f}%  top5 {t['top5']:.2f}%  (snapshots in {summary.run_dir})")
     return 0

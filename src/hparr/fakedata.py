@@ -1,4 +1,7 @@
-"""Writers of the official on-disk dataset formats, for tests that go through the real loaders.
+"""Small datasets written in the official on-disk formats, for tests, benchmarks and demos.
+
+Everything here goes through `hparr.files` and writes files that the real loaders of `hparr.data`
+(and torchvision's) read as they read the published datasets:
 
 - CIFAR-10 / CIFAR-100 "python version": dicts pickled the way the official files were (Python 2
   cPickle, protocol 2: byte strings as BINSTRING, numpy arrays via numpy.core.multiarray._reconstruct),
@@ -17,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from hparr import files
+from . import files
 
 
 def random_images(n: int, channels: int, height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -52,7 +55,8 @@ def _py2_value(v) -> bytes:
     if isinstance(v, list):
         return b"](" + b"".join(_py2_value(x) for x in v) + b"e"
     if isinstance(v, np.ndarray):
-        assert v.dtype == np.uint8
+        if v.dtype != np.uint8:
+            raise TypeError(f"only uint8 arrays can be written as a Python 2 pickle, got {v.dtype}")
         v = np.ascontiguousarray(v)
         shape = b"(" + b"".join(_py2_int(d) for d in v.shape) + b"t"
         minus_one = b"J" + struct.pack("<i", -1)
@@ -75,7 +79,8 @@ def _pickle(path: Path, obj: dict, protocol: int | None) -> None:
 
 def _cifar_batch(images: np.ndarray, labels: np.ndarray, label_keys: dict[bytes, list[int]], name: str) -> dict:
     images = np.asarray(images, dtype=np.uint8)
-    assert images.shape[1:] == (3, 32, 32), images.shape
+    if images.shape[1:] != (3, 32, 32):
+        raise ValueError(f"CIFAR images must be (n, 3, 32, 32), got {images.shape}")
     return {b"batch_label": name.encode(), **label_keys, b"data": images.reshape(len(images), 3072),
             b"filenames": [f"img_{i}.png".encode() for i in range(len(images))]}
 

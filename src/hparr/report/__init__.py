@@ -1,0 +1,83 @@
+"""The report of a run, drawn from its result files alone (no model, no data, no training, no torch).
+
+`load_run` (discovery) finds the JSON documents of `hparr projections` and `hparr reinit`: those named
+by the manifest of `hparr reproduce`, else every one below the folder, choosing one projection run and
+one re-initialization result. `joined_table` (tables) joins them per layer by module name,
+`bias_vs_criticality` measures the paper's main claim (are the biased layers the critical ones?) as a
+Spearman correlation, and `build_report` writes the figures (PNG and PDF), the layer table (CSV),
+`report.json`, `summary.md` and `index.html`. The null's bands come from `hparr.null`
+(docs/method.md §3); for plain sums the null's spread depends on the initialization's scale, which the
+results do not record: the spread measured at epoch 0 stands in for it, and the figures say so.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .. import files
+from ..results import REPORT_FORMAT
+from . import render
+from .discovery import ProjectionRun, RunResults, load_run
+from .figures import FIGURES, plot_bias_vs_criticality, plot_distributions, plot_epochs, save_heatmap
+from .tables import (BIAS_MEASURES, DEFAULT_THRESHOLD, bias_measure, bias_vs_criticality, check_options,
+                     joined_table)
+
+__all__ = ["BIAS_MEASURES", "DEFAULT_THRESHOLD", "FIGURES", "ProjectionRun", "RunResults", "bias_measure",
+           "bias_vs_criticality", "build_report", "joined_table", "load_run", "save_heatmap"]
+
+REPORT_DIR = "report"
+
+
+def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                 threshold: float = DEFAULT_THRESHOLD, measure: str = "mass") -> dict[str, Path]:
+    """Write the report of `run_dir` to `out_dir` (default RUN_DIR/report) from the result files alone.
+
+    Returns {file name: path} of what was written: the figures (PNG and PDF) that the results allow,
+    layers.csv, report.json, summary.md and index.html. Figures of an earlier report that the
+    results no longer allow are removed.
+    """
+    run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir is not None else run_dir / REPORT_DIR
+    check_options(threshold, measure)
+    results = load_run(run_dir, exclude=[out])
+    table = joined_table(results, threshold=threshold, measure=measure)
+    correlation = bias_vs_criticality(table)
+    files.ensure_dir(out)
+    written: list[Path] = []
+    figures: list[str] = []
+    if results.trained_doc is not None:
+        written += plot_distributions(results, out)
+        written += plot_epochs(results, out)
+        figures += ["distributions", "mass_mean_by_epoch"]
+    if results.reinit_doc is not None:
+        save_heatmap(results.reinit_doc, out / "reinit_heatmap.png", out / "reinit_heatmap.pdf")
+        written += [out / "reinit_heatmap.png", out / "reinit_heatmap.pdf"]
+        figures.append("reinit_heatmap")
+    if correlation["n_layers"]:
+        written += plot_bias_vs_criticality(table, correlation, out, results.title)
+        figures.append("bias_vs_criticality")
+    for name in FIGURES:
+        if name not in figures:
+            for fmt in ("png", "pdf"):
+                (out / f"{name}.{fmt}").unlink(missing_ok=True)
+
+    provenance = render.provenance(results)
+    with files.atomic_path(out / "layers.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    records = table.to_dict(orient="records")
+    files.write_json(out / "report.json", {
+        "format": REPORT_FORMAT, "run_dir": str(run_dir.resolve()),
+        "inputs": {"projections": [str(p.resolve()) for p in results.projection_run.paths]
+                   if results.projection_run else [],
+                   "projection_settings": results.projection_run.settings if results.projection_run else None,
+                   "reinit": str(results.reinit_path.resolve()) if results.reinit_path else None,
+                   "other_projection_runs": results.other_runs},
+        "trained_epoch": results.trained_epoch, "threshold": table.attrs["threshold"], "bias_measure": measure,
+        "level": table.attrs.get("level"), "correction": table.attrs.get("correction"),
+        "bias_vs_criticality": dict(correlation),
+        "layers": records, "notes": results.notes, "figures": figures, **provenance})
+    files.write_text(out / "summary.md", render.summary_markdown(results, table, correlation, figures, provenance))
+    files.write_text(out / "index.html", render.index_html(results, table, correlation, figures, provenance))
+    written += [out / "layers.csv", out / "report.json", out / "summary.md", out / "index.html"]
+    return {p.name: p for p in written}
+

@@ -1,0 +1,250 @@
+"""Finding and choosing the result files of a run folder, for the report.
+
+`load_run` reads the manifest that `hparr reproduce` writes (`manifest.json`: the projection folder and the
+re-initialization result it produced) and uses exactly those files. A folder without a manifest (results of
+`hparr projections` and `hparr reinit` run by hand, or of the original code) is searched instead: every JSON
+document below it is recognized by its `format` field or by the original code's layout, one projection run
+and one re-initialization result are chosen, and every choice is stated in the notes.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import pandas as pd
+
+from ..errors import HparrError
+from ..results import (complete_projection_doc, complete_reinit_doc, epoch_of, is_projection_doc, is_reinit_doc,
+                       projections_table, read_json, read_manifest, seed_of)
+
+Found = list[tuple[Path, dict]]
+
+
+def _classify(paths: Iterable[Path]) -> tuple[Found, Found]:
+    """(projection documents, reinit documents) among the JSON files `paths`; other files are passed over."""
+    found_p, found_r = [], []
+    for path in paths:
+        doc = read_json(path)
+        if is_projection_doc(doc):
+            found_p.append((path, doc))
+        elif is_reinit_doc(doc):
+            found_r.append((path, doc))
+    return found_p, found_r
+
+
+def _result_files(run_dir: Path, exclude: Sequence[Path]) -> tuple[Found, Found]:
+    """(projection documents, reinit documents) below `run_dir`, skipping hidden and excluded folders."""
+    excluded = {p.resolve() for p in exclude}
+    paths = []
+    for root, dirs, names in os.walk(run_dir):
+        here = Path(root)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() not in excluded)
+        paths += [here / name for name in sorted(names) if name.endswith(".json") and not name.startswith(".")]
+    return _classify(paths)
+
+
+def _manifest_files(manifest: Mapping[str, Any]) -> tuple[Found, Found]:
+    """The documents a manifest names: its projection folder's and its re-initialization result."""
+    folder = manifest.get("projections")
+    paths = sorted(p for p in Path(folder).glob("*.json") if not p.name.startswith(".")) if folder else []
+    found_p, _ = _classify(paths)
+    _, found_r = _classify([Path(manifest["reinit"])] if manifest.get("reinit") else [])
+    return found_p, found_r
+
+
+def _experiment(doc: Mapping[str, Any]) -> tuple:
+    return doc.get("arch"), doc.get("dataset"), seed_of(doc)
+
+
+def _same_experiment(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Same arch, dataset and seed, where both documents record them (a projection run without --seed
+    records "None", while its re-initialization result records the seed the model was trained with)."""
+    return all(x is None or y is None or x == y for x, y in zip(_experiment(a), _experiment(b)))
+
+
+_SETTINGS = ("normalize", "with_linear", "include_1x1", "level", "init_from", "num_classes")
+
+
+@dataclass
+class ProjectionRun:
+    """The projection documents of one folder made with the same settings, one per epoch."""
+
+    directory: Path
+    settings: dict[str, Any]
+    docs: list[dict]
+    paths: list[Path]
+
+    @property
+    def normalize(self) -> bool | None:
+        return self.settings.get("normalize")
+
+    def describe(self, base: Path) -> str:
+        where = relative(self.directory, base)
+        kind = {True: "normalized", False: "unnormalized (plain sums)"}.get(self.normalize, "normalization unknown")
+        epochs = ", ".join(str(epoch_of(d)) for d in self.docs)
+        return f"{where}: {kind}, {len(self.docs)} snapshot(s) (epochs {epochs})"
+
+
+@dataclass
+class RunResults:
+    """What a run directory holds, as chosen for the report.
+
+    projections: tidy table (one row per snapshot x layer plus "net" rows) of the chosen projection run;
+    reinit_doc: the chosen re-initialization document (with its relative drops); trained_epoch: the epoch of the model the layer table describes; notes: choices and gaps, in words.
+    """
+
+    run_dir: Path
+    projection_run: ProjectionRun | None
+    projections: pd.DataFrame
+    reinit_doc: dict | None
+    reinit_path: Path | None
+    trained_epoch: int | None
+    notes: list[str] = field(default_factory=list)
+    other_runs: list[str] = field(default_factory=list)
+
+    def projection_doc(self, epoch: int | None) -> dict | None:
+        if self.projection_run is None or epoch is None:
+            return None
+        return next((d for d in self.projection_run.docs if epoch_of(d) == epoch), None)
+
+    @property
+    def trained_doc(self) -> dict | None:
+        return self.projection_doc(self.trained_epoch)
+
+    @property
+    def init_doc(self) -> dict | None:
+        return self.projection_doc(0)
+
+    @property
+    def normalize(self) -> bool | None:
+        return self.projection_run.normalize if self.projection_run else None
+
+    @property
+    def title(self) -> str:
+        """`<arch> on <dataset>[, seed <s>]`, for headings."""
+        doc = self.trained_doc or self.reinit_doc or {}
+        seed = seed_of(doc)
+        return f"{doc.get('arch')} on {doc.get('dataset')}" + (f", seed {seed}" if seed is not None else "")
+
+
+def relative(path: Path, base: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(base.resolve())) or "."
+    except ValueError:
+        return str(path)
+
+
+def _projection_runs(found: Sequence[tuple[Path, dict]], base: Path, notes: list[str],
+                     preferred: set[str] = frozenset()) -> list[ProjectionRun]:
+    """Runs of documents grouped by folder and settings; of two documents of one epoch, the one whose
+    snapshot is in `preferred` (the re-initialized models) is kept, else the last by file name."""
+    groups: dict[tuple, list[tuple[Path, dict]]] = {}
+    for path, doc in found:
+        key = (str(path.parent.resolve()), *_experiment(doc), *(json.dumps(doc.get(k)) for k in _SETTINGS))
+        groups.setdefault(key, []).append((path, doc))
+    runs = []
+    for key, members in groups.items():
+        by_epoch: dict[int, tuple[Path, dict]] = {}
+        for path, doc in sorted(members, key=lambda m: (str(m[1].get("source")) in preferred, m[0].name)):
+            epoch = epoch_of(doc)
+            if epoch is None:
+                notes.append(f"{relative(path, base)} records no epoch; not used")
+                continue
+            if epoch in by_epoch:
+                notes.append(f"{relative(by_epoch[epoch][0], base)} and {relative(path, base)} are both epoch "
+                             f"{epoch}; using {path.name}")
+            by_epoch[epoch] = (path, complete_projection_doc(doc))
+        if by_epoch:
+            chosen = [by_epoch[e] for e in sorted(by_epoch)]
+            first = chosen[0][1]
+            runs.append(ProjectionRun(Path(key[0]), {k: first.get(k) for k in _SETTINGS},
+                                      [d for _, d in chosen], [p for p, _ in chosen]))
+    return runs
+
+
+def load_run(run_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = ()) -> RunResults:
+    """Find, choose and tabulate the result files of `run_dir`: those its manifest names, else every result
+    file below it (folders in `exclude` are skipped).
+
+    Projection runs are grouped by folder and settings; a normalized run is preferred, then one of the
+    experiment (arch, dataset, seed) of a re-initialization result, then the one with most snapshots.
+    The re-initialization result of that experiment whose trained snapshot is one of the run's
+    snapshots is preferred, then the latest epoch. Every choice is stated in `notes`.
+    """
+    base = Path(run_dir)
+    if not base.is_dir():
+        raise HparrError(f"run directory {base} does not exist" if not base.exists() else f"{base} is not a directory")
+    manifest = read_manifest(base)
+    if manifest is not None:
+        found_p, found_r = _manifest_files(manifest)
+    else:
+        found_p, found_r = _result_files(base, [Path(p) for p in exclude])
+    if not found_p and not found_r:
+        raise HparrError(f"no result files under {base}: expected the JSON files of `hparr projections` "
+                         "and/or `hparr reinit`")
+    notes: list[str] = []
+    reinits = [(p, complete_reinit_doc(d)) for p, d in found_r]
+    runs = _projection_runs(found_p, base, notes, {str(d["load_from"]) for _, d in reinits if d.get("load_from")})
+
+    def run_rank(r: ProjectionRun):
+        sources = {str(d.get("source")) for d in r.docs}
+        return (r.normalize is True, any(str(d.get("load_from")) in sources for _, d in reinits),
+                any(_same_experiment(r.docs[0], d) for _, d in reinits), len(r.docs), str(r.directory))
+
+    runs.sort(key=run_rank, reverse=True)
+    chosen = runs[0] if runs else None
+    other_runs = [r.describe(base) for r in runs[1:]]
+    if chosen is not None:
+        if chosen.normalize is not True:
+            notes.append(("no normalized projection run found" if chosen.normalize is False else
+                          "the projection results do not record whether they are normalized")
+                         + ": the figures treat them as plain sums <w, 1>, whose null spread is estimated "
+                         "from epoch 0")
+
+    reinit_doc = reinit_path = None
+    if reinits:
+        sources = {str(d.get("source")) for d in chosen.docs} if chosen else set()
+        candidates = [(p, d) for p, d in reinits if chosen is None or str(d.get("load_from")) in sources
+                      or _same_experiment(d, chosen.docs[0])]
+        if candidates:
+            candidates.sort(key=lambda m: (m[1].get("load_from") is not None and str(m[1]["load_from"]) in sources,
+                                           -1 if epoch_of(m[1]) is None else epoch_of(m[1]), str(m[0])))
+            reinit_path, reinit_doc = candidates[-1]
+            for p, _ in reinits:
+                if p != reinit_path:
+                    notes.append(f"re-initialization result not used: {relative(p, base)}")
+        else:
+            notes.append("no re-initialization result of " + "/".join(map(str, _experiment(chosen.docs[0])))
+                         + f"; ignored {len(reinits)} of other experiments")
+    else:
+        notes.append("no re-initialization result found: no heatmap, no accuracy drops")
+
+    trained_epoch = None
+    if chosen is not None:
+        epochs = [epoch_of(d) for d in chosen.docs]
+        if reinit_doc is not None:
+            load_from = reinit_doc.get("load_from")
+            by_source = [e for e, d in zip(epochs, chosen.docs) if load_from and d.get("source") == load_from]
+            if by_source:
+                trained_epoch = by_source[0]
+            elif epoch_of(reinit_doc) in epochs:
+                trained_epoch = epoch_of(reinit_doc)
+            else:
+                trained_epoch = max(epochs)
+                notes.append(f"no projections of the re-initialized model (epoch {reinit_doc.get('epoch')}); "
+                             f"the layer table uses epoch {trained_epoch}")
+        else:
+            trained_epoch = max(epochs)
+        if 0 not in epochs:
+            notes.append("no projections at initialization (epoch 0): the distributions show the trained model only")
+    elif reinit_doc is not None:
+        trained_epoch = epoch_of(reinit_doc)
+        notes.append("no projection results found: no bias statistics")
+
+    table = projections_table(chosen.docs) if chosen else pd.DataFrame()
+    return RunResults(base, chosen, table, reinit_doc, reinit_path, trained_epoch, notes, other_runs)
+
+

@@ -1,0 +1,211 @@
+"""The report as text: the answer in numbers, the layer table for reading, summary.md and index.html."""
+from __future__ import annotations
+
+import html
+import json
+import math
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from ..provenance import versions
+from ..results import layer_entries
+from .discovery import RunResults, relative
+
+DISPLAY = [("layer", "name"), ("stage.block", None), ("N", "N"), ("d", "d"), ("mass", "mass"),
+           ("mass at init", "mass_init"), ("mean", "mean"), ("p-value", "p_value"), ("p (Holm)", "p_adjusted"),
+           ("biased", "biased"), ("l2 dist from init", "l2_dist"), ("top-1 trained %", "top1_trained"),
+           ("top-1 reinit epoch 0 %", "top1_reinit_0"), ("drop reinit 0", "drop_reinit_0"),
+           ("drop rand", "drop_rand"), ("robust/critical", "verdict")]
+_FORMATS = {"mass": ".3f", "mass_init": ".3f", "mean": ".3g", "p_value": ".2g", "p_adjusted": ".2g",
+            "l2_dist": ".3f", "top1_trained": ".2f", "top1_reinit_0": ".2f", "drop_reinit_0": ".3f",
+            "drop_rand": ".3f"}
+
+
+def display_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The layer table as rounded strings, for summary.md and index.html (the CSV keeps every digit)."""
+    out = {}
+    for header, col in DISPLAY:
+        if col is None:
+            out[header] = [f"{s}.{b}" if not (pd.isna(s) or pd.isna(b)) else "" for s, b in
+                           zip(table["stage"], table["block"])]
+            continue
+        values = []
+        for v in table[col]:
+            if v is None or (not isinstance(v, str) and pd.isna(v)):
+                values.append("")
+            elif col == "biased":
+                values.append("yes" if v else "no")
+            elif col in _FORMATS:
+                values.append(format(float(v), _FORMATS[col]))
+            else:
+                values.append(str(v))
+        out[header] = values
+    return pd.DataFrame(out)
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    def cell(v: Any) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(map(cell, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _names(table: pd.DataFrame, mask) -> str:
+    names = list(table.loc[mask, "name"])
+    return ", ".join(names) if names else "none"
+
+
+def answer(results: RunResults, table: pd.DataFrame, correlation: Mapping[str, Any]) -> list[str]:
+    """The answer in numbers, as Markdown bullet lines."""
+    lines = []
+    level, threshold = table.attrs.get("level"), table.attrs["threshold"]
+    with_stats = table[table["mass"].notna()]
+    if len(with_stats):
+        biased = with_stats["biased"].fillna(False).astype(bool)
+        lines.append(f"- Trained model (epoch {results.trained_epoch}): **{int(biased.sum())} of {len(with_stats)}** "
+                     f"layers biased at level {level} ({str(table.attrs.get('correction')).capitalize()}-corrected): "
+                     f"{_names(with_stats, biased)}.")
+        init = results.init_doc
+        if init is not None and init is not results.trained_doc:
+            init_biased = [e["name"] for e in layer_entries(init) if e.get("biased")]
+            lines.append(f"- At initialization (epoch 0): {len(init_biased)} of {len(layer_entries(init))} "
+                         f"layers biased{': ' + ', '.join(init_biased) if init_biased else ''}.")
+    with_drop = table[table["drop_reinit_0"].notna()]
+    if len(with_drop):
+        critical = with_drop["verdict"] == "critical"
+        lines.append(f"- Re-initialization to epoch 0 (critical when the relative top-1 drop > {threshold:g}): "
+                     f"**{int(critical.sum())} of {len(with_drop)}** layers critical: "
+                     + (", ".join(f"{r['name']} ({r['drop_reinit_0']:.3f})" for _, r in with_drop[critical].iterrows())
+                        or "none") + f"; robust: {_names(with_drop, ~critical)}.")
+        both = with_drop[with_drop["mass"].notna()]
+        if len(both):
+            b = both["biased"].fillna(False).astype(bool)
+            c = both["verdict"] == "critical"
+            lines.append(f"- Biased and critical: {int((b & c).sum())}; biased and robust: {int((b & ~c).sum())}; "
+                         f"not biased and critical: {int((~b & c).sum())}; not biased and robust: "
+                         f"{int((~b & ~c).sum())}.")
+    elif results.reinit_doc is not None:
+        lines.append("- The re-initialization result has no epoch-0 row: no robust/critical verdicts.")
+    rho = correlation["spearman_rho"]
+    if not math.isnan(rho):
+        lines.append(f"- Bias against criticality: **Spearman rho = {rho:.3f}** (p = {correlation['p_value']:.3g}, "
+                     f"{correlation['n_layers']} layers), bias measured as {correlation['bias_measure']}.")
+    else:
+        lines.append(f"- Bias against criticality: Spearman rho undefined ({correlation['note']}).")
+    return lines
+
+
+def provenance(results: RunResults) -> dict[str, Any]:
+    import matplotlib
+    import scipy
+
+    trained, r = results.trained_doc or {}, results.reinit_doc or {}
+    return {
+        "seeds": {"projections": {k: trained.get(k) for k in ("seed", "init_seed", "snapshot_seeds") if k in trained},
+                  "reinit": r.get("seeds", {"seed": r.get("seed")} if r else {})},
+        "normalization": {"training": trained.get("snapshot_normalization"), "reinit": r.get("normalization")},
+        "versions": {"report": {**versions(with_torch=False), "scipy": scipy.__version__, "pandas": pd.__version__,
+                                "matplotlib": matplotlib.__version__},
+                     "projections": trained.get("versions"), "reinit": r.get("versions")},
+    }
+
+
+FIGURE_HELP = {
+    "distributions": ("Distribution of the projections per layer",
+                      "One panel per layer: histogram of the filters' projections at initialization (grey) and "
+                      "trained (blue), with the null density of a random filter (black). A biased layer has its "
+                      "trained histogram shifted to one side of 0 or spread far beyond the null curve."),
+    "mass_mean_by_epoch": ("Mass and mean across epochs",
+                           "Per layer, top: the share of filters with projection <= 0 (mass) at each snapshot; "
+                           "bottom: the mean projection. The grey band is where 95% of random (untrained) layers "
+                           "of that size fall; points outside it are biased."),
+    "reinit_heatmap": ("Re-initialization heatmap",
+                       "Rows: the snapshot a layer was re-initialized from (epoch 0 = initialization; rand = a "
+                       "fresh random draw); columns: layers; value: relative top-1 drop. Near 0 = robust layer, "
+                       "near 1 = critical layer."),
+    "bias_vs_criticality": ("Bias against criticality",
+                            "One point per layer: its bias (x) against its accuracy drop when re-initialized to "
+                            "epoch 0 (y); red = biased by the test. The paper's claim predicts a positive rank "
+                            "correlation: the biased layers are the critical ones. Above the dashed line a layer is "
+                            "critical."),
+}
+
+
+def summary_markdown(results: RunResults, table: pd.DataFrame, correlation: Mapping[str, Any], figures: Sequence[str],
+             provenance: Mapping[str, Any]) -> str:
+    base = results.run_dir
+    lines = [f"# Hyperplane arrangement bias and layer criticality: {results.title}", "",
+             "**Question.** Are the trained layers' hyperplane arrangements biased (their filters agree in "
+             "orientation relative to the identity line far beyond a random initialization), and are the "
+             "biased layers the critical ones of Zhang et al. (re-initializing them to their initial values "
+             "hurts accuracy)?", "", "## Answer in numbers", "", *answer(results, table, correlation), "",
+             "## Layers", "", _markdown(display_table(table)), "",
+             f"mass: share of filters with projection <= 0; p-value: the layer's bias test (sign test and KS test "
+             f"against the null), p (Holm): adjusted over the layers, biased when <= {table.attrs.get('level')}; "
+             "l2 dist from init: ||W - W0|| / ||W0||; drop: (acc trained - acc re-initialized) / acc trained; "
+             f"robust when the drop to epoch 0 is <= {table.attrs['threshold']:g}, else critical. "
+             "Every digit is in layers.csv.", ""]
+    missing_p = list(table.loc[table["missing"] == "projections", "name"])
+    missing_r = list(table.loc[table["missing"] == "reinit", "name"])
+    if missing_p:
+        lines += [f"Layers with no projection results (e.g. 1x1 convs or Linear layers are not analyzed): "
+                  f"{', '.join(missing_p)}.", ""]
+    if missing_r:
+        lines += [f"Layers with no re-initialization result: {', '.join(missing_r)}.", ""]
+    lines += ["## Figures", ""]
+    for name in figures:
+        head, text = FIGURE_HELP[name]
+        lines += [f"### {head}", "", f"![{head}]({name}.png) ([PDF]({name}.pdf))", "", text, ""]
+    lines += ["## Inputs", ""]
+    if results.projection_run is not None:
+        lines.append(f"- Projections: {results.projection_run.describe(base)}; files: "
+                     + ", ".join(relative(p, base) for p in results.projection_run.paths))
+    for other in results.other_runs:
+        lines.append(f"- Projection run not used: {other}")
+    if results.reinit_path is not None:
+        lines.append(f"- Re-initialization: {relative(results.reinit_path, base)}")
+        if results.reinit_doc.get("batchnorm"):
+            lines.append(f"- {results.reinit_doc['batchnorm']}.")
+    lines += [f"- {n}" for n in results.notes]
+    lines += ["", "## Provenance", "", "```json", json.dumps(provenance, indent=2, default=str), "```", ""]
+    return "\n".join(lines)
+
+
+def index_html(results: RunResults, table: pd.DataFrame, correlation: Mapping[str, Any], figures: Sequence[str],
+          provenance: Mapping[str, Any]) -> str:
+    import re
+
+    def inline(text: str) -> str:
+        return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(text))
+
+    e = html.escape
+    answer_items = "".join(f"<li>{inline(line[2:])}</li>" for line in answer(results, table, correlation))
+    figs = "".join(f'<section><h3>{e(FIGURE_HELP[n][0])}</h3><p>{e(FIGURE_HELP[n][1])}</p>'
+                   f'<a href="{e(n)}.pdf"><img src="{e(n)}.png" alt="{e(FIGURE_HELP[n][0])}"></a></section>'
+                   for n in figures)
+    table_html = display_table(table).to_html(index=False, escape=True, border=0, classes="layers")
+    inputs = [f"Projections: {results.projection_run.describe(results.run_dir)}"] if results.projection_run else []
+    inputs += [f"Projection run not used: {o}" for o in results.other_runs]
+    if results.reinit_path is not None:
+        inputs.append(f"Re-initialization: {relative(results.reinit_path, results.run_dir)}")
+    inputs += results.notes
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;line-height:1.4}"
+             "table.layers{border-collapse:collapse;font-size:0.9em}"
+             "table.layers th,table.layers td{border:1px solid #ccc;padding:3px 6px;text-align:right}"
+             "img{max-width:100%;border:1px solid #eee}pre{background:#f6f6f6;padding:1em;overflow:auto}")
+    title = f"hparr report: {results.title}"
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{e(title)}</title>"
+            f"<style>{style}</style></head><body>\n<h1>{e(title)}</h1>\n"
+            "<p><strong>Question.</strong> Are the trained layers' hyperplane arrangements biased, and are the "
+            "biased layers the critical ones of Zhang et al.?</p>\n"
+            f"<h2>Answer in numbers</h2><ul>{answer_items}</ul>\n<h2>Layers</h2>\n{table_html}\n"
+            f"<p>Full precision: <a href=\"layers.csv\">layers.csv</a>; summary: "
+            f"<a href=\"summary.md\">summary.md</a>.</p>\n<h2>Figures</h2>\n{figs}\n<h2>Inputs</h2><ul>"
+            + "".join(f"<li>{e(i)}</li>" for i in inputs)
+            + f"</ul>\n<h2>Provenance</h2><pre>{e(json.dumps(provenance, indent=2, default=str))}</pre>\n"
+            "</body></html>\n")
+
+

@@ -1,0 +1,144 @@
+"""The report's tables: each layer of the trained model joined across its projection and re-initialization
+results, and the paper's main claim measured on them (are the biased layers the critical ones?)."""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ..errors import UsageError
+from ..results import RAND, layer_entries
+from .discovery import RunResults
+
+DEFAULT_THRESHOLD = 0.1
+BIAS_MEASURES = {
+    "mass": "|mass - 0.5|",
+    "mass_z": "|mass - 0.5| x 2 sqrt(N), the z-score of the mass under Binomial(N, 1/2)",
+    "neglog10_p": "-log10 p_value of the layer's bias test (a p-value of 0 counts as 1e-300)",
+}
+
+
+def _merge_order(first: Sequence[str], second: Sequence[str]) -> list[str]:
+    """`first`, with the names only in `second` inserted after their nearest predecessor in `second`."""
+    out = list(first)
+    for i, name in enumerate(second):
+        if name in out:
+            continue
+        pos = next((out.index(prev) + 1 for prev in reversed(second[:i]) if prev in out), 0)
+        out.insert(pos, name)
+    return out
+
+
+def _num(value: Any) -> float:
+    try:
+        return float("nan") if value is None else float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def bias_measure(mass: float, n: float, p_value: float, measure: str = "mass") -> float:
+    """A layer's bias as a number (larger = more biased); `measure` is one of BIAS_MEASURES."""
+    if measure == "mass":
+        return abs(mass - 0.5)
+    if measure == "mass_z":
+        return abs(mass - 0.5) * 2 * math.sqrt(n)
+    if measure == "neglog10_p":
+        return -math.log10(max(p_value, 1e-300)) if not math.isnan(p_value) else float("nan")
+    raise UsageError(f"unknown bias measure {measure!r}; choose from {', '.join(BIAS_MEASURES)}")
+
+
+def check_options(threshold: float, measure: str) -> None:
+    if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold >= 0):
+        raise UsageError(f"the robustness threshold must be a number >= 0, got {threshold}")
+    if measure not in BIAS_MEASURES:
+        raise UsageError(f"unknown bias measure {measure!r}; choose from {', '.join(BIAS_MEASURES)}")
+
+
+TABLE_COLUMNS = ["name", "kind", "stage", "block", "N", "d", "mass", "mean", "std", "p_value", "p_adjusted", "biased",
+                 "l2_dist", "l_inf_dist", "mass_init", "mean_init", "bias", "top1_trained", "top1_reinit_0",
+                 "drop_reinit_0", "top1_rand", "drop_rand", "verdict", "missing"]
+
+
+def joined_table(results: RunResults, threshold: float = DEFAULT_THRESHOLD, measure: str = "mass") -> pd.DataFrame:
+    """One row per layer of the trained model, joined by module name across projections and reinit.
+
+    mass, mean, std, p_value, p_adjusted (Holm), biased, l2_dist, l_inf_dist: the trained model's
+    projection results; mass_init, mean_init: at epoch 0; bias: `measure` of the layer (see
+    BIAS_MEASURES); top1_*: test accuracies (percent) of the trained model and after re-initializing
+    the layer to epoch 0 or re-randomizing it; drop_*: (top1_trained - top1_after) / top1_trained;
+    verdict: "robust" when drop_reinit_0 <= `threshold`, else "critical"; missing: the side that has
+    no result for the layer. `attrs` records the threshold, the measure and the test level.
+    """
+    check_options(threshold, measure)
+    entries = {e["name"]: e for e in layer_entries(results.trained_doc)}
+    init = {e["name"]: e for e in layer_entries(results.init_doc)}
+    doc = results.reinit_doc
+    r_layers = list(doc["layers"]) if doc else []
+    r_kinds = dict(zip(r_layers, doc.get("layer_kinds") or [])) if doc else {}
+    r_stage_block = dict(zip(r_layers, doc.get("layer_stage_block") or [])) if doc else {}
+    acc = doc["init_from_epoch"] if doc else {}
+    drops = doc["relative_drop"] if doc else {}
+    top1 = _num(doc["top1_test"]) if doc else float("nan")
+
+    def after(label: str, i: int) -> tuple[float, float]:
+        if label not in acc:
+            return float("nan"), float("nan")
+        return _num(acc[label][i]), _num(drops[label][i])
+
+    rows = []
+    for name in _merge_order(list(entries), r_layers):
+        e = entries.get(name, {})
+        i = r_layers.index(name) if name in r_layers else None
+        stage, block = e.get("stage"), e.get("block")
+        if not e and name in r_stage_block:
+            stage, block = r_stage_block[name]
+        row = {"name": name, "kind": e.get("kind", r_kinds.get(name)), "stage": stage, "block": block,
+               "N": e.get("N"), "d": e.get("d"), **{k: _num(e.get(k)) for k in
+                                                     ("mass", "mean", "std", "p_value", "p_adjusted",
+                                                      "l2_dist", "l_inf_dist")},
+               "biased": e.get("biased"), "mass_init": _num(init.get(name, {}).get("mass")),
+               "mean_init": _num(init.get(name, {}).get("mean"))}
+        row["bias"] = bias_measure(row["mass"], _num(row["N"]), row["p_value"], measure) if e else float("nan")
+        row["top1_trained"] = top1 if i is not None else float("nan")
+        row["top1_reinit_0"], row["drop_reinit_0"] = after("0", i) if i is not None else (float("nan"),) * 2
+        row["top1_rand"], row["drop_rand"] = after(RAND, i) if i is not None else (float("nan"),) * 2
+        drop = row["drop_reinit_0"]
+        row["verdict"] = None if math.isnan(drop) else "robust" if drop <= threshold else "critical"
+        row["missing"] = "reinit" if i is None and doc else "projections" if not e and entries else None
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    for col in ("stage", "block", "N", "d"):
+        table[col] = pd.to_numeric(table[col]).astype("Int64")
+    table["biased"] = table["biased"].astype("boolean")
+    trained = results.trained_doc or {}
+    table.attrs.update(threshold=float(threshold), measure=measure, measure_text=BIAS_MEASURES[measure],
+                       level=trained.get("level"), correction=trained.get("correction"),
+                       trained_epoch=results.trained_epoch, normalize=results.normalize)
+    return table
+
+
+def bias_vs_criticality(table: pd.DataFrame, bias: str = "bias", drop: str = "drop_reinit_0") -> dict[str, Any]:
+    """Spearman correlation, over the layers that have both, of their bias and their accuracy drop under
+    re-initialization to epoch 0 (the paper's claim: the biased layers are the critical ones)."""
+    both = table[["name", bias, drop]].copy()
+    both[bias] = pd.to_numeric(both[bias], errors="coerce")
+    both[drop] = pd.to_numeric(both[drop], errors="coerce")
+    both = both.dropna()
+    out: dict[str, Any] = {"spearman_rho": float("nan"), "p_value": float("nan"), "n_layers": int(len(both)),
+                           "bias_measure": table.attrs.get("measure_text", bias),
+                           "drop": "relative top-1 drop, re-initialized to epoch 0", "layers": list(both["name"]),
+                           "note": None}
+    x, y = both[bias].to_numpy(float), both[drop].to_numpy(float)
+    if len(both) < 3:
+        out["note"] = f"{len(both)} layer(s) have both a bias and a drop; at least 3 are needed"
+    elif np.ptp(x) == 0 or np.ptp(y) == 0:
+        out["note"] = "the " + ("bias" if np.ptp(x) == 0 else "drop") + " is the same for every layer: no ranking"
+    else:
+        res = stats.spearmanr(x, y)
+        out["spearman_rho"], out["p_value"] = float(res.statistic), float(res.pvalue)
+    return out
+
+

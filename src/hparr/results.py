@@ -1,0 +1,195 @@
+"""Result files, read without torch: their format names, how to recognize and complete them, and the
+quantities every reader shares (the relative accuracy drop, the tidy projection table, the manifest).
+
+`hparr projections` writes one document per snapshot, `hparr reinit` one per trained model,
+`hparr reproduce` a manifest of what it produced, and `hparr report` reads them all through this
+module, so the report never imports torch.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import pandas as pd
+
+SNAPSHOT_FORMAT = "hparr-snapshot-1"
+PROJECTIONS_FORMAT = "hparr-projections-1"
+REINIT_FORMAT = "hparr-reinit-1"
+REPORT_FORMAT = "hparr-report-1"
+MANIFEST_FORMAT = "hparr-manifest-1"
+MANIFEST_NAME = "manifest.json"
+RAND = "rand"  # the label of a fresh random draw among the re-initialization alternatives
+
+
+# --- the relative accuracy drop ------------------------------------------------------------------
+
+def relative_drops(trained_acc: float, accuracies: Mapping[str, Sequence[float]]) -> dict[str, list[float]]:
+    """{label: [(acc_trained - acc) / acc_trained per layer]} (NaN when the trained accuracy is 0)."""
+    return {label: [(trained_acc - a) / trained_acc if trained_acc else float("nan") for a in accs]
+            for label, accs in accuracies.items()}
+
+
+def drop_frame(doc: Mapping[str, Any]) -> pd.DataFrame:
+    """The relative drop stored in a reinit document as a table (rows: labels, columns: layers; NaN for none)."""
+    drops = {label: [float("nan") if v is None else float(v) for v in values]
+             for label, values in doc["relative_drop"].items()}
+    return pd.DataFrame.from_dict(drops, orient="index", columns=list(doc["layers"]))
+
+
+def alternative_label(label: str) -> str:
+    """How an alternative is named in figures and text: `epoch 3` or `rand`."""
+    return RAND if label == RAND else f"epoch {label}"
+
+
+# --- recognizing and completing documents --------------------------------------------------------
+
+def is_projection_doc(doc: Any) -> bool:
+    """A document of `hparr projections` or of the original compute_projections.py."""
+    if not isinstance(doc, dict):
+        return False
+    if doc.get("format") == PROJECTIONS_FORMAT:
+        return True
+    if "format" in doc or not isinstance(doc.get("net"), dict):
+        return False
+    # the original layout: stage -> block -> {projections, mean, mass, ...}
+    stages = [v for k, v in doc.items() if k.isdigit()]
+    return bool(stages) and all(isinstance(s, dict) and all(isinstance(e, dict) and "mass" in e and "projections" in e
+                                                            for e in s.values()) for s in stages)
+
+
+def is_reinit_doc(doc: Any) -> bool:
+    """A document of `hparr reinit` or of the original reinit_layers.py."""
+    if not isinstance(doc, dict):
+        return False
+    if doc.get("format") == REINIT_FORMAT:
+        return True
+    return "format" not in doc and isinstance(doc.get("init_from_epoch"), dict) and "top1_test" in doc
+
+
+def complete_projection_doc(doc: Mapping[str, Any]) -> dict:
+    """A copy in which every layer has a name, N and `biased` (documents in the original layout have none)."""
+    doc = json.loads(json.dumps(doc))
+    for stage, blocks in doc.items():
+        if stage.isdigit():
+            for block, entry in blocks.items():
+                entry.setdefault("name", f"stage{stage}.block{block}")
+                entry.setdefault("N", len(entry.get("projections") or []))
+                entry.setdefault("biased", None)
+    return doc
+
+
+def complete_reinit_doc(doc: Mapping[str, Any]) -> dict:
+    """A copy with layer names and the relative drop (the original code's documents have neither)."""
+    doc = json.loads(json.dumps(doc))
+    if "layers" not in doc:
+        n = len(next(iter(doc["init_from_epoch"].values()), []))
+        doc["layers"] = [f"layer{i}" for i in range(n)]
+    if "relative_drop" not in doc:
+        doc["relative_drop"] = {label: [v if math.isfinite(v) else None for v in drops] for label, drops in
+                                relative_drops(float(doc["top1_test"]), doc["init_from_epoch"]).items()}
+    return doc
+
+
+def epoch_of(doc: Mapping[str, Any]) -> int | None:
+    """The epoch a document describes, as an int (None when it records none)."""
+    try:
+        return int(doc.get("epoch"))
+    except (TypeError, ValueError):
+        return None
+
+
+def seed_of(doc: Mapping[str, Any]) -> str | None:
+    """The seed a document records, as text (None for none: the original code writes "None")."""
+    value = doc.get("seed")
+    return None if value in (None, "None", "") else str(value)
+
+
+def layer_entries(doc: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The layer entries of a projection document in stage/block order (without the "net" entry)."""
+    if doc is None:
+        return []
+    return [{**doc[s][b], "stage": int(s), "block": int(b)}
+            for s in sorted((k for k in doc if k.isdigit()), key=int) for b in sorted(doc[s], key=int)]
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON value of a file, or None if it cannot be read or parsed."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+# --- the tidy projection table -------------------------------------------------------------------
+
+ROW_CONTEXT = ("stem", "source", "arch", "dataset", "seed", "epoch", "normalize", "level")
+
+
+def document_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Tidy rows (one per layer, plus a `kind == "net"` row) of a projection document, without the projections."""
+    context = {k: doc.get(k) for k in ROW_CONTEXT}
+    try:
+        context["epoch"] = int(context["epoch"])
+    except (TypeError, ValueError):
+        pass
+    rows = []
+    for stage in sorted((k for k in doc if k.isdigit()), key=int):
+        for block in sorted(doc[stage], key=int):
+            entry = doc[stage][block]
+            rows.append({**context, "stage": int(stage), "block": int(block),
+                         **{k: v for k, v in entry.items() if k != "projections"}})
+    net = doc["net"]
+    rows.append({**context, "name": "net", "kind": "net", "stage": None, "block": None,
+                 **{k: v for k, v in net.items() if k not in ("projections",)}})
+    return rows
+
+
+def projections_table(docs: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """The tidy table of many projection documents (one row per snapshot x layer, plus "net" rows),
+    sorted by epoch then layer order."""
+    rows = [r for doc in docs for r in document_rows(doc)]
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    first = [c for c in (*ROW_CONTEXT, "name", "kind", "stage", "block", "N", "d", "mean", "std", "mass",
+                         "n_negative", "p_sign", "p_ks", "p_value", "p_adjusted", "biased", "l2_dist",
+                         "l_inf_dist") if c in df.columns]
+    df = df[first + [c for c in df.columns if c not in first]]
+    for col in ("stage", "block", "N", "d", "n_negative", "n_layers", "n_biased"):
+        if col in df.columns:
+            df[col] = pd.to_numeric(df[col]).astype("Int64")
+    df["_net"] = df["kind"] == "net"
+    df["_epoch"] = pd.to_numeric(df["epoch"], errors="coerce")
+    df = df.sort_values(["_epoch", "stem", "_net", "stage", "block"], kind="stable", na_position="last")
+    return df.drop(columns=["_net", "_epoch"]).reset_index(drop=True)
+
+
+# --- the manifest of `hparr reproduce` -----------------------------------------------------------
+
+def manifest(folder: str | os.PathLike, projections_dir: str | os.PathLike, reinit_file: str | os.PathLike,
+             epochs: Sequence[int], **fields: Any) -> dict[str, Any]:
+    """What `hparr reproduce` produced under `folder`, with paths relative to it, for the report."""
+    base = Path(folder).resolve()
+
+    def rel(p) -> str:
+        p = Path(p).resolve()
+        return str(p.relative_to(base)) if p.is_relative_to(base) else str(p)
+
+    return {"format": MANIFEST_FORMAT, "projections": rel(projections_dir), "reinit": rel(reinit_file),
+            "epochs": [int(e) for e in epochs], **fields}
+
+
+def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The manifest of a run folder with its paths made absolute, or None when there is none."""
+    path = Path(run_dir) / MANIFEST_NAME
+    doc = read_json(path)
+    if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
+        return None
+    for key in ("projections", "reinit"):
+        if doc.get(key):
+            p = Path(doc[key])
+            doc[key] = p if p.is_absolute() else Path(run_dir) / p
+    return doc

@@ -1,0 +1,42 @@
+"""Test oracles shared by several test files (import them with `from conftest import ...`)."""
+from __future__ import annotations
+
+import copy
+from typing import Collection
+
+import torch
+import torch.nn as nn
+
+
+def original_numbering(features: nn.Sequential) -> list[tuple[str, int, int]]:
+    """(name, stage, block) of the analyzed convs of a `features` Sequential, as the original code walked it:
+    a max-pool advances the stage, a conv other than 1x1 gets the next block of its stage."""
+    out, stage, block = [], 0, 0
+    for index, module in enumerate(features):
+        if isinstance(module, nn.MaxPool2d):
+            stage, block = stage + 1, 0
+        elif isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1):
+            out.append((f"features.{index}", stage, block))
+            block += 1
+    return out
+
+
+def trained_like(model: nn.Module, seed: int = 5, strength: float = 0.4, shift: float | None = None,
+                 shifted: Collection[str] | None = None) -> nn.Module:
+    """A copy of `model` whose weights moved away from initialization, some towards the positive orthant.
+
+    Every weight W of more than one dimension (conv and linear layers) gets `strength * std(W) * N(0, 1)`
+    noise drawn from a generator seeded with `seed`; the layers named in `shifted` (all of them when None)
+    then move by `shift * std(W)` along the identity direction (default shift: 0.3 * strength).
+    """
+    shift = 0.3 * strength if shift is None else shift
+    out = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for key, value in out.state_dict().items():
+            if key.endswith("weight") and value.dim() > 1:
+                scale = float(value.std())
+                value.add_(strength * scale * torch.randn(value.shape, generator=gen))
+                if shifted is None or key.rsplit(".", 1)[0] in shifted:
+                    value.add_(shift * scale)
+    return out
