@@ -13,6 +13,7 @@ from hparr.errors import HparrError
 from hparr.layers import discover_layers
 from hparr.models import build_model
 
+from conftest import original_numbering, trained_like
 
 # --- an independent computation of docs/method.md §2, with plain loops -----------------------------
 
@@ -43,33 +44,10 @@ def reference_layer(weight, normalize, init=None):
     return out
 
 
-def reference_numbering(features):
-    """(name, stage, block) of the convs of a `features` Sequential, as the original code walked it."""
-    out, stage, block = [], 0, 0
-    for i, m in enumerate(features):
-        if isinstance(m, nn.MaxPool2d):
-            stage, block = stage + 1, 0
-        elif isinstance(m, nn.Conv2d):
-            out.append((f"features.{i}", stage, block))
-            block += 1
-    return out
-
-
-def trained_like(model, seed=5, strength=0.4):
-    """A copy of `model` whose weights moved away from initialization, some towards the positive orthant."""
-    gen = torch.Generator().manual_seed(seed)
-    state = {}
-    for k, v in model.state_dict().items():
-        if k.endswith("weight") and v.dim() > 1:
-            v = v + strength * v.std() * (torch.randn(v.shape, generator=gen) + 0.3)
-        state[k] = v.clone()
-    return state
-
-
 def assert_matches_reference(stats_, state, features, normalize, init_state=None):
     df = stats_.table
     assert "projections" not in df.columns  # per-filter arrays stay out of the table's rows
-    assert list(zip(df["name"], df["stage"], df["block"])) == reference_numbering(features)
+    assert list(zip(df["name"], df["stage"], df["block"])) == original_numbering(features)
     for row in df.itertuples():
         ref = reference_layer(state[row.name + ".weight"].numpy(), normalize,
                               None if init_state is None else init_state[row.name + ".weight"].numpy())
@@ -86,7 +64,7 @@ def assert_matches_reference(stats_, state, features, normalize, init_state=None
 @pytest.mark.parametrize("normalize", [True, False])
 def test_layer_stats_equal_independent_computation(normalize):
     init = build_model("lenet", seed=3)
-    state = trained_like(init)
+    state = trained_like(init).state_dict()
     model = build_model("lenet", seed=9)
     model.load_state_dict(state)
     stats_ = P.layer_stats(model, normalize=normalize, init=init, input_shape=(2, 3, 32, 32))
@@ -117,7 +95,7 @@ def test_masses_agree_between_modes_and_zero_filter_counts_negative():
 
 def write_original_snapshots(directory, arch="lenet", seed=0):
     init = build_model(arch, seed=seed)
-    states = [init.state_dict()] + [trained_like(init, seed=s, strength=0.2 * s) for s in (1, 2, 3)]
+    states = [init.state_dict()] + [trained_like(init, seed=s, strength=0.2 * s).state_dict() for s in (1, 2, 3)]
     torch.save(states[0], directory / f"{arch}_init_0.pt")
     tar = {"epoch": 0, "top1_acc": 31.0, "top5_acc": 80.0, "model_state_dict": states[1],
            "optimizer_state_dict": {"state": {}, "param_groups": [{"lr": 0.01, "params": [0, 1]}]},

@@ -11,10 +11,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.vgg import make_layers
 
-from hparr.results import drop_frame
 from hparr import reinit
 from hparr.errors import HparrError, UsageError
 from hparr.models import build_model
+from hparr.results import drop_frame
 
 
 class SmallVGG(nn.Module):
@@ -256,7 +256,8 @@ def test_untraceable_or_mutating_models_fall_back_to_the_plain_loop(cls, caplog)
 
 def test_lenet_from_build_model_and_relative_drop():
     model = build_model("lenet", num_classes=10, in_channels=1, seed=0)
-    alts = {"0": build_model("lenet", 10, 1, seed=1).state_dict(), "rand": build_model("lenet", 10, 1, seed=2).state_dict()}
+    alts = {"0": build_model("lenet", 10, 1, seed=1).state_dict(),
+            "rand": build_model("lenet", 10, 1, seed=2).state_dict()}
     data = batches(64, (1, 32, 32), 10, 32)
     result = reinit.reinit_sweep(model, alts, data)
     assert result.layers == ["features.0", "features.2", "features.5", "features.7", "features.10", "features.12"]

@@ -15,29 +15,15 @@ from scipy import integrate, stats
 
 from hparr import files, null, projections, reinit, report
 from hparr import results as results_module
-from hparr.results import drop_frame
 from hparr.cli import main
 from hparr.layers import discover_layers
 from hparr.models import build_model
+from hparr.results import drop_frame
+
+from conftest import trained_like
 
 FIGURES = ("distributions", "mass_mean_by_epoch", "reinit_heatmap", "bias_vs_criticality")
 BIASED = ("features.0", "features.7")  # layers pushed towards the positive orthant
-
-
-def trained_like(model, seed: int, strength: float, shift: float):
-    """A copy of `model` whose weights moved from initialization; BIASED layers also move towards +1."""
-    out = build_model("lenet", 10, 3, 32, seed=0)
-    gen = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, value in model.state_dict().items():
-        if key.endswith("weight") and value.dim() > 1:
-            scale = float(value.std())
-            value = value + strength * scale * torch.randn(value.shape, generator=gen)
-            if key.rsplit(".", 1)[0] in BIASED:
-                value = value + shift * scale
-        state[key] = value
-    out.load_state_dict(state)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +32,8 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     models = root / "models" / "cifar10" / "lenet" / "0"
     init = build_model("lenet", 10, 3, 32, seed=0)
-    mid = trained_like(init, seed=1, strength=0.3, shift=0.8)
-    final = trained_like(init, seed=2, strength=0.6, shift=2.0)
+    mid = trained_like(init, seed=1, strength=0.3, shift=0.8, shifted=BIASED)
+    final = trained_like(init, seed=2, strength=0.6, shift=2.0, shifted=BIASED)
     files.save_torch(init.state_dict(), models / "lenet_init_0.pt")
     files.save_torch({"epoch": 4, "top1_acc": 50.0, "top5_acc": 90.0, "model_state_dict": mid.state_dict(),
                       "optimizer_state_dict": {}, "scheduler_state_dict": {}}, models / "lenet_4.tar")
@@ -58,7 +44,8 @@ def run(tmp_path_factory):
     snaps = sorted(models.iterdir())
 
     for folder, normalize in (("results", True), ("results_plain", False)):
-        settings = projections.AnalysisOptions(normalize=normalize, init_from=str((models / "lenet_init_0.pt").resolve()))
+        init_from = str((models / "lenet_init_0.pt").resolve())
+        settings = projections.AnalysisOptions(normalize=normalize, init_from=init_from)
         analyzer = projections.SnapshotAnalyzer(
             projections.ModelConfig("lenet", 10, 3, 32), settings,
             context={"arch": "lenet", "dataset": "cifar10", "seed": "0"},

@@ -25,7 +25,7 @@ class LayerInfo:
     """One analyzed layer.
 
     name: qualified module name (`features.0`); module: the module itself; kind: "conv" or "linear";
-    stage/block: the grouping of method.md §2; index: position among the analyzed layers;
+    stage/block: the grouping of docs/method.md §2; index: position among the analyzed layers;
     weight_key: the weight's key in `model.state_dict()`; shape: the weight's shape;
     traced: True when the order comes from a forward pass, False for the `named_modules` fallback.
     """

@@ -14,12 +14,24 @@ def versions(with_torch: bool = True) -> dict[str, str]:
     from . import __version__
 
     out = {"hparr": __version__, "python": platform.python_version()}
-    if with_torch:
-        import torch
-        import torchvision
-
-        out.update(torch=str(torch.__version__), torchvision=str(torchvision.__version__))
+    if with_torch:  # read from the installed distributions: importing torchvision costs about a second
+        out.update(torch=_installed("torch"), torchvision=_installed("torchvision"))
     return {**out, "numpy": str(np.__version__)}
+
+
+def _installed(name: str) -> str:
+    """The version of a package: its module's own (with the build tag, e.g. +cu130) when it is already
+    imported, else the installed distribution's."""
+    import sys
+    from importlib import metadata
+
+    module = sys.modules.get(name)
+    if module is not None and getattr(module, "__version__", None):
+        return str(module.__version__)
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def resolve_seed(seed: int | None) -> int:

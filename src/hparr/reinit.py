@@ -489,7 +489,8 @@ def _snapshot_data_options(options: DataOptions, meta: Mapping[str, Any], source
     if isinstance(subset, dict) and subset.get("k"):
         k, seed = int(subset["k"]), subset.get("seed")
         if options.subsample_classes not in (0, k):
-            raise HparrError(f"{source} was trained on {k} classes, not --subsample-classes {options.subsample_classes}")
+            raise HparrError(f"{source} was trained on {k} classes, "
+                             f"not --subsample-classes {options.subsample_classes}")
         if seed is not None and options.class_sample_seed not in (None, seed):
             raise HparrError(f"{source} chose its {k} classes with seed {seed}, not --class-sample-seed "
                              f"{options.class_sample_seed}")
@@ -646,7 +647,8 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
     rand_seed = None
     if settings.rand:
         rand_seed = derive_seeds(int(base_seed), "reinit_rand")["reinit_rand"]
-        alternatives[RAND] = build_model(arch, config.num_classes, config.in_channels, size, seed=rand_seed).state_dict()
+        fresh = build_model(arch, config.num_classes, config.in_channels, size, seed=rand_seed)
+        alternatives[RAND] = fresh.state_dict()
         sources[RAND] = f"build_model({arch!r}, seed={rand_seed})"
     if not alternatives:
         raise UsageError(f"--inits-from {settings.inits_from} holds no snapshot other than the trained one")

@@ -19,8 +19,7 @@ from ..results import REPORT_FORMAT
 from . import render
 from .discovery import ProjectionRun, RunResults, load_run
 from .figures import FIGURES, plot_bias_vs_criticality, plot_distributions, plot_epochs, save_heatmap
-from .tables import (BIAS_MEASURES, DEFAULT_THRESHOLD, bias_measure, bias_vs_criticality, check_options,
-                     joined_table)
+from .tables import BIAS_MEASURES, DEFAULT_THRESHOLD, bias_measure, bias_vs_criticality, check_options, joined_table
 
 __all__ = ["BIAS_MEASURES", "DEFAULT_THRESHOLD", "FIGURES", "ProjectionRun", "RunResults", "bias_measure",
            "bias_vs_criticality", "build_report", "joined_table", "load_run", "save_heatmap"]

@@ -17,8 +17,17 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from ..errors import HparrError
-from ..results import (complete_projection_doc, complete_reinit_doc, epoch_of, is_projection_doc, is_reinit_doc,
-                       projections_table, read_json, read_manifest, seed_of)
+from ..results import (
+    complete_projection_doc,
+    complete_reinit_doc,
+    epoch_of,
+    is_projection_doc,
+    is_reinit_doc,
+    projections_table,
+    read_json,
+    read_manifest,
+    seed_of,
+)
 
 Found = list[tuple[Path, dict]]
 
@@ -93,7 +102,8 @@ class RunResults:
     """What a run directory holds, as chosen for the report.
 
     projections: tidy table (one row per snapshot x layer plus "net" rows) of the chosen projection run;
-    reinit_doc: the chosen re-initialization document (with its relative drops); trained_epoch: the epoch of the model the layer table describes; notes: choices and gaps, in words.
+    reinit_doc: the chosen re-initialization document (with its relative drops); trained_epoch: the epoch of
+    the model the layer table describes; notes: choices and gaps, in words.
     """
 
     run_dir: Path
