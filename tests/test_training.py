@@ -100,7 +100,7 @@ def test_evaluate_and_evaluate_train_report_a_snapshot(tmp_path, capsys):
     args = ["--arch", "lenet", "--dataset", "digits", "--resume-from", snap, "--tb-logdir", "",
             "--models-path", str(tmp_path), "--seed", "0"]
     assert main(["train", *args, "--evaluate"]) == 0
-    assert f"top1 {out['final']['test']['top1']:.2f}%" in capsys.readouterr().out
+    assert f"top1 {out.final['test']['top1']:.2f}%" in capsys.readouterr().out
     assert main(["train", *args, "--evaluate-train"]) == 0
     assert "train: loss" in capsys.readouterr().out
     assert main(["train", "--arch", "lenet", "--dataset", "digits", "--evaluate"]) == 2

@@ -149,17 +149,28 @@ class ImageSet:
 
 @dataclass
 class Data:
+    """A decoded dataset: its splits (ImageSet, or a torch Dataset for imagenet), the dataset's constants
+    (`info`), and what this selection of it has: the class count after --subsample-classes, the chosen classes,
+    the normalization in use (the dataset's, or constants recorded in a snapshot) and the record of it all."""
+
     options: DataOptions
-    train: Any  # ImageSet, or a torch Dataset for imagenet
+    info: DatasetInfo
+    train: Any
     val: Any
     test: Any
     num_classes: int
-    in_channels: int
-    image_size: int
+    classes: list[int] | None
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    classes: list[int] | None
     meta: dict
+
+    @property
+    def in_channels(self) -> int:
+        return self.info.in_channels
+
+    @property
+    def image_size(self) -> int:
+        return self.info.image_size
 
 
 # ----------------------------------------------------------------------------------------------
@@ -633,9 +644,8 @@ def load_data(options: DataOptions) -> Data:
     })
     log.info("%s: %d train, %d val, %d test samples, %d classes", options.dataset, len(train),
              meta["sizes"]["val"], len(test), num_classes)
-    return Data(options=options, train=train, val=val, test=test, num_classes=num_classes,
-                in_channels=info.in_channels, image_size=info.image_size, mean=tuple(mean), std=tuple(std),
-                classes=classes, meta=meta)
+    return Data(options=options, info=info, train=train, val=val, test=test, num_classes=num_classes,
+                classes=classes, mean=tuple(mean), std=tuple(std), meta=meta)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -101,7 +101,7 @@ def jsonable(value: Any) -> Any:
 def log_to(path: str | os.PathLike | None, logger: str = "hparr") -> Iterator[Callable[[str], None]]:
     """Append the messages of `logger` to the file `path` while the block runs (None: no file).
 
-    Yields a function that appends one more line to the file alone (not to the console). A log is the one
+    Yields a function that appends one more line, as it is, to the file alone (not to the console). A log is the one
     file written as a stream rather than atomically: each message is appended as it comes.
     """
     if path is None:
@@ -115,10 +115,19 @@ def log_to(path: str | os.PathLike | None, logger: str = "hparr") -> Iterator[Ca
     root = logging.getLogger(logger)
     root.addHandler(handler)
     try:
-        yield lambda line: handler.handle(logging.LogRecord(logger, logging.INFO, "", 0, line, None, None))
+        yield lambda line: _append(handler, line)
     finally:
         root.removeHandler(handler)
         handler.close()
+
+
+def _append(handler: logging.FileHandler, line: str) -> None:
+    handler.acquire()
+    try:
+        handler.stream.write(line + "\n")
+        handler.flush()
+    finally:
+        handler.release()
 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:

@@ -11,10 +11,13 @@ DESCRIPTION = (
     "tidy table of every snapshot x layer (projections.csv) beside them. Without --load-from it analyzes the "
     "random initialization of --arch with --seed (init_<arch>.json, epoch 0), or with --pretrained "
     "torchvision's ImageNet weights (pretrained_<arch>.json, epoch -1).")
+ORIGINAL_LOG = "positive_orthant.log"  # the original code's log file name (it wrote it under ./log)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", type=str, default=None, help="architecture; run without it to list them")
+    from .train import add_arch_argument
+
+    add_arch_argument(p)
     p.add_argument("--dataset", type=str, default=None,
                    help="dataset the model was trained on (sets classes, channels, image size); "
                         "run without it to list the datasets")
@@ -35,9 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--level", type=float, default=0.05,
                    help="level of the bias test, Holm-corrected over the layers of a network [0.05]")
     p.add_argument("--results", type=str, default="./results", help="results folder [./results]")
-    p.add_argument("--log", type=str, default="positive_orthant.log",
-                   help="log file name; written beside the JSON results (not under ./log as the original) "
-                        "[positive_orthant.log]")
+    p.add_argument("--log", type=str, default=ORIGINAL_LOG,
+                   help=f"log file name; written beside the JSON results (not under ./log as the original) "
+                        f"[{ORIGINAL_LOG}]")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the run (results go to <arch>/<seed>/); random initialization uses it (0 if unset)")
     p.add_argument("--parquet", action="store_true", help="also write the table as projections.parquet")

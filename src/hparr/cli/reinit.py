@@ -14,9 +14,9 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .train import add_data_arguments
+    from .train import add_arch_argument, add_data_arguments
 
-    p.add_argument("--arch", type=str, default=None, help="architecture; run without it to list them")
+    add_arch_argument(p)
     add_data_arguments(p)
     p.add_argument("--load-from", type=str, default="", help="the trained snapshot to evaluate")
     p.add_argument("--inits-from", type=str, default=None,

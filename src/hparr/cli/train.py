@@ -22,8 +22,12 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
                    help="no mean/std normalization: pixel values in [0, 1]")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_arch_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", type=str, default=None, help="architecture; run without it to list them")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_arch_argument(p)
     add_data_arguments(p)
     p.add_argument("--noise", type=float, default=0.0,
                    help="ratio of corrupted training labels in [0, 1]; -1 = pixel shuffle instead [0]")
