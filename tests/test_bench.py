@@ -1,10 +1,19 @@
-"""The training bench's interleaved timing: it alternates our steps with floor steps on one model."""
+"""The training bench's interleaved timing (it alternates our steps with floor steps on one model), and the
+GPU bench's script run on the CPU."""
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 import torch.nn as nn
 
 from bench.training_bench import interleaved
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class CountingLoader:
@@ -41,3 +50,31 @@ def test_interleaved_counts_both_sides_and_stops_at_max_batches():
     loader = CountingLoader(batches([5, 5, 5, 2], seed=0))
     out = interleaved(nn.Linear(4, 3), loader, held, max_batches=2)
     assert loader.fetched == 2 and out["images"] == 10 and out["floor_images"] == 10
+
+
+def test_gpu_bench_runs_its_cases_on_the_cpu_in_quick_mode():
+    # `make bench-gpu`'s script, as `python -m bench gpu --device cpu --quick`: the same code, small sizes
+    proc = subprocess.run([sys.executable, "-m", "bench", "gpu", "--device", "cpu", "--quick"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line[len("JSON "):]) for line in proc.stdout.splitlines() if line.startswith("JSON ")]
+    train = [f"gpu_train_{arch}_{mode}" for arch in ("lenet", "resnet18") for mode in ("fp32", "bf16", "bf16_compile")]
+    assert [r["case"] for r in rows] == ["machine", "gpu_data", *train, "gpu_reinit_lenet", "gpu_projections_vgg11",
+                                         "gpu_total"]
+    case = {r["case"]: r for r in rows}
+    assert case["machine"]["device"] == "cpu" and case["gpu_data"]["images"] == 256
+    assert case["gpu_data"]["same_batches_as_cpu"] is True  # the device path gave the CPU path's batches
+    for name in train:
+        r = case[name]
+        assert (r["batch"], r["steps"], r["device"]) == (16, 2, "cpu")
+        assert r["amp_dtype"] == "float32"  # --amp trains in float32 on the CPU, as `hparr train --amp` does
+        assert r["compile_backend"] == ("aot_eager" if r["mode"] == "bf16_compile" else None)
+        assert min(r["ours_img_s"], r["floor_img_s"], r["baseline_img_s"]) > 0
+        assert r["overhead_vs_floor"] == pytest.approx(r["floor_img_s"] / r["ours_img_s"] - 1)
+        assert r["speedup_vs_baseline"] == pytest.approx(r["ours_img_s"] / r["baseline_img_s"])
+        fp32 = case[f"gpu_train_{r['arch']}_fp32"]["baseline_img_s"]
+        assert r["speedup_vs_fp32_baseline"] == pytest.approx(r["ours_img_s"] / fp32)
+        assert ("speedup_goal_met" in r) == (r["mode"] == "bf16_compile")
+    reinit = case["gpu_reinit_lenet"]
+    assert reinit["equal_counts"] is True and reinit["images"] == 32 and reinit["test_passes_plain"] == 19
+    assert case["gpu_projections_vgg11"]["snapshots"] == 3 and case["gpu_total"]["seconds"] > 0
