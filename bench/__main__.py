@@ -1,4 +1,5 @@
-"""Run the benchmark cases: `python -m bench [training] [reinit] [projections]`."""
+"""Run the benchmark cases: `python -m bench [training] [reinit] [projections]` (the CPU cases), or
+`python -m bench gpu [--device cpu] [--quick]` (one run on a GPU: bench/gpu_bench.py)."""
 from __future__ import annotations
 
 import importlib
@@ -12,6 +13,10 @@ CASES = {"training": "bench.training_bench", "reinit": "bench.reinit_bench", "pr
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["gpu"]:
+        from .gpu_bench import main as gpu_main
+
+        return gpu_main(argv[1:])
     chosen = argv or list(CASES)
     unknown = [c for c in chosen if c not in CASES]
     if unknown:

@@ -1,6 +1,11 @@
-"""The benches' paired timing: training alternates our steps with floor steps on one model, reinit alternates
-the shared sweep and the plain loop batch by batch."""
+"""The benches' paired timing (training alternates our steps with floor steps on one model, reinit alternates
+the shared sweep and the plain loop batch by batch), and the GPU bench's script run on the CPU."""
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +13,8 @@ import torch.nn as nn
 
 from bench.reinit_bench import alternate
 from bench.training_bench import interleaved
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class CountingLoader:
@@ -79,3 +86,29 @@ def test_alternate_raises_an_error_of_either_side_once_both_stop():
     with pytest.raises(ValueError, match="broken at batch 1"):
         alternate(failing, counting, [0, 1, 2, 3])
     assert seen == [0, 1, 2, 3]  # the other side ran to its end alone
+def test_gpu_bench_runs_its_cases_on_the_cpu_in_quick_mode():
+    # `make bench-gpu`'s script, as `python -m bench gpu --device cpu --quick`: the same code, small sizes
+    proc = subprocess.run([sys.executable, "-m", "bench", "gpu", "--device", "cpu", "--quick"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line[len("JSON "):]) for line in proc.stdout.splitlines() if line.startswith("JSON ")]
+    train = [f"gpu_train_{arch}_{mode}" for arch in ("lenet", "resnet18") for mode in ("fp32", "bf16", "bf16_compile")]
+    assert [r["case"] for r in rows] == ["machine", "gpu_data", *train, "gpu_reinit_lenet", "gpu_projections_vgg11",
+                                         "gpu_total"]
+    case = {r["case"]: r for r in rows}
+    assert case["machine"]["device"] == "cpu" and case["gpu_data"]["images"] == 256
+    assert case["gpu_data"]["same_batches_as_cpu"] is True  # the device path gave the CPU path's batches
+    for name in train:
+        r = case[name]
+        assert (r["batch"], r["steps"], r["device"]) == (16, 2, "cpu")
+        assert r["amp_dtype"] == "float32"  # --amp trains in float32 on the CPU, as `hparr train --amp` does
+        assert r["compile_backend"] == ("aot_eager" if r["mode"] == "bf16_compile" else None)
+        assert min(r["ours_img_s"], r["floor_img_s"], r["baseline_img_s"]) > 0
+        assert r["overhead_vs_floor"] == pytest.approx(r["floor_img_s"] / r["ours_img_s"] - 1)
+        assert r["speedup_vs_baseline"] == pytest.approx(r["ours_img_s"] / r["baseline_img_s"])
+        fp32 = case[f"gpu_train_{r['arch']}_fp32"]["baseline_img_s"]
+        assert r["speedup_vs_fp32_baseline"] == pytest.approx(r["ours_img_s"] / fp32)
+        assert ("speedup_goal_met" in r) == (r["mode"] == "bf16_compile")
+    reinit = case["gpu_reinit_lenet"]
+    assert reinit["equal_counts"] is True and reinit["images"] == 32 and reinit["test_passes_plain"] == 19
+    assert case["gpu_projections_vgg11"]["snapshots"] == 3 and case["gpu_total"]["seconds"] > 0

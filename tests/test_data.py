@@ -11,7 +11,7 @@ import torch
 
 from hparr import data as hd
 from hparr import fakedata
-from hparr.data import DataOptions, ImageSet, TensorLoader, load_data, make_loader
+from hparr.data import DataOptions, ImageSet, ResidentLoader, TensorLoader, load_data, make_loader
 from hparr.errors import HparrError, UsageError
 
 N_TRAIN, N_TEST = 5000, 1000
@@ -530,3 +530,49 @@ def test_make_loader(cifar10):
         make_loader(digits, "val", 64)
     with pytest.raises(UsageError):
         make_loader(digits, "holdout", 64)
+
+
+# ---------------------------------------------------------------------------------------------- ResidentLoader
+
+
+def _same_epochs(a, b, epochs=2):
+    """Both loaders' batches over `epochs` epochs are equal: values, labels and memory layout."""
+    assert len(a) == len(b)
+    count = 0
+    for (xa, ya), (xb, yb) in zip([bt for _ in range(epochs) for bt in a], [bt for _ in range(epochs) for bt in b],
+                                  strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+        assert xa.dtype == xb.dtype == torch.float32 and xa.device == xb.device
+        for layout in (torch.contiguous_format, torch.channels_last):
+            assert xa.is_contiguous(memory_format=layout) == xb.is_contiguous(memory_format=layout)
+        count += 1
+    assert count == epochs * len(a)
+
+
+@pytest.mark.parametrize("augment,channels,size", [("crop+flip", 3, 32), ("crop", 1, 28), ("flip", 3, 32)])
+def test_resident_loader_gives_the_tensor_loaders_batches(augment, channels, size):
+    # the device-resident path, run here on the CPU, against the CPU path: same seed, same batches
+    s = _set(103, channels, size, seed=5)
+    mean, std = (0.4914, 0.4822, 0.4465)[:channels], (0.2023, 0.1994, 0.2010)[:channels]
+    cases = [dict(train=True), dict(train=True, channels_last=True, drop_last=True, rank=1, world_size=3),
+             dict(train=False, channels_last=True), dict(train=False, rank=2, world_size=3)]
+    for kw in cases:
+        gens = [torch.Generator().manual_seed(11) for _ in range(2)]
+        cpu, dev = (cls(s, 16, augment=augment, mean=mean, std=std, generator=g, **kw)
+                    for cls, g in zip((TensorLoader, ResidentLoader), gens))
+        _same_epochs(cpu, dev)
+        assert torch.equal(gens[0].get_state(), gens[1].get_state())  # the same draws: resumes agree
+
+
+def test_make_loader_picks_the_resident_path_and_places_each_split_once(cifar10):
+    root, _ = cifar10
+    d = _cifar(root, augmentation=True, split=0.1)
+    assert type(make_loader(d, "train", 64)) is TensorLoader  # the CPU keeps the CPU path by default
+    for split in ("train", "val", "test"):
+        cpu = make_loader(d, split, 128, generator=torch.Generator().manual_seed(2), channels_last=True)
+        dev = make_loader(d, split, 128, generator=torch.Generator().manual_seed(2), channels_last=True,
+                          resident=True)
+        assert type(dev) is ResidentLoader and (dev.crop, dev.flip) == (cpu.crop, cpu.flip)
+        _same_epochs(cpu, dev, epochs=1)
+    again = make_loader(d, "test", 32, resident=True)
+    assert again._pixels is make_loader(d, "test", 500, resident=True)._pixels  # one copy per split

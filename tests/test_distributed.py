@@ -1,4 +1,5 @@
-"""torchrun: a 2-process gloo run trains lenet on digits, writes one set of plain snapshots, and resumes."""
+"""torchrun: a 2-process gloo run trains lenet on digits, writes one set of plain snapshots, and resumes
+(compiled: DistributedDataParallel around the torch.compile'd model)."""
 import os
 import subprocess
 import sys
@@ -22,13 +23,15 @@ def test_two_process_gloo_run_matches_a_single_process_run(tmp_path):
     common = ["--optimizer", "adam", "--lr", "0.003", "--seed", "4", "--models-path", str(tmp_path / "ddp"),
               "--tb-logdir", "", "--batch-size", "64"]  # 2 ranks x 64 = the single process's batch of 128
     torchrun("--epochs", "3", *common, cwd=tmp_path)
-    proc = torchrun("--epochs", "6", "--resume-from", "auto", *common, cwd=tmp_path)
+    # the resumed half runs compiled; aot_eager keeps the test fast (inductor is tested in test_training.py)
+    proc = torchrun("--epochs", "6", "--resume-from", "auto", "--compile", "aot_eager", *common, cwd=tmp_path)
     assert proc.stdout.count("test accuracy") == 1  # rank 0 alone reports
     run_dir = tmp_path / "ddp" / "digits" / "lenet" / "4"
     names = sorted(p.name for p in run_dir.iterdir() if p.suffix in (".pt", ".tar"))
     assert names == ["lenet_2.tar", "lenet_3.pt", "lenet_5.tar", "lenet_6.pt", "lenet_init_0.pt"]
     final = ck.torch_load(run_dir / "lenet_6.pt")
-    assert not any("module" in k for k in final["model_state_dict"])
+    assert not any("module" in k or "_orig_mod" in k for k in final["model_state_dict"])
+    assert final["settings"]["compile"] == "aot_eager"
     plain = build_model("lenet", num_classes=10, in_channels=1)
     ck.load_weights(plain, ck.state_dict_of(final))  # loads into a plain single-device model
     assert [h["epoch"] for h in final["history"]] == [1, 2, 3, 4, 5, 6]

@@ -60,6 +60,7 @@ CASES = [
     ("validation split out of range", ["train", *LENET, "--split", "1.0"], 2, "split"),
     ("more classes than the dataset has", ["train", *LENET, "--subsample-classes", "11"], 2, "11"),
     ("non-positive batch size", ["train", *LENET, "--batch-size", "0"], 2, "batch-size"),
+    ("unknown --compile backend", ["train", *LENET, "--compile", "fastest"], 2, "unknown --compile backend"),
     ("unwritable output directory", ["train", *LENET, "--epochs", "1", "--models-path", "{root}/a_file/models",
                                      "--tb-logdir", ""], 1, "cannot create output directory"),
 ]

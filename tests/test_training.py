@@ -175,3 +175,26 @@ def test_remaining_flags_reach_the_run(tmp_path, capsys):
     assert (snap["in_channels"], snap["input_size"], snap["dataset"]) == (1, 32, "digits")
     assert snap["settings"]["workers"] == 0 and snap["settings"]["batch_size"] == 64
     assert '"converged": true' in capsys.readouterr().out
+
+
+def test_compile_trains_the_same_model_and_snapshots_plain_keys(tmp_path, capsys, monkeypatch):
+    import torch._inductor.config
+
+    # the compiled dropout draws its masks with eager's random ops, so that both runs are comparable
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    # 1347 training images = 3 batches of 449: one compiled shape. --amp is accepted with --compile (on the
+    # CPU it trains in float32, as without --compile)
+    common = ["train", "--arch", "lenet", "--dataset", "digits", "--epochs", "1", "--batch-size", "449",
+              "--lr", "0.05", "--seed", "3", "--tb-logdir", "", "--no-progress"]
+    assert main([*common, "--models-path", str(tmp_path / "eager")]) == 0
+    assert main([*common, "--models-path", str(tmp_path / "compiled"), "--compile", "--amp"]) == 0
+    capsys.readouterr()
+    eager = ck.torch_load(tmp_path / "eager" / "digits" / "lenet" / "3" / "lenet_1.pt")
+    compiled = ck.torch_load(tmp_path / "compiled" / "digits" / "lenet" / "3" / "lenet_1.pt")
+    assert compiled["settings"]["compile"] == "inductor" and eager["settings"]["compile"] is None
+    a, b = eager["model_state_dict"], compiled["model_state_dict"]
+    assert list(b) == list(a) and not any("_orig_mod" in k for k in b)  # plain keys: loads anywhere
+    init = weights(tmp_path / "compiled" / "digits" / "lenet" / "3" / "lenet_init_0.pt")
+    assert not torch.equal(b["features.0.weight"], init["features.0.weight"])  # the compiled steps trained it
+    for k in a:  # ... the way the eager steps did (fused kernels round differently: not bit for bit)
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5), k

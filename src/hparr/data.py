@@ -2,7 +2,7 @@
 
 Small datasets (digits, MNIST, CIFAR-10/100) are decoded once from their official on-disk formats
 into uint8 tensors; `TensorLoader` batches them with shuffling, augmentation and normalization done
-as tensor ops. ImageNet is streamed from an ImageFolder tree through a torch DataLoader.
+as tensor ops, and `ResidentLoader` gives the same batches from a copy held on the GPU. ImageNet is streamed from an ImageFolder tree through a torch DataLoader.
 
 Order of operations: subsample classes -> carve the validation split -> corrupt the labels or
 shuffle the pixels of the remaining training part only (validation and test stay clean).
@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .errors import HparrError, UsageError
 from .provenance import versions
@@ -713,8 +714,7 @@ class TensorLoader:
         self._augmenting = self.train and (self.crop or self.flip)
         # moved to `device` once; a cropping loader keeps the set zero-padded once instead of per batch
         self._pad = CROP_PADDING if self._augmenting and self.crop else 0
-        images = data.images.to(self.device)
-        self._source = F.pad(images, (self._pad,) * 4) if self._pad else images
+        self._source = self._padded_source(data.images)
         self._image_hw = tuple(data.images.shape[2:])
         c = data.images.shape[1]
         mean_t = torch.as_tensor(mean, dtype=torch.float64).expand(c)
@@ -722,6 +722,10 @@ class TensorLoader:
         # (x / 255 - mean) / std as one multiply-add
         self._scale = (1.0 / (255.0 * std_t)).float().view(1, c, 1, 1).to(self.device)
         self._shift = (-mean_t / std_t).float().view(1, c, 1, 1).to(self.device)
+
+    def _padded_source(self, images: torch.Tensor) -> torch.Tensor | None:
+        images = images.to(self.device)
+        return F.pad(images, (self._pad,) * 4) if self._pad else images
 
     def _num_samples(self) -> int:
         n = len(self.dataset)
@@ -770,6 +774,108 @@ class TensorLoader:
             yield x, self.labels.index_select(0, idx)
 
 
+_RESIDENT_CHUNK = 4096  # images normalized per step when a split is placed on a device
+_resident: WeakIdKeyDictionary = WeakIdKeyDictionary()  # uint8 images -> {(device, pad, table): pixels}
+
+
+def resident_pixels(images: torch.Tensor, pad: int, table: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """A split's uint8 images (N, C, H, W) on `device`, zero-padded by `pad` and normalized there:
+    float32 (N, H + 2 pad, W + 2 pad, C), channels last.
+
+    `table` (C, 256) holds the normalized value of each of the 256 values of each channel. Looking the
+    pixels up in it, instead of computing (x / 255 - mean) / std on the device (which may round
+    differently, e.g. with fused multiply-adds), gives exactly the table's values on every device.
+    Made once per split, device, padding and table, and kept as long as `images` lives.
+    """
+    device = torch.device(device)
+    key = (str(device), int(pad), table.numpy().tobytes())
+    held = _resident.setdefault(images, {})
+    if key not in held:
+        n, c, h, w = images.shape
+        out = torch.empty((n, h + 2 * pad, w + 2 * pad, c), dtype=torch.float32, device=device)
+        values = table.to(device).reshape(-1)
+        channel = torch.arange(c, dtype=torch.int32, device=device) * 256
+        for start in range(0, n, _RESIDENT_CHUNK):
+            block = images[start:start + _RESIDENT_CHUNK].to(device)
+            if pad:
+                block = F.pad(block, (pad,) * 4)
+            index = block.permute(0, 2, 3, 1).int() + channel
+            out[start:start + len(block)] = values.index_select(0, index.reshape(-1)).view(index.shape)
+        held[key] = out
+    return held[key]
+
+
+class ResidentLoader(TensorLoader):
+    """TensorLoader's batches, bit for bit, from a split held on `device` (meant for a GPU; works anywhere).
+
+    The split is placed on the device once, padded for cropping and normalized (`resident_pixels`), with
+    TensorLoader's own CPU arithmetic for the normalized values. Each epoch draws its permutation, crop
+    offsets and flips from `generator` up front, in the order and amounts TensorLoader draws them, and
+    sends them to the device in one copy; each batch is then one gather of pixels and one of labels on the
+    device: nothing crosses the bus and nothing waits for the device. The generator ends each epoch in
+    TensorLoader's state (an epoch left unfinished has already drawn all of its numbers).
+    """
+
+    def __init__(self, data: ImageSet, batch_size: int, **kwargs: Any):
+        super().__init__(data, batch_size, **kwargs)
+        c, (h, w), p = data.images.shape[1], self._image_hw, self._pad
+        # x * scale + shift for each uint8 value, computed on the CPU as TensorLoader computes it
+        values = torch.arange(256, dtype=torch.float32).expand(c, 256)
+        table = torch.addcmul(self._shift.cpu().view(c, 1), values, self._scale.cpu().view(c, 1))
+        self._pixels = resident_pixels(data.images, p, table, self.device)
+        # position of each output pixel in a padded image, for a crop at offset (0, 0), unflipped and flipped
+        grid = torch.arange(h).view(h, 1) * (w + 2 * p) + torch.arange(w).view(1, w)
+        self._grid, self._grid_flipped = grid.to(self.device), grid.flip(1).to(self.device)
+
+    def _padded_source(self, images: torch.Tensor) -> None:
+        return None  # the set lives on the device, padded and normalized: see __init__
+
+    def _epoch_plan(self) -> tuple[torch.Tensor, int]:
+        """(rows on the device: sample indices, then with augmentation each sample's first padded-pixel
+        row and flip flag; number of samples), drawn from the generator as TensorLoader draws them."""
+        order = self._order()
+        n = len(order)
+        stop = n - n % self.batch_size if self.drop_last else n
+        order = order[:stop]
+        plan = [order]
+        if self._augmenting:
+            (h, w), p = self._image_hw, self._pad
+            offsets, flips = [], []
+            for start in range(0, stop, self.batch_size):
+                b = min(self.batch_size, stop - start)
+                if self.crop:
+                    offsets.append(torch.randint(0, 2 * p + 1, (2, b), generator=self.generator))
+                if self.flip:
+                    flips.append(torch.rand(b, generator=self.generator) < 0.5)
+            first = order * ((h + 2 * p) * (w + 2 * p))
+            if offsets:
+                dy, dx = torch.cat(offsets, 1)
+                first = first + dy * (w + 2 * p) + dx
+            plan += [first, torch.cat(flips).long() if flips else torch.zeros_like(order)]
+        plan = torch.stack(plan)
+        if self.device.type == "cuda":
+            plan = plan.pin_memory()
+        return plan.to(self.device, non_blocking=True), stop
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        plan, stop = self._epoch_plan()
+        n, (h, w), c = len(self.dataset), self._image_hw, self._pixels.shape[-1]
+        images = self._pixels.view(n, h * w * c) if not self._augmenting else None
+        rows = self._pixels.view(-1, c)
+        flipped = plan[2].bool() if self._augmenting and self.flip else None
+        for start in range(0, stop, self.batch_size):
+            end = min(start + self.batch_size, stop)
+            idx = plan[0, start:end]
+            if self._augmenting:
+                grid = self._grid if flipped is None else \
+                    torch.where(flipped[start:end, None, None], self._grid_flipped, self._grid)
+                x = rows.index_select(0, (plan[1, start:end, None, None] + grid).view(-1))
+            else:
+                x = images.index_select(0, idx)
+            x = x.view(end - start, h, w, c).permute(0, 3, 1, 2)  # NCHW shape, channels_last layout
+            yield (x if self.channels_last else x.contiguous()), self.labels.index_select(0, idx)
+
+
 class EpochSampler(torch.utils.data.Sampler):
     """Indices for a FolderSet: a new permutation per epoch from `generator` when training, in order
     otherwise; split across ranks like `rank_indices`. Yields (index, seed) pairs so random
@@ -815,12 +921,13 @@ class DeviceLoader:
 
 def make_loader(data: Data, split: str, batch_size: int, *, train: bool | None = None,
                 generator: torch.Generator | None = None, device: str | torch.device = "cpu", workers: int = 1,
-                rank: int = 0, world_size: int = 1, channels_last: bool = False):
+                rank: int = 0, world_size: int = 1, channels_last: bool = False, resident: bool | None = None):
     """A loader over data.<split> ('train', 'val' or 'test') yielding normalized float32 batches on `device`.
 
     `train` (default: split == 'train') shuffles each epoch and applies the dataset's augmentation
-    when options.augmentation. In-memory datasets give a TensorLoader; imagenet a DataLoader with
-    `workers` worker processes, wrapped to move batches to `device`.
+    when options.augmentation. In-memory datasets give a TensorLoader, or with `resident` (default: when
+    `device` is not the CPU) a ResidentLoader, which yields the same batches from the split held on
+    `device`; imagenet a DataLoader with `workers` worker processes, wrapped to move batches to `device`.
     """
     if split not in ("train", "val", "test"):
         raise UsageError(f"unknown split {split!r}; use 'train', 'val' or 'test'")
@@ -831,9 +938,11 @@ def make_loader(data: Data, split: str, batch_size: int, *, train: bool | None =
     augment = data.options.augmentation and train
     generator = generator if generator is not None else _default_generator()
     if isinstance(dataset, ImageSet):
-        return TensorLoader(dataset, batch_size, train=train, augment=_AUGMENT[data.options.dataset] if augment
-                            else None, mean=data.mean, std=data.std, generator=generator, device=device,
-                            rank=rank, world_size=world_size, channels_last=channels_last)
+        on_device = torch.device(device).type != "cpu" if resident is None else bool(resident)
+        cls = ResidentLoader if on_device else TensorLoader
+        return cls(dataset, batch_size, train=train, augment=_AUGMENT[data.options.dataset] if augment else None,
+                   mean=data.mean, std=data.std, generator=generator, device=device, rank=rank,
+                   world_size=world_size, channels_last=channels_last)
     _check_rank(batch_size, rank, world_size)
     if augment != dataset.random_transform:
         dataset = dataset.with_transform(imagenet_transform(augment, data.mean, data.std,

@@ -54,6 +54,7 @@ class TrainSettings:
     weights: str | None = None
     cuda: bool = False
     amp: str | None = None  # None, "bf16" or "fp16"
+    compile: str | None = None  # None, or the torch.compile backend of the training steps ("inductor")
     channels_last: str = "auto"  # "auto", "on" or "off"
     sync_bn: bool = False
     workers: int = 1
@@ -83,6 +84,9 @@ class TrainSettings:
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+        if self.compile is not None and self.compile not in torch.compiler.list_backends(exclude_tags=()):
+            raise UsageError(f"unknown --compile backend {self.compile!r}; supported: "
+                             f"{', '.join(torch.compiler.list_backends())}, or a debugging backend such as aot_eager")
 
 
 CHANNELS_LAST_MAX_WIDTH = 128
@@ -122,6 +126,12 @@ class TrainResult:
         if not history:
             out.pop("history")
         return out
+def compile_model(model: nn.Module, backend: str = "inductor") -> nn.Module:
+    """`model` compiled with torch.compile for training steps: a wrapper that shares its parameters, so the
+    plain `model` still gives snapshots without the wrapper's `_orig_mod.` prefix and evaluates eagerly.
+    Static shapes: a run compiles once for its batch size and once for the epoch's last, shorter batch.
+    Under torchrun, DistributedDataParallel wraps the compiled module (the order PyTorch documents)."""
+    return torch.compile(model, backend=backend, dynamic=False)
 
 
 def make_optimizer(params, settings: TrainSettings):
@@ -331,7 +341,7 @@ class Run:
 
     def _fit(self, writer) -> TrainResult:
         s = self.s
-        model = self.model
+        model = compile_model(self.model, s.compile) if s.compile else self.model
         if self.ctx.distributed:
             model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.ctx.local_rank] if self.device.type == "cuda" else None)

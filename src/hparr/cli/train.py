@@ -47,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cuda", action="store_true", help="use the GPU (falls back to the CPU with a warning)")
     p.add_argument("--amp", nargs="?", const="bf16", default=None, choices=["bf16", "fp16"],
                    help="mixed precision on the GPU (bf16 by default; fp16 uses a GradScaler)")
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="torch.compile the model for training, with BACKEND (inductor by default); snapshots keep "
+                        "plain keys and evaluation stays eager")
     p.add_argument("--sync-bn", action="store_true", help="synchronized BatchNorm under torchrun")
     p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
                    help="channels_last memory format: auto = on the GPU, and on the CPU for narrow convnets [auto]")
@@ -133,7 +136,7 @@ def settings_from_args(args):
         snapshot_all_until=args.snapshot_all_until, resume_from=args.resume_from,
         kill_plateaus=args.kill_plateaus, train_acc=args.train_acc,
         pretrained=args.pretrained or args.weights is not None, weights=args.weights, cuda=args.cuda,
-        amp=args.amp, channels_last=args.channels_last, sync_bn=args.sync_bn, workers=args.workers, progress=not args.no_progress, log=args.log)
+        amp=args.amp, compile=args.compile, channels_last=args.channels_last, sync_bn=args.sync_bn, workers=args.workers, progress=not args.no_progress, log=args.log)
 
 
 def run(args) -> int:
