@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from . import files
+from . import checkpoints, files
 from . import projections as proj
 from . import reinit as rein
 from .errors import HparrError, UsageError
@@ -44,6 +45,8 @@ BIAS_MEASURES = {
 }
 FIGURES = ("distributions", "mass_mean_by_epoch", "reinit_heatmap", "bias_vs_criticality")
 DPI = 130
+
+log = logging.getLogger("hparr.report")
 
 
 # --- the null -------------------------------------------------------------------------------------
@@ -91,9 +94,12 @@ def _is_reinit_doc(doc: Any) -> bool:
     return "format" not in doc and isinstance(doc.get("init_from_epoch"), dict) and "top1_test" in doc
 
 
-def _result_files(run_dir: Path, exclude: Sequence[Path]) -> tuple[list[tuple[Path, dict]], list[tuple[Path, dict]]]:
-    """(projection documents, reinit documents) below `run_dir`, skipping hidden and excluded folders."""
+def _result_files(run_dir: Path, exclude: Sequence[Path], unusable: list[UnusableResult] | None = None
+                  ) -> tuple[list[tuple[Path, dict]], list[tuple[Path, dict]]]:
+    """(projection documents, reinit documents) below `run_dir`, skipping hidden and excluded folders;
+    the JSON files that are neither are added to `unusable` with the reason."""
     excluded = {p.resolve() for p in exclude}
+    unusable = [] if unusable is None else unusable
     found_p, found_r = [], []
     for root, dirs, names in os.walk(run_dir):
         here = Path(root)
@@ -102,15 +108,117 @@ def _result_files(run_dir: Path, exclude: Sequence[Path]) -> tuple[list[tuple[Pa
             if not name.endswith(".json") or name.startswith("."):
                 continue
             path = here / name
-            try:
-                doc = json.loads(path.read_text())
-            except (OSError, ValueError, UnicodeDecodeError):
-                continue
-            if _is_projection_doc(doc):
+            doc, reason = read_result_file(path)
+            if reason is not None:
+                unusable.append(UnusableResult(path, reason))
+            elif _is_projection_doc(doc):
                 found_p.append((path, doc))
             elif _is_reinit_doc(doc):
                 found_r.append((path, doc))
+            elif not (isinstance(doc, dict) and doc.get("format") == REPORT_FORMAT):  # an earlier report's own
+                unusable.append(UnusableResult(path, "another format: neither a projection nor a "
+                                                     "re-initialization result"))
     return found_p, found_r
+
+
+# --- result files that cannot be used ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class UnusableResult:
+    """A JSON file below the run directory that the report cannot use, why, and the snapshot epoch it
+    stands for where that is known."""
+
+    path: Path
+    reason: str
+    epoch: int | None = None
+
+
+def read_result_file(path: Path) -> tuple[Any, str | None]:
+    """(the JSON document, None), or (None, why it cannot be read: empty, truncated, not JSON, unreadable)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return None, f"unreadable ({exc.strerror or exc})"
+    if not data.strip():
+        return None, "empty"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "not JSON (not UTF-8 text)"
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as exc:
+        if exc.pos >= len(text.rstrip()):
+            return None, f"truncated (the JSON ends after {len(data)} bytes, inside a value)"
+        return None, f"not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+
+
+def _snapshot_epochs(run: ProjectionRun) -> dict[str, int]:
+    """Snapshot stem -> epoch, from the run folder's projections.csv and the snapshots beside the run's
+    sources (by the file-name rule: nothing is loaded)."""
+    epochs: dict[str, int] = {}
+    folders = {Path(str(d.get("source"))).parent for d in run.docs if d.get("source")}
+    for folder in sorted(f for f in folders if f.is_dir()):
+        for path in folder.iterdir():
+            if path.suffix in checkpoints.SNAPSHOT_SUFFIXES and not path.name.startswith("."):
+                try:
+                    epochs.setdefault(path.stem, checkpoints.epoch_from_filename(path))
+                except HparrError:
+                    continue
+    csv = run.directory / "projections.csv"
+    if csv.is_file():
+        try:
+            listed = pd.read_csv(csv, usecols=["stem", "epoch"]).dropna().drop_duplicates("stem")
+            epochs.update({str(k): int(v) for k, v in zip(listed["stem"], listed["epoch"])})
+        except (OSError, ValueError):
+            pass
+    return epochs
+
+
+def unusable_results(base: Path, unreadable: Sequence[UnusableResult], runs: Sequence[ProjectionRun],
+                     chosen: ProjectionRun | None) -> tuple[list[UnusableResult], list[int]]:
+    """Every result file below `base` that the report cannot use, with the reason, and the epochs missing
+    from the chosen projection run because of them.
+
+    `unreadable`: the files that are not JSON, truncated, or of another format. The documents of other
+    runs in the chosen run's folder (another experiment, or other settings) are added. An epoch is
+    missing when an unusable file of the chosen run's folder stands for a snapshot (found beside the
+    run's snapshots or listed in its projections.csv) of which the run has no usable result.
+    """
+    out = list(unreadable)
+    if chosen is None:
+        return out, []
+    for run in runs:
+        if run is chosen or run.directory != chosen.directory:
+            continue
+        differ = [f"{k} {run.settings.get(k)!r} vs {chosen.settings.get(k)!r}" for k in _SETTINGS
+                  if run.settings.get(k) != chosen.settings.get(k)]
+        differ += [f"{k} {a!r} vs {b!r}" for k, a, b in zip(("arch", "dataset", "seed"), _experiment(run.docs[0]),
+                                                              _experiment(chosen.docs[0])) if a != b]
+        out += [UnusableResult(path, f"another run's settings ({', '.join(differ)})", _epoch(doc))
+                for path, doc in zip(run.paths, run.docs)]
+    stems: dict[str, int] | None = None
+    for i, item in enumerate(out):
+        if item.epoch is None and item.path.parent.resolve() == chosen.directory.resolve():
+            stems = _snapshot_epochs(chosen) if stems is None else stems
+            out[i] = UnusableResult(item.path, item.reason, stems.get(item.path.stem))
+    have = {_epoch(d) for d in chosen.docs}
+    missing = sorted({u.epoch for u in out if u.epoch is not None and u.path.parent.resolve()
+                      == chosen.directory.resolve()} - have)
+    return out, missing
+
+
+def describe_unusable(item: UnusableResult, base: Path) -> str:
+    return (f"{_relative(item.path, base)}: {item.reason}"
+            + (f" (snapshot of epoch {item.epoch})" if item.epoch is not None else ""))
+
+
+def missing_text(epochs: Sequence[int]) -> str:
+    """The caption's mark of the epochs without a usable result ("" when none)."""
+    if not epochs:
+        return ""
+    return (f"epoch{'s' if len(epochs) > 1 else ''} {', '.join(map(str, epochs))} missing: "
+            f"{'their projection results' if len(epochs) > 1 else 'its projection result'} cannot be used")
 
 
 def _seed(value: Any) -> str | None:
@@ -195,6 +303,8 @@ class RunResults:
     trained_epoch: int | None
     notes: list[str] = field(default_factory=list)
     other_runs: list[str] = field(default_factory=list)
+    unusable: list[UnusableResult] = field(default_factory=list)
+    missing_epochs: list[int] = field(default_factory=list)
 
     def projection_doc(self, epoch: int | None) -> dict | None:
         if self.projection_run is None or epoch is None:
@@ -277,10 +387,11 @@ def load_run(run_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = 
     base = Path(run_dir)
     if not base.is_dir():
         raise HparrError(f"run directory {base} does not exist" if not base.exists() else f"{base} is not a directory")
-    found_p, found_r = _result_files(base, [Path(p) for p in exclude])
+    unreadable: list[UnusableResult] = []
+    found_p, found_r = _result_files(base, [Path(p) for p in exclude], unreadable)
     if not found_p and not found_r:
         raise HparrError(f"no result files under {base}: expected the JSON files of `hparr projections` "
-                         "and/or `hparr reinit`")
+                         "and/or `hparr reinit`" + "".join(f"; {describe_unusable(u, base)}" for u in unreadable))
     notes: list[str] = []
     reinits = [(p, _complete_reinit_doc(d)) for p, d in found_r]
     runs = _projection_runs(found_p, base, notes, {str(d["load_from"]) for _, d in reinits if d.get("load_from")})
@@ -291,7 +402,8 @@ def load_run(run_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = 
 
     runs.sort(key=run_rank, reverse=True)
     chosen = runs[0] if runs else None
-    other_runs = [r.describe(base) for r in runs[1:]]
+    unusable, missing_epochs = unusable_results(base, unreadable, runs, chosen)
+    other_runs = [r.describe(base) for r in runs[1:] if r.directory != chosen.directory]
     if chosen is not None:
         if chosen.normalize is not True:
             notes.append(("no normalized projection run found" if chosen.normalize is False else
@@ -341,7 +453,7 @@ def load_run(run_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = 
 
     table = proj.results_table(chosen.docs) if chosen else pd.DataFrame()
     return RunResults(base, chosen, table, reinit_doc, reinit_path, _reinit_table(reinit_doc), trained_epoch,
-                      notes, other_runs)
+                      notes, other_runs, unusable, missing_epochs)
 
 
 # --- the layer table and the main claim -----------------------------------------------------------
@@ -563,7 +675,8 @@ def plot_distributions(results: RunResults, out_dir: Path) -> list[Path]:
         for ax in list(axes.flat)[len(layers):]:
             ax.set_visible(False)
         axes.flat[0].legend(loc="upper left")
-        fig.suptitle(f"{_title(results)}: distribution of the filters' projections per layer")
+        fig.suptitle(f"{_title(results)}: distribution of the filters' projections per layer"
+                     + (f"\n{missing_text(results.missing_epochs)}" if results.missing_epochs else ""))
         return _save(fig, out_dir, "distributions")
 
 
@@ -607,6 +720,9 @@ def plot_epochs(results: RunResults, out_dir: Path) -> list[Path]:
             ax_mu.set_ylabel("mean projection")
             ax_mu.set_xlabel("epoch")
             ax_m.set_xlabel("epoch")
+            for k, epoch in enumerate(results.missing_epochs):  # no usable result: marked, not silently skipped
+                for ax in (ax_m, ax_mu):
+                    ax.axvline(epoch, color="C1", ls=":", lw=1.2, label="missing result" if k == 0 else None)
         for r in range(nrows):
             for c in range(ncols):
                 if r * ncols + c >= len(names):
@@ -615,7 +731,8 @@ def plot_epochs(results: RunResults, out_dir: Path) -> list[Path]:
         axes[0, 0].legend(loc="best")
         axes[1, 0].legend(loc="best")
         what = "normalized projections" if normalize else "projections <w, 1>"
-        fig.suptitle(f"{_title(results)}: mass of negative {what} and their mean, per layer, across epochs")
+        fig.suptitle(f"{_title(results)}: mass of negative {what} and their mean, per layer, across epochs"
+                     + (f"\n{missing_text(results.missing_epochs)} (dotted lines)" if results.missing_epochs else ""))
         return _save(fig, out_dir, "mass_mean_by_epoch")
 
 
@@ -786,6 +903,14 @@ FIGURE_HELP = {
 }
 
 
+def _missing_caption(results: RunResults, figure: str) -> str:
+    """The caption's mark of the epochs missing from a figure drawn from the projection results."""
+    if figure not in ("distributions", "mass_mean_by_epoch") or not results.missing_epochs:
+        return ""
+    text = missing_text(results.missing_epochs)
+    return f" {text[:1].upper()}{text[1:]} (see \"Result files not used\")."
+
+
 def _summary(results: RunResults, table: pd.DataFrame, correlation: Mapping[str, Any], figures: Sequence[str],
              provenance: Mapping[str, Any]) -> str:
     base = results.run_dir
@@ -810,7 +935,11 @@ def _summary(results: RunResults, table: pd.DataFrame, correlation: Mapping[str,
     lines += ["## Figures", ""]
     for name in figures:
         head, text = FIGURE_HELP[name]
-        lines += [f"### {head}", "", f"![{head}]({name}.png) ([PDF]({name}.pdf))", "", text, ""]
+        lines += [f"### {head}", "", f"![{head}]({name}.png) ([PDF]({name}.pdf))", "", text
+                  + _missing_caption(results, name), ""]
+    if results.unusable:
+        lines += ["## Result files not used", ""]
+        lines += [f"- {describe_unusable(u, base)}" for u in results.unusable] + [""]
     lines += ["## Inputs", ""]
     if results.projection_run is not None:
         lines.append(f"- Projections: {results.projection_run.describe(base)}; files: "
@@ -835,7 +964,8 @@ def _html(results: RunResults, table: pd.DataFrame, correlation: Mapping[str, An
 
     e = html.escape
     answer_items = "".join(f"<li>{inline(line[2:])}</li>" for line in answer(results, table, correlation))
-    figs = "".join(f'<section><h3>{e(FIGURE_HELP[n][0])}</h3><p>{e(FIGURE_HELP[n][1])}</p>'
+    figs = "".join(f'<section><h3>{e(FIGURE_HELP[n][0])}</h3>'
+                   f'<p>{e(FIGURE_HELP[n][1] + _missing_caption(results, n))}</p>'
                    f'<a href="{e(n)}.pdf"><img src="{e(n)}.png" alt="{e(FIGURE_HELP[n][0])}"></a></section>'
                    for n in figures)
     table_html = display_table(table).to_html(index=False, escape=True, border=0, classes="layers")
@@ -844,6 +974,8 @@ def _html(results: RunResults, table: pd.DataFrame, correlation: Mapping[str, An
     if results.reinit_path is not None:
         inputs.append(f"Re-initialization: {_relative(results.reinit_path, results.run_dir)}")
     inputs += results.notes
+    unusable = "".join(f"<li>{e(describe_unusable(u, results.run_dir))}</li>" for u in results.unusable)
+    unusable = f"<h2>Result files not used</h2><ul>{unusable}</ul>\n" if unusable else ""
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;line-height:1.4}"
              "table.layers{border-collapse:collapse;font-size:0.9em}"
              "table.layers th,table.layers td{border:1px solid #ccc;padding:3px 6px;text-align:right}"
@@ -855,24 +987,39 @@ def _html(results: RunResults, table: pd.DataFrame, correlation: Mapping[str, An
             "biased layers the critical ones of Zhang et al.?</p>\n"
             f"<h2>Answer in numbers</h2><ul>{answer_items}</ul>\n<h2>Layers</h2>\n{table_html}\n"
             f"<p>Full precision: <a href=\"layers.csv\">layers.csv</a>; summary: "
-            f"<a href=\"summary.md\">summary.md</a>.</p>\n<h2>Figures</h2>\n{figs}\n<h2>Inputs</h2><ul>"
+            f"<a href=\"summary.md\">summary.md</a>.</p>\n<h2>Figures</h2>\n{figs}\n{unusable}<h2>Inputs</h2><ul>"
             + "".join(f"<li>{e(i)}</li>" for i in inputs)
             + f"</ul>\n<h2>Provenance</h2><pre>{e(json.dumps(provenance, indent=2, default=str))}</pre>\n"
             "</body></html>\n")
 
 
+def report_unusable(results: RunResults, strict: bool = False) -> None:
+    """Name every result file the report cannot use, and the epochs missing from the figures, on stderr
+    (the "hparr" logger); with `strict`, raise an HparrError instead (nothing is written)."""
+    items = [describe_unusable(u, results.run_dir) for u in results.unusable]
+    if strict and items:
+        raise HparrError(f"{len(items)} result file(s) cannot be used (--strict): " + "; ".join(items)
+                         + (f"; {missing_text(results.missing_epochs)}" if results.missing_epochs else ""))
+    for item in items:
+        log.warning("warning: result file not used: %s", item)
+    if results.missing_epochs:
+        log.warning("warning: figures: %s", missing_text(results.missing_epochs))
+
+
 def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                 threshold: float = DEFAULT_THRESHOLD, measure: str = "mass") -> dict[str, Path]:
+                 threshold: float = DEFAULT_THRESHOLD, measure: str = "mass", strict: bool = False) -> dict[str, Path]:
     """Write the report of `run_dir` to `out_dir` (default RUN_DIR/report) from the result files alone.
 
     Returns {file name: path} of what was written: the figures (PNG and PDF) that the results allow,
     layers.csv, report.json, summary.md and index.html. Figures of an earlier report that the
-    results no longer allow are removed.
+    results no longer allow are removed. Result files that cannot be used are named on stderr and in
+    the report; with `strict` they are an error and nothing is written.
     """
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / REPORT_DIR
     _check_options(threshold, measure)
     results = load_run(run_dir, exclude=[out])
+    report_unusable(results, strict)
     table = layer_table(results, threshold=threshold, measure=measure)
     correlation = bias_vs_criticality(table)
     files.ensure_dir(out)
@@ -908,7 +1055,10 @@ def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
         "trained_epoch": results.trained_epoch, "threshold": table.attrs["threshold"], "bias_measure": measure,
         "level": table.attrs.get("level"), "correction": table.attrs.get("correction"),
         "bias_vs_criticality": {k: _plain(v) for k, v in correlation.items()},
-        "layers": records, "notes": results.notes, "figures": figures, **provenance})
+        "layers": records, "notes": results.notes, "figures": figures,
+        "unusable_results": [{"path": str(u.path.resolve()), "reason": u.reason, "epoch": u.epoch}
+                             for u in results.unusable],
+        "missing_epochs": results.missing_epochs, **provenance})
     files.write_text(out / "summary.md", _summary(results, table, correlation, figures, provenance))
     files.write_text(out / "index.html", _html(results, table, correlation, figures, provenance))
     written += [out / "layers.csv", out / "report.json", out / "summary.md", out / "index.html"]

@@ -46,6 +46,7 @@ class TrainSettings:
     snapshot_every: int = 0
     snapshot_all_until: int = 0
     resume_from: str | None = None
+    overwrite: bool = False  # replace a run of another configuration in the run directory
     kill_plateaus: bool = False
     train_acc: bool = False
     pretrained: bool = False
@@ -153,7 +154,10 @@ def _log_file(path: Path | None) -> Iterator[None]:
         yield
         return
     files.ensure_dir(path.parent)
-    handler = logging.FileHandler(path)
+    try:
+        handler = _LogFileHandler(path)
+    except OSError as exc:
+        raise (files.write_error(exc, path, "snapshots") or exc) from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     root = logging.getLogger("hparr")
     root.addHandler(handler)
@@ -161,7 +165,19 @@ def _log_file(path: Path | None) -> Iterator[None]:
         yield
     finally:
         root.removeHandler(handler)
-        handler.close()
+        with contextlib.suppress(OSError):
+            handler.close()
+
+
+class _LogFileHandler(logging.FileHandler):
+    """The run's log file; a write that fails (a full disk, ...) stops the run with one line, not a traceback."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = files.write_error(sys.exc_info()[1], self.baseFilename, "snapshots")
+        if error is None:
+            super().handleError(record)
+            return
+        raise error
 
 
 def _data_options_with_seeds(opts: DataOptions, seed: int) -> DataOptions:
@@ -174,11 +190,11 @@ def _data_options_with_seeds(opts: DataOptions, seed: int) -> DataOptions:
                           else derived["class_sample"]})
 
 
-def _resolve_resume(spec: str, run_dir: Path) -> Path | None:
-    """The snapshot to resume from; 'auto' on a run with no snapshot yet means a fresh start."""
+def _resolve_resume(spec: str, run_dir: Path, exclude: tuple[Path, ...] = ()) -> Path | None:
+    """The snapshot to resume from; 'auto' on a run with no snapshot yet (`exclude` aside) means a fresh start."""
     if spec == "auto":
         try:
-            return checkpoints.newest_snapshot(run_dir)
+            return checkpoints.newest_snapshot(run_dir, exclude)
         except (HparrError, UsageError):
             log.info("no snapshot in %s yet: starting from scratch", run_dir)
             return None
@@ -227,7 +243,12 @@ class Run:
         self.start_epoch = settings.start_epoch
         self.history: list[dict[str, Any]] = []
         self.resumed_from: Path | None = None
-        resume = _resolve_resume(settings.resume_from, self.run_dir) if settings.resume_from else None
+        # snapshots of another configuration in the run directory: refused or replaced by fit(), never resumed
+        self.config = checkpoints.weight_configuration(asdict(settings), self.seeds)
+        self.other_runs = checkpoints.other_configurations(self.run_dir, self.config)
+        resume = _resolve_resume(settings.resume_from, self.run_dir,
+                                 tuple(p for p, _ in self.other_runs) if settings.overwrite else ()) \
+            if settings.resume_from else None
         if resume is not None:
             self._resume(resume)
 
@@ -300,6 +321,7 @@ class Run:
     def fit(self) -> dict[str, Any]:
         """Train from `start_epoch` to `epochs`, writing snapshots; return a summary."""
         s = self.s
+        self._claim_run_dir()
         if self.ctx.is_main:
             files.ensure_dir(self.run_dir)
         log_path = self.run_dir / s.log if (s.log and self.ctx.is_main) else None
@@ -310,6 +332,26 @@ class Run:
             elif self.device.type == "cuda":
                 torch.cuda.manual_seed_all(self.seeds["dropout"])
             return self._fit(writer)
+
+    def _claim_run_dir(self) -> None:
+        """Refuse (before anything is written) to train into a run directory that holds snapshots of another
+        configuration; with `overwrite`, remove them first and say so."""
+        if not self.other_runs:
+            return
+        differences = "; ".join(self.other_runs[0][1])
+        if not self.s.overwrite:
+            hint = ("; --seed was not given, so a new seed was drawn" if self.s.seed is None
+                    and "--seed " in differences else "")
+            raise HparrError(f"{self.run_dir} already holds snapshots of another configuration ({differences}"
+                             f"{hint}); pass --overwrite to replace that run, rerun with its flags and "
+                             "--resume-from auto to continue it, or choose another --models-path")
+        if self.ctx.is_main:
+            names = [p.name for p, _ in self.other_runs]
+            log.warning("--overwrite: replacing the run in %s (%s): removing its %d snapshot(s) %s", self.run_dir,
+                        differences, len(names), ", ".join(names[:6]) + (" ..." if len(names) > 6 else ""))
+            for path, _ in self.other_runs:
+                files.remove(path)
+        self.other_runs = []
 
     @contextlib.contextmanager
     def _writer(self):
