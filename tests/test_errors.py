@@ -190,13 +190,33 @@ def small_disk(tmp_path):
 
 
 def test_a_really_full_disk(small_disk, capsys):
-    assert main(["train", *LENET, "--epochs", "1", "--seed", "0", "--models-path", str(small_disk),
-                 "--tb-logdir", "", "--no-progress"]) == 1
+    def train_on_disk(tb_logdir, log="train.log"):
+        return main(["train", *LENET, "--epochs", "1", "--seed", "0", "--models-path", str(small_disk),
+                     "--tb-logdir", tb_logdir, "--log", log, "--no-progress"])
+
+    assert train_on_disk("") == 1
     run_dir = small_disk / "digits" / "lenet" / "0"
     assert one_error_line(capsys.readouterr().err) == (
         f"hparr train: error: no space left on device while writing {run_dir / 'lenet_0.tar'}; "
         "the previous snapshots are intact")
     assert sorted(p.name for p in run_dir.iterdir()) == ["lenet_init_0.pt", "train.log"]
+
+    # no byte left: the log file, or TensorBoard's (written by a thread of its own), is the first to fail
+    fd = os.open(small_disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, bytes(4096)):
+            pass
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    assert train_on_disk("", log="new.log") == 1
+    assert one_error_line(capsys.readouterr().err).startswith(
+        f"hparr train: error: no space left on device while writing {run_dir / 'new.log'}")
+    assert train_on_disk(str(small_disk / "tb")) == 1
+    assert one_error_line(capsys.readouterr().err).startswith(
+        f"hparr train: error: no space left on device while writing {small_disk / 'tb' / 'digits' / 'lenet' / '0'}")
+    assert ck.torch_load(run_dir / "lenet_init_0.pt")["epochs_completed"] == 0
 
 
 def test_a_torch_write_failure_without_its_errno_is_told_by_the_disk(tmp_path, monkeypatch):

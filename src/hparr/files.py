@@ -46,6 +46,8 @@ def write_error(exc: BaseException, path: str | os.PathLike, what: str = "files"
     names that cause; torch's zip-writer RuntimeError without one is taken for a full disk when the
     target's file system has less than FULL_DISK_BYTES free, else reported with torch's message.
     """
+    if isinstance(exc, HparrError):
+        return None  # told already
     path = Path(path)
     tail = f"; the previous {what} are intact"
     seen: set[int] = set()
@@ -55,7 +57,7 @@ def write_error(exc: BaseException, path: str | os.PathLike, what: str = "files"
         if isinstance(current, OSError) and current.errno in WRITE_ERRNOS:
             cause = os.strerror(current.errno)
             return HparrError(f"{cause[:1].lower()}{cause[1:]} while writing {path}{tail}")
-        current = current.__cause__ or current.__context__
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     if isinstance(exc, RuntimeError) and _TORCH_WRITE_FAILURE.search(str(exc)):
         if free_bytes(path.parent) < FULL_DISK_BYTES:
             return HparrError(f"no space left on device while writing {path}{tail}")

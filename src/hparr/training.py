@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -178,6 +179,26 @@ class _LogFileHandler(logging.FileHandler):
             super().handleError(record)
             return
         raise error
+
+
+class _TensorBoard:
+    """A SummaryWriter whose failed writes (a full disk, ...) are one-line HparrErrors naming its folder."""
+
+    def __init__(self, log_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.log_dir = log_dir
+        self._writer = self._call(SummaryWriter, log_dir=str(log_dir))
+
+    def _call(self, method, *args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except OSError as exc:  # raised by the writer's thread, or again by each later call
+            raise (files.write_error(exc, self.log_dir, "snapshots") or exc) from None
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._writer, name)
+        return functools.partial(self._call, attr) if callable(attr) else attr
 
 
 def _data_options_with_seeds(opts: DataOptions, seed: int) -> DataOptions:
@@ -358,15 +379,16 @@ class Run:
         if not (self.s.tb_logdir and self.ctx.is_main):
             yield None
             return
-        from torch.utils.tensorboard import SummaryWriter
-
         rel = self.run_dir.relative_to(self.s.models_path) if self.run_dir.is_relative_to(self.s.models_path) \
             else Path(self.run_dir.name)
-        writer = SummaryWriter(log_dir=str(Path(self.s.tb_logdir) / rel))
+        writer = _TensorBoard(Path(self.s.tb_logdir) / rel)
         try:
             yield writer
-        finally:
-            writer.close()
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error on its way out says what went wrong
+                writer.close()
+            raise
+        writer.close()
 
     def _fit(self, writer) -> dict[str, Any]:
         s = self.s
