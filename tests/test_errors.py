@@ -86,6 +86,9 @@ CASES = [
     ("run directory of another configuration", ["train", *LENET, "--epochs", "0", "--lr", "0.05", "--seed", "0",
                                                 "--models-path", "{root}/runs", "--tb-logdir", ""], 1,
      "already holds snapshots of another configuration (--lr 0.01 there, 0.05 here)"),
+    ("resume with another optimizer", ["train", *LENET, "--epochs", "1", "--optimizer", "adam", "--resume-from",
+                                       "{root}/runs/digits/lenet/0/lenet_init_0.pt", "--models-path", "{root}/m2",
+                                       "--tb-logdir", ""], 1, "was trained with --optimizer sgd"),
     ("unusable result file, --strict", ["report", "{root}/results", "--strict"], 1,
      "lenet_7.json: truncated"),
 ]
@@ -164,7 +167,7 @@ def test_the_real_torch_writer_failing_gives_one_line_naming_the_file_and_the_ca
 
     proc = subprocess.run([sys.executable, "-m", "hparr", "train", *LENET, "--epochs", "1", "--seed", "0",
                            "--models-path", str(tmp_path), "--tb-logdir", "", "--no-progress"],
-                          preexec_fn=limit, capture_output=True, text=True, timeout=600)
+                          preexec_fn=limit, capture_output=True, text=True, timeout=600, check=False)
     run_dir = tmp_path / "digits" / "lenet" / "0"
     assert proc.returncode == 1
     assert one_error_line(proc.stderr) == (f"hparr train: error: file too large while writing "
@@ -181,12 +184,12 @@ def small_disk(tmp_path):
     if os.geteuid() != 0 or not shutil.which("mount"):
         pytest.skip("mounting a tmpfs needs root")
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1300k", "tmpfs", str(disk)],
-                      capture_output=True).returncode != 0:
+                      capture_output=True, check=False).returncode != 0:
         pytest.skip("cannot mount a tmpfs here")
     try:
         yield disk
     finally:
-        subprocess.run(["umount", str(disk)], capture_output=True)
+        subprocess.run(["umount", str(disk)], capture_output=True, check=False)
 
 
 def test_a_really_full_disk(small_disk, capsys):
@@ -232,8 +235,7 @@ def test_a_torch_write_failure_without_its_errno_is_told_by_the_disk(tmp_path, m
     assert files.write_error(ValueError("a bug, not a write failure"), target) is None
     # through atomic_path: the temporary file is removed, the file already there is kept
     files.write_text(target, "before")
-    with pytest.raises(files.HparrError, match="file too large while writing"):
-        with files.atomic_path(target) as tmp:
-            tmp.write_text("partial")
-            raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+    with pytest.raises(files.HparrError, match="file too large while writing"), files.atomic_path(target) as tmp:
+        tmp.write_text("partial")
+        raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
     assert target.read_text() == "before" and [p.name for p in tmp_path.iterdir()] == ["lenet_3.tar"]

@@ -97,7 +97,7 @@ def atomic_path(path: str | os.PathLike, what: str = "files") -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except Exception as exc:  # noqa: BLE001 - only write failures are translated; the rest is re-raised
+    except Exception as exc:  # only write failures are translated; the rest is re-raised
         error = write_error(exc, path, what)
         if error is None:
             raise

@@ -197,6 +197,8 @@ class _TensorBoard:
             raise (files.write_error(exc, self.log_dir, "snapshots") or exc) from None
 
     def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
         attr = getattr(self._writer, name)
         return functools.partial(self._call, attr) if callable(attr) else attr
 
@@ -217,7 +219,7 @@ def _resolve_resume(spec: str, run_dir: Path, exclude: tuple[Path, ...] = ()) ->
         try:
             return checkpoints.newest_snapshot(run_dir, exclude)
         except (HparrError, UsageError):
-            log.info("no snapshot in %s yet: starting from scratch", run_dir)
+            log.info("no snapshot of this configuration in %s yet: starting from scratch", run_dir)
             return None
     if Path(spec).is_dir():
         return checkpoints.newest_snapshot(spec)
@@ -267,9 +269,8 @@ class Run:
         # snapshots of another configuration in the run directory: refused or replaced by fit(), never resumed
         self.config = checkpoints.weight_configuration(asdict(settings), self.seeds)
         self.other_runs = checkpoints.other_configurations(self.run_dir, self.config)
-        resume = _resolve_resume(settings.resume_from, self.run_dir,
-                                 tuple(p for p, _ in self.other_runs) if settings.overwrite else ()) \
-            if settings.resume_from else None
+        others = tuple(p for p, _ in self.other_runs)
+        resume = _resolve_resume(settings.resume_from, self.run_dir, others) if settings.resume_from else None
         if resume is not None:
             self._resume(resume)
 
@@ -289,10 +290,18 @@ class Run:
             log.info("resumed weights from %s (a bare state_dict: optimizer starts fresh at epoch %d)",
                      path, self.start_epoch)
             return
-        if obj.get("optimizer_state_dict"):
-            self.optimizer.load_state_dict(obj["optimizer_state_dict"])
-        if self.scheduler is not None and obj.get("scheduler_state_dict"):
-            self.scheduler.load_state_dict(obj["scheduler_state_dict"])
+        recorded = (obj.get("settings") or {}).get("optimizer") if isinstance(obj.get("settings"), dict) else None
+        if isinstance(recorded, str) and recorded != self.s.optimizer:
+            raise HparrError(f"{path} was trained with --optimizer {recorded}: its optimizer state cannot be "
+                             f"resumed with --optimizer {self.s.optimizer}")
+        try:
+            if obj.get("optimizer_state_dict"):
+                self.optimizer.load_state_dict(obj["optimizer_state_dict"])
+            if self.scheduler is not None and obj.get("scheduler_state_dict"):
+                self.scheduler.load_state_dict(obj["scheduler_state_dict"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise HparrError(f"cannot resume the optimizer of {path} ({type(exc).__name__}: {exc}); it was "
+                             "saved by another optimizer or model") from None
         self.start_epoch = checkpoints.snapshot_epoch(obj, path)
         rng = obj.get("rng") or {}
         if "data_order" in rng:
