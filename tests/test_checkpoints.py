@@ -64,9 +64,10 @@ def test_truncated_and_garbage_files_are_clear_errors(tmp_path):
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a snapshot at all")
-    for path in (cut, junk):
-        with pytest.raises(HparrError, match="corrupt"):
-            ck.torch_load(path)
+    with pytest.raises(HparrError, match="truncated or corrupt snapshot"):
+        ck.torch_load(cut)
+    with pytest.raises(HparrError, match="junk.pt is not a snapshot"):
+        ck.torch_load(junk)
     with pytest.raises(HparrError, match="not found"):
         ck.torch_load(tmp_path / "missing.pt")
 
@@ -119,3 +120,53 @@ def test_newest_snapshot_reads_snapshots_memory_mapped(tmp_path, monkeypatch):
     monkeypatch.setattr(ck, "torch_load", lambda path, mmap=False: calls.append(mmap) or load(path, mmap=mmap))
     assert ck.newest_snapshot(tmp_path) == tmp_path / "lenet_2.tar"
     assert calls and all(calls)
+def test_weight_configuration_compares_only_what_changes_the_weights():
+    from dataclasses import asdict, replace
+
+    from hparr.data import DataOptions
+    from hparr.training import TrainSettings
+
+    seeds = {"seed": 0, "noise_seed": 11, "split_seed": 12, "class_sample_seed": 13}
+    base = TrainSettings(arch="lenet", data=DataOptions(dataset="digits"), lr=0.01, seed=0)
+
+    def differences(changed, changed_seeds=seeds, reference=base):
+        return ck.configuration_differences(ck.weight_configuration(asdict(reference), seeds),
+                                            ck.weight_configuration(asdict(changed), changed_seeds))
+
+    assert differences(replace(base, lr=0.05)) == ["--lr 0.01 there, 0.05 here"]
+    assert differences(replace(base, data=DataOptions(dataset="digits", augmentation=True))) == [
+        "--augmentation off there, on here"]
+    assert differences(replace(base, batch_size=64, lr_step=2, lr_decay=0.5)) == [
+        "--batch-size 128 there, 64 here", "--lr-step 0 there, 2 here", "--lr-decay 0 there, 0.5 here"]
+    assert differences(base, {**seeds, "seed": 5}) == ["--seed 0 there, 5 here"]
+    # where files go, how often snapshots are written, the device and arithmetic, how long: the same run
+    assert differences(replace(base, epochs=50, models_path="/elsewhere", tb_logdir=None, log="x.log", workers=0,
+                               progress=False, cuda=True, amp="bf16", channels_last="off", sync_bn=True,
+                               snapshot_every=1, snapshot_all_until=3, kill_plateaus=True, train_acc=True,
+                               resume_from="auto", start_epoch=0, data=DataOptions(dataset="digits",
+                                                                                   data_path="/data"))) == []
+    # a setting without effect in either run is not compared
+    assert differences(replace(base, lr_step=3)) == []  # no --lr-decay: no schedule either way
+    assert differences(base, {**seeds, "noise_seed": 99, "split_seed": 98}) == []  # no noise, no split
+    noisy = replace(base, data=DataOptions(dataset="digits", noise=0.2))
+    assert differences(noisy, {**seeds, "noise_seed": 99}, reference=noisy) == ["--noise-seed 11 there, 99 here"]
+    adam = replace(base, optimizer="adam")
+    assert differences(replace(adam, momentum=0.5, weight_decay=0.0), reference=adam) == []
+    # a fresh start at a later epoch is another run; a resume takes its epoch from the snapshot
+    assert differences(replace(base, start_epoch=1)) == ["--start-epoch 0 there, 1 here"]
+    assert differences(replace(base, start_epoch=1, resume_from="auto")) == []
+
+
+def test_a_file_that_is_not_a_snapshot_says_so(tmp_path):
+    (tmp_path / "notes.txt").write_text("abc")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "image.pt").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    with pytest.raises(HparrError, match=r"notes.txt is not a snapshot: it is a text file beginning 'abc'"):
+        ck.torch_load(tmp_path / "notes.txt")
+    with pytest.raises(HparrError, match="empty.pt is not a snapshot: the file is empty"):
+        ck.torch_load(tmp_path / "empty.pt")
+    with pytest.raises(HparrError, match="image.pt is not a snapshot: it is a file of another format"):
+        ck.torch_load(tmp_path / "image.pt")
+    good = build_model("lenet", seed=1).state_dict()
+    torch.save(good, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)  # a pickle, not a zip
+    assert torch.equal(ck.torch_load(tmp_path / "legacy.pt")["features.0.weight"], good["features.0.weight"])

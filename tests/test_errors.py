@@ -1,14 +1,24 @@
 """Every bad input gets a one-line error, no traceback, and exit code 2 (usage) or 1 (runtime).
 
 The cases here are the table in README.md ("When something is wrong")."""
+import errno
+import io
 import os
 import pickle
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
+from hparr import checkpoints as ck
+from hparr import files
 from hparr.cli import main
+from hparr.data import DataOptions
 from hparr.models import build_model
+from hparr.projections import analyze_snapshots
+from hparr.training import TrainSettings, train
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +42,14 @@ def snapshots(tmp_path_factory):
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         (cifar / name).write_bytes(pickle.dumps({b"data": b"garbage"}))
     (root / "a_file").write_text("not a directory")
+    (root / "notes.txt").write_text("abc")
+    # a run with --lr 0.01 (0 epochs: its initialization snapshot only)
+    train(TrainSettings(arch="lenet", data=DataOptions(dataset="digits"), epochs=0, lr=0.01, seed=0,
+                        models_path=str(root / "runs"), tb_logdir=None, progress=False))
+    # the results of one snapshot, and a truncated one
+    out, *_ = analyze_snapshots("lenet", "digits", root / "results", load_from=[root / "lenet_init_0.pt"],
+                                progress=False)
+    (out / "lenet_7.json").write_text((out / "lenet_init_0.json").read_text()[:50])
     return root
 
 
@@ -63,6 +81,17 @@ CASES = [
     ("unknown --compile backend", ["train", *LENET, "--compile", "fastest"], 2, "unknown --compile backend"),
     ("unwritable output directory", ["train", *LENET, "--epochs", "1", "--models-path", "{root}/a_file/models",
                                      "--tb-logdir", ""], 1, "cannot create output directory"),
+    ("a file that is not a snapshot", ["train", *LENET, "--epochs", "1", "--resume-from", "{root}/notes.txt",
+                                       "--models-path", "{root}/m", "--tb-logdir", ""], 1,
+     "notes.txt is not a snapshot: it is a text file"),
+    ("run directory of another configuration", ["train", *LENET, "--epochs", "0", "--lr", "0.05", "--seed", "0",
+                                                "--models-path", "{root}/runs", "--tb-logdir", ""], 1,
+     "already holds snapshots of another configuration (--lr 0.01 there, 0.05 here)"),
+    ("resume with another optimizer", ["train", *LENET, "--epochs", "1", "--optimizer", "adam", "--resume-from",
+                                       "{root}/runs/digits/lenet/0/lenet_init_0.pt", "--models-path", "{root}/m2",
+                                       "--tb-logdir", ""], 1, "was trained with --optimizer sgd"),
+    ("unusable result file, --strict", ["report", "{root}/results", "--strict"], 1,
+     "lenet_7.json: truncated"),
 ]
 
 
@@ -88,3 +117,126 @@ def test_out_of_gpu_memory_suggests_a_smaller_batch(monkeypatch, capsys):
     assert main(["train", *LENET, "--epochs", "1", "--tb-logdir", "", "--models-path", "/tmp/hparr-oom"]) == 1
     err = capsys.readouterr().err
     assert "out of memory" in err and "--batch-size" in err and "Traceback" not in err
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    errors = [line for line in lines if "error:" in line]
+    assert len(errors) == 1 and not any("Traceback" in line for line in lines), lines
+    return errors[0]
+
+
+def test_a_full_disk_is_one_line_and_resume_continues_from_the_last_complete_snapshot(tmp_path, monkeypatch,
+                                                                                       capsys):
+    real_save = torch.save
+
+    def disk_fills_up(obj, f, *args, **kwargs):
+        """torch.save whose write of lenet_1.tar hits a full disk, as torch reports it: its zip writer's
+        RuntimeError, with the OSError as its context, after part of the file was written."""
+        if ".lenet_1.tar." not in str(getattr(f, "name", f)):
+            return real_save(obj, f, *args, **kwargs)
+        buffer = io.BytesIO()
+        real_save(obj, buffer)
+        f.write(buffer.getvalue()[:4096])
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 206208 vs 206096")
+
+    monkeypatch.setattr(torch, "save", disk_fills_up)
+    argv = ["train", *LENET, "--epochs", "2", "--snapshot-every", "1", "--lr", "0.02", "--seed", "3",
+            "--models-path", str(tmp_path), "--tb-logdir", "", "--no-progress"]
+    assert main(argv) == 1
+    run_dir = tmp_path / "digits" / "lenet" / "3"
+    assert one_error_line(capsys.readouterr().err) == (
+        f"hparr train: error: no space left on device while writing {run_dir / 'lenet_1.tar'}; "
+        "the previous snapshots are intact")
+    assert sorted(p.name for p in run_dir.iterdir()) == ["lenet_0.tar", "lenet_init_0.pt", "train.log"]  # no temp
+    monkeypatch.undo()
+    assert main([*argv, "--resume-from", "auto"]) == 0
+    assert f"resumed from {run_dir / 'lenet_0.tar'}: 1 epochs completed" in capsys.readouterr().err
+    assert [h["epoch"] for h in ck.torch_load(run_dir / "lenet_2.pt")["history"]] == [1, 2]
+
+
+def test_the_real_torch_writer_failing_gives_one_line_naming_the_file_and_the_cause(tmp_path):
+    """A file-size limit makes the real zip writer fail (EFBIG) on the first epoch snapshot (about 1 MB),
+    after the initialization snapshot (about 0.5 MB) was written."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (800_000, 800_000))
+
+    proc = subprocess.run([sys.executable, "-m", "hparr", "train", *LENET, "--epochs", "1", "--seed", "0",
+                           "--models-path", str(tmp_path), "--tb-logdir", "", "--no-progress"],
+                          preexec_fn=limit, capture_output=True, text=True, timeout=600, check=False)
+    run_dir = tmp_path / "digits" / "lenet" / "0"
+    assert proc.returncode == 1
+    assert one_error_line(proc.stderr) == (f"hparr train: error: file too large while writing "
+                                           f"{run_dir / 'lenet_0.tar'}; the previous snapshots are intact")
+    assert sorted(p.name for p in run_dir.iterdir()) == ["lenet_init_0.pt", "train.log"]
+    ck.load_state_dict_file(run_dir / "lenet_init_0.pt")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1.3 MB file system, where this test may mount one (root, with mount)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a tmpfs needs root")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1300k", "tmpfs", str(disk)],
+                      capture_output=True, check=False).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True, check=False)
+
+
+def test_a_really_full_disk(small_disk, capsys):
+    def train_on_disk(tb_logdir, log="train.log"):
+        return main(["train", *LENET, "--epochs", "1", "--seed", "0", "--models-path", str(small_disk),
+                     "--tb-logdir", tb_logdir, "--log", log, "--no-progress"])
+
+    assert train_on_disk("") == 1
+    run_dir = small_disk / "digits" / "lenet" / "0"
+    assert one_error_line(capsys.readouterr().err) == (
+        f"hparr train: error: no space left on device while writing {run_dir / 'lenet_0.tar'}; "
+        "the previous snapshots are intact")
+    assert sorted(p.name for p in run_dir.iterdir()) == ["lenet_init_0.pt", "train.log"]
+
+    # no byte left: the log file, or TensorBoard's (written by a thread of its own), is the first to fail
+    fd = os.open(small_disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, bytes(4096)):
+            pass
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    assert train_on_disk("", log="new.log") == 1
+    assert one_error_line(capsys.readouterr().err).startswith(
+        f"hparr train: error: no space left on device while writing {run_dir / 'new.log'}")
+    assert train_on_disk(str(small_disk / "tb")) == 1
+    assert one_error_line(capsys.readouterr().err).startswith(
+        f"hparr train: error: no space left on device while writing {small_disk / 'tb' / 'digits' / 'lenet' / '0'}")
+    assert ck.torch_load(run_dir / "lenet_init_0.pt")["epochs_completed"] == 0
+
+
+def test_a_torch_write_failure_without_its_errno_is_told_by_the_disk(tmp_path, monkeypatch):
+    torn = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 206208 vs 206096")
+    target = tmp_path / "lenet_3.tar"
+    monkeypatch.setattr(files, "free_bytes", lambda directory: 0)
+    assert str(files.write_error(torn, target, "snapshots")) == (
+        f"no space left on device while writing {target}; the previous snapshots are intact")
+    monkeypatch.setattr(files, "free_bytes", lambda directory: 1 << 40)
+    assert str(files.write_error(torn, target)) == (
+        f"writing {target} failed ([enforce fail at inline_container.cc:672] . unexpected pos 206208 vs "
+        "206096); the previous files are intact")
+    assert files.write_error(ValueError("a bug, not a write failure"), target) is None
+    # through atomic_path: the temporary file is removed, the file already there is kept
+    files.write_text(target, "before")
+    with pytest.raises(files.HparrError, match="file too large while writing"), files.atomic_path(target) as tmp:
+        tmp.write_text("partial")
+        raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+    assert target.read_text() == "before" and [p.name for p in tmp_path.iterdir()] == ["lenet_3.tar"]

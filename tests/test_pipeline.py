@@ -1,8 +1,10 @@
 """`hparr reproduce`: train, projections, reinit and report in one command, resumable."""
+import hashlib
 import json
 
 import pandas as pd
 
+from hparr import report as report_module
 from hparr.cli import main
 
 
@@ -43,3 +45,35 @@ def test_reproduce_writes_the_whole_study_and_reruns_cheaply(tmp_path, capsys):
     assert (run_dir / "lenet_3.pt").stat().st_mtime_ns >= before
     assert reinit_file.stat().st_mtime_ns == reinit_before
     assert pd.read_csv(report / "layers.csv").equals(layers)
+
+    # the same --out with another learning rate: refused before anything is written
+    def digests():
+        return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.rglob("*")) if p.is_file()}
+
+    before = digests()
+    capsys.readouterr()
+    other = [a if a != "0.02" else "0.05" for a in argv]
+    assert main(other) == 1
+    assert "already holds snapshots of another configuration (--lr 0.02 there, 0.05 here)" in capsys.readouterr().err
+    assert digests() == before
+
+    # unreadable results are named, and the epochs they leave out are marked
+    results = out / "results" / "digits" / "lenet" / "1"
+    text = (results / "lenet_1.json").read_text()
+    (results / "lenet_1.json").write_text(text[: len(text) // 3])
+    (results / "lenet_0.json").write_text('{"a":1}')
+    assert main(["report", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "results/digits/lenet/1/lenet_1.json: truncated" in err
+    assert "results/digits/lenet/1/lenet_0.json: another format" in err and "epochs 1, 2 missing" in err
+    summary = (report / "summary.md").read_text()
+    assert "lenet_1.json: truncated" in summary and "Epochs 1, 2 missing" in summary
+    assert main(["report", str(out), "--strict"]) == 1
+
+    # --overwrite replaces the run and computes every result again: nothing of the first run remains
+    assert main([*other, "--overwrite", "--epochs", "1"]) == 0
+    assert "replacing the run in" in capsys.readouterr().err
+    assert sorted(p.name for p in run_dir.glob("lenet_*")) == ["lenet_0.tar", "lenet_1.pt", "lenet_init_0.pt"]
+    assert sorted(p.name for p in results.glob("*.json")) == ["lenet_0.json", "lenet_1.json", "lenet_init_0.json"]
+    assert set(pd.read_csv(results / "projections.csv")["epoch"]) == {0, 1}
+    assert report_module.load_run(out, exclude=[report]).unusable == []  # what --strict checks

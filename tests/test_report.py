@@ -1,6 +1,7 @@
 """`hparr report`: a report drawn from result files made by the real projection and reinit code paths."""
 from __future__ import annotations
 
+import html
 import json
 import math
 import shutil
@@ -335,3 +336,39 @@ def test_a_manifest_names_the_inputs(run, built, tmp_path):
     written = report.build_report(copy)
     assert (copy / "report" / "layers.csv").read_bytes() == (run / "report" / "layers.csv").read_bytes()
     assert "results_plain" not in (copy / "report" / "summary.md").read_text() and written
+def test_unusable_result_files_are_named_and_their_epochs_marked(run, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("report"))
+    folder = copy / "results" / "cifar10" / "lenet" / "0"
+    text = (folder / "lenet_4.json").read_text()
+    (folder / "lenet_4.json").write_text(text[: len(text) // 2])  # truncated: the snapshot lenet_4.tar, epoch 5
+    files.write_json(folder / "lenet_init_0.json", {"a": 1})  # another format: epoch 0
+    other = load(folder / "lenet_9.json")
+    files.write_json(folder / "lenet_9.json", {**other, "normalize": False})  # epoch 10, which lenet_10 has
+
+    assert main(["report", str(copy)]) == 0
+    err = capsys.readouterr().err
+    expected = {"results/cifar10/lenet/0/lenet_4.json": "truncated",
+                "results/cifar10/lenet/0/lenet_init_0.json": "another format",
+                "results/cifar10/lenet/0/lenet_9.json": "another run's settings (normalize False vs True)",
+                "results/unrelated.json": "another format", "results/broken.json": "not JSON"}
+    summary = (copy / "report" / "summary.md").read_text()
+    page = (copy / "report" / "index.html").read_text()
+    unused = summary.split("## Result files not used")[1].split("##")[0]
+    for path, reason in expected.items():
+        assert f"result file not used: {path}: {reason}" in err
+        assert f"- {path}: {reason}" in unused
+        assert html.escape(f"{path}: {reason}") in page
+    assert "(snapshot of epoch 5)" in unused and "lenet_init_0.json: another format" in unused
+    assert "figures: epochs 0, 5 missing" in err
+    rep = load(copy / "report" / "report.json")
+    assert rep["missing_epochs"] == [0, 5] and len(rep["unusable_results"]) == len(expected)
+    assert [Path(p).name for p in rep["inputs"]["projections"]] == ["lenet_10.json"]
+    captions = [line for line in summary.splitlines() if "Epochs 0, 5 missing" in line]
+    assert len(captions) == 2  # the two figures drawn from the projection results
+    assert page.count("Epochs 0, 5 missing") == 2
+
+    assert main(["report", str(copy), "--strict"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hparr report: error: 5 result file(s) cannot be used (--strict)")
+    assert "epochs 0, 5 missing" in err[0]

@@ -198,3 +198,40 @@ def test_compile_trains_the_same_model_and_snapshots_plain_keys(tmp_path, capsys
     assert not torch.equal(b["features.0.weight"], init["features.0.weight"])  # the compiled steps trained it
     for k in a:  # ... the way the eager steps did (fused kernels round differently: not bit for bit)
         assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5), k
+def digests(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_a_run_of_another_configuration_is_refused_and_replaced_only_with_overwrite(tmp_path, capsys):
+    def argv(lr, *extra):
+        return ["train", "--arch", "lenet", "--dataset", "digits", "--epochs", "1", "--lr", lr, "--seed", "0",
+                "--models-path", str(tmp_path / "M"), "--tb-logdir", "", "--no-progress", *extra]
+
+    run_dir = tmp_path / "M" / "digits" / "lenet" / "0"
+    assert main(argv("0.01")) == 0
+    first = digests(run_dir)
+    assert set(first) == {"lenet_init_0.pt", "lenet_0.tar", "lenet_1.pt", "train.log"}
+    capsys.readouterr()
+
+    assert main(argv("0.05")) == 1  # the same run directory: the original layout has no lr in its path
+    err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(err) == 1 and "already holds snapshots of another configuration (--lr 0.01 there, 0.05 here)" in \
+        err[0] and "--overwrite" in err[0] and "--resume-from auto" in err[0]
+    assert digests(run_dir) == first  # refused before anything was written: every byte as it was
+
+    assert main(argv("0.05", "--overwrite")) == 0
+    assert "replacing the run in" in capsys.readouterr().err
+    names = sorted(p.name for p in run_dir.glob("lenet_*"))
+    assert names == ["lenet_0.tar", "lenet_1.pt", "lenet_init_0.pt"]
+    assert all(ck.torch_load(run_dir / n)["settings"]["lr"] == 0.05 for n in names)  # no mix remains
+    replaced = digests(run_dir)
+    assert all(replaced[n] != first[n] for n in names)
+
+    # flags that do not change the weights (and a longer run) continue the same run
+    assert main(argv("0.05", "--epochs", "2", "--resume-from", "auto", "--snapshot-every", "1", "--workers", "0",
+                     "--train-acc", "--log", "again.log")) == 0
+    assert [h["epoch"] for h in ck.torch_load(run_dir / "lenet_2.pt")["history"]] == [1, 2]
+    after = digests(run_dir)
+    assert all(after[n] == replaced[n] for n in names)  # the snapshots it continued from are untouched

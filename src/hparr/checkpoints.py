@@ -9,14 +9,14 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
-from . import files
+from . import files, results
 from .errors import HparrError, UsageError, first_line
 
-SNAPSHOT_SUFFIXES = (".pt", ".tar", ".pth")
+SNAPSHOT_SUFFIXES = results.SNAPSHOT_SUFFIXES
 # facts about the data that a snapshot of `hparr train` stores once, at its top level, not in its "data" record
 TOP_LEVEL_FACTS = ("dataset", "num_classes", "in_channels", "image_size", "normalization", "versions")
 
@@ -30,6 +30,7 @@ def torch_load(path: str | os.PathLike, mmap: bool = False) -> Any:
     path = Path(path)
     if not path.is_file():
         raise HparrError(f"snapshot not found: {path}")
+    _check_snapshot_header(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
@@ -39,6 +40,28 @@ def torch_load(path: str | os.PathLike, mmap: bool = False) -> Any:
         raise HparrError(f"truncated or corrupt snapshot {path}: not a tensor snapshot") from None
     except Exception as exc:  # noqa: BLE001 - a torn file fails in many ways, all of them "corrupt"
         raise HparrError(f"truncated or corrupt snapshot {path}: {first_line(exc).split('. ')[0]}") from None
+
+
+# How a file written by torch.save begins: a zip archive (since torch 1.6) or a pickle (the legacy format).
+_SNAPSHOT_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def _check_snapshot_header(path: Path) -> None:
+    """Raise an HparrError saying so if `path` is not a torch.save file at all (empty, text, another format)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except OSError as exc:
+        raise HparrError(f"cannot read snapshot {path}: {exc.strerror or exc}") from None
+    if any(head.startswith(magic) for magic in _SNAPSHOT_MAGIC):
+        return
+    if not head:
+        raise HparrError(f"{path} is not a snapshot: the file is empty")
+    text = head.decode("utf-8", errors="ignore")  # the first 64 bytes may end inside a character
+    is_text = len(text.encode("utf-8")) >= len(head) - 3 and all(c.isprintable() or c in "\t\r\n" for c in text)
+    kind = f"a text file beginning {text[:20]!r}" if is_text else None
+    raise HparrError(f"{path} is not a snapshot: it is {kind or 'a file of another format'}, not a file "
+                     "written by torch.save (a zip archive)")
 
 
 def state_dict_of(obj: Any, path: str | os.PathLike = "<snapshot>") -> dict[str, torch.Tensor]:
@@ -81,8 +104,8 @@ def load_model_weights(model: torch.nn.Module, path: str | os.PathLike) -> dict[
 
 
 def save_snapshot(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """Atomically write a snapshot of tensors and plain Python values."""
-    files.save_torch(payload, path)
+    """Atomically write a snapshot of tensors and plain Python values (a failed write: one HparrError)."""
+    files.save_torch(payload, path, what="snapshots")
 
 
 def data_record(data_meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -140,20 +163,11 @@ def final_name(arch: str, epochs: int, pretrained: bool = False) -> str:
 
 
 def epoch_from_filename(path: str | os.PathLike) -> int:
-    """The original file-name rule: 'pretrained' -> -1, 'init' -> 0, `<arch>_<e>.tar` -> e+1.
-
-    A final `<arch>_<N>.pt` is labelled N, the epochs it ran (the original labelled it N+1).
-    """
-    stem, suffix = os.path.splitext(os.path.basename(str(path)))
-    parts = stem.split("_")
-    if "pretrained" in parts:
-        return -1
-    if "init" in parts:
-        return 0
-    if not re.fullmatch(r"\d+", parts[-1]):
+    """The original file-name rule (`results.epoch_from_filename`); an error for a name without a number."""
+    epoch = results.epoch_from_filename(path)
+    if epoch is None:
         raise HparrError(f"cannot tell the epoch of {path}: its name does not end in _<number>")
-    number = int(parts[-1])
-    return number if suffix == ".pt" else number + 1
+    return epoch
 
 
 def snapshot_epoch(obj: Any, path: str | os.PathLike) -> int:
@@ -189,10 +203,13 @@ def find_snapshots(specs: str | os.PathLike | Iterable[str | os.PathLike]) -> li
     return [p for p in found if not (p in seen or seen.add(p))]
 
 
-def newest_snapshot(directory: str | os.PathLike) -> Path:
-    """The complete snapshot of a run directory with the most completed epochs."""
+def newest_snapshot(directory: str | os.PathLike, exclude: Iterable[str | os.PathLike] = ()) -> Path:
+    """The complete snapshot of a run directory with the most completed epochs (files in `exclude` aside)."""
     best: tuple[int, Path] | None = None
+    skip = {Path(p) for p in exclude}
     for path in find_snapshots(directory):
+        if path in skip:
+            continue
         try:
             epoch = snapshot_epoch(torch_load(path, mmap=True), path)
         except HparrError:
@@ -254,3 +271,121 @@ def check_state(reference: Mapping[str, tuple[int, ...]], state: Mapping[str, An
                  for label, items in (("shapes differ", shapes), ("missing keys", missing),
                                       ("unexpected keys", unexpected)) if items]
         raise HparrError(f"{source} does not match this architecture/class count ({'; '.join(parts)})")
+
+
+# --- one run per run directory --------------------------------------------------------------------
+
+class _Ignored:
+    """A setting that has no effect in a run (momentum under Adam, the noise seed without noise, ...)."""
+
+    def __repr__(self) -> str:
+        return "ignored"
+
+
+IGNORED = _Ignored()
+
+
+def _sgd(c: Mapping[str, Any]) -> bool:
+    return c.get("optimizer") == "sgd"
+
+
+def _split(c: Mapping[str, Any]) -> bool:
+    return (c.get("data.split") or 0) > 0
+
+
+def _when(condition: Callable[[Mapping[str, Any]], bool]) -> Callable[[Mapping[str, Any], Any], Any]:
+    """The setting's value where `condition` holds for the run, else IGNORED (it has no effect)."""
+    return lambda c, value: value if condition(c) else IGNORED
+
+
+def _schedule(c: Mapping[str, Any], value: Any) -> Any:
+    """StepLR runs only under SGD with both --lr-step and --lr-decay > 0; otherwise the schedule is off (0)."""
+    if not _sgd(c):
+        return IGNORED
+    on = (c.get("lr_step") or 0) > 0 and (c.get("lr_decay") or 0) > 0
+    return value if on else 0
+
+
+# The settings that change the weights a training run produces, as its snapshots record them: the key in the
+# snapshot's "settings" ("data." for a data option) or "seeds" ("seeds.": the seeds as resolved, since an
+# unset --seed is drawn and unset data seeds are derived from it), and how its value counts in a run (None:
+# as it is; a rule may make it IGNORED where it has no effect, which is then not compared). Everything else
+# leaves the weights of every epoch as they are: where files go (--models-path, --tb-logdir, --log,
+# --data-path), the snapshot schedule, --epochs (the lr schedule counts epochs from the start, so a longer run
+# passes through the same weights), --kill-plateaus, --train-acc, the device and the arithmetic (--cuda, --amp,
+# --channels-last, --sync-bn), --workers and the progress bar.
+WEIGHT_SETTINGS: tuple[tuple[str, Callable[[Mapping[str, Any], Any], Any] | None], ...] = (
+    ("arch", None), ("pretrained", None), ("weights", None),
+    ("data.dataset", None), ("data.subsample_classes", None),
+    ("seeds.class_sample_seed", _when(lambda c: (c.get("data.subsample_classes") or 0) > 0)),
+    ("data.noise", None), ("seeds.noise_seed", _when(lambda c: (c.get("data.noise") or 0) != 0)),
+    ("data.split", None), ("data.stratified", _when(_split)), ("data.shuffle", _when(_split)),
+    ("seeds.split_seed", _when(lambda c: _split(c) and bool(c.get("data.shuffle")))),
+    ("data.augmentation", None), ("data.unnormalize", None),
+    ("seeds.seed", None), ("batch_size", None), ("optimizer", None), ("lr", None),
+    ("momentum", _when(_sgd)), ("weight_decay", _when(_sgd)), ("lr_step", _schedule), ("lr_decay", _schedule),
+    # a fresh start at a later epoch numbers (and schedules) its epochs differently; a resume takes its
+    # epoch from the snapshot
+    ("start_epoch", _when(lambda c: not c.get("resume_from"))),
+)
+_MISSING = object()
+
+
+def weight_configuration(settings: Mapping[str, Any], seeds: Mapping[str, Any]) -> dict[str, Any]:
+    """The WEIGHT_SETTINGS of a run from its settings (TrainSettings as a dict, as snapshots record them) and
+    its resolved seeds; a setting without effect in this run is IGNORED, one not recorded is left out."""
+    flat: dict[str, Any] = {k: v for k, v in settings.items() if k != "data"}
+    flat.update({f"data.{k}": v for k, v in (settings.get("data") or {}).items()})
+    flat.update({f"seeds.{k}": v for k, v in (seeds or {}).items()})
+    config = {}
+    for key, rule in WEIGHT_SETTINGS:
+        value = flat.get(key, _MISSING)
+        if value is not _MISSING:
+            config[key] = value if rule is None else rule(flat, value)
+    return config
+
+
+def flag_name(key: str) -> str:
+    """The command-line flag of a WEIGHT_SETTINGS key ("data.noise" -> "--noise", "seeds.seed" -> "--seed")."""
+    return "--" + key.rsplit(".", 1)[-1].replace("_", "-")
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "unset" if value is None else str(value)
+
+
+def configuration_differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """The settings that differ between two weight configurations, as "--flag A there, B here"; a setting
+    that one of them does not record or that has no effect in one of them is not compared."""
+    out = []
+    for key, _ in WEIGHT_SETTINGS:
+        a, b = recorded.get(key, IGNORED), current.get(key, IGNORED)
+        if a is IGNORED or b is IGNORED or a == b:
+            continue
+        out.append(f"{flag_name(key)} {_shown(a)} there, {_shown(b)} here")
+    return out
+
+
+def other_configurations(run_dir: str | os.PathLike, config: Mapping[str, Any]) -> list[tuple[Path, list[str]]]:
+    """The snapshots in `run_dir` that record a weight configuration other than `config`, each with the
+    differences. Files that record none (the original code's, bare weights, unreadable ones) are not
+    compared. Only the snapshots' metadata is read (memory-mapped)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = []
+    for path in sorted(p for p in run_dir.iterdir()
+                       if p.suffix in SNAPSHOT_SUFFIXES and not p.name.startswith(".") and p.is_file()):
+        try:
+            obj = torch_load(path, mmap=True)
+        except HparrError:
+            continue
+        if not (isinstance(obj, dict) and obj.get("format") == FORMAT and isinstance(obj.get("settings"), dict)):
+            continue
+        seeds = obj.get("seeds") if isinstance(obj.get("seeds"), dict) else {}
+        differences = configuration_differences(weight_configuration(obj["settings"], seeds), config)
+        if differences:
+            found.append((path, differences))
+    return found

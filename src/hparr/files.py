@@ -1,12 +1,19 @@
-"""Atomic file writes: a crash leaves either the old file or the new one, never a torn one."""
+"""Atomic file writes: a crash leaves either the old file or the new one, never a torn one.
+
+A write that fails for a reason the user can act on (a full disk, a quota, no permission, a read-only
+file system, a file-size limit, an I/O error) raises an HparrError naming the file and the cause; the
+temporary file is removed and the file that was there before is left as it was.
+"""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
 import os
 import sys
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -26,24 +33,89 @@ def ensure_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+# the causes of a failed write that are the user's to fix, not a bug
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG,
+                          errno.EIO})
+# torch's zip writer reports a failed write as a RuntimeError ("[enforce fail at inline_container.cc:...]
+# . unexpected pos 206208 vs 206096"), with the OSError, if any, only as its context
+_TORCH_WRITE_FAILURE = re.compile(r"unexpected pos|enforce fail|file write failed|PytorchStreamWriter")
+FULL_DISK_BYTES = 16 << 20  # below this much free space, a torch write failure is taken for a full disk
+
+
+def write_error(exc: BaseException, path: str | os.PathLike, what: str = "files") -> HparrError | None:
+    """The one-line error for a failed write of `path`, or None if `exc` is not a write failure.
+
+    An OSError with a cause in WRITE_ERRNOS (itself, or as the cause or context of another exception)
+    names that cause; torch's zip-writer RuntimeError without one is taken for a full disk when the
+    target's file system has less than FULL_DISK_BYTES free, else reported with torch's message.
+    """
+    if isinstance(exc, HparrError):
+        return None  # told already
+    path = Path(path)
+    tail = f"; the previous {what} are intact"
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in WRITE_ERRNOS:
+            cause = os.strerror(current.errno)
+            return HparrError(f"{cause[:1].lower()}{cause[1:]} while writing {path}{tail}")
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    if isinstance(exc, RuntimeError) and _TORCH_WRITE_FAILURE.search(str(exc)):
+        if free_bytes(path.parent) < FULL_DISK_BYTES:
+            return HparrError(f"no space left on device while writing {path}{tail}")
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        return HparrError(f"writing {path} failed ({first}){tail}")
+    return None
+
+
+def free_bytes(directory: str | os.PathLike) -> int:
+    """Bytes this process may still write on the file system of `directory` (root may use the reserve)."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return 1 << 62
+    return (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it is fsynced and renamed over `path`."""
+def atomic_path(path: str | os.PathLike, what: str = "files") -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it is fsynced and renamed over `path`.
+
+    A failed write (see `write_error`) raises an HparrError naming `path` and the cause, saying that
+    the previous `what` are intact; the temporary file is always removed.
+    """
     path = Path(path)
     ensure_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    except OSError as exc:
+        raise (write_error(exc, path, what) or exc) from None
     os.close(fd)
     tmp = Path(tmp)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared like any file
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared like any file
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except Exception as exc:  # only write failures are translated; the rest is re-raised
+        error = write_error(exc, path, what)
+        if error is None:
+            raise
+        raise error from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def remove(path: str | os.PathLike) -> None:
+    """Delete a file (gone already is fine); a failure is an HparrError naming the file and the cause."""
+    try:
+        Path(path).unlink(missing_ok=True)
+    except OSError as exc:
+        raise HparrError(f"cannot remove {path}: {exc.strerror or exc}") from None
 
 
 def _umask() -> int:
@@ -98,18 +170,22 @@ def jsonable(value: Any) -> Any:
 
 
 @contextlib.contextmanager
-def log_to(path: str | os.PathLike | None, logger: str = "hparr") -> Iterator[Callable[[str], None]]:
+def log_to(path: str | os.PathLike | None, logger: str = "hparr", what: str = "files") -> Iterator[Callable[[str], None]]:
     """Append the messages of `logger` to the file `path` while the block runs (None: no file).
 
-    Yields a function that appends one more line, as it is, to the file alone (not to the console). A log is the one
-    file written as a stream rather than atomically: each message is appended as it comes.
+    Yields a function that appends one more line, as it is, to the file alone (not to the console). A log is
+    the one file written as a stream rather than atomically: each message is appended as it comes. A write
+    that fails (a full disk, ...) stops the work with the one-line error of `write_error`.
     """
     if path is None:
         yield lambda line: None
         return
     path = Path(path)
     ensure_dir(path.parent)
-    handler = logging.FileHandler(path)
+    try:
+        handler = _LogFileHandler(path, what)
+    except OSError as exc:
+        raise (write_error(exc, path, what) or exc) from None
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     root = logging.getLogger(logger)
@@ -118,21 +194,40 @@ def log_to(path: str | os.PathLike | None, logger: str = "hparr") -> Iterator[Ca
         yield lambda line: _append(handler, line)
     finally:
         root.removeHandler(handler)
-        handler.close()
+        with contextlib.suppress(OSError):
+            handler.close()
 
 
-def _append(handler: logging.FileHandler, line: str) -> None:
+class _LogFileHandler(logging.FileHandler):
+    """A log file whose failed writes raise the one-line error of `write_error` instead of printing a traceback."""
+
+    def __init__(self, path: Path, what: str):
+        super().__init__(path)
+        self.what = what
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = write_error(sys.exc_info()[1], self.baseFilename, self.what)
+        if error is None:
+            super().handleError(record)
+            return
+        raise error
+
+
+def _append(handler: _LogFileHandler, line: str) -> None:
     handler.acquire()
     try:
         handler.stream.write(line + "\n")
         handler.flush()
+    except OSError as exc:
+        raise (write_error(exc, handler.baseFilename, handler.what) or exc) from None
     finally:
         handler.release()
 
 
-def save_torch(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save, atomically."""
+def save_torch(obj: Any, path: str | os.PathLike, what: str = "files") -> None:
+    """torch.save, atomically. The file is written through a Python file object, so that a failed write
+    keeps its OSError (and errno) as the context of torch's error."""
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path, what) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)

@@ -37,17 +37,38 @@ class ReproduceResult:
     manifest: Path
     report: dict[str, Path]
     snapshots: int
+def remove_results(results: Path, settings: TrainSettings) -> list[Path]:
+    """Delete the projection and re-initialization results of this configuration's experiment under
+    `results` (they are computed again), so that none of a replaced run is reused or reported."""
+    removed = []
+    for folder in (results, results / "reinit"):
+        where = checkpoints.results_directory(folder, settings.data.dataset, settings.arch, settings.seed,
+                                              settings.data.subsample_classes)
+        if where.is_dir():
+            for path in sorted(where.iterdir()):
+                if path.is_file() and (path.suffix in (".json", ".csv", ".parquet", ".log", ".png", ".pdf")):
+                    files.remove(path)
+                    removed.append(path)
+    return removed
 
 
 def reproduce(settings: TrainSettings, out_dir: str | Path, with_linear: bool = False,
               threshold: float = 0.1, level: float = 0.05) -> ReproduceResult:
     """Train with snapshots under `out_dir/models`, analyze every snapshot, run the reinit sweep with
-    `--rand`, and draw the report into `out_dir/report`. Rerunning resumes and reuses finished results."""
+    `--rand`, and draw the report into `out_dir/report`. Rerunning resumes and reuses finished results.
+
+    A run of another configuration under `out_dir` is refused, or with `settings.overwrite` replaced, and
+    then every result of the experiment is computed again."""
     out = Path(out_dir)
     files.ensure_dir(out)
     settings = dataclasses.replace(settings, models_path=str(out / "models"),
                                    tb_logdir=str(out / "tensorboard") if settings.tb_logdir else None,
                                    resume_from=settings.resume_from or "auto")
+    if settings.overwrite:
+        removed = remove_results(out / "results", settings)
+        if removed:
+            log.warning("--overwrite: removed %d result file(s) of %s under %s; they are computed again",
+                        len(removed), settings.arch, out / "results")
     log.info("[1/4] training %s on %s", settings.arch, settings.data.dataset)
     trained = training.train(settings)
     if not trained.converged:

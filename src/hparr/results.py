@@ -115,12 +115,49 @@ def layer_entries(doc: Mapping[str, Any] | None) -> list[dict[str, Any]]:
             for s in sorted((k for k in doc if k.isdigit()), key=int) for b in sorted(doc[s], key=int)]
 
 
+def read_result_file(path: str | os.PathLike) -> tuple[Any, str | None]:
+    """(the JSON value of a file, None), or (None, why it cannot be read: empty, truncated, not JSON, unreadable)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return None, f"unreadable ({exc.strerror or exc})"
+    if not data.strip():
+        return None, "empty"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "not JSON (not UTF-8 text)"
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as exc:
+        if exc.pos >= len(text.rstrip()):
+            return None, f"truncated (the JSON ends after {len(data)} bytes, inside a value)"
+        return None, f"not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """The JSON value of a file, or None if it cannot be read or parsed."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
+    return read_result_file(path)[0]
+
+
+# --- snapshot file names (the original code's rule) -------------------------------------------------
+
+SNAPSHOT_SUFFIXES = (".pt", ".tar", ".pth")
+
+
+def epoch_from_filename(path: str | os.PathLike) -> int | None:
+    """The original file-name rule: 'pretrained' -> -1, 'init' -> 0, `<arch>_<e>.tar` -> e+1, and a final
+    `<arch>_<N>.pt` -> N, the epochs it ran (the original labelled it N+1); None for a name without a number."""
+    stem, suffix = os.path.splitext(os.path.basename(str(path)))
+    parts = stem.split("_")
+    if "pretrained" in parts:
+        return -1
+    if "init" in parts:
+        return 0
+    if not parts[-1].isdigit():
         return None
+    number = int(parts[-1])
+    return number if suffix == ".pt" else number + 1
 
 
 # --- the tidy projection table -------------------------------------------------------------------

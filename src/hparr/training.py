@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -48,6 +49,7 @@ class TrainSettings:
     snapshot_every: int = 0
     snapshot_all_until: int = 0
     resume_from: str | None = None
+    overwrite: bool = False  # replace a run of another configuration in the run directory
     kill_plateaus: bool = False
     train_acc: bool = False
     pretrained: bool = False
@@ -175,6 +177,28 @@ def _amp_dtype(amp: str | None) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp) if amp else None
 
 
+class _TensorBoard:
+    """A SummaryWriter whose failed writes (a full disk, ...) are one-line HparrErrors naming its folder."""
+
+    def __init__(self, log_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.log_dir = log_dir
+        self._writer = self._call(SummaryWriter, log_dir=str(log_dir))
+
+    def _call(self, method, *args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except OSError as exc:  # raised by the writer's thread, or again by each later call
+            raise (files.write_error(exc, self.log_dir, "snapshots") or exc) from None
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        attr = getattr(self._writer, name)
+        return functools.partial(self._call, attr) if callable(attr) else attr
+
+
 def _data_options_with_seeds(opts: DataOptions, seed: int) -> DataOptions:
     """Fill unset data seeds deterministically from the run seed, so every rank and every rerun agrees."""
     derived = derive_seeds(seed, "noise", "split", "class_sample")
@@ -185,13 +209,13 @@ def _data_options_with_seeds(opts: DataOptions, seed: int) -> DataOptions:
                           else derived["class_sample"]})
 
 
-def _resolve_resume(spec: str, run_dir: Path) -> Path | None:
-    """The snapshot to resume from; 'auto' on a run with no snapshot yet means a fresh start."""
+def _resolve_resume(spec: str, run_dir: Path, exclude: tuple[Path, ...] = ()) -> Path | None:
+    """The snapshot to resume from; 'auto' on a run with no snapshot yet (`exclude` aside) means a fresh start."""
     if spec == "auto":
         try:
-            return checkpoints.newest_snapshot(run_dir)
+            return checkpoints.newest_snapshot(run_dir, exclude)
         except (HparrError, UsageError):
-            log.info("no snapshot in %s yet: starting from scratch", run_dir)
+            log.info("no snapshot of this configuration in %s yet: starting from scratch", run_dir)
             return None
     if Path(spec).is_dir():
         return checkpoints.newest_snapshot(spec)
@@ -238,7 +262,11 @@ class Run:
         self.start_epoch = settings.start_epoch
         self.history: list[dict[str, Any]] = []
         self.resumed_from: Path | None = None
-        resume = _resolve_resume(settings.resume_from, self.run_dir) if settings.resume_from else None
+        # snapshots of another configuration in the run directory: refused or replaced by fit(), never resumed
+        self.config = checkpoints.weight_configuration(asdict(settings), self.seeds)
+        self.other_runs = checkpoints.other_configurations(self.run_dir, self.config)
+        others = tuple(p for p, _ in self.other_runs)
+        resume = _resolve_resume(settings.resume_from, self.run_dir, others) if settings.resume_from else None
         if resume is not None:
             self._resume(resume)
 
@@ -258,10 +286,18 @@ class Run:
             log.info("resumed weights from %s (a bare state_dict: optimizer starts fresh at epoch %d)",
                      path, self.start_epoch)
             return
-        if obj.get("optimizer_state_dict"):
-            self.optimizer.load_state_dict(obj["optimizer_state_dict"])
-        if self.scheduler is not None and obj.get("scheduler_state_dict"):
-            self.scheduler.load_state_dict(obj["scheduler_state_dict"])
+        recorded = (obj.get("settings") or {}).get("optimizer") if isinstance(obj.get("settings"), dict) else None
+        if isinstance(recorded, str) and recorded != self.s.optimizer:
+            raise HparrError(f"{path} was trained with --optimizer {recorded}: its optimizer state cannot be "
+                             f"resumed with --optimizer {self.s.optimizer}")
+        try:
+            if obj.get("optimizer_state_dict"):
+                self.optimizer.load_state_dict(obj["optimizer_state_dict"])
+            if self.scheduler is not None and obj.get("scheduler_state_dict"):
+                self.scheduler.load_state_dict(obj["scheduler_state_dict"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise HparrError(f"cannot resume the optimizer of {path} ({type(exc).__name__}: {exc}); it was "
+                             "saved by another optimizer or model") from None
         self.start_epoch = checkpoints.snapshot_epoch(obj, path)
         rng = obj.get("rng") or {}
         if "data_order" in rng:
@@ -313,10 +349,11 @@ class Run:
     def fit(self) -> TrainResult:
         """Train from `start_epoch` to `epochs`, writing snapshots; return a summary."""
         s = self.s
+        self._claim_run_dir()
         if self.ctx.is_main:
             files.ensure_dir(self.run_dir)
         log_path = self.run_dir / s.log if (s.log and self.ctx.is_main) else None
-        with files.log_to(log_path), torch.random.fork_rng(devices=[]), self._writer() as writer:
+        with files.log_to(log_path, what="snapshots"), torch.random.fork_rng(devices=[]), self._writer() as writer:
             torch.set_rng_state(self.dropout_state)
             if self.cuda_states is not None and self.device.type == "cuda":
                 torch.cuda.set_rng_state_all(self.cuda_states)
@@ -324,20 +361,41 @@ class Run:
                 torch.cuda.manual_seed_all(self.seeds["dropout"])
             return self._fit(writer)
 
+    def _claim_run_dir(self) -> None:
+        """Refuse (before anything is written) to train into a run directory that holds snapshots of another
+        configuration; with `overwrite`, remove them first and say so."""
+        if not self.other_runs:
+            return
+        differences = "; ".join(self.other_runs[0][1])
+        if not self.s.overwrite:
+            hint = ("; --seed was not given, so a new seed was drawn" if self.s.seed is None
+                    and "--seed " in differences else "")
+            raise HparrError(f"{self.run_dir} already holds snapshots of another configuration ({differences}"
+                             f"{hint}); pass --overwrite to replace that run, rerun with its flags and "
+                             "--resume-from auto to continue it, or choose another --models-path")
+        if self.ctx.is_main:
+            names = [p.name for p, _ in self.other_runs]
+            log.warning("--overwrite: replacing the run in %s (%s): removing its %d snapshot(s) %s", self.run_dir,
+                        differences, len(names), ", ".join(names[:6]) + (" ..." if len(names) > 6 else ""))
+            for path, _ in self.other_runs:
+                files.remove(path)
+        self.other_runs = []
+
     @contextlib.contextmanager
     def _writer(self):
         if not (self.s.tb_logdir and self.ctx.is_main):
             yield None
             return
-        from torch.utils.tensorboard import SummaryWriter
-
         rel = self.run_dir.relative_to(self.s.models_path) if self.run_dir.is_relative_to(self.s.models_path) \
             else Path(self.run_dir.name)
-        writer = SummaryWriter(log_dir=str(Path(self.s.tb_logdir) / rel))
+        writer = _TensorBoard(Path(self.s.tb_logdir) / rel)
         try:
             yield writer
-        finally:
-            writer.close()
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error on its way out says what went wrong
+                writer.close()
+            raise
+        writer.close()
 
     def _fit(self, writer) -> TrainResult:
         s = self.s

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import threading
 
 from ..errors import HparrError
 
@@ -37,8 +38,20 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _thread_excepthook(args) -> None:
+    """TensorBoard's writer thread re-raises its failed write in the main thread, which reports it in one
+    line: its own traceback is not printed. Everything else goes to the default hook."""
+    from ..files import WRITE_ERRNOS
+
+    if (type(args.thread).__module__.startswith("tensorboard.") and isinstance(args.exc_value, OSError)
+            and args.exc_value.errno in WRITE_ERRNOS):
+        return
+    threading.__excepthook__(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `hparr` and `python -m hparr`; returns the exit code."""
+    threading.excepthook = _thread_excepthook
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)

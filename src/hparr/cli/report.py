@@ -8,7 +8,9 @@ DESCRIPTION = (
     "RUN_DIR (no model or data is loaded): per-layer distributions of the projections at initialization and "
     "trained with the null density, mass and mean across epochs with the null's band, the re-initialization "
     "heatmap, each layer's bias against its accuracy drop under re-initialization to epoch 0 (Spearman), "
-    "layers.csv, report.json, summary.md and index.html. Written to RUN_DIR/report/ unless --out is given.")
+    "layers.csv, report.json, summary.md and index.html. Written to RUN_DIR/report/ unless --out is given. "
+    "Every JSON file below RUN_DIR that cannot be used is named, with the reason, on stderr and in the report, "
+    "and the figures mark the epochs it leaves out; --strict makes it an error.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,12 +24,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bias-measure", choices=tuple(BIAS_MEASURES), default="mass",
                    help="a layer's bias in the bias-against-criticality correlation: "
                         + "; ".join(f"{k}: {v}" for k, v in BIAS_MEASURES.items()) + " [mass]")
+    p.add_argument("--strict", action="store_true",
+                   help="a result file that cannot be used (not JSON, truncated, another format, another run's "
+                        "settings) is an error (exit 1) instead of a warning named in the report")
 
 
 def run(args) -> int:
     from .. import report
+    from .train import setup_logging
 
-    written = report.build_report(args.run_dir, args.out, threshold=args.threshold, measure=args.bias_measure)
+    setup_logging()
+    written = report.build_report(args.run_dir, args.out, threshold=args.threshold, measure=args.bias_measure,
+                                  strict=args.strict)
     for path in written.values():
         print(f"wrote {path}")
     return 0

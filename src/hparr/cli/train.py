@@ -72,6 +72,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="snapshot every epoch until this one, then every --snapshot-every")
     p.add_argument("--resume-from", type=str, default=None,
                    help="snapshot to resume from; 'auto' or a directory picks the run's newest complete one")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a run of another configuration (lr, optimizer, data options, seed, ...) whose "
+                        "snapshots are in the run directory; without it such a run is never overwritten")
     p.add_argument("--kill-plateaus", action="store_true",
                    help="stop when validation accuracy stalls in the first 10 epochs")
     p.add_argument("--train-acc", action="store_true", help="also report training accuracy at snapshots")
@@ -133,7 +136,7 @@ def settings_from_args(args):
         batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, lr_step=args.lr_step,
         lr_decay=args.lr_decay, weight_decay=args.weight_decay, momentum=args.momentum, seed=args.seed,
         models_path=args.models_path, tb_logdir=args.tb_logdir or None, snapshot_every=args.snapshot_every,
-        snapshot_all_until=args.snapshot_all_until, resume_from=args.resume_from,
+        snapshot_all_until=args.snapshot_all_until, resume_from=args.resume_from, overwrite=args.overwrite,
         kill_plateaus=args.kill_plateaus, train_acc=args.train_acc,
         pretrained=args.pretrained or args.weights is not None, weights=args.weights, cuda=args.cuda,
         amp=args.amp, compile=args.compile, channels_last=args.channels_last, sync_bn=args.sync_bn, workers=args.workers, progress=not args.no_progress, log=args.log)

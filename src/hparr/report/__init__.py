@@ -11,13 +11,15 @@ results do not record: the spread measured at epoch 0 stands in for it, and the 
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from .. import files
+from ..errors import HparrError
 from ..results import REPORT_FORMAT
 from . import render
-from .discovery import ProjectionRun, RunResults, load_run
+from .discovery import ProjectionRun, RunResults, describe_unusable, load_run, missing_text
 from .figures import FIGURES, plot_bias_vs_criticality, plot_distributions, plot_epochs, save_heatmap
 from .tables import BIAS_MEASURES, DEFAULT_THRESHOLD, bias_measure, bias_vs_criticality, check_options, joined_table
 
@@ -25,20 +27,36 @@ __all__ = ["BIAS_MEASURES", "DEFAULT_THRESHOLD", "FIGURES", "ProjectionRun", "Ru
            "bias_vs_criticality", "build_report", "joined_table", "load_run", "save_heatmap"]
 
 REPORT_DIR = "report"
+log = logging.getLogger("hparr.report")
+
+
+def report_unusable(results: RunResults, strict: bool = False) -> None:
+    """Name every result file the report cannot use, and the epochs missing from the figures, on stderr
+    (the "hparr" logger); with `strict`, raise an HparrError instead (nothing is written)."""
+    items = [describe_unusable(u, results.run_dir) for u in results.unusable]
+    if strict and items:
+        raise HparrError(f"{len(items)} result file(s) cannot be used (--strict): " + "; ".join(items)
+                         + (f"; {missing_text(results.missing_epochs)}" if results.missing_epochs else ""))
+    for item in items:
+        log.warning("warning: result file not used: %s", item)
+    if results.missing_epochs:
+        log.warning("warning: figures: %s", missing_text(results.missing_epochs))
 
 
 def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                 threshold: float = DEFAULT_THRESHOLD, measure: str = "mass") -> dict[str, Path]:
+                 threshold: float = DEFAULT_THRESHOLD, measure: str = "mass", strict: bool = False) -> dict[str, Path]:
     """Write the report of `run_dir` to `out_dir` (default RUN_DIR/report) from the result files alone.
 
     Returns {file name: path} of what was written: the figures (PNG and PDF) that the results allow,
     layers.csv, report.json, summary.md and index.html. Figures of an earlier report that the
-    results no longer allow are removed.
+    results no longer allow are removed. Result files that cannot be used are named on stderr and in
+    the report; with `strict` they are an error and nothing is written.
     """
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / REPORT_DIR
     check_options(threshold, measure)
     results = load_run(run_dir, exclude=[out])
+    report_unusable(results, strict)
     table = joined_table(results, threshold=threshold, measure=measure)
     correlation = bias_vs_criticality(table)
     files.ensure_dir(out)
@@ -74,7 +92,10 @@ def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
         "trained_epoch": results.trained_epoch, "threshold": table.attrs["threshold"], "bias_measure": measure,
         "level": table.attrs.get("level"), "correction": table.attrs.get("correction"),
         "bias_vs_criticality": dict(correlation),
-        "layers": records, "notes": results.notes, "figures": figures, **provenance})
+        "layers": records, "notes": results.notes, "figures": figures,
+        "unusable_results": [{"path": str(u.path.resolve()), "reason": u.reason, "epoch": u.epoch}
+                             for u in results.unusable],
+        "missing_epochs": results.missing_epochs, **provenance})
     files.write_text(out / "summary.md", render.summary_markdown(results, table, correlation, figures, provenance))
     files.write_text(out / "index.html", render.index_html(results, table, correlation, figures, provenance))
     written += [out / "layers.csv", out / "report.json", out / "summary.md", out / "index.html"]

@@ -18,33 +18,53 @@ import pandas as pd
 
 from ..errors import HparrError
 from ..results import (
+    MANIFEST_FORMAT,
+    REPORT_FORMAT,
+    SNAPSHOT_SUFFIXES,
     complete_projection_doc,
     complete_reinit_doc,
+    epoch_from_filename,
     epoch_of,
     is_projection_doc,
     is_reinit_doc,
     projections_table,
-    read_json,
     read_manifest,
+    read_result_file,
     seed_of,
 )
 
 Found = list[tuple[Path, dict]]
 
 
-def _classify(paths: Iterable[Path]) -> tuple[Found, Found]:
-    """(projection documents, reinit documents) among the JSON files `paths`; other files are passed over."""
+@dataclass(frozen=True)
+class UnusableResult:
+    """A JSON file of the run that the report cannot use, why, and the snapshot epoch it stands for where
+    that is known."""
+
+    path: Path
+    reason: str
+    epoch: int | None = None
+
+
+def _classify(paths: Iterable[Path], unusable: list[UnusableResult]) -> tuple[Found, Found]:
+    """(projection documents, reinit documents) among the JSON files `paths`; the others are added to
+    `unusable` with the reason (an earlier report's and a manifest's own files excepted)."""
     found_p, found_r = [], []
     for path in paths:
-        doc = read_json(path)
-        if is_projection_doc(doc):
+        doc, reason = read_result_file(path)
+        if reason is not None:
+            unusable.append(UnusableResult(path, reason))
+        elif is_projection_doc(doc):
             found_p.append((path, doc))
         elif is_reinit_doc(doc):
             found_r.append((path, doc))
+        elif not (isinstance(doc, dict) and doc.get("format") in (REPORT_FORMAT, MANIFEST_FORMAT)):
+            unusable.append(UnusableResult(path, "another format: neither a projection nor a re-initialization "
+                                                 "result"))
     return found_p, found_r
 
 
-def _result_files(run_dir: Path, exclude: Sequence[Path]) -> tuple[Found, Found]:
+def _result_files(run_dir: Path, exclude: Sequence[Path], unusable: list[UnusableResult]) -> tuple[Found, Found]:
     """(projection documents, reinit documents) below `run_dir`, skipping hidden and excluded folders."""
     excluded = {p.resolve() for p in exclude}
     paths = []
@@ -52,15 +72,15 @@ def _result_files(run_dir: Path, exclude: Sequence[Path]) -> tuple[Found, Found]
         here = Path(root)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() not in excluded)
         paths += [here / name for name in sorted(names) if name.endswith(".json") and not name.startswith(".")]
-    return _classify(paths)
+    return _classify(paths, unusable)
 
 
-def _manifest_files(manifest: Mapping[str, Any]) -> tuple[Found, Found]:
+def _manifest_files(manifest: Mapping[str, Any], unusable: list[UnusableResult]) -> tuple[Found, Found]:
     """The documents a manifest names: its projection folder's and its re-initialization result."""
     folder = manifest.get("projections")
     paths = sorted(p for p in Path(folder).glob("*.json") if not p.name.startswith(".")) if folder else []
-    found_p, _ = _classify(paths)
-    _, found_r = _classify([Path(manifest["reinit"])] if manifest.get("reinit") else [])
+    found_p, _ = _classify(paths, unusable)
+    _, found_r = _classify([Path(manifest["reinit"])] if manifest.get("reinit") else [], unusable)
     return found_p, found_r
 
 
@@ -114,6 +134,8 @@ class RunResults:
     trained_epoch: int | None
     notes: list[str] = field(default_factory=list)
     other_runs: list[str] = field(default_factory=list)
+    unusable: list[UnusableResult] = field(default_factory=list)
+    missing_epochs: list[int] = field(default_factory=list)
 
     def projection_doc(self, epoch: int | None) -> dict | None:
         if self.projection_run is None or epoch is None:
@@ -187,14 +209,15 @@ def load_run(run_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = 
     base = Path(run_dir)
     if not base.is_dir():
         raise HparrError(f"run directory {base} does not exist" if not base.exists() else f"{base} is not a directory")
+    unreadable: list[UnusableResult] = []
     manifest = read_manifest(base)
     if manifest is not None:
-        found_p, found_r = _manifest_files(manifest)
+        found_p, found_r = _manifest_files(manifest, unreadable)
     else:
-        found_p, found_r = _result_files(base, [Path(p) for p in exclude])
+        found_p, found_r = _result_files(base, [Path(p) for p in exclude], unreadable)
     if not found_p and not found_r:
         raise HparrError(f"no result files under {base}: expected the JSON files of `hparr projections` "
-                         "and/or `hparr reinit`")
+                         "and/or `hparr reinit`" + "".join(f"; {describe_unusable(u, base)}" for u in unreadable))
     notes: list[str] = []
     reinits = [(p, complete_reinit_doc(d)) for p, d in found_r]
     runs = _projection_runs(found_p, base, notes, {str(d["load_from"]) for _, d in reinits if d.get("load_from")})
@@ -206,7 +229,8 @@ def load_run(run_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = 
 
     runs.sort(key=run_rank, reverse=True)
     chosen = runs[0] if runs else None
-    other_runs = [r.describe(base) for r in runs[1:]]
+    unusable, missing_epochs = unusable_results(unreadable, runs, chosen)
+    other_runs = [r.describe(base) for r in runs[1:] if r.directory != chosen.directory]
     if chosen is not None:
         if chosen.normalize is not True:
             notes.append(("no normalized projection run found" if chosen.normalize is False else
@@ -255,6 +279,75 @@ def load_run(run_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = 
         notes.append("no projection results found: no bias statistics")
 
     table = projections_table(chosen.docs) if chosen else pd.DataFrame()
-    return RunResults(base, chosen, table, reinit_doc, reinit_path, trained_epoch, notes, other_runs)
+    return RunResults(base, chosen, table, reinit_doc, reinit_path, trained_epoch, notes, other_runs, unusable,
+                      missing_epochs)
+
+
+# --- result files that cannot be used ---------------------------------------------------------------
+
+def _snapshot_epochs(run: ProjectionRun) -> dict[str, int]:
+    """Snapshot stem -> epoch, from the run folder's projections.csv and the snapshots beside the run's
+    sources (by the file-name rule: nothing is loaded)."""
+    epochs: dict[str, int] = {}
+    folders = {Path(str(d.get("source"))).parent for d in run.docs if d.get("source")}
+    for folder in sorted(f for f in folders if f.is_dir()):
+        for path in folder.iterdir():
+            epoch = epoch_from_filename(path)
+            if path.suffix in SNAPSHOT_SUFFIXES and not path.name.startswith(".") and epoch is not None:
+                epochs.setdefault(path.stem, epoch)
+    csv = run.directory / "projections.csv"
+    if csv.is_file():
+        try:
+            listed = pd.read_csv(csv, usecols=["stem", "epoch"]).dropna().drop_duplicates("stem")
+            epochs.update({str(k): int(v) for k, v in zip(listed["stem"], listed["epoch"])})
+        except (OSError, ValueError):
+            pass
+    return epochs
+
+
+def unusable_results(unreadable: Sequence[UnusableResult], runs: Sequence[ProjectionRun],
+                     chosen: ProjectionRun | None) -> tuple[list[UnusableResult], list[int]]:
+    """Every result file that the report cannot use, with the reason, and the epochs missing from the chosen
+    projection run because of them.
+
+    `unreadable`: the files that are not JSON, truncated, or of another format. The documents of other
+    runs in the chosen run's folder (another experiment, or other settings) are added. An epoch is
+    missing when an unusable file of the chosen run's folder stands for a snapshot (found beside the
+    run's snapshots or listed in its projections.csv) of which the run has no usable result.
+    """
+    out = list(unreadable)
+    if chosen is None:
+        return out, []
+    for run in runs:
+        if run is chosen or run.directory != chosen.directory:
+            continue
+        differ = [f"{k} {run.settings.get(k)!r} vs {chosen.settings.get(k)!r}" for k in _SETTINGS
+                  if run.settings.get(k) != chosen.settings.get(k)]
+        differ += [f"{k} {a!r} vs {b!r}" for k, a, b in zip(("arch", "dataset", "seed"), _experiment(run.docs[0]),
+                                                              _experiment(chosen.docs[0])) if a != b]
+        out += [UnusableResult(path, f"another run's settings ({', '.join(differ)})", epoch_of(doc))
+                for path, doc in zip(run.paths, run.docs)]
+    stems: dict[str, int] | None = None
+    for i, item in enumerate(out):
+        if item.epoch is None and item.path.parent.resolve() == chosen.directory.resolve():
+            stems = _snapshot_epochs(chosen) if stems is None else stems
+            out[i] = UnusableResult(item.path, item.reason, stems.get(item.path.stem))
+    have = {epoch_of(d) for d in chosen.docs}
+    missing = sorted({u.epoch for u in out if u.epoch is not None and u.path.parent.resolve()
+                      == chosen.directory.resolve()} - have)
+    return out, missing
+
+
+def describe_unusable(item: UnusableResult, base: Path) -> str:
+    return (f"{relative(item.path, base)}: {item.reason}"
+            + (f" (snapshot of epoch {item.epoch})" if item.epoch is not None else ""))
+
+
+def missing_text(epochs: Sequence[int]) -> str:
+    """The caption's mark of the epochs without a usable result ("" when none)."""
+    if not epochs:
+        return ""
+    return (f"epoch{'s' if len(epochs) > 1 else ''} {', '.join(map(str, epochs))} missing: "
+            f"{'their projection results' if len(epochs) > 1 else 'its projection result'} cannot be used")
 
 

@@ -13,7 +13,7 @@ from scipy import stats
 from .. import files, null
 from ..null import distribution as null_law
 from ..results import alternative_label, drop_frame, layer_entries
-from .discovery import RunResults
+from .discovery import RunResults, missing_text
 from .tables import DEFAULT_THRESHOLD
 
 FIGURES = ("distributions", "mass_mean_by_epoch", "reinit_heatmap", "bias_vs_criticality")
@@ -99,7 +99,8 @@ def plot_distributions(results: RunResults, out_dir: Path) -> list[Path]:
         for ax in list(axes.flat)[len(layers):]:
             ax.set_visible(False)
         axes.flat[0].legend(loc="upper left")
-        fig.suptitle(f"{results.title}: distribution of the filters' projections per layer")
+        fig.suptitle(f"{results.title}: distribution of the filters' projections per layer"
+                     + (f"\n{missing_text(results.missing_epochs)}" if results.missing_epochs else ""))
         return _save(fig, out_dir, "distributions")
 
 
@@ -143,6 +144,9 @@ def plot_epochs(results: RunResults, out_dir: Path) -> list[Path]:
             ax_mu.set_ylabel("mean projection")
             ax_mu.set_xlabel("epoch")
             ax_m.set_xlabel("epoch")
+            for k, epoch in enumerate(results.missing_epochs):  # no usable result: marked, not silently skipped
+                for ax in (ax_m, ax_mu):
+                    ax.axvline(epoch, color="C1", ls=":", lw=1.2, label="missing result" if k == 0 else None)
         for r in range(nrows):
             for c in range(ncols):
                 if r * ncols + c >= len(names):
@@ -151,7 +155,8 @@ def plot_epochs(results: RunResults, out_dir: Path) -> list[Path]:
         axes[0, 0].legend(loc="best")
         axes[1, 0].legend(loc="best")
         what = "normalized projections" if normalize else "projections <w, 1>"
-        fig.suptitle(f"{results.title}: mass of negative {what} and their mean, per layer, across epochs")
+        fig.suptitle(f"{results.title}: mass of negative {what} and their mean, per layer, across epochs"
+                     + (f"\n{missing_text(results.missing_epochs)} (dotted lines)" if results.missing_epochs else ""))
         return _save(fig, out_dir, "mass_mean_by_epoch")
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..provenance import versions
 from ..results import layer_entries
-from .discovery import RunResults, relative
+from .discovery import RunResults, describe_unusable, missing_text, relative
 
 DISPLAY = [("layer", "name"), ("stage.block", None), ("N", "N"), ("d", "d"), ("mass", "mass"),
            ("mass at init", "mass_init"), ("mean", "mean"), ("p-value", "p_value"), ("p (Holm)", "p_adjusted"),
@@ -134,6 +134,14 @@ FIGURE_HELP = {
 }
 
 
+def _missing_caption(results: RunResults, figure: str) -> str:
+    """The caption's mark of the epochs missing from a figure drawn from the projection results."""
+    if figure not in ("distributions", "mass_mean_by_epoch") or not results.missing_epochs:
+        return ""
+    text = missing_text(results.missing_epochs)
+    return f" {text[:1].upper()}{text[1:]} (see \"Result files not used\")."
+
+
 def summary_markdown(results: RunResults, table: pd.DataFrame, correlation: Mapping[str, Any], figures: Sequence[str],
              provenance: Mapping[str, Any]) -> str:
     base = results.run_dir
@@ -158,7 +166,11 @@ def summary_markdown(results: RunResults, table: pd.DataFrame, correlation: Mapp
     lines += ["## Figures", ""]
     for name in figures:
         head, text = FIGURE_HELP[name]
-        lines += [f"### {head}", "", f"![{head}]({name}.png) ([PDF]({name}.pdf))", "", text, ""]
+        lines += [f"### {head}", "", f"![{head}]({name}.png) ([PDF]({name}.pdf))", "", text
+                  + _missing_caption(results, name), ""]
+    if results.unusable:
+        lines += ["## Result files not used", ""]
+        lines += [f"- {describe_unusable(u, base)}" for u in results.unusable] + [""]
     lines += ["## Inputs", ""]
     if results.projection_run is not None:
         lines.append(f"- Projections: {results.projection_run.describe(base)}; files: "
@@ -183,7 +195,8 @@ def index_html(results: RunResults, table: pd.DataFrame, correlation: Mapping[st
 
     e = html.escape
     answer_items = "".join(f"<li>{inline(line[2:])}</li>" for line in answer(results, table, correlation))
-    figs = "".join(f'<section><h3>{e(FIGURE_HELP[n][0])}</h3><p>{e(FIGURE_HELP[n][1])}</p>'
+    figs = "".join(f'<section><h3>{e(FIGURE_HELP[n][0])}</h3>'
+                   f'<p>{e(FIGURE_HELP[n][1] + _missing_caption(results, n))}</p>'
                    f'<a href="{e(n)}.pdf"><img src="{e(n)}.png" alt="{e(FIGURE_HELP[n][0])}"></a></section>'
                    for n in figures)
     table_html = display_table(table).to_html(index=False, escape=True, border=0, classes="layers")
@@ -192,6 +205,8 @@ def index_html(results: RunResults, table: pd.DataFrame, correlation: Mapping[st
     if results.reinit_path is not None:
         inputs.append(f"Re-initialization: {relative(results.reinit_path, results.run_dir)}")
     inputs += results.notes
+    unusable = "".join(f"<li>{e(describe_unusable(u, results.run_dir))}</li>" for u in results.unusable)
+    unusable = f"<h2>Result files not used</h2><ul>{unusable}</ul>\n" if unusable else ""
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;line-height:1.4}"
              "table.layers{border-collapse:collapse;font-size:0.9em}"
              "table.layers th,table.layers td{border:1px solid #ccc;padding:3px 6px;text-align:right}"
@@ -203,7 +218,7 @@ def index_html(results: RunResults, table: pd.DataFrame, correlation: Mapping[st
             "biased layers the critical ones of Zhang et al.?</p>\n"
             f"<h2>Answer in numbers</h2><ul>{answer_items}</ul>\n<h2>Layers</h2>\n{table_html}\n"
             f"<p>Full precision: <a href=\"layers.csv\">layers.csv</a>; summary: "
-            f"<a href=\"summary.md\">summary.md</a>.</p>\n<h2>Figures</h2>\n{figs}\n<h2>Inputs</h2><ul>"
+            f"<a href=\"summary.md\">summary.md</a>.</p>\n<h2>Figures</h2>\n{figs}\n{unusable}<h2>Inputs</h2><ul>"
             + "".join(f"<li>{e(i)}</li>" for i in inputs)
             + f"</ul>\n<h2>Provenance</h2><pre>{e(json.dumps(provenance, indent=2, default=str))}</pre>\n"
             "</body></html>\n")
