@@ -12,8 +12,8 @@ import json
 import logging
 import math
 import os
-import sys
 import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
