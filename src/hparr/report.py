@@ -567,11 +567,51 @@ def plot_distributions(results: RunResults, out_dir: Path) -> list[Path]:
         return _save(fig, out_dir, "distributions")
 
 
+def tracked_curves(results: RunResults) -> pd.DataFrame | None:
+    """The rows of the training run's `tracking.csv` (`hparr train` tracks every epoch, see hparr.trackfile)
+    for the chosen projection run, or None when there is none.
+
+    The file is looked for beside the analyzed snapshots, then below the run directory; it is used when its
+    projections are normalized like the projection run's and it tracks layers of the trained model. The file
+    used (or why one was not) is stated in `results.notes`.
+    """
+    from .trackfile import FILENAME, read_tracking
+
+    if results.projection_run is None:
+        return None
+    beside = [Path(str(d["source"])).parent / FILENAME for d in results.projection_run.docs if d.get("source")]
+    candidates = list(dict.fromkeys(p for p in beside if p.is_file()))
+    if not candidates:
+        for root, dirs, names in os.walk(results.run_dir):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            candidates += [Path(root) / FILENAME] if FILENAME in names else []
+    names = {e["name"] for e in _layer_entries(results.trained_doc)}
+    for path in candidates:
+        try:
+            rows = read_tracking(path)
+        except HparrError as exc:
+            results.notes.append(f"{exc}; not used")
+            continue
+        rows = rows[rows["epoch"].notna() & rows["name"].isin(names)]
+        if "normalize" in rows and results.normalize is not None and (rows["normalize"] != results.normalize).any():
+            results.notes.append(f"{_relative(path, results.run_dir)} tracks "
+                                 f"{'normalized' if not results.normalize else 'unnormalized'} projections; not used")
+            continue
+        if len(rows):
+            results.notes.append(f"mass and mean across epochs: the lines follow {_relative(path, results.run_dir)} "
+                                 f"({rows['step'].nunique()} tracked points, up to epoch {rows['epoch'].max():g})")
+            return rows.sort_values(["step"], kind="stable")
+    return None
+
+
 def plot_epochs(results: RunResults, out_dir: Path) -> list[Path]:
     """Mass of negative projections (top) and mean projection (bottom) of every layer across epochs,
-    with the null's 95% band."""
+    with the null's 95% band; with a `tracking.csv`, a line through every tracked epoch and the snapshots
+    as points."""
     import matplotlib
 
+    tracked = tracked_curves(results)
+    style = "o" if tracked is not None else "o-"
     tab = results.projections
     tab = tab[(tab["kind"] != "net") & (pd.to_numeric(tab["epoch"], errors="coerce") >= 0)].copy()
     tab["epoch"] = pd.to_numeric(tab["epoch"])
@@ -591,7 +631,13 @@ def plot_epochs(results: RunResults, out_dir: Path) -> list[Path]:
             d = sub["d"].iloc[-1] if "d" in sub else pd.NA
             ax_m.axhspan(*mass_band(n), color="0.85", label="null 95% band")
             ax_m.axhline(0.5, color="0.5", lw=0.8)
-            ax_m.plot(epochs, pd.to_numeric(sub["mass"]).to_numpy(float), "o-", color="C0", ms=4, label="mass")
+            line = tracked[tracked["name"] == name] if tracked is not None else None
+            if line is not None:
+                ax_m.plot(line["epoch"].to_numpy(float), line["mass"].to_numpy(float), "-", color="C0", lw=1.1,
+                          label="mass, tracked")
+                ax_mu.plot(line["epoch"].to_numpy(float), line["mean"].to_numpy(float), "-", color="C3", lw=1.1,
+                           label="mean, tracked")
+            ax_m.plot(epochs, pd.to_numeric(sub["mass"]).to_numpy(float), style, color="C0", ms=4, label="mass")
             ax_m.set_ylim(-0.03, 1.03)
             ax_m.set_title(f"{name} (N={n})")
             ax_m.set_ylabel("mass (share p <= 0)")
@@ -603,7 +649,8 @@ def plot_epochs(results: RunResults, out_dir: Path) -> list[Path]:
             if band is not None:
                 ax_mu.axhspan(*band, color="0.85", label="null 95% band" + ("" if normalize else " (sd at epoch 0)"))
             ax_mu.axhline(0, color="0.5", lw=0.8)
-            ax_mu.plot(epochs, pd.to_numeric(sub["mean"]).to_numpy(float), "s-", color="C3", ms=4, label="mean")
+            ax_mu.plot(epochs, pd.to_numeric(sub["mean"]).to_numpy(float), "s" if tracked is not None else "s-",
+                       color="C3", ms=4, label="mean")
             ax_mu.set_ylabel("mean projection")
             ax_mu.set_xlabel("epoch")
             ax_m.set_xlabel("epoch")
@@ -771,8 +818,9 @@ FIGURE_HELP = {
                       "trained (blue), with the null density of a random filter (black). A biased layer has its "
                       "trained histogram shifted to one side of 0 or spread far beyond the null curve."),
     "mass_mean_by_epoch": ("Mass and mean across epochs",
-                           "Per layer, top: the share of filters with projection <= 0 (mass) at each snapshot; "
-                           "bottom: the mean projection. The grey band is where 95% of random (untrained) layers "
+                           "Per layer, top: the share of filters with projection <= 0 (mass) at each snapshot "
+                           "(points) and, where the training run tracked it (tracking.csv), at every tracked epoch "
+                           "(line); bottom: the mean projection. The grey band is where 95% of random (untrained) layers "
                            "of that size fall; points outside it are biased."),
     "reinit_heatmap": ("Re-initialization heatmap",
                        "Rows: the snapshot a layer was re-initialized from (epoch 0 = initialization; rand = a "
