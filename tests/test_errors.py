@@ -32,6 +32,10 @@ def snapshots(tmp_path_factory):
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         (cifar / name).write_bytes(pickle.dumps({b"data": b"garbage"}))
     (root / "a_file").write_text("not a directory")
+    run = root / "models" / "digits" / "lenet" / "0"
+    run.mkdir(parents=True)
+    torch.save(lenet.state_dict(), run / "lenet_init_0.pt")
+    (run / "tracking.csv").write_text("epoch,layer\n1,features.0\n")
     return root
 
 
@@ -60,6 +64,9 @@ CASES = [
     ("validation split out of range", ["train", *LENET, "--split", "1.0"], 2, "split"),
     ("more classes than the dataset has", ["train", *LENET, "--subsample-classes", "11"], 2, "11"),
     ("non-positive batch size", ["train", *LENET, "--batch-size", "0"], 2, "batch-size"),
+    ("negative --track-every-steps", ["train", *LENET, "--track-every-steps", "-1"], 2, "track-every-steps"),
+    ("malformed tracking.csv", ["train", *LENET, "--epochs", "0", "--seed", "0", "--models-path", "{root}/models",
+                                "--tb-logdir", "", "--resume-from", "auto"], 1, "malformed tracking file"),
     ("unwritable output directory", ["train", *LENET, "--epochs", "1", "--models-path", "{root}/a_file/models",
                                      "--tb-logdir", ""], 1, "cannot create output directory"),
 ]

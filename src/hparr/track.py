@@ -10,10 +10,10 @@ tidy CSV file (see `hparr.trackfile`), rewritten whole and atomically at each fl
 
 In a plain PyTorch loop::
 
-    tracker = BiasTracker(model, writer=SummaryWriter("tb"), csv_path="tracking.csv")
-    for step, (x, y) in enumerate(loader, 1):
-        ...  # forward, backward, optimizer step
-        tracker.step(step)
+    tracker = BiasTracker(model, writer=SummaryWriter("tb"), csv_path="tracking.csv")  # before training
+    for epoch in range(epochs):
+        ...  # the epoch's steps; `step` counts them
+        tracker.step(step, epoch=epoch + 1)
 """
 from __future__ import annotations
 
@@ -66,14 +66,16 @@ class BiasTracker:
     init_state: the weights the distances are measured from (a model or a state_dict); None takes a
     copy of the model's analyzed weights now. writer: a `SummaryWriter` (or anything with `add_scalar`
     and `add_histogram`), or None. csv_path: the tracking file; rows already in it are kept and new rows
-    appended. The other options are those of `hparr projections` (`input_shape` is the dummy input used
-    once to find the layers, batch included). `distances=False` leaves out the distances.
+    appended (with `append=False` it is started anew at the first write). The other options are those of
+    `hparr projections` (`input_shape` is the dummy input used once to find the layers, batch included);
+    `distances=False` leaves out the distances from initialization.
     """
 
     def __init__(self, model: nn.Module, init_state: nn.Module | Mapping[str, Any] | None = None, writer=None,
                  csv_path: str | os.PathLike | None = None, *, normalize: bool = True, with_linear: bool = False,
                  include_1x1: bool = False, input_shape: Sequence[int] | None = None,
-                 level: float = DEFAULT_LEVEL, histograms: bool = True, distances: bool = True):
+                 level: float = DEFAULT_LEVEL, histograms: bool = True, distances: bool = True,
+                 append: bool = True):
         self.model = model
         self.layers, self.skipped = discover_layers(model, input_shape, with_linear=with_linear,
                                                     include_1x1=include_1x1)
@@ -86,7 +88,7 @@ class BiasTracker:
             self.init = {layer.weight_key: source[layer.weight_key].detach().to(layer.module.weight.device, copy=True)
                          for layer in self.layers if layer.weight_key in source}
         self._pending: list[pd.DataFrame] = []
-        self._open()
+        self._open(append)
 
     # -- computing ----------------------------------------------------------------------------------
     def _weights(self) -> dict[str, torch.Tensor]:
@@ -119,8 +121,9 @@ class BiasTracker:
                 self.writer.add_scalar(tag, value, global_step)
             if self.histograms:
                 for name, p in zip(table["name"], table["projections"]):
-                    self.writer.add_histogram(f"bias/projections/{name}", np.asarray(p), global_step,
-                                              bins=HISTOGRAM_BINS)
+                    if np.isfinite(p).all():  # a diverged layer has no histogram (the training loss says why)
+                        self.writer.add_histogram(f"bias/projections/{name}", np.asarray(p), global_step,
+                                                  bins=HISTOGRAM_BINS)
         rows = table.drop(columns=["projections"]).assign(
             step=int(global_step), epoch=float("nan") if epoch is None else float(epoch),
             normalize=self.normalize, level=self.level)
@@ -132,11 +135,11 @@ class BiasTracker:
         return table
 
     # -- the file -----------------------------------------------------------------------------------
-    def _open(self) -> None:
+    def _open(self, append: bool) -> None:
         """Take the rows of an existing file; its text is kept as it is when its columns are ours."""
         self._frames: list[pd.DataFrame] = []
         self._text = _header()
-        if self.csv_path is None or not self.csv_path.is_file():
+        if not append or self.csv_path is None or not self.csv_path.is_file():
             return
         existing = read_tracking(self.csv_path)
         self._frames = [existing] if len(existing) else []
@@ -168,13 +171,6 @@ class BiasTracker:
         else:
             self._frames, self._pending = [keep] if len(keep) else [], []
 
-    def reset(self) -> None:
-        """Forget every row, the file's included (a run that starts again from scratch)."""
-        had = bool(self._frames) or (self.csv_path is not None and self.csv_path.is_file())
-        self._pending = []
-        if had:
-            self._replace(pd.DataFrame(columns=list(COLUMNS)))
-
     def flush(self) -> None:
         """Rewrite the file, whole and atomically, with the queued rows appended (nothing if none is queued)."""
         if not self._pending:
@@ -197,7 +193,7 @@ class BiasTracker:
     def close(self) -> None:
         self.flush()
 
-    def __enter__(self) -> "BiasTracker":
+    def __enter__(self) -> BiasTracker:
         return self
 
     def __exit__(self, *exc) -> None:

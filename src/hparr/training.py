@@ -455,12 +455,10 @@ class Run:
         size = self.data.image_size
         tracker = BiasTracker(self.model, init_state=init, writer=writer, csv_path=self.run_dir / FILENAME,
                               input_shape=(2, self.data.in_channels, size, size),
-                              distances=self.resumed_from is None or init is not None)
+                              distances=self.resumed_from is None or init is not None,
+                              append=self.resumed_from is not None)
         start = self.start_epoch * per_epoch
-        if self.resumed_from is None:
-            tracker.reset()
-        else:
-            tracker.discard_after(start)
+        tracker.discard_after(start)
         if not tracker.has_step(start):
             tracker.step(start, epoch=self.start_epoch)
         return tracker

@@ -21,8 +21,6 @@ from typing import Any, Sequence
 from ..errors import HparrError
 from ..projections import DEFAULT_LEVEL
 
-__all__ = ["BiasCallback"]
-
 
 def _lightning():
     try:
@@ -44,8 +42,8 @@ class _Tracking:
         if every_n_steps < 0:
             raise HparrError(f"every_n_steps must be >= 0, got {every_n_steps}")
         self.csv_path, self.every_n_steps, self.module = csv_path, every_n_steps, module
-        self.options = dict(normalize=normalize, with_linear=with_linear, include_1x1=include_1x1,
-                            input_shape=input_shape, level=level, histograms=histograms)
+        self.options = {"normalize": normalize, "with_linear": with_linear, "include_1x1": include_1x1,
+                        "input_shape": input_shape, "level": level, "histograms": histograms}
         self.tracker = None
         self._init_state: dict[str, Any] | None = None
         self._others: list = []
