@@ -1,4 +1,4 @@
-"""Run the benchmark cases: `python -m bench [training] [reinit] [projections]` (the CPU cases), or
+"""Run the benchmark cases: `python -m bench [training] [reinit] [projections] [tracking]` (the CPU cases), or
 `python -m bench gpu [--device cpu] [--quick]` (one run on a GPU: bench/gpu_bench.py)."""
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import torch
 
 from .common import emit, machine
 
-CASES = {"training": "bench.training_bench", "reinit": "bench.reinit_bench", "projections": "bench.projections_bench"}
+CASES = {"training": "bench.training_bench", "reinit": "bench.reinit_bench", "projections": "bench.projections_bench",
+         "tracking": "bench.tracking_bench"}
 
 
 def main(argv: list[str]) -> int:

@@ -7,6 +7,7 @@ import sys
 from hparr import checkpoints as ck
 from hparr.data import DataOptions
 from hparr.models import build_model
+from hparr.trackfile import read_tracking
 from hparr.training import TrainSettings, train
 
 
@@ -35,6 +36,9 @@ def test_two_process_gloo_run_matches_a_single_process_run(tmp_path):
     plain = build_model("lenet", num_classes=10, in_channels=1)
     ck.load_weights(plain, ck.state_dict_of(final))  # loads into a plain single-device model
     assert [h["epoch"] for h in final["history"]] == [1, 2, 3, 4, 5, 6]
+    rows = read_tracking(run_dir / "tracking.csv")  # rank 0's, continued by the resumed run
+    assert sorted(rows.loc[rows["epoch"] % 1 == 0, "epoch"].unique()) == [0, 1, 2, 3, 4, 5, 6]
+    assert not rows.duplicated(["step", "name"]).any() and rows.groupby("step").size().eq(6).all()
 
     single = train(TrainSettings(arch="lenet", data=DataOptions(dataset="digits"), epochs=6, optimizer="adam",
                                  lr=0.003, seed=4,

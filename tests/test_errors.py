@@ -17,7 +17,8 @@ from hparr import files
 from hparr.cli import main
 from hparr.data import DataOptions
 from hparr.models import build_model
-from hparr.projections import analyze_snapshots
+from hparr.projections import ProjectionSettings, run_projections
+from hparr.projections import save as save_projections
 from hparr.training import TrainSettings, train
 
 
@@ -47,9 +48,14 @@ def snapshots(tmp_path_factory):
     train(TrainSettings(arch="lenet", data=DataOptions(dataset="digits"), epochs=0, lr=0.01, seed=0,
                         models_path=str(root / "runs"), tb_logdir=None, progress=False))
     # the results of one snapshot, and a truncated one
-    out, *_ = analyze_snapshots("lenet", "digits", root / "results", load_from=[root / "lenet_init_0.pt"],
-                                progress=False)
+    analyzed = run_projections(ProjectionSettings("lenet", "digits", load_from=[root / "lenet_init_0.pt"],
+                                                  progress=False))
+    out = save_projections(analyzed, root / "results")
     (out / "lenet_7.json").write_text((out / "lenet_init_0.json").read_text()[:50])
+    run = root / "models" / "digits" / "lenet" / "0"
+    run.mkdir(parents=True)
+    torch.save(lenet.state_dict(), run / "lenet_init_0.pt")
+    (run / "tracking.csv").write_text("epoch,layer\n1,features.0\n")
     return root
 
 
@@ -79,6 +85,9 @@ CASES = [
     ("more classes than the dataset has", ["train", *LENET, "--subsample-classes", "11"], 2, "11"),
     ("non-positive batch size", ["train", *LENET, "--batch-size", "0"], 2, "batch-size"),
     ("unknown --compile backend", ["train", *LENET, "--compile", "fastest"], 2, "unknown --compile backend"),
+    ("negative --track-every-steps", ["train", *LENET, "--track-every-steps", "-1"], 2, "track-every-steps"),
+    ("malformed tracking.csv", ["train", *LENET, "--epochs", "0", "--seed", "0", "--models-path", "{root}/models",
+                                "--tb-logdir", "", "--resume-from", "auto"], 1, "malformed tracking file"),
     ("unwritable output directory", ["train", *LENET, "--epochs", "1", "--models-path", "{root}/a_file/models",
                                      "--tb-logdir", ""], 1, "cannot create output directory"),
     ("a file that is not a snapshot", ["train", *LENET, "--epochs", "1", "--resume-from", "{root}/notes.txt",

@@ -62,6 +62,8 @@ class TrainSettings:
     workers: int = 1
     progress: bool = True
     log: str | None = "train.log"
+    track: bool = True
+    track_every_steps: int = 0
 
     def validate(self) -> None:
         check_arch(self.arch)
@@ -82,6 +84,7 @@ class TrainSettings:
             (self.channels_last in ("auto", "on", "off"), f"--channels-last must be auto, on or off, "
                                                            f"got {self.channels_last!r}"),
             (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
+            (self.track_every_steps >= 0, f"--track-every-steps must be >= 0, got {self.track_every_steps}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -415,10 +418,11 @@ class Run:
             snapshots += [str(path)] if path else []
         every = s.snapshot_every if s.snapshot_every >= 1 else max(s.epochs, 1)
         train_loader = self.loader("train")
+        tracker = self._start_tracking(writer, len(train_loader))
         converged, previous = True, None
         for epoch in range(self.start_epoch, s.epochs):
             model.train()
-            train_loss = self._train_epoch(model, train_loader, epoch, scaler)
+            train_loss = self._train_epoch(model, train_loader, epoch, scaler, tracker)
             if self.scheduler is not None:
                 self.scheduler.step()
             lr = self.optimizer.param_groups[0]["lr"]
@@ -435,6 +439,8 @@ class Run:
             record.update({f"{k}_{m}": v for k, d in metrics.items() for m, v in d.items() if m != "count"})
             self.history.append(record)
             self._report(writer, epoch, record)
+            if tracker is not None:  # before the snapshot: a snapshot on disk always has its rows
+                tracker.step((epoch + 1) * len(train_loader), epoch=epoch + 1)
             if snap:
                 path = self.save(checkpoints.epoch_name(s.arch, epoch), epoch + 1, metrics)
                 snapshots += [str(path)] if path else []
@@ -465,7 +471,7 @@ class Run:
         return TrainResult(run_dir=str(self.run_dir), seed=self.seed, converged=converged, snapshots=snapshots,
                            final=final_metrics, history=self.history)
 
-    def _train_epoch(self, model: nn.Module, loader, epoch: int, scaler) -> float:
+    def _train_epoch(self, model: nn.Module, loader, epoch: int, scaler, tracker=None) -> float:
         from tqdm.auto import tqdm
 
         show = self.s.progress and self.ctx.is_main and sys.stderr.isatty()
@@ -486,6 +492,8 @@ class Run:
                 self.optimizer.step()
             loss_sum += loss.detach()
             batches += 1
+            if tracker is not None:
+                self._track_within_epoch(tracker, epoch, batches, len(loader))
             if show and batches % 10 == 0:
                 bar.set_postfix(loss=f"{float(loss_sum) / batches:.4f}")
             bar.update()
@@ -495,6 +503,42 @@ class Run:
             raise HparrError(f"the training loss became {mean} in epoch {epoch + 1}: stopping. The last good "
                              f"snapshot in {self.run_dir} is kept; try a smaller --lr")
         return mean
+
+    # -- bias tracking (hparr.track) -----------------------------------------------------------------
+    def _start_tracking(self, writer, per_epoch: int):
+        """The bias tracker of this run (rank 0 alone, unless --no-track), writing `tracking.csv` in the run
+        directory. A fresh run starts the file anew; a resumed one drops the rows after its snapshot (they
+        are computed again) and tracks the resumed weights if their row is missing."""
+        if not (self.s.track and self.ctx.is_main):
+            return None
+        from .track import BiasTracker
+        from .trackfile import FILENAME
+
+        init = None
+        if self.resumed_from is not None:
+            name = checkpoints.init_name(self.s.arch, self.s.pretrained)
+            found = [p for p in (self.resumed_from.parent / name, self.run_dir / name) if p.is_file()]
+            if found:
+                init = checkpoints.load_state_dict_file(found[0])
+            else:
+                log.warning("no %s beside %s: tracking without the distances from initialization",
+                            name, self.resumed_from)
+        size = self.data.image_size
+        tracker = BiasTracker(self.model, init_state=init, writer=writer, csv_path=self.run_dir / FILENAME,
+                              input_shape=(2, self.data.in_channels, size, size),
+                              distances=self.resumed_from is None or init is not None,
+                              append=self.resumed_from is not None)
+        start = self.start_epoch * per_epoch
+        tracker.discard_after(start)
+        if not tracker.has_step(start):
+            tracker.step(start, epoch=self.start_epoch)
+        return tracker
+
+    def _track_within_epoch(self, tracker, epoch: int, batch: int, per_epoch: int) -> None:
+        """With --track-every-steps K, track after every K-th optimizer step (epoch ends are tracked by `_fit`)."""
+        step = epoch * per_epoch + batch
+        if self.s.track_every_steps and step % self.s.track_every_steps == 0 and batch < per_epoch:
+            tracker.step(step, epoch=epoch + batch / per_epoch, flush=False)
 
     def _report(self, writer, epoch: int, record: dict[str, Any]) -> None:
         parts = [f"epoch {epoch + 1}/{self.s.epochs}", f"loss {record['train_loss']:.4f}", f"lr {record['lr']:.3g}"]

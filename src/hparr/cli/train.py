@@ -80,6 +80,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-acc", action="store_true", help="also report training accuracy at snapshots")
     p.add_argument("--log", type=str, default="train.log", help="log file name, in the run directory [train.log]")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-track", action="store_true",
+                   help="do not track the per-layer bias statistics during training (tracking.csv, bias/* in "
+                        "TensorBoard)")
+    p.add_argument("--track-every-steps", type=int, default=0, metavar="K",
+                   help="also track the bias statistics every K optimizer steps, not only after each epoch [0 = off]")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
 
 
@@ -139,7 +144,9 @@ def settings_from_args(args):
         snapshot_all_until=args.snapshot_all_until, resume_from=args.resume_from, overwrite=args.overwrite,
         kill_plateaus=args.kill_plateaus, train_acc=args.train_acc,
         pretrained=args.pretrained or args.weights is not None, weights=args.weights, cuda=args.cuda,
-        amp=args.amp, compile=args.compile, channels_last=args.channels_last, sync_bn=args.sync_bn, workers=args.workers, progress=not args.no_progress, log=args.log)
+        amp=args.amp, compile=args.compile, channels_last=args.channels_last, sync_bn=args.sync_bn,
+        workers=args.workers, progress=not args.no_progress, log=args.log,
+        track=not args.no_track, track_every_steps=args.track_every_steps)
 
 
 def run(args) -> int:

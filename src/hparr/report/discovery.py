@@ -27,6 +27,7 @@ from ..results import (
     epoch_of,
     is_projection_doc,
     is_reinit_doc,
+    layer_entries,
     projections_table,
     read_manifest,
     read_result_file,
@@ -351,3 +352,38 @@ def missing_text(epochs: Sequence[int]) -> str:
             f"{'their projection results' if len(epochs) > 1 else 'its projection result'} cannot be used")
 
 
+def tracked_curves(results: RunResults) -> pd.DataFrame | None:
+    """The rows of the training run's `tracking.csv` (`hparr train` tracks every epoch, see hparr.trackfile)
+    for the chosen projection run, or None when there is none.
+
+    The file is looked for beside the analyzed snapshots, then below the run directory; it is used when its
+    projections are normalized like the projection run's and it tracks layers of the trained model. The file
+    used (or why one was not) is stated in `results.notes`.
+    """
+    from ..trackfile import FILENAME, read_tracking
+
+    if results.projection_run is None:
+        return None
+    beside = [Path(str(d["source"])).parent / FILENAME for d in results.projection_run.docs if d.get("source")]
+    candidates = list(dict.fromkeys(p for p in beside if p.is_file()))
+    if not candidates:
+        for root, dirs, names in os.walk(results.run_dir):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            candidates += [Path(root) / FILENAME] if FILENAME in names else []
+    names = {e["name"] for e in layer_entries(results.trained_doc)}
+    for path in candidates:
+        try:
+            rows = read_tracking(path)
+        except HparrError as exc:
+            results.notes.append(f"{exc}; not used")
+            continue
+        rows = rows[rows["epoch"].notna() & rows["name"].isin(names)]
+        if "normalize" in rows and results.normalize is not None and (rows["normalize"] != results.normalize).any():
+            results.notes.append(f"{relative(path, results.run_dir)} tracks "
+                                 f"{'normalized' if not results.normalize else 'unnormalized'} projections; not used")
+            continue
+        if len(rows):
+            results.notes.append(f"mass and mean across epochs: the lines follow {relative(path, results.run_dir)} "
+                                 f"({rows['step'].nunique()} tracked points, up to epoch {rows['epoch'].max():g})")
+            return rows.sort_values(["step"], kind="stable")
+    return None

@@ -13,7 +13,7 @@ from scipy import stats
 from .. import files, null
 from ..null import distribution as null_law
 from ..results import alternative_label, drop_frame, layer_entries
-from .discovery import RunResults, missing_text
+from .discovery import RunResults, missing_text, tracked_curves
 from .tables import DEFAULT_THRESHOLD
 
 FIGURES = ("distributions", "mass_mean_by_epoch", "reinit_heatmap", "bias_vs_criticality")
@@ -106,9 +106,12 @@ def plot_distributions(results: RunResults, out_dir: Path) -> list[Path]:
 
 def plot_epochs(results: RunResults, out_dir: Path) -> list[Path]:
     """Mass of negative projections (top) and mean projection (bottom) of every layer across epochs,
-    with the null's 95% band."""
+    with the null's 95% band; with a `tracking.csv`, a line through every tracked epoch and the snapshots
+    as points."""
     import matplotlib
 
+    tracked = tracked_curves(results)
+    style = "o" if tracked is not None else "o-"
     tab = results.projections
     tab = tab[(tab["kind"] != "net") & (pd.to_numeric(tab["epoch"], errors="coerce") >= 0)].copy()
     tab["epoch"] = pd.to_numeric(tab["epoch"])
@@ -128,7 +131,13 @@ def plot_epochs(results: RunResults, out_dir: Path) -> list[Path]:
             d = sub["d"].iloc[-1] if "d" in sub else pd.NA
             ax_m.axhspan(*null.mass_band(n), color="0.85", label="null 95% band")
             ax_m.axhline(0.5, color="0.5", lw=0.8)
-            ax_m.plot(epochs, pd.to_numeric(sub["mass"]).to_numpy(float), "o-", color="C0", ms=4, label="mass")
+            line = tracked[tracked["name"] == name] if tracked is not None else None
+            if line is not None:
+                ax_m.plot(line["epoch"].to_numpy(float), line["mass"].to_numpy(float), "-", color="C0", lw=1.1,
+                          label="mass, tracked")
+                ax_mu.plot(line["epoch"].to_numpy(float), line["mean"].to_numpy(float), "-", color="C3", lw=1.1,
+                           label="mean, tracked")
+            ax_m.plot(epochs, pd.to_numeric(sub["mass"]).to_numpy(float), style, color="C0", ms=4, label="mass")
             ax_m.set_ylim(-0.03, 1.03)
             ax_m.set_title(f"{name} (N={n})")
             ax_m.set_ylabel("mass (share p <= 0)")
@@ -140,7 +149,8 @@ def plot_epochs(results: RunResults, out_dir: Path) -> list[Path]:
             if band is not None:
                 ax_mu.axhspan(*band, color="0.85", label="null 95% band" + ("" if normalize else " (sd at epoch 0)"))
             ax_mu.axhline(0, color="0.5", lw=0.8)
-            ax_mu.plot(epochs, pd.to_numeric(sub["mean"]).to_numpy(float), "s-", color="C3", ms=4, label="mean")
+            ax_mu.plot(epochs, pd.to_numeric(sub["mean"]).to_numpy(float), "s" if tracked is not None else "s-",
+                       color="C3", ms=4, label="mean")
             ax_mu.set_ylabel("mean projection")
             ax_mu.set_xlabel("epoch")
             ax_m.set_xlabel("epoch")

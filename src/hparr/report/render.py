@@ -119,9 +119,10 @@ FIGURE_HELP = {
                       "trained (blue), with the null density of a random filter (black). A biased layer has its "
                       "trained histogram shifted to one side of 0 or spread far beyond the null curve."),
     "mass_mean_by_epoch": ("Mass and mean across epochs",
-                           "Per layer, top: the share of filters with projection <= 0 (mass) at each snapshot; "
-                           "bottom: the mean projection. The grey band is where 95% of random (untrained) layers "
-                           "of that size fall; points outside it are biased."),
+                           "Per layer, top: the share of filters with projection <= 0 (mass) at each snapshot "
+                           "(points) and, where the training run tracked it (tracking.csv), at every tracked epoch "
+                           "(line); bottom: the mean projection. The grey band is where 95% of random (untrained) "
+                           "layers of that size fall; points outside it are biased."),
     "reinit_heatmap": ("Re-initialization heatmap",
                        "Rows: the snapshot a layer was re-initialized from (epoch 0 = initialization; rand = a "
                        "fresh random draw); columns: layers; value: relative top-1 drop. Near 0 = robust layer, "

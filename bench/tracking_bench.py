@@ -1,0 +1,94 @@
+"""The cost of tracking the bias during training (`hparr train`'s default): the tracker's end-of-epoch step
+(statistics of every layer, TensorBoard scalars and histograms, the atomic rewrite of tracking.csv)
+against the epoch it follows. Epochs and tracker steps alternate on one model, so that a busy spell on a
+shared machine slows both alike; the ratio is the time the tracked run adds to an epoch."""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from .training_bench import train_steps
+
+CIFAR10_BATCHES = 391  # one epoch of the 50,000 CIFAR-10 training images in batches of 128
+
+
+def tracker_for(model, in_channels: int, size: int, out: Path):
+    """A tracker set up as `hparr train` sets it up (distances from the current weights, TensorBoard, CSV)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from hparr.track import BiasTracker
+
+    writer = SummaryWriter(str(out / "tb"))
+    return writer, BiasTracker(model, writer=writer, csv_path=out / "tracking.csv",
+                               input_shape=(2, in_channels, size, size))
+
+
+def alternate(model, tracker, epoch_batches, epochs: int, batches_per_epoch: int) -> dict:
+    """`epochs` rounds of (an epoch of training steps, one tracker step); summed seconds of each side."""
+    train_steps(model, epoch_batches(), 2)  # warm-up before timing
+    tracker.step(0, epoch=0)
+    train_s = track_s = 0.0
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        train_steps(model, epoch_batches(), batches_per_epoch)
+        done = time.perf_counter()
+        tracker.step(epoch * batches_per_epoch, epoch=epoch)
+        track_s += time.perf_counter() - done
+        train_s += done - start
+    return {"train_s": train_s, "track_s": track_s}
+
+
+def lenet_digits(epochs: int = 6) -> dict:
+    """lenet on the embedded digits dataset, whole epochs through hparr's own loader."""
+    from hparr.data import DataOptions, load_data, make_loader
+    from hparr.models import build_model
+    from hparr.training import use_channels_last
+
+    data = load_data(DataOptions(dataset="digits"))
+    model = build_model("lenet", data.num_classes, data.in_channels, data.image_size, seed=0)
+    fast = use_channels_last(model, torch.device("cpu"))
+    model = model.to(memory_format=torch.channels_last) if fast else model
+    generator = torch.Generator().manual_seed(0)
+
+    def epoch_batches():
+        return make_loader(data, "train", 128, generator=generator, channels_last=fast)
+
+    batches = len(epoch_batches())
+    with tempfile.TemporaryDirectory() as tmp:
+        writer, tracker = tracker_for(model, data.in_channels, data.image_size, Path(tmp))
+        with writer:
+            t = alternate(model, tracker, epoch_batches, epochs, batches)
+    epoch_s, step_s = t["train_s"] / epochs, t["track_s"] / epochs
+    return {"case": "track_lenet_digits", "epochs": epochs, "batches_per_epoch": batches,
+            "layers": len(tracker.layers), "epoch_s": epoch_s, "track_ms": 1e3 * step_s,
+            "track_share_of_epoch": step_s / epoch_s}
+
+
+def vgg11_32px(batches: int = 6, rounds: int = 3) -> dict:
+    """vgg11 at 32 px: a few training steps on batches in memory, extrapolated to a CIFAR-10 epoch."""
+    from hparr.models import build_model
+
+    gen = torch.Generator().manual_seed(0)
+    held = [(torch.randn(128, 3, 32, 32, generator=gen), torch.randint(0, 10, (128,), generator=gen))
+            for _ in range(2)]
+    model = build_model("vgg11", 10, 3, 32, seed=0)
+
+    def epoch_batches():
+        return [held[i % len(held)] for i in range(batches)]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        writer, tracker = tracker_for(model, 3, 32, Path(tmp))
+        with writer:
+            t = alternate(model, tracker, epoch_batches, rounds, batches)
+    batch_s, step_s = t["train_s"] / (rounds * batches), t["track_s"] / rounds
+    epoch_s = batch_s * CIFAR10_BATCHES
+    return {"case": "track_vgg11_32px", "timed_batches": rounds * batches, "batch_s": batch_s,
+            "epoch_s_cifar10_estimate": epoch_s, "layers": len(tracker.layers), "track_ms": 1e3 * step_s,
+            "track_share_of_epoch": step_s / epoch_s}
+
+
+def run() -> list[dict]:
+    return [lenet_digits(), vgg11_32px()]

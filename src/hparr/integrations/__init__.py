@@ -1,0 +1,1 @@
+"""hparr inside other training frameworks; each module imports its framework only when used."""

@@ -1,0 +1,50 @@
+"""The `tracking.csv` file of a training run, read without torch (the report uses it).
+
+One row per tracked step x layer: `step` (optimizer steps taken), `epoch` (epochs completed; fractional
+between epoch ends), the layer's `name`, `kind`, `stage`, `block`, `N`, `d`, then the statistics of
+`hparr.projections.layer_table`: `mean`, `std`, `mass`, `n_negative`, `p_sign`, `p_ks`, `p_value`,
+`p_adjusted`, `biased`, `l2_dist`, `l_inf_dist` (empty without the initial weights), and the settings
+`normalize` and `level`. Floats are written in full precision and read back exactly.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import HparrError
+
+FILENAME = "tracking.csv"
+COLUMNS = ("step", "epoch", "name", "kind", "stage", "block", "N", "d", "mean", "std", "mass", "n_negative",
+           "p_sign", "p_ks", "p_value", "p_adjusted", "biased", "l2_dist", "l_inf_dist", "normalize", "level")
+REQUIRED = ("step", "epoch", "name", "mass", "mean")
+_INTEGERS = ("step", "stage", "block", "N", "d", "n_negative")
+# pandas 3 parses floats exactly by default (and deprecates the option); pandas 2 needs to be asked
+_EXACT = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
+
+
+def read_tracking(path: str | os.PathLike) -> pd.DataFrame:
+    """The rows of a tracking file, in file order, with exact floats and typed columns."""
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, **_EXACT, dtype={"name": str, "kind": str})
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame(columns=list(COLUMNS))
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise HparrError(f"malformed tracking file {path}: {first}") from None
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise HparrError(f"malformed tracking file {path}: missing columns {', '.join(missing)}")
+    try:
+        for col in _INTEGERS:
+            if col in df.columns:
+                df[col] = pd.to_numeric(df[col]).astype("Int64")
+        df["epoch"] = pd.to_numeric(df["epoch"]).astype(float)
+        for col in ("biased", "normalize"):
+            if col in df.columns:
+                df[col] = df[col].map({True: True, False: False, "True": True, "False": False}).astype("boolean")
+    except (TypeError, ValueError) as exc:
+        raise HparrError(f"malformed tracking file {path}: {str(exc)[:200]}") from None
+    return df
