@@ -2,7 +2,8 @@
 
 Small datasets (digits, MNIST, CIFAR-10/100) are decoded once from their official on-disk formats
 into uint8 tensors; `TensorLoader` batches them with shuffling, augmentation and normalization done
-as tensor ops, and `ResidentLoader` gives the same batches from a copy held on the GPU. ImageNet is streamed from an ImageFolder tree through a torch DataLoader.
+as tensor ops, and `ResidentLoader` gives the same batches from a copy held on the GPU. ImageNet is
+streamed from an ImageFolder tree through a torch DataLoader.
 
 Order of operations: subsample classes -> carve the validation split -> corrupt the labels or
 shuffle the pixels of the remaining training part only (validation and test stay clean).
