@@ -369,7 +369,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     p.add_argument("--quick", action="store_true", help="a few batches and a few hundred images (checks the script)")
     p.add_argument("--archs", default=None,
-                   help=f"comma-separated architectures to train [{','.join(ARCHS)}; {','.join(QUICK.archs)} with --quick]")
+                   help=f"comma-separated architectures to train "
+                        f"[{','.join(ARCHS)}; {','.join(QUICK.archs)} with --quick]")
     p.add_argument("--compile-backend", default=None,
                    help="torch.compile backend of the compiled mode [inductor; aot_eager with --quick on the CPU]")
     p.add_argument("--workers", type=int, default=None,

@@ -382,7 +382,8 @@ def other_configurations(run_dir: str | os.PathLike, config: Mapping[str, Any]) 
             obj = torch_load(path, mmap=True)
         except HparrError:
             continue
-        if not (isinstance(obj, dict) and obj.get("format") == results.SNAPSHOT_FORMAT and isinstance(obj.get("settings"), dict)):
+        ours = isinstance(obj, dict) and obj.get("format") == results.SNAPSHOT_FORMAT
+        if not (ours and isinstance(obj.get("settings"), dict)):
             continue
         seeds = obj.get("seeds") if isinstance(obj.get("seeds"), dict) else {}
         differences = configuration_differences(weight_configuration(obj["settings"], seeds), config)

@@ -170,7 +170,8 @@ def jsonable(value: Any) -> Any:
 
 
 @contextlib.contextmanager
-def log_to(path: str | os.PathLike | None, logger: str = "hparr", what: str = "files") -> Iterator[Callable[[str], None]]:
+def log_to(path: str | os.PathLike | None, logger: str = "hparr",
+           what: str = "files") -> Iterator[Callable[[str], None]]:
     """Append the messages of `logger` to the file `path` while the block runs (None: no file).
 
     Yields a function that appends one more line, as it is, to the file alone (not to the console). A log is

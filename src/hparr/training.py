@@ -276,7 +276,7 @@ class Run:
     # -- loaders ------------------------------------------------------------------------------------
     def loader(self, split: str, train: bool | None = None):
         return make_loader(self.data, split, self.s.batch_size, train=train,
-                           generator=self.data_generator if (train if train is not None else split == "train") else None,
+                           generator=self.data_generator if (split == "train" if train is None else train) else None,
                            device=self.device, workers=self.s.workers, rank=self.ctx.rank,
                            world_size=self.ctx.world_size, channels_last=self.channels_last)
 
