@@ -160,7 +160,8 @@ def test_a_full_disk_is_one_line_and_resume_continues_from_the_last_complete_sna
     assert one_error_line(capsys.readouterr().err) == (
         f"hparr train: error: no space left on device while writing {run_dir / 'lenet_1.tar'}; "
         "the previous snapshots are intact")
-    assert sorted(p.name for p in run_dir.iterdir()) == ["lenet_0.tar", "lenet_init_0.pt", "train.log"]  # no temp
+    assert sorted(p.name for p in run_dir.iterdir()) == ["lenet_0.tar", "lenet_init_0.pt", "tracking.csv",
+                                                         "train.log"]  # no temporary file
     monkeypatch.undo()
     assert main([*argv, "--resume-from", "auto"]) == 0
     assert f"resumed from {run_dir / 'lenet_0.tar'}: 1 epochs completed" in capsys.readouterr().err
@@ -182,7 +183,7 @@ def test_the_real_torch_writer_failing_gives_one_line_naming_the_file_and_the_ca
     assert proc.returncode == 1
     assert one_error_line(proc.stderr) == (f"hparr train: error: file too large while writing "
                                            f"{run_dir / 'lenet_0.tar'}; the previous snapshots are intact")
-    assert sorted(p.name for p in run_dir.iterdir()) == ["lenet_init_0.pt", "train.log"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["lenet_init_0.pt", "tracking.csv", "train.log"]
     ck.load_state_dict_file(run_dir / "lenet_init_0.pt")
 
 
@@ -212,7 +213,7 @@ def test_a_really_full_disk(small_disk, capsys):
     assert one_error_line(capsys.readouterr().err) == (
         f"hparr train: error: no space left on device while writing {run_dir / 'lenet_0.tar'}; "
         "the previous snapshots are intact")
-    assert sorted(p.name for p in run_dir.iterdir()) == ["lenet_init_0.pt", "train.log"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["lenet_init_0.pt", "tracking.csv", "train.log"]
 
     # no byte left: the log file, or TensorBoard's (written by a thread of its own), is the first to fail
     fd = os.open(small_disk / "filler", os.O_WRONLY | os.O_CREAT)

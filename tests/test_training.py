@@ -212,7 +212,7 @@ def test_a_run_of_another_configuration_is_refused_and_replaced_only_with_overwr
     run_dir = tmp_path / "M" / "digits" / "lenet" / "0"
     assert main(argv("0.01")) == 0
     first = digests(run_dir)
-    assert set(first) == {"lenet_init_0.pt", "lenet_0.tar", "lenet_1.pt", "train.log"}
+    assert set(first) == {"lenet_init_0.pt", "lenet_0.tar", "lenet_1.pt", "tracking.csv", "train.log"}
     capsys.readouterr()
 
     assert main(argv("0.05")) == 1  # the same run directory: the original layout has no lr in its path

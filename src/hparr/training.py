@@ -382,6 +382,9 @@ class Run:
                         differences, len(names), ", ".join(names[:6]) + (" ..." if len(names) > 6 else ""))
             for path, _ in self.other_runs:
                 files.remove(path)
+            from .trackfile import FILENAME
+
+            files.remove(self.run_dir / FILENAME)  # the replaced run's tracked statistics go with it
         self.other_runs = []
 
     @contextlib.contextmanager
