@@ -52,6 +52,17 @@ def _one_thread():
         torch.set_num_threads(threads)
 
 
+@contextlib.contextmanager
+def _bare(table: pd.DataFrame):
+    """The table without its `attrs` for a while: pandas deep-copies them (the pooled projections of the
+    network) into every object derived from the table, which costs more than the statistics."""
+    attrs, table.attrs = table.attrs, {}
+    try:
+        yield table
+    finally:
+        table.attrs = attrs
+
+
 def _csv(rows: pd.DataFrame, header: bool) -> str:
     return rows.to_csv(index=False, header=header, lineterminator="\n")
 
@@ -104,32 +115,32 @@ class BiasTracker:
     def scalars(table: pd.DataFrame) -> dict[str, float]:
         """The TensorBoard scalars of one `compute()` table, tag -> value."""
         out: dict[str, float] = {}
-        for row in table.itertuples(index=False):
+        with _bare(table):
+            columns = {c: table[c].tolist() for c in ("name", *TAGS) if c in table.columns}
             for tag in TAGS:
-                value = getattr(row, tag, None)
-                if value is not None and not (isinstance(value, float) and math.isnan(value)):
-                    out[f"bias/{tag}/{row.name}"] = float(value)
-        out["bias/biased_layers"] = float(table["biased"].sum())
+                for name, value in zip(columns["name"], columns.get(tag, ())):
+                    if value is not None and not math.isnan(value):
+                        out[f"bias/{tag}/{name}"] = float(value)
+            out["bias/biased_layers"] = float(table["biased"].sum())
         return out
 
     def step(self, global_step: int, epoch: float | None = None, flush: bool = True) -> pd.DataFrame:
         """Compute the statistics now, log them at `global_step` and queue their rows (written at once
         when `flush`, else at the next `flush()`); returns the table of `compute()`."""
         table = self.compute()
-        if self.writer is not None:
-            for tag, value in self.scalars(table).items():
-                self.writer.add_scalar(tag, value, global_step)
-            if self.histograms:
-                for name, p in zip(table["name"], table["projections"]):
-                    if np.isfinite(p).all():  # a diverged layer has no histogram (the training loss says why)
-                        self.writer.add_histogram(f"bias/projections/{name}", np.asarray(p), global_step,
-                                                  bins=HISTOGRAM_BINS)
-        rows = table.drop(columns=["projections"]).assign(
-            step=int(global_step), epoch=float("nan") if epoch is None else float(epoch),
-            normalize=self.normalize, level=self.level)
-        rows = rows.reindex(columns=list(COLUMNS))
-        rows.attrs = {}  # the table's network summary stays with the table
-        self._pending.append(rows)
+        with _bare(table):
+            if self.writer is not None:
+                for tag, value in self.scalars(table).items():
+                    self.writer.add_scalar(tag, value, global_step)
+                if self.histograms:
+                    for name, p in zip(table["name"].tolist(), table["projections"].tolist()):
+                        if np.isfinite(p).all():  # a diverged layer has no histogram (the loss says why)
+                            self.writer.add_histogram(f"bias/projections/{name}", np.asarray(p), global_step,
+                                                      bins=HISTOGRAM_BINS)
+            rows = table.drop(columns=["projections"]).assign(
+                step=int(global_step), epoch=float("nan") if epoch is None else float(epoch),
+                normalize=self.normalize, level=self.level)
+            self._pending.append(rows.reindex(columns=list(COLUMNS)))
         if flush:
             self.flush()
         return table
