@@ -104,11 +104,11 @@ class BiasTracker:
     def scalars(table: pd.DataFrame) -> dict[str, float]:
         """The TensorBoard scalars of one `compute().table`, tag -> value."""
         out: dict[str, float] = {}
-        for row in table.itertuples(index=False):
-            for tag in TAGS:
-                value = getattr(row, tag, None)
-                if value is not None and not (isinstance(value, float) and math.isnan(value)):
-                    out[f"bias/{tag}/{row.name}"] = float(value)
+        columns = {c: table[c].tolist() for c in ("name", *TAGS) if c in table.columns}
+        for tag in TAGS:
+            for name, value in zip(columns["name"], columns.get(tag, ())):
+                if value is not None and not math.isnan(value):
+                    out[f"bias/{tag}/{name}"] = float(value)
         out["bias/biased_layers"] = float(table["biased"].sum())
         return out
 
