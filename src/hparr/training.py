@@ -230,7 +230,7 @@ class Run:
 
     def __init__(self, settings: TrainSettings):
         settings.validate()
-        self.s = settings
+        self.settings = settings
         self.ctx = distributed.init_from_env(settings.cuda and torch.cuda.is_available())
         if not self.ctx.is_main:  # rank 0 alone reports
             logging.getLogger("hparr").setLevel(logging.WARNING)
@@ -275,9 +275,9 @@ class Run:
 
     # -- loaders ------------------------------------------------------------------------------------
     def loader(self, split: str, train: bool | None = None):
-        return make_loader(self.data, split, self.s.batch_size, train=train,
+        return make_loader(self.data, split, self.settings.batch_size, train=train,
                            generator=self.data_generator if (split == "train" if train is None else train) else None,
-                           device=self.device, workers=self.s.workers, rank=self.ctx.rank,
+                           device=self.device, workers=self.settings.workers, rank=self.ctx.rank,
                            world_size=self.ctx.world_size, channels_last=self.channels_last)
 
     # -- snapshots ----------------------------------------------------------------------------------
@@ -290,9 +290,9 @@ class Run:
                      path, self.start_epoch)
             return
         recorded = (obj.get("settings") or {}).get("optimizer") if isinstance(obj.get("settings"), dict) else None
-        if isinstance(recorded, str) and recorded != self.s.optimizer:
+        if isinstance(recorded, str) and recorded != self.settings.optimizer:
             raise HparrError(f"{path} was trained with --optimizer {recorded}: its optimizer state cannot be "
-                             f"resumed with --optimizer {self.s.optimizer}")
+                             f"resumed with --optimizer {self.settings.optimizer}")
         try:
             if obj.get("optimizer_state_dict"):
                 self.optimizer.load_state_dict(obj["optimizer_state_dict"])
@@ -316,12 +316,12 @@ class Run:
         rng = {"data_order": self.data_generator.get_state(), "dropout": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        settings = asdict(self.s)
+        settings = asdict(self.settings)
         return {
             "format": SNAPSHOT_FORMAT,
-            "arch": self.s.arch, "dataset": self.data_options.dataset,
+            "arch": self.settings.arch, "dataset": self.data_options.dataset,
             "num_classes": self.data.num_classes, "in_channels": self.data.in_channels,
-            "input_size": self.data.image_size, "pretrained": self.s.pretrained,
+            "input_size": self.data.image_size, "pretrained": self.settings.pretrained,
             "epochs_completed": epochs_completed, "epoch": epochs_completed - 1,
             "top1_acc": val.get("top1"), "top5_acc": val.get("top5"), "metrics": metrics,
             "model_state_dict": self.model.state_dict(),
@@ -351,7 +351,7 @@ class Run:
 
     def fit(self) -> TrainResult:
         """Train from `start_epoch` to `epochs`, writing snapshots; return a summary."""
-        s = self.s
+        s = self.settings
         self._claim_run_dir()
         if self.ctx.is_main:
             files.ensure_dir(self.run_dir)
@@ -370,8 +370,8 @@ class Run:
         if not self.other_runs:
             return
         differences = "; ".join(self.other_runs[0][1])
-        if not self.s.overwrite:
-            hint = ("; --seed was not given, so a new seed was drawn" if self.s.seed is None
+        if not self.settings.overwrite:
+            hint = ("; --seed was not given, so a new seed was drawn" if self.settings.seed is None
                     and "--seed " in differences else "")
             raise HparrError(f"{self.run_dir} already holds snapshots of another configuration ({differences}"
                              f"{hint}); pass --overwrite to replace that run, rerun with its flags and "
@@ -389,12 +389,12 @@ class Run:
 
     @contextlib.contextmanager
     def _writer(self):
-        if not (self.s.tb_logdir and self.ctx.is_main):
+        if not (self.settings.tb_logdir and self.ctx.is_main):
             yield None
             return
-        rel = self.run_dir.relative_to(self.s.models_path) if self.run_dir.is_relative_to(self.s.models_path) \
+        rel = self.run_dir.relative_to(self.settings.models_path) if self.run_dir.is_relative_to(self.settings.models_path) \
             else Path(self.run_dir.name)
-        writer = _TensorBoard(Path(self.s.tb_logdir) / rel)
+        writer = _TensorBoard(Path(self.settings.tb_logdir) / rel)
         try:
             yield writer
         except BaseException:
@@ -404,7 +404,7 @@ class Run:
         writer.close()
 
     def _fit(self, writer) -> TrainResult:
-        s = self.s
+        s = self.settings
         model = compile_model(self.model, s.compile) if s.compile else self.model
         if self.ctx.distributed:
             model = nn.parallel.DistributedDataParallel(
@@ -477,8 +477,8 @@ class Run:
     def _train_epoch(self, model: nn.Module, loader, epoch: int, scaler, tracker=None) -> float:
         from tqdm.auto import tqdm
 
-        show = self.s.progress and self.ctx.is_main and sys.stderr.isatty()
-        bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{self.s.epochs}", leave=False, disable=not show)
+        show = self.settings.progress and self.ctx.is_main and sys.stderr.isatty()
+        bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{self.settings.epochs}", leave=False, disable=not show)
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         batches = 0
         for x, y in loader:
@@ -512,14 +512,14 @@ class Run:
         """The bias tracker of this run (rank 0 alone, unless --no-track), writing `tracking.csv` in the run
         directory. A fresh run starts the file anew; a resumed one drops the rows after its snapshot (they
         are computed again) and tracks the resumed weights if their row is missing."""
-        if not (self.s.track and self.ctx.is_main):
+        if not (self.settings.track and self.ctx.is_main):
             return None
         from .track import BiasTracker
         from .trackfile import FILENAME
 
         init = None
         if self.resumed_from is not None:
-            name = checkpoints.init_name(self.s.arch, self.s.pretrained)
+            name = checkpoints.init_name(self.settings.arch, self.settings.pretrained)
             found = [p for p in (self.resumed_from.parent / name, self.run_dir / name) if p.is_file()]
             if found:
                 init = checkpoints.load_state_dict_file(found[0])
@@ -540,11 +540,11 @@ class Run:
     def _track_within_epoch(self, tracker, epoch: int, batch: int, per_epoch: int) -> None:
         """With --track-every-steps K, track after every K-th optimizer step (epoch ends are tracked by `_fit`)."""
         step = epoch * per_epoch + batch
-        if self.s.track_every_steps and step % self.s.track_every_steps == 0 and batch < per_epoch:
+        if self.settings.track_every_steps and step % self.settings.track_every_steps == 0 and batch < per_epoch:
             tracker.step(step, epoch=epoch + batch / per_epoch, flush=False)
 
     def _report(self, writer, epoch: int, record: dict[str, Any]) -> None:
-        parts = [f"epoch {epoch + 1}/{self.s.epochs}", f"loss {record['train_loss']:.4f}", f"lr {record['lr']:.3g}"]
+        parts = [f"epoch {epoch + 1}/{self.settings.epochs}", f"loss {record['train_loss']:.4f}", f"lr {record['lr']:.3g}"]
         for split in ("train", "val", "test"):
             if f"{split}_top1" in record:
                 parts.append(f"{split} top1 {record[f'{split}_top1']:.2f}%")
