@@ -392,7 +392,8 @@ class Run:
         if not (self.settings.tb_logdir and self.ctx.is_main):
             yield None
             return
-        rel = self.run_dir.relative_to(self.settings.models_path) if self.run_dir.is_relative_to(self.settings.models_path) \
+        models = self.settings.models_path
+        rel = self.run_dir.relative_to(models) if self.run_dir.is_relative_to(models) \
             else Path(self.run_dir.name)
         writer = _TensorBoard(Path(self.settings.tb_logdir) / rel)
         try:
@@ -544,7 +545,8 @@ class Run:
             tracker.step(step, epoch=epoch + batch / per_epoch, flush=False)
 
     def _report(self, writer, epoch: int, record: dict[str, Any]) -> None:
-        parts = [f"epoch {epoch + 1}/{self.settings.epochs}", f"loss {record['train_loss']:.4f}", f"lr {record['lr']:.3g}"]
+        parts = [f"epoch {epoch + 1}/{self.settings.epochs}", f"loss {record['train_loss']:.4f}",
+                 f"lr {record['lr']:.3g}"]
         for split in ("train", "val", "test"):
             if f"{split}_top1" in record:
                 parts.append(f"{split} top1 {record[f'{split}_top1']:.2f}%")
