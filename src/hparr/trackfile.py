@@ -2,7 +2,7 @@
 
 One row per tracked step x layer: `step` (optimizer steps taken), `epoch` (epochs completed; fractional
 between epoch ends), the layer's `name`, `kind`, `stage`, `block`, `N`, `d`, then the statistics of
-`hparr.projections.layer_table`: `mean`, `std`, `mass`, `n_negative`, `p_sign`, `p_ks`, `p_value`,
+`hparr.projections.analyze_layers`: `mean`, `std`, `mass`, `n_negative`, `p_sign`, `p_ks`, `p_value`,
 `p_adjusted`, `biased`, `l2_dist`, `l_inf_dist` (empty without the initial weights), and the settings
 `normalize` and `level`. Floats are written in full precision and read back exactly.
 """
