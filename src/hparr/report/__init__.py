@@ -19,12 +19,12 @@ from .. import files
 from ..errors import HparrError
 from ..results import REPORT_FORMAT
 from . import render
-from .discovery import ProjectionRun, RunResults, describe_unusable, load_run, missing_text
+from .discovery import ProjectionRun, RunResults, describe_unusable, load_run, missing_text, tracked_curves
 from .figures import FIGURES, plot_bias_vs_criticality, plot_distributions, plot_epochs, save_heatmap
 from .tables import BIAS_MEASURES, DEFAULT_THRESHOLD, bias_measure, bias_vs_criticality, check_options, joined_table
 
 __all__ = ["BIAS_MEASURES", "DEFAULT_THRESHOLD", "FIGURES", "ProjectionRun", "RunResults", "bias_measure",
-           "bias_vs_criticality", "build_report", "joined_table", "load_run", "save_heatmap"]
+           "bias_vs_criticality", "build_report", "joined_table", "load_run", "save_heatmap", "tracked_curves"]
 
 REPORT_DIR = "report"
 log = logging.getLogger("hparr.report")
