@@ -176,7 +176,8 @@ def check_arch(arch: str) -> str:
 
 
 def build_model(arch: str, num_classes: int = 10, in_channels: int = 3, input_size: int = 32,
-                seed: int = 0, pretrained: bool = False, weights: str | os.PathLike | None = None) -> nn.Module:
+                seed: int = 0, pretrained: bool = False, weights: str | os.PathLike | None = None,
+                state_dict_prefix: str | None = None) -> nn.Module:
     """Build `arch` initialized from `seed` (the global RNG is left untouched).
 
     `pretrained` loads torchvision's ImageNet weights from `weights` or the local hub cache;
@@ -187,7 +188,7 @@ def build_model(arch: str, num_classes: int = 10, in_channels: int = 3, input_si
         torch.manual_seed(seed)
         model = _construct(arch, num_classes, in_channels, input_size)
     if pretrained or weights is not None:
-        load_pretrained(model, arch, weights)
+        load_pretrained(model, arch, weights, prefix=state_dict_prefix)
     return model
 
 
@@ -200,17 +201,20 @@ def pretrained_file(arch: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
 
-def load_pretrained(model: nn.Module, arch: str, weights: str | os.PathLike | None = None) -> list[str]:
-    """Copy ImageNet weights into `model`; return the keys left at their initialization."""
+def load_pretrained(model: nn.Module, arch: str, weights: str | os.PathLike | None = None,
+                    prefix: str | None = None) -> list[str]:
+    """Copy ImageNet weights (any checkpoint format of `checkpoints.load_state`) into `model`; return the
+    keys left at their initialization."""
     path = Path(weights) if weights is not None else pretrained_file(arch)
-    if not path.is_file():
+    if not path.exists():
         raise HparrError(
             f"pretrained weights for {arch} not found: expected {path}. Copy torchvision's file "
             f"{path.name} there (the torch hub cache, set by TORCH_HOME) or pass --weights PATH")
-    from .checkpoints import load_state_dict_file
+    from .checkpoints import load_state, shapes_of
 
-    state = load_state_dict_file(path)
+    state = load_state(path, prefix=prefix, reference=model)
     own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    shapes = shapes_of(state)
+    usable = {k: state[k] for k in state if k in own and own[k].shape == shapes[k].shape}
     model.load_state_dict(usable, strict=False)
     return sorted(set(own) - set(usable))

@@ -329,8 +329,9 @@ class SnapshotAnalyzer:
 
     def __init__(self, default: ModelConfig, settings: Settings, context: Mapping[str, Any] | None = None,
                  device: str | torch.device = "cpu", init_state: Mapping[str, Any] | None = None,
-                 dataset: str | None = None, seed: int | None = None):
+                 dataset: str | None = None, seed: int | None = None, state_dict_prefix: str | None = None):
         self.default = default
+        self.prefix = state_dict_prefix
         self.dataset, self.seed = dataset, seed
         self.settings = settings
         self.context = dict(context or {})
@@ -356,7 +357,9 @@ class SnapshotAnalyzer:
         weights = {layer.weight_key: state[layer.weight_key].to(self.device) for layer in layers}
         init = None
         if self.init_state is not None:
-            init = {layer.weight_key: _weight(self.init_state, layer, "--init-from").to(self.device)
+            init_state = checkpoints.match_prefix(self.init_state, [layer.weight_key for layer in layers],
+                                                  self.prefix, source="--init-from")
+            init = {layer.weight_key: _weight(init_state, layer, "--init-from").to(self.device)
                     for layer in layers}
         df = layer_table(layers, weights, normalize=self.settings.normalize, init=init,
                          level=self.settings.level, skipped=skipped)
@@ -369,17 +372,19 @@ class SnapshotAnalyzer:
     def analyze_file(self, path: str | os.PathLike) -> dict[str, Any]:
         """The result document of one snapshot file (plain state_dict, original .tar, or `hparr train`'s)."""
         path = Path(path)
-        obj = checkpoints.torch_load(path, mmap=True)
-        state = checkpoints.state_dict_of(obj, path)
+        ckpt = checkpoints.read_checkpoint(path)
+        obj = ckpt.obj
         config = snapshot_config(obj, self.default, str(path))
         check_metadata(obj, str(path), self.dataset, self.seed)
         layers, skipped, reference = self.plan(config)
-        check_state(reference, state, str(path))
+        state = checkpoints.match_prefix(ckpt.state, reference, self.prefix, source=str(path))
+        check_state(reference, checkpoints.shapes_of(state), str(path))
         meta = obj if isinstance(obj, dict) else {}
         extra = {k: meta[k] for k in ("seeds", "normalization", "dataset", "top1_acc", "top5_acc") if k in meta}
         extra = {f"snapshot_{k}": _jsonable(v) for k, v in extra.items()}
+        epoch = checkpoints.snapshot_epoch_or_none(obj, path)
         return self._document(config, state, layers, skipped, stem=path.stem, source=str(path.resolve()),
-                              epoch=str(checkpoints.snapshot_epoch(obj, path)), **extra)
+                              epoch=None if epoch is None else str(epoch), checkpoint_format=ckpt.format, **extra)
 
     def analyze_model(self, model: nn.Module, stem: str, epoch: int, source: str, **fields) -> dict[str, Any]:
         """The result document of an in-memory model (random initialization, pretrained weights)."""
@@ -435,20 +440,23 @@ def log_lines(doc: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def load_init_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The weights of an initialization snapshot (`--init-from`), memory-mapped."""
-    return checkpoints.state_dict_of(checkpoints.torch_load(path, mmap=True), path)
+def load_init_state(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:
+    """The weights of an initialization snapshot (`--init-from`, any checkpoint format), memory-mapped."""
+    return checkpoints.read_checkpoint(path).state
 
 
 def analyze_snapshots(arch: str, dataset: str, results: str | os.PathLike, load_from=None,
                       init_from: str | None = None, seed: int | None = None, subsample_classes: int = 0,
                       normalize: bool = True, with_linear: bool = False, include_1x1: bool = False,
                       level: float = 0.05, pretrained: bool = False, device: str | torch.device = "cpu",
-                      overwrite: bool = False, parquet: bool = False, log: str = "positive_orthant.log", progress: bool = True):
+                      overwrite: bool = False, parquet: bool = False, log: str = "positive_orthant.log", progress: bool = True,
+                      weights: str | None = None, state_dict_prefix: str | None = None):
     """Analyze snapshots (files, directories or globs; none = the random init or --pretrained weights) and write
     one JSON per snapshot plus `projections.csv` to `<results>/<dataset>[_<k>]/<arch>[/<seed>]/`.
 
-    Results already there are kept unless `overwrite`. Returns (out_dir, table, docs, computed).
+    Every checkpoint format of `checkpoints.read_checkpoint` is read; `state_dict_prefix` selects the keys
+    under a prefix (found automatically otherwise). `weights`: the file of pretrained weights (implies
+    `pretrained`). Results already there are kept unless `overwrite`. Returns (out_dir, table, docs, computed).
     """
     import sys
 
@@ -469,7 +477,9 @@ def analyze_snapshots(arch: str, dataset: str, results: str | os.PathLike, load_
     shape = (config.num_classes, config.in_channels, config.input_size)
     analyzer = SnapshotAnalyzer(
         config, settings, context={"arch": arch, "dataset": dataset, "seed": str(seed)},
-        device=device, init_state=load_init_state(init_from) if init_from else None, dataset=dataset, seed=seed)
+        device=device, init_state=load_init_state(init_from) if init_from else None, dataset=dataset, seed=seed,
+        state_dict_prefix=state_dict_prefix)
+    pretrained = pretrained or weights is not None
     if load_from:
         paths = find_snapshots(load_from)
         stems = [p.stem for p in paths]
@@ -494,8 +504,9 @@ def analyze_snapshots(arch: str, dataset: str, results: str | os.PathLike, load_
         if path is not None:
             doc = analyzer.analyze_file(path)
         elif pretrained:
-            model = build_model(arch, *shape, pretrained=True)
-            doc = analyzer.analyze_model(model, stem, -1, str(pretrained_file(arch)))
+            model = build_model(arch, *shape, pretrained=True, weights=weights, state_dict_prefix=state_dict_prefix)
+            doc = analyzer.analyze_model(model, stem, -1, str(Path(weights).resolve()) if weights
+                                         else str(pretrained_file(arch)))
         else:
             init_seed = 0 if seed is None else seed
             model = build_model(arch, *shape, seed=init_seed)

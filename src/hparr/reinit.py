@@ -453,7 +453,7 @@ def read_inits_list(spec: str | os.PathLike) -> list[Path]:
     path = Path(spec)
     if not spec.strip():
         raise UsageError("--inits-from is empty: give a text file of snapshot paths or a directory of snapshots")
-    if path.is_dir() or path.suffix in checkpoints.SNAPSHOT_SUFFIXES or (path.is_file() and zipfile.is_zipfile(path)):
+    if path.is_dir() or path.suffix in checkpoints.CHECKPOINT_SUFFIXES or (path.is_file() and zipfile.is_zipfile(path)):
         return checkpoints.find_snapshots(spec)
     if not path.is_file():
         if any(c in spec for c in "*?["):
@@ -498,6 +498,7 @@ class ReinitSettings:
     workers: int = 1
     method: str = "auto"
     progress: bool = False
+    state_dict_prefix: str | None = None
 
 
 def _snapshot_data_options(options: DataOptions, meta: Mapping[str, Any], source: str) -> DataOptions:
@@ -537,7 +538,8 @@ def _snapshot_normalization(data: Data, meta: Mapping[str, Any], source: str) ->
 
 
 def _load_alternatives(paths: Sequence[Path], trained: Path, config, reference: Mapping[str, tuple],
-                       dataset: str, seed: int | None) -> tuple[dict[str, Mapping[str, torch.Tensor]], dict[str, str]]:
+                       dataset: str, seed: int | None, prefix: str | None = None,
+                       ) -> tuple[dict[str, Mapping[str, torch.Tensor]], dict[str, str]]:
     """{epoch label: state_dict} and {epoch label: file} of the snapshots to re-initialize from, by epoch.
 
     Each is checked against the trained model (architecture, shapes, dataset and seed it records);
@@ -549,11 +551,12 @@ def _load_alternatives(paths: Sequence[Path], trained: Path, config, reference: 
         if path.resolve() == trained.resolve():
             log.info("skipping %s: it is the trained snapshot itself", path)
             continue
-        obj = checkpoints.torch_load(path, mmap=True)
+        ckpt = checkpoints.read_checkpoint(path)
+        obj = ckpt.obj
         checkpoints.snapshot_config(obj, config, str(path))
         checkpoints.check_metadata(obj, str(path), dataset, seed)
-        state = checkpoints.state_dict_of(obj, path)
-        checkpoints.check_state(reference, state, str(path))
+        state = checkpoints.match_prefix(ckpt.state, reference, prefix, source=str(path))
+        checkpoints.check_state(reference, checkpoints.shapes_of(state), str(path))
         label = str(checkpoints.snapshot_epoch(obj, path))
         if label in sources:
             raise UsageError(f"{sources[label]} and {path} are both snapshots of epoch {label}")
@@ -586,9 +589,9 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
     init_paths = read_inits_list(settings.inits_from) if settings.inits_from is not None else []
 
     load_from = Path(settings.load_from)
-    trained_obj = checkpoints.torch_load(load_from)
-    state = checkpoints.state_dict_of(trained_obj, load_from)
-    epoch = checkpoints.snapshot_epoch(trained_obj, load_from)
+    trained = checkpoints.read_checkpoint(load_from)
+    trained_obj, state = trained.obj, trained.state
+    epoch = checkpoints.snapshot_epoch_or_none(trained_obj, load_from)
     # keep the metadata only (a bare state_dict has none), not a second copy of the weights
     meta = {k: v for k, v in trained_obj.items() if k not in _SNAPSHOT_STATES and not isinstance(v, torch.Tensor)}
     checkpoints.check_metadata(meta, str(load_from), settings.data.dataset, settings.seed)
@@ -609,8 +612,9 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
                          f"channels; the test set has {data.num_classes} and {data.in_channels}")
     device = distributed.select_device(settings.cuda)
     model = build_model(arch, config.num_classes, config.in_channels, config.input_size, seed=0)
-    checkpoints.load_weights(model, state, source=str(load_from))
-    del trained_obj, state
+    state = checkpoints.match_prefix(state, model, settings.state_dict_prefix, source=str(load_from))
+    checkpoints.load_weights(model, dict(state), source=str(load_from))
+    del trained_obj, state, trained
     model.to(device)
     reference = {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
@@ -618,7 +622,8 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
     infos, skipped = _discover(model, settings.with_linear, (2, config.in_channels, size, size))
     layers = [info.name for info in infos]
 
-    alternatives, sources = _load_alternatives(init_paths, load_from, config, reference, data_options.dataset, seed)
+    alternatives, sources = _load_alternatives(init_paths, load_from, config, reference, data_options.dataset, seed,
+                                               settings.state_dict_prefix)
     # the re-randomization seed derives from --seed, else from the snapshot's own seed, else from 0
     base_seed = seed if seed is not None else own_seeds.get("seed") if isinstance(own_seeds.get("seed"), int) else 0
     rand_seed = None
@@ -665,7 +670,7 @@ def results_document(result: ReinitResult, *, arch: str, dataset: str, seed: int
                            "top1_test": result.trained_accuracy(1), "top5_test": result.trained_accuracy(5)}
     if seed is not None:
         doc["seed"] = str(seed)
-    doc["epoch"] = str(epoch)
+    doc["epoch"] = None if epoch is None else str(epoch)
     doc.update({
         "format": RESULTS_FORMAT,
         "layers": list(result.layers),

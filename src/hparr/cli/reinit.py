@@ -24,6 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inits-from", type=str, default=None,
                    help="snapshots to re-initialize from: a text file of paths (one per line; blank lines are "
                         "ignored, missing files skipped with a warning) or a directory of snapshots")
+    p.add_argument("--state-dict-prefix", type=str, default=None, metavar="PREFIX",
+                   help="read the weights under this key prefix of the checkpoints (e.g. 'model.' of a Lightning "
+                        "module); found automatically against the model's keys when omitted")
     p.add_argument("--rand", action="store_true",
                    help="also re-randomize each layer from a fresh initialization (seed derived from --seed)")
     p.add_argument("--with-linear", action="store_true", help="also re-initialize the Linear layers")
@@ -74,7 +77,8 @@ def run(args) -> int:
     settings = reinit.ReinitSettings(
         load_from=args.load_from, data=data_options(args), arch=args.arch, inits_from=args.inits_from,
         rand=args.rand, with_linear=args.with_linear, seed=args.seed, batch_size=args.batch_size, cuda=args.cuda,
-        workers=args.workers, method=args.method, progress=not args.no_progress and sys.stderr.isatty())
+        workers=args.workers, method=args.method, progress=not args.no_progress and sys.stderr.isatty(),
+        state_dict_prefix=args.state_dict_prefix)
     captured = _Lines()
     logger = logging.getLogger("hparr")
     logger.addHandler(captured)
