@@ -1,6 +1,7 @@
 """Every bad input gets a one-line error, no traceback, and exit code 2 (usage) or 1 (runtime).
 
 The cases here are the table in README.md ("When something is wrong")."""
+import json
 import os
 import pickle
 
@@ -32,6 +33,20 @@ def snapshots(tmp_path_factory):
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         (cifar / name).write_bytes(pickle.dumps({b"data": b"garbage"}))
     (root / "a_file").write_text("not a directory")
+    (root / "notes.pt").write_text("these are my notes\n")
+    (root / "evil.safetensors").write_bytes(pickle.dumps({"weight": Evil()}, protocol=2))
+    from safetensors.torch import save_file
+
+    save_file(lenet.state_dict(), str(root / "lenet_6.safetensors"))
+    (root / "cut_6.safetensors").write_bytes((root / "lenet_6.safetensors").read_bytes()[:-100])
+    shards = root / "lenet_7"
+    shards.mkdir()
+    keys = list(lenet.state_dict())
+    save_file({k: lenet.state_dict()[k] for k in keys[:4]}, str(shards / "model-00001-of-00002.safetensors"))
+    (shards / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        k: f"model-0000{1 + (i >= 4)}-of-00002.safetensors" for i, k in enumerate(keys)}}))
+    torch.save({"state_dict": {**{f"model.{k}": v for k, v in lenet.state_dict().items()},
+                               **{f"ema.{k}": v for k, v in lenet.state_dict().items()}}}, root / "two_8.ckpt")
     return root
 
 
@@ -56,6 +71,17 @@ CASES = [
                               "{root}/nope.txt"], 2, "no such file"),
     ("empty --inits-from", ["reinit", *LENET, "--load-from", "{root}/lenet_init_0.pt", "--inits-from",
                             "{root}/empty.txt"], 2, "no existing snapshot"),
+    ("checkpoint in no known format", ["projections", *LENET, "--load-from", "{root}/notes.pt"], 1,
+     "found text starting with 'these are my notes'"),
+    ("pickle named .safetensors", ["projections", *LENET, "--load-from", "{root}/evil.safetensors"], 1, "refused"),
+    ("truncated .safetensors", ["projections", *LENET, "--load-from", "{root}/cut_6.safetensors"], 1,
+     "truncated or corrupt safetensors file"),
+    ("sharded folder missing a shard", ["projections", *LENET, "--load-from", "{root}/lenet_7"], 1,
+     "model-00002-of-00002.safetensors"),
+    ("--state-dict-prefix matching no key", ["projections", *LENET, "--load-from", "{root}/lenet_6.safetensors",
+                                             "--state-dict-prefix", "net."], 1, "no key starts with"),
+    ("several prefixes hold the model", ["reinit", *LENET, "--load-from", "{root}/two_8.ckpt", "--rand"], 2,
+     "--state-dict-prefix"),
     ("label noise out of range", ["train", *LENET, "--noise", "1.5"], 2, "noise"),
     ("validation split out of range", ["train", *LENET, "--split", "1.0"], 2, "split"),
     ("more classes than the dataset has", ["train", *LENET, "--subsample-classes", "11"], 2, "11"),
