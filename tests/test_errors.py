@@ -55,6 +55,9 @@ LENET = ["--arch", "lenet", "--dataset", "digits"]
 # (name, argv (with {root} for the fixture folder), exit code, a phrase of the message)
 CASES = [
     ("unknown architecture", ["train", "--arch", "vgg99", "--dataset", "digits"], 2, "unknown architecture"),
+    ("unknown timm model", ["train", "--arch", "timm:resnet10", "--dataset", "digits"], 2, "did you mean resnet10t"),
+    ("pretrained weights not in the cache", ["projections", "--arch", "alexnet", "--dataset", "digits",
+                                             "--pretrained", "--results", "{root}/res"], 1, "--weights FILE"),
     ("unknown dataset", ["train", "--arch", "lenet", "--dataset", "svhn"], 2, "unknown dataset"),
     ("unknown optimizer", ["train", *LENET, "--optimizer", "rmsprop"], 2, "unknown optimizer"),
     ("missing dataset files", ["train", "--arch", "lenet", "--dataset", "cifar10", "--data-path", "{root}/none"],
@@ -92,7 +95,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("name,argv,code,phrase", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_with_the_right_exit_code(snapshots, capsys, name, argv, code, phrase):
+def test_bad_input_is_one_line_with_the_right_exit_code(snapshots, capsys, monkeypatch, name, argv, code, phrase):
+    monkeypatch.setenv("TORCH_HOME", str(snapshots / "torch_home"))  # an empty cache of pretrained weights
     argv = [a.replace("{root}", str(snapshots)) for a in argv]
     assert main(argv) == code
     err = capsys.readouterr().err.strip().splitlines()

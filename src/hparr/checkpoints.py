@@ -237,7 +237,7 @@ def snapshot_config(obj: Any, default: ModelConfig, source: str) -> ModelConfig:
     """
     meta = obj if isinstance(obj, dict) else {}
     arch = meta.get("arch")
-    if isinstance(arch, str) and arch != default.arch:
+    if isinstance(arch, str) and arch.removeprefix("torchvision:") != default.arch.removeprefix("torchvision:"):
         raise HparrError(f"{source} is a snapshot of {arch}, not of --arch {default.arch}")
 
     def pick(key: str, value: int) -> int:

@@ -218,16 +218,23 @@ def _plain(x: Any) -> Any:
 
 def result_document(df: pd.DataFrame, **fields: Any) -> dict[str, Any]:
     """The original `stage -> block -> {projections, mean, mass[, l2_dist, l_inf_dist]}` + `net` layout,
-    with the new per-layer fields and the test settings; `fields` (arch, dataset, seed, epoch, ...) are added."""
+    with the new per-layer fields and the test settings; `fields` (arch, dataset, seed, epoch, ...) are added.
+    In a residual network the key under a stage is the layer's position in it, and `block` is an entry field."""
     doc: dict[str, Any] = {}
     has_dist = "l2_dist" in df.columns
-    for row in df.itertuples(index=False):
+    # In a residual network several layers share a block: they are keyed by their position in the stage,
+    # and every entry records its block (in the paper's networks the two are the same).
+    position = df.groupby("stage").cumcount().tolist()
+    residual = any(int(b) != p for b, p in zip(df["block"], position))
+    for i, row in enumerate(df.itertuples(index=False)):
         row = row._asdict()
         entry = {"projections": _plain(row["projections"]), "mean": row["mean"], "mass": row["mass"]}
         if has_dist:
             entry.update(l2_dist=row["l2_dist"], l_inf_dist=row["l_inf_dist"])
         entry.update({k: _plain(row[k]) for k in LAYER_FIELDS})
-        doc.setdefault(str(row["stage"]), {})[str(row["block"])] = entry
+        if residual:
+            entry["block"] = int(row["block"])
+        doc.setdefault(str(row["stage"]), {})[str(position[i] if residual else row["block"])] = entry
     net = dict(df.attrs["net"])
     doc["net"] = {"projections": _plain(net.pop("projections")), "mean": net.pop("mean"), "mass": net.pop("mass"),
                   **{k: _plain(v) for k, v in net.items()}}

@@ -350,7 +350,7 @@ def _layer_entries(doc: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     """The layer entries of a projection document in stage/block order (without the "net" row)."""
     if doc is None:
         return []
-    return [{**doc[s][b], "stage": int(s), "block": int(b)}
+    return [{**doc[s][b], "stage": int(s), "block": int(doc[s][b].get("block", b))}
             for s in sorted((k for k in doc if k.isdigit()), key=int) for b in sorted(doc[s], key=int)]
 
 
