@@ -318,7 +318,7 @@ class LazyState(Mapping):
         """{key: an empty tensor on the meta device with the stored shape} (nothing is read)."""
         return {k: torch.empty(self.shape(k), device="meta") for k in self._keys}
 
-    def renamed(self, names: Mapping[str, str]) -> "LazyState":
+    def renamed(self, names: Mapping[str, str]) -> LazyState:
         """A view with keys `names` (new -> old key); reads are recorded here and in this state."""
         def get(key):
             self.read.add(names[key])

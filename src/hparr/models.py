@@ -259,8 +259,7 @@ def pretrained_file(arch: str) -> Path:
     models, Hugging Face hub's for timm models (the path may hold `*` for an unknown revision folder)."""
     if arch.startswith(TIMM):
         return _timm_pretrained_file(arch[len(TIMM):])
-    if arch.startswith(TORCHVISION):
-        arch = arch[len(TORCHVISION):]
+    arch = arch.removeprefix(TORCHVISION)
     name = "vgg19" if arch == "vgg19_orig" else arch.replace("bn", "_bn") if arch in VGG_ARCHS else arch
     if arch in ("lenet", "mlp", "mlp_bn", "vgg19_orig"):
         raise UsageError(f"--pretrained: no ImageNet weights exist for {arch!r}")

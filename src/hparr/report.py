@@ -305,7 +305,8 @@ def load_run(run_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = 
         candidates = [(p, d) for p, d in reinits if chosen is None or str(d.get("load_from")) in sources
                       or _same_experiment(d, chosen.docs[0])]
         if candidates:
-            candidates.sort(key=lambda m: (m[1].get("load_from") is not None and str(m[1]["load_from"]) in sources,
+            candidates.sort(key=lambda m: (m[1].get("granularity", "layer") == "layer",  # per-layer results first
+                                           m[1].get("load_from") is not None and str(m[1]["load_from"]) in sources,
                                            -1 if _epoch(m[1]) is None else _epoch(m[1]), str(m[0])))
             reinit_path, reinit_doc = candidates[-1]
             for p, _ in reinits:
@@ -861,6 +862,76 @@ def _html(results: RunResults, table: pd.DataFrame, correlation: Mapping[str, An
             "</body></html>\n")
 
 
+# --- re-initialization: top-1 drop, test loss and agreement per alternative ------------------------
+
+REINIT_MEASURES = ("top1", "relative_drop", "loss", "agreement")
+
+
+def reinit_measures(doc: Mapping[str, Any] | None) -> pd.DataFrame:
+    """One row per alternative x re-initialized unit of a reinit document: top-1 (%), relative top-1 drop,
+    mean test loss and agreement (share of test images whose top-1 class is the trained model's), and for
+    a "rand" row of several re-randomizations the standard deviation of each (`*_sd`)."""
+    columns = ["label", "layer", "index", *REINIT_MEASURES, *(f"{m}_sd" for m in REINIT_MEASURES)]
+    if doc is None:
+        return pd.DataFrame(columns=columns)
+    layers = list(doc["layers"])
+    drop = rein.relative_drop_frame(doc["top1_test"], doc["init_from_epoch"], layers)
+    sources = {"top1": doc["init_from_epoch"], "loss": doc.get("loss_init_from_epoch") or {},
+               "agreement": doc.get("agreement_init_from_epoch") or {}}
+    std = doc.get("rand_std") or {}
+    std_sources = {"top1": std.get("init_from_epoch"), "relative_drop": std.get("relative_drop"),
+                   "loss": std.get("loss_init_from_epoch"), "agreement": std.get("agreement_init_from_epoch")}
+    rows = []
+    for label in doc["init_from_epoch"]:
+        for i, layer in enumerate(layers):
+            row = {"label": label, "layer": layer, "index": i, "relative_drop": float(drop.loc[label, layer])}
+            for m in ("top1", "loss", "agreement"):
+                values = sources[m].get(label)
+                row[m] = _num(values[i]) if values is not None else float("nan")
+            for m in REINIT_MEASURES:
+                values = std_sources[m] if label == rein.RAND else None
+                row[f"{m}_sd"] = _num(values[i]) if values is not None else float("nan")
+            rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _reinit_display(doc: Mapping[str, Any]) -> pd.DataFrame:
+    """Per unit: top-1 drop, loss and agreement after re-initialization to epoch 0 and re-randomization."""
+    table = reinit_measures(doc)
+    out: dict[str, list[str]] = {"layer": list(doc["layers"])}
+
+    def fmt(v: float, sd: float, spec: str) -> str:
+        if math.isnan(v):
+            return ""
+        return format(v, spec) + ("" if math.isnan(sd) else f" ± {format(sd, spec)}")
+
+    for label, name in (("0", "epoch 0"), (rein.RAND, "rand")):
+        part = table[table["label"] == label]
+        if part.empty:
+            continue
+        for m, head, spec in (("relative_drop", "drop", ".3f"), ("loss", "loss", ".3f"),
+                              ("agreement", "agreement", ".3f")):
+            out[f"{head} {name}"] = [fmt(v, sd, spec) for v, sd in zip(part[m], part[f"{m}_sd"])]
+    return pd.DataFrame(out)
+
+
+def _reinit_section(doc: Mapping[str, Any] | None) -> str:
+    """The Markdown section on the re-initialization measures ("" without a reinit result)."""
+    if doc is None:
+        return ""
+    trained_loss = doc.get("trained_loss")
+    lines = ["## Re-initialization: top-1 drop, test loss and agreement", "",
+             _markdown(_reinit_display(doc)), "",
+             f"Trained: top-1 {doc['top1_test']:.2f}%"
+             + (f", test loss {trained_loss:.3f}" if trained_loss is not None else "") + ". "
+             "drop: relative top-1 drop; loss: mean test cross-entropy; agreement: share of test images whose "
+             "top-1 class is the trained model's"
+             + (f"; rand: mean ± standard deviation of {doc['rand_trials']['k']} re-randomizations"
+                if isinstance(doc.get("rand_trials"), Mapping) else "")
+             + f"; re-initialized at once: {doc.get('granularity', 'layer')}. Every alternative is in reinit.csv.", ""]
+    return "\n".join(lines)
+
+
 def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                  threshold: float = DEFAULT_THRESHOLD, measure: str = "mass") -> dict[str, Path]:
     """Write the report of `run_dir` to `out_dir` (default RUN_DIR/report) from the result files alone.
@@ -909,7 +980,20 @@ def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
         "level": table.attrs.get("level"), "correction": table.attrs.get("correction"),
         "bias_vs_criticality": {k: _plain(v) for k, v in correlation.items()},
         "layers": records, "notes": results.notes, "figures": figures, **provenance})
-    files.write_text(out / "summary.md", _summary(results, table, correlation, figures, provenance))
-    files.write_text(out / "index.html", _html(results, table, correlation, figures, provenance))
+    summary = _summary(results, table, correlation, figures, provenance)
+    page = _html(results, table, correlation, figures, provenance)
+    if results.reinit_doc is not None:  # loss and agreement next to the top-1 drop
+        with files.atomic_path(out / "reinit.csv") as tmp:
+            reinit_measures(results.reinit_doc).to_csv(tmp, index=False)
+        written.append(out / "reinit.csv")
+        summary = summary.replace("## Figures", _reinit_section(results.reinit_doc) + "\n## Figures", 1)
+        section = ("<h2>Re-initialization: top-1 drop, test loss and agreement</h2>\n"
+                   + _reinit_display(results.reinit_doc).to_html(index=False, escape=True, border=0, classes="layers")
+                   + '\n<p>All alternatives: <a href="reinit.csv">reinit.csv</a>.</p>\n')
+        page = page.replace("<h2>Figures</h2>", section + "<h2>Figures</h2>", 1)
+    else:
+        (out / "reinit.csv").unlink(missing_ok=True)
+    files.write_text(out / "summary.md", summary)
+    files.write_text(out / "index.html", page)
     written += [out / "layers.csv", out / "report.json", out / "summary.md", out / "index.html"]
     return {p.name: p for p in written}
