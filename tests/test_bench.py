@@ -41,3 +41,12 @@ def test_interleaved_counts_both_sides_and_stops_at_max_batches():
     loader = CountingLoader(batches([5, 5, 5, 2], seed=0))
     out = interleaved(nn.Linear(4, 3), loader, held, max_batches=2)
     assert loader.fetched == 2 and out["images"] == 10 and out["floor_images"] == 10
+
+
+def test_safetensors_case_reads_only_the_analyzed_tensors(tmp_path):
+    from bench.projections_bench import safetensors_case
+
+    (row,) = safetensors_case(str(tmp_path), arch="resnet18", num_classes=10, input_size=32, repeats=1)
+    assert row["tensors_read"] == 17 and row["tensors"] == 122  # the 3x3/7x7 conv weights of 122 tensors
+    assert 0 < row["read_mb"] < row["file_mb"] and row["cold_s"] > 0 and row["torch_load_cold_s"] > 0
+    assert list(tmp_path.iterdir()) == []  # everything is deleted
