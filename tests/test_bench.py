@@ -48,5 +48,6 @@ def test_safetensors_case_reads_only_the_analyzed_tensors(tmp_path):
 
     (row,) = safetensors_case(str(tmp_path), arch="resnet18", num_classes=10, input_size=32, repeats=1)
     assert row["tensors_read"] == 17 and row["tensors"] == 122  # the 3x3/7x7 conv weights of 122 tensors
-    assert 0 < row["read_mb"] < row["file_mb"] and row["cold_s"] > 0 and row["torch_load_cold_s"] > 0
+    assert 0 < row["read_mb"] < row["file_mb"] and row["read_cold_s"] > 0 and row["torch_load_cold_s"] > 0
+    assert row["analyze_warm_s"] > 0 and row["torch_load_analyze_warm_s"] > 0
     assert list(tmp_path.iterdir()) == []  # everything is deleted
