@@ -26,6 +26,8 @@ from hparr.cli import main as hparr_main
 from hparr.models import build_model
 from hparr.projections import layer_stats
 
+from .common import timed
+
 ARCH = "vgg11"
 
 
@@ -105,9 +107,84 @@ def run(n: int = 100, workdir: str | None = None, full_size: int = 3, baseline: 
             shutil.rmtree(snaps)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    return out
+    return out + safetensors_case(workdir)
 
 
 if __name__ == "__main__":
     for row in run():
         print(row)
+
+
+# --- one ResNet-50-size .safetensors file: only the analyzed tensors are read ----------------------
+
+def _evict(path: Path) -> None:
+    """Drop `path` from the page cache (its own pages only), so that the next read comes from disk."""
+    import os
+
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def safetensors_case(workdir: str | None = None, arch: str = "resnet50", num_classes: int = 1000,
+                     input_size: int = 224, repeats: int = 7) -> list[dict]:
+    """Reading one checkpoint for `hparr projections`: a .safetensors file, memory-mapped, of which only the
+    analyzed conv weights are read (after the header's shapes are checked against the model), against
+    `torch.load` of the same weights saved with torch.save, read whole (both then sum the analyzed weights,
+    so that every byte of them is read). Also the whole per-file analysis
+    (`SnapshotAnalyzer.analyze_file`) against torch.load followed by the same statistics. Best of `repeats`;
+    "cold": the file is first dropped from the page cache (its own pages, with posix_fadvise)."""
+    from safetensors.torch import save_file
+
+    from hparr import projections
+
+    root = Path(tempfile.mkdtemp(prefix="hparr-bench-safetensors-", dir=workdir))
+    try:
+        state = build_model(arch, num_classes=num_classes, input_size=input_size, seed=0).state_dict()
+        st, pt = root / f"{arch}_1.safetensors", root / f"{arch}_1.pt"
+        save_file({k: v.contiguous() for k, v in state.items()}, str(st))
+        torch.save(state, pt)
+        del state
+        config = checkpoints.ModelConfig(arch, num_classes, 3, input_size)
+        analyzer = projections.SnapshotAnalyzer(config, projections.AnalysisOptions(normalize=True))
+        setup, (layers, _, reference) = timed(analyzer.plan, config)
+        keys = [layer.weight_key for layer in layers]
+        last = []
+
+        def read_ours():
+            ckpt = checkpoints.read_checkpoint(st)
+            checkpoints.check_state(reference, checkpoints.shapes_of(ckpt.state), str(st))
+            last[:] = [ckpt.state]
+            return [float(ckpt.state[k].sum()) for k in keys]  # touches every byte of the analyzed weights
+
+        def read_whole():
+            whole = torch.load(pt, map_location="cpu", weights_only=True)
+            return [float(whole[k].sum()) for k in keys]
+
+        def analyze_whole():
+            return projections.analyze_layers(layers, torch.load(pt, map_location="cpu", weights_only=True),
+                                              normalize=True)
+
+        cases = {"read": (read_ours, st), "torch_load": (read_whole, pt),
+                 "analyze": (lambda: analyzer.analyze_file(st), st), "torch_load_analyze": (analyze_whole, pt)}
+        times: dict[str, list[float]] = {f"{name}_{t}": [] for name in cases for t in ("cold", "warm")}
+        for _ in range(repeats):
+            for name, (fn, path) in cases.items():
+                _evict(path)
+                times[f"{name}_cold"].append(timed(fn)[0])
+                times[f"{name}_warm"].append(timed(fn)[0])
+        best = {k: min(v) for k, v in times.items()}
+        state = last[0]
+        read_bytes = sum(state[k].numel() * state[k].element_size() for k in sorted(state.read))
+        mb = 2**20
+        row = {"case": f"projections_{arch}_safetensors", "file_mb": round(st.stat().st_size / mb, 1),
+               "read_mb": round(read_bytes / mb, 1), "tensors_read": len(state.read), "tensors": len(state)}
+        row.update({f"{k}_s": round(v, 4) for k, v in best.items()})
+        for t in ("cold", "warm"):
+            row[f"read_speedup_{t}"] = round(best[f"torch_load_{t}"] / best[f"read_{t}"], 2)
+            row[f"analyze_speedup_{t}"] = round(best[f"torch_load_analyze_{t}"] / best[f"analyze_{t}"], 2)
+        row["plan_s"] = round(setup, 3)
+        return [row]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

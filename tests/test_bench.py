@@ -112,3 +112,11 @@ def test_gpu_bench_runs_its_cases_on_the_cpu_in_quick_mode():
     reinit = case["gpu_reinit_lenet"]
     assert reinit["equal_counts"] is True and reinit["images"] == 32 and reinit["test_passes_plain"] == 19
     assert case["gpu_projections_vgg11"]["snapshots"] == 3 and case["gpu_total"]["seconds"] > 0
+def test_safetensors_case_reads_only_the_analyzed_tensors(tmp_path):
+    from bench.projections_bench import safetensors_case
+
+    (row,) = safetensors_case(str(tmp_path), arch="resnet18", num_classes=10, input_size=32, repeats=1)
+    assert row["tensors_read"] == 17 and row["tensors"] == 122  # the 3x3/7x7 conv weights of 122 tensors
+    assert 0 < row["read_mb"] < row["file_mb"] and row["read_cold_s"] > 0 and row["torch_load_cold_s"] > 0
+    assert row["analyze_warm_s"] > 0 and row["torch_load_analyze_warm_s"] > 0
+    assert list(tmp_path.iterdir()) == []  # everything is deleted

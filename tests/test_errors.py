@@ -3,6 +3,7 @@
 The cases here are the table in README.md ("When something is wrong")."""
 import errno
 import io
+import json
 import os
 import pickle
 import shutil
@@ -56,6 +57,20 @@ def snapshots(tmp_path_factory):
     run.mkdir(parents=True)
     torch.save(lenet.state_dict(), run / "lenet_init_0.pt")
     (run / "tracking.csv").write_text("epoch,layer\n1,features.0\n")
+    (root / "notes.pt").write_text("these are my notes\n")
+    (root / "evil.safetensors").write_bytes(pickle.dumps({"weight": Evil()}, protocol=2))
+    from safetensors.torch import save_file
+
+    save_file(lenet.state_dict(), str(root / "lenet_6.safetensors"))
+    (root / "cut_6.safetensors").write_bytes((root / "lenet_6.safetensors").read_bytes()[:-100])
+    shards = root / "lenet_7"
+    shards.mkdir()
+    keys = list(lenet.state_dict())
+    save_file({k: lenet.state_dict()[k] for k in keys[:4]}, str(shards / "model-00001-of-00002.safetensors"))
+    (shards / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        k: f"model-0000{1 + (i >= 4)}-of-00002.safetensors" for i, k in enumerate(keys)}}))
+    torch.save({"state_dict": {**{f"model.{k}": v for k, v in lenet.state_dict().items()},
+                               **{f"ema.{k}": v for k, v in lenet.state_dict().items()}}}, root / "two_8.ckpt")
     return root
 
 
@@ -64,6 +79,9 @@ LENET = ["--arch", "lenet", "--dataset", "digits"]
 # (name, argv (with {root} for the fixture folder), exit code, a phrase of the message)
 CASES = [
     ("unknown architecture", ["train", "--arch", "vgg99", "--dataset", "digits"], 2, "unknown architecture"),
+    ("unknown timm model", ["train", "--arch", "timm:resnet10", "--dataset", "digits"], 2, "did you mean resnet10t"),
+    ("pretrained weights not in the cache", ["projections", "--arch", "alexnet", "--dataset", "digits",
+                                             "--pretrained", "--results", "{root}/res"], 1, "--weights FILE"),
     ("unknown dataset", ["train", "--arch", "lenet", "--dataset", "svhn"], 2, "unknown dataset"),
     ("unknown optimizer", ["train", *LENET, "--optimizer", "rmsprop"], 2, "unknown optimizer"),
     ("missing dataset files", ["train", "--arch", "lenet", "--dataset", "cifar10", "--data-path", "{root}/none"],
@@ -80,6 +98,21 @@ CASES = [
                               "{root}/nope.txt"], 2, "no such file"),
     ("empty --inits-from", ["reinit", *LENET, "--load-from", "{root}/lenet_init_0.pt", "--inits-from",
                             "{root}/empty.txt"], 2, "no existing snapshot"),
+    ("checkpoint in no known format", ["projections", *LENET, "--load-from", "{root}/notes.pt"], 1,
+     "found text starting with 'these are my notes'"),
+    ("pickle named .safetensors", ["projections", *LENET, "--load-from", "{root}/evil.safetensors"], 1, "refused"),
+    ("truncated .safetensors", ["projections", *LENET, "--load-from", "{root}/cut_6.safetensors"], 1,
+     "truncated or corrupt safetensors file"),
+    ("sharded folder missing a shard", ["projections", *LENET, "--load-from", "{root}/lenet_7"], 1,
+     "model-00002-of-00002.safetensors"),
+    ("--state-dict-prefix matching no key", ["projections", *LENET, "--load-from", "{root}/lenet_6.safetensors",
+                                             "--state-dict-prefix", "net."], 1, "no key starts with"),
+    ("several prefixes hold the model", ["reinit", *LENET, "--load-from", "{root}/two_8.ckpt", "--rand"], 2,
+     "--state-dict-prefix"),
+    ("non-positive --rand-trials", ["reinit", *LENET, "--load-from", "{root}/lenet_init_0.pt", "--rand-trials", "0"],
+     2, "--rand-trials must be >= 1"),
+    ("negative --max-test-images", ["reinit", *LENET, "--load-from", "{root}/lenet_init_0.pt", "--rand",
+                                    "--max-test-images", "-1"], 2, "--max-test-images"),
     ("label noise out of range", ["train", *LENET, "--noise", "1.5"], 2, "noise"),
     ("validation split out of range", ["train", *LENET, "--split", "1.0"], 2, "split"),
     ("more classes than the dataset has", ["train", *LENET, "--subsample-classes", "11"], 2, "11"),
@@ -105,7 +138,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("name,argv,code,phrase", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_with_the_right_exit_code(snapshots, capsys, name, argv, code, phrase):
+def test_bad_input_is_one_line_with_the_right_exit_code(snapshots, capsys, monkeypatch, name, argv, code, phrase):
+    monkeypatch.setenv("TORCH_HOME", str(snapshots / "torch_home"))  # an empty cache of pretrained weights
     argv = [a.replace("{root}", str(snapshots)) for a in argv]
     assert main(argv) == code
     err = capsys.readouterr().err.strip().splitlines()

@@ -84,12 +84,70 @@ def test_downsampling_stages_without_maxpool():
     assert skipped == []
 
 
-def test_resnet_downsample_1x1_skipped_and_stage_after_maxpool():
-    layers, skipped = discover_layers(build_model("resnet18"), (1, 3, 32, 32))
-    assert layers[0].name == "conv1" and (layers[0].stage, layers[0].block) == (0, 0)
-    assert all(layer.stage == 1 for layer in layers[1:]) and [layer.block for layer in layers[1:]] == list(range(16))
+def resnet_names(model: nn.Module) -> list[tuple[str, int, int]]:
+    """torchvision's and timm's naming: `layerN.M.*` is stage N, block M; the stem is stage 0."""
+    out, stem = [], 0
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            if name.startswith("layer"):
+                out.append((name, int(name[5]), int(name.split(".")[1])))
+            else:
+                out.append((name, 0, stem))
+                stem += 1
+    return out
+
+
+@pytest.mark.parametrize("size", [32, 224])
+def test_resnet18_stages_by_resolution_and_blocks_by_structure(size):
+    model = build_model("resnet18")
+    layers, skipped = discover_layers(model, (1, 3, size, size))
+    expected = [row for row in resnet_names(model) if "downsample" not in row[0]]
+    assert labels(layers) == expected
+    assert labels(layers)[:4] == [("conv1", 0, 0), ("layer1.0.conv1", 1, 0), ("layer1.0.conv2", 1, 0),
+                                  ("layer1.1.conv1", 1, 1)]
     assert [s.name for s in skipped if s.kind == "conv"] == [f"layer{i}.0.downsample.0" for i in (2, 3, 4)]
     assert all(s.reason.startswith("1x1 convolution") for s in skipped if s.kind == "conv")
+    assert [layer.unit for layer in layers[:4]] == ["conv1", "layer1.0", "layer1.0", "layer1.1"]
+    with_1x1, _ = discover_layers(model, (1, 3, size, size), include_1x1=True)
+    assert labels(with_1x1) == resnet_names(model)  # the 1x1 downsample belongs to its block
+
+
+def test_timm_resnet_reads_like_torchvision():
+    model = build_model("timm:resnet10t", num_classes=10, in_channels=1)
+    layers, _ = discover_layers(model, (1, 1, 32, 32), include_1x1=True)
+    assert labels(layers) == resnet_names(model)
+    assert labels(layers)[:4] == [("conv1.0", 0, 0), ("conv1.3", 0, 1), ("conv1.6", 0, 2), ("layer1.0.conv1", 1, 0)]
+
+
+def test_bottleneck_resnet_is_mostly_1x1():
+    model = build_model("resnet50")
+    layers, skipped = discover_layers(model, (1, 3, 64, 64))
+    everything, _ = discover_layers(model, (1, 3, 64, 64), include_1x1=True)
+    assert len(layers) == 17 and len(everything) == 53
+    assert sum("1x1" in s.reason for s in skipped) == 36
+    assert labels(everything) == resnet_names(model)
+
+
+class GatedResidual(nn.Module):
+    """A residual block behind data-dependent control flow: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 4, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.c = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        x = self.a(x)
+        if x.sum() > -1e9:
+            x = x + self.b(x)
+        return self.c(self.pool(x))
+
+
+def test_untraceable_residual_network_keeps_the_maxpool_rule():
+    layers, _ = discover_layers(GatedResidual(), (1, 3, 16, 16))
+    assert labels(layers) == [("a", 0, 0), ("b", 0, 1), ("c", 1, 0)]
 
 
 class Reused(nn.Module):

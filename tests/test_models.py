@@ -74,7 +74,7 @@ def test_missing_pretrained_weights_name_the_expected_file(tmp_path, monkeypatch
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     expected = pretrained_file("vgg11")
     assert str(expected).startswith(str(tmp_path)) and expected.name.startswith("vgg11")
-    with pytest.raises(HparrError, match=str(expected.name)):
+    with pytest.raises(HparrError, match=rf"not found \(offline\): looked for .*{expected.name}.*--weights FILE"):
         build_model("vgg11", pretrained=True)
     with pytest.raises(UsageError):
         pretrained_file("lenet")
@@ -88,3 +88,47 @@ def test_pretrained_weights_load_from_file_except_mismatched_head(tmp_path):
     left = load_pretrained(model, "alexnet", path)
     assert left == ["classifier.6.bias", "classifier.6.weight"]
     assert torch.equal(model.features[0].weight, source.features[0].weight)
+
+
+def test_timm_and_explicit_torchvision_names():
+    a, b = build_model("timm:resnet10t", 7, 1, seed=5), build_model("timm:resnet10t", 7, 1, seed=5)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(a.conv1[0].weight, build_model("timm:resnet10t", 7, 1, seed=6).conv1[0].weight)
+    with torch.no_grad():
+        assert a.eval()(torch.randn(2, 1, 32, 32)).shape == (2, 7)
+    tv, plain = build_model("torchvision:resnet18", 5, seed=2), build_model("resnet18", 5, seed=2)
+    assert all(torch.equal(x, y) for x, y in zip(tv.state_dict().values(), plain.state_dict().values()))
+    with pytest.raises(UsageError, match="unknown timm model 'resnet10'; did you mean resnet10t"):
+        check_arch("timm:resnet10")
+    with pytest.raises(UsageError, match="unknown torchvision model"):
+        check_arch("torchvision:lenet")
+
+
+def test_pretrained_weights_come_from_the_torch_hub_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    source = build_model("resnet18", 1000, seed=3)
+    path = pretrained_file("resnet18")
+    path.parent.mkdir(parents=True)
+    torch.save(source.state_dict(), path)
+    model = build_model("torchvision:resnet18", 1000, seed=4, pretrained=True)
+    assert all(torch.equal(x, y) for x, y in zip(model.state_dict().values(), source.state_dict().values()))
+
+
+def test_timm_pretrained_weights_come_from_the_hugging_face_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    expected = pretrained_file("timm:resnet10t")
+    assert expected.name == "model.safetensors" and "models--timm--resnet10t" in str(expected)
+    with pytest.raises(HparrError, match=r"not found \(offline\): looked for .*model.safetensors.*--weights FILE"):
+        build_model("timm:resnet10t", pretrained=True)
+    repo = tmp_path / "models--timm--resnet10t.c3_in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abcd")
+    (repo / "snapshots" / "0123abcd").mkdir(parents=True)
+    source = build_model("timm:resnet10t", 1000, seed=3)
+    save_file(source.state_dict(), str(repo / "snapshots" / "0123abcd" / "model.safetensors"))
+    model = build_model("timm:resnet10t", 10, 1, seed=4, pretrained=True)
+    assert torch.equal(model.layer1[0].conv1.weight, source.layer1[0].conv1.weight)
+    assert not torch.equal(model.fc.weight[:1], source.fc.weight[:1])  # another class count: left at init

@@ -238,3 +238,16 @@ def test_false_positive_rate_at_initialization():
     assert abs(np.mean(p_ks <= level) - level) < 4 * sd
     assert stats.kstest(p_ks, "uniform").pvalue > 0.001
     assert np.mean(p_sign <= level) < level + 4 * sd
+
+
+def test_grouped_and_depthwise_convs_use_the_channels_of_one_group():
+    from hparr.projections import layer_stats
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, groups=4, padding=1),
+                          nn.Conv2d(16, 16, 5, groups=16, padding=2))
+    stats_ = layer_stats(model, input_shape=(1, 3, 16, 16))
+    df = stats_.table
+    assert df["d"].tolist() == [27, 18, 25]  # (C / groups) x k x k
+    w = model[2].weight.detach().double().reshape(16, -1)
+    cos = w.sum(1) / (w.norm(dim=1) * 18 ** 0.5)
+    np.testing.assert_allclose(stats_.projections[df["name"][1]], cos.numpy(), rtol=1e-12)

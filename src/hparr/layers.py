@@ -6,9 +6,15 @@ every max-pool, or, in a model without max-pools, after every spatial downsampli
 (its index among the analyzed layers of its stage). For the paper's lenet/VGG/AlexNet this gives the
 original code's numbering of `features`. If the forward pass fails, the order of `named_modules()`
 is used instead and only max-pool modules advance the stage.
+
+A residual network (one whose torch.fx graph has an addition joining two paths split from one value)
+is labelled by its structure instead (`residual_labels`): the stage is the spatial resolution and the
+block is the residual block, so torchvision's `layerN.M` reads as stage N, block M.
 """
 from __future__ import annotations
 
+import dataclasses
+import operator
 import warnings
 from dataclasses import dataclass
 from typing import Sequence
@@ -27,7 +33,8 @@ class LayerInfo:
     name: qualified module name (`features.0`); module: the module itself; kind: "conv" or "linear";
     stage/block: the grouping of docs/method.md §2; index: position among the analyzed layers;
     weight_key: the weight's key in `model.state_dict()`; shape: the weight's shape;
-    traced: True when the order comes from a forward pass, False for the `named_modules` fallback.
+    traced: True when the order comes from a forward pass, False for the `named_modules` fallback;
+    unit: in a residual network, the residual block holding the layer (e.g. `layer2.1`), else the layer itself.
     """
 
     name: str
@@ -39,6 +46,7 @@ class LayerInfo:
     weight_key: str
     shape: tuple[int, ...]
     traced: bool = True
+    unit: str | None = None
 
 
 @dataclass(frozen=True)
@@ -191,4 +199,175 @@ def discover_layers(model: nn.Module, input_shape: Sequence[int] | None = None, 
         if layer_kind(module) is not None and id(module) not in seen:
             seen.add(id(module))
             skipped.append(Skipped(name, layer_kind(module), "not called in the forward pass"))
+    if traced and layers:
+        layers = _relabel_residual(model, input_shape, layers)
     return layers, skipped
+
+
+def _relabel_residual(model: nn.Module, input_shape: Sequence[int], layers: list[LayerInfo]) -> list[LayerInfo]:
+    """The layers with stage/block labels from the residual structure, if the model has residual blocks
+    and torch.fx traces it; otherwise unchanged (the max-pool/downsampling rule)."""
+    try:
+        found = residual_labels(model, input_shape, [layer.name for layer in layers])
+    except Exception:  # noqa: BLE001 - an untraceable model keeps the max-pool/downsampling rule
+        return [dataclasses.replace(layer, unit=layer.name) for layer in layers]
+    if found is None:
+        return [dataclasses.replace(layer, unit=layer.name) for layer in layers]
+    labels, units = found
+    return [dataclasses.replace(layer, stage=labels[layer.name][0], block=labels[layer.name][1],
+                                unit=units[layer.name]) for layer in layers]
+
+
+# --- residual networks: stages by resolution, blocks by structure ----------------------------------
+
+_ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
+
+
+class LeafTracer:
+    """torch.fx tracing in which every convolution, Linear and BatchNorm module (also subclasses such as
+    timm's BatchNormAct2d) is one call, whose parameters are read by that call alone."""
+
+    @staticmethod
+    def trace(model: nn.Module):
+        import torch.fx as fx
+
+        class Tracer(fx.Tracer):
+            def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+                if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase)):
+                    return True
+                return super().is_leaf_module(m, qualname)
+
+        graph = Tracer().trace(model)
+        return fx.GraphModule(model, graph)
+
+
+def _is_add(node) -> bool:
+    if node.op == "call_function":
+        return node.target in _ADD_FUNCTIONS
+    return node.op == "call_method" and node.target in ("add", "add_", "__add__", "__iadd__")
+
+
+def _scope(node) -> list[str]:
+    stack = node.meta.get("nn_module_stack") or {}
+    return [value[0] if isinstance(value, tuple) else str(key) for key, value in stack.items()]
+
+
+def _common_prefix(scopes: list[list[str]]) -> list[str]:
+    out: list[str] = []
+    for parts in zip(*scopes):
+        if any(p != parts[0] for p in parts):
+            break
+        out.append(parts[0])
+    return out
+
+
+@dataclass(frozen=True)
+class ResidualBlock:
+    """A residual block found in the graph: the nodes from where a path splits to the add that joins it.
+
+    name: the innermost module holding all of them ("" when none does); layers: the analyzed layers
+    called on those paths; size: the spatial size of the block's output.
+    """
+
+    name: str
+    layers: tuple[str, ...]
+    size: tuple[int, ...] | None
+
+
+def residual_structure(model: nn.Module, input_shape: Sequence[int], names: Sequence[str]):
+    """Residual blocks and the spatial output size of each layer's first call, from a torch.fx trace
+    with shapes: ([ResidualBlock], {layer name: output size}, [layer names in call order]).
+
+    Raises whatever tracing raises (the caller falls back to the max-pool/downsampling rule).
+    """
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    gm = LeafTracer.trace(model)
+    ref = next(iter(model.parameters()), None)
+    dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
+    device = ref.device if ref is not None else torch.device("cpu")
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            ShapeProp(gm).propagate(torch.zeros(tuple(input_shape), dtype=dtype, device=device))
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+    nodes = list(gm.graph.nodes)
+    pos = {n: i for i, n in enumerate(nodes)}
+
+    def size(node):
+        meta = node.meta.get("tensor_meta")
+        shape = getattr(meta, "shape", None)
+        return tuple(shape[2:]) if shape is not None and len(shape) >= 3 else None
+
+    wanted = set(names)
+    first_call: dict[str, object] = {}
+    for n in nodes:
+        if n.op == "call_module" and n.target in wanted and n.target not in first_call:
+            first_call[n.target] = n
+    ancestors: dict[object, frozenset] = {}
+    for n in nodes:
+        acc = {n}
+        for a in n.all_input_nodes:
+            acc |= ancestors[a]
+        ancestors[n] = frozenset(acc)
+
+    blocks = []
+    for n in nodes:
+        if not _is_add(n) or len(n.args) < 2 or not all(hasattr(a, "all_input_nodes") for a in n.args[:2]):
+            continue
+        a, b = n.args[:2]
+        if size(a) is None or size(a) != size(b):
+            continue
+        common = [c for c in ancestors[a] & ancestors[b] if c.op != "get_attr"]
+        if not common:
+            continue
+        split = max(common, key=pos.get)
+        inside = [m for m in nodes if pos[split] < pos[m] <= pos[n] and split in ancestors[m] and m in ancestors[n]]
+        layers = tuple(dict.fromkeys(m.target for m in inside if m.op == "call_module" and m.target in wanted))
+        if not layers:
+            continue
+        scopes = [_scope(m) for m in inside if m is not n] + [_scope(n)]
+        prefix = _common_prefix([s for s in scopes if s] or [[]])
+        blocks.append(ResidualBlock(prefix[-1] if prefix else "", layers, size(n)))
+    order = sorted(first_call, key=lambda name: pos[first_call[name]])
+    return blocks, {name: size(node) for name, node in first_call.items()}, order
+
+
+def residual_labels(model: nn.Module, input_shape: Sequence[int], names: Sequence[str]):
+    """Stage and block of each layer of a residual network, or None for a network without residual blocks.
+
+    A unit is a residual block (the innermost one holding the layer) or a layer outside every block.
+    Units are taken in forward order; the stage advances whenever a unit's output has a smaller spatial
+    size than the last one's (a residual block's output is its add's), and the block counts the units of
+    the stage. Returns ({layer: (stage, block)}, {layer: unit name}) where a unit name is the block's
+    module (e.g. `layer2.1`) or the layer's own name.
+    """
+    blocks, sizes, order = residual_structure(model, input_shape, names)
+    if not blocks or set(order) != set(names):
+        return None
+    innermost: dict[str, ResidualBlock] = {}
+    for block in sorted(blocks, key=lambda b: len(b.layers), reverse=True):
+        for layer in block.layers:
+            innermost[layer] = block  # smaller blocks come later and win
+    labels: dict[str, tuple[int, int]] = {}
+    units: dict[str, str] = {}
+    seen: dict[object, tuple[int, int]] = {}
+    stage, block_index, current = 0, -1, None
+    for layer in order:
+        unit = innermost.get(layer, layer)
+        if unit not in seen:
+            unit_size = unit.size if isinstance(unit, ResidualBlock) else sizes.get(layer)
+            if current is not None and _smaller(unit_size, current):
+                stage, block_index = stage + 1, -1
+            if unit_size is not None:
+                current = unit_size
+            block_index += 1
+            seen[unit] = (stage, block_index)
+        labels[layer] = seen[unit]
+        units[layer] = (unit.name or f"stage{seen[unit][0]}.block{seen[unit][1]}") if isinstance(unit, ResidualBlock) \
+            else layer
+    return labels, units

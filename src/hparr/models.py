@@ -14,6 +14,7 @@ import torchvision
 
 from .errors import HparrError, UsageError
 
+TIMM, TORCHVISION = "timm:", "torchvision:"
 VGG_ARCHS = ("vgg11", "vgg13", "vgg16", "vgg19", "vgg11bn", "vgg13bn", "vgg16bn", "vgg19bn", "vgg19_orig")
 ARCHS = ("lenet", "alexnet", *VGG_ARCHS, "mlp", "mlp_bn")
 
@@ -160,8 +161,11 @@ def _construct(arch: str, num_classes: int, in_channels: int, input_size: int) -
             elif isinstance(m, nn.MaxPool2d) and input_size % 32:
                 m.ceil_mode = True  # five halvings of 28 px would reach 0; rounding up keeps 1x1 at the end
         _init_vgg(model, orig=arch == "vgg19_orig")
+    elif arch.startswith(TIMM):
+        model = _timm().create_model(arch[len(TIMM):], pretrained=False, num_classes=num_classes,
+                                     in_chans=in_channels)
     else:
-        model = tvm.get_model(arch, weights=None, num_classes=num_classes)
+        model = tvm.get_model(arch.removeprefix(TORCHVISION), weights=None, num_classes=num_classes)
         if in_channels != 3:
             _replace_first_conv(model, in_channels)
             first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
@@ -170,22 +174,58 @@ def _construct(arch: str, num_classes: int, in_channels: int, input_size: int) -
 
 
 def supported_archs() -> list[str]:
-    """The paper's architectures, then every torchvision classification model."""
+    """The paper's architectures, then every torchvision classification model, then the timm spelling."""
     extra = sorted(set(torchvision.models.list_models(module=torchvision.models))
                    - {torchvision_name(a) for a in ARCHS})
-    return list(ARCHS) + extra
+    return list(ARCHS) + extra + ["torchvision:NAME (any torchvision classifier, as torchvision builds it)",
+                                  "timm:NAME (any timm model, e.g. timm:resnet10t; needs hparr[timm])"]
+
+
+def _timm():
+    try:
+        import timm
+    except ImportError:
+        raise UsageError("timm:NAME needs timm: pip install 'hparr[timm]'") from None
+    return timm
+
+
+def _did_you_mean(name: str, names: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(close)}?" if close else ""
 
 
 def check_arch(arch: str) -> str:
-    """Return `arch` if it is known, else raise a UsageError that lists the names."""
-    if arch in ARCHS or arch in torchvision.models.list_models(module=torchvision.models):
+    """Return `arch` if it is known, else raise a UsageError that lists the names.
+
+    Known: the paper's architectures, any torchvision classifier by its name or as `torchvision:NAME`,
+    and any timm model as `timm:NAME` (optionally with its pretrained tag, `timm:resnet10t.c3_in1k`).
+    """
+    if arch.startswith(TIMM):
+        timm = _timm()
+        name = arch[len(TIMM):]
+        if not name or not timm.is_model(name):
+            raise UsageError(f"unknown timm model {name!r}" + _did_you_mean(name, timm.list_models())
+                             + " (timm.list_models() lists them)")
+        return arch
+    tv_models = torchvision.models.list_models(module=torchvision.models)
+    if arch.startswith(TORCHVISION):
+        name = arch[len(TORCHVISION):]
+        if name not in tv_models:
+            raise UsageError(f"unknown torchvision model {name!r}" + _did_you_mean(name, tv_models)
+                             + " (torchvision.models.list_models() lists them)")
+        return arch
+    if arch in ARCHS or arch in tv_models:
         return arch
     raise UsageError(f"unknown architecture {arch!r}; supported: {', '.join(ARCHS)}, "
-                     "or any torchvision classification model (e.g. resnet18)")
+                     "any torchvision classification model (e.g. resnet18 or torchvision:resnet18), "
+                     "or timm:NAME for any timm model")
 
 
 def build_model(arch: str, num_classes: int = 10, in_channels: int = 3, input_size: int = 32,
-                seed: int = 0, pretrained: bool = False, weights: str | os.PathLike | None = None) -> nn.Module:
+                seed: int = 0, pretrained: bool = False, weights: str | os.PathLike | None = None,
+                state_dict_prefix: str | None = None) -> nn.Module:
     """Build `arch` initialized from `seed` (the global RNG is left untouched).
 
     `pretrained` loads torchvision's ImageNet weights from `weights` or the local hub cache;
@@ -196,12 +236,39 @@ def build_model(arch: str, num_classes: int = 10, in_channels: int = 3, input_si
         torch.manual_seed(seed)
         model = _construct(arch, num_classes, in_channels, input_size)
     if pretrained or weights is not None:
-        load_pretrained(model, arch, weights)
+        load_pretrained(model, arch, weights, prefix=state_dict_prefix)
     return model
 
 
+def _timm_pretrained_file(name: str) -> Path:
+    """The cached file of a timm model's default pretrained weights: in the Hugging Face hub cache (or,
+    for weights hosted elsewhere, the torch hub cache). When it is absent, the path it would have, with
+    `*` for the revision folder."""
+    timm = _timm()
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+        raise UsageError(f"--pretrained: timm has no pretrained weights for {name!r}")
+    if cfg.file:
+        return Path(cfg.file)
+    if cfg.hf_hub_id:
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        repo = cfg.hf_hub_id.split("@")[0]
+        filenames = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+        for filename in filenames:
+            found = try_to_load_from_cache(repo, filename)
+            if isinstance(found, str):
+                return Path(found)
+        return Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "snapshots" / "*" / filenames[0]
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url)
+
+
 def pretrained_file(arch: str) -> Path:
-    """Where torchvision's ImageNet weights for `arch` are expected in the local hub cache."""
+    """Where the ImageNet weights for `arch` are expected in the local cache: torch hub's for torchvision
+    models, Hugging Face hub's for timm models (the path may hold `*` for an unknown revision folder)."""
+    if arch.startswith(TIMM):
+        return _timm_pretrained_file(arch[len(TIMM):])
+    arch = arch.removeprefix(TORCHVISION)
     name = torchvision_name(arch)
     if name is None or arch == "vgg19_orig":
         raise UsageError(f"--pretrained: no ImageNet weights exist for {arch!r}")
@@ -209,17 +276,23 @@ def pretrained_file(arch: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
 
-def load_pretrained(model: nn.Module, arch: str, weights: str | os.PathLike | None = None) -> list[str]:
-    """Copy ImageNet weights into `model`; return the keys left at their initialization."""
+def load_pretrained(model: nn.Module, arch: str, weights: str | os.PathLike | None = None,
+                    prefix: str | None = None) -> list[str]:
+    """Copy ImageNet weights (any checkpoint format of `checkpoints.load_state`) into `model`; return the
+    keys left at their initialization."""
     path = Path(weights) if weights is not None else pretrained_file(arch)
-    if not path.is_file():
-        raise HparrError(
-            f"pretrained weights for {arch} not found: expected {path}. Copy torchvision's file "
-            f"{path.name} there (the torch hub cache, set by TORCH_HOME) or pass --weights PATH")
-    from .checkpoints import load_state_dict_file
+    if not path.exists():
+        if weights is not None:
+            raise HparrError(f"--weights {path}: no such file or folder")
+        cache = "the Hugging Face hub cache, set by HF_HOME" if "models--" in str(path) else \
+            "the torch hub cache, set by TORCH_HOME"
+        raise HparrError(f"pretrained weights for {arch} not found (offline): looked for {path} ({cache}); "
+                         f"copy the file {path.name} there or pass --weights FILE")
+    from .checkpoints import load_state, shapes_of
 
-    state = load_state_dict_file(path)
+    state = load_state(path, prefix=prefix, reference=model)
     own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    shapes = shapes_of(state)
+    usable = {k: state[k] for k in state if k in own and own[k].shape == shapes[k].shape}
     model.load_state_dict(usable, strict=False)
     return sorted(set(own) - set(usable))

@@ -222,16 +222,23 @@ LAYER_FIELDS = ("name", "kind", "N", "d", "std", "n_negative", "p_sign", "p_ks",
 def projection_document(stats_: LayerStats, **fields: Any) -> dict[str, Any]:
     """The original `stage -> block -> {projections, mean, mass[, l2_dist, l_inf_dist]}` + `net` layout,
     with the new per-layer fields and the test settings; `fields` (arch, dataset, seed, epoch, ...) are added.
-    Every value is JSON-ready (NaN as None)."""
+    Every value is JSON-ready (NaN as None). In a residual network the key under a stage is the layer's
+    position in it, and `block` is an entry field."""
     doc: dict[str, Any] = {}
     df = stats_.table
     has_dist = "l2_dist" in df.columns
-    for row in df.to_dict(orient="records"):
+    # In a residual network several layers share a block: they are keyed by their position in the stage,
+    # and every entry records its block (in the paper's networks the two are the same).
+    position = df.groupby("stage").cumcount().tolist()
+    residual = any(int(b) != p for b, p in zip(df["block"], position))
+    for i, row in enumerate(df.to_dict(orient="records")):
         entry = {"projections": stats_.projections[row["name"]], "mean": row["mean"], "mass": row["mass"]}
         if has_dist:
             entry.update(l2_dist=row["l2_dist"], l_inf_dist=row["l_inf_dist"])
         entry.update({k: row[k] for k in LAYER_FIELDS})
-        doc.setdefault(str(row["stage"]), {})[str(row["block"])] = entry
+        if residual:
+            entry["block"] = int(row["block"])
+        doc.setdefault(str(row["stage"]), {})[str(position[i] if residual else row["block"])] = entry
     net = dict(stats_.net)
     pooled = np.concatenate(list(stats_.projections.values()))
     doc["net"] = {"projections": pooled, "mean": net.pop("mean"), "mass": net.pop("mass"), **net}
@@ -288,8 +295,9 @@ class SnapshotAnalyzer:
 
     def __init__(self, default: ModelConfig, options: AnalysisOptions, context: Mapping[str, Any] | None = None,
                  device: str | torch.device = "cpu", init_state: Mapping[str, Any] | None = None,
-                 dataset: str | None = None, seed: int | None = None):
+                 dataset: str | None = None, seed: int | None = None, state_dict_prefix: str | None = None):
         self.default = default
+        self.prefix = state_dict_prefix
         self.dataset, self.seed = dataset, seed
         self.options = options
         self.context = dict(context or {})
@@ -315,7 +323,9 @@ class SnapshotAnalyzer:
         weights = {layer.weight_key: state[layer.weight_key].to(self.device) for layer in layers}
         init = None
         if self.init_state is not None:
-            init = {layer.weight_key: _weight(self.init_state, layer, "--init-from").to(self.device)
+            init_state = checkpoints.match_prefix(self.init_state, [layer.weight_key for layer in layers],
+                                                  self.prefix, source="--init-from")
+            init = {layer.weight_key: _weight(init_state, layer, "--init-from").to(self.device)
                     for layer in layers}
         stats_ = analyze_layers(layers, weights, normalize=self.options.normalize, init=init,
                                 level=self.options.level, skipped=skipped)
@@ -328,20 +338,22 @@ class SnapshotAnalyzer:
     def analyze_file(self, path: str | os.PathLike) -> dict[str, Any]:
         """The result document of one snapshot file (plain state_dict, original .tar, or `hparr train`'s)."""
         path = Path(path)
-        obj = checkpoints.torch_load(path, mmap=True)
-        state = checkpoints.state_dict_of(obj, path)
+        ckpt = checkpoints.read_checkpoint(path)
+        obj = ckpt.obj
         config = snapshot_config(obj, self.default, str(path))
         check_metadata(obj, str(path), self.dataset, self.seed)
         layers, skipped, reference = self.plan(config)
-        check_state(reference, state, str(path))
+        state = checkpoints.match_prefix(ckpt.state, reference, self.prefix, source=str(path))
+        check_state(reference, checkpoints.shapes_of(state), str(path))
         meta = obj if isinstance(obj, dict) else {}
         extra = {k: meta[k] for k in ("seeds", "dataset", "top1_acc", "top5_acc") if k in meta}
         normalization = checkpoints.recorded_normalization(meta)
         if normalization is not None:
             extra["normalization"] = normalization
         extra = {f"snapshot_{k}": v for k, v in extra.items()}
+        epoch = checkpoints.snapshot_epoch_or_none(obj, path)
         return self._document(config, state, layers, skipped, stem=path.stem, source=str(path.resolve()),
-                              epoch=str(checkpoints.snapshot_epoch(obj, path)), **extra)
+                              epoch=None if epoch is None else str(epoch), checkpoint_format=ckpt.format, **extra)
 
     def analyze_model(self, model: nn.Module, stem: str, epoch: int, source: str, **fields) -> dict[str, Any]:
         """The result document of an in-memory model (random initialization, pretrained weights)."""
@@ -380,9 +392,9 @@ def log_lines(doc: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def load_init_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The weights of an initialization snapshot (`--init-from`), memory-mapped."""
-    return checkpoints.state_dict_of(checkpoints.torch_load(path, mmap=True), path)
+def load_init_state(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:
+    """The weights of an initialization snapshot (`--init-from`, any checkpoint format), memory-mapped."""
+    return checkpoints.read_checkpoint(path).state
 
 
 # --- the stage behind `hparr projections` -----------------------------------------------------------
@@ -391,8 +403,10 @@ def load_init_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 class ProjectionSettings:
     """Every option of `hparr projections` (the original compute_projections.py flags and the new ones).
 
-    `load_from`: snapshot files, directories or globs; none analyzes the random initialization of `arch`
-    with `seed` (or, with `pretrained`, torchvision's weights).
+    `load_from`: snapshot files, directories or globs, in any checkpoint format of
+    `checkpoints.read_checkpoint`; none analyzes the random initialization of `arch` with `seed` (or, with
+    `pretrained`, the ImageNet weights; `weights`: their file, which implies `pretrained`).
+    `state_dict_prefix` selects the keys under a prefix (found automatically otherwise).
     """
 
     arch: str
@@ -406,6 +420,8 @@ class ProjectionSettings:
     include_1x1: bool = False
     level: float = DEFAULT_LEVEL
     pretrained: bool = False
+    weights: str | None = None
+    state_dict_prefix: str | None = None
     device: str | torch.device = "cpu"
     overwrite: bool = False
     progress: bool = True
@@ -453,7 +469,9 @@ def run_projections(settings: ProjectionSettings, root: str | os.PathLike | None
     shape = (config.num_classes, config.in_channels, config.input_size)
     analyzer = SnapshotAnalyzer(
         config, options, context={"arch": s.arch, "dataset": s.dataset, "seed": str(s.seed)}, device=s.device,
-        init_state=load_init_state(options.init_from) if options.init_from else None, dataset=s.dataset, seed=s.seed)
+        init_state=load_init_state(options.init_from) if options.init_from else None, dataset=s.dataset, seed=s.seed,
+        state_dict_prefix=s.state_dict_prefix)
+    pretrained = s.pretrained or s.weights is not None
     if s.load_from:
         paths = find_snapshots(s.load_from)
         stems = [p.stem for p in paths]
@@ -463,7 +481,7 @@ def run_projections(settings: ProjectionSettings, root: str | os.PathLike | None
                              "each other; analyze them into different --results folders")
         jobs = [(p.stem, p) for p in paths]
     else:
-        jobs = [(f"{'pretrained' if s.pretrained else 'init'}_{s.arch}", None)]
+        jobs = [(f"{'pretrained' if pretrained else 'init'}_{s.arch}", None)]
 
     out_dir = Path(root) / s.relpath if root is not None else None
     docs: dict[str, dict[str, Any]] = {}
@@ -475,9 +493,11 @@ def run_projections(settings: ProjectionSettings, root: str | os.PathLike | None
         if doc is None:
             if path is not None:
                 doc = analyzer.analyze_file(path)
-            elif s.pretrained:
-                doc = analyzer.analyze_model(build_model(s.arch, *shape, pretrained=True), stem, -1,
-                                             str(pretrained_file(s.arch)))
+            elif pretrained:
+                model = build_model(s.arch, *shape, pretrained=True, weights=s.weights,
+                                    state_dict_prefix=s.state_dict_prefix)
+                doc = analyzer.analyze_model(model, stem, -1, str(Path(s.weights).resolve()) if s.weights
+                                             else str(pretrained_file(s.arch)))
             else:
                 init_seed = 0 if s.seed is None else s.seed
                 doc = analyzer.analyze_model(build_model(s.arch, *shape, seed=init_seed), stem, 0,

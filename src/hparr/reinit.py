@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from . import checkpoints, distributed, files
 from .data import Data, DataOptions
 from .errors import HparrError, UsageError, first_line
-from .metrics import correct_counts
+from .metrics import topk_hits
 from .provenance import derive_seeds, versions
 from .results import RAND, REINIT_FORMAT, relative_drops
 
@@ -104,6 +104,10 @@ class ReinitResult:
     topk: int
     method: str
     notes: list[str] = field(default_factory=list)
+    agree: np.ndarray | None = None  # [a, l]: test images whose top-1 class is the trained model's
+    loss: np.ndarray | None = None  # [a, l]: mean test cross-entropy
+    trained_loss: float | None = None
+    groups: dict[str, list[str]] | None = None  # {unit: its modules} (a layer alone, a block, a stage)
 
     def accuracy(self, k: int = 1) -> dict[str, list[float]]:
         """Test accuracy in percent, {label: [one value per layer]} (k=1 or the sweep's top-k)."""
@@ -114,6 +118,14 @@ class ReinitResult:
     def trained_accuracy(self, k: int = 1) -> float:
         return 100.0 * self.trained_correct[0 if k == 1 else 1] / self.total
 
+    def agreement(self) -> dict[str, list[float]]:
+        """{label: [share of test images whose top-1 class is the trained model's, one per layer]}."""
+        return {label: [int(c) / self.total for c in self.agree[i]] for i, label in enumerate(self.labels)}
+
+    def test_loss(self) -> dict[str, list[float]]:
+        """{label: [mean test cross-entropy, one per layer]}."""
+        return {label: [float(v) for v in self.loss[i]] for i, label in enumerate(self.labels)}
+
     def relative_drop(self):
         """(acc_trained - acc_reinit) / acc_trained of top-1, a DataFrame: rows labels, columns layers."""
         import pandas as pd
@@ -122,15 +134,177 @@ class ReinitResult:
                                       columns=list(self.layers))
 
 
+def _loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The summed cross-entropy of a batch, in float64."""
+    return F.cross_entropy(logits.to(torch.float64), labels, reduction="sum")
+
+
+class _Tally:
+    """Per alternative and unit: top-1, top-k and agreement counts and the summed loss; and the trained model's.
+
+    Agreement (the top-1 class equals the trained model's) is counted when the batch's trained logits are
+    known, at `close_batch`: the shared-prefix sweep gets them only after every alternative of the batch.
+    """
+
+    def __init__(self, alternatives: int, units: int, device: torch.device):
+        self.counts = torch.zeros(alternatives, units, 3, dtype=torch.int64, device=device)
+        self.loss = torch.zeros(alternatives, units, dtype=torch.float64, device=device)
+        self.trained = torch.zeros(2, dtype=torch.int64, device=device)
+        self.trained_loss = torch.zeros((), dtype=torch.float64, device=device)
+        self._top1: list[tuple[int, int, torch.Tensor]] = []
+
+    def add(self, ai: int, ui: int, logits: torch.Tensor, y: torch.Tensor, k: int) -> None:
+        hits, top1 = topk_hits(logits, y, k)
+        self.counts[ai, ui, :2] += hits
+        self.loss[ai, ui] += _loss_sum(logits, y)
+        self._top1.append((ai, ui, top1))
+
+    def close_batch(self, logits: torch.Tensor, y: torch.Tensor, k: int) -> None:
+        hits, top1 = topk_hits(logits, y, k)
+        self.trained += hits
+        self.trained_loss += _loss_sum(logits, y)
+        for ai, ui, other in self._top1:
+            self.counts[ai, ui, 2] += (other == top1).sum()
+        self._top1.clear()
+
+
+# --- what one alternative replaces ---------------------------------------------------------------
+
+LAYER_TENSORS = ("weight", "bias")
+BATCHNORM_TENSORS = ("weight", "bias", "running_mean", "running_var")
+GRANULARITIES = ("layer", "block", "stage")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What one alternative re-initializes at once: `members` = ((module name, tensor names), ...),
+    e.g. a conv's weight and bias, and with BatchNorm its weight, bias and running statistics."""
+
+    name: str
+    members: tuple[tuple[str, tuple[str, ...]], ...]
+
+    @property
+    def modules(self) -> list[str]:
+        return [m for m, _ in self.members]
+
+
+def _tensor_names(module: nn.Module, names: Sequence[str]) -> tuple[str, ...]:
+    return tuple(n for n in names if isinstance(getattr(module, n, None), torch.Tensor))
+
+
+def make_units(model: nn.Module, groups: Mapping[str, Sequence[str]],
+               batchnorms: Mapping[str, str] | None = None) -> list[Unit]:
+    """One Unit per group {unit name: [layer names]}: the layers' weight and bias, plus (with `batchnorms`,
+    {layer: its BatchNorm}) the parameters and running statistics of each layer's BatchNorm."""
+    units = []
+    for name, layers in groups.items():
+        members = []
+        for layer in layers:
+            members.append((layer, _tensor_names(model.get_submodule(layer), LAYER_TENSORS)))
+            bn = (batchnorms or {}).get(layer)
+            if bn is not None:
+                members.append((bn, _tensor_names(model.get_submodule(bn), BATCHNORM_TENSORS)))
+        units.append(Unit(str(name), tuple(members)))
+    return units
+
+
+def batchnorms_after(model: nn.Module, layers: Sequence[str],
+                     input_shape: Sequence[int] | None = None) -> dict[str, str]:
+    """{layer: the BatchNorm module applied directly to its output} (found with one dummy forward pass)."""
+    from .layers import guess_input_shape
+
+    names = {id(m): n for n, m in model.named_modules()}
+    wanted = set(layers)
+    outputs: dict[int, str] = {}  # id of a layer's output tensor -> layer
+    found: dict[str, str] = {}
+    keep: list[torch.Tensor] = []  # the tensors whose ids are recorded stay alive during the pass
+
+    def layer_hook(module, args, output):
+        if isinstance(output, torch.Tensor):
+            outputs[id(output)] = names[id(module)]
+            keep.append(output)
+
+    def bn_hook(module, args, output):
+        if args and isinstance(args[0], torch.Tensor):
+            layer = outputs.get(id(args[0]))
+            if layer is not None and layer not in found:
+                found[layer] = names[id(module)]
+
+    handles = []
+    for name, module in model.named_modules():
+        if name in wanted:
+            handles.append(module.register_forward_hook(layer_hook))
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            handles.append(module.register_forward_hook(bn_hook))
+    shape = tuple(input_shape) if input_shape is not None else guess_input_shape(model)
+    ref = next(iter(model.parameters()), torch.empty(0))
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(shape, dtype=ref.dtype if ref.is_floating_point() else torch.float32, device=ref.device))
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes:
+            m.training = mode
+    return found
+
+
+def reinit_groups(model: nn.Module, granularity: str = "layer", with_linear: bool = False,
+                  input_shape: Sequence[int] | None = None) -> dict[str, list[str]]:
+    """{unit name: [layer names]} of the layers re-initialized together, in forward order.
+
+    layer: every conv (and Linear) alone; block: the layers of one residual block (`layer2.1`; in a
+    network without residual blocks, and for a layer outside them, the layer alone); stage: the layers of
+    one stage (`stage2`), by `hparr.layers` stage labels.
+    """
+    if granularity not in GRANULARITIES:
+        raise UsageError(f"--granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
+    return groups_of(_discover(model, with_linear, input_shape)[0], granularity)
+
+
+def unit_tensors(model: nn.Module, state: Mapping[str, torch.Tensor], units: Sequence[Unit],
+                 source: str = "snapshot") -> dict[str, tuple[torch.Tensor, ...]]:
+    """{unit name: its tensors from `state`, in member order}, laid out like the model's own tensors."""
+    out = {}
+    for unit in units:
+        tensors = []
+        for module_name, names in unit.members:
+            module = model.get_submodule(module_name)
+            for tname in names:
+                own = getattr(module, tname)
+                key = f"{module_name}.{tname}"
+                if key not in state:
+                    raise HparrError(f"{source} has no {'parameter' if tname in LAYER_TENSORS else 'buffer'} {key}")
+                value = state[key]
+                if tuple(value.shape) != tuple(own.shape):
+                    raise HparrError(f"{source}: {key} has shape {tuple(value.shape)}, the model {tuple(own.shape)}")
+                # Same dtype, device and strides as the model's own tensor, so the layer computes the same
+                # way as after a copy into the model.
+                tensors.append(torch.empty_like(own, requires_grad=False).copy_(value.detach()))
+        out[unit.name] = tuple(tensors)
+    return out
+
+
 # --- the reference loop --------------------------------------------------------------------------
 
-def _prepare(model: nn.Module, alternatives: Mapping[str, Mapping[str, torch.Tensor]], layers, with_linear):
-    layers = list(layers) if layers is not None else reinit_layers(model, with_linear)
-    params = {str(label): layer_parameters(model, state, layers, source=f"alternative {label!r}")
-              for label, state in alternatives.items()}
+def _prepare(model: nn.Module, alternatives: Mapping[str, Any], layers, with_linear, groups=None,
+             with_bn: bool = False, input_shape=None):
+    """(units, {label: {unit: tensors}}). An alternative is a state_dict or a callable returning one."""
+    if groups is None:
+        layers = list(layers) if layers is not None else reinit_layers(model, with_linear, input_shape)
+        groups = {layer: [layer] for layer in layers}
+    batchnorms = batchnorms_after(model, [m for g in groups.values() for m in g], input_shape) if with_bn else None
+    units = make_units(model, groups, batchnorms)
+    params = {}
+    for label, state in alternatives.items():
+        state = state() if callable(state) else state
+        params[str(label)] = unit_tensors(model, state, units, source=f"alternative {label!r}")
+        del state
     if not params:
         raise HparrError("no alternative parameter sets to evaluate")
-    return layers, params
+    return units, params
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -140,41 +314,42 @@ def _device_of(model: nn.Module) -> torch.device:
 
 def plain_reinit_sweep(model: nn.Module, alternatives: Mapping[str, Mapping[str, torch.Tensor]],
                        batches: Batches, layers: Sequence[str] | None = None, with_linear: bool = False,
-                       topk: int = 5) -> ReinitResult:
+                       topk: int = 5, groups: Mapping[str, Sequence[str]] | None = None,
+                       with_bn: bool = False) -> ReinitResult:
     """The reference: for each layer and alternative, swap the parameters in, evaluate the whole network, restore.
 
     `alternatives` maps a label to a state_dict (only the layers' weight/bias are read). `batches`
     yields (images, labels) ready for the model; it is iterated once (every pass of a batch happens
-    while it is in memory). The model's parameters are restored bit for bit, also on error.
+    while it is in memory). The model's parameters are restored bit for bit, also on error. `groups`
+    ({unit name: [layers]}, see `reinit_groups`) swaps several layers at once; `with_bn` also swaps the
+    BatchNorm after each of them (parameters and running statistics).
     """
-    layers, params = _prepare(model, alternatives, layers, with_linear)
-    return _run_sweep(model, layers, params, batches, topk, _plain_batch, "plain")
+    units, params = _prepare(model, alternatives, layers, with_linear, groups, with_bn)
+    return _run_sweep(model, units, params, batches, topk, _plain_batch, "plain")
 
 
-def _plain_batch(model, layers, params, x, y, k, counts):
+def _plain_batch(model, units, params, x, y, k, tally):
     """One batch of the plain loop; returns the trained network's logits."""
     trained = model(x)
-    for li, layer in enumerate(layers):
-        module = model.get_submodule(layer)
-        saved = [p.detach().clone() if p is not None else None for p in (module.weight, module.bias)]
+    for ui, unit in enumerate(units):
+        own = [getattr(model.get_submodule(m), t) for m, names in unit.members for t in names]
+        saved = [t.detach().clone() for t in own]
         try:
             for ai, label in enumerate(params):
-                for own, new in zip((module.weight, module.bias), params[label][layer]):
-                    if own is not None:
-                        own.detach().copy_(new)
-                counts[ai, li] += correct_counts(model(x), y, k)
+                for mine, new in zip(own, params[label][unit.name]):
+                    mine.detach().copy_(new)
+                tally.add(ai, ui, model(x), y, k)
         finally:
-            for own, old in zip((module.weight, module.bias), saved):
-                if own is not None:
-                    own.detach().copy_(old)
+            for mine, old in zip(own, saved):
+                mine.detach().copy_(old)
     return trained
 
 
-def _run_sweep(model, layers, params, batches, topk, per_batch, method, notes=()):
+def _run_sweep(model, units, params, batches, topk, per_batch, method, notes=()):
     device = _device_of(model)
     was_training = model.training
     model.eval()
-    counts = trained = None
+    tally = None
     total = 0
     k = topk
     try:
@@ -182,21 +357,23 @@ def _run_sweep(model, layers, params, batches, topk, per_batch, method, notes=()
             for x, y in batches:
                 x = x.to(device, non_blocking=True)
                 y = y.to(device, non_blocking=True)
-                if counts is None:
-                    counts = torch.zeros(len(params), len(layers), 2, dtype=torch.int64, device=device)
-                    trained = torch.zeros(2, dtype=torch.int64, device=device)
-                logits = per_batch(model, layers, params, x, y, k, counts)
-                trained += correct_counts(logits, y, k)
+                if tally is None:
+                    tally = _Tally(len(params), len(units), device)
+                logits = per_batch(model, units, params, x, y, k, tally)
+                tally.close_batch(logits, y, k)
                 k = min(k, logits.shape[1])
                 total += int(y.shape[0])
     finally:
         model.train(was_training)
     if not total:
         raise HparrError("the test set is empty")
-    c = trained.cpu().tolist()
-    return ReinitResult(layers=list(layers), labels=list(params), correct=counts.cpu().numpy(),
+    c = tally.trained.cpu().tolist()
+    counts = tally.counts.cpu().numpy()
+    return ReinitResult(layers=[u.name for u in units], labels=list(params), correct=counts[:, :, :2].copy(),
                         trained_correct=(int(c[0]), int(c[1])), total=total, topk=k, method=method,
-                        notes=list(notes))
+                        notes=list(notes), agree=counts[:, :, 2].copy(),
+                        loss=tally.loss.cpu().numpy() / total, trained_loss=float(tally.trained_loss) / total,
+                        groups={u.name: u.modules for u in units})
 
 
 # --- the shared-prefix sweep ---------------------------------------------------------------------
@@ -206,25 +383,32 @@ class NotShareable(Exception):
 
 
 class _Swapped(nn.Module):
-    """Calls a Conv2d/Linear with weight and bias given as arguments instead of its own."""
+    """Calls a module with some of its tensors (weight and bias, BatchNorm statistics) given as arguments."""
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, names: Sequence[str] = LAYER_TENSORS):
         super().__init__()
         self.module = module
+        self.names = tuple(names)
 
-    def forward(self, x, weight, bias):
-        if isinstance(self.module, nn.Linear):
-            return F.linear(x, weight, bias)
-        return self.module._conv_forward(x, weight, bias)
+    def forward(self, x, *tensors):
+        m = self.module
+        if self.names in (("weight", "bias"), ("weight",)):
+            bias = tensors[1] if len(tensors) > 1 else None
+            if type(m) is nn.Linear:
+                return F.linear(x, tensors[0], bias)
+            if type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+                return m._conv_forward(x, tensors[0], bias)
+        # any other module (a conv subclass with its own forward, BatchNorm): its own forward, with the tensors
+        return torch.func.functional_call(m, dict(zip(self.names, tensors)), (x,))
 
 
 @dataclass
 class _Suffix:
-    layer: str
+    layer: str  # the unit's name
     inputs: list[fx.Node]  # the values it reads from the trained pass
-    body: list[fx.Node]  # the nodes downstream of the layer, in order
-    calls: set[fx.Node]  # the layer's own calls among them
-    module: fx.GraphModule | None = None  # module(*inputs, weight, bias) -> [logits]
+    body: list[fx.Node]  # the nodes downstream of the unit, in order
+    calls: set[fx.Node]  # the unit's own module calls among them
+    module: fx.GraphModule | None = None  # module(*inputs, *tensors) -> [logits]
 
 
 @dataclass
@@ -235,17 +419,25 @@ class _Stage:
     suffixes: list[_Suffix]
 
 
-class SharedPrefixPlan:
-    """The model's graph cut into stages of the trained pass and, per layer, the part downstream of it.
+def _as_unit(model: nn.Module, unit: Unit | str) -> Unit:
+    return unit if isinstance(unit, Unit) else make_units(model, {unit: [unit]})[0]
 
-    Stage i runs the nodes between two cuts; after it, every layer whose inputs from the trained pass
+
+class SharedPrefixPlan:
+    """The model's graph cut into stages of the trained pass and, per unit, the part downstream of it.
+
+    Stage i runs the nodes between two cuts; after it, every unit whose inputs from the trained pass
     are all known is evaluated for each alternative by its suffix module. Between stages only the
     values still read later are kept, so memory stays that of one forward pass plus those inputs.
+    A unit is a layer name or a `Unit` (several modules swapped at once).
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[str]):
+    def __init__(self, model: nn.Module, layers: Sequence[Unit | str]):
+        from .layers import LeafTracer
+
+        units = [_as_unit(model, u) for u in layers]
         try:
-            traced = fx.symbolic_trace(model)
+            traced = LeafTracer.trace(model)
         except Exception as exc:  # noqa: BLE001 - any tracing failure means: use the plain loop
             raise NotShareable(f"torch.fx cannot trace {type(model).__name__}: {first_line(exc)}") from None
         self._traced = traced
@@ -256,32 +448,34 @@ class SharedPrefixPlan:
             raise NotShareable("the model must take one input and return one tensor")
         self.input, self.output = inputs[0], nodes[-1].args[0]
 
-        calls: dict[str, list[fx.Node]] = {}
         boundary: dict[str, int] = {}
         suffixes: dict[str, _Suffix] = {}
-        for layer in layers:
-            calls[layer] = [n for n in nodes if n.op == "call_module" and n.target == layer]
-            if not calls[layer] or any(len(n.args) != 1 or n.kwargs for n in calls[layer]):
-                raise NotShareable(f"layer {layer} is not called as a module on one input")
-            if any(n.op == "get_attr" and n.target.startswith(layer + ".") for n in nodes):
-                raise NotShareable(f"the parameters of {layer} are used outside the layer")
+        for unit in units:
+            calls = []
+            for module_name in unit.modules:
+                mine = [n for n in nodes if n.op == "call_module" and n.target == module_name]
+                if not mine or any(len(n.args) != 1 or n.kwargs for n in mine):
+                    raise NotShareable(f"layer {module_name} is not called as a module on one input")
+                if any(n.op == "get_attr" and n.target.startswith(module_name + ".") for n in nodes):
+                    raise NotShareable(f"the parameters of {module_name} are used outside the layer")
+                calls += mine
             down: set[fx.Node] = set()
-            stack = list(calls[layer])
+            stack = list(calls)
             while stack:
                 n = stack.pop()
                 if n not in down and n.op != "output":
                     down.add(n)
                     stack.extend(n.users)
             if self.output not in down:
-                raise NotShareable(f"layer {layer} does not reach the output")
+                raise NotShareable(f"layer {unit.name} does not reach the output")
             frontier = sorted({a for n in down for a in n.all_input_nodes if a not in down}, key=pos.get)
-            boundary[layer] = max(pos[a] for a in frontier) + 1
-            suffixes[layer] = _Suffix(layer, frontier, sorted(down, key=pos.get), set(calls[layer]))
+            boundary[unit.name] = max(pos[a] for a in frontier) + 1
+            suffixes[unit.name] = _Suffix(unit.name, frontier, sorted(down, key=pos.get), set(calls))
 
         self._kept = set().union(*(s.inputs for s in suffixes.values()))
-        for layer, suffix in suffixes.items():
-            suffix.module = self._module(suffix.body, suffix.inputs, [self.output],
-                                         swap=(suffix.calls, _Swapped(model.get_submodule(layer))))
+        for unit in units:
+            suffix = suffixes[unit.name]
+            suffix.module = self._module(suffix.body, suffix.inputs, [self.output], swap=unit)
 
         cuts = sorted(set(boundary.values()))
         last = len(nodes) - 1  # the output node
@@ -289,7 +483,7 @@ class SharedPrefixPlan:
         for start, end in zip([1] + cuts, cuts + [last]):
             live_in = self._live(nodes, pos, start, boundary, suffixes)
             live_out = [self.output] if end == last else self._live(nodes, pos, end, boundary, suffixes)
-            here = [suffixes[layer] for layer in layers if boundary[layer] == end and end != last]
+            here = [suffixes[u.name] for u in units if boundary[u.name] == end and end != last]
             self.stages.append(_Stage(live_in, live_out, self._module(nodes[start:end], live_in, live_out), here))
 
     @staticmethod
@@ -306,19 +500,22 @@ class SharedPrefixPlan:
         return getattr(self._traced.get_submodule(owner) if owner else self._traced, attr)
 
     def _module(self, body: list[fx.Node], inputs: list[fx.Node], outputs: list[fx.Node],
-                swap: tuple[set[fx.Node], nn.Module] | None = None) -> fx.GraphModule:
-        """A module computing `outputs` from `inputs` by the nodes `body`; with `swap`, the layer's
-        calls take the weight and bias as two extra arguments."""
+                swap: Unit | None = None) -> fx.GraphModule:
+        """A module computing `outputs` from `inputs` by the nodes `body`; with `swap`, the calls of the
+        unit's modules take their tensors as extra arguments (in member order, after the inputs)."""
         g = fx.Graph()
         env = {n: g.placeholder(f"in_{i}") for i, n in enumerate(inputs)}
         root: dict[str, Any] = {}
-        swapped = set()
+        swapped: dict[str, tuple[str, list[fx.Node]]] = {}
         if swap is not None:
-            swapped, root["_hparr_swapped"] = swap
-            weight, bias = g.placeholder("weight"), g.placeholder("bias")
+            for i, (module_name, names) in enumerate(swap.members):
+                target = f"_hparr_swapped_{i}"
+                root[target] = _Swapped(self._lookup(module_name), names)
+                swapped[module_name] = (target, [g.placeholder(f"t{i}_{j}") for j in range(len(names))])
         for n in body:
-            if n in swapped:
-                env[n] = g.call_module("_hparr_swapped", (env[n.args[0]], weight, bias))
+            if n.op == "call_module" and n.target in swapped:
+                target, tensors = swapped[n.target]
+                env[n] = g.call_module(target, (env[n.args[0]], *tensors))
             else:
                 env[n] = g.node_copy(n, lambda a: env[a])
                 if n.op in ("call_module", "get_attr"):
@@ -353,19 +550,18 @@ class SharedPrefixPlan:
 
 
 def _shared_batch(plan: SharedPrefixPlan):
-    def run(model, layers, params, x, y, k, counts):
-        index = {layer: i for i, layer in enumerate(layers)}
+    def run(model, units, params, x, y, k, tally):
+        index = {unit.name: i for i, unit in enumerate(units)}
         values = {plan.input: x}
         for stage in plan.stages:
             outs = stage.module(*[values[n] for n in stage.inputs])
             values = dict(zip(stage.outputs, outs))
             for suffix in stage.suffixes:
                 args = [values[n] for n in suffix.inputs]
-                li = index[suffix.layer]
+                ui = index[suffix.layer]
                 for ai, label in enumerate(params):
-                    weight, bias = params[label][suffix.layer]
-                    (logits,) = suffix.module(*args, weight, bias)
-                    counts[ai, li] += correct_counts(logits, y, k)
+                    (logits,) = suffix.module(*args, *params[label][suffix.layer])
+                    tally.add(ai, ui, logits, y, k)
         return values[plan.output]
 
     return run
@@ -373,20 +569,24 @@ def _shared_batch(plan: SharedPrefixPlan):
 
 def reinit_sweep(model: nn.Module, alternatives: Mapping[str, Mapping[str, torch.Tensor]], batches: Batches,
                  layers: Sequence[str] | None = None, with_linear: bool = False, topk: int = 5,
-                 method: str = "auto") -> ReinitResult:
+                 method: str = "auto", groups: Mapping[str, Sequence[str]] | None = None,
+                 with_bn: bool = False) -> ReinitResult:
     """Accuracy of the model with each layer in turn given each alternative's weight and bias.
 
-    `alternatives` maps a label (an epoch, "rand") to a state_dict; `batches` yields (images,
-    labels) ready for the model and is iterated once. Layers default to every Conv2d (plus Linear
-    with `with_linear`). `method`: "shared" (trained prefix computed once per batch; an error if the
-    model's graph does not allow it), "plain" (swap, evaluate, restore), or "auto" (shared when
-    possible). The counts equal those of `plain_reinit_sweep`; the model is left unchanged.
+    `alternatives` maps a label (an epoch, "rand") to a state_dict (or a callable returning one); `batches`
+    yields (images, labels) ready for the model and is iterated once. Layers default to every Conv2d
+    (plus Linear with `with_linear`). `groups` ({unit name: [layers]}, see `reinit_groups`) re-initializes
+    several layers at once (a residual block, a stage); `with_bn` also re-initializes the BatchNorm after
+    each layer (its parameters and running statistics), which otherwise stays as trained. `method`:
+    "shared" (trained prefix computed once per batch; an error if the model's graph does not allow it),
+    "plain" (swap, evaluate, restore), or "auto" (shared when possible). The counts, losses and agreements
+    equal those of `plain_reinit_sweep`; the model is left unchanged.
     """
     if method not in ("auto", "shared", "plain"):
         raise ValueError(f"method must be auto, shared or plain, not {method!r}")
-    layers, params = _prepare(model, alternatives, layers, with_linear)
+    units, params = _prepare(model, alternatives, layers, with_linear, groups, with_bn)
     if method == "plain":
-        return _run_sweep(model, layers, params, batches, topk, _plain_batch, "plain")
+        return _run_sweep(model, units, params, batches, topk, _plain_batch, "plain")
     notes: list[str] = []
 
     def fall_back(exc: NotShareable):
@@ -397,21 +597,21 @@ def reinit_sweep(model: nn.Module, alternatives: Mapping[str, Mapping[str, torch
         return _plain_batch
 
     try:
-        plan = SharedPrefixPlan(model, layers)
+        plan = SharedPrefixPlan(model, units)
     except NotShareable as exc:
-        return _run_sweep(model, layers, params, batches, topk, fall_back(exc), "plain", notes)
+        return _run_sweep(model, units, params, batches, topk, fall_back(exc), "plain", notes)
     chosen = []  # the per-batch function, decided on the first batch
 
-    def per_batch(model, layers, params, x, y, k, counts):
+    def per_batch(model, units, params, x, y, k, tally):
         if not chosen:
             try:
                 plan.verify(model, x[:2])
                 chosen.append(_shared_batch(plan))
             except NotShareable as exc:
                 chosen.append(fall_back(exc))
-        return chosen[0](model, layers, params, x, y, k, counts)
+        return chosen[0](model, units, params, x, y, k, tally)
 
-    result = _run_sweep(model, layers, params, batches, topk, per_batch, "shared-prefix", notes)
+    result = _run_sweep(model, units, params, batches, topk, per_batch, "shared-prefix", notes)
     if notes:
         result.method = "plain"
     return result
@@ -429,7 +629,7 @@ def read_inits_list(spec: str | os.PathLike) -> list[Path]:
     path = Path(spec)
     if not spec.strip():
         raise UsageError("--inits-from is empty: give a text file of snapshot paths or a directory of snapshots")
-    if path.is_dir() or path.suffix in checkpoints.SNAPSHOT_SUFFIXES or (path.is_file() and zipfile.is_zipfile(path)):
+    if path.is_dir() or path.suffix in checkpoints.CHECKPOINT_SUFFIXES or (path.is_file() and zipfile.is_zipfile(path)):
         return checkpoints.find_snapshots(spec)
     if not path.is_file():
         if any(c in spec for c in "*?["):
@@ -478,6 +678,11 @@ class ReinitSettings:
     workers: int = 1
     method: str = "auto"
     progress: bool = False
+    state_dict_prefix: str | None = None
+    granularity: str = "layer"  # "layer", "block" (residual block) or "stage", re-initialized at once
+    with_bn: bool = False  # also re-initialize the BatchNorm after each layer
+    rand_trials: int = 1  # independent re-randomizations (more than 1 implies rand)
+    max_test_images: int = 0  # evaluate on the first N test images only (0: all)
 
 
 def _snapshot_data_options(options: DataOptions, meta: Mapping[str, Any], source: str) -> DataOptions:
@@ -518,7 +723,8 @@ def _snapshot_normalization(data: Data, meta: Mapping[str, Any], source: str) ->
 
 
 def _load_alternatives(paths: Sequence[Path], trained: Path, config, reference: Mapping[str, tuple],
-                       dataset: str, seed: int | None) -> tuple[dict[str, Mapping[str, torch.Tensor]], dict[str, str]]:
+                       dataset: str, seed: int | None, prefix: str | None = None,
+                       ) -> tuple[dict[str, Mapping[str, torch.Tensor]], dict[str, str]]:
     """{epoch label: state_dict} and {epoch label: file} of the snapshots to re-initialize from, by epoch.
 
     Each is checked against the trained model (architecture, shapes, dataset and seed it records);
@@ -530,11 +736,12 @@ def _load_alternatives(paths: Sequence[Path], trained: Path, config, reference: 
         if path.resolve() == trained.resolve():
             log.info("skipping %s: it is the trained snapshot itself", path)
             continue
-        obj = checkpoints.torch_load(path, mmap=True)
+        ckpt = checkpoints.read_checkpoint(path)
+        obj = ckpt.obj
         checkpoints.snapshot_config(obj, config, str(path))
         checkpoints.check_metadata(obj, str(path), dataset, seed)
-        state = checkpoints.state_dict_of(obj, path)
-        checkpoints.check_state(reference, state, str(path))
+        state = checkpoints.match_prefix(ckpt.state, reference, prefix, source=str(path))
+        checkpoints.check_state(reference, checkpoints.shapes_of(state), str(path))
         label = str(checkpoints.snapshot_epoch(obj, path))
         if label in sources:
             raise UsageError(f"{sources[label]} and {path} are both snapshots of epoch {label}")
@@ -545,43 +752,40 @@ def _load_alternatives(paths: Sequence[Path], trained: Path, config, reference: 
 
 @dataclass
 class _Trained:
-    """The trained snapshot as the settings name it: its metadata, architecture and data options."""
+    """The trained checkpoint as the settings name it: the file read, its metadata, architecture and data
+    options, and where its result goes."""
 
-    path: Path
-    obj: Any
+    checkpoint: Any  # checkpoints.Checkpoint
     meta: dict[str, Any]
     arch: str
     data: DataOptions
-    seed: int | None = None
-
-    @property
-    def relpath(self) -> Path:
-        """Where its result goes below a results folder: <dataset>[_<k>]/<arch>[/<seed>]/reinit_<stem>.json."""
-        return checkpoints.results_directory("", self.data.dataset, self.arch, self.seed,
-                                             self.data.subsample_classes) / f"reinit_{self.path.stem}.json"
+    relpath: Path  # below a results folder: <dataset>[_<k>]/<arch>[/<seed>]/reinit_<stem>[_<granularity>][_bn].json
 
 
-def _trained(settings: ReinitSettings, mmap: bool = False) -> _Trained:
+def _trained(settings: ReinitSettings) -> _Trained:
     from .models import check_arch
 
     if not settings.load_from:
         raise UsageError("--load-from is required: the trained snapshot to evaluate")
     path = Path(settings.load_from)
-    obj = checkpoints.torch_load(path, mmap=mmap)
+    ckpt = checkpoints.read_checkpoint(path)
+    obj = ckpt.obj if isinstance(ckpt.obj, dict) else {}
     # keep the metadata only (a bare state_dict has none), not a second copy of the weights
-    meta = {k: v for k, v in obj.items() if k not in _SNAPSHOT_STATES and not isinstance(v, torch.Tensor)} \
-        if isinstance(obj, dict) else {}
+    meta = {k: v for k, v in obj.items() if k not in _SNAPSHOT_STATES and not isinstance(v, torch.Tensor)}
     checkpoints.check_metadata(meta, str(path), settings.data.dataset, settings.seed)
     arch = settings.arch or (meta.get("arch") if isinstance(meta.get("arch"), str) else None)
     if arch is None:
         raise UsageError(f"--arch is required: {path} does not record its architecture")
     check_arch(arch)
-    return _Trained(path, obj, meta, arch, _snapshot_data_options(settings.data, meta, str(path)), settings.seed)
+    data = _snapshot_data_options(settings.data, meta, str(path))
+    relpath = checkpoints.results_directory("", data.dataset, arch, settings.seed, data.subsample_classes) \
+        / f"{result_stem(path, settings.granularity, settings.with_bn)}.json"
+    return _Trained(ckpt, meta, arch, data, relpath)
 
 
 def result_path(settings: ReinitSettings, root: str | os.PathLike) -> Path:
     """The file below the results folder `root` where the result of `settings` goes (and is found by a rerun)."""
-    return Path(root) / _trained(settings, mmap=True).relpath
+    return Path(root) / _trained(settings).relpath
 
 
 @dataclass
@@ -605,6 +809,14 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
 
     if settings.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {settings.batch_size}")
+    if settings.granularity not in GRANULARITIES:
+        raise UsageError(f"--granularity must be one of {', '.join(GRANULARITIES)}, got {settings.granularity!r}")
+    if settings.rand_trials < 1:
+        raise UsageError(f"--rand-trials must be >= 1, got {settings.rand_trials}")
+    if settings.max_test_images < 0:
+        raise UsageError(f"--max-test-images must be >= 0 (0 = all), got {settings.max_test_images}")
+    if settings.rand_trials > 1 and not settings.rand:
+        settings = dataclasses.replace(settings, rand=True)
     if settings.inits_from is None and not settings.rand:
         raise UsageError("nothing to evaluate: pass --inits-from (snapshots to re-initialize from) and/or --rand")
     settings.data.validate()
@@ -616,9 +828,9 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
         init_paths = [Path(p) for p in settings.inits_from]
 
     trained = _trained(settings)
-    load_from, meta, arch, seed = trained.path, trained.meta, trained.arch, settings.seed
-    state = checkpoints.state_dict_of(trained.obj, load_from)
-    epoch = checkpoints.snapshot_epoch(trained.obj, load_from)
+    load_from, meta, arch, seed = trained.checkpoint.path, trained.meta, trained.arch, settings.seed
+    state = trained.checkpoint.state
+    epoch = checkpoints.snapshot_epoch_or_none(trained.checkpoint.obj, load_from)
     own_seeds = meta.get("seeds") if isinstance(meta.get("seeds"), dict) else {}
     data_options = trained.data
     data = load_data(data_options)
@@ -631,80 +843,66 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
                          f"channels; the test set has {data.num_classes} and {data.in_channels}")
     device = distributed.select_device(settings.cuda)
     model = build_model(arch, config.num_classes, config.in_channels, config.input_size, seed=0)
-    checkpoints.load_weights(model, state, source=str(load_from))
-    trained.obj = None
+    state = checkpoints.match_prefix(state, model, settings.state_dict_prefix, source=str(load_from))
+    checkpoints.load_weights(model, dict(state), source=str(load_from))
+    trained.checkpoint = None
     del state
     model.to(device)
     reference = {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
     size = config.input_size
     infos, skipped = _discover(model, settings.with_linear, (2, config.in_channels, size, size))
-    layers = [info.name for info in infos]
 
-    alternatives, sources = _load_alternatives(init_paths, load_from, config, reference, data_options.dataset, seed)
+    alternatives, sources = _load_alternatives(init_paths, load_from, config, reference, data_options.dataset, seed,
+                                               settings.state_dict_prefix)
     # the re-randomization seed derives from --seed, else from the snapshot's own seed, else from 0
     base_seed = seed if seed is not None else own_seeds.get("seed") if isinstance(own_seeds.get("seed"), int) else 0
     rand_seed = None
+    trial_seeds = rand_trial_seeds(int(base_seed), settings.rand_trials) if settings.rand else []
     if settings.rand:
-        rand_seed = derive_seeds(int(base_seed), "reinit_rand")["reinit_rand"]
-        fresh = build_model(arch, config.num_classes, config.in_channels, size, seed=rand_seed)
-        alternatives[RAND] = fresh.state_dict()
-        sources[RAND] = f"build_model({arch!r}, seed={rand_seed})"
+        rand_seed = trial_seeds[0]
+        for label, trial_seed in zip(rand_labels(settings.rand_trials), trial_seeds):
+            # built when the sweep reads it, so that K trials never hold K models at once
+            alternatives[label] = (lambda s=trial_seed: build_model(arch, config.num_classes, config.in_channels,
+                                                                    size, seed=s).state_dict())
+            sources[label] = f"build_model({arch!r}, seed={trial_seed})"
     if not alternatives:
         raise UsageError(f"--inits-from {settings.inits_from} holds no snapshot other than the trained one")
 
     loader = make_loader(data, "test", settings.batch_size, device=device, workers=settings.workers,
                          channels_last=device.type == "cpu" and any(i.kind == "conv" for i in infos))
-    batches: Iterable = loader
+    batches: Iterable = first_images(loader, settings.max_test_images) if settings.max_test_images else loader
     if settings.progress:
         from tqdm import tqdm
 
-        batches = tqdm(loader, desc="reinit", unit="batch", file=sys.stderr)
-    log.info("re-initializing %d layer(s) of %s from %s", len(layers), arch, ", ".join(alternatives))
-    result = reinit_sweep(model, alternatives, batches, layers=layers, method=settings.method)
+        batches = tqdm(batches, desc="reinit", unit="batch", file=sys.stderr)
+    groups = groups_of(infos, settings.granularity)
+    log.info("re-initializing %d %s(s) of %s from %s", len(groups), settings.granularity, arch,
+             ", ".join(alternatives))
+    result = reinit_sweep(model, alternatives, batches, method=settings.method, groups=groups,
+                          with_bn=settings.with_bn)
     del alternatives
 
-    stage_block = {i.name: (i.stage, i.block) for i in infos}
+    by_name = {i.name: i for i in infos}
+    firsts = [by_name[members[0]] for members in groups.values()]
     seeds = {"seed": seed, "rand": rand_seed, "rand_derived_from": int(base_seed) if settings.rand else None,
              "class_sample_seed": data_options.class_sample_seed, "model": own_seeds or None}
+    if settings.rand_trials > 1:
+        seeds["rand_trials"] = trial_seeds
     document = reinit_document(
         result, arch=arch, dataset=data_options.dataset, seed=seed, epoch=epoch,
-        load_from=str(load_from.resolve()), init_files=sources, layer_kinds=[i.kind for i in infos],
-        layer_stage_block=[stage_block[name] for name in layers],
+        load_from=str(load_from.resolve()), init_files=sources, layer_kinds=[i.kind for i in firsts],
+        layer_stage_block=[(i.stage, i.block) for i in firsts],
+        **unit_fields(result, settings.granularity, settings.with_bn),
         skipped=[{"name": s.name, "kind": s.kind, "reason": s.reason} for s in skipped],
         with_linear=settings.with_linear, seeds=seeds, subsample_classes=data_options.subsample_classes,
         class_subset=(data.meta or {}).get("class_subset"),
         normalization={"mean": list(data.mean), "std": list(data.std), "normalized": not data_options.unnormalize,
                        "dataset_default": {"mean": list(info.mean), "std": list(info.std)}},
-        batch_size=settings.batch_size, device=str(device))
+        batch_size=settings.batch_size, device=str(device), max_test_images=settings.max_test_images or None)
+    if settings.rand_trials > 1:
+        document = aggregate_rand_trials(document, settings.rand_trials, trial_seeds)
     return ReinitRun(document=document, result=result, relpath=trained.relpath)
-
-
-def reinit_document(result: ReinitResult, *, arch: str, dataset: str, seed: int | None, epoch: int,
-                    **fields: Any) -> dict[str, Any]:
-    """The original JSON (`init_from_epoch: {epoch: [top-1 per layer]}`, top1_test, top5_test, arch,
-    dataset, seed, epoch) plus layer names, top-5, counts, the relative drops and provenance."""
-    top1, top5 = result.accuracy(1), result.accuracy(5)
-    doc: dict[str, Any] = {"init_from_epoch": top1, "arch": arch, "dataset": dataset,
-                           "top1_test": result.trained_accuracy(1), "top5_test": result.trained_accuracy(5)}
-    if seed is not None:
-        doc["seed"] = str(seed)
-    doc["epoch"] = str(epoch)
-    doc.update({
-        "format": REINIT_FORMAT,
-        "layers": list(result.layers),
-        "top5_init_from_epoch": top5,
-        "relative_drop": {label: [v if math.isfinite(v) else None for v in drops]
-                          for label, drops in relative_drops(result.trained_accuracy(1), top1).items()},
-        "correct_top1": {label: result.correct[i, :, 0].tolist() for i, label in enumerate(result.labels)},
-        "correct_top5": {label: result.correct[i, :, 1].tolist() for i, label in enumerate(result.labels)},
-        "trained_correct": {"top1": result.trained_correct[0], "top5": result.trained_correct[1]},
-        "num_test": result.total, "topk": result.topk,
-        "batchnorm": BATCHNORM_NOTE, "method": result.method, "notes": list(result.notes),
-        "versions": versions(),
-    })
-    doc.update(fields)
-    return doc
 
 
 def save(run: ReinitRun, root: str | os.PathLike, plots: str | os.PathLike | None = None) -> list[Path]:
@@ -725,6 +923,121 @@ def save(run: ReinitRun, root: str | os.PathLike, plots: str | os.PathLike | Non
     return written
 
 
+# --- block/stage granularity, BatchNorm, loss and agreement, repeated re-randomization -------------
+
+BATCHNORM_REINIT_NOTE = ("BatchNorm parameters and running statistics of the re-initialized layers are "
+                         "re-initialized with them (--with-bn)")
+
+
+def first_images(batches: Batches, n: int):
+    """The batches cut after the first `n` images (the test set's own order)."""
+    seen = 0
+    for x, y in batches:
+        if seen >= n:
+            break
+        take = min(n - seen, int(y.shape[0]))
+        yield x[:take], y[:take]
+        seen += take
+
+
+def result_stem(load_from: str | os.PathLike, granularity: str = "layer", with_bn: bool = False) -> str:
+    """File stem of a results document: `reinit_<snapshot>[_<granularity>][_bn]`."""
+    return (f"reinit_{Path(load_from).stem}" + ("" if granularity == "layer" else f"_{granularity}")
+            + ("_bn" if with_bn else ""))
+
+
+def groups_of(infos, granularity: str) -> dict[str, list[str]]:
+    """{unit name: [layer names]} from discovered layers (see `reinit_groups`)."""
+    groups: dict[str, list[str]] = {}
+    for info in infos:
+        key = info.name if granularity == "layer" else (info.unit or info.name) if granularity == "block" \
+            else f"stage{info.stage}"
+        groups.setdefault(key, []).append(info.name)
+    return groups
+
+
+def unit_fields(result: ReinitResult, granularity: str = "layer", with_bn: bool = False) -> dict[str, Any]:
+    """Result-document fields beyond top-1/top-5: the test loss and the prediction agreement with the
+    trained model per alternative and unit, the granularity and the groups re-initialized together."""
+    out: dict[str, Any] = {"granularity": granularity, "with_bn": with_bn, "groups": dict(result.groups or {})}
+    if with_bn:
+        out["batchnorm"] = BATCHNORM_REINIT_NOTE
+    if result.loss is not None:
+        out["trained_loss"] = result.trained_loss
+        out["loss_init_from_epoch"] = result.test_loss()
+    if result.agree is not None:
+        out["agreement_init_from_epoch"] = result.agreement()
+    return out
+
+
+def rand_labels(trials: int) -> list[str]:
+    """Alternative labels of the re-randomizations: "rand", or "rand.0" ... "rand.<K-1>"."""
+    return [RAND] if trials == 1 else [f"{RAND}.{t}" for t in range(trials)]
+
+
+def rand_trial_seeds(base_seed: int, trials: int) -> list[int]:
+    """Seeds of K re-randomizations derived from one seed; the first is the single draw's seed."""
+    names = ["reinit_rand"] + [f"reinit_rand_{t}" for t in range(1, trials)]
+    derived = derive_seeds(base_seed, *names)
+    return [derived[name] for name in names]
+
+
+def aggregate_rand_trials(document: Mapping[str, Any], trials: int, seeds: Sequence[int]) -> dict[str, Any]:
+    """A results document whose K re-randomizations ("rand.0" ...) become one "rand" row: in every
+    per-alternative field ({label: [value per layer]}) the mean over the trials, with their sample
+    standard deviation in `rand_std[field]` and every trial's values in `rand_trials[field]`."""
+    labels = rand_labels(trials)
+    doc = dict(document)
+    std: dict[str, list[float | None]] = {}
+    per_trial: dict[str, list[list[Any]]] = {}
+    for key, value in document.items():
+        if not (isinstance(value, Mapping) and all(isinstance(value.get(label), list) for label in labels)):
+            continue
+        rows = [value[label] for label in labels]
+        array = np.array([[np.nan if v is None else float(v) for v in row] for row in rows], dtype=float)
+        mean = array.mean(axis=0)
+        sd = array.std(axis=0, ddof=1)
+        doc[key] = {k: v for k, v in value.items() if k not in labels}
+        doc[key][RAND] = [float(m) if np.isfinite(m) else None for m in mean]
+        std[key] = [float(v) if np.isfinite(v) else None for v in sd]
+        per_trial[key] = [list(row) for row in rows]
+    doc["rand_std"] = std
+    doc["rand_trials"] = {"k": trials, "seeds": list(seeds), "values": per_trial,
+                          "std": "sample standard deviation (ddof=1) over the trials"}
+    files_ = doc.get("init_files")
+    if isinstance(files_, Mapping):
+        doc["init_files"] = {k: v for k, v in files_.items() if k not in labels}
+        doc["init_files"][RAND] = [files_[label] for label in labels]
+    return doc
+
+
+def reinit_document(result: ReinitResult, *, arch: str, dataset: str, seed: int | None, epoch: int | None,
+                    **fields: Any) -> dict[str, Any]:
+    """The original JSON (`init_from_epoch: {epoch: [top-1 per layer]}`, top1_test, top5_test, arch,
+    dataset, seed, epoch) plus layer names, top-5, counts, the relative drops and provenance."""
+    top1, top5 = result.accuracy(1), result.accuracy(5)
+    doc: dict[str, Any] = {"init_from_epoch": top1, "arch": arch, "dataset": dataset,
+                           "top1_test": result.trained_accuracy(1), "top5_test": result.trained_accuracy(5)}
+    if seed is not None:
+        doc["seed"] = str(seed)
+    doc["epoch"] = None if epoch is None else str(epoch)
+    doc.update({
+        "format": REINIT_FORMAT,
+        "layers": list(result.layers),
+        "top5_init_from_epoch": top5,
+        "relative_drop": {label: [v if math.isfinite(v) else None for v in drops]
+                          for label, drops in relative_drops(result.trained_accuracy(1), top1).items()},
+        "correct_top1": {label: result.correct[i, :, 0].tolist() for i, label in enumerate(result.labels)},
+        "correct_top5": {label: result.correct[i, :, 1].tolist() for i, label in enumerate(result.labels)},
+        "trained_correct": {"top1": result.trained_correct[0], "top5": result.trained_correct[1]},
+        "num_test": result.total, "topk": result.topk,
+        "batchnorm": BATCHNORM_NOTE, "method": result.method, "notes": list(result.notes),
+        "versions": versions(),
+    })
+    doc.update(fields)
+    return doc
+
+
 def summary_lines(document: Mapping[str, Any]) -> list[str]:
     """Human-readable lines of a results document: trained accuracy, then one line per alternative."""
     lines = [f"{document['arch']} on {document['dataset']} (epoch {document['epoch']}, {document['num_test']} test "
@@ -734,4 +1047,14 @@ def summary_lines(document: Mapping[str, Any]) -> list[str]:
     for label, accs in document["init_from_epoch"].items():
         what = "re-randomized" if label == RAND else f"from epoch {label}"
         lines.append(f"{what}: top-1 " + " ".join(f"{a:.2f}" for a in accs))
+        for key, name, fmt in (("loss_init_from_epoch", "test loss", ".3f"),
+                               ("agreement_init_from_epoch", "agreement", ".3f")):
+            values = (document.get(key) or {}).get(label)
+            if values is not None:
+                lines.append(f"{' ' * len(what)}  {name} " + " ".join("nan" if v is None else format(v, fmt)
+                                                                     for v in values))
+    if isinstance(document.get("rand_trials"), Mapping):
+        lines.append(f"rand: mean of {document['rand_trials']['k']} re-randomizations; top-1 sd "
+                     + " ".join("nan" if v is None else f"{v:.2f}"
+                                for v in document["rand_std"].get("init_from_epoch", [])))
     return lines

@@ -108,10 +108,11 @@ def seed_of(doc: Mapping[str, Any]) -> str | None:
 
 
 def layer_entries(doc: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """The layer entries of a projection document in stage/block order (without the "net" entry)."""
+    """The layer entries of a projection document in stage/block order (without the "net" entry). In a
+    residual network an entry is keyed by its position in the stage and records its block itself."""
     if doc is None:
         return []
-    return [{**doc[s][b], "stage": int(s), "block": int(b)}
+    return [{**doc[s][b], "stage": int(s), "block": int(doc[s][b].get("block", b))}
             for s in sorted((k for k in doc if k.isdigit()), key=int) for b in sorted(doc[s], key=int)]
 
 
@@ -147,7 +148,8 @@ SNAPSHOT_SUFFIXES = (".pt", ".tar", ".pth")
 
 def epoch_from_filename(path: str | os.PathLike) -> int | None:
     """The original file-name rule: 'pretrained' -> -1, 'init' -> 0, `<arch>_<e>.tar` -> e+1, and a final
-    `<arch>_<N>.pt` -> N, the epochs it ran (the original labelled it N+1); None for a name without a number."""
+    `<arch>_<N>.pt` -> N, the epochs it ran (the original labelled it N+1), as are `<arch>_<N>.safetensors`
+    files and sharded `<arch>_<N>/` folders, which hold weights only; None for a name without a number."""
     stem, suffix = os.path.splitext(os.path.basename(str(path)))
     parts = stem.split("_")
     if "pretrained" in parts:
@@ -157,7 +159,7 @@ def epoch_from_filename(path: str | os.PathLike) -> int | None:
     if not parts[-1].isdigit():
         return None
     number = int(parts[-1])
-    return number if suffix == ".pt" else number + 1
+    return number if suffix in (".pt", ".safetensors", "") else number + 1
 
 
 # --- the tidy projection table -------------------------------------------------------------------

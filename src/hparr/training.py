@@ -54,6 +54,7 @@ class TrainSettings:
     train_acc: bool = False
     pretrained: bool = False
     weights: str | None = None
+    state_dict_prefix: str | None = None
     cuda: bool = False
     amp: str | None = None  # None, "bf16" or "fp16"
     compile: str | None = None  # None, or the torch.compile backend of the training steps ("inductor")
@@ -253,7 +254,8 @@ class Run:
                                                  settings.seed, self.data_options.subsample_classes,
                                                  self.data_options.noise)
         self.model = build_model(settings.arch, self.data.num_classes, self.data.in_channels, self.data.image_size,
-                                 seed=seed, pretrained=settings.pretrained, weights=settings.weights)
+                                 seed=seed, pretrained=settings.pretrained, weights=settings.weights,
+                                 state_dict_prefix=settings.state_dict_prefix)
         if settings.sync_bn and self.ctx.distributed:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.channels_last = use_channels_last(self.model, self.device, settings.channels_last)
@@ -282,8 +284,10 @@ class Run:
 
     # -- snapshots ----------------------------------------------------------------------------------
     def _resume(self, path: Path) -> None:
-        obj = checkpoints.torch_load(path)
-        checkpoints.load_weights(self.model, checkpoints.state_dict_of(obj, path), source=str(path))
+        ckpt = checkpoints.read_checkpoint(path, mmap=False)
+        obj = ckpt.obj
+        state = checkpoints.match_prefix(ckpt.state, self.model, self.settings.state_dict_prefix, source=str(path))
+        checkpoints.load_weights(self.model, dict(state), source=str(path))
         self.resumed_from = path
         if not (isinstance(obj, dict) and "model_state_dict" in obj):
             log.info("resumed weights from %s (a bare state_dict: optimizer starts fresh at epoch %d)",

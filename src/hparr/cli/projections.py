@@ -25,11 +25,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the snapshots come from a run on this many classes (0 = all) [0]; results go to "
                         "<results>/<dataset>_<K>/")
     p.add_argument("--load-from", nargs="+", action="extend", default=None, metavar="PATH",
-                   help="snapshot files, directories or globs (repeatable); without it the random "
+                   help="checkpoint files (hparr or original snapshots, state_dicts, .safetensors, Lightning "
+                        ".ckpt), sharded .safetensors folders, directories or globs (repeatable); without it the "
+                        "random "
                         "initialization (or --pretrained weights) is analyzed")
     p.add_argument("--init-from", type=str, default=None, metavar="FILE",
                    help="snapshot at initialization: adds l2_dist and l_inf_dist per layer")
-    p.add_argument("--pretrained", action="store_true", help="analyze torchvision's ImageNet weights of --arch")
+    p.add_argument("--pretrained", action="store_true",
+                   help="analyze the ImageNet weights of --arch from the local torch hub (or Hugging Face) cache")
+    p.add_argument("--weights", type=str, default=None, metavar="FILE",
+                   help="file of pretrained weights to analyze, any checkpoint format (implies --pretrained)")
+    p.add_argument("--state-dict-prefix", type=str, default=None, metavar="PREFIX",
+                   help="read the weights under this key prefix of the checkpoints (e.g. 'model.' of a Lightning "
+                        "module); found automatically against the model's keys when omitted")
     p.add_argument("--cuda", action="store_true", help="compute on the GPU (falls back to the CPU with a warning)")
     p.add_argument("--normalize", action="store_true",
                    help="cosine projections <w,1>/(||w|| sqrt(d)) instead of the plain sums <w,1>")
@@ -65,7 +73,7 @@ def run(args) -> int:
         raise UsageError(f"--subsample-classes must be 0 (all) or 2..{info.num_classes}, got {k}")
     if not 0 < args.level < 1:
         raise UsageError(f"--level must be in (0, 1), got {args.level}")
-    if args.load_from and args.pretrained:
+    if args.load_from and (args.pretrained or args.weights):
         raise UsageError("--pretrained analyzes torchvision's weights; it cannot be combined with --load-from")
     device = distributed.select_device(
         args.cuda, warn=lambda message: print(f"hparr projections: warning: {message}", file=sys.stderr))
@@ -73,8 +81,8 @@ def run(args) -> int:
     settings = projections.ProjectionSettings(
         arch=args.arch, dataset=args.dataset, load_from=args.load_from, init_from=args.init_from, seed=args.seed,
         subsample_classes=k, normalize=args.normalize, with_linear=args.with_linear, include_1x1=args.include_1x1,
-        level=args.level, pretrained=args.pretrained, device=device, overwrite=args.overwrite,
-        progress=not args.no_progress)
+        level=args.level, pretrained=args.pretrained, weights=args.weights, state_dict_prefix=args.state_dict_prefix,
+        device=device, overwrite=args.overwrite, progress=not args.no_progress)
     result = projections.run_projections(settings, args.results)
     out_dir = projections.save(result, args.results, parquet=args.parquet, log_name=args.log)
     n, computed = len(result.documents), len(result.computed)

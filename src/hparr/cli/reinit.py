@@ -8,9 +8,11 @@ DESCRIPTION = (
     "Reinit network weights and compute drop in performance. For each conv layer (and Linear with "
     "--with-linear), its weight and bias are replaced by those of each snapshot of --inits-from "
     "(re-initialization) and, with --rand, by a fresh seeded initialization (re-randomization), and the "
-    "test accuracy is measured; BatchNorm stays as trained. Writes "
-    "<results>/<dataset>[_<K>]/<arch>[/<seed>]/reinit_<snapshot name>.json (the original layout plus layer "
-    "names, top-5 and provenance) and, with --plots, a heatmap of the relative accuracy drop (.png, .pdf).")
+    "test accuracy, test loss and agreement with the trained model's predictions are measured; BatchNorm stays "
+    "as trained unless --with-bn. --granularity block/stage re-initializes a residual block or a stage at once. "
+    "Writes <results>/<dataset>[_<K>]/<arch>[/<seed>]/reinit_<snapshot name>[_<granularity>][_bn].json (the "
+    "original layout plus layer names, top-5, loss, agreement and provenance) and, with --plots, a heatmap of the "
+    "relative accuracy drop (.png, .pdf).")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,9 +24,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inits-from", type=str, default=None,
                    help="snapshots to re-initialize from: a text file of paths (one per line; blank lines are "
                         "ignored, missing files skipped with a warning) or a directory of snapshots")
+    p.add_argument("--state-dict-prefix", type=str, default=None, metavar="PREFIX",
+                   help="read the weights under this key prefix of the checkpoints (e.g. 'model.' of a Lightning "
+                        "module); found automatically against the model's keys when omitted")
     p.add_argument("--rand", action="store_true",
                    help="also re-randomize each layer from a fresh initialization (seed derived from --seed)")
+    p.add_argument("--rand-trials", type=int, default=1, metavar="K",
+                   help="draw K independent re-randomizations (seeds derived from --seed) and report their mean "
+                        "and standard deviation per layer; implies --rand [1]")
     p.add_argument("--with-linear", action="store_true", help="also re-initialize the Linear layers")
+    p.add_argument("--granularity", choices=("layer", "block", "stage"), default="layer",
+                   help="re-initialize one layer at a time, one residual block (all its convs) or one stage "
+                        "(all the layers at one resolution) at once, as Zhang et al. did for ResNets [layer]")
+    p.add_argument("--with-bn", action="store_true",
+                   help="also re-initialize the BatchNorm after each re-initialized layer (its parameters and "
+                        "running statistics); without it BatchNorm stays as trained")
     p.add_argument("--cuda", action="store_true", help="evaluate on the GPU (falls back to the CPU with a warning)")
     p.add_argument("--results", type=str, default="./results", help="results folder [./results]")
     p.add_argument("--log", type=str, default="reinit_weights.log",
@@ -34,6 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "seed is derived from it")
     p.add_argument("--workers", "-j", type=int, default=1, help="data loading processes (ImageNet only) [1]")
     p.add_argument("--batch-size", type=int, default=128, help="evaluation batch size [128]")
+    p.add_argument("--max-test-images", type=int, default=0, metavar="N",
+                   help="evaluate on the first N images of the test set only (0 = all) [0]")
     p.add_argument("--overwrite", action="store_true", help="recompute a result that already exists")
     p.add_argument("--plots", nargs="?", const="", default=None, metavar="DIR",
                    help="also write the heatmap of the relative drop (PNG, PDF): beside the JSON result, or with "
@@ -55,7 +71,9 @@ def run(args) -> int:
     settings = reinit.ReinitSettings(
         load_from=args.load_from, data=data_options(args), arch=args.arch, inits_from=args.inits_from,
         rand=args.rand, with_linear=args.with_linear, seed=args.seed, batch_size=args.batch_size, cuda=args.cuda,
-        workers=args.workers, method=args.method, progress=not args.no_progress and sys.stderr.isatty())
+        workers=args.workers, method=args.method, progress=not args.no_progress and sys.stderr.isatty(),
+        state_dict_prefix=args.state_dict_prefix, granularity=args.granularity, with_bn=args.with_bn,
+        rand_trials=args.rand_trials, max_test_images=args.max_test_images)
     target = reinit.result_path(settings, args.results)
     if target.is_file() and not args.overwrite:  # a finished result is kept: a rerun of a crashed batch skips it
         print(f"kept {target} (already computed; --overwrite to recompute)")

@@ -34,7 +34,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--noise-seed", type=int, default=None, help="seed for label corruption / pixel shuffle")
     p.add_argument("--augmentation", action="store_true", help="enable data augmentation")
     p.add_argument("--pretrained", action="store_true", help="start from torchvision's ImageNet weights")
-    p.add_argument("--weights", type=str, default=None, help="file of pretrained weights (implies --pretrained)")
+    p.add_argument("--weights", type=str, default=None,
+                   help="file of pretrained weights, any checkpoint format (implies --pretrained)")
+    p.add_argument("--state-dict-prefix", type=str, default=None, metavar="PREFIX",
+                   help="read the weights under this key prefix of the checkpoints (e.g. 'model.' of a Lightning "
+                        "module); found automatically against the model's keys when omitted")
     p.add_argument("--split", type=float, default=0.0,
                    help="fraction of the training set held out for validation (0 = none) [0]")
     p.add_argument("--stratified", action="store_true", help="validation split with equal samples per class")
@@ -143,7 +147,8 @@ def settings_from_args(args):
         models_path=args.models_path, tb_logdir=args.tb_logdir or None, snapshot_every=args.snapshot_every,
         snapshot_all_until=args.snapshot_all_until, resume_from=args.resume_from, overwrite=args.overwrite,
         kill_plateaus=args.kill_plateaus, train_acc=args.train_acc,
-        pretrained=args.pretrained or args.weights is not None, weights=args.weights, cuda=args.cuda,
+        pretrained=args.pretrained or args.weights is not None, weights=args.weights,
+        state_dict_prefix=getattr(args, "state_dict_prefix", None), cuda=args.cuda,
         amp=args.amp, compile=args.compile, channels_last=args.channels_last, sync_bn=args.sync_bn,
         workers=args.workers, progress=not args.no_progress, log=args.log,
         track=not args.no_track, track_every_steps=args.track_every_steps)

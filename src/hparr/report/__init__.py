@@ -21,7 +21,15 @@ from ..results import REPORT_FORMAT
 from . import render
 from .discovery import ProjectionRun, RunResults, describe_unusable, load_run, missing_text, tracked_curves
 from .figures import FIGURES, plot_bias_vs_criticality, plot_distributions, plot_epochs, save_heatmap
-from .tables import BIAS_MEASURES, DEFAULT_THRESHOLD, bias_measure, bias_vs_criticality, check_options, joined_table
+from .tables import (
+    BIAS_MEASURES,
+    DEFAULT_THRESHOLD,
+    bias_measure,
+    bias_vs_criticality,
+    check_options,
+    joined_table,
+    reinit_measures,
+)
 
 __all__ = ["BIAS_MEASURES", "DEFAULT_THRESHOLD", "FIGURES", "ProjectionRun", "RunResults", "bias_measure",
            "bias_vs_criticality", "build_report", "joined_table", "load_run", "save_heatmap", "tracked_curves"]
@@ -96,8 +104,18 @@ def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
         "unusable_results": [{"path": str(u.path.resolve()), "reason": u.reason, "epoch": u.epoch}
                              for u in results.unusable],
         "missing_epochs": results.missing_epochs, **provenance})
-    files.write_text(out / "summary.md", render.summary_markdown(results, table, correlation, figures, provenance))
-    files.write_text(out / "index.html", render.index_html(results, table, correlation, figures, provenance))
+    summary = render.summary_markdown(results, table, correlation, figures, provenance)
+    page = render.index_html(results, table, correlation, figures, provenance)
+    if results.reinit_doc is not None:  # loss and agreement next to the top-1 drop
+        with files.atomic_path(out / "reinit.csv") as tmp:
+            reinit_measures(results.reinit_doc).to_csv(tmp, index=False)
+        written.append(out / "reinit.csv")
+        summary = summary.replace("## Figures", render.reinit_section(results.reinit_doc) + "\n## Figures", 1)
+        page = page.replace("<h2>Figures</h2>", render.reinit_html(results.reinit_doc) + "<h2>Figures</h2>", 1)
+    else:
+        (out / "reinit.csv").unlink(missing_ok=True)
+    files.write_text(out / "summary.md", summary)
+    files.write_text(out / "index.html", page)
     written += [out / "layers.csv", out / "report.json", out / "summary.md", out / "index.html"]
     return {p.name: p for p in written}
 

@@ -245,7 +245,8 @@ def load_run(run_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = 
         candidates = [(p, d) for p, d in reinits if chosen is None or str(d.get("load_from")) in sources
                       or _same_experiment(d, chosen.docs[0])]
         if candidates:
-            candidates.sort(key=lambda m: (m[1].get("load_from") is not None and str(m[1]["load_from"]) in sources,
+            candidates.sort(key=lambda m: (m[1].get("granularity", "layer") == "layer",  # per-layer results first
+                                           m[1].get("load_from") is not None and str(m[1]["load_from"]) in sources,
                                            -1 if epoch_of(m[1]) is None else epoch_of(m[1]), str(m[0])))
             reinit_path, reinit_doc = candidates[-1]
             for p, _ in reinits:

@@ -9,8 +9,9 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from ..provenance import versions
-from ..results import layer_entries
+from ..results import RAND, layer_entries
 from .discovery import RunResults, describe_unusable, missing_text, relative
+from .tables import reinit_measures
 
 DISPLAY = [("layer", "name"), ("stage.block", None), ("N", "N"), ("d", "d"), ("mass", "mass"),
            ("mass at init", "mass_init"), ("mean", "mean"), ("p-value", "p_value"), ("p (Holm)", "p_adjusted"),
@@ -225,3 +226,46 @@ def index_html(results: RunResults, table: pd.DataFrame, correlation: Mapping[st
             "</body></html>\n")
 
 
+def reinit_display(doc: Mapping[str, Any]) -> pd.DataFrame:
+    """Per unit: top-1 drop, loss and agreement after re-initialization to epoch 0 and re-randomization."""
+    table = reinit_measures(doc)
+    out: dict[str, list[str]] = {"layer": list(doc["layers"])}
+
+    def fmt(v: float, sd: float, spec: str) -> str:
+        if math.isnan(v):
+            return ""
+        return format(v, spec) + ("" if math.isnan(sd) else f" ± {format(sd, spec)}")
+
+    for label, name in (("0", "epoch 0"), (RAND, "rand")):
+        part = table[table["label"] == label]
+        if part.empty:
+            continue
+        for m, head, spec in (("relative_drop", "drop", ".3f"), ("loss", "loss", ".3f"),
+                              ("agreement", "agreement", ".3f")):
+            out[f"{head} {name}"] = [fmt(v, sd, spec) for v, sd in zip(part[m], part[f"{m}_sd"])]
+    return pd.DataFrame(out)
+
+
+def reinit_section(doc: Mapping[str, Any] | None) -> str:
+    """The Markdown section on the re-initialization measures ("" without a reinit result)."""
+    if doc is None:
+        return ""
+    trained_loss = doc.get("trained_loss")
+    lines = ["## Re-initialization: top-1 drop, test loss and agreement", "",
+             _markdown(reinit_display(doc)), "",
+             f"Trained: top-1 {doc['top1_test']:.2f}%"
+             + (f", test loss {trained_loss:.3f}" if trained_loss is not None else "") + ". "
+             "drop: relative top-1 drop; loss: mean test cross-entropy; agreement: share of test images whose "
+             "top-1 class is the trained model's"
+             + (f"; rand: mean ± standard deviation of {doc['rand_trials']['k']} re-randomizations"
+                if isinstance(doc.get("rand_trials"), Mapping) else "")
+             + f"; re-initialized at once: {doc.get('granularity', 'layer')}. Every alternative is in reinit.csv.",
+             ""]
+    return "\n".join(lines)
+
+
+def reinit_html(doc: Mapping[str, Any]) -> str:
+    """The same section for index.html."""
+    return ("<h2>Re-initialization: top-1 drop, test loss and agreement</h2>\n"
+            + reinit_display(doc).to_html(index=False, escape=True, border=0, classes="layers")
+            + '\n<p>All alternatives: <a href="reinit.csv">reinit.csv</a>.</p>\n')

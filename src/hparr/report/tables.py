@@ -3,14 +3,14 @@ results, and the paper's main claim measured on them (are the biased layers the 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from ..errors import UsageError
-from ..results import RAND, layer_entries
+from ..results import RAND, drop_frame, layer_entries
 from .discovery import RunResults
 
 DEFAULT_THRESHOLD = 0.1
@@ -142,3 +142,34 @@ def bias_vs_criticality(table: pd.DataFrame, bias: str = "bias", drop: str = "dr
     return out
 
 
+# --- re-initialization: top-1 drop, test loss and agreement per alternative ------------------------
+
+REINIT_MEASURES = ("top1", "relative_drop", "loss", "agreement")
+
+
+def reinit_measures(doc: Mapping[str, Any] | None) -> pd.DataFrame:
+    """One row per alternative x re-initialized unit of a reinit document: top-1 (%), relative top-1 drop,
+    mean test loss and agreement (share of test images whose top-1 class is the trained model's), and for
+    a "rand" row of several re-randomizations the standard deviation of each (`*_sd`)."""
+    columns = ["label", "layer", "index", *REINIT_MEASURES, *(f"{m}_sd" for m in REINIT_MEASURES)]
+    if doc is None:
+        return pd.DataFrame(columns=columns)
+    layers = list(doc["layers"])
+    drop = drop_frame(doc)
+    sources = {"top1": doc["init_from_epoch"], "loss": doc.get("loss_init_from_epoch") or {},
+               "agreement": doc.get("agreement_init_from_epoch") or {}}
+    std = doc.get("rand_std") or {}
+    std_sources = {"top1": std.get("init_from_epoch"), "relative_drop": std.get("relative_drop"),
+                   "loss": std.get("loss_init_from_epoch"), "agreement": std.get("agreement_init_from_epoch")}
+    rows = []
+    for label in doc["init_from_epoch"]:
+        for i, layer in enumerate(layers):
+            row = {"label": label, "layer": layer, "index": i, "relative_drop": float(drop.loc[label, layer])}
+            for m in ("top1", "loss", "agreement"):
+                values = sources[m].get(label)
+                row[m] = _num(values[i]) if values is not None else float("nan")
+            for m in REINIT_MEASURES:
+                values = std_sources[m] if label == RAND else None
+                row[f"{m}_sd"] = _num(values[i]) if values is not None else float("nan")
+            rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
