@@ -120,7 +120,14 @@ def _trace(model: nn.Module, input_shape: Sequence[int]) -> list[tuple[str, nn.M
         events.append((names[id(module)], module, _spatial(args), _spatial(output)))
 
     leaves = [m for _, m in model.named_modules() if not any(True for _ in m.children()) or layer_kind(m)]
-    handles = [m.register_forward_hook(hook) for m in leaves]
+    dummy_forward(model, input_shape, [(m, hook) for m in leaves])
+    return events
+
+
+def dummy_forward(model: nn.Module, input_shape: Sequence[int], hooks: Sequence[tuple[nn.Module, object]]) -> None:
+    """One forward pass of zeros of `input_shape` in eval mode, without gradients, with the forward hooks
+    `(module, hook)` attached for its duration; the modules' training modes are restored afterwards."""
+    handles = [m.register_forward_hook(hook) for m, hook in hooks]
     modes = [(m, m.training) for m in model.modules()]
     ref = next(iter(model.parameters()), None)
     if ref is None:
@@ -135,7 +142,6 @@ def _trace(model: nn.Module, input_shape: Sequence[int]) -> list[tuple[str, nn.M
             h.remove()
         for m, mode in modes:
             m.training = mode
-    return events
 
 
 def discover_layers(model: nn.Module, input_shape: Sequence[int] | None = None, with_linear: bool = False,

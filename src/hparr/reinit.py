@@ -65,31 +65,6 @@ def _discover(model: nn.Module, with_linear: bool, input_shape: Sequence[int] | 
     return infos, skipped
 
 
-def layer_parameters(model: nn.Module, state: Mapping[str, torch.Tensor], layers: Sequence[str],
-                     source: str = "snapshot") -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
-    """The (weight, bias) of each layer in `state`, as tensors laid out like the model's own parameters."""
-    out = {}
-    for layer in layers:
-        module = model.get_submodule(layer)
-        pair = []
-        for pname in ("weight", "bias"):
-            own = getattr(module, pname, None)
-            if own is None:
-                pair.append(None)
-                continue
-            key = f"{layer}.{pname}"
-            if key not in state:
-                raise HparrError(f"{source} has no parameter {key}")
-            value = state[key]
-            if tuple(value.shape) != tuple(own.shape):
-                raise HparrError(f"{source}: {key} has shape {tuple(value.shape)}, the model {tuple(own.shape)}")
-            # Same dtype, device and strides as the model's parameter, so the layer computes the same
-            # way as after a copy into the model.
-            pair.append(torch.empty_like(own, requires_grad=False).copy_(value.detach()))
-        out[layer] = (pair[0], pair[1])
-    return out
-
-
 # --- results -------------------------------------------------------------------------------------
 
 @dataclass
@@ -211,7 +186,7 @@ def make_units(model: nn.Module, groups: Mapping[str, Sequence[str]],
 def batchnorms_after(model: nn.Module, layers: Sequence[str],
                      input_shape: Sequence[int] | None = None) -> dict[str, str]:
     """{layer: the BatchNorm module applied directly to its output} (found with one dummy forward pass)."""
-    from .layers import guess_input_shape
+    from .layers import dummy_forward, guess_input_shape
 
     names = {id(m): n for n, m in model.named_modules()}
     wanted = set(layers)
@@ -230,24 +205,10 @@ def batchnorms_after(model: nn.Module, layers: Sequence[str],
             if layer is not None and layer not in found:
                 found[layer] = names[id(module)]
 
-    handles = []
-    for name, module in model.named_modules():
-        if name in wanted:
-            handles.append(module.register_forward_hook(layer_hook))
-        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-            handles.append(module.register_forward_hook(bn_hook))
-    shape = tuple(input_shape) if input_shape is not None else guess_input_shape(model)
-    ref = next(iter(model.parameters()), torch.empty(0))
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(shape, dtype=ref.dtype if ref.is_floating_point() else torch.float32, device=ref.device))
-    finally:
-        for h in handles:
-            h.remove()
-        for m, mode in modes:
-            m.training = mode
+    hooks = [(module, layer_hook) for name, module in model.named_modules() if name in wanted]
+    hooks += [(module, bn_hook) for name, module in model.named_modules()
+              if name not in wanted and isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    dummy_forward(model, input_shape if input_shape is not None else guess_input_shape(model), hooks)
     return found
 
 
