@@ -219,8 +219,14 @@ def test_ambiguous_prefix_asks_for_the_flag(tmp_path):
     assert set(ck.load_state(tmp_path / "two.ckpt", prefix="ema.", reference=weights)) == set(weights)
 
 
-def test_find_snapshots_lists_every_format(same_weights):
+def test_find_snapshots_lists_every_format(same_weights, tmp_path):
+    from hparr.reinit import read_inits_list
+
     root, _ = same_weights
+    listing = tmp_path / "inits.txt"
+    listing.write_text(f"{root / 'sharded_5'}\n{root / 'files' / 'st_5.safetensors'}\n")
+    assert read_inits_list(listing) == [root / "sharded_5", root / "files" / "st_5.safetensors"]
+    assert read_inits_list(root / "files" / "lightning_5.ckpt") == [root / "files" / "lightning_5.ckpt"]
     found = ck.find_snapshots(root / "files")
     assert {p.name for p in found} >= {"lightning_5.ckpt", "st_5.safetensors", "legacy_5.pt"}
     assert ck.find_snapshots(root / "sharded_5") == [root / "sharded_5"]

@@ -11,6 +11,11 @@ that part for each alternative parameter set. The graph comes from `torch.fx`. E
 on the same batch, with the same shapes, as in the whole network, so the predictions equal those of
 the swap-evaluate-restore loop (`plain_reinit_sweep`) exactly. Models that cannot be traced, or whose
 in-place operations would change a kept value, are evaluated by that loop.
+
+A unit may also be several layers at once (`reinit_groups`: a residual block or a stage, as Zhang et al.
+did for ResNets), with the BatchNorm after each of them (`with_bn`: its parameters and running
+statistics). Besides top-1/top-k, every alternative records its test loss and the agreement of its top-1
+predictions with the trained model's; these too equal the plain loop's exactly.
 """
 from __future__ import annotations
 
@@ -606,7 +611,7 @@ def read_inits_list(spec: str | os.PathLike) -> list[Path]:
             continue
         name = Path(line).expanduser()
         candidates = [name] if name.is_absolute() else [name, path.parent / name]
-        hit = next((c for c in candidates if c.is_file()), None)
+        hit = next((c for c in candidates if c.is_file() or (c / checkpoints.SHARD_INDEX).is_file()), None)
         if hit is None:
             log.warning("warning: file not found: %s; skipping it", line)
             continue
