@@ -8,7 +8,9 @@ DESCRIPTION = (
     "RUN_DIR (no model or data is loaded): per-layer distributions of the projections at initialization and "
     "trained with the null density, mass and mean across epochs with the null's band, the re-initialization "
     "heatmap, each layer's bias against its accuracy drop under re-initialization to epoch 0 (Spearman), "
-    "layers.csv, report.json, summary.md and index.html. Written to RUN_DIR/report/ unless --out is given.")
+    "layers.csv, report.json, summary.md and index.html. Written to RUN_DIR/report/ unless --out is given. "
+    "For the folder of `hparr study`, the study's report: study.csv/parquet (every cell x snapshot x layer), "
+    "statistics across seeds and corruptions, figures (a)-(d), summary.md and index.html.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,8 +28,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from .. import report
+    from ..results import read_study
 
-    written = report.build_report(args.run_dir, args.out, threshold=args.threshold, measure=args.bias_measure)
+    if read_study(args.run_dir) is not None:  # a folder of `hparr study`: the study's report
+        from ..report.study import build_study_report
+
+        written = build_study_report(args.run_dir, args.out, threshold=args.threshold, measure=args.bias_measure)
+    else:
+        written = report.build_report(args.run_dir, args.out, threshold=args.threshold, measure=args.bias_measure)
     for path in written.values():
         print(f"wrote {path}")
     return 0
