@@ -1,4 +1,4 @@
-"""Run the benchmark cases: `python -m bench [training] [reinit] [projections]`."""
+"""Run the benchmark cases: `python -m bench [training] [reinit] [projections] [study]`."""
 from __future__ import annotations
 
 import importlib
@@ -8,7 +8,8 @@ import torch
 
 from .common import emit, machine
 
-CASES = {"training": "bench.training_bench", "reinit": "bench.reinit_bench", "projections": "bench.projections_bench"}
+CASES = {"training": "bench.training_bench", "reinit": "bench.reinit_bench", "projections": "bench.projections_bench",
+         "study": "bench.study_bench"}
 
 
 def main(argv: list[str]) -> int:

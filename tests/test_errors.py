@@ -3,6 +3,7 @@
 The cases here are the table in README.md ("When something is wrong")."""
 import os
 import pickle
+import sys
 
 import pytest
 import torch
@@ -62,6 +63,12 @@ CASES = [
     ("non-positive batch size", ["train", *LENET, "--batch-size", "0"], 2, "batch-size"),
     ("unwritable output directory", ["train", *LENET, "--epochs", "1", "--models-path", "{root}/a_file/models",
                                      "--tb-logdir", ""], 1, "cannot create output directory"),
+    ("empty study grid", ["study", "--seeds", "", "--dry-run", "--out", "{root}/study"], 2, "empty grid"),
+    ("malformed grid list", ["study", "--noise", "0,,x", "--dry-run", "--out", "{root}/study"], 2,
+     "malformed list '0,,x'"),
+    ("backwards range", ["study", "--seeds", "4-0", "--dry-run", "--out", "{root}/study"], 2, "backwards range"),
+    ("unknown launcher", ["study", "--launcher", "pbs", "--out", "{root}/study"], 2, "unknown launcher 'pbs'"),
+    ("study --out holding something else", ["study", "--out", "{root}/cifar"], 2, "not a study"),
 ]
 
 
@@ -87,3 +94,18 @@ def test_out_of_gpu_memory_suggests_a_smaller_batch(monkeypatch, capsys):
     assert main(["train", *LENET, "--epochs", "1", "--tb-logdir", "", "--models-path", "/tmp/hparr-oom"]) == 1
     err = capsys.readouterr().err
     assert "out of memory" in err and "--batch-size" in err and "Traceback" not in err
+
+
+def test_study_with_slurm_needs_submitit_and_sbatch(snapshots, capsys, monkeypatch):
+    out = snapshots / "slurm_study"
+    monkeypatch.setitem(sys.modules, "submitit", None)  # as if it were not installed
+    assert main(["study", "--launcher", "slurm", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs submitit, which is not installed" in err[0]
+    monkeypatch.delitem(sys.modules, "submitit")
+    pytest.importorskip("submitit")
+    monkeypatch.setenv("PATH", str(snapshots / "no-bin"))
+    assert main(["study", "--launcher", "slurm", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sbatch is not on PATH" in err[0]
+    assert not out.exists()  # nothing written

@@ -224,7 +224,8 @@ def pool_size(jobs: int | None, threads: int | None, todo: int, cores: int | Non
 
 
 def check(settings: StudySettings) -> list[Cell]:
-    """Validate the launcher, the grid and every cell's settings before anything is written; the grid."""
+    """Validate the launcher, the grid, every cell's settings and the study folder before anything is written;
+    returns the grid."""
     launcher = settings.launcher
     if launcher not in LAUNCHERS + HIDDEN_LAUNCHERS:
         raise UsageError(f"unknown launcher {launcher!r}; choose one of: {', '.join(LAUNCHERS)}")
@@ -241,6 +242,7 @@ def check(settings: StudySettings) -> list[Cell]:
             raise UsageError(f"--noise values {other.noise:g} and {cell.noise:g} share the folder {cell.condition}")
     if not 0 < settings.threshold < 1:
         raise UsageError(f"--threshold must be in (0, 1), got {settings.threshold}")
+    check_out(settings)
     if launcher in ("slurm", "submitit-local"):
         try:
             import submitit  # noqa: F401
@@ -255,11 +257,8 @@ def check(settings: StudySettings) -> list[Cell]:
 
 # --- the study folder ----------------------------------------------------------------------------
 
-def prepare(settings: StudySettings, cells: Sequence[Cell]) -> Path:
-    """Create the study folder, or check that an existing one is a study of the same shared settings, and
-    write study.json (the grid, the shared flags, the launcher, the versions)."""
-    from .provenance import versions
-
+def check_out(settings: StudySettings) -> Path:
+    """--out: a new or empty folder, or a study of the same shared settings (its finished cells are kept)."""
     out = Path(settings.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a study folder")
@@ -271,8 +270,17 @@ def prepare(settings: StudySettings, cells: Sequence[Cell]) -> Path:
         if existing is not None and existing.get("shared") != settings.shared():
             before, now = existing.get("shared") or {}, settings.shared()
             diff = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-            raise UsageError(f"--out {out} holds a study run with other settings ({', '.join(diff)} differ); "
+            raise UsageError(f"--out {out} holds a study with other shared settings ({', '.join(diff)} differ); "
                              "use another --out")
+    return out
+
+
+def prepare(settings: StudySettings, cells: Sequence[Cell]) -> Path:
+    """Create the study folder, or check that an existing one is a study of the same shared settings, and
+    write study.json (the grid, the shared flags, the launcher, the versions)."""
+    from .provenance import versions
+
+    out = check_out(settings)
     files.ensure_dir(out)
     previous = results.read_study(out) or {}
     known = _unique([*previous.get("cells", []), *(str(c.relpath) for c in cells)])

@@ -283,7 +283,7 @@ def _paired(cells: pd.DataFrame, a: str, b: str | None = None, other: pd.DataFra
     """t interval of cells[a] - cells[b] (same cell), or of cells[a] - other[a] paired by seed."""
     if other is None:
         return t_interval((cells[a] - cells[b]).tolist())
-    joined = cells.set_index("seed")[[a]].join(other.set_index("seed")[[a]], rsuffix="_other", how="inner")
+    joined = cells.set_index("seed")[[a]].join(other.set_index("seed")[[a]], suffixes=("", "_other"), how="inner")
     return {**t_interval((joined[a] - joined[f"{a}_other"]).tolist()), "seeds": sorted(joined.index.tolist())}
 
 
