@@ -114,10 +114,10 @@ def run(args) -> int:
     from tqdm.auto import tqdm
 
     show = settings.progress and sys.stderr.isatty()
-    bar = tqdm(desc="study", unit="cell", disable=not show, file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=len(settings.cells()), desc="study", unit="cell", disable=not show, file=sys.stderr,
+               dynamic_ncols=True)
 
     def on_outcome(outcome, done: int, total: int) -> None:
-        bar.total = total
         if outcome.status == "skipped":
             bar.n = bar.initial = done
             bar.refresh()
