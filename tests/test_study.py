@@ -126,6 +126,25 @@ def test_the_print_launcher_prints_a_reproduce_command_per_cell(tmp_path, capsys
     assert len(json.loads((out / "study.json").read_text())["cells"]) == 5
 
 
+def test_slurm_array_resources(tmp_path, monkeypatch):
+    pytest.importorskip("submitit")
+    from hparr.training import TrainSettings
+
+    bin_dir = tmp_path / "bin"  # submitit's SLURM executor wants srun on PATH
+    files.write_text(bin_dir / "srun", "#!/bin/sh\nexit 0\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    settings = study.StudySettings(base=TrainSettings("lenet"), archs=["lenet"], datasets=["digits"], seeds=[0],
+                                   out=str(tmp_path / "s"), slurm=study.SlurmOptions(
+                                       partition="gpu", gpus_per_task=1, cpus_per_task=8, time_min=30,
+                                       array_parallelism=4))
+    executor = study.make_executor(settings, "slurm")
+    assert executor.cluster == "slurm"
+    assert executor._executor.parameters == {
+        "job_name": "hparr-study", "time": 30, "nodes": 1, "ntasks_per_node": 1, "cpus_per_task": 8,
+        "array_parallelism": 4, "partition": "gpu", "gpus_per_task": 1}
+
+
 # --- statistics against numbers computed by hand --------------------------------------------------
 
 def test_t_interval_and_spearman_across_cells_by_hand():

@@ -249,9 +249,10 @@ def check(settings: StudySettings) -> list[Cell]:
         except ImportError:
             raise HparrError(f"--launcher {launcher} needs submitit, which is not installed: "
                              "pip install 'hparr[slurm]' (or submitit)") from None
-        if launcher == "slurm" and shutil.which("sbatch") is None:
-            raise HparrError("--launcher slurm: sbatch is not on PATH (no SLURM here); use --launcher local, "
-                             "or --launcher print for another scheduler")
+        for tool in ("sbatch", "srun") if launcher == "slurm" else ():
+            if shutil.which(tool) is None:
+                raise HparrError(f"--launcher slurm: {tool} is not on PATH (no SLURM here); use --launcher local, "
+                                 "or --launcher print for another scheduler")
     return cells
 
 
@@ -427,35 +428,47 @@ def _local(settings: StudySettings, jobs: list[CellJob], processes: int, threads
         waited = files.flock(workers_lock)
     waited.close()
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_init_worker,
-                             initargs=(threads, str(workers_lock), os.getpid())) as pool:
+    pool = ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_init_worker,
+                               initargs=(threads, str(workers_lock), os.getpid()))
+    try:
         futures = {pool.submit(run_cell, job): job for job in jobs}
         for future in as_completed(futures):
             job = futures[future]
             try:
-                yield future.result()
+                outcome = future.result()
             except Exception as exc:  # noqa: BLE001 - a worker process died (killed, out of memory)
-                yield CellOutcome(job.cell, "failed", job.log, f"the worker process died: {first_line(exc)}")
+                outcome = CellOutcome(job.cell, "failed", job.log, f"the worker process died: {first_line(exc)}")
+            yield outcome
+    except BaseException:  # interrupted: start no other cell (the running ones end with this process)
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
 
 
 # --- the SLURM launcher: a job array through submitit ---------------------------------------------
 
-def _submitit(settings: StudySettings, jobs: list[CellJob], cluster: str) -> Iterator[CellOutcome]:
+def make_executor(settings: StudySettings, cluster: str):
+    """The submitit executor of a study: SLURM ("slurm") or submitit's local executor ("local"), one task per
+    cell, with the resources of `settings.slurm`; its files go to STUDY/submitit/<job id>/."""
     import submitit
-    from submitit.helpers import as_completed
 
-    folder = Path(settings.out) / SUBMITIT_DIR
-    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
+    executor = submitit.AutoExecutor(folder=Path(settings.out) / SUBMITIT_DIR / "%j", cluster=cluster)
     s = settings.slurm
     params: dict[str, Any] = dict(name="hparr-study", timeout_min=s.time_min, nodes=1, tasks_per_node=1,
-                                  cpus_per_task=s.cpus_per_task)
-    if cluster == "slurm":
-        params.update(slurm_array_parallelism=s.array_parallelism)
-        if s.partition:
-            params["slurm_partition"] = s.partition
-        if s.gpus_per_task:
-            params["slurm_gpus_per_task"] = s.gpus_per_task
+                                  cpus_per_task=s.cpus_per_task, slurm_array_parallelism=s.array_parallelism)
+    if s.partition:
+        params["slurm_partition"] = s.partition
+    if s.gpus_per_task:
+        params["slurm_gpus_per_task"] = s.gpus_per_task
     executor.update_parameters(**params)
+    return executor
+
+
+def _submitit(settings: StudySettings, jobs: list[CellJob], cluster: str) -> Iterator[CellOutcome]:
+    from submitit.helpers import as_completed
+
+    executor = make_executor(settings, cluster)
     submitted = executor.map_array(run_cell, jobs)
     ids = sorted({str(j.job_id).split("_")[0] for j in submitted})
     log.info("submitted %d cell(s) as job array %s (%s)", len(submitted), ", ".join(ids), cluster)
