@@ -380,6 +380,7 @@ def answer_lines(numbers: Mapping[str, Any], measure_text: str) -> list[str]:
                   "learned more", "less bias where the model learned more") + ".", ""]
         lines += ["**Claim 2: memorization (corrupted labels, shuffled pixels) changes the bias.**", ""]
         corrupted = [c for c in s["conditions"] if "vs_clean" in c]
+        clean_top1 = next(((c["test_top1"], c["train_top1"]) for c in s["conditions"] if c["noise"] == 0), None)
         if not corrupted:
             lines.append("- No corrupted condition with a clean one to compare: not tested.")
         for c in corrupted:
@@ -391,11 +392,16 @@ def answer_lines(numbers: Mapping[str, Any], measure_text: str) -> list[str]:
                 word = "**no change detected**: the 95% interval includes 0"
             else:
                 word = "**undetermined**: too few paired seeds for an interval"
+            fit = c["train_top1"]["mean"]
+            memorized = "" if not np.isfinite(fit) or fit >= 90 else (
+                " These cells did not fit their own training labels (a model that memorized them would reach "
+                "close to 100% train top-1): they show training on corrupted data, not memorization.")
             lines.append(
                 f"- {c['condition']} minus clean, paired by seed ({len(change.get('seeds', []))} seeds): mean "
-                f"{measure_text} {_ci(change)}, share of biased layers {_ci(v['share_biased'], '.2f')}; test top-1 "
-                f"{_ci(c['test_top1'], '.1f')}%, train top-1 on its own labels {_ci(c['train_top1'], '.1f')}%: "
-                f"{word}.")
+                f"{measure_text} {_ci(change)}, share of biased layers {_ci(v['share_biased'], '.2f')}: {word}. "
+                f"The {c['condition']} cells reach test top-1 {_ci(c['test_top1'], '.1f')}% and train top-1 "
+                f"{_ci(c['train_top1'], '.1f')}% on their own labels (clean: {_ci(clean_top1[0], '.1f')}% and "
+                f"{_ci(clean_top1[1], '.1f')}%).{memorized}")
         lines += ["", "**Claim 3: the biased layers are the critical ones.**", ""]
         for c in s["conditions"]:
             k = c["criticality"]
