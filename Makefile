@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test bench bench-gpu clean
+.PHONY: setup demo study test bench bench-gpu clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,11 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/hparr reproduce --out runs/demo
+
+# lenet on digits: 3 seeds x {clean, 50% and 100% label noise, pixel shuffle}, statistics across them
+study: $(STAMP)
+	$(BIN)/hparr study --seeds 0-2 --noise 0,0.5,1,-1 --epochs 20 --lr 0.02 --snapshot-every 5 \
+		--snapshot-all-until 5 --tb-logdir '' --out runs/study
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -1,5 +1,5 @@
-"""Run the benchmark cases: `python -m bench [training] [reinit] [projections] [tracking]` (the CPU cases), or
-`python -m bench gpu [--device cpu] [--quick]` (one run on a GPU: bench/gpu_bench.py)."""
+"""Run the benchmark cases: `python -m bench [training] [reinit] [projections] [tracking] [study]` (the CPU
+cases), or `python -m bench gpu [--device cpu] [--quick]` (one run on a GPU: bench/gpu_bench.py)."""
 from __future__ import annotations
 
 import importlib
@@ -10,7 +10,7 @@ import torch
 from .common import emit, machine
 
 CASES = {"training": "bench.training_bench", "reinit": "bench.reinit_bench", "projections": "bench.projections_bench",
-         "tracking": "bench.tracking_bench"}
+         "tracking": "bench.tracking_bench", "study": "bench.study_bench"}
 
 
 def main(argv: list[str]) -> int:

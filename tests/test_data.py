@@ -576,3 +576,26 @@ def test_make_loader_picks_the_resident_path_and_places_each_split_once(cifar10)
         _same_epochs(cpu, dev, epochs=1)
     again = make_loader(d, "test", 32, resident=True)
     assert again._pixels is make_loader(d, "test", 500, resident=True)._pixels  # one copy per split
+
+
+def test_keep_decoded_decodes_a_dataset_once_per_process(cifar10, monkeypatch):
+    root, _ = cifar10
+    calls = []
+    real = hd._load_cifar
+    monkeypatch.setattr(hd, "_load_cifar", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(hd, "_decoded", None)
+    clean = load_data(DataOptions(dataset="cifar10", data_path=str(root)))
+    hd.keep_decoded(True)
+    try:
+        first = load_data(DataOptions(dataset="cifar10", data_path=str(root), noise=0.5, noise_seed=1))
+        first.train.images.zero_()  # each call gets its own copy: the kept arrays stay as decoded
+        again = load_data(DataOptions(dataset="cifar10", data_path=str(root)))
+        shuffled = load_data(DataOptions(dataset="cifar10", data_path=str(root), noise=-1.0, noise_seed=1))
+    finally:
+        hd.keep_decoded(False)
+    assert len(calls) == 2  # one without keeping, one for the three calls that kept it
+    assert torch.equal(again.train.images, clean.train.images) and torch.equal(again.test.labels, clean.test.labels)
+    assert not torch.equal(first.train.labels, clean.train.labels)  # the options still apply per call
+    assert not torch.equal(shuffled.train.images, clean.train.images)
+    load_data(DataOptions(dataset="cifar10", data_path=str(root)))
+    assert len(calls) == 3  # keeping is off again

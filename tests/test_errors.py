@@ -134,6 +134,12 @@ CASES = [
                                        "--tb-logdir", ""], 1, "was trained with --optimizer sgd"),
     ("unusable result file, --strict", ["report", "{root}/results", "--strict"], 1,
      "lenet_7.json: truncated"),
+    ("empty study grid", ["study", "--seeds", "", "--dry-run", "--out", "{root}/study"], 2, "empty grid"),
+    ("malformed grid list", ["study", "--noise", "0,,x", "--dry-run", "--out", "{root}/study"], 2,
+     "malformed list '0,,x'"),
+    ("backwards range", ["study", "--seeds", "4-0", "--dry-run", "--out", "{root}/study"], 2, "backwards range"),
+    ("unknown launcher", ["study", "--launcher", "pbs", "--out", "{root}/study"], 2, "unknown launcher 'pbs'"),
+    ("study --out holding something else", ["study", "--out", "{root}/cifar"], 2, "not a study"),
 ]
 
 
@@ -284,3 +290,16 @@ def test_a_torch_write_failure_without_its_errno_is_told_by_the_disk(tmp_path, m
         tmp.write_text("partial")
         raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
     assert target.read_text() == "before" and [p.name for p in tmp_path.iterdir()] == ["lenet_3.tar"]
+def test_study_with_slurm_needs_submitit_and_sbatch(snapshots, capsys, monkeypatch):
+    out = snapshots / "slurm_study"
+    monkeypatch.setitem(sys.modules, "submitit", None)  # as if it were not installed
+    assert main(["study", "--launcher", "slurm", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs submitit, which is not installed" in err[0]
+    monkeypatch.delitem(sys.modules, "submitit")
+    pytest.importorskip("submitit")
+    monkeypatch.setenv("PATH", str(snapshots / "no-bin"))
+    assert main(["study", "--launcher", "slurm", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sbatch is not on PATH" in err[0]
+    assert not out.exists()  # nothing written

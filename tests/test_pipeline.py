@@ -35,6 +35,10 @@ def test_reproduce_writes_the_whole_study_and_reruns_cheaply(tmp_path, capsys):
     assert manifest["format"] == "hparr-manifest-1" and manifest["epochs"] == [0, 1, 2, 3]
     assert manifest["projections"] == "results/digits/lenet/1"
     assert manifest["reinit"] == "results/reinit/digits/lenet/1/reinit_lenet_3.json"
+    assert manifest["settings"]["seed"] == 1 and manifest["settings"]["epochs"] == 3
+    # the final model on its own training set (all 1347 digits images), beside the test set
+    assert set(manifest["final"]) == {"test", "train"} and manifest["final"]["train"]["count"] == 1347
+    assert manifest["final"]["test"]["top1"] == reinit["top1_test"]
     rep = json.loads((report / "report.json").read_text())
     assert rep["inputs"]["reinit"] == str((out / manifest["reinit"]).resolve())
 

@@ -539,6 +539,36 @@ def _imagenet_raw(root: Path):
 # ----------------------------------------------------------------------------------------------
 # load_data
 
+_decoded: dict[tuple[str, str], tuple[np.ndarray, ...]] | None = None  # see keep_decoded
+
+
+def keep_decoded(enabled: bool = True) -> None:
+    """Keep the decoded arrays of the last in-memory dataset (digits, MNIST, CIFAR) in this process, so
+    that later `load_data` calls on the same files skip the decoding (a process running many runs, such as
+    a worker of `hparr study`, decodes each dataset once). Each call gets its own copy."""
+    global _decoded
+    _decoded = {} if enabled else None
+
+
+def _decode(dataset: str, root: Path, download: bool) -> tuple[np.ndarray, ...]:
+    """(x_train, y_train, x_test, y_test) of an in-memory dataset, decoded from its files."""
+    if _decoded is None:
+        return _read_arrays(dataset, root, download)
+    key = (dataset, "" if dataset == "digits" else str(root.resolve()))
+    if key not in _decoded:
+        arrays = _read_arrays(dataset, root, download)
+        _decoded.clear()  # one dataset at a time
+        _decoded[key] = arrays
+    return tuple(a.copy() for a in _decoded[key])
+
+
+def _read_arrays(dataset: str, root: Path, download: bool) -> tuple[np.ndarray, ...]:
+    if dataset == "digits":
+        return _load_digits()
+    if dataset == "mnist":
+        return _load_mnist(root, download)
+    return _load_cifar(dataset, root, download)
+
 
 def load_data(options: DataOptions) -> Data:
     """Load a dataset and apply the options (subsample -> split -> corrupt the training part)."""
@@ -550,12 +580,7 @@ def load_data(options: DataOptions) -> Data:
         num_classes = len(folder_train.classes)
         class_names = list(folder_train.classes)
     else:
-        if options.dataset == "digits":
-            x_train, y_train, x_test, y_test = _load_digits()
-        elif options.dataset == "mnist":
-            x_train, y_train, x_test, y_test = _load_mnist(root, options.download)
-        else:
-            x_train, y_train, x_test, y_test = _load_cifar(options.dataset, root, options.download)
+        x_train, y_train, x_test, y_test = _decode(options.dataset, root, options.download)
         num_classes = info.num_classes
     meta: dict[str, Any] = {"dataset": options.dataset,
                             "data_path": None if options.dataset == "digits" else str(root),

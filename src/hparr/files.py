@@ -232,3 +232,30 @@ def save_torch(obj: Any, path: str | os.PathLike, what: str = "files") -> None:
 
     with atomic_path(path, what) as tmp, open(tmp, "wb") as fh:
         torch.save(obj, fh)
+
+
+class _NoLock:
+    def close(self) -> None:
+        pass
+
+
+def flock(path: str | os.PathLike, shared: bool = False, wait: bool = True):
+    """Hold an advisory lock on the file `path` (created empty if missing) until the returned object's
+    `close()`, or until the process ends: exclusive, or shared with `shared`. With `wait=False`, None when
+    another process holds a conflicting lock. Where flock does not exist or fails (some network file systems),
+    nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        return _NoLock()
+    ensure_dir(Path(path).parent)
+    handle = open(path, "a")  # noqa: SIM115 - the lock lives as long as the open file
+    try:
+        fcntl.flock(handle.fileno(), (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        handle.close()
+        return None
+    except OSError:
+        handle.close()
+        return _NoLock()
+    return handle

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import checkpoints, files, projections, reinit, report, results, training
+from . import checkpoints, distributed, files, projections, reinit, report, results, training
 from .errors import HparrError
 from .training import TrainSettings
 
@@ -31,7 +31,7 @@ class ReproduceResult:
     re-initialization result, the manifest that names them, and the report's files."""
 
     run_dir: Path
-    final: dict[str, Any]
+    final: dict[str, Any]  # {"test": ..., "train": ... [, "val": ...]}: see `reproduce`
     projections: Path
     reinit: Path
     manifest: Path
@@ -58,7 +58,9 @@ def reproduce(settings: TrainSettings, out_dir: str | Path, with_linear: bool = 
     `--rand`, and draw the report into `out_dir/report`. Rerunning resumes and reuses finished results.
 
     A run of another configuration under `out_dir` is refused, or with `settings.overwrite` replaced, and
-    then every result of the experiment is computed again."""
+    then every result of the experiment is computed again. The manifest records the settings and the final
+    model's metrics: test (and val), and train, measured after training on the training set as trained (its
+    possibly corrupted labels, its shuffled pixels)."""
     out = Path(out_dir)
     files.ensure_dir(out)
     settings = dataclasses.replace(settings, models_path=str(out / "models"),
@@ -70,9 +72,16 @@ def reproduce(settings: TrainSettings, out_dir: str | Path, with_linear: bool = 
             log.warning("--overwrite: removed %d result file(s) of %s under %s; they are computed again",
                         len(removed), settings.arch, out / "results")
     log.info("[1/4] training %s on %s", settings.arch, settings.data.dataset)
-    trained = training.train(settings)
-    if not trained.converged:
-        raise HparrError("training stalled (--kill-plateaus): no final model to analyze")
+    session = training.Run(settings)
+    try:
+        trained = session.fit()
+        if not trained.converged:
+            raise HparrError("training stalled (--kill-plateaus): no final model to analyze")
+        # the final model on the training set with the labels it was trained on (corrupted under --noise,
+        # pixel-shuffled images under --noise -1): how well it fit, or memorized, its own data
+        final_metrics = {**trained.final, "train": session.evaluate("train")}
+    finally:
+        distributed.shutdown(session.ctx)
     run_dir = Path(trained.run_dir)
     init = run_dir / checkpoints.init_name(settings.arch, settings.pretrained)
     final = run_dir / checkpoints.final_name(settings.arch, settings.epochs, settings.pretrained)
@@ -100,9 +109,11 @@ def reproduce(settings: TrainSettings, out_dir: str | Path, with_linear: bool = 
 
     manifest = out / results.MANIFEST_NAME
     epochs = sorted({int(doc["epoch"]) for doc in analyzed.documents.values()})
-    files.write_json(manifest, results.manifest(out, proj_dir, reinit_json, epochs, models=str(run_dir)))
+    files.write_json(manifest, results.manifest(out, proj_dir, reinit_json, epochs, models=str(run_dir),
+                                                final=final_metrics,
+                                                settings={**dataclasses.asdict(settings), "seed": trained.seed}))
 
     log.info("[4/4] report")
     written = report.build_report(out, threshold=threshold)
-    return ReproduceResult(run_dir=run_dir, final=trained.final, projections=proj_dir, reinit=reinit_json,
+    return ReproduceResult(run_dir=run_dir, final=final_metrics, projections=proj_dir, reinit=reinit_json,
                            manifest=manifest, report=written, snapshots=len(analyzed.documents))

@@ -21,6 +21,9 @@ REINIT_FORMAT = "hparr-reinit-1"
 REPORT_FORMAT = "hparr-report-1"
 MANIFEST_FORMAT = "hparr-manifest-1"
 MANIFEST_NAME = "manifest.json"
+STUDY_FORMAT = "hparr-study-1"
+STUDY_NAME = "study.json"
+CELLS_DIR = "cells"  # a study's cells: STUDY/cells/<arch>/<dataset>[_k]/<condition>/seed_<s>/
 RAND = "rand"  # the label of a fresh random draw among the re-initialization alternatives
 
 
@@ -232,3 +235,23 @@ def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any] | None:
             p = Path(doc[key])
             doc[key] = p if p.is_absolute() else Path(run_dir) / p
     return doc
+
+
+def run_finished(run_dir: str | os.PathLike) -> bool:
+    """Whether `hparr reproduce` completed in `run_dir`: its manifest (with the final metrics), every file
+    the manifest names, and the report are there."""
+    run_dir = Path(run_dir)
+    doc = read_manifest(run_dir)
+    if doc is None or not isinstance(doc.get("final"), dict) or not doc.get("projections") or not doc.get("reinit"):
+        return False
+    folder = Path(doc["projections"])
+    return (Path(doc["reinit"]).is_file() and folder.is_dir() and any(folder.glob("*.json"))
+            and all((run_dir / "report" / name).is_file() for name in ("report.json", "summary.md", "index.html")))
+
+
+# --- the folder of `hparr study` -----------------------------------------------------------------
+
+def read_study(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The `study.json` of a study folder, or None when `folder` is not one."""
+    doc = read_json(Path(folder) / STUDY_NAME)
+    return doc if isinstance(doc, dict) and doc.get("format") == STUDY_FORMAT else None

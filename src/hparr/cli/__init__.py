@@ -14,7 +14,8 @@ COMMANDS = {
     "projections": ("projections", "per-layer hyperplane statistics and bias tests (compute_projections.py)"),
     "reinit": ("reinit", "layer re-initialization test of Zhang et al. (reinit_layers.py)"),
     "reproduce": ("reproduce", "the whole study: train, projections, reinit, report"),
-    "report": ("report", "figures, summary.md and index.html from result files"),
+    "study": ("study", "a grid of reproduce runs over seeds and corruptions, with statistics across it"),
+    "report": ("report", "figures, summary.md and index.html from result files (of a run or a study)"),
 }
 
 

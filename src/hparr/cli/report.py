@@ -10,7 +10,9 @@ DESCRIPTION = (
     "heatmap, each layer's bias against its accuracy drop under re-initialization to epoch 0 (Spearman), "
     "layers.csv, report.json, summary.md and index.html. Written to RUN_DIR/report/ unless --out is given. "
     "Every JSON file below RUN_DIR that cannot be used is named, with the reason, on stderr and in the report, "
-    "and the figures mark the epochs it leaves out; --strict makes it an error.")
+    "and the figures mark the epochs it leaves out; --strict makes it an error. "
+    "For the folder of `hparr study`, the study's report: study.csv/parquet (every cell x snapshot x layer), "
+    "statistics across seeds and corruptions, figures (a)-(d), summary.md and index.html.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,11 +33,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from .. import report
+    from ..results import read_study
     from .train import setup_logging
 
     setup_logging()
-    written = report.build_report(args.run_dir, args.out, threshold=args.threshold, measure=args.bias_measure,
-                                  strict=args.strict)
+    if read_study(args.run_dir) is not None:  # a folder of `hparr study`: the study's report
+        from ..report.study import build_study_report
+
+        written = build_study_report(args.run_dir, args.out, threshold=args.threshold, measure=args.bias_measure)
+    else:
+        written = report.build_report(args.run_dir, args.out, threshold=args.threshold, measure=args.bias_measure,
+                                      strict=args.strict)
     for path in written.values():
         print(f"wrote {path}")
     return 0

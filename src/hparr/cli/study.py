@@ -1,0 +1,146 @@
+"""`hparr study`: a grid of `hparr reproduce` runs over seeds and corruptions (and architectures, datasets,
+class subsets), run by a local process pool, a SLURM job array or any scheduler, then the study's report."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import reproduce as reproduce_cli
+from . import train as train_cli
+
+DESCRIPTION = (
+    "Runs `hparr reproduce` for every cell of a grid (--arch x --dataset x --subsample-classes x --noise x --seeds) "
+    "into OUT/cells/<arch>/<dataset>[_k]/<condition>/seed_<s>/, skipping finished cells, then writes the study's "
+    "report to OUT/report/ (statistics across seeds and corruptions). Axes take comma lists; --seeds and "
+    "--subsample-classes take ranges too (0-4). Every other flag of `hparr reproduce` applies to every cell.")
+
+# grid axes that replace a flag of `hparr reproduce`: dest -> (default, help)
+GRID = {
+    "arch": ("lenet", "architectures, comma list [lenet]"),
+    "dataset": ("digits", "datasets, comma list [digits]"),
+    "noise": ("0", "corruptions, comma list: label-noise ratios in [0, 1], -1 = pixel shuffle [0]"),
+    "subsample_classes": ("0", "class-subset sizes, comma list or ranges (0 = all classes) [0]"),
+}
+# flags of `hparr reproduce` that are not shared cell settings
+_NOT_SHARED = {*GRID, "seed", "out", "help", "no_progress", "json"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    reproduce_cli.add_arguments(p)
+    for action in p._actions:
+        if action.dest in GRID:
+            action.type, action.help = str, GRID[action.dest][1]
+        elif action.dest == "seed":
+            action.help = argparse.SUPPRESS
+        elif action.dest == "out":
+            action.help = "the study folder [runs/study]"
+    p.add_argument("--seeds", type=str, default="0", help="seeds, comma list or ranges, e.g. 0-4 [0]")
+    p.add_argument("--launcher", type=str, default="local",
+                   help="local: a pool of worker processes on this machine; slurm: one SLURM job array through "
+                        "submitit; print: print the `hparr reproduce` command of every cell [local]")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="local worker processes [every core, at most one per cell to run]")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per local worker; jobs x threads <= cores [cores / jobs]")
+    p.add_argument("--dry-run", action="store_true", help="print one line per cell and exit")
+    slurm = p.add_argument_group("SLURM (--launcher slurm)")
+    slurm.add_argument("--partition", type=str, default=None, help="partition of the array's tasks")
+    slurm.add_argument("--gpus-per-task", type=int, default=0, help="GPUs per cell [0]")
+    slurm.add_argument("--cpus-per-task", type=int, default=4, help="CPU cores per cell (its torch threads) [4]")
+    slurm.add_argument("--time", type=int, default=240, help="time limit of a cell, in minutes [240]")
+    slurm.add_argument("--array-parallelism", type=int, default=64, help="cells running at once, at most [64]")
+    p.set_defaults(**{dest: default for dest, (default, _) in GRID.items()}, seed=None, out="runs/study")
+
+
+def shared_flags(args) -> list[str]:
+    """The flags of `hparr reproduce` given to the study that every cell shares, as a command line."""
+    reference = argparse.ArgumentParser(add_help=False)
+    reproduce_cli.add_arguments(reference)
+    argv: list[str] = []
+    for action in reference._actions:
+        if action.dest in _NOT_SHARED or not action.option_strings:
+            continue
+        value = getattr(args, action.dest, action.default)
+        if value == action.default:
+            continue
+        option = next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
+        argv += [option] if action.nargs == 0 else [option, str(value)]
+    return argv
+
+
+def settings_from_args(args):
+    from .. import study
+    from ..errors import UsageError
+
+    if args.seed is not None:
+        raise UsageError("--seed does not apply to a study: use --seeds (e.g. --seeds 0-4)")
+    if args.evaluate or args.evaluate_train:
+        raise UsageError("--evaluate/--evaluate-train do not apply to a study; use `hparr train`")
+    archs = study.parse_names("--arch", args.arch)
+    datasets = study.parse_names("--dataset", args.dataset)
+    seeds = study.parse_ints("--seeds", args.seeds)
+    noises = study.parse_floats("--noise", args.noise)
+    subsets = study.parse_ints("--subsample-classes", args.subsample_classes)
+    # the shared settings: the grid's values are placeholders that each cell replaces
+    base = train_cli.settings_from_args(argparse.Namespace(**{
+        **vars(args), "arch": archs[0], "dataset": datasets[0], "noise": 0.0, "subsample_classes": 0, "seed": 0}))
+    return study.StudySettings(
+        base=base, archs=archs, datasets=datasets, seeds=seeds, noises=noises, subsample_classes=subsets,
+        out=args.out, with_linear=args.with_linear, threshold=args.threshold, level=args.level,
+        launcher=args.launcher, jobs=args.jobs, threads=args.threads,
+        slurm=study.SlurmOptions(partition=args.partition, gpus_per_task=args.gpus_per_task,
+                                 cpus_per_task=args.cpus_per_task, time_min=args.time,
+                                 array_parallelism=args.array_parallelism),
+        flags=shared_flags(args), progress=not args.no_progress)
+
+
+def run(args) -> int:
+    from .. import study
+    from ..report.study import build_study_report
+
+    settings = settings_from_args(args)
+    train_cli.setup_logging()
+    if args.dry_run:
+        for cell, folder, finished in study.plan(settings, study.check(settings)):
+            print(f"{cell.describe():40s} {'finished' if finished else 'to run':8s} {folder}")
+        return 0
+    if settings.launcher == "print":
+        cells = study.check(settings)
+        study.prepare(settings, cells)
+        for cell, _, finished in study.plan(settings, cells):
+            print(("# finished: " if finished else "") + study.command_line(settings, cell))
+        return 0
+
+    from tqdm.auto import tqdm
+
+    show = settings.progress and sys.stderr.isatty()
+    bar = tqdm(total=len(settings.cells()), desc="study", unit="cell", disable=not show, file=sys.stderr,
+               dynamic_ncols=True)
+
+    def on_outcome(outcome, done: int, total: int) -> None:
+        if outcome.status == "skipped":
+            bar.n = bar.initial = done
+            bar.refresh()
+            return
+        bar.update(1)
+        line = f"[{done}/{total}] {outcome.status} {outcome.cell.describe()} ({outcome.seconds:.0f} s)"
+        if outcome.status == "failed":
+            line += f": {outcome.error} (log: {outcome.log})"
+        if show:
+            bar.write(line, file=sys.stderr)
+        elif settings.progress or outcome.status == "failed":
+            print(line, file=sys.stderr, flush=True)
+
+    try:
+        result = study.run_study(settings, on_outcome)
+    finally:
+        bar.close()
+    ran, skipped, failed = result.count("finished"), result.count("skipped"), result.failed
+    print(f"study: {len(result.outcomes)} cells: {ran} finished now, {skipped} already finished, "
+          f"{len(failed)} failed ({result.out})")
+    for outcome in failed:
+        print(f"failed: {outcome.cell.describe()}: {outcome.error}; log: {outcome.log}")
+    if ran + skipped:
+        written = build_study_report(result.out)
+        print(f"report in {written['index.html']}")
+    return 1 if failed else 0

@@ -1,0 +1,210 @@
+"""The study's figures (a)-(d), drawn with matplotlib from the study's tables alone (PNG and PDF)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from .. import null
+from .figures import _RC, _figure, _save
+
+STUDY_FIGURES = ("study_mass_by_condition", "study_mass_by_epoch", "study_bias_vs_criticality",
+                 "study_bias_vs_learning")
+MAX_COLUMNS = 6
+MARKERS = "osD^v<>PX*"
+
+
+def _conditions(part: pd.DataFrame) -> list[tuple[float, str]]:
+    pairs = part[["noise", "condition"]].drop_duplicates()
+    return sorted(((float(n), c) for n, c in pairs.itertuples(index=False)), key=lambda p: (p[0] < 0, p[0]))
+
+
+def _layers(part: pd.DataFrame) -> list[tuple[str, int]]:
+    """(layer, N) in network order."""
+    rows = part[part["trained"]].drop_duplicates("layer").sort_values(["stage", "block"], kind="stable")
+    return [(r["layer"], int(r["N"])) for _, r in rows.iterrows()]
+
+
+def _panels(n: int, ncols: int = MAX_COLUMNS) -> tuple[int, int]:
+    ncols = max(1, min(ncols, n))
+    return math.ceil(n / ncols), ncols
+
+
+def _hide_unused(axes, used: int) -> None:
+    for ax in list(axes.flat)[used:]:
+        ax.set_visible(False)
+
+
+def _settings(table: pd.DataFrame):
+    return table.groupby(["arch", "dataset", "subsample"], sort=False)
+
+
+def _setting_title(key) -> str:
+    arch, dataset, k = key
+    return f"{arch} on {dataset}" + (f" ({k} classes)" if k else "")
+
+
+def plot_mass_by_condition(table: pd.DataFrame, out: Path) -> list[Path]:
+    """(a) per layer, the trained mass against the condition: seeds, their mean and 95% t interval, the
+    mass at initialization and the null band."""
+    import matplotlib
+
+    from .study import t_interval
+
+    panels = [(key, part, layer, n) for key, part in _settings(table) for layer, n in _layers(part)]
+    nrows, ncols = _panels(len(panels))
+    with matplotlib.rc_context(_RC):
+        fig = _figure(3.0 * ncols, 3.1 * nrows + 0.6)
+        axes = fig.subplots(nrows, ncols, squeeze=False)
+        for ax, (key, part, layer, n) in zip(axes.flat, panels):
+            conditions = _conditions(part)
+            ax.axhspan(*null.mass_band(n), color="0.88", label="null 95% band")
+            ax.axhline(0.5, color="0.5", lw=0.8)
+            rows = part[part["trained"] & (part["layer"] == layer)]
+            init = part[(part["epoch"] == 0) & (part["layer"] == layer)]
+            for i, (noise, _) in enumerate(conditions):
+                masses = rows[rows["noise"] == noise].sort_values("seed")["mass"].to_numpy(float)
+                offsets = np.linspace(-0.15, 0.15, len(masses)) if len(masses) > 1 else np.zeros(len(masses))
+                ax.scatter(i + offsets, masses, s=12, color="0.45", zorder=3,
+                           label="seeds" if i == 0 else None)
+                t = t_interval(masses.tolist(), bounds=(0.0, 1.0))
+                err = None if not np.isfinite(t["low"]) else [[t["mean"] - t["low"]], [t["high"] - t["mean"]]]
+                ax.errorbar([i + 0.28], [t["mean"]], yerr=err, fmt="o", color="C0", ms=5, capsize=3, zorder=4,
+                            label="mean, 95% CI" if i == 0 else None)
+                m0 = init[init["noise"] == noise]["mass"].astype(float)
+                if len(m0):
+                    ax.scatter([i + 0.28], [m0.mean()], marker="x", color="k", s=30, zorder=5,
+                               label="at init (mean)" if i == 0 else None)
+            ax.set_xticks(range(len(conditions)), labels=[c for _, c in conditions], rotation=30, ha="right",
+                          rotation_mode="anchor")
+            ax.set_xlim(-0.5, len(conditions) - 0.3)
+            ax.set_ylim(-0.03, 1.03)
+            ax.set_title(f"{_setting_title(key)}\n{layer} (N={n})")
+            ax.set_ylabel("trained mass (share p <= 0)")
+        _hide_unused(axes, len(panels))
+        axes.flat[0].legend(loc="best")
+        fig.suptitle("(a) Trained mass per layer against the condition")
+        return _save(fig, out, "study_mass_by_condition")
+
+
+def plot_mass_by_epoch(table: pd.DataFrame, out: Path) -> list[Path]:
+    """(b) per condition, each layer's mass across epochs: mean over seeds and the seeds' range as a band."""
+    import matplotlib
+
+    panels = [(key, part, noise, label) for key, part in _settings(table) for noise, label in _conditions(part)]
+    nrows, ncols = _panels(len(panels), 4)
+    with matplotlib.rc_context(_RC):
+        fig = _figure(3.8 * ncols, 3.3 * nrows + 0.8)
+        axes = fig.subplots(nrows, ncols, squeeze=False)
+        for ax, (key, part, noise, label) in zip(axes.flat, panels):
+            layers = _layers(part)
+            smallest = min(n for _, n in layers)
+            ax.axhspan(*null.mass_band(smallest), color="0.88", label=f"null 95% band (N={smallest})")
+            ax.axhline(0.5, color="0.5", lw=0.8)
+            sub = part[part["noise"] == noise]
+            for j, (layer, _) in enumerate(layers):
+                by_epoch = sub[sub["layer"] == layer].groupby("epoch")["mass"]
+                epochs = np.array(sorted(by_epoch.groups), dtype=float)
+                mean, lo, hi = (by_epoch.mean().to_numpy(float), by_epoch.min().to_numpy(float),
+                                by_epoch.max().to_numpy(float))
+                ax.fill_between(epochs, lo, hi, color=f"C{j % 10}", alpha=0.18, lw=0)
+                ax.plot(epochs, mean, "o-", color=f"C{j % 10}", ms=3, lw=1.2, label=layer)
+            ax.set_ylim(-0.03, 1.03)
+            ax.set_title(f"{_setting_title(key)}: {label} ({sub['seed'].nunique()} seeds)")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("mass (share p <= 0)")
+        _hide_unused(axes, len(panels))
+        axes.flat[0].legend(loc="best", ncols=2)
+        fig.suptitle("(b) Mass across epochs: mean over seeds (line), range of the seeds (band)")
+        return _save(fig, out, "study_mass_by_epoch")
+
+
+def plot_bias_vs_criticality(table: pd.DataFrame, numbers: Mapping[str, Any], out: Path, threshold: float,
+                             measure_text: str) -> list[Path]:
+    """(c) one point per layer x seed, per condition: trained bias against the drop under re-initialization
+    to epoch 0, with the per-seed and pooled correlations."""
+    import matplotlib
+
+    pooled = {(s["arch"], s["dataset"], s["subsample"], c["noise"]): c["criticality"]
+              for s in numbers["settings"] for c in s["conditions"]}
+    panels = [(key, part, noise, label) for key, part in _settings(table) for noise, label in _conditions(part)]
+    nrows, ncols = _panels(len(panels), 4)
+    with matplotlib.rc_context(_RC):
+        fig = _figure(4.0 * ncols, 3.6 * nrows + 0.8)
+        axes = fig.subplots(nrows, ncols, squeeze=False)
+        for ax, (key, part, noise, label) in zip(axes.flat, panels):
+            k = pooled.get((*key, noise), {})
+            rows = part[part["trained"] & (part["noise"] == noise)]
+            for j, (seed, sub) in enumerate(rows.groupby("seed")):
+                rho = k.get("per_seed", {}).get(int(seed), float("nan"))
+                ax.scatter(sub["bias"].astype(float), sub["drop_reinit_0"].astype(float), s=22, color=f"C{j % 10}",
+                           marker=MARKERS[j % len(MARKERS)], label=f"seed {seed}: rho {rho:.2f}", zorder=3)
+            ax.axhline(threshold, color="0.4", ls="--", lw=1)
+            rho = k.get("rho", float("nan"))
+            if np.isfinite(rho):
+                ci = f" [{k['low']:.2f}, {k['high']:.2f}]" if np.isfinite(k["low"]) else ""
+                stat = f"pooled rho {rho:.2f}{ci}, perm. p {k['p_value']:.2g}"
+            else:
+                stat = f"rho undefined ({k.get('note')})"
+            ax.set_title(f"{_setting_title(key)}: {label}\n{stat}")
+            ax.set_xlabel(f"bias: {measure_text.split(',')[0]}")
+            ax.set_ylabel("drop, re-initialized to epoch 0")
+            ax.grid(alpha=0.3)
+            ax.legend(loc="best", fontsize=7)
+        _hide_unused(axes, len(panels))
+        fig.suptitle(f"(c) Bias against criticality, one point per layer x seed (dashed: critical above "
+                     f"{threshold:g})")
+        return _save(fig, out, "study_bias_vs_criticality")
+
+
+def plot_bias_vs_learning(cells: pd.DataFrame, numbers: Mapping[str, Any], out: Path, measure_text: str) -> list[Path]:
+    """(d) per cell, the share of biased layers and the mean bias against test and train top-1."""
+    import matplotlib
+
+    learning = {s["setting"]: s["learning"] for s in numbers["settings"]}
+    settings = list(dict.fromkeys(cells["setting"]))
+    conditions = sorted({(float(n), c) for n, c in cells[["noise", "condition"]].itertuples(index=False)},
+                        key=lambda p: (p[0] < 0, p[0]))
+    colors = {c: f"C{i % 10}" for i, (_, c) in enumerate(conditions)}
+    with matplotlib.rc_context(_RC):
+        fig = _figure(10.0, 7.6)
+        axes = fig.subplots(2, 2, squeeze=False)
+        for r, (ycol, ylabel) in enumerate((("share_biased", "share of biased layers"),
+                                            ("bias", f"mean bias ({measure_text.split(',')[0]})"))):
+            for c, (xcol, xlabel) in enumerate((("test_top1", "test top-1 %"),
+                                                ("train_top1", "train top-1 % on the cell's own labels"))):
+                ax = axes[r, c]
+                for i, setting in enumerate(settings):
+                    for _, cond in conditions:
+                        sub = cells[(cells["setting"] == setting) & (cells["condition"] == cond)]
+                        if len(sub):
+                            ax.scatter(sub[xcol], sub[ycol], color=colors[cond], marker=MARKERS[i % len(MARKERS)],
+                                       s=28, label=f"{cond}" + (f", {setting}" if len(settings) > 1 else ""))
+                stats_text = []
+                for setting in settings:
+                    s = learning[setting][f"{ycol}_vs_{xcol}"]
+                    ci = f" [{s['low']:.2f}, {s['high']:.2f}]" if np.isfinite(s["low"]) else ""
+                    stats_text.append((f"{setting}: " if len(settings) > 1 else "")
+                                      + (f"rho {s['rho']:.2f}{ci}, p {s['p_value']:.2g}" if np.isfinite(s["rho"])
+                                         else "rho undefined"))
+                ax.set_title("Spearman " + "; ".join(stats_text), fontsize=9)
+                ax.set_xlabel(xlabel)
+                ax.set_ylabel(ylabel)
+                ax.grid(alpha=0.3)
+        axes[0, 0].legend(loc="best", fontsize=7)
+        fig.suptitle("(d) Bias against learning, one point per cell")
+        return _save(fig, out, "study_bias_vs_learning")
+
+
+def draw_all(data, numbers: Mapping[str, Any], out: Path, threshold: float, measure_text: str
+             ) -> tuple[list[str], list[Path]]:
+    """Draw (a)-(d); (names drawn, files written). Figures of an earlier report are replaced."""
+    written = []
+    written += plot_mass_by_condition(data.table, out)
+    written += plot_mass_by_epoch(data.table, out)
+    written += plot_bias_vs_criticality(data.table, numbers, out, threshold, measure_text)
+    written += plot_bias_vs_learning(data.cells, numbers, out, measure_text)
+    return list(STUDY_FIGURES), written

@@ -1,0 +1,544 @@
+"""`hparr study`: a grid of `hparr reproduce` runs (cells) over seeds, label corruptions, architectures, datasets
+and class subsets, run as independent jobs by an existing engine: a local process pool
+(`concurrent.futures`), a SLURM job array (`submitit`), or any other scheduler fed the printed command lines.
+
+Each cell is exactly `reproduce(settings, STUDY/cells/<arch>/<dataset>[_k]/<condition>/seed_<s>)`, so
+`hparr report CELL_DIR` works on each. A cell is finished when its manifest, the files the manifest names and
+its report are there (`results.run_finished`); finished cells are skipped, so a study stopped in any way
+(even `kill -9`) is completed by running the same command again, and no finished file is rewritten.
+This module imports torch only inside the functions that train.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import re
+import shlex
+import shutil
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from . import files, results
+from .errors import HparrError, UsageError, first_line
+from .results import CELLS_DIR
+
+log = logging.getLogger("hparr.study")
+
+LAUNCHERS = ("local", "slurm", "print")
+# a SLURM job array run by submitit's local executor: the submission path of `slurm`, on a machine without SLURM
+HIDDEN_LAUNCHERS = ("submitit-local",)
+CELL_LOG = "cell.log"
+SUBMITIT_DIR = "submitit"
+_STUDY_LOCK, _WORKERS_LOCK = ".study.lock", ".workers.lock"
+# the settings that each cell sets for itself; every other one is shared by the cells of a study
+_PER_CELL = ("arch", "seed", "models_path", "tb_logdir", "resume_from", "progress")
+_PER_CELL_DATA = ("dataset", "noise", "subsample_classes")
+
+
+# --- the grid ------------------------------------------------------------------------------------
+
+def noise_label(noise: float) -> str:
+    """The folder of a corruption: `clean`, `noise_<percent>` (label noise) or `pixel_shuffle` (noise -1)."""
+    if noise == 0:
+        return "clean"
+    if noise < 0:
+        return "pixel_shuffle"
+    return f"noise_{round(noise * 100, 4):g}"
+
+
+def noise_text(noise: float) -> str:
+    """A corruption in words: `clean`, `label noise 50%`, `pixel shuffle`."""
+    if noise == 0:
+        return "clean"
+    return "pixel shuffle" if noise < 0 else f"label noise {round(noise * 100, 4):g}%"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid."""
+
+    arch: str
+    dataset: str
+    seed: int
+    noise: float = 0.0
+    subsample_classes: int = 0
+
+    @property
+    def condition(self) -> str:
+        return noise_label(self.noise)
+
+    @property
+    def data_name(self) -> str:
+        return f"{self.dataset}_{self.subsample_classes}" if self.subsample_classes else self.dataset
+
+    @property
+    def relpath(self) -> Path:
+        """`cells/<arch>/<dataset>[_k]/<condition>/seed_<s>`, below the study folder."""
+        return Path(CELLS_DIR) / self.arch / self.data_name / self.condition / f"seed_{self.seed}"
+
+    def describe(self) -> str:
+        return f"{self.arch} {self.data_name} {self.condition} seed {self.seed}"
+
+
+def _items(flag: str, text: str) -> list[str]:
+    if not text.strip():
+        raise UsageError(f"empty grid: {flag} lists no value")
+    items = [item.strip() for item in text.split(",")]
+    for position, item in enumerate(items, 1):
+        if not item:
+            raise UsageError(f"{flag}: malformed list {text!r}: item {position} is empty")
+    return items
+
+
+def _unique(values: Iterable) -> list:
+    out = []
+    for v in values:
+        if v not in out:
+            out.append(v)
+    return out
+
+
+def parse_names(flag: str, text: str) -> list[str]:
+    """`a,b,c` -> ["a", "b", "c"] (repeats dropped)."""
+    return _unique(_items(flag, text))
+
+
+def parse_ints(flag: str, text: str) -> list[int]:
+    """Comma list of integers >= 0 and ranges: `0-4,7` -> [0, 1, 2, 3, 4, 7] (ranges include both ends)."""
+    out: list[int] = []
+    for item in _items(flag, text):
+        single, span = re.fullmatch(r"\d+", item), re.fullmatch(r"(\d+)\s*-\s*(\d+)", item)
+        if single:
+            out.append(int(item))
+        elif span:
+            lo, hi = int(span.group(1)), int(span.group(2))
+            if hi < lo:
+                raise UsageError(f"{flag}: backwards range {item!r} in {text!r} (write {hi}-{lo})")
+            out.extend(range(lo, hi + 1))
+        else:
+            raise UsageError(f"{flag}: malformed list {text!r}: {item!r} is not an integer >= 0 or a range a-b")
+    return _unique(out)
+
+
+def parse_floats(flag: str, text: str) -> list[float]:
+    """Comma list of numbers: `0,0.5,1,-1` -> [0.0, 0.5, 1.0, -1.0]."""
+    out = []
+    for item in _items(flag, text):
+        try:
+            value = float(item)
+        except ValueError:
+            raise UsageError(f"{flag}: malformed list {text!r}: {item!r} is not a number") from None
+        if not math.isfinite(value):
+            raise UsageError(f"{flag}: malformed list {text!r}: {item!r} is not a finite number")
+        out.append(value + 0.0)  # -0.0 -> 0.0
+    return _unique(out)
+
+
+# --- settings ------------------------------------------------------------------------------------
+
+@dataclass
+class SlurmOptions:
+    """The resources of each array task (`--launcher slurm`)."""
+
+    partition: str | None = None
+    gpus_per_task: int = 0
+    cpus_per_task: int = 4
+    time_min: int = 240
+    array_parallelism: int = 64
+
+
+@dataclass
+class StudySettings:
+    """A study: the grid's axes, the `reproduce` settings every cell shares, and how to run the cells.
+
+    base: a `training.TrainSettings` whose arch, seed, dataset, noise and class subset each cell replaces;
+    flags: the shared `hparr reproduce` flags as a command line (for `print` and the record in study.json);
+    jobs, threads: local worker processes and torch threads each (default: every core, 1 thread each,
+    at most one worker per cell to run); slurm: the resources of each array task.
+    """
+
+    base: Any
+    archs: Sequence[str]
+    datasets: Sequence[str]
+    seeds: Sequence[int]
+    noises: Sequence[float] = (0.0,)
+    subsample_classes: Sequence[int] = (0,)
+    out: str = "runs/study"
+    with_linear: bool = False
+    threshold: float = 0.1
+    level: float = 0.05
+    launcher: str = "local"
+    jobs: int | None = None
+    threads: int | None = None
+    slurm: SlurmOptions = field(default_factory=SlurmOptions)
+    flags: Sequence[str] = ()
+    progress: bool = True
+
+    def cells(self) -> list[Cell]:
+        """The grid, arch by arch, then dataset, class subset, corruption and seed."""
+        return [Cell(a, d, s, n, k) for a in self.archs for d in self.datasets for k in self.subsample_classes
+                for n in self.noises for s in self.seeds]
+
+    def cell_settings(self, cell: Cell):
+        """The `reproduce` settings of one cell."""
+        data = dataclasses.replace(self.base.data, dataset=cell.dataset, noise=cell.noise,
+                                   subsample_classes=cell.subsample_classes)
+        return dataclasses.replace(self.base, arch=cell.arch, seed=cell.seed, data=data, progress=False)
+
+    def shared(self) -> dict[str, Any]:
+        """The settings every cell shares, as recorded in study.json (a rerun must match them)."""
+        out = {k: v for k, v in dataclasses.asdict(self.base).items() if k not in _PER_CELL}
+        out["data"] = {k: v for k, v in out["data"].items() if k not in _PER_CELL_DATA}
+        out.update(with_linear=self.with_linear, threshold=self.threshold, level=self.level)
+        return files.jsonable(out)
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def pool_size(jobs: int | None, threads: int | None, todo: int, cores: int | None = None) -> tuple[int, int]:
+    """(worker processes, torch threads each) of the local launcher, with jobs x threads <= cores."""
+    cores = cores or available_cores()
+    for flag, value in (("--jobs", jobs), ("--threads", threads)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
+    if jobs is None:
+        jobs = max(1, min(cores // (threads or 1), max(todo, 1)))
+    threads = threads or max(1, cores // jobs)
+    if jobs * threads > cores:
+        raise UsageError(f"--jobs {jobs} x --threads {threads} = {jobs * threads} exceeds the {cores} cores "
+                         "of this machine")
+    return jobs, threads
+
+
+def check(settings: StudySettings) -> list[Cell]:
+    """Validate the launcher, the grid, every cell's settings and the study folder before anything is written;
+    returns the grid."""
+    launcher = settings.launcher
+    if launcher not in LAUNCHERS + HIDDEN_LAUNCHERS:
+        raise UsageError(f"unknown launcher {launcher!r}; choose one of: {', '.join(LAUNCHERS)}")
+    for name, axis in (("--arch", settings.archs), ("--dataset", settings.datasets), ("--seeds", settings.seeds),
+                       ("--noise", settings.noises), ("--subsample-classes", settings.subsample_classes)):
+        if not len(axis):
+            raise UsageError(f"empty grid: {name} lists no value")
+    cells = settings.cells()
+    folders: dict[Path, Cell] = {}
+    for cell in cells:
+        settings.cell_settings(cell).validate()
+        other = folders.setdefault(cell.relpath, cell)
+        if other != cell:
+            raise UsageError(f"--noise values {other.noise:g} and {cell.noise:g} share the folder {cell.condition}")
+    if not 0 < settings.threshold < 1:
+        raise UsageError(f"--threshold must be in (0, 1), got {settings.threshold}")
+    check_out(settings)
+    if launcher in ("slurm", "submitit-local"):
+        try:
+            import submitit  # noqa: F401
+        except ImportError:
+            raise HparrError(f"--launcher {launcher} needs submitit, which is not installed: "
+                             "pip install 'hparr[slurm]' (or submitit)") from None
+        for tool in ("sbatch", "srun") if launcher == "slurm" else ():
+            if shutil.which(tool) is None:
+                raise HparrError(f"--launcher slurm: {tool} is not on PATH (no SLURM here); use --launcher local, "
+                                 "or --launcher print for another scheduler")
+    return cells
+
+
+# --- the study folder ----------------------------------------------------------------------------
+
+def check_out(settings: StudySettings) -> Path:
+    """--out: a new or empty folder, or a study of the same shared settings (its finished cells are kept)."""
+    out = Path(settings.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a study folder")
+    if out.is_dir():
+        existing = results.read_study(out)
+        if existing is None and any(out.iterdir()):
+            raise UsageError(f"--out {out} holds files that are not a study (no {results.STUDY_NAME}); "
+                             "choose an empty or new folder")
+        if existing is not None and existing.get("shared") != settings.shared():
+            before, now = existing.get("shared") or {}, settings.shared()
+            diff = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+            raise UsageError(f"--out {out} holds a study with other shared settings ({', '.join(diff)} differ); "
+                             "use another --out")
+    return out
+
+
+def prepare(settings: StudySettings, cells: Sequence[Cell]) -> Path:
+    """Create the study folder, or check that an existing one is a study of the same shared settings, and
+    write study.json (the grid, the shared flags, the launcher, the versions)."""
+    from .provenance import versions
+
+    out = check_out(settings)
+    files.ensure_dir(out)
+    previous = results.read_study(out) or {}
+    known = _unique([*previous.get("cells", []), *(str(c.relpath) for c in cells)])
+    files.write_json(out / results.STUDY_NAME, {
+        "format": results.STUDY_FORMAT,
+        "grid": {"arch": list(settings.archs), "dataset": list(settings.datasets), "seeds": list(settings.seeds),
+                 "noise": list(settings.noises), "subsample_classes": list(settings.subsample_classes)},
+        "flags": list(settings.flags), "shared": settings.shared(), "launcher": settings.launcher,
+        "cells": known, "versions": versions(with_torch="torch" in sys.modules)})
+    return out
+
+
+def cell_dir(settings: StudySettings, cell: Cell) -> Path:
+    return Path(settings.out) / cell.relpath
+
+
+def command_line(settings: StudySettings, cell: Cell) -> str:
+    """The `hparr reproduce` command that runs one cell."""
+    argv = ["hparr", "reproduce", "--arch", cell.arch, "--dataset", cell.dataset, "--seed", str(cell.seed),
+            "--noise", f"{cell.noise:g}", "--subsample-classes", str(cell.subsample_classes),
+            *settings.flags, "--out", str(cell_dir(settings, cell))]
+    return shlex.join(argv)
+
+
+def plan(settings: StudySettings, cells: Sequence[Cell]) -> list[tuple[Cell, Path, bool]]:
+    """(cell, folder, finished) for each cell."""
+    return [(c, cell_dir(settings, c), results.run_finished(cell_dir(settings, c))) for c in cells]
+
+
+# --- one cell ------------------------------------------------------------------------------------
+
+@dataclass
+class CellJob:
+    """What a worker needs to run one cell."""
+
+    cell: Cell
+    settings: Any  # training.TrainSettings
+    out: str
+    log: str
+    with_linear: bool = False
+    threshold: float = 0.1
+    level: float = 0.05
+    threads: int | None = None
+
+
+@dataclass
+class CellOutcome:
+    """status: "finished" (run now), "skipped" (finished before) or "failed" (error: its first line)."""
+
+    cell: Cell
+    status: str
+    log: str
+    error: str | None = None
+    seconds: float = float("nan")
+
+
+@contextlib.contextmanager
+def _only_to(log_path: str) -> Iterator[None]:
+    """The hparr messages (and Python warnings) of the block go to `log_path` alone, not to the console."""
+    logger = logging.getLogger("hparr")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    for handler in saved[0]:
+        if not isinstance(handler, logging.FileHandler):
+            logger.removeHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    logging.captureWarnings(True)
+    warnings_logger = logging.getLogger("py.warnings")
+    warnings_propagate, warnings_logger.propagate = warnings_logger.propagate, False
+    try:
+        with files.log_to(log_path), files.log_to(log_path, "py.warnings"):
+            yield
+    finally:
+        logging.captureWarnings(False)
+        warnings_logger.propagate = warnings_propagate
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        for handler in saved[0]:
+            logger.addHandler(handler)
+        logger.setLevel(saved[1])
+        logger.propagate = saved[2]
+
+
+def run_cell(job: CellJob) -> CellOutcome:
+    """Run one cell (`reproduce` into its folder), its messages to its log file; an error is returned, not
+    raised, so that one failed cell does not stop the others."""
+    import torch
+
+    from . import pipeline
+
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    start = time.perf_counter()
+    with _only_to(job.log):
+        log.info("cell %s: %s", job.cell.describe(), job.out)
+        try:
+            pipeline.reproduce(job.settings, job.out, with_linear=job.with_linear, threshold=job.threshold,
+                               level=job.level)
+        except Exception as exc:  # noqa: BLE001 - recorded as the cell's failure, the study goes on
+            log.error("cell failed: %s\n%s", first_line(exc), traceback.format_exc())
+            return CellOutcome(job.cell, "failed", job.log, first_line(exc), time.perf_counter() - start)
+        log.info("cell finished in %.1f s", time.perf_counter() - start)
+    return CellOutcome(job.cell, "finished", job.log, None, time.perf_counter() - start)
+
+
+def _jobs(settings: StudySettings, cells: Sequence[Cell], threads: int | None) -> list[CellJob]:
+    return [CellJob(cell=c, settings=settings.cell_settings(c), out=str(cell_dir(settings, c)),
+                    log=str(cell_dir(settings, c) / CELL_LOG), with_linear=settings.with_linear,
+                    threshold=settings.threshold, level=settings.level, threads=threads) for c in cells]
+
+
+# --- the local launcher: a pool of worker processes -----------------------------------------------
+
+_held: list = []  # the locks a worker process holds while it lives
+
+def _init_worker(threads: int, workers_lock: str, parent: int) -> None:
+    """Each worker: torch threads, decoded datasets kept for its later cells, a shared lock held while it
+    lives, and an exit as soon as the study process is gone (so a killed study leaves no cell running)."""
+    import torch
+
+    from . import data
+
+    torch.set_num_threads(threads)
+    data.keep_decoded(True)
+    _held.append(files.flock(workers_lock, shared=True))  # held for the life of the process
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="hparr-parent-watch").start()
+
+
+def _local(settings: StudySettings, jobs: list[CellJob], processes: int, threads: int) -> Iterator[CellOutcome]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    out = Path(settings.out)
+    workers_lock = out / _WORKERS_LOCK
+    waited = files.flock(workers_lock, wait=False)  # the workers of a killed earlier run exit within a second
+    if waited is None:
+        log.info("waiting for the workers of an earlier run of this study to exit")
+        waited = files.flock(workers_lock)
+    waited.close()
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_init_worker,
+                               initargs=(threads, str(workers_lock), os.getpid()))
+    try:
+        futures = {pool.submit(run_cell, job): job for job in jobs}
+        for future in as_completed(futures):
+            job = futures[future]
+            try:
+                outcome = future.result()
+            except Exception as exc:  # noqa: BLE001 - a worker process died (killed, out of memory)
+                outcome = CellOutcome(job.cell, "failed", job.log, f"the worker process died: {first_line(exc)}")
+            yield outcome
+    except BaseException:  # interrupted: start no other cell (the running ones end with this process)
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
+# --- the SLURM launcher: a job array through submitit ---------------------------------------------
+
+def make_executor(settings: StudySettings, cluster: str):
+    """The submitit executor of a study: SLURM ("slurm") or submitit's local executor ("local"), one task per
+    cell, with the resources of `settings.slurm`; its files go to STUDY/submitit/<job id>/."""
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=Path(settings.out) / SUBMITIT_DIR / "%j", cluster=cluster)
+    s = settings.slurm
+    params: dict[str, Any] = dict(name="hparr-study", timeout_min=s.time_min, nodes=1, tasks_per_node=1,
+                                  cpus_per_task=s.cpus_per_task, slurm_array_parallelism=s.array_parallelism)
+    if s.partition:
+        params["slurm_partition"] = s.partition
+    if s.gpus_per_task:
+        params["slurm_gpus_per_task"] = s.gpus_per_task
+    executor.update_parameters(**params)
+    return executor
+
+
+def _submitit(settings: StudySettings, jobs: list[CellJob], cluster: str) -> Iterator[CellOutcome]:
+    from submitit.helpers import as_completed
+
+    executor = make_executor(settings, cluster)
+    submitted = executor.map_array(run_cell, jobs)
+    ids = sorted({str(j.job_id).split("_")[0] for j in submitted})
+    log.info("submitted %d cell(s) as job array %s (%s)", len(submitted), ", ".join(ids), cluster)
+    by_job = {id(j): job for j, job in zip(submitted, jobs)}
+    for done in as_completed(submitted, poll_frequency=2 if cluster == "local" else 30):
+        job = by_job[id(done)]
+        try:
+            yield done.result()
+        except Exception as exc:  # noqa: BLE001 - the task died (time limit, node failure, cancelled)
+            yield CellOutcome(job.cell, "failed", job.log,
+                              f"the array task {done.job_id} failed: {first_line(exc)} (see {done.paths.stderr})")
+
+
+# --- the study -----------------------------------------------------------------------------------
+
+@dataclass
+class StudyResult:
+    out: Path
+    outcomes: list[CellOutcome]
+
+    @property
+    def failed(self) -> list[CellOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+
+def run_study(settings: StudySettings, on_outcome: Callable[[CellOutcome, int, int], None] | None = None
+              ) -> StudyResult:
+    """Run every cell of the grid that is not finished yet with the chosen launcher (not `print`), calling
+    `on_outcome(outcome, done, total)` as cells end; a failed cell is recorded and the others go on."""
+    if settings.launcher == "print":
+        raise UsageError("--launcher print prints the cells' commands; it runs nothing")
+    cells = check(settings)
+    out = prepare(settings, cells)
+    lock = files.flock(out / _STUDY_LOCK, wait=False)
+    if lock is None:
+        raise HparrError(f"another `hparr study` is running in {out}")
+    try:
+        outcomes: list[CellOutcome] = []
+        todo = []
+        for cell, folder, finished in plan(settings, cells):
+            if finished:
+                outcomes.append(CellOutcome(cell, "skipped", str(folder / CELL_LOG)))
+            else:
+                todo.append(cell)
+        done, total = len(outcomes), len(cells)
+        if on_outcome is not None:
+            for o in outcomes:
+                on_outcome(o, done, total)
+        if not todo:
+            return StudyResult(out, outcomes)
+        if settings.launcher == "local":
+            processes, threads = pool_size(settings.jobs, settings.threads, len(todo))
+            log.info("%d cell(s) to run, %d finished; %d worker(s) x %d thread(s)", len(todo), done, processes,
+                     threads)
+            stream = _local(settings, _jobs(settings, todo, threads), processes, threads)
+        else:
+            cluster = "slurm" if settings.launcher == "slurm" else "local"
+            threads = settings.slurm.cpus_per_task if cluster == "slurm" else \
+                max(1, available_cores() // len(todo))
+            stream = _submitit(settings, _jobs(settings, todo, threads), cluster)
+        for outcome in stream:
+            outcomes.append(outcome)
+            done += 1
+            if on_outcome is not None:
+                on_outcome(outcome, done, total)
+        order = {c: i for i, c in enumerate(cells)}
+        outcomes.sort(key=lambda o: order[o.cell])
+        return StudyResult(out, outcomes)
+    finally:
+        lock.close()

@@ -1,0 +1,325 @@
+"""`hparr study`: the grid, the statistics against numbers computed by hand on a small synthetic study written as
+result files, the report, and the launchers end to end (a local pool killed with kill -9 then resumed, and a
+SLURM job array run by submitit's local executor)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hparr import files, results, study
+from hparr.cli import main
+from hparr.errors import UsageError
+from hparr.report import study as study_report
+
+T975_1 = 12.706204736174705  # Student t, 97.5% quantile, 1 degree of freedom (from the table)
+Z975 = 1.959963984540054
+
+LAYERS = ["a", "b", "c"]
+# (noise, seed) -> trained masses (epoch 2) of layers a, b, c; every layer has mass 0.5 at epoch 0
+MASSES = {(0.0, 0): [0.75, 1.0, 0.5], (0.0, 1): [0.5, 0.75, 0.875],
+          (0.5, 0): [0.5, 0.5, 0.75], (0.5, 1): [0.75, 0.75, 0.75]}
+# (noise, seed) -> relative top-1 drop of a, b, c re-initialized to epoch 0
+DROPS = {(0.0, 0): [0.2, 0.6, 0.0], (0.0, 1): [0.1, 0.0, 0.3],
+         (0.5, 0): [0.1, 0.2, 0.3], (0.5, 1): [0.0, 0.0, 0.0]}
+TOP1 = {(0.0, 0): (90.0, 95.0), (0.0, 1): (80.0, 85.0), (0.5, 0): (40.0, 60.0), (0.5, 1): (30.0, 70.0)}
+
+
+def projection_doc(seed: int, epoch: int, masses: list[float], folder: Path) -> dict:
+    doc = {"format": results.PROJECTIONS_FORMAT, "arch": "lenet", "dataset": "digits", "seed": str(seed),
+           "epoch": str(epoch), "stem": f"lenet_{epoch}", "source": str(folder / f"lenet_{epoch}.pt"),
+           "normalize": True, "level": 0.05, "correction": "holm", "with_linear": False, "include_1x1": False,
+           "init_from": str(folder / "lenet_init_0.pt"), "num_classes": 10}
+    doc["0"] = {str(i): {"name": name, "kind": "conv", "N": 4, "d": 9, "mass": m, "mean": 0.5 - m, "std": 0.1,
+                         "projections": [0.1, -0.1, 0.2, -0.2], "p_value": 0.01 if abs(m - 0.5) >= 0.25 else 0.9,
+                         "p_adjusted": 0.03 if abs(m - 0.5) >= 0.25 else 1.0, "biased": abs(m - 0.5) >= 0.25,
+                         "l2_dist": 0.1 * epoch} for i, (name, m) in enumerate(zip(LAYERS, masses))}
+    doc["net"] = {"projections": [], "mean": 0.0, "mass": float(np.mean(masses)), "N": 12}
+    return doc
+
+
+def write_cell(root: Path, noise: float, seed: int) -> Path:
+    cell = root / study.Cell("lenet", "digits", seed, noise).relpath
+    proj = cell / "results" / "digits" / "lenet" / str(seed)
+    models = cell / "models" / "digits" / "lenet" / str(seed)
+    files.write_json(proj / "lenet_init_0.json", projection_doc(seed, 0, [0.5] * 3, models))
+    files.write_json(proj / "lenet_2.json", projection_doc(seed, 2, MASSES[noise, seed], models))
+    drops = DROPS[noise, seed]
+    reinit = cell / "results" / "reinit" / "digits" / "lenet" / str(seed) / "reinit_lenet_2.json"
+    files.write_json(reinit, {
+        "format": results.REINIT_FORMAT, "arch": "lenet", "dataset": "digits", "seed": str(seed), "epoch": "2",
+        "top1_test": TOP1[noise, seed][0], "layers": LAYERS, "load_from": str(models / "lenet_2.pt"),
+        "init_from_epoch": {"0": [TOP1[noise, seed][0] * (1 - d) for d in drops], "rand": [10.0] * 3},
+        "relative_drop": {"0": drops, "rand": [1 - 10.0 / TOP1[noise, seed][0]] * 3}})
+    files.write_json(cell / results.MANIFEST_NAME, {
+        **results.manifest(cell, proj, reinit, [0, 2], models=str(models)),
+        "final": {"test": {"top1": TOP1[noise, seed][0]}, "train": {"top1": TOP1[noise, seed][1]}},
+        "settings": {"arch": "lenet", "seed": seed, "data": {"dataset": "digits", "noise": noise,
+                                                             "subsample_classes": 0}}})
+    for name in ("report.json", "summary.md", "index.html"):
+        files.write_text(cell / "report" / name, "{}")
+    return cell
+
+
+@pytest.fixture
+def synthetic(tmp_path):
+    root = tmp_path / "study"
+    cells = [write_cell(root, noise, seed) for noise in (0.0, 0.5) for seed in (0, 1)]
+    files.write_json(root / results.STUDY_NAME, {
+        "format": results.STUDY_FORMAT, "grid": {"seeds": [0, 1, 2], "noise": [0.0, 0.5]},
+        "cells": [str(c.relative_to(root)) for c in cells] + ["cells/lenet/digits/clean/seed_2"]})
+    return root
+
+
+# --- the grid ------------------------------------------------------------------------------------
+
+def test_grid_axes_take_lists_and_ranges():
+    assert study.parse_ints("--seeds", "0-2,5,1") == [0, 1, 2, 5]
+    assert study.parse_floats("--noise", "0, 0.5,1,-1,-0") == [0.0, 0.5, 1.0, -1.0]
+    assert study.parse_names("--arch", "lenet,vgg11,lenet") == ["lenet", "vgg11"]
+    assert [study.noise_label(n) for n in (0.0, 0.5, 1.0, -1.0, 0.125)] == [
+        "clean", "noise_50", "noise_100", "pixel_shuffle", "noise_12.5"]
+    assert str(study.Cell("vgg11", "cifar10", 3, -1.0, 5).relpath) == "cells/vgg11/cifar10_5/pixel_shuffle/seed_3"
+    with pytest.raises(UsageError, match="backwards range '3-1'"):
+        study.parse_ints("--seeds", "0,3-1")
+    with pytest.raises(UsageError, match="item 2 is empty"):
+        study.parse_floats("--noise", "0,,x")
+
+
+def test_pool_splits_the_cores():
+    assert study.pool_size(None, None, todo=8, cores=2) == (2, 1)
+    assert study.pool_size(None, None, todo=1, cores=4) == (1, 4)
+    assert study.pool_size(1, None, todo=8, cores=2) == (1, 2)
+    assert study.pool_size(None, 2, todo=8, cores=4) == (2, 2)
+    with pytest.raises(UsageError, match="exceeds the 2 cores"):
+        study.pool_size(2, 2, todo=8, cores=2)
+
+
+def test_the_print_launcher_prints_a_reproduce_command_per_cell(tmp_path, capsys):
+    out = tmp_path / "s"
+    assert main(["study", "--seeds", "0-1", "--noise", "0,-1", "--epochs", "2", "--lr", "0.02", "--tb-logdir", "",
+                 "--launcher", "print", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (f"hparr reproduce --arch lenet --dataset digits --seed 0 --noise 0 --subsample-classes 0 "
+                        f"--epochs 2 --lr 0.02 --tb-logdir '' --out {out}/cells/lenet/digits/clean/seed_0")
+    assert len(lines) == 4 and lines[3].endswith("--out " + str(out / "cells/lenet/digits/pixel_shuffle/seed_1"))
+    recorded = json.loads((out / "study.json").read_text())
+    assert recorded["format"] == "hparr-study-1" and recorded["flags"] == ["--epochs", "2", "--lr", "0.02",
+                                                                           "--tb-logdir", ""]
+    assert recorded["shared"]["epochs"] == 2 and recorded["grid"]["noise"] == [0.0, -1.0]
+    # the same study again is fine; other shared flags are refused before anything is written
+    assert main(["study", "--seeds", "2", "--epochs", "2", "--lr", "0.02", "--tb-logdir", "", "--launcher", "print",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["study", "--epochs", "3", "--lr", "0.02", "--tb-logdir", "", "--dry-run", "--out", str(out)]) == 2
+    assert "other shared settings (epochs differ)" in capsys.readouterr().err
+    assert len(json.loads((out / "study.json").read_text())["cells"]) == 5
+
+
+def test_slurm_array_resources(tmp_path, monkeypatch):
+    pytest.importorskip("submitit")
+    from hparr.training import TrainSettings
+
+    bin_dir = tmp_path / "bin"  # submitit's SLURM executor wants srun on PATH
+    files.write_text(bin_dir / "srun", "#!/bin/sh\nexit 0\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    settings = study.StudySettings(base=TrainSettings("lenet"), archs=["lenet"], datasets=["digits"], seeds=[0],
+                                   out=str(tmp_path / "s"), slurm=study.SlurmOptions(
+                                       partition="gpu", gpus_per_task=1, cpus_per_task=8, time_min=30,
+                                       array_parallelism=4))
+    executor = study.make_executor(settings, "slurm")
+    assert executor.cluster == "slurm"
+    assert executor._executor.parameters == {
+        "job_name": "hparr-study", "time": 30, "nodes": 1, "ntasks_per_node": 1, "cpus_per_task": 8,
+        "array_parallelism": 4, "partition": "gpu", "gpus_per_task": 1}
+
+
+# --- statistics against numbers computed by hand --------------------------------------------------
+
+def test_t_interval_and_spearman_across_cells_by_hand():
+    t = study_report.t_interval([1.0, 2.0, 4.0])
+    sd = math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2)
+    half = 4.302652729749464 * sd / math.sqrt(3)  # t(0.975, 2)
+    assert t["mean"] == pytest.approx(7 / 3) and t["low"] == pytest.approx(7 / 3 - half)
+    assert t["high"] == pytest.approx(7 / 3 + half)
+    assert study_report.t_interval([0.2, 0.9], bounds=(0, 1))["high"] == 1.0
+    assert math.isnan(study_report.t_interval([3.0])["low"])
+
+    # ranks x: 1, 2, 3, 4, 5; y: 2, 1, 4, 3, 5 -> rho = 1 - 6 * 4 / (5 * 24) = 0.8
+    r = study_report.spearman_across([1, 2, 3, 4, 5], [20, 10, 40, 30, 50])
+    assert r["rho"] == pytest.approx(0.8)
+    se = math.sqrt(1.06 / 2)
+    assert r["low"] == pytest.approx(math.tanh(math.atanh(0.8) - Z975 * se))
+    assert r["high"] == pytest.approx(math.tanh(math.atanh(0.8) + Z975 * se))
+
+
+def test_pooled_spearman_bootstrap_over_seeds_and_exact_permutation_p():
+    # seed 0: the drops rank exactly as the bias (rho 1); seed 1: one swap (rho 1 - 6 * 2 / 24 = 0.5)
+    k = study_report.pooled_spearman({0: ([0.25, 0.5, 0.0], [0.2, 0.6, 0.0]), 1: ([0.0, 0.25, 0.375], [0.1, 0.0, 0.3])})
+    assert k["per_seed"] == {0: pytest.approx(1.0), 1: pytest.approx(0.5)}
+    assert k["rho"] == pytest.approx(0.75)
+    # resampling 2 seeds: the mean is 1 (1/4), 0.75 (1/2) or 0.5 (1/4): the 2.5% and 97.5% points are 0.5 and 1
+    assert (k["low"], k["high"]) == (pytest.approx(0.5), pytest.approx(1.0))
+    # shuffling 3 layers gives rho 1, 0.5, 0.5, -0.5, -0.5, -1: of the 36 pairs, 5 reach a mean >= 0.75, 36 <= 0.75
+    assert k["exact"] and k["p_value"] == pytest.approx(2 * 5 / 36)
+    assert k["n_seeds"] == 2 and k["n_layers"] == 3
+
+
+def test_pooled_spearman_leaves_out_constant_seeds_and_missing_layers():
+    k = study_report.pooled_spearman({0: ([0.0, 0.0, 0.25, 0.4], [0.1, 0.2, 0.3, np.nan]),
+                                      1: ([0.25] * 4, [0.0, 0.0, 0.0, 0.0])})
+    # layer 4 has no drop in seed 0: 3 layers; seed 1 has a constant drop: no rho; seed 0 with a tie in the bias:
+    # centred ranks (-0.5, -0.5, 1) and (-1, 0, 1) give 1.5 / sqrt(1.5 * 2) = sqrt(3) / 2
+    assert k["n_layers"] == 3 and k["n_seeds"] == 1 and math.isnan(k["per_seed"][1])
+    assert k["rho"] == pytest.approx(math.sqrt(3) / 2) and math.isnan(k["low"])
+    # shuffles of 3 drops: rho sqrt(3)/2 twice, 0 twice, -sqrt(3)/2 twice: p = 2 * 2/6
+    assert k["p_value"] == pytest.approx(2 / 3)
+
+
+def test_study_table_and_claims_from_result_files(synthetic):
+    data = study_report.load_study(synthetic)
+    table = data.table
+    assert list(table.columns) == study_report.COLUMNS
+    assert len(table) == 4 * 2 * 3  # cells x snapshot epochs x layers
+    assert data.missing == ["cells/lenet/digits/clean/seed_2"]
+    row = table[(table["cell"] == "cells/lenet/digits/clean/seed_0") & (table["epoch"] == 2) &
+                (table["layer"] == "b")].iloc[0]
+    assert (row["mass"], row["bias"], row["drop_reinit_0"], row["test_top1"], row["train_top1"]) == (
+        1.0, 0.5, 0.6, 90.0, 95.0)
+    assert row["drop_rand"] == pytest.approx(1 - 10 / 90) and row["mass_init"] == 0.5 and bool(row["biased"])
+    assert row["condition"] == "clean" and row["trained"] and row["N"] == 4
+
+    numbers = study_report.claims(data)
+    (setting,) = numbers["settings"]
+    clean, noisy = setting["conditions"]
+    assert clean["criticality"]["rho"] == pytest.approx(0.75)
+    assert clean["criticality"]["p_value"] == pytest.approx(10 / 36)
+    # claim 1: mean |mass - 0.5| over layers, trained minus init (0): seed 0 0.25, seed 1 0.625/3
+    e = clean["emergence"]
+    diffs = [0.25, 0.625 / 3]
+    half = T975_1 * (abs(diffs[0] - diffs[1]) / math.sqrt(2)) / math.sqrt(2)
+    assert e["mean"] == pytest.approx(np.mean(diffs))
+    assert (e["low"], e["high"]) == (pytest.approx(np.mean(diffs) - half), pytest.approx(np.mean(diffs) + half))
+    assert clean["share_biased"]["mean"] == pytest.approx((2 / 3 + 2 / 3) / 2)
+    # claim 2: label noise minus clean, paired by seed
+    v = noisy["vs_clean"]["bias"]
+    diffs = [0.25 / 3 - 0.25, 0.25 - 0.625 / 3]
+    half = T975_1 * (abs(diffs[0] - diffs[1]) / math.sqrt(2)) / math.sqrt(2)
+    assert v["mean"] == pytest.approx(np.mean(diffs)) and v["low"] == pytest.approx(np.mean(diffs) - half)
+    assert v["seeds"] == [0, 1]
+    assert noisy["criticality"]["rho"] == pytest.approx(math.sqrt(3) / 2)  # seed 1's drops are constant
+    # bias against learning across the 4 cells: bias (0.25, 0.625/3, 0.25/3, 0.25) ranks (3.5, 2, 1, 3.5);
+    # test top-1 (90, 80, 40, 30) ranks (4, 3, 2, 1): rho = 0.5 / sqrt(4.5 * 5)
+    learn = setting["learning"]["bias_vs_test_top1"]
+    assert learn["rho"] == pytest.approx(0.5 / math.sqrt(22.5)) and learn["n"] == 4
+    se = math.sqrt(1.06 / 1)
+    assert learn["low"] == pytest.approx(math.tanh(math.atanh(learn["rho"]) - Z975 * se))
+
+
+def test_the_study_report_is_drawn_without_torch(synthetic):
+    code = ("import sys; from hparr.report.study import build_study_report; "
+            f"w = build_study_report({str(synthetic)!r}); assert 'torch' not in sys.modules; print(sorted(w))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    report = synthetic / "report"
+    for name in ("study_mass_by_condition", "study_mass_by_epoch", "study_bias_vs_criticality",
+                 "study_bias_vs_learning"):
+        assert (report / f"{name}.png").stat().st_size > 10_000 and (report / f"{name}.pdf").is_file()
+    table = pd.read_csv(report / "study.csv")
+    assert len(table) == 24 and pd.read_parquet(report / "study.parquet").shape == table.shape
+    summary = (report / "summary.md").read_text()
+    assert "pooled Spearman rho = 0.75 [0.50, 1.00] over 2 seeds x 3 layers, permutation p = 0.278 (exact)" in summary
+    assert "**not supported by this data**" in summary
+    assert "Not finished (1): cells/lenet/digits/clean/seed_2" in summary
+    stats = json.loads((report / "statistics.json").read_text())
+    assert stats["settings"][0]["conditions"][0]["criticality"]["rho"] == pytest.approx(0.75)
+    assert "<strong>not supported by this data</strong>" in (report / "index.html").read_text()
+
+
+def test_hparr_report_recognizes_a_study(synthetic, tmp_path, capsys, monkeypatch):
+    import hparr.report.study_figures as figures
+
+    monkeypatch.setattr(figures, "draw_all", lambda *args: ([], []))  # figures are tested above
+    assert main(["report", str(synthetic), "--out", str(tmp_path / "r")]) == 0
+    assert "statistics.json" in capsys.readouterr().out
+    assert (tmp_path / "r" / "study.csv").is_file()
+
+
+# --- end to end ----------------------------------------------------------------------------------
+
+TINY = ["--epochs", "1", "--snapshot-every", "1", "--snapshot-all-until", "0", "--lr", "0.02", "--tb-logdir", "",
+        "--batch-size", "256"]
+
+
+def fingerprint(folder: Path) -> dict[str, tuple[int, str]]:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_kill_9_mid_study_then_a_rerun_completes_it_and_keeps_finished_cells(tmp_path):
+    out = tmp_path / "s"
+    argv = [sys.executable, "-m", "hparr", "study", "--seeds", "0-1", "--noise", "0,1", *TINY, "--out", str(out)]
+    first = out / "cells/lenet/digits/clean/seed_0"
+    second = out / "cells/lenet/digits/clean/seed_1"
+    proc = subprocess.Popen([*argv, "--jobs", "1", "--threads", "1"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 900
+        # kill once the first cell is finished and the second has begun training
+        while not (results.run_finished(first) and (second / "models/digits/lenet/1/lenet_init_0.pt").exists()):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not results.run_finished(second)
+    before = fingerprint(first)
+    rerun = subprocess.run([*argv, "--jobs", "2"], capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "study: 4 cells: 3 finished now, 1 already finished, 0 failed" in rerun.stdout
+    assert fingerprint(first) == before  # the finished cell was skipped, not rewritten
+    for cell in ("clean/seed_1", "noise_100/seed_0", "noise_100/seed_1"):
+        assert results.run_finished(out / "cells/lenet/digits" / cell)
+    # the interrupted cell resumed from its snapshots rather than starting again
+    assert "resumed from" in (second / "cell.log").read_text()
+    manifest = results.read_manifest(out / "cells/lenet/digits/noise_100/seed_0")
+    assert manifest["settings"]["data"]["noise"] == 1.0 and 0 <= manifest["final"]["train"]["top1"] <= 100
+    table = pd.read_csv(out / "report" / "study.csv")
+    assert table["cell"].nunique() == 4 and set(table["condition"]) == {"clean", "noise 100%"}
+
+
+def test_a_submitit_job_array_runs_the_cells_and_a_failed_cell_is_reported(tmp_path, capsys):
+    pytest.importorskip("submitit")
+    out = tmp_path / "s"
+    argv = ["study", "--seeds", "0-1", *TINY, "--no-progress", "--out", str(out)]
+    assert main([*argv, "--launcher", "print"]) == 0  # writes study.json, runs nothing
+    blocked = out / "cells/lenet/digits/clean/seed_1"
+    files.ensure_dir(blocked)
+    (blocked / "models").write_text("a file where the snapshots should go")
+    capsys.readouterr()
+    assert main([*argv, "--launcher", "submitit-local"]) == 1
+    captured = capsys.readouterr()
+    assert "study: 2 cells: 1 finished now, 0 already finished, 1 failed" in captured.out
+    log = blocked / "cell.log"
+    assert (f"failed: lenet digits clean seed 1: cannot create output directory {blocked / 'models'}"
+            in captured.out) and f"log: {log}" in captured.out
+    assert "Traceback" in log.read_text() and "Traceback" not in captured.err
+    assert results.run_finished(out / "cells/lenet/digits/clean/seed_0")
+    assert any((out / "submitit").rglob("*_submitted.pkl"))  # went through submitit's job array
+    summary = (out / "report" / "summary.md").read_text()
+    assert "Study: 1 finished cells" in summary and "cells/lenet/digits/clean/seed_1" in summary
