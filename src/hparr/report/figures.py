@@ -218,7 +218,10 @@ def save_heatmap(document: Mapping[str, Any], png: str | os.PathLike | None = No
     vmax = max(1.0, float(finite.max())) if finite.size else 1.0
     image = ax.imshow(values, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
     ax.set_xticks(range(len(layers)), labels=layers, rotation=45, ha="right", rotation_mode="anchor")
-    ax.set_yticks(range(len(frame)), labels=[alternative_label(r) for r in frame.index])
+    trials = document.get("rand_trials")
+    k = trials.get("k") if isinstance(trials, Mapping) else None
+    ax.set_yticks(range(len(frame)), labels=[alternative_label(r) + (f" (mean of {k})" if k and r == "rand" else "")
+                                            for r in frame.index])
     ax.set_xlabel("layer")
     ax.set_ylabel("re-initialized from")
     for (i, j), v in np.ndenumerate(values):
