@@ -145,6 +145,17 @@ def test_slurm_array_resources(tmp_path, monkeypatch):
         "array_parallelism": 4, "partition": "gpu", "gpus_per_task": 1}
 
 
+def test_a_cell_whose_folder_cannot_be_made_fails_with_the_reason(tmp_path):
+    from hparr.training import TrainSettings
+
+    files.write_text(tmp_path / "a_file", "not a directory")
+    out = tmp_path / "a_file" / "cell"
+    job = study.CellJob(cell=study.Cell("lenet", "digits", 0), settings=TrainSettings("lenet"), out=str(out),
+                        log=str(out / "cell.log"))
+    outcome = study.run_cell(job)
+    assert outcome.status == "failed" and outcome.error.startswith(f"cannot create output directory {out}")
+
+
 # --- statistics against numbers computed by hand --------------------------------------------------
 
 def test_t_interval_and_spearman_across_cells_by_hand():

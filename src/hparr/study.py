@@ -375,16 +375,20 @@ def run_cell(job: CellJob) -> CellOutcome:
     if job.threads:
         torch.set_num_threads(job.threads)
     start = time.perf_counter()
-    with _only_to(job.log):
-        log.info("cell %s: %s", job.cell.describe(), job.out)
-        try:
-            pipeline.reproduce(job.settings, job.out, with_linear=job.with_linear, threshold=job.threshold,
-                               level=job.level)
-        except Exception as exc:  # noqa: BLE001 - recorded as the cell's failure, the study goes on
-            log.error("cell failed: %s\n%s", first_line(exc), traceback.format_exc())
-            return CellOutcome(job.cell, "failed", job.log, first_line(exc), time.perf_counter() - start)
-        log.info("cell finished in %.1f s", time.perf_counter() - start)
-    return CellOutcome(job.cell, "finished", job.log, None, time.perf_counter() - start)
+    error = None
+    try:
+        with _only_to(job.log):
+            log.info("cell %s: %s", job.cell.describe(), job.out)
+            try:
+                pipeline.reproduce(job.settings, job.out, with_linear=job.with_linear, threshold=job.threshold,
+                                   level=job.level)
+                log.info("cell finished in %.1f s", time.perf_counter() - start)
+            except Exception as exc:  # noqa: BLE001 - recorded as the cell's failure, the study goes on
+                error = first_line(exc)
+                log.error("cell failed: %s\n%s", error, traceback.format_exc())
+    except HparrError as exc:  # the cell's folder or log cannot be written
+        error = first_line(exc)
+    return CellOutcome(job.cell, "failed" if error else "finished", job.log, error, time.perf_counter() - start)
 
 
 def _jobs(settings: StudySettings, cells: Sequence[Cell], threads: int | None) -> list[CellJob]:
@@ -396,6 +400,7 @@ def _jobs(settings: StudySettings, cells: Sequence[Cell], threads: int | None) -
 # --- the local launcher: a pool of worker processes -----------------------------------------------
 
 _held: list = []  # the locks a worker process holds while it lives
+
 
 def _init_worker(threads: int, workers_lock: str, parent: int) -> None:
     """Each worker: torch threads, decoded datasets kept for its later cells, a shared lock held while it
@@ -419,6 +424,7 @@ def _init_worker(threads: int, workers_lock: str, parent: int) -> None:
 def _local(settings: StudySettings, jobs: list[CellJob], processes: int, threads: int) -> Iterator[CellOutcome]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
     out = Path(settings.out)
     workers_lock = out / _WORKERS_LOCK
@@ -436,8 +442,10 @@ def _local(settings: StudySettings, jobs: list[CellJob], processes: int, threads
             job = futures[future]
             try:
                 outcome = future.result()
-            except Exception as exc:  # noqa: BLE001 - a worker process died (killed, out of memory)
+            except BrokenProcessPool as exc:  # a worker process died (killed, out of memory)
                 outcome = CellOutcome(job.cell, "failed", job.log, f"the worker process died: {first_line(exc)}")
+            except Exception as exc:  # noqa: BLE001 - anything else the worker raised
+                outcome = CellOutcome(job.cell, "failed", job.log, first_line(exc))
             yield outcome
     except BaseException:  # interrupted: start no other cell (the running ones end with this process)
         pool.shutdown(wait=False, cancel_futures=True)
