@@ -1,6 +1,7 @@
 """The study's figures (a)-(d), drawn with matplotlib from the study's tables alone (PNG and PDF)."""
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import Any, Mapping
@@ -36,6 +37,19 @@ def _panels(n: int, ncols: int = MAX_COLUMNS) -> tuple[int, int]:
 def _hide_unused(axes, used: int) -> None:
     for ax in list(axes.flat)[used:]:
         ax.set_visible(False)
+
+
+@contextlib.contextmanager
+def _condition_panels(table: pd.DataFrame, width: float, height: float):
+    """A figure with one panel per setting x condition, inside the report's style: yields (fig, axes, panels),
+    panels being (setting key, the setting's rows, noise, condition label)."""
+    import matplotlib
+
+    panels = [(key, part, noise, label) for key, part in _settings(table) for noise, label in _conditions(part)]
+    nrows, ncols = _panels(len(panels), 4)
+    with matplotlib.rc_context(_RC):
+        fig = _figure(width * ncols, height * nrows + 0.8)
+        yield fig, fig.subplots(nrows, ncols, squeeze=False), panels
 
 
 def _settings(table: pd.DataFrame):
@@ -92,13 +106,7 @@ def plot_mass_by_condition(table: pd.DataFrame, out: Path) -> list[Path]:
 
 def plot_mass_by_epoch(table: pd.DataFrame, out: Path) -> list[Path]:
     """(b) per condition, each layer's mass across epochs: mean over seeds and the seeds' range as a band."""
-    import matplotlib
-
-    panels = [(key, part, noise, label) for key, part in _settings(table) for noise, label in _conditions(part)]
-    nrows, ncols = _panels(len(panels), 4)
-    with matplotlib.rc_context(_RC):
-        fig = _figure(3.8 * ncols, 3.3 * nrows + 0.8)
-        axes = fig.subplots(nrows, ncols, squeeze=False)
+    with _condition_panels(table, 3.8, 3.3) as (fig, axes, panels):
         for ax, (key, part, noise, label) in zip(axes.flat, panels):
             layers = _layers(part)
             smallest = min(n for _, n in layers)
@@ -126,15 +134,9 @@ def plot_bias_vs_criticality(table: pd.DataFrame, numbers: Mapping[str, Any], ou
                              measure_text: str) -> list[Path]:
     """(c) one point per layer x seed, per condition: trained bias against the drop under re-initialization
     to epoch 0, with the per-seed and pooled correlations."""
-    import matplotlib
-
     pooled = {(s["arch"], s["dataset"], s["subsample"], c["noise"]): c["criticality"]
               for s in numbers["settings"] for c in s["conditions"]}
-    panels = [(key, part, noise, label) for key, part in _settings(table) for noise, label in _conditions(part)]
-    nrows, ncols = _panels(len(panels), 4)
-    with matplotlib.rc_context(_RC):
-        fig = _figure(4.0 * ncols, 3.6 * nrows + 0.8)
-        axes = fig.subplots(nrows, ncols, squeeze=False)
+    with _condition_panels(table, 4.0, 3.6) as (fig, axes, panels):
         for ax, (key, part, noise, label) in zip(axes.flat, panels):
             k = pooled.get((*key, noise), {})
             rows = part[part["trained"] & (part["noise"] == noise)]
