@@ -66,7 +66,7 @@ def test_truncated_and_garbage_files_are_clear_errors(tmp_path):
     junk.write_bytes(b"not a snapshot at all")
     with pytest.raises(HparrError, match="truncated or corrupt snapshot"):
         ck.torch_load(cut)
-    with pytest.raises(HparrError, match="junk.pt is not a snapshot"):
+    with pytest.raises(HparrError, match="junk.pt is not a checkpoint hparr can read"):
         ck.torch_load(junk)
     with pytest.raises(HparrError, match="not found"):
         ck.torch_load(tmp_path / "missing.pt")
@@ -161,11 +161,13 @@ def test_a_file_that_is_not_a_snapshot_says_so(tmp_path):
     (tmp_path / "notes.txt").write_text("abc")
     (tmp_path / "empty.pt").write_bytes(b"")
     (tmp_path / "image.pt").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
-    with pytest.raises(HparrError, match=r"notes.txt is not a snapshot: it is a text file beginning 'abc'"):
+    with pytest.raises(HparrError, match=r"notes.txt is not a checkpoint hparr can read .*found text starting "
+                                         r"with 'abc'"):
         ck.torch_load(tmp_path / "notes.txt")
-    with pytest.raises(HparrError, match="empty.pt is not a snapshot: the file is empty"):
+    with pytest.raises(HparrError, match="empty.pt is not a checkpoint hparr can read .*found an empty file"):
         ck.torch_load(tmp_path / "empty.pt")
-    with pytest.raises(HparrError, match="image.pt is not a snapshot: it is a file of another format"):
+    with pytest.raises(HparrError, match="image.pt is not a checkpoint hparr can read .*found 264 bytes starting "
+                                         "with 89 50 4e 47"):
         ck.torch_load(tmp_path / "image.pt")
     good = build_model("lenet", seed=1).state_dict()
     torch.save(good, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)  # a pickle, not a zip

@@ -125,7 +125,7 @@ CASES = [
                                      "--tb-logdir", ""], 1, "cannot create output directory"),
     ("a file that is not a snapshot", ["train", *LENET, "--epochs", "1", "--resume-from", "{root}/notes.txt",
                                        "--models-path", "{root}/m", "--tb-logdir", ""], 1,
-     "notes.txt is not a snapshot: it is a text file"),
+     "notes.txt is not a checkpoint hparr can read"),
     ("run directory of another configuration", ["train", *LENET, "--epochs", "0", "--lr", "0.05", "--seed", "0",
                                                 "--models-path", "{root}/runs", "--tb-logdir", ""], 1,
      "already holds snapshots of another configuration (--lr 0.01 there, 0.05 here)"),

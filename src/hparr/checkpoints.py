@@ -30,7 +30,8 @@ def torch_load(path: str | os.PathLike, mmap: bool = False) -> Any:
     path = Path(path)
     if not path.is_file():
         raise HparrError(f"snapshot not found: {path}")
-    _check_snapshot_header(path)
+    if checkpoint_format(path) not in ("torch-zip", "torch-pickle"):  # another format says so in one line
+        raise HparrError(f"{path} is a safetensors file, not a torch snapshot: read it with read_checkpoint")
     try:
         if path.name.endswith(".safetensors"):
             # torch.load would hand a path with this name to the safetensors library: the content decides here
@@ -44,28 +45,6 @@ def torch_load(path: str | os.PathLike, mmap: bool = False) -> Any:
         raise HparrError(f"truncated or corrupt snapshot {path}: not a tensor snapshot") from None
     except Exception as exc:  # noqa: BLE001 - a torn file fails in many ways, all of them "corrupt"
         raise HparrError(f"truncated or corrupt snapshot {path}: {first_line(exc).split('. ')[0]}") from None
-
-
-# How a file written by torch.save begins: a zip archive (since torch 1.6) or a pickle (the legacy format).
-_SNAPSHOT_MAGIC = (b"PK\x03\x04", b"\x80")
-
-
-def _check_snapshot_header(path: Path) -> None:
-    """Raise an HparrError saying so if `path` is not a torch.save file at all (empty, text, another format)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(64)
-    except OSError as exc:
-        raise HparrError(f"cannot read snapshot {path}: {exc.strerror or exc}") from None
-    if any(head.startswith(magic) for magic in _SNAPSHOT_MAGIC):
-        return
-    if not head:
-        raise HparrError(f"{path} is not a snapshot: the file is empty")
-    text = head.decode("utf-8", errors="ignore")  # the first 64 bytes may end inside a character
-    is_text = len(text.encode("utf-8")) >= len(head) - 3 and all(c.isprintable() or c in "\t\r\n" for c in text)
-    kind = f"a text file beginning {text[:20]!r}" if is_text else None
-    raise HparrError(f"{path} is not a snapshot: it is {kind or 'a file of another format'}, not a file "
-                     "written by torch.save (a zip archive)")
 
 
 def state_dict_of(obj: Any, path: str | os.PathLike = "<snapshot>") -> dict[str, torch.Tensor]:
