@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torchvision
 
 from .errors import HparrError, UsageError
 
@@ -119,6 +118,14 @@ def _replace_first_conv(model: nn.Module, in_channels: int, **overrides) -> None
     raise HparrError("model has no Conv2d to adapt to the input channels")
 
 
+def _tvm():
+    """torchvision.models, imported on first use: importing it costs about a second, which lenet and the MLPs
+    do not need."""
+    import torchvision.models
+
+    return torchvision.models
+
+
 def torchvision_name(arch: str) -> str | None:
     """The torchvision model behind an architecture name (`vgg11bn` -> `vgg11_bn`, `vgg19_orig` -> `vgg19`, any
     torchvision name -> itself), or None for the architectures defined here (lenet, mlp, mlp_bn)."""
@@ -130,7 +137,7 @@ def torchvision_name(arch: str) -> str | None:
 
 
 def _construct(arch: str, num_classes: int, in_channels: int, input_size: int) -> nn.Module:
-    tvm = torchvision.models
+    tvm = None if arch in ("lenet", "mlp", "mlp_bn") else _tvm()
     if arch == "lenet":
         model = LeNet(num_classes, in_channels)
         _init_lenet(model)
@@ -175,7 +182,7 @@ def _construct(arch: str, num_classes: int, in_channels: int, input_size: int) -
 
 def supported_archs() -> list[str]:
     """The paper's architectures, then every torchvision classification model, then the timm spelling."""
-    extra = sorted(set(torchvision.models.list_models(module=torchvision.models))
+    extra = sorted(set(_tvm().list_models(module=_tvm()))
                    - {torchvision_name(a) for a in ARCHS})
     return list(ARCHS) + extra + ["torchvision:NAME (any torchvision classifier, as torchvision builds it)",
                                   "timm:NAME (any timm model, e.g. timm:resnet10t; needs hparr[timm])"]
@@ -209,14 +216,16 @@ def check_arch(arch: str) -> str:
             raise UsageError(f"unknown timm model {name!r}" + _did_you_mean(name, timm.list_models())
                              + " (timm.list_models() lists them)")
         return arch
-    tv_models = torchvision.models.list_models(module=torchvision.models)
+    if arch in ARCHS:
+        return arch
+    tv_models = _tvm().list_models(module=_tvm())
     if arch.startswith(TORCHVISION):
         name = arch[len(TORCHVISION):]
         if name not in tv_models:
             raise UsageError(f"unknown torchvision model {name!r}" + _did_you_mean(name, tv_models)
                              + " (torchvision.models.list_models() lists them)")
         return arch
-    if arch in ARCHS or arch in tv_models:
+    if arch in tv_models:
         return arch
     raise UsageError(f"unknown architecture {arch!r}; supported: {', '.join(ARCHS)}, "
                      "any torchvision classification model (e.g. resnet18 or torchvision:resnet18), "
@@ -272,7 +281,7 @@ def pretrained_file(arch: str) -> Path:
     name = torchvision_name(arch)
     if name is None or arch == "vgg19_orig":
         raise UsageError(f"--pretrained: no ImageNet weights exist for {arch!r}")
-    url = torchvision.models.get_model_weights(name).DEFAULT.url
+    url = _tvm().get_model_weights(name).DEFAULT.url
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
 

@@ -8,6 +8,7 @@ sd sqrt(1/d) / sqrt(N). The bands are 95% (+/- 1.96 sd).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 from scipy import stats
@@ -15,9 +16,11 @@ from scipy import stats
 Z95 = 1.959963984540054
 
 
+@functools.lru_cache(maxsize=256)
 def distribution(d: int):
     """The law of the normalized projection of a random d-dimensional filter (d >= 2), a frozen scipy
-    distribution on [-1, 1]: `beta((d-1)/2, (d-1)/2, loc=-1, scale=2)`."""
+    distribution on [-1, 1]: `beta((d-1)/2, (d-1)/2, loc=-1, scale=2)` (built once per d: freezing a scipy
+    distribution costs more than the test that uses it)."""
     if d < 2:
         raise ValueError(f"the null needs d >= 2, got {d}")
     a = (d - 1) / 2
