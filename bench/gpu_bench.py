@@ -42,11 +42,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .common import emit, machine, timed
+from .common import emit, machine, timed, torchvision_cifar10
 
 ARCHS = ("vgg11", "resnet18")
 MODES = ("fp32", "bf16", "bf16_compile")
-MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 OVERHEAD_GOAL, SPEEDUP_GOAL = 0.03, 3.0
 
 
@@ -112,22 +111,8 @@ def ours_loader(data, sizes: Sizes, device: torch.device, channels_last: bool, s
 
 
 def torchvision_loader(root: Path, sizes: Sizes, device: torch.device, workers: int):
-    import torchvision
-    import torchvision.transforms as T
-
-    class LocalCIFAR10(torchvision.datasets.CIFAR10):
-        # the bench's files are in the official format but are not the official files: skip the md5 checks
-        def _check_integrity(self) -> bool:
-            return True
-
-        def _load_meta(self) -> None:
-            self.classes = [str(i) for i in range(10)]
-            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-
-    transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
-    dataset = LocalCIFAR10(str(root), train=True, transform=transform, download=False)
-    return torch.utils.data.DataLoader(dataset, batch_size=sizes.batch, shuffle=True, num_workers=workers,
-                                       pin_memory=device.type == "cuda", drop_last=True,
+    return torch.utils.data.DataLoader(torchvision_cifar10(root), batch_size=sizes.batch, shuffle=True,
+                                       num_workers=workers, pin_memory=device.type == "cuda", drop_last=True,
                                        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0))
 
 

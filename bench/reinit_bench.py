@@ -27,9 +27,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .common import ROOT, timed
+from .common import CIFAR_MEAN, CIFAR_STD, ROOT, timed
 
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 BATCH = 128
 
 

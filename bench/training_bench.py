@@ -10,11 +10,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .common import timed
+from .common import timed, torchvision_cifar10
 
 N_IMAGES = 50_000
 BATCH = 128
-MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
 
 def write_dataset(root: Path) -> None:
@@ -47,21 +46,7 @@ def ours(root: Path, channels_last: bool = False):
 
 
 def baseline(root: Path):
-    import torchvision
-    import torchvision.transforms as T
-
-    class LocalCIFAR10(torchvision.datasets.CIFAR10):
-        # the bench's files are in the official format but are not the official files: skip the md5 checks
-        def _check_integrity(self) -> bool:
-            return True
-
-        def _load_meta(self) -> None:
-            self.classes = [str(i) for i in range(10)]
-            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-
-    transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
-    dataset = LocalCIFAR10(str(root), train=True, transform=transform, download=False)
-    return torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=1,
+    return torch.utils.data.DataLoader(torchvision_cifar10(root), batch_size=BATCH, shuffle=True, num_workers=1,
                                        generator=torch.Generator().manual_seed(0))
 
 
