@@ -160,7 +160,8 @@ def test_every_format_gives_the_same_reinit_results(same_weights, tmp_path):
     docs = {}
     for name in ("bare_5.pt", "lightning_5.ckpt", "../sharded_5"):
         settings = reinit.ReinitSettings(load_from=str(root / "files" / name), data=DataOptions("digits"),
-                                         arch="lenet", inits_from=str(init), rand=True, seed=1, batch_size=256)
+                                         arch="lenet", inits_from=str(init), rand=True, seed=1, batch_size=100,
+                                         max_test_images=200)
         docs[name] = reinit.run_reinit(settings).document
     first = docs["bare_5.pt"]
     assert first["init_from_epoch"].keys() == {"0", "rand"}

@@ -125,7 +125,7 @@ def lenet_run(tmp_path_factory):
 
 def run(root, **options):
     settings = reinit.ReinitSettings(load_from=str(root / "lenet_9.pt"), data=DataOptions("digits"), arch="lenet",
-                                     batch_size=512, **options)
+                                     batch_size=64, max_test_images=64, **options)
     return reinit.run_reinit(settings).document
 
 
