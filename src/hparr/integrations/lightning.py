@@ -3,7 +3,7 @@
     from hparr.integrations.lightning import BiasCallback
     trainer = lightning.Trainer(callbacks=[BiasCallback(csv_path="tracking.csv")], logger=TensorBoardLogger("tb"))
 
-The callback tracks the weights when fitting starts, after every epoch, and with `every_n_steps` every
+The callback tracks the weights when training starts, after every epoch, and with `every_n_steps` every
 that many optimizer steps, on the global-zero process only. The statistics go to every TensorBoard
 logger of the trainer (the `bias/*` scalars and histograms of `hparr train`), as plain metrics to its other
 loggers, and to `csv_path`. The initial weights are kept in the callback's state, so a run resumed from a
@@ -50,7 +50,8 @@ class _Tracking:
         self._last_step: int | None = None
 
     # -- Lightning's hooks --------------------------------------------------------------------------
-    def on_fit_start(self, trainer, pl_module) -> None:
+    def on_train_start(self, trainer, pl_module) -> None:
+        # not on_fit_start: a resumed trainer restores its step counter between the two
         if not trainer.is_global_zero:
             return
         from ..track import BiasTracker
@@ -141,7 +142,7 @@ def __getattr__(name: str):
             """Per-layer bias statistics (`hparr.track.BiasTracker`) while a Lightning `Trainer` fits.
 
             csv_path: the tracking file (none by default); every_n_steps: also track every that many optimizer
-            steps (0: only when fitting starts and after each epoch); module: the (dotted) attribute of the
+            steps (0: only when training starts and after each epoch); module: the (dotted) attribute of the
             LightningModule that holds the network (default: the LightningModule itself); the other options
             are those of `BiasTracker`.
             """
