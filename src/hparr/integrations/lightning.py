@@ -6,9 +6,9 @@
 The callback tracks the weights when training starts, after every epoch, and with `every_n_steps` every
 that many optimizer steps, on the global-zero process only. The statistics go to every TensorBoard
 logger of the trainer (the `bias/*` scalars and histograms of `hparr train`), as plain metrics to its other
-loggers, and to `csv_path`. The initial weights are kept in the callback's state, so a run resumed from a
-Lightning checkpoint measures its distances from the same initialization, and the rows of the CSV after
-the checkpoint's step are dropped and computed again.
+loggers, and to `csv_path` (started anew by a fresh fit). The initial weights are kept in the callback's
+state, so a run resumed from a Lightning checkpoint measures its distances from the same initialization, and
+the rows of the CSV after the checkpoint's step are dropped and computed again.
 
 Lightning is imported on first use of `BiasCallback` (the optional extra `hparr[lightning]`); `lightning`
 is preferred, `pytorch_lightning` is used when it is the one installed.
@@ -66,9 +66,10 @@ class _Tracking:
                 writers.append(experiment)
             else:
                 self._others.append(logger)
+        resumed = self._init_state is not None  # restored from a checkpoint, or a second fit of this callback
         self.tracker = BiasTracker(net, init_state=self._init_state, writer=_Fanout(writers) if writers else None,
-                                   csv_path=self.csv_path, **self.options)
-        if self._init_state is None:
+                                   csv_path=self.csv_path, append=resumed, **self.options)
+        if not resumed:
             self._init_state = {k: v.detach().cpu() for k, v in (self.tracker.init or {}).items()}
         self.tracker.discard_after(trainer.global_step)
         if not self.tracker.has_step(trainer.global_step):
