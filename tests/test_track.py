@@ -162,7 +162,7 @@ def test_no_track_writes_no_rows_and_no_tags_and_trains_the_same(tracked, tmp_pa
         assert np.array_equal(at[stat].to_numpy(float), table.loc[at.index, stat].to_numpy(float)), stat
 
 
-def test_lightning_callback_writes_the_same_tags_and_values(tracked, tmp_path):
+def test_lightning_callback_writes_the_same_tags_and_values_and_resumes(tracked, tmp_path):
     import lightning.pytorch as pl
     import torch.nn.functional as F
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -188,10 +188,14 @@ def test_lightning_callback_writes_the_same_tags_and_values(tracked, tmp_path):
     module = Classifier()
     init = {k: v.clone() for k, v in module.net.state_dict().items()}
     logger = TensorBoardLogger(str(tmp_path), name="tb", version=0)
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=logger, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[BiasCallback(csv_path=tmp_path / "tracking.csv", module="net", every_n_steps=2)])
-    trainer.fit(module, DataLoader(data, batch_size=16))
+
+    def trainer(epochs, logger):
+        return pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=logger, enable_progress_bar=False,
+                          enable_model_summary=False, callbacks=[
+                              BiasCallback(csv_path=tmp_path / "tracking.csv", module="net", every_n_steps=2),
+                              pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)])
+
+    trainer(1, logger).fit(module, DataLoader(data, batch_size=16))
 
     events = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0, "histograms": 0}).Reload()
     ours = EventAccumulator(str(tracked["tb"])).Reload()
@@ -209,6 +213,15 @@ def test_lightning_callback_writes_the_same_tags_and_values(tracked, tmp_path):
         for stat in ("mass", "mean", "l2_dist"):
             value = events.Scalars(f"bias/{stat}/{name}")[-1]
             assert value.step == 3 and value.value == pytest.approx(expected.loc[name, stat], rel=1e-6, abs=1e-7)
+
+    # resumed from Lightning's checkpoint: the rows continue, the distances are from the same initialization
+    again = Classifier()
+    trainer(2, False).fit(again, DataLoader(data, batch_size=16), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    rows = read_tracking(tmp_path / "tracking.csv")
+    assert list(rows["step"].unique()) == [0, 2, 3, 4, 6] and not rows.duplicated(["step", "name"]).any()
+    expected = projections.layer_stats(again.net, init=init, input_shape=(2, 1, 32, 32)).set_index("name")
+    final = rows[rows["step"] == 6].set_index("name")
+    assert np.array_equal(final["l2_dist"].to_numpy(float), expected.loc[final.index, "l2_dist"].to_numpy(float))
 
 
 def test_the_report_draws_every_tracked_epoch(tracked, tmp_path):
@@ -236,6 +249,7 @@ def test_tracker_in_a_plain_loop_and_its_file(tmp_path):
         table = tracker.step(step, flush=step == 3)
         if step == 1:
             assert len(read_tracking(path)) == 1  # queued, not written
+            tracker.discard_after(10)  # nothing to drop: the queued rows stay queued
     rows = read_tracking(path)
     assert list(rows.columns) == list(COLUMNS) and list(rows["step"].unique()) == [0, 1, 2, 3]
     assert rows.loc[0, "mass"] == 0.5 and math.isnan(rows.loc[0, "std"]) and rows["epoch"].iloc[1:].isna().all()

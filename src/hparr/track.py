@@ -168,8 +168,6 @@ class BiasTracker:
         keep = rows[pd.to_numeric(rows["step"]) <= global_step].reset_index(drop=True)
         if len(keep) != len(rows):
             self._replace(keep)
-        else:
-            self._frames, self._pending = [keep] if len(keep) else [], []
 
     def flush(self) -> None:
         """Rewrite the file, whole and atomically, with the queued rows appended (nothing if none is queued)."""

@@ -3,12 +3,12 @@
     from hparr.integrations.lightning import BiasCallback
     trainer = lightning.Trainer(callbacks=[BiasCallback(csv_path="tracking.csv")], logger=TensorBoardLogger("tb"))
 
-The callback tracks the weights when fitting starts, after every epoch, and with `every_n_steps` every
+The callback tracks the weights when training starts, after every epoch, and with `every_n_steps` every
 that many optimizer steps, on the global-zero process only. The statistics go to every TensorBoard
 logger of the trainer (the `bias/*` scalars and histograms of `hparr train`), as plain metrics to its other
-loggers, and to `csv_path`. The initial weights are kept in the callback's state, so a run resumed from a
-Lightning checkpoint measures its distances from the same initialization, and the rows of the CSV after
-the checkpoint's step are dropped and computed again.
+loggers, and to `csv_path` (started anew by a fresh fit). The initial weights are kept in the callback's
+state, so a run resumed from a Lightning checkpoint measures its distances from the same initialization, and
+the rows of the CSV after the checkpoint's step are dropped and computed again.
 
 Lightning is imported on first use of `BiasCallback` (the optional extra `hparr[lightning]`); `lightning`
 is preferred, `pytorch_lightning` is used when it is the one installed.
@@ -50,7 +50,8 @@ class _Tracking:
         self._last_step: int | None = None
 
     # -- Lightning's hooks --------------------------------------------------------------------------
-    def on_fit_start(self, trainer, pl_module) -> None:
+    def on_train_start(self, trainer, pl_module) -> None:
+        # not on_fit_start: a resumed trainer restores its step counter between the two
         if not trainer.is_global_zero:
             return
         from ..track import BiasTracker
@@ -65,9 +66,10 @@ class _Tracking:
                 writers.append(experiment)
             else:
                 self._others.append(logger)
+        resumed = self._init_state is not None  # restored from a checkpoint, or a second fit of this callback
         self.tracker = BiasTracker(net, init_state=self._init_state, writer=_Fanout(writers) if writers else None,
-                                   csv_path=self.csv_path, **self.options)
-        if self._init_state is None:
+                                   csv_path=self.csv_path, append=resumed, **self.options)
+        if not resumed:
             self._init_state = {k: v.detach().cpu() for k, v in (self.tracker.init or {}).items()}
         self.tracker.discard_after(trainer.global_step)
         if not self.tracker.has_step(trainer.global_step):
@@ -141,7 +143,7 @@ def __getattr__(name: str):
             """Per-layer bias statistics (`hparr.track.BiasTracker`) while a Lightning `Trainer` fits.
 
             csv_path: the tracking file (none by default); every_n_steps: also track every that many optimizer
-            steps (0: only when fitting starts and after each epoch); module: the (dotted) attribute of the
+            steps (0: only when training starts and after each epoch); module: the (dotted) attribute of the
             LightningModule that holds the network (default: the LightningModule itself); the other options
             are those of `BiasTracker`.
             """
