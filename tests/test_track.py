@@ -219,7 +219,7 @@ def test_lightning_callback_writes_the_same_tags_and_values_and_resumes(tracked,
     trainer(2, False).fit(again, DataLoader(data, batch_size=16), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     rows = read_tracking(tmp_path / "tracking.csv")
     assert list(rows["step"].unique()) == [0, 2, 3, 4, 6] and not rows.duplicated(["step", "name"]).any()
-    expected = projections.layer_stats(again.net, init=init, input_shape=(2, 1, 32, 32)).set_index("name")
+    expected = projections.layer_stats(again.net, init=init, input_shape=(2, 1, 32, 32)).table.set_index("name")
     final = rows[rows["step"] == 6].set_index("name")
     assert np.array_equal(final["l2_dist"].to_numpy(float), expected.loc[final.index, "l2_dist"].to_numpy(float))
 
