@@ -61,11 +61,7 @@ def state_dict_of(obj: Any, path: str | os.PathLike = "<snapshot>") -> dict[str,
 
 def clean_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop DataParallel/DDP/compile wrappers from keys (`features.module.0.weight` -> `features.0.weight`)."""
-    out = {}
-    for key, value in state.items():
-        parts = [p for p in key.split(".") if p not in ("module", "_orig_mod")]
-        out[".".join(parts)] = value
-    return out
+    return dict(_strip_wrappers(state))
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -459,8 +455,7 @@ def _rename(state: Mapping[str, Any], names: Mapping[str, str]) -> Mapping[str, 
 
 
 def _safetensors_error(path: Path, exc: BaseException) -> HparrError:
-    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-    return HparrError(f"truncated or corrupt safetensors file {path}: {text}")
+    return HparrError(f"truncated or corrupt safetensors file {path}: {first_line(exc)}")
 
 
 def _open_safetensors(path: Path) -> LazyState:
@@ -493,7 +488,7 @@ def _open_sharded(folder: Path) -> LazyState:
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise ValueError("'weight_map' must map tensor names to shard file names")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        reason = f"no {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0][:200]
+        reason = f"no {exc}" if isinstance(exc, KeyError) else first_line(exc)
         raise HparrError(f"malformed shard index {index_path}: {reason}") from None
     missing = sorted({f for f in weight_map.values() if not (folder / f).is_file()})
     if missing:
@@ -587,6 +582,8 @@ def read_checkpoint(path: str | os.PathLike, mmap: bool = True) -> Checkpoint:
 
 
 def _strip_wrappers(state: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`state` with the DataParallel/DDP (`module.`) and torch.compile (`_orig_mod.`) parts dropped from its
+    keys; a lazy state stays lazy."""
     names = {".".join(p for p in key.split(".") if p not in ("module", "_orig_mod")): key for key in state}
     if all(new == old for new, old in names.items()):
         return state

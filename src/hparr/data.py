@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .errors import HparrError, UsageError
+from .errors import HparrError, UsageError, first_line
 from .provenance import versions
 
 log = logging.getLogger("hparr.data")
@@ -355,8 +355,7 @@ def _download(name: str, root: Path) -> None:
     try:
         cls(root=str(root), train=True, download=True)
     except Exception as exc:  # noqa: BLE001 - network, checksum and extraction failures all read the same
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise HparrError(f"downloading {name} to {root} failed: {first}") from None
+        raise HparrError(f"downloading {name} to {root} failed: {first_line(exc, None)}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -518,7 +517,7 @@ def _scan_folder(folder: Path):
     try:
         return ImageFolder(str(folder))
     except (FileNotFoundError, OSError) as exc:
-        raise HparrError(f"imagenet folder {folder} is unusable: {str(exc).splitlines()[0]}") from None
+        raise HparrError(f"imagenet folder {folder} is unusable: {first_line(exc, None)}") from None
 
 
 def _imagenet_raw(root: Path):

@@ -13,7 +13,8 @@ class UsageError(HparrError):
     exit_code = 2
 
 
-def first_line(exc: BaseException, limit: int = 200) -> str:
-    """The first line of an exception's message (its type name when it has none), at most `limit` characters."""
+def first_line(exc: BaseException, limit: int | None = 200) -> str:
+    """The first line of an exception's message (its type name when it has none), at most `limit` characters
+    (None: the whole line)."""
     text = str(exc).strip()
     return text.splitlines()[0][:limit] if text else type(exc).__name__

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from .errors import HparrError
+from .errors import HparrError, first_line
 
 
 def ensure_dir(path: str | os.PathLike) -> Path:
@@ -64,8 +64,7 @@ def write_error(exc: BaseException, path: str | os.PathLike, what: str = "files"
     if isinstance(exc, RuntimeError) and _TORCH_WRITE_FAILURE.search(str(exc)):
         if free_bytes(path.parent) < FULL_DISK_BYTES:
             return HparrError(f"no space left on device while writing {path}{tail}")
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        return HparrError(f"writing {path} failed ({first}){tail}")
+        return HparrError(f"writing {path} failed ({first_line(exc)}){tail}")
     return None
 
 

@@ -6,7 +6,7 @@ import importlib
 import sys
 import threading
 
-from ..errors import HparrError
+from ..errors import HparrError, first_line
 
 # subcommand -> (module under hparr.cli, one-line help)
 COMMANDS = {
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # noqa: BLE001 - out-of-memory must read as advice, not a traceback
         if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
-            print(f"hparr {args.command}: error: out of memory ({str(exc).splitlines()[0][:200]}); "
+            print(f"hparr {args.command}: error: out of memory ({first_line(exc)}); "
                   "try a smaller --batch-size", file=sys.stderr)
             return 1
         raise
