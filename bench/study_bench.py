@@ -30,8 +30,8 @@ def _run(cmd: list[str]) -> float:
 
 
 def run() -> list[dict]:
+    from hparr.provenance import available_cores
     from hparr.report.study import build_study_report
-    from hparr.study import available_cores
 
     root = Path(tempfile.mkdtemp(prefix="hparr-bench-study-"))
     hparr = [sys.executable, "-m", "hparr"]

@@ -1,6 +1,7 @@
 """What produced a result: library versions and seeds, as plain values for result files."""
 from __future__ import annotations
 
+import os
 import platform
 import secrets
 import zlib
@@ -32,6 +33,14 @@ def _installed(name: str) -> str:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return "not installed"
+
+
+def available_cores() -> int:
+    """The CPU cores this process may use (its affinity mask where the platform has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def resolve_seed(seed: int | None) -> int:

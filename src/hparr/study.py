@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from . import files, results
 from .errors import HparrError, UsageError, first_line
+from .provenance import available_cores
 from .results import CELLS_DIR
 
 log = logging.getLogger("hparr.study")
@@ -52,13 +53,6 @@ def noise_label(noise: float) -> str:
     if noise < 0:
         return "pixel_shuffle"
     return f"noise_{round(noise * 100, 4):g}"
-
-
-def noise_text(noise: float) -> str:
-    """A corruption in words: `clean`, `label noise 50%`, `pixel shuffle`."""
-    if noise == 0:
-        return "clean"
-    return "pixel shuffle" if noise < 0 else f"label noise {round(noise * 100, 4):g}%"
 
 
 @dataclass(frozen=True)
@@ -199,13 +193,6 @@ class StudySettings:
         out["data"] = {k: v for k, v in out["data"].items() if k not in _PER_CELL_DATA}
         out.update(with_linear=self.with_linear, threshold=self.threshold, level=self.level)
         return files.jsonable(out)
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def pool_size(jobs: int | None, threads: int | None, todo: int, cores: int | None = None) -> tuple[int, int]:

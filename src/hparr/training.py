@@ -5,7 +5,6 @@ import contextlib
 import functools
 import logging
 import math
-import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -575,11 +574,3 @@ def train(settings: TrainSettings) -> TrainResult:
         return run.fit()
     finally:
         distributed.shutdown(run.ctx)
-
-
-def default_threads() -> int:
-    """Every core this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1

@@ -29,14 +29,14 @@ def run(args) -> int:
 
     from ..errors import UsageError
     from ..pipeline import reproduce
-    from ..training import default_threads
+    from ..provenance import available_cores
 
     if args.evaluate or args.evaluate_train:
         raise UsageError("--evaluate/--evaluate-train do not apply to reproduce; use `hparr train`")
     if not 0 < args.threshold < 1:
         raise UsageError(f"--threshold must be in (0, 1), got {args.threshold}")
     train_cli.setup_logging()
-    torch.set_num_threads(default_threads())
+    torch.set_num_threads(available_cores())
     out = reproduce(train_cli.settings_from_args(args), args.out, with_linear=args.with_linear,
                     threshold=args.threshold, level=args.level)
     t = out.final["test"]

@@ -160,10 +160,11 @@ def run(args) -> int:
     import torch
 
     from ..errors import UsageError
-    from ..training import Run, default_threads, distributed
+    from ..provenance import available_cores
+    from ..training import Run, distributed
 
     setup_logging()
-    torch.set_num_threads(default_threads())
+    torch.set_num_threads(available_cores())
     settings = settings_from_args(args)
     if (args.evaluate or args.evaluate_train) and not args.resume_from:
         raise UsageError("--evaluate/--evaluate-train need a snapshot: pass --resume-from")
