@@ -36,7 +36,7 @@ from ..errors import HparrError
 from ..provenance import versions
 from ..results import CELLS_DIR, MANIFEST_NAME, drop_frame, read_manifest, read_study, run_finished
 from .discovery import load_run
-from .tables import DEFAULT_THRESHOLD, bias_measure, check_options
+from .tables import DEFAULT_THRESHOLD, _num, bias_measure, check_options
 
 CONFIDENCE = 0.95
 N_BOOTSTRAP = 10_000
@@ -112,8 +112,7 @@ def _cell_rows(cell_dir: Path, base: Path, measure: str) -> list[dict[str, Any]]
                      "d": r.get("d"), "mass": mass, "mean": r.get("mean"), "std": r.get("std"),
                      "p_value": r.get("p_value"), "p_adjusted": r.get("p_adjusted"), "biased": r.get("biased"),
                      "l2_dist": r.get("l2_dist"), "mass_init": float(init[name]["mass"]) if name in init else np.nan,
-                     "bias": bias_measure(mass, float(r.get("N") or np.nan), float(r.get("p_value") or np.nan),
-                                          measure),
+                     "bias": bias_measure(mass, _num(r.get("N")), _num(r.get("p_value")), measure),
                      "drop_reinit_0": drop("0"), "drop_rand": drop("rand"),
                      "test_top1": float(final["test"]["top1"]), "train_top1": float(final["train"]["top1"])})
     return rows
