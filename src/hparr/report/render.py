@@ -45,7 +45,8 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _markdown(df: pd.DataFrame) -> str:
+def markdown_table(df: pd.DataFrame) -> str:
+    """A DataFrame as a Markdown table (cells' `|` escaped, line breaks folded)."""
     def cell(v: Any) -> str:
         return str(v).replace("|", "\\|").replace("\n", " ")
 
@@ -152,7 +153,7 @@ def summary_markdown(results: RunResults, table: pd.DataFrame, correlation: Mapp
              "orientation relative to the identity line far beyond a random initialization), and are the "
              "biased layers the critical ones of Zhang et al. (re-initializing them to their initial values "
              "hurts accuracy)?", "", "## Answer in numbers", "", *answer(results, table, correlation), "",
-             "## Layers", "", _markdown(display_table(table)), "",
+             "## Layers", "", markdown_table(display_table(table)), "",
              f"mass: share of filters with projection <= 0; p-value: the layer's bias test (sign test and KS test "
              f"against the null), p (Holm): adjusted over the layers, biased when <= {table.attrs.get('level')}; "
              "l2 dist from init: ||W - W0|| / ||W0||; drop: (acc trained - acc re-initialized) / acc trained; "
@@ -252,7 +253,7 @@ def reinit_section(doc: Mapping[str, Any] | None) -> str:
         return ""
     trained_loss = doc.get("trained_loss")
     lines = ["## Re-initialization: top-1 drop, test loss and agreement", "",
-             _markdown(reinit_display(doc)), "",
+             markdown_table(reinit_display(doc)), "",
              f"Trained: top-1 {doc['top1_test']:.2f}%"
              + (f", test loss {trained_loss:.3f}" if trained_loss is not None else "") + ". "
              "drop: relative top-1 drop; loss: mean test cross-entropy; agreement: share of test images whose "

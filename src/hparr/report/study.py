@@ -36,6 +36,7 @@ from ..errors import HparrError
 from ..provenance import versions
 from ..results import CELLS_DIR, MANIFEST_NAME, drop_frame, read_manifest, read_study, run_finished
 from .discovery import load_run
+from .render import markdown_table
 from .tables import DEFAULT_THRESHOLD, _num, bias_measure, check_options
 
 CONFIDENCE = 0.95
@@ -456,12 +457,6 @@ FIGURE_HELP = {
 }
 
 
-def _markdown_table(df: pd.DataFrame) -> str:
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 def condition_table(numbers: Mapping[str, Any]) -> pd.DataFrame:
     rows = []
     for s in numbers["settings"]:
@@ -488,7 +483,7 @@ def summary_markdown(data: StudyData, numbers: Mapping[str, Any], figures: Seque
     lines += ["## The claims in numbers", "",
               f"Intervals are 95%; bias is {measure_text} of a layer's trained projections; a layer is biased when "
               "its Holm-corrected test rejects the null at its level.", "", *answer_lines(numbers, measure_text),
-              "## Per condition", "", _markdown_table(condition_table(numbers)), "", "## Figures", ""]
+              "## Per condition", "", markdown_table(condition_table(numbers)), "", "## Figures", ""]
     for name in figures:
         head, text = FIGURE_HELP[name]
         lines += [f"### {head}", "", f"![{head}]({name}.png) ([PDF]({name}.pdf))", "", text, ""]
