@@ -173,6 +173,30 @@ def test_one_weight_per_filter_has_no_ks_test():
     assert doc["0"]["0"]["p_ks"] is None and doc["0"]["0"]["d"] == 1 and doc["0"]["0"]["mass"] == 0.0
 
 
+def test_the_bias_tests_are_scipys_to_the_last_bit():
+    """The layer tests of one call (the KS law evaluated once for every layer, the sign test cached by its
+    count) equal scipy's binomtest and kstest of each layer alone, for filter counts and dimensions through
+    every branch of the exact KS law, biased layers, ties, a diverged layer and a 1-dimensional one."""
+    rng = np.random.default_rng(7)
+    layers = []
+    for n in (1, 2, 3, 6, 16, 64, 150, 512, 2000):
+        for d in (2, 9, 27, 144, 576):
+            scale = math.sqrt(1 / d)
+            layers.append((np.clip(rng.normal(rng.choice([0.0, 0.5 * scale, 3 * scale]), scale, n), -1, 1), d))
+    layers += [(np.zeros(6), 9), (np.array([0.1, np.nan, -0.2]), 27), (np.array([1.0, -1.0, 1.0]), 1)]
+    got = P.bias_tests_of_layers(layers)
+    assert len(got) == len(layers)
+    for (c, d), tests in zip(layers, got):
+        sign = stats.binomtest(int(np.count_nonzero(c <= 0)), c.size, 0.5).pvalue
+        ks = stats.kstest(c, null.distribution(d).cdf).pvalue if d >= 2 else float("nan")
+        assert tests["p_sign"] == sign
+        np.testing.assert_equal(tests, P.bias_tests(c, d))  # NaN equals NaN here
+        assert tests["p_ks"] == ks or (math.isnan(ks) and math.isnan(tests["p_ks"])), (c.size, d)
+        available = [p for p in (sign, ks) if not math.isnan(p)]
+        assert tests["p_value"] == min(1.0, len(available) * min(available))
+    assert any(t["p_ks"] < 1e-10 for t in got) and any(t["p_ks"] > 0.5 for t in got)
+
+
 def test_holm_follows_its_definition():
     p = np.array([0.01, 0.04, np.nan, 0.03, 0.005, 0.5])
     adj = P.holm(p)

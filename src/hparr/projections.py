@@ -19,6 +19,7 @@ null of the cosine is off by O(1/d), far below what the KS test can see with N f
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -102,12 +103,46 @@ def bias_tests(cosines, d: int) -> dict[str, float]:
     p_ks: Kolmogorov-Smirnov test of the cosines against the CDF of `null.distribution(d)` (NaN when d < 2);
     p_value: min(1, k x the smallest of the k available p-values).
     """
-    c = np.asarray(cosines, dtype=np.float64).ravel()
-    n = c.size
-    p_sign = float(stats.binomtest(int(np.count_nonzero(c <= 0)), n, 0.5).pvalue)
-    p_ks = float(stats.kstest(c, null.distribution(d).cdf).pvalue) if d >= 2 else float("nan")
-    available = [p for p in (p_sign, p_ks) if not math.isnan(p)]
-    return {"p_sign": p_sign, "p_ks": p_ks, "p_value": min(1.0, len(available) * min(available))}
+    return bias_tests_of_layers([(cosines, d)])[0]
+
+
+def bias_tests_of_layers(layers: Sequence[tuple[Any, int]]) -> list[dict[str, float]]:
+    """`bias_tests` of many layers, (cosines, d) each, with one evaluation of the KS law for all of them.
+
+    The values are those of `scipy.stats.binomtest(k, N, 0.5)` and `scipy.stats.kstest(cosines,
+    null.distribution(d).cdf)` (exact mode) to the last bit; a test checks this on random layers.
+    """
+    cos = [np.asarray(c, dtype=np.float64).ravel() for c, _ in layers]
+    p_sign = [sign_pvalue(int(np.count_nonzero(c <= 0)), c.size) for c in cos]
+    tested = [i for i, (_, d) in enumerate(layers) if d >= 2]
+    p_ks = [float("nan")] * len(layers)
+    if tested:
+        stat = [ks_statistic(cos[i], layers[i][1]) for i in tested]
+        p = np.clip(stats.kstwo.sf(np.asarray(stat), np.asarray([cos[i].size for i in tested])), 0.0, 1.0)
+        for i, value in zip(tested, np.atleast_1d(p).tolist()):
+            p_ks[i] = value
+    out = []
+    for ps, pk in zip(p_sign, p_ks):
+        available = [p for p in (ps, pk) if not math.isnan(p)]
+        out.append({"p_sign": ps, "p_ks": pk, "p_value": min(1.0, len(available) * min(available))})
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def sign_pvalue(negative: int, n: int) -> float:
+    """Two-sided exact binomial test of `negative` filters <= 0 among `n` against Binomial(n, 1/2). A layer's
+    count takes few values over a training run, so each is computed once."""
+    return float(stats.binomtest(negative, n, 0.5).pvalue)
+
+
+def ks_statistic(cosines, d: int) -> float:
+    """D = max(D+, D-) = sup_t |F_N(t) - F(t)| of the cosines against F = `null.distribution(d).cdf`."""
+    x = np.sort(np.asarray(cosines, dtype=np.float64).ravel())
+    n = x.size
+    cdf = null.distribution(d).cdf(x)
+    d_plus = float((np.arange(1.0, n + 1) / n - cdf).max())
+    d_minus = float((cdf - np.arange(0.0, n) / n).max())
+    return d_plus if d_plus > d_minus else d_minus
 
 
 def holm(pvalues) -> np.ndarray:
@@ -157,28 +192,33 @@ def analyze_layers(layers: Sequence[LayerInfo], weights: Mapping[str, Any], norm
         raise UsageError(f"the test level must be in (0, 1), got {level}")
     if not layers:
         raise HparrError("no layers to analyze (every conv layer is skipped; try --with-linear or --include-1x1)")
-    rows, per_filter = [], {}
+    rows, per_filter, cosines = [], {}, []
     for layer in layers:
         weight = _weight(weights, layer, "snapshot")
         sums, cos, d = _sums_and_cosines(weight)
         p = cos if normalize else sums
-        row = {"name": layer.name, "kind": layer.kind, "stage": layer.stage, "block": layer.block, "d": d,
-               **summarize(p), **bias_tests(cos, d)}
+        row = {"name": layer.name, "kind": layer.kind, "stage": layer.stage, "block": layer.block,
+               **summarize(p), "d": d}
         if init is not None:
             row.update(distances(weight, _weight(init, layer, "initial weights")))
         per_filter[layer.name] = p
+        cosines.append((cos, d))
         rows.append(row)
-    df = pd.DataFrame(rows)
-    df["p_adjusted"] = holm(df["p_value"].to_numpy())
-    df["biased"] = df["p_adjusted"] <= level
-    first = ["name", "kind", "stage", "block", "N", "d", "mean", "std", "mass", "n_negative",
-             "p_sign", "p_ks", "p_value", "p_adjusted", "biased"]
-    df = df[first + [c for c in df.columns if c not in first]]
+    for row, tests in zip(rows, bias_tests_of_layers(cosines)):
+        row.update(tests)
+    p_adjusted = holm([row["p_value"] for row in rows])
+    columns = ["name", "kind", "stage", "block", "N", "d", "mean", "std", "mass", "n_negative",
+               "p_sign", "p_ks", "p_value"]
+    table = {c: [row[c] for row in rows] for c in columns}
+    table.update(p_adjusted=p_adjusted, biased=p_adjusted <= level)
+    if init is not None:
+        table.update({c: [row[c] for row in rows] for c in ("l2_dist", "l_inf_dist")})
+    df = pd.DataFrame(table)
     pooled = np.concatenate(list(per_filter.values()))
-    tested = df["p_value"].dropna()
-    net = {**summarize(pooled), "n_layers": len(df), "n_biased": int(df["biased"].sum()),
-           "p_value": min(1.0, len(tested) * float(tested.min())) if len(tested) else float("nan"),
-           "biased": bool(df["biased"].any())}
+    tested = [p for p in table["p_value"] if not math.isnan(p)]
+    net = {**summarize(pooled), "n_layers": len(df), "n_biased": int(table["biased"].sum()),
+           "p_value": min(1.0, len(tested) * min(tested)) if tested else float("nan"),
+           "biased": bool(table["biased"].any())}
     return LayerStats(df, per_filter, net, skipped=[vars(s).copy() for s in skipped], level=level,
                       normalize=normalize,
                       layer_order="forward" if all(layer.traced for layer in layers) else "modules")

@@ -1,7 +1,7 @@
 """The bias as it forms: per-layer statistics of a model's weights while it trains.
 
 `BiasTracker` finds the analyzed layers of a model once (`hparr.layers.discover_layers`) and, at each
-`step`, computes their statistics from the in-memory weights with `hparr.projections.analyze_layers`
+`step`, computes their statistics from the weights of that moment with `hparr.projections.analyze_layers`
 (so the values are those of `hparr projections` on a snapshot of the same weights): mass, mean, std,
 the distances from initialization, the bias test's p-values and the biased flag. It writes them to a
 TensorBoard `SummaryWriter` (scalars `bias/mass/<layer>`, `bias/mean/<layer>`, `bias/l2_dist/<layer>`,
@@ -31,7 +31,7 @@ import torch.nn as nn
 from . import files
 from .layers import discover_layers
 from .projections import DEFAULT_LEVEL, LayerStats, analyze_layers, weights_of
-from .trackfile import COLUMNS, read_tracking
+from .trackfile import COLUMNS, csv_text, read_tracking
 
 TAGS = ("mass", "mean", "l2_dist")
 HISTOGRAM_BINS = 30
@@ -50,14 +50,6 @@ def _one_thread():
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-def _csv(rows: pd.DataFrame, header: bool) -> str:
-    return rows.to_csv(index=False, header=header, lineterminator="\n")
-
-
-def _header() -> str:
-    return ",".join(COLUMNS) + "\n"
 
 
 class BiasTracker:
@@ -87,7 +79,6 @@ class BiasTracker:
             source = self._weights() if init_state is None else weights_of(init_state)
             self.init = {layer.weight_key: source[layer.weight_key].detach().to(layer.module.weight.device, copy=True)
                          for layer in self.layers if layer.weight_key in source}
-        self._pending: list[pd.DataFrame] = []
         self._open(append)
 
     # -- computing ----------------------------------------------------------------------------------
@@ -118,48 +109,63 @@ class BiasTracker:
         stats = self.compute()
         table = stats.table
         if self.writer is not None:
-            for tag, value in self.scalars(table).items():
-                self.writer.add_scalar(tag, value, global_step)
-            if self.histograms:
-                for name, p in stats.projections.items():
-                    if np.isfinite(p).all():  # a diverged layer has no histogram (the training loss says why)
-                        self.writer.add_histogram(f"bias/projections/{name}", np.asarray(p), global_step,
-                                                  bins=HISTOGRAM_BINS)
-        rows = table.assign(
-            step=int(global_step), epoch=float("nan") if epoch is None else float(epoch),
-            normalize=self.normalize, level=self.level)
-        rows = rows.reindex(columns=list(COLUMNS))
-        self._pending.append(rows)
+            self._log(global_step, self.scalars(table), stats.projections if self.histograms else {})
+        fixed = {"step": int(global_step), "epoch": float("nan") if epoch is None else float(epoch),
+                 "normalize": self.normalize, "level": self.level}
+        n = len(table)
+        self._pending += zip(*[[fixed[c]] * n if c in fixed else table[c].tolist() if c in table.columns
+                               else [None] * n for c in COLUMNS])
         if flush:
             self.flush()
         return table
 
+    def _log(self, global_step: int, scalars: Mapping[str, float], histograms: Mapping[str, np.ndarray]) -> None:
+        """The step's scalars and histograms (a diverged layer has none: the training loss says why). To a
+        torch SummaryWriter they go as one event, whose record costs one write of the event file, instead of
+        one event per value."""
+        histograms = {f"bias/projections/{name}": np.asarray(p) for name, p in histograms.items()
+                      if np.isfinite(p).all()}
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from torch.utils.tensorboard import SummaryWriter, summary
+
+        if isinstance(self.writer, SummaryWriter):
+            values = [v for tag, x in scalars.items() for v in summary.scalar(tag, x).value]
+            values += [v for tag, p in histograms.items() for v in summary.histogram(tag, p, HISTOGRAM_BINS).value]
+            self.writer._get_file_writer().add_summary(Summary(value=values), global_step)
+            return
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, global_step)
+        for tag, p in histograms.items():
+            self.writer.add_histogram(tag, p, global_step, bins=HISTOGRAM_BINS)
+
     # -- the file -----------------------------------------------------------------------------------
     def _open(self, append: bool) -> None:
         """Take the rows of an existing file; its text is kept as it is when its columns are ours."""
-        self._frames: list[pd.DataFrame] = []
-        self._text = _header()
+        self._existing = pd.DataFrame(columns=list(COLUMNS))
+        self._written: list[tuple] = []  # this tracker's rows in the file
+        self._pending: list[tuple] = []  # this tracker's rows not yet in it
+        self._text = csv_text([COLUMNS])
         if not append or self.csv_path is None or not self.csv_path.is_file():
             return
-        existing = read_tracking(self.csv_path)
-        self._frames = [existing] if len(existing) else []
+        self._existing = read_tracking(self.csv_path)
         text = self.csv_path.read_text()
-        if text.splitlines()[:1] == [_header().rstrip("\n")] and text.count("\n") == len(existing) + 1:
+        if text.splitlines()[:1] == [self._text.rstrip("\n")] and text.count("\n") == len(self._existing) + 1:
             self._text = text
         else:
-            self._text = _csv(existing.reindex(columns=list(COLUMNS)), header=True)
+            self._text += csv_text(self._existing.reindex(columns=list(COLUMNS)).itertuples(index=False))
 
     @property
     def rows(self) -> pd.DataFrame:
         """Every row: those already in the file and those of this tracker's steps."""
-        parts = [df for df in (*self._frames, *self._pending) if len(df)]
-        if not parts:
-            return pd.DataFrame(columns=list(COLUMNS))
-        return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
+        new = pd.DataFrame(self._written + self._pending, columns=list(COLUMNS))
+        if not len(self._existing):
+            return new
+        return pd.concat([self._existing, new], ignore_index=True) if len(new) else self._existing
 
     def has_step(self, global_step: int) -> bool:
         """Whether a row of `global_step` is in the file or queued."""
-        return any(bool((pd.to_numeric(df["step"]) == global_step).any()) for df in (*self._frames, *self._pending))
+        return (bool((pd.to_numeric(self._existing["step"]) == global_step).any())
+                or any(row[0] == global_step for row in self._written + self._pending))
 
     def discard_after(self, global_step: int) -> None:
         """Drop the rows of steps after `global_step` (a run resumed from an earlier point computes them
@@ -167,21 +173,17 @@ class BiasTracker:
         rows = self.rows
         keep = rows[pd.to_numeric(rows["step"]) <= global_step].reset_index(drop=True)
         if len(keep) != len(rows):
-            self._replace(keep)
+            self._existing, self._written, self._pending = keep, [], []
+            self._text = csv_text([COLUMNS]) + csv_text(keep.reindex(columns=list(COLUMNS)).itertuples(index=False))
+            self._write()
 
     def flush(self) -> None:
         """Rewrite the file, whole and atomically, with the queued rows appended (nothing if none is queued)."""
         if not self._pending:
             return
-        new = pd.concat(self._pending, ignore_index=True) if len(self._pending) > 1 else self._pending[0]
-        self._frames.append(new)
+        self._text += csv_text(self._pending)
+        self._written += self._pending
         self._pending = []
-        self._text += _csv(new, header=False)
-        self._write()
-
-    def _replace(self, rows: pd.DataFrame) -> None:
-        self._frames, self._pending = [rows] if len(rows) else [], []
-        self._text = _csv(rows.reindex(columns=list(COLUMNS)), header=True)
         self._write()
 
     def _write(self) -> None:

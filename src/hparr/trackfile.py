@@ -8,9 +8,14 @@ between epoch ends), the layer's `name`, `kind`, `stage`, `block`, `N`, `d`, the
 """
 from __future__ import annotations
 
+import csv
+import io
+import math
 import os
 from pathlib import Path
+from typing import Any, Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 
 from .errors import HparrError
@@ -48,3 +53,23 @@ def read_tracking(path: str | os.PathLike) -> pd.DataFrame:
     except (TypeError, ValueError) as exc:
         raise HparrError(f"malformed tracking file {path}: {str(exc)[:200]}") from None
     return df
+
+
+def csv_text(rows: Iterable[Sequence[Any]]) -> str:
+    """CSV lines of `rows` (the header is a row of names): floats in their shortest exact form (`repr`),
+    missing values (None, NaN, NA) empty, booleans `True`/`False`: what `read_tracking` reads back exactly."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows([_cell(v) for v in row] for row in rows)
+    return out.getvalue()
+
+
+def _cell(value: Any) -> str:
+    if value is None or value is pd.NA:
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return "True" if value else "False"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return "" if math.isnan(value) else repr(float(value))
+    return str(value)

@@ -67,7 +67,8 @@ class _Tracking:
             else:
                 self._others.append(logger)
         resumed = self._init_state is not None  # restored from a checkpoint, or a second fit of this callback
-        self.tracker = BiasTracker(net, init_state=self._init_state, writer=_Fanout(writers) if writers else None,
+        writer = writers[0] if len(writers) == 1 else _Fanout(writers) if writers else None  # one: a step's one event
+        self.tracker = BiasTracker(net, init_state=self._init_state, writer=writer,
                                    csv_path=self.csv_path, append=resumed, **self.options)
         if not resumed:
             self._init_state = {k: v.detach().cpu() for k, v in (self.tracker.init or {}).items()}
