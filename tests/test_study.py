@@ -21,6 +21,7 @@ from hparr import files, results, study
 from hparr.cli import main
 from hparr.errors import UsageError
 from hparr.report import study as study_report
+from hparr.trackfile import COLUMNS, FILENAME, csv_text
 
 T975_1 = 12.706204736174705  # Student t, 97.5% quantile, 1 degree of freedom (from the table)
 Z975 = 1.959963984540054
@@ -68,7 +69,22 @@ def write_cell(root: Path, noise: float, seed: int) -> Path:
                                                              "subsample_classes": 0}}})
     for name in ("report.json", "summary.md", "index.html"):
         files.write_text(cell / "report" / name, "{}")
+    if noise == 0.0:  # the clean cells tracked their training: epochs 0, 1 and 2, the masses moving linearly
+        files.write_text(models / FILENAME, tracking_text(MASSES[noise, seed]))
     return cell
+
+
+def tracking_text(trained: list[float]) -> str:
+    rows = []
+    for epoch in (0, 1, 2):
+        for i, (name, m) in enumerate(zip(LAYERS, trained)):
+            mass = 0.5 + (m - 0.5) * epoch / 2
+            biased = abs(mass - 0.5) >= 0.25
+            values = {"step": 5 * epoch, "epoch": float(epoch), "name": name, "kind": "conv", "stage": 0, "block": i,
+                      "N": 4, "d": 9, "mean": 0.5 - mass, "mass": mass, "p_adjusted": 0.03 if biased else 1.0,
+                      "biased": biased, "l2_dist": 0.1 * epoch, "normalize": True, "level": 0.05}
+            rows.append([values.get(c) for c in COLUMNS])
+    return csv_text([COLUMNS, *rows])
 
 
 @pytest.fixture
@@ -236,6 +252,33 @@ def test_study_table_and_claims_from_result_files(synthetic):
     assert learn["rho"] == pytest.approx(0.5 / math.sqrt(22.5)) and learn["n"] == 4
     se = math.sqrt(1.06 / 1)
     assert learn["low"] == pytest.approx(math.tanh(math.atanh(learn["rho"]) - Z975 * se))
+
+
+def test_tracked_curves_over_seeds(synthetic):
+    data = study_report.load_study(synthetic)
+    clean = ["cells/lenet/digits/clean/seed_0", "cells/lenet/digits/clean/seed_1"]
+    assert list(data.curves.columns) == study_report.CURVE_COLUMNS and len(data.curves) == 2 * 3 * 3
+    assert sorted(data.curves["cell"].unique()) == clean and set(data.curves["condition"]) == {"clean"}
+    tracked = data.tracked
+    assert list(tracked.columns) == study_report.TRACKED_COLUMNS and len(tracked) == 3 * 3  # layers x epochs
+    assert (tracked["n_seeds"] == 2).all() and set(tracked["noise"]) == {0.0}
+    at = tracked.set_index(["layer", "epoch"])
+    # layer a: trained masses 0.75 and 0.5, so at epoch 1 the tracked masses are 0.625 and 0.5
+    assert at.loc[("a", 1.0), "mass"] == pytest.approx(0.5625)
+    means = [0.5 - 0.75, 0.0]  # the mean projections of layer a at epoch 2
+    half = T975_1 * (abs(means[0] - means[1]) / math.sqrt(2)) / math.sqrt(2)
+    assert at.loc[("a", 2.0), "mean"] == pytest.approx(-0.125)
+    assert (at.loc[("a", 2.0), "mean_low"], at.loc[("a", 2.0), "mean_high"]) == (
+        pytest.approx(-0.125 - half), pytest.approx(-0.125 + half))
+    assert (at.loc[("a", 2.0), "mass_low"], at.loc[("a", 2.0), "mass_high"]) == (0.0, 1.0)  # cut to [0, 1]
+    # biased at epoch 2: layer a in seed 0 only, layer b in both (masses 1.0 and 0.75), at epoch 0 none
+    assert at.loc[("a", 2.0), "share_biased"] == 0.5 and at.loc[("b", 2.0), "share_biased"] == 1.0
+    assert (at.xs(0.0, level="epoch")["share_biased"] == 0).all()
+
+    written = study_report.build_study_report(synthetic)
+    saved = pd.read_csv(written["tracked_by_epoch.csv"])
+    assert saved.shape == tracked.shape and np.allclose(saved["mass"], tracked["mass"])
+    assert "tracked_by_epoch.csv: the tracked training of 2 cells" in written["summary.md"].read_text()
 
 
 def test_the_study_report_is_drawn_without_torch(synthetic):

@@ -35,7 +35,7 @@ from .. import files
 from ..errors import HparrError
 from ..provenance import versions
 from ..results import CELLS_DIR, MANIFEST_NAME, drop_frame, read_manifest, read_study, run_finished
-from .discovery import load_run
+from .discovery import load_run, tracked_curves
 from .render import markdown_table
 from .tables import DEFAULT_THRESHOLD, _num, bias_measure, check_options
 
@@ -48,6 +48,10 @@ LEVEL = 0.05
 COLUMNS = ["arch", "dataset", "subsample", "noise", "condition", "seed", "cell", "epoch", "trained", "layer", "kind",
            "stage", "block", "N", "d", "mass", "mean", "std", "p_value", "p_adjusted", "biased", "l2_dist", "mass_init",
            "bias", "drop_reinit_0", "drop_rand", "test_top1", "train_top1"]
+CURVE_COLUMNS = ["arch", "dataset", "subsample", "noise", "condition", "seed", "cell", "step", "epoch", "layer",
+                 "stage", "block", "mass", "mean", "p_adjusted", "biased", "l2_dist"]
+TRACKED_COLUMNS = ["arch", "dataset", "subsample", "noise", "condition", "layer", "stage", "block", "epoch", "n_seeds",
+                   "mass", "mass_low", "mass_high", "mean", "mean_low", "mean_high", "share_biased"]
 CELL_COLUMNS = ["arch", "dataset", "subsample", "setting", "noise", "condition", "seed", "cell", "epoch", "n_layers",
                 "share_biased", "share_biased_init", "bias", "bias_init", "test_top1", "train_top1"]
 
@@ -72,7 +76,9 @@ def setting_label(arch: str, dataset: str, subsample: int) -> str:
 @dataclass
 class StudyData:
     """study: study.json; table: one row per cell x snapshot epoch x layer (COLUMNS); cells: one row per
-    finished cell (CELL_COLUMNS, at its final epoch); missing: the cells of study.json not finished."""
+    finished cell (CELL_COLUMNS, at its final epoch); missing: the cells of study.json not finished; curves: the
+    rows of the cells' tracking.csv files (CURVE_COLUMNS, one per cell x tracked step x layer); tracked: the
+    curves over seeds (`tracked_by_epoch`)."""
 
     study_dir: Path
     study: dict
@@ -80,9 +86,12 @@ class StudyData:
     cells: pd.DataFrame
     missing: list[str] = field(default_factory=list)
     measure: str = "mass"
+    curves: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CURVE_COLUMNS))
+    tracked: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=TRACKED_COLUMNS))
 
 
-def _cell_rows(cell_dir: Path, base: Path, measure: str) -> list[dict[str, Any]]:
+def _cell_rows(cell_dir: Path, base: Path, measure: str) -> tuple[list[dict[str, Any]], pd.DataFrame]:
+    """The cell's rows of the study table and its tracked curves (empty when training was not tracked)."""
     manifest = read_manifest(cell_dir)
     settings = manifest.get("settings") or {}
     data = settings.get("data") or {}
@@ -116,7 +125,10 @@ def _cell_rows(cell_dir: Path, base: Path, measure: str) -> list[dict[str, Any]]
                      "bias": bias_measure(mass, _num(r.get("N")), _num(r.get("p_value")), measure),
                      "drop_reinit_0": drop("0"), "drop_rand": drop("rand"),
                      "test_top1": float(final["test"]["top1"]), "train_top1": float(final["train"]["top1"])})
-    return rows
+    tracked = tracked_curves(run)
+    if tracked is None:
+        return rows, pd.DataFrame(columns=CURVE_COLUMNS)
+    return rows, tracked.rename(columns={"name": "layer"}).assign(**context).reindex(columns=CURVE_COLUMNS)
 
 
 def finished_cells(study_dir: Path) -> list[Path]:
@@ -136,17 +148,39 @@ def load_study(study_dir: str | os.PathLike, measure: str = "mass") -> StudyData
     cells = finished_cells(base)
     if not cells:
         raise HparrError(f"no finished cell under {base / CELLS_DIR}: run `hparr study` first")
-    rows = [row for c in cells for row in _cell_rows(c, base, measure)]
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    parts = [_cell_rows(c, base, measure) for c in cells]
+    table = pd.DataFrame([row for rows, _ in parts for row in rows], columns=COLUMNS)
     for col in ("stage", "block", "N", "d"):
         table[col] = pd.to_numeric(table[col]).astype("Int64")
     table["biased"] = table["biased"].astype("boolean")
-    table = table.sort_values(["arch", "dataset", "subsample", "noise", "seed", "epoch", "stage", "block"],
-                              key=lambda s: s.map(_condition_order) if s.name == "noise" else s,
-                              kind="stable").reset_index(drop=True)
+    table = _in_order(table, "epoch")
+    curves = [c for _, c in parts if len(c)]
+    curves = _in_order(pd.concat(curves, ignore_index=True), "step") if curves else pd.DataFrame(columns=CURVE_COLUMNS)
     done = {str(c.relative_to(base)) for c in cells}
     missing = [c for c in study.get("cells", []) if c not in done]
-    return StudyData(base, study, table, cell_table(table), missing, measure)
+    return StudyData(base, study, table, cell_table(table), missing, measure, curves, tracked_by_epoch(curves))
+
+
+def _in_order(table: pd.DataFrame, time: str) -> pd.DataFrame:
+    """Rows by setting, condition (clean, noise levels, pixel shuffle), seed, `time` and layer."""
+    return table.sort_values(["arch", "dataset", "subsample", "noise", "seed", time, "stage", "block"],
+                             key=lambda s: s.map(_condition_order) if s.name == "noise" else s,
+                             kind="stable").reset_index(drop=True)
+
+
+def tracked_by_epoch(curves: pd.DataFrame) -> pd.DataFrame:
+    """The tracked curves over seeds: per setting x condition x layer x tracked epoch, the mean over the seeds
+    tracked there of the layer's mass and mean projection with their Student-t 95% intervals (`t_interval`), and
+    the share of those seeds in which the layer is biased."""
+    keys = ["arch", "dataset", "subsample", "noise", "condition", "layer", "stage", "block", "epoch"]
+    rows = []
+    for key, part in curves.groupby(keys, sort=False, dropna=False):
+        mass, mean = t_interval(part["mass"], bounds=BOUNDS["mass"]), t_interval(part["mean"])
+        rows.append({**dict(zip(keys, key)), "n_seeds": int(part["seed"].nunique()),
+                     "mass": mass["mean"], "mass_low": mass["low"], "mass_high": mass["high"],
+                     "mean": mean["mean"], "mean_low": mean["low"], "mean_high": mean["high"],
+                     "share_biased": float(part["biased"].fillna(False).astype(bool).mean())})
+    return pd.DataFrame(rows, columns=TRACKED_COLUMNS)
 
 
 def cell_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -442,9 +476,11 @@ FIGURE_HELP = {
                                 "95% t interval (blue), the mean mass at initialization (black x) and the null's "
                                 "95% band (grey)."),
     "study_mass_by_epoch": ("(b) Mass across epochs",
-                            "One panel per condition: each layer's mass at every snapshot, the mean over seeds "
-                            "(line) and the range of the seeds (band); the grey band is the null's 95% band of "
-                            "the smallest layer."),
+                            "One panel per condition: each layer's mass, the mean over seeds. Where the cells "
+                            "tracked their training (tracking.csv), the line follows every tracked epoch with the "
+                            "95% t interval over seeds as its band, and the points are the snapshots; otherwise "
+                            "the line joins the snapshots and the band is the range of the seeds. The grey band is "
+                            "the null's 95% band of the smallest layer."),
     "study_bias_vs_criticality": ("(c) Bias against criticality, pooled over seeds",
                                   "One point per layer x seed: its trained bias against its drop under "
                                   "re-initialization to epoch 0, one colour per seed with its Spearman rho; the "
@@ -490,6 +526,10 @@ def summary_markdown(data: StudyData, numbers: Mapping[str, Any], figures: Seque
     lines += ["## Methods", "", *METHODS, "", "## Files", "",
               "- study.csv and study.parquet: one row per cell x snapshot epoch x layer; statistics.json: every "
               "number above; each cell's own report: cells/<arch>/<dataset>/<condition>/seed_<s>/report/.", ""]
+    if len(data.tracked):
+        lines[-1:] = [f"- tracked_by_epoch.csv: the tracked training of {data.curves['cell'].nunique()} cells "
+                      "over seeds, one row per condition x layer x tracked epoch: the mean mass and mean projection "
+                      "with their 95% t intervals, and the share of seeds in which the layer is biased.", ""]
     return "\n".join(lines)
 
 
@@ -546,7 +586,8 @@ def markdown_html(text: str, title: str) -> str:
 def build_study_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                        threshold: float = DEFAULT_THRESHOLD, measure: str = "mass") -> dict[str, Path]:
     """Write the report of a study folder to `out_dir` (default STUDY/report): study.csv, study.parquet,
-    statistics.json, figures (a)-(d) as PNG and PDF, summary.md and index.html. Returns {file name: path}."""
+    tracked_by_epoch.csv (when the cells tracked their training), statistics.json, figures (a)-(d) as PNG and
+    PDF, summary.md and index.html. Returns {file name: path}."""
     from .study_figures import draw_all
     from .tables import BIAS_MEASURES
 
@@ -565,6 +606,10 @@ def build_study_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike 
         written.append(out / "study.parquet")
     except ImportError:  # no pyarrow: the CSV alone
         pass
+    if len(data.tracked):
+        with files.atomic_path(out / "tracked_by_epoch.csv") as tmp:
+            data.tracked.to_csv(tmp, index=False)
+        written.append(out / "tracked_by_epoch.csv")
     measure_text = BIAS_MEASURES[measure]
     figures, paths = draw_all(data, numbers, out, threshold, measure_text)
     written += paths

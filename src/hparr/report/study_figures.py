@@ -104,8 +104,11 @@ def plot_mass_by_condition(table: pd.DataFrame, out: Path) -> list[Path]:
         return _save(fig, out, "study_mass_by_condition")
 
 
-def plot_mass_by_epoch(table: pd.DataFrame, out: Path) -> list[Path]:
-    """(b) per condition, each layer's mass across epochs: mean over seeds and the seeds' range as a band."""
+def plot_mass_by_epoch(table: pd.DataFrame, out: Path, tracked: pd.DataFrame | None = None) -> list[Path]:
+    """(b) per condition, each layer's mass across epochs, the mean over seeds: along the tracked epochs with
+    the 95% t interval over seeds as a band where `tracked` (`tracked_by_epoch`) has the layer, the snapshots
+    as points; otherwise through the snapshots, with the seeds' range as the band."""
+    followed, tracked_any = False, tracked is not None and len(tracked) > 0
     with _condition_panels(table, 3.8, 3.3) as (fig, axes, panels):
         for ax, (key, part, noise, label) in zip(axes.flat, panels):
             layers = _layers(part)
@@ -113,21 +116,45 @@ def plot_mass_by_epoch(table: pd.DataFrame, out: Path) -> list[Path]:
             ax.axhspan(*null.mass_band(smallest), color="0.88", label=f"null 95% band (N={smallest})")
             ax.axhline(0.5, color="0.5", lw=0.8)
             sub = part[part["noise"] == noise]
+            lines = _tracked_part(tracked, key, noise)
             for j, (layer, _) in enumerate(layers):
+                color = f"C{j % 10}"
                 by_epoch = sub[sub["layer"] == layer].groupby("epoch")["mass"]
                 epochs = np.array(sorted(by_epoch.groups), dtype=float)
-                mean, lo, hi = (by_epoch.mean().to_numpy(float), by_epoch.min().to_numpy(float),
-                                by_epoch.max().to_numpy(float))
-                ax.fill_between(epochs, lo, hi, color=f"C{j % 10}", alpha=0.18, lw=0)
-                ax.plot(epochs, mean, "o-", color=f"C{j % 10}", ms=3, lw=1.2, label=layer)
+                mean = by_epoch.mean().to_numpy(float)
+                line = lines[lines["layer"] == layer]
+                if len(line):
+                    followed = True
+                    x = line["epoch"].to_numpy(float)
+                    ax.fill_between(x, line["mass_low"].to_numpy(float), line["mass_high"].to_numpy(float),
+                                    color=color, alpha=0.18, lw=0)
+                    ax.plot(x, line["mass"].to_numpy(float), "-", color=color, lw=1.2, label=layer)
+                    ax.plot(epochs, mean, "o", color=color, ms=3)
+                    continue
+                ax.fill_between(epochs, by_epoch.min().to_numpy(float), by_epoch.max().to_numpy(float),
+                                color=color, alpha=0.18, lw=0)
+                ax.plot(epochs, mean, "o-", color=color, ms=3, lw=1.2, label=layer)
             ax.set_ylim(-0.03, 1.03)
-            ax.set_title(f"{_setting_title(key)}: {label} ({sub['seed'].nunique()} seeds)")
+            untracked = "\nnot tracked; band: seeds' range" if tracked_any and not len(lines) else ""
+            ax.set_title(f"{_setting_title(key)}: {label} ({sub['seed'].nunique()} seeds){untracked}")
             ax.set_xlabel("epoch")
             ax.set_ylabel("mass (share p <= 0)")
         _hide_unused(axes, len(panels))
         axes.flat[0].legend(loc="best", ncols=2)
-        fig.suptitle("(b) Mass across epochs: mean over seeds (line), range of the seeds (band)")
+        fig.suptitle("(b) Mass across epochs, mean over seeds\nline: every tracked epoch, band: its 95% t interval "
+                     "over seeds; points: snapshots" if followed else
+                     "(b) Mass across epochs: mean over seeds (line), range of the seeds (band)")
         return _save(fig, out, "study_mass_by_epoch")
+
+
+def _tracked_part(tracked: pd.DataFrame | None, key, noise: float) -> pd.DataFrame:
+    """The rows of `tracked` of one setting (arch, dataset, subsample) and condition, by epoch."""
+    if tracked is None or not len(tracked):
+        return pd.DataFrame(columns=["layer", "epoch", "mass", "mass_low", "mass_high"])
+    arch, dataset, subsample = key
+    keep = ((tracked["arch"] == arch) & (tracked["dataset"] == dataset) & (tracked["subsample"] == subsample)
+            & (tracked["noise"] == noise))
+    return tracked[keep].sort_values("epoch", kind="stable")
 
 
 def plot_bias_vs_criticality(table: pd.DataFrame, numbers: Mapping[str, Any], out: Path, threshold: float,
@@ -206,7 +233,7 @@ def draw_all(data, numbers: Mapping[str, Any], out: Path, threshold: float, meas
     """Draw (a)-(d); (names drawn, files written). Figures of an earlier report are replaced."""
     written = []
     written += plot_mass_by_condition(data.table, out)
-    written += plot_mass_by_epoch(data.table, out)
+    written += plot_mass_by_epoch(data.table, out, data.tracked)
     written += plot_bias_vs_criticality(data.table, numbers, out, threshold, measure_text)
     written += plot_bias_vs_learning(data.cells, numbers, out, measure_text)
     return list(STUDY_FIGURES), written
