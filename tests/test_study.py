@@ -142,6 +142,16 @@ def test_the_print_launcher_prints_a_reproduce_command_per_cell(tmp_path, capsys
     assert len(json.loads((out / "study.json").read_text())["cells"]) == 5
 
 
+def test_a_folder_holding_only_a_study_report_takes_a_study(tmp_path, capsys):
+    # a fresh clone keeps the default study's figures in runs/study/report/ without the study itself
+    out = tmp_path / "study"
+    files.write_text(out / "report" / "study_mass_by_epoch.png", "png")
+    args = ["study", "--seeds", "0", "--epochs", "1", "--tb-logdir", "", "--dry-run", "--out", str(out)]
+    assert main(args) == 0 and "seed_0" in capsys.readouterr().out
+    files.write_text(out / "report" / "notes.txt", "mine")  # anything else in it is kept from harm
+    assert main(args) == 2 and "holds files that are not a study" in capsys.readouterr().err
+
+
 def test_slurm_array_resources(tmp_path, monkeypatch):
     pytest.importorskip("submitit")
     from hparr.training import TrainSettings

@@ -252,7 +252,7 @@ def check_out(settings: StudySettings) -> Path:
         raise UsageError(f"--out {out} is a file, not a study folder")
     if out.is_dir():
         existing = results.read_study(out)
-        if existing is None and any(out.iterdir()):
+        if existing is None and any(out.iterdir()) and not _only_a_report(out):
             raise UsageError(f"--out {out} holds files that are not a study (no {results.STUDY_NAME}); "
                              "choose an empty or new folder")
         if existing is not None and existing.get("shared") != settings.shared():
@@ -261,6 +261,18 @@ def check_out(settings: StudySettings) -> Path:
             raise UsageError(f"--out {out} holds a study with other shared settings ({', '.join(diff)} differ); "
                              "use another --out")
     return out
+
+
+REPORT_SUFFIXES = (".png", ".pdf", ".csv", ".parquet", ".json", ".md", ".html")
+
+
+def _only_a_report(out: Path) -> bool:
+    """Whether `out` holds nothing but a study report's files in report/ (such as the figures of a study kept
+    without its cells): a study may be run there, and its report replaces them."""
+    entries = list(out.iterdir())
+    if [e.name for e in entries] != ["report"] or not entries[0].is_dir():
+        return False
+    return all(p.is_file() and p.suffix in REPORT_SUFFIXES for p in entries[0].rglob("*"))
 
 
 def prepare(settings: StudySettings, cells: Sequence[Cell]) -> Path:
