@@ -123,12 +123,12 @@ class BiasTracker:
         """The step's scalars and histograms (a diverged layer has none: the training loss says why). To a
         torch SummaryWriter they go as one event, whose record costs one write of the event file, instead of
         one event per value."""
-        histograms = {f"bias/projections/{name}": np.asarray(p) for name, p in histograms.items()
-                      if np.isfinite(p).all()}
         from tensorboard.compat.proto.summary_pb2 import Summary
         from torch.utils.tensorboard import SummaryWriter, summary
 
-        if isinstance(self.writer, SummaryWriter):
+        histograms = {f"bias/projections/{name}": np.asarray(p) for name, p in histograms.items()
+                      if np.isfinite(p).all()}
+        if isinstance(self.writer, SummaryWriter):  # its event file, as add_scalar and add_histogram reach it
             values = [v for tag, x in scalars.items() for v in summary.scalar(tag, x).value]
             values += [v for tag, p in histograms.items() for v in summary.histogram(tag, p, HISTOGRAM_BINS).value]
             self.writer._get_file_writer().add_summary(Summary(value=values), global_step)
