@@ -119,7 +119,7 @@ def bias_tests_of_layers(layers: Sequence[tuple[Any, int]]) -> list[dict[str, fl
     if tested:
         stat = [ks_statistic(cos[i], layers[i][1]) for i in tested]
         p = np.clip(stats.kstwo.sf(np.asarray(stat), np.asarray([cos[i].size for i in tested])), 0.0, 1.0)
-        for i, value in zip(tested, np.atleast_1d(p).tolist()):
+        for i, value in zip(tested, p.tolist()):
             p_ks[i] = value
     out = []
     for ps, pk in zip(p_sign, p_ks):

@@ -525,12 +525,12 @@ def summary_markdown(data: StudyData, numbers: Mapping[str, Any], figures: Seque
         lines += [f"### {head}", "", f"![{head}]({name}.png) ([PDF]({name}.pdf))", "", text, ""]
     lines += ["## Methods", "", *METHODS, "", "## Files", "",
               "- study.csv and study.parquet: one row per cell x snapshot epoch x layer; statistics.json: every "
-              "number above; each cell's own report: cells/<arch>/<dataset>/<condition>/seed_<s>/report/.", ""]
+              "number above; each cell's own report: cells/<arch>/<dataset>/<condition>/seed_<s>/report/."]
     if len(data.tracked):
-        lines[-1:] = [f"- tracked_by_epoch.csv: the tracked training of {data.curves['cell'].nunique()} cells "
-                      "over seeds, one row per condition x layer x tracked epoch: the mean mass and mean projection "
-                      "with their 95% t intervals, and the share of seeds in which the layer is biased.", ""]
-    return "\n".join(lines)
+        lines.append(f"- tracked_by_epoch.csv: the tracked training of {data.curves['cell'].nunique()} cells "
+                     "over seeds, one row per condition x layer x tracked epoch: the mean mass and mean projection "
+                     "with their 95% t intervals, and the share of seeds in which the layer is biased.")
+    return "\n".join([*lines, ""])
 
 
 def markdown_html(text: str, title: str) -> str:

@@ -104,11 +104,11 @@ def plot_mass_by_condition(table: pd.DataFrame, out: Path) -> list[Path]:
         return _save(fig, out, "study_mass_by_condition")
 
 
-def plot_mass_by_epoch(table: pd.DataFrame, out: Path, tracked: pd.DataFrame | None = None) -> list[Path]:
+def plot_mass_by_epoch(table: pd.DataFrame, out: Path, tracked: pd.DataFrame) -> list[Path]:
     """(b) per condition, each layer's mass across epochs, the mean over seeds: along the tracked epochs with
     the 95% t interval over seeds as a band where `tracked` (`tracked_by_epoch`) has the layer, the snapshots
     as points; otherwise through the snapshots, with the seeds' range as the band."""
-    followed, tracked_any = False, tracked is not None and len(tracked) > 0
+    followed = len(tracked) > 0
     with _condition_panels(table, 3.8, 3.3) as (fig, axes, panels):
         for ax, (key, part, noise, label) in zip(axes.flat, panels):
             layers = _layers(part)
@@ -124,7 +124,6 @@ def plot_mass_by_epoch(table: pd.DataFrame, out: Path, tracked: pd.DataFrame | N
                 mean = by_epoch.mean().to_numpy(float)
                 line = lines[lines["layer"] == layer]
                 if len(line):
-                    followed = True
                     x = line["epoch"].to_numpy(float)
                     ax.fill_between(x, line["mass_low"].to_numpy(float), line["mass_high"].to_numpy(float),
                                     color=color, alpha=0.18, lw=0)
@@ -135,7 +134,7 @@ def plot_mass_by_epoch(table: pd.DataFrame, out: Path, tracked: pd.DataFrame | N
                                 color=color, alpha=0.18, lw=0)
                 ax.plot(epochs, mean, "o-", color=color, ms=3, lw=1.2, label=layer)
             ax.set_ylim(-0.03, 1.03)
-            untracked = "\nnot tracked; band: seeds' range" if tracked_any and not len(lines) else ""
+            untracked = "\nnot tracked; band: seeds' range" if followed and not len(lines) else ""
             ax.set_title(f"{_setting_title(key)}: {label} ({sub['seed'].nunique()} seeds){untracked}")
             ax.set_xlabel("epoch")
             ax.set_ylabel("mass (share p <= 0)")
@@ -147,10 +146,8 @@ def plot_mass_by_epoch(table: pd.DataFrame, out: Path, tracked: pd.DataFrame | N
         return _save(fig, out, "study_mass_by_epoch")
 
 
-def _tracked_part(tracked: pd.DataFrame | None, key, noise: float) -> pd.DataFrame:
+def _tracked_part(tracked: pd.DataFrame, key, noise: float) -> pd.DataFrame:
     """The rows of `tracked` of one setting (arch, dataset, subsample) and condition, by epoch."""
-    if tracked is None or not len(tracked):
-        return pd.DataFrame(columns=["layer", "epoch", "mass", "mass_low", "mass_high"])
     arch, dataset, subsample = key
     keep = ((tracked["arch"] == arch) & (tracked["dataset"] == dataset) & (tracked["subsample"] == subsample)
             & (tracked["noise"] == noise))
