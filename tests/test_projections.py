@@ -173,10 +173,17 @@ def test_one_weight_per_filter_has_no_ks_test():
     assert doc["0"]["0"]["p_ks"] is None and doc["0"]["0"]["d"] == 1 and doc["0"]["0"]["mass"] == 0.0
 
 
-def test_the_bias_tests_are_scipys_to_the_last_bit():
-    """The layer tests of one call (the KS law evaluated once for every layer, the sign test cached by its
-    count) equal scipy's binomtest and kstest of each layer alone, for filter counts and dimensions through
-    every branch of the exact KS law, biased layers, ties, a diverged layer and a 1-dimensional one."""
+def _pomeranz_range(n: int, stat: float) -> bool:
+    """Where scipy evaluates the exact KS law by Pomeranz's recursion (and hparr by the Durbin matrix)."""
+    t = n * stat
+    return n <= 140 and 1 < t < n - 1 and stat < 0.5 and 0.754693 < t * stat <= 4
+
+
+def test_the_bias_tests_are_scipys():
+    """The layer tests of one call (each law evaluated once for every layer) equal scipy's binomtest and
+    kstest of each layer alone, for filter counts and dimensions through every branch of the exact KS law,
+    biased layers, ties, a diverged layer and a 1-dimensional one: the sign test to within 2e-15, the KS test to
+    the last bit, or to within 1e-13 in the Durbin matrix range of `ks_sf`."""
     rng = np.random.default_rng(7)
     layers = []
     for n in (1, 2, 3, 6, 16, 64, 150, 512, 2000):
@@ -186,15 +193,48 @@ def test_the_bias_tests_are_scipys_to_the_last_bit():
     layers += [(np.zeros(6), 9), (np.array([0.1, np.nan, -0.2]), 27), (np.array([1.0, -1.0, 1.0]), 1)]
     got = P.bias_tests_of_layers(layers)
     assert len(got) == len(layers)
+    durbin = 0
     for (c, d), tests in zip(layers, got):
         sign = stats.binomtest(int(np.count_nonzero(c <= 0)), c.size, 0.5).pvalue
-        ks = stats.kstest(c, null.distribution(d).cdf).pvalue if d >= 2 else float("nan")
-        assert tests["p_sign"] == sign
+        result = stats.kstest(c, null.distribution(d).cdf) if d >= 2 else None
+        ks = result.pvalue if result is not None else float("nan")
         np.testing.assert_equal(tests, P.bias_tests(c, d))  # NaN equals NaN here
-        assert tests["p_ks"] == ks or (math.isnan(ks) and math.isnan(tests["p_ks"])), (c.size, d)
-        available = [p for p in (sign, ks) if not math.isnan(p)]
+        assert tests["p_sign"] == pytest.approx(sign, rel=2e-15, abs=0)
+        if result is not None and _pomeranz_range(c.size, result.statistic):
+            durbin += 1
+            assert abs(tests["p_ks"] - ks) <= 1e-13
+        else:
+            assert tests["p_ks"] == ks or (math.isnan(ks) and math.isnan(tests["p_ks"])), (c.size, d)
+        available = [p for p in (tests["p_sign"], tests["p_ks"]) if not math.isnan(p)]
         assert tests["p_value"] == min(1.0, len(available) * min(available))
+    assert durbin >= 3
     assert any(t["p_ks"] < 1e-10 for t in got) and any(t["p_ks"] > 0.5 for t in got)
+
+
+def test_the_sign_test_is_binomtests_for_every_small_layer():
+    """`sign_pvalues` equals `scipy.stats.binomtest(K, N, 0.5)` for every count K of every N up to 64 and
+    of a few larger layers: to the last bit for nearly all, to within 2e-15 for the rest."""
+    sizes = [*range(1, 65), 100, 140, 512]
+    n = np.repeat(sizes, [m + 1 for m in sizes])
+    k = np.concatenate([np.arange(m + 1) for m in sizes])
+    expected = np.array([stats.binomtest(int(a), int(b), 0.5).pvalue for a, b in zip(k, n)])
+    got = P.sign_pvalues(k, n)
+    np.testing.assert_allclose(got, expected, rtol=2e-15, atol=0)
+    assert (got == expected).mean() > 0.99 and got[2 * k == n].tolist() == [1.0] * int((2 * k == n).sum())
+
+
+def test_the_ks_law_is_scipys_for_every_small_layer():
+    """`ks_sf` equals scipy's `kstwo.sf` for every N up to 141 and statistics across its branches: to within
+    1e-13 where it takes the Durbin matrix, to the last bit elsewhere."""
+    n = np.repeat(np.arange(1, 142), 12)
+    stat = np.sqrt(np.tile([0.3, 0.754, 0.755, 0.9, 1.3, 2.0, 2.7, 3.3, 3.99, 4.0, 4.01, 6.0], 141) / n)
+    stat = np.minimum(stat, 0.999)
+    expected = stats.kstwo.sf(stat, n)
+    got = P.ks_sf(stat, n)
+    durbin = np.array([_pomeranz_range(int(k), float(x)) for k, x in zip(n, stat)])
+    assert durbin.sum() > 600 and (~durbin).sum() > 600
+    np.testing.assert_array_equal(got[~durbin], expected[~durbin])
+    np.testing.assert_allclose(got[durbin], expected[durbin], rtol=0, atol=1e-13)
 
 
 def test_holm_follows_its_definition():

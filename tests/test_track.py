@@ -246,16 +246,18 @@ def test_tracker_in_a_plain_loop_and_its_file(tmp_path):
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
-        table = tracker.step(step, flush=step == 3)
+        table = tracker.step(step, flush=step == 3).table
         if step == 1:
             assert len(read_tracking(path)) == 1  # queued, not written
             tracker.discard_after(10)  # nothing to drop: the queued rows stay queued
+    tracker.sync()
     rows = read_tracking(path)
     assert list(rows.columns) == list(COLUMNS) and list(rows["step"].unique()) == [0, 1, 2, 3]
     assert rows.loc[0, "mass"] == 0.5 and math.isnan(rows.loc[0, "std"]) and rows["epoch"].iloc[1:].isna().all()
     expected = projections.layer_stats(model, init=tracker.init, input_shape=(1, 1, 32, 32)).table
     assert np.array_equal(table["l2_dist"], expected["l2_dist"]) and (table["l2_dist"] > 0).all()
     tracker.discard_after(1)
+    tracker.close()
     assert list(read_tracking(path)["step"].unique()) == [0, 1]
 
 

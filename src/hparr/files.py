@@ -13,8 +13,8 @@ import logging
 import math
 import os
 import re
+import secrets
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -87,13 +87,10 @@ def atomic_path(path: str | os.PathLike, what: str = "files") -> Iterator[Path]:
     path = Path(path)
     ensure_dir(path.parent)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+        tmp = _new_file_beside(path)
     except OSError as exc:
         raise (write_error(exc, path, what) or exc) from None
-    os.close(fd)
-    tmp = Path(tmp)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared like any file
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -117,10 +114,17 @@ def remove(path: str | os.PathLike) -> None:
         raise HparrError(f"cannot remove {path}: {exc.strerror or exc}") from None
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _new_file_beside(path: Path) -> Path:
+    """A new empty file with a random name beside `path`, made with the permissions of any new file (the
+    umask applies; results are meant to be shared like any file), safely from several threads at once."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp{path.suffix}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path))
 
 
 def _fsync_dir(directory: Path) -> None:

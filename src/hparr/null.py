@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 from scipy import stats
 
 Z95 = 1.959963984540054
@@ -25,6 +26,13 @@ def distribution(d: int):
         raise ValueError(f"the null needs d >= 2, got {d}")
     a = (d - 1) / 2
     return stats.beta(a, a, loc=-1, scale=2)
+
+
+def cdf(t, d):
+    """The CDF of `distribution(d)` at `t`, elementwise over arrays of `t` and `d` (each d >= 2): the same
+    values as `distribution(d).cdf(t)`, in one call for the filters of many layers."""
+    a = (np.asarray(d, dtype=np.float64) - 1) / 2
+    return stats.beta.cdf(t, a, a, loc=-1, scale=2)
 
 
 def mass_band(n: int) -> tuple[float, float]:

@@ -6,7 +6,7 @@
 the distances from initialization, the bias test's p-values and the biased flag. It writes them to a
 TensorBoard `SummaryWriter` (scalars `bias/mass/<layer>`, `bias/mean/<layer>`, `bias/l2_dist/<layer>`,
 `bias/biased_layers`, and a histogram `bias/projections/<layer>` of each layer's projections) and to a
-tidy CSV file (see `hparr.trackfile`), rewritten whole and atomically at each flush.
+tidy CSV file (see `hparr.trackfile`), rewritten whole and atomically at each flush by a thread of its own.
 
 In a plain PyTorch loop::
 
@@ -20,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -34,7 +36,7 @@ from .projections import DEFAULT_LEVEL, LayerStats, analyze_layers, weights_of
 from .trackfile import COLUMNS, csv_text, read_tracking
 
 TAGS = ("mass", "mean", "l2_dist")
-HISTOGRAM_BINS = 30
+HISTOGRAM_BINS = 30  # at most; a layer of fewer filters has one bin per filter
 
 
 @contextlib.contextmanager
@@ -50,6 +52,10 @@ def _one_thread():
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def _bins(projections: np.ndarray) -> int:
+    return min(HISTOGRAM_BINS, projections.size)
 
 
 class BiasTracker:
@@ -92,32 +98,32 @@ class BiasTracker:
                                   level=self.level, skipped=self.skipped)
 
     @staticmethod
-    def scalars(table: pd.DataFrame) -> dict[str, float]:
-        """The TensorBoard scalars of one `compute().table`, tag -> value."""
+    def scalars(stats: LayerStats) -> dict[str, float]:
+        """The TensorBoard scalars of one `compute()`, tag -> value."""
+        columns = stats.columns
         out: dict[str, float] = {}
-        columns = {c: table[c].tolist() for c in ("name", *TAGS) if c in table.columns}
         for tag in TAGS:
             for name, value in zip(columns["name"], columns.get(tag, ())):
                 if value is not None and not math.isnan(value):
                     out[f"bias/{tag}/{name}"] = float(value)
-        out["bias/biased_layers"] = float(table["biased"].sum())
+        out["bias/biased_layers"] = float(sum(columns["biased"]))
         return out
 
-    def step(self, global_step: int, epoch: float | None = None, flush: bool = True) -> pd.DataFrame:
-        """Compute the statistics now, log them at `global_step` and queue their rows (written at once
-        when `flush`, else at the next `flush()`); returns the per-layer table of `compute()`."""
+    def step(self, global_step: int, epoch: float | None = None, flush: bool = True) -> LayerStats:
+        """Compute the statistics now, log them at `global_step` and queue their rows (handed to the file
+        at once when `flush`, else at the next `flush()`); returns the statistics of `compute()` (`.table`:
+        one row per layer)."""
         stats = self.compute()
-        table = stats.table
         if self.writer is not None:
-            self._log(global_step, self.scalars(table), stats.projections if self.histograms else {})
+            self._log(global_step, self.scalars(stats), stats.projections if self.histograms else {})
         fixed = {"step": int(global_step), "epoch": float("nan") if epoch is None else float(epoch),
                  "normalize": self.normalize, "level": self.level}
-        n = len(table)
-        self._pending += zip(*[[fixed[c]] * n if c in fixed else table[c].tolist() if c in table.columns
-                               else [None] * n for c in COLUMNS])
+        columns = stats.columns
+        n = len(columns["name"])
+        self._pending += zip(*[[fixed[c]] * n if c in fixed else columns.get(c, [None] * n) for c in COLUMNS])
         if flush:
             self.flush()
-        return table
+        return stats
 
     def _log(self, global_step: int, scalars: Mapping[str, float], histograms: Mapping[str, np.ndarray]) -> None:
         """The step's scalars and histograms (a diverged layer has none: the training loss says why). To a
@@ -130,13 +136,13 @@ class BiasTracker:
                       if np.isfinite(p).all()}
         if isinstance(self.writer, SummaryWriter):  # its event file, as add_scalar and add_histogram reach it
             values = [v for tag, x in scalars.items() for v in summary.scalar(tag, x).value]
-            values += [v for tag, p in histograms.items() for v in summary.histogram(tag, p, HISTOGRAM_BINS).value]
+            values += [v for tag, p in histograms.items() for v in summary.histogram(tag, p, _bins(p)).value]
             self.writer._get_file_writer().add_summary(Summary(value=values), global_step)
             return
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, value, global_step)
         for tag, p in histograms.items():
-            self.writer.add_histogram(tag, p, global_step, bins=HISTOGRAM_BINS)
+            self.writer.add_histogram(tag, p, global_step, bins=_bins(p))
 
     # -- the file -----------------------------------------------------------------------------------
     def _open(self, append: bool) -> None:
@@ -144,6 +150,8 @@ class BiasTracker:
         self._existing = pd.DataFrame(columns=list(COLUMNS))
         self._written: list[tuple] = []  # this tracker's rows in the file
         self._pending: list[tuple] = []  # this tracker's rows not yet in it
+        self._pool: ThreadPoolExecutor | None = None  # the thread that writes the file
+        self._writes: list[futures.Future] = []  # its writes not yet seen done
         self._text = csv_text([COLUMNS])
         if not append or self.csv_path is None or not self.csv_path.is_file():
             return
@@ -178,7 +186,8 @@ class BiasTracker:
             self._write()
 
     def flush(self) -> None:
-        """Rewrite the file, whole and atomically, with the queued rows appended (nothing if none is queued)."""
+        """Rewrite the file, whole and atomically, with the queued rows appended (nothing if none is queued).
+        The writing is done by a thread of its own, so that training goes on meanwhile; `sync` waits for it."""
         if not self._pending:
             return
         self._text += csv_text(self._pending)
@@ -187,14 +196,42 @@ class BiasTracker:
         self._write()
 
     def _write(self) -> None:
-        if self.csv_path is not None:
-            files.write_text(self.csv_path, self._text)
+        if self.csv_path is None:
+            return
+        self._check()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hparr-tracking")
+        self._writes.append(self._pool.submit(files.write_text, self.csv_path, self._text))  # in order
+
+    def _check(self, wait: bool = False) -> None:
+        """Raise the error of a write that failed (after waiting for those under way, with `wait`)."""
+        if wait:
+            futures.wait(self._writes)
+        done = [w for w in self._writes if w.done()]
+        self._writes = [w for w in self._writes if not w.done()]
+        for w in done:
+            w.result()
+
+    def sync(self) -> None:
+        """Wait until the flushed rows are in the file; a write that failed raises its error."""
+        self._check(wait=True)
 
     def close(self) -> None:
+        """Flush, wait for the file, and stop the writing thread."""
         self.flush()
+        try:
+            self.sync()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
 
     def __enter__(self) -> BiasTracker:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        with contextlib.suppress(Exception):  # the error on its way out says what went wrong
+            self.close()

@@ -423,9 +423,14 @@ class Run:
         if self.start_epoch == 0 and self.resumed_from is None:
             path = self.save(checkpoints.init_name(s.arch, s.pretrained), 0, {})
             snapshots += [str(path)] if path else []
-        every = s.snapshot_every if s.snapshot_every >= 1 else max(s.epochs, 1)
         train_loader = self.loader("train")
         tracker = self._start_tracking(writer, len(train_loader))
+        with tracker if tracker is not None else contextlib.nullcontext():  # its file complete at the end
+            return self._epochs(model, train_loader, scaler, writer, tracker, snapshots)
+
+    def _epochs(self, model: nn.Module, train_loader, scaler, writer, tracker, snapshots: list[str]) -> TrainResult:
+        s = self.settings
+        every = s.snapshot_every if s.snapshot_every >= 1 else max(s.epochs, 1)
         converged, previous = True, None
         for epoch in range(self.start_epoch, s.epochs):
             model.train()
@@ -446,9 +451,11 @@ class Run:
             record.update({f"{k}_{m}": v for k, d in metrics.items() for m, v in d.items() if m != "count"})
             self.history.append(record)
             self._report(writer, epoch, record)
-            if tracker is not None:  # before the snapshot: a snapshot on disk always has its rows
+            if tracker is not None:
                 tracker.step((epoch + 1) * len(train_loader), epoch=epoch + 1)
             if snap:
+                if tracker is not None:
+                    tracker.sync()  # a snapshot on disk always has its rows
                 path = self.save(checkpoints.epoch_name(s.arch, epoch), epoch + 1, metrics)
                 snapshots += [str(path)] if path else []
             if watch:

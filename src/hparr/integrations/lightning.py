@@ -15,6 +15,7 @@ is preferred, `pytorch_lightning` is used when it is the one installed.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Sequence
 
@@ -93,7 +94,12 @@ class _Tracking:
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.tracker is not None:
-            self.tracker.flush()
+            self.tracker.close()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if self.tracker is not None:
+            with contextlib.suppress(Exception):  # the training's own error says what went wrong
+                self.tracker.close()
 
     def state_dict(self) -> dict[str, Any]:
         return {"init_state": self._init_state} if self._init_state is not None else {}
@@ -103,10 +109,10 @@ class _Tracking:
 
     # -- helpers ------------------------------------------------------------------------------------
     def _step(self, trainer, step: int, epoch: float, flush: bool = True) -> None:
-        table = self.tracker.step(step, epoch=epoch, flush=flush)
+        stats = self.tracker.step(step, epoch=epoch, flush=flush)
         self._last_step = step
         if self._others:
-            scalars = self.tracker.scalars(table)
+            scalars = self.tracker.scalars(stats)
             for logger in self._others:
                 logger.log_metrics(scalars, step=step)
 
