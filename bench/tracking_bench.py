@@ -1,8 +1,12 @@
 """The cost of tracking the bias during training (`hparr train`'s default): the tracker's end-of-epoch step
-(statistics of every layer, TensorBoard scalars and histograms, the atomic rewrite of tracking.csv)
-against an epoch. Epochs with and without a tracker step alternate on one model, so that a busy spell on a
-shared machine slows both alike. Printed: the tracker step's share of an epoch, and the ratio of the epoch
-times with and without tracking (every side effect included, but noisier)."""
+(statistics of every layer, TensorBoard scalars and histograms, the atomic rewrite of tracking.csv, handed to
+its thread) against an epoch. Epochs with and without a tracker step alternate on one model, so that a busy spell
+on a shared machine slows both alike. Printed: the tracker step's share of an epoch, and the ratio of the epoch
+times with and without tracking (every side effect included, but noisier).
+
+lenet on digits is trained by `hparr train`'s own epochs, with the settings of `make demo` and with
+`hparr train`'s default learning rate; vgg11 at 32 px by plain steps on batches in memory, extrapolated to a
+CIFAR-10 epoch."""
 from __future__ import annotations
 
 import tempfile

@@ -290,6 +290,24 @@ def test_a_torch_write_failure_without_its_errno_is_told_by_the_disk(tmp_path, m
         tmp.write_text("partial")
         raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
     assert target.read_text() == "before" and [p.name for p in tmp_path.iterdir()] == ["lenet_3.tar"]
+
+
+def test_written_files_are_made_with_the_umask_from_any_thread(tmp_path):
+    """Every writer's file gets the permissions of any new file (0666 less the umask), and the umask of the
+    process is left alone, also when the file is written by another thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    previous = os.umask(0o027)
+    try:
+        files.write_text(tmp_path / "a.txt", "a")
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda i: files.write_text(tmp_path / f"t{i}.txt", str(i)), range(20)))
+        assert os.umask(0o027) == 0o027
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert len(modes) == 21 and set(modes.values()) == {0o640}
+    assert (tmp_path / "t7.txt").read_text() == "7"
 def test_study_with_slurm_needs_submitit_and_sbatch(snapshots, capsys, monkeypatch):
     out = snapshots / "slurm_study"
     monkeypatch.setitem(sys.modules, "submitit", None)  # as if it were not installed

@@ -261,6 +261,42 @@ def test_tracker_in_a_plain_loop_and_its_file(tmp_path):
     assert list(read_tracking(path)["step"].unique()) == [0, 1]
 
 
+def test_a_failed_write_of_the_file_is_raised_by_the_tracker(tmp_path, monkeypatch):
+    """tracking.csv is written by a thread of its own: a write that fails there (here a full disk) is raised
+    by the tracker's next flush, `sync` or `close`, as the one-line error of any failed write, and the file
+    written before is kept."""
+    import errno
+    import os
+
+    from hparr import files
+    from hparr.errors import HparrError
+
+    path = tmp_path / "tracking.csv"
+    tracker = BiasTracker(build_model("lenet", 10, 1, 32, seed=1), csv_path=path, input_shape=(1, 1, 32, 32),
+                          histograms=False)
+    tracker.step(0)
+    tracker.sync()
+    before = path.read_text()
+
+    def full_disk(target):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files, "_new_file_beside", full_disk)
+    tracker.step(1)  # handed to the thread
+    with pytest.raises(HparrError, match=f"^no space left on device while writing {path}; the previous files "):
+        tracker.sync()
+    assert path.read_text() == before
+    monkeypatch.undo()
+    tracker.step(2)
+    tracker.sync()  # the failure was told once; the next write holds every row
+    assert list(read_tracking(path)["step"].unique()) == [0, 1, 2]
+    monkeypatch.setattr(files, "_new_file_beside", full_disk)
+    tracker.step(3)
+    with pytest.raises(HparrError, match="no space left on device"):
+        tracker.close()
+    assert list(read_tracking(path)["step"].unique()) == [0, 1, 2]
+
+
 def test_trackfile_reads_without_torch(tracked):
     code = ("import sys; from hparr.trackfile import read_tracking; "
             f"rows = read_tracking({str(tracked['run_dir'] / 'tracking.csv')!r}); "

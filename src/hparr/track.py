@@ -14,6 +14,7 @@ In a plain PyTorch loop::
     for epoch in range(epochs):
         ...  # the epoch's steps; `step` counts them
         tracker.step(step, epoch=epoch + 1)
+    tracker.close()  # the file complete (or use the tracker as a context manager)
 """
 from __future__ import annotations
 
