@@ -2,7 +2,8 @@
 (statistics of every layer, TensorBoard scalars and histograms, the atomic rewrite of tracking.csv, handed to
 its thread) against an epoch. Epochs with and without a tracker step alternate on one model, so that a busy spell
 on a shared machine slows both alike. Printed: the tracker step's share of an epoch, and the ratio of the epoch
-times with and without tracking (every side effect included, but noisier).
+times with and without tracking (every side effect included, but noisier; for lenet with the 95% interval of
+the extra time of a tracked epoch, as a share of an untracked one).
 
 lenet on digits is trained by `hparr train`'s own epochs, with the settings of `make demo` and with
 `hparr train`'s default learning rate; vgg11 at 32 px by plain steps on batches in memory, extrapolated to a
@@ -13,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .training_bench import train_steps
@@ -21,7 +23,7 @@ CIFAR10_BATCHES = 391  # one epoch of the 50,000 CIFAR-10 training images in bat
 
 
 def tracker_for(model, in_channels: int, size: int, out: Path):
-    """A tracker set up as `hparr train` sets it up (distances from the current weights, TensorBoard, CSV)."""
+    """A tracker in a plain loop: distances from the current weights, a SummaryWriter and a CSV file."""
     from torch.utils.tensorboard import SummaryWriter
 
     from hparr.track import BiasTracker
@@ -49,7 +51,16 @@ def alternate(train_epoch, tracker, rounds: int, steps_per_epoch: int) -> dict:
             (with_s if tracked else without_s).append(time.perf_counter() - start)
     tracker.close()
     return {"with_s": sum(with_s) / rounds, "without_s": sum(without_s) / rounds, "track_s": sum(track_s) / rounds,
-            "track_max_s": max(track_s)}
+            "track_max_s": max(track_s), "extra_ci95_s": _interval([a - b for a, b in zip(with_s, without_s)])}
+
+
+def _interval(differences: list[float]) -> tuple[float, float]:
+    """Student-t 95% interval of the mean of paired differences."""
+    from scipy import stats
+
+    d = np.asarray(differences)
+    half = stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size)
+    return float(d.mean() - half), float(d.mean() + half)
 
 
 def lenet_digits(lr: float = 0.01, epochs: int = 30) -> dict:
@@ -61,7 +72,8 @@ def lenet_digits(lr: float = 0.01, epochs: int = 30) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         run = Run(TrainSettings(arch="lenet", data=DataOptions(dataset="digits"), epochs=epochs, lr=lr, seed=0,
-                                models_path=str(Path(tmp) / "models"), tb_logdir=None, progress=False, log=None))
+                                models_path=str(Path(tmp) / "models"), tb_logdir=str(Path(tmp) / "tb"),
+                                progress=False, log=None))
         loader = run.loader("train")
 
         def train_epoch(epoch: int) -> None:
@@ -69,15 +81,15 @@ def lenet_digits(lr: float = 0.01, epochs: int = 30) -> dict:
             run._train_epoch(run.model, loader, epoch, None)
 
         train_epoch(0)  # warm-up before timing
-        writer, tracker = tracker_for(run.model, run.data.in_channels, run.data.image_size, Path(tmp))
-        with writer:
-            tracker.step(0, epoch=0)
+        with run._writer() as writer:
+            tracker = run._start_tracking(writer, len(loader))  # as `hparr train` sets it up (and its first step)
             t = alternate(train_epoch, tracker, epochs // 2, len(loader))
     return {"case": "track_lenet_digits", "lr": lr, "epochs": epochs, "batches_per_epoch": len(loader),
             "layers": len(tracker.layers), "epoch_s_without": t["without_s"], "epoch_s_with": t["with_s"],
             "track_ms": 1e3 * t["track_s"], "track_ms_max": 1e3 * t["track_max_s"],
             "track_share_of_epoch": t["track_s"] / t["without_s"],
-            "epoch_ratio_with_vs_without": t["with_s"] / t["without_s"]}
+            "epoch_ratio_with_vs_without": t["with_s"] / t["without_s"],
+            "epoch_cost_share_ci95": [x / t["without_s"] for x in t["extra_ci95_s"]]}
 
 
 def vgg11_32px(batches: int = 4, rounds: int = 2) -> dict:

@@ -120,6 +120,37 @@ def test_tensorboard_tags_and_values_are_the_snapshot_statistics(tracked):
             assert (v.min, v.max, v.sum) == pytest.approx((p.min(), p.max(), p.sum()), rel=1e-9, abs=1e-12)
 
 
+def test_a_writer_of_one_value_at_a_time_gets_the_same_events(tmp_path):
+    """A step goes to a torch SummaryWriter as one event; a writer with only `add_scalar` and `add_histogram`
+    (tensorboardX's, several Lightning loggers at once) gets the same tags, values and histograms value by value."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    class OneByOne:
+        def __init__(self, writer):
+            self.writer = writer
+
+        def add_scalar(self, *args, **kwargs):
+            self.writer.add_scalar(*args, **kwargs)
+
+        def add_histogram(self, *args, **kwargs):
+            self.writer.add_histogram(*args, **kwargs)
+
+    model = build_model("lenet", 10, 1, 32, seed=1)
+    with SummaryWriter(str(tmp_path / "one")) as one, SummaryWriter(str(tmp_path / "each")) as each:
+        BiasTracker(model, writer=one, input_shape=(1, 1, 32, 32)).step(5)
+        BiasTracker(model, writer=OneByOne(each), input_shape=(1, 1, 32, 32)).step(5)
+    one, each = (EventAccumulator(str(tmp_path / d), size_guidance={"scalars": 0, "histograms": 0}).Reload()
+                 for d in ("one", "each"))
+    assert one.Tags()["scalars"] and sorted(one.Tags()["scalars"]) == sorted(each.Tags()["scalars"])
+    for tag in one.Tags()["scalars"]:
+        assert [(e.step, e.value) for e in one.Scalars(tag)] == [(e.step, e.value) for e in each.Scalars(tag)]
+    assert len(one.Tags()["histograms"]) == 6 and sorted(one.Tags()["histograms"]) == sorted(each.Tags()["histograms"])
+    for tag in one.Tags()["histograms"]:
+        (a,), (b,) = one.Histograms(tag), each.Histograms(tag)
+        assert a.step == b.step == 5 and a.histogram_value == b.histogram_value
+
+
 def test_resume_after_a_stop_continues_without_duplicate_or_missing_rows(tracked, tmp_path):
     # a run stopped after tracking epoch 3 but before its snapshots were written: resume finds the snapshot
     # of epoch 2, whose rows stay, and computes epoch 3 again

@@ -128,17 +128,21 @@ class BiasTracker:
 
     def _log(self, global_step: int, scalars: Mapping[str, float], histograms: Mapping[str, np.ndarray]) -> None:
         """The step's scalars and histograms (a diverged layer has none: the training loss says why). To a
-        torch SummaryWriter they go as one event, whose record costs one write of the event file, instead of
-        one event per value."""
+        torch SummaryWriter, or a writer with `add_summary(summary, global_step)`, they go as one event, whose
+        record costs one write of the event file, instead of one event per value."""
         from tensorboard.compat.proto.summary_pb2 import Summary
         from torch.utils.tensorboard import SummaryWriter, summary
 
         histograms = {f"bias/projections/{name}": np.asarray(p) for name, p in histograms.items()
                       if np.isfinite(p).all()}
         if isinstance(self.writer, SummaryWriter):  # its event file, as add_scalar and add_histogram reach it
+            add_summary = self.writer._get_file_writer().add_summary
+        else:
+            add_summary = getattr(self.writer, "add_summary", None)
+        if add_summary is not None:
             values = [v for tag, x in scalars.items() for v in summary.scalar(tag, x).value]
             values += [v for tag, p in histograms.items() for v in summary.histogram(tag, p, _bins(p)).value]
-            self.writer._get_file_writer().add_summary(Summary(value=values), global_step)
+            add_summary(Summary(value=values), global_step)
             return
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, value, global_step)

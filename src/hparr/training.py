@@ -195,6 +195,10 @@ class _TensorBoard:
         except OSError as exc:  # raised by the writer's thread, or again by each later call
             raise (files.write_error(exc, self.log_dir, "snapshots") or exc) from None
 
+    def add_summary(self, summary, global_step: int) -> None:
+        """A summary of many values as one event (the bias tracker's step)."""
+        self._call(self._writer._get_file_writer().add_summary, summary, global_step)
+
     def __getattr__(self, name: str):
         if name.startswith("_"):
             raise AttributeError(name)
