@@ -154,17 +154,18 @@ def ks_sf(stat, n) -> np.ndarray:
     N = 64), scipy's Durbin matrix evaluation of the same law (Marsaglia, Tsang & Wang 2003) is used
     instead: ten times faster, and equal to within 1e-13 there, where the p-values are above 3e-4 (a test
     checks every N of that range)."""
-    stat, n = np.asarray(stat, dtype=np.float64), np.asarray(n)
+    stat, n = np.broadcast_arrays(np.asarray(stat, dtype=np.float64), np.asarray(n))
+    shape, stat, n = stat.shape, stat.ravel(), n.ravel()
     t = n * stat
     durbin = (n <= 140) & (t > 1) & (t < n - 1) & (stat < 0.5) & (t * stat > 0.754693) & (t * stat <= 4)
     if _kolmogn_DMTW is None:
-        durbin[...] = False
+        durbin[:] = False
     p = np.empty(stat.shape)
     if not durbin.all():
         p[~durbin] = stats.kstwo.sf(stat[~durbin], n[~durbin])
     for i in np.flatnonzero(durbin):
         p[i] = _kolmogn_DMTW(int(n[i]), float(stat[i]), cdf=False)
-    return np.clip(p, 0.0, 1.0)
+    return np.clip(p, 0.0, 1.0).reshape(shape)
 
 
 def ks_statistic(cdf) -> float:
