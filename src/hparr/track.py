@@ -59,6 +59,11 @@ def _bins(projections: np.ndarray) -> int:
     return min(HISTOGRAM_BINS, projections.size)
 
 
+def _file_text(rows: pd.DataFrame) -> str:
+    """The text of a tracking file holding `rows`: our header, then the rows in our columns."""
+    return csv_text([COLUMNS]) + csv_text(rows.reindex(columns=list(COLUMNS)).itertuples(index=False))
+
+
 class BiasTracker:
     """Per-layer bias statistics of `model` at chosen steps, to TensorBoard and a CSV file.
 
@@ -165,7 +170,7 @@ class BiasTracker:
         if text.splitlines()[:1] == [self._text.rstrip("\n")] and text.count("\n") == len(self._existing) + 1:
             self._text = text
         else:
-            self._text += csv_text(self._existing.reindex(columns=list(COLUMNS)).itertuples(index=False))
+            self._text = _file_text(self._existing)
 
     @property
     def rows(self) -> pd.DataFrame:
@@ -187,8 +192,14 @@ class BiasTracker:
         keep = rows[pd.to_numeric(rows["step"]) <= global_step].reset_index(drop=True)
         if len(keep) != len(rows):
             self._existing, self._written, self._pending = keep, [], []
-            self._text = csv_text([COLUMNS]) + csv_text(keep.reindex(columns=list(COLUMNS)).itertuples(index=False))
+            self._text = _file_text(keep)
             self._write()
+
+    def start(self, global_step: int, epoch: float | None = None) -> LayerStats | None:
+        """Begin, or resume, at `global_step`: drop the rows of later steps and track the weights of now
+        unless the file has their row already. Returns the statistics computed, or None."""
+        self.discard_after(global_step)
+        return None if self.has_step(global_step) else self.step(global_step, epoch=epoch)
 
     def flush(self) -> None:
         """Rewrite the file, whole and atomically, with the queued rows appended (nothing if none is queued).

@@ -546,10 +546,7 @@ class Run:
                               input_shape=(2, self.data.in_channels, size, size),
                               distances=self.resumed_from is None or init is not None,
                               append=self.resumed_from is not None)
-        start = self.start_epoch * per_epoch
-        tracker.discard_after(start)
-        if not tracker.has_step(start):
-            tracker.step(start, epoch=self.start_epoch)
+        tracker.start(self.start_epoch * per_epoch, epoch=self.start_epoch)
         return tracker
 
     def _track_within_epoch(self, tracker, epoch: int, batch: int, per_epoch: int) -> None:

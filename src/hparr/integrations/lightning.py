@@ -73,9 +73,9 @@ class _Tracking:
                                    csv_path=self.csv_path, append=resumed, **self.options)
         if not resumed:
             self._init_state = {k: v.detach().cpu() for k, v in (self.tracker.init or {}).items()}
-        self.tracker.discard_after(trainer.global_step)
-        if not self.tracker.has_step(trainer.global_step):
-            self._step(trainer, trainer.global_step, trainer.current_epoch)
+        stats = self.tracker.start(trainer.global_step, epoch=trainer.current_epoch)
+        if stats is not None:
+            self._logged(trainer.global_step, stats)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
@@ -109,7 +109,10 @@ class _Tracking:
 
     # -- helpers ------------------------------------------------------------------------------------
     def _step(self, trainer, step: int, epoch: float, flush: bool = True) -> None:
-        stats = self.tracker.step(step, epoch=epoch, flush=flush)
+        self._logged(step, self.tracker.step(step, epoch=epoch, flush=flush))
+
+    def _logged(self, step: int, stats) -> None:
+        """The tracker's step is done: remember it, and send its scalars to the loggers without TensorBoard."""
         self._last_step = step
         if self._others:
             scalars = self.tracker.scalars(stats)
