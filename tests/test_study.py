@@ -168,7 +168,8 @@ def test_slurm_array_resources(tmp_path, monkeypatch):
     assert executor.cluster == "slurm"
     assert executor._executor.parameters == {
         "job_name": "hparr-study", "time": 30, "nodes": 1, "ntasks_per_node": 1, "cpus_per_task": 8,
-        "array_parallelism": 4, "partition": "gpu", "gpus_per_task": 1}
+        "array_parallelism": 4, "partition": "gpu", "gpus_per_task": 1, "signal_delay_s": 90}
+    assert executor._executor.max_num_timeout == study.MAX_REQUEUES
 
 
 def test_a_cell_whose_folder_cannot_be_made_fails_with_the_reason(tmp_path):

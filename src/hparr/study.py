@@ -18,6 +18,7 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -138,15 +139,92 @@ def parse_floats(flag: str, text: str) -> list[float]:
 
 # --- settings ------------------------------------------------------------------------------------
 
+_MEM = re.compile(r"(\d+)\s*([KMGT]?)B?", re.IGNORECASE)
+# how many times a cell past its time limit (or preempted) is requeued to resume from its snapshots
+MAX_REQUEUES = 10
+
+
+def parse_slurm_extra(items: Iterable[str]) -> dict[str, str]:
+    """`--slurm-extra KEY=VALUE` items -> {KEY: VALUE} (an sbatch option and its value, e.g. `mail-type=END`)."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().lstrip("-")
+        if not sep or not key or not value.strip():
+            raise UsageError(f"--slurm-extra {item!r}: expected KEY=VALUE, an sbatch option and its value "
+                             "(e.g. mail-type=END)")
+        out[key] = value.strip()
+    return out
+
+
 @dataclass
 class SlurmOptions:
-    """The resources of each array task (`--launcher slurm`)."""
+    """The resources of each array task (`--launcher slurm`).
+
+    mem: memory of each task (one task per node), an sbatch size such as 4G or 500M; account, qos, constraint:
+    those of sbatch; extra: other sbatch options {name: value} (submitit's slurm_additional_parameters);
+    setup: shell lines run in the job before the cell (such as `module load cuda`)."""
 
     partition: str | None = None
     gpus_per_task: int = 0
     cpus_per_task: int = 4
     time_min: int = 240
     array_parallelism: int = 64
+    mem: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+    setup: Sequence[str] = ()
+
+    def validate(self) -> None:
+        for flag, value, least in (("--cpus-per-task", self.cpus_per_task, 1),
+                                   ("--gpus-per-task", self.gpus_per_task, 0), ("--time", self.time_min, 1),
+                                   ("--array-parallelism", self.array_parallelism, 1)):
+            if value < least:
+                raise UsageError(f"{flag} must be >= {least}, got {value}")
+        if self.mem is not None:
+            size = _MEM.fullmatch(self.mem.strip())
+            if not size or int(size.group(1)) == 0:
+                raise UsageError(f"--mem must be a memory size above 0 such as 4G or 500M, got {self.mem!r}")
+        for flag, value in (("--partition", self.partition), ("--account", self.account), ("--qos", self.qos),
+                            ("--constraint", self.constraint)):
+            if value is not None and not value.strip():
+                raise UsageError(f"{flag} is empty")
+
+    @property
+    def signal_delay_s(self) -> int:
+        """Seconds before the time limit when SLURM signals a cell to requeue itself: submitit's 90, less for
+        limits of a few minutes (SLURM may signal up to a minute early)."""
+        return min(90, max(5, self.time_min * 6))
+
+    def executor_parameters(self) -> dict[str, Any]:
+        """The parameters of submitit's AutoExecutor."""
+        params: dict[str, Any] = dict(name="hparr-study", timeout_min=self.time_min, nodes=1, tasks_per_node=1,
+                                      cpus_per_task=self.cpus_per_task,
+                                      slurm_array_parallelism=self.array_parallelism,
+                                      slurm_signal_delay_s=self.signal_delay_s)
+        for key, value in (("partition", self.partition), ("gpus_per_task", self.gpus_per_task),
+                           ("mem", self.mem), ("account", self.account), ("qos", self.qos),
+                           ("constraint", self.constraint)):
+            if value:
+                params[f"slurm_{key}"] = value.strip() if isinstance(value, str) else value
+        if self.extra:
+            params["slurm_additional_parameters"] = dict(self.extra)
+        if self.setup:
+            params["slurm_setup"] = list(self.setup)
+        return params
+
+    def describe(self) -> str:
+        """The options as the sbatch flags they give, for --dry-run."""
+        flags = [f"--time={self.time_min}", f"--cpus-per-task={self.cpus_per_task}"]
+        for key, value in (("partition", self.partition), ("gpus-per-task", self.gpus_per_task), ("mem", self.mem),
+                           ("account", self.account), ("qos", self.qos), ("constraint", self.constraint),
+                           *self.extra.items()):
+            if value:
+                flags.append(f"--{key}={value}")
+        flags.append(f"--array=...%{self.array_parallelism}")
+        return " ".join(flags) + "".join(f"; setup: {line}" for line in self.setup)
 
 
 @dataclass
@@ -156,7 +234,8 @@ class StudySettings:
     base: a `training.TrainSettings` whose arch, seed, dataset, noise and class subset each cell replaces;
     flags: the shared `hparr reproduce` flags as a command line (for `print` and the record in study.json);
     jobs, threads: local worker processes and torch threads each (default: every core, 1 thread each,
-    at most one worker per cell to run); slurm: the resources of each array task.
+    at most one worker per cell to run); slurm: the resources of each array task; wait: False submits the
+    array and returns (`--no-wait`, SLURM only).
     """
 
     base: Any
@@ -175,6 +254,7 @@ class StudySettings:
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
     flags: Sequence[str] = ()
     progress: bool = True
+    wait: bool = True
 
     def cells(self) -> list[Cell]:
         """The grid, arch by arch, then dataset, class subset, corruption and seed."""
@@ -236,11 +316,39 @@ def check(settings: StudySettings) -> list[Cell]:
         except ImportError:
             raise HparrError(f"--launcher {launcher} needs submitit, which is not installed: "
                              "pip install 'hparr[slurm]' (or submitit)") from None
+        settings.slurm.validate()
         for tool in ("sbatch", "srun") if launcher == "slurm" else ():
             if shutil.which(tool) is None:
                 raise HparrError(f"--launcher slurm: {tool} is not on PATH (no SLURM here); use --launcher local, "
                                  "or --launcher print for another scheduler")
+    if not settings.wait and launcher != "slurm":
+        raise UsageError("--no-wait applies to --launcher slurm alone")
     return cells
+
+
+def check_sbatch(settings: StudySettings) -> None:
+    """Ask sbatch whether it takes the cells' job with the study's options (`sbatch --test-only`, nothing is
+    submitted); a refusal is one line quoting sbatch."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="hparr-sbatch-") as tmp:
+        executor = make_executor(settings, "slurm", folder=tmp)._executor
+        script = Path(tmp) / "test.sh"
+        script.write_text(executor._make_submission_file_text("true", "test"))
+        try:
+            done = subprocess.run(["sbatch", "--test-only", str(script)], capture_output=True, text=True,
+                                  timeout=120, cwd=tmp)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise HparrError(f"--launcher slurm: sbatch --test-only did not answer: {first_line(exc)}") from None
+    if done.returncode != 0:
+        raise UsageError(f"sbatch refuses the cells' job: {sbatch_message(done.stderr + done.stdout)}")
+
+
+def sbatch_message(text: str) -> str:
+    """sbatch's error lines, as one line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("Try ")]
+    errors = [line for line in lines if "error" in line.lower() or "failure" in line.lower()] or lines
+    return "; ".join(_unique(errors)) or "no message"
 
 
 # --- the study folder ----------------------------------------------------------------------------
@@ -289,6 +397,8 @@ def prepare(settings: StudySettings, cells: Sequence[Cell]) -> Path:
         "grid": {"arch": list(settings.archs), "dataset": list(settings.datasets), "seeds": list(settings.seeds),
                  "noise": list(settings.noises), "subsample_classes": list(settings.subsample_classes)},
         "flags": list(settings.flags), "shared": settings.shared(), "launcher": settings.launcher,
+        **({"slurm": files.jsonable(dataclasses.asdict(settings.slurm))} if settings.launcher == "slurm" else {}),
+        **({"slurm_arrays": previous["slurm_arrays"]} if previous.get("slurm_arrays") else {}),
         "cells": known, "versions": versions(with_torch="torch" in sys.modules)})
     return out
 
@@ -455,46 +565,222 @@ def _local(settings: StudySettings, jobs: list[CellJob], processes: int, threads
 
 # --- the SLURM launcher: a job array through submitit ---------------------------------------------
 
-def make_executor(settings: StudySettings, cluster: str):
+def make_executor(settings: StudySettings, cluster: str, folder: str | os.PathLike | None = None):
     """The submitit executor of a study: SLURM ("slurm") or submitit's local executor ("local"), one task per
-    cell, with the resources of `settings.slurm`; its files go to STUDY/submitit/<job id>/."""
+    cell, with the resources of `settings.slurm`; its files go to STUDY/submitit/<job id>/ (or `folder`)."""
     import submitit
 
-    executor = submitit.AutoExecutor(folder=Path(settings.out) / SUBMITIT_DIR / "%j", cluster=cluster)
-    s = settings.slurm
-    params: dict[str, Any] = dict(name="hparr-study", timeout_min=s.time_min, nodes=1, tasks_per_node=1,
-                                  cpus_per_task=s.cpus_per_task, slurm_array_parallelism=s.array_parallelism)
-    if s.partition:
-        params["slurm_partition"] = s.partition
-    if s.gpus_per_task:
-        params["slurm_gpus_per_task"] = s.gpus_per_task
-    executor.update_parameters(**params)
+    folder = Path(folder) if folder is not None else Path(settings.out) / SUBMITIT_DIR / "%j"
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster, slurm_max_num_timeout=MAX_REQUEUES)
+    executor.update_parameters(**settings.slurm.executor_parameters())
     return executor
+
+
+class SlurmCell:
+    """Runs one cell in an array task. SLURM signals the task before its time limit (or when it is preempted);
+    submitit then calls `checkpoint` and requeues the task, which resumes from the cell's snapshots (`reproduce`
+    resumes a run and reuses its finished results). `seconds`: the time the earlier attempts ran."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.seconds = seconds
+        self._started = time.time()
+
+    def __call__(self, job: CellJob) -> CellOutcome:
+        self._started = time.time()
+        outcome = run_cell(job)
+        outcome.seconds += self.seconds
+        return outcome
+
+    def checkpoint(self, job: CellJob):
+        from submitit.helpers import DelayedSubmission
+
+        ran = time.time() - self._started
+        log.warning("cell stopped by SLURM (time limit or preemption) after %.0f s: requeued, it resumes from its "
+                    "snapshots", ran)
+        return DelayedSubmission(SlurmCell(self.seconds + ran), job)
+
+
+def sacct_works() -> bool:
+    """Whether `sacct` answers (it does not where SLURM keeps no accounting)."""
+    try:
+        done = subprocess.run(["sacct", "-n", "-X", "-j", "1"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def squeue_states(job_ids: Iterable[str]) -> dict[str, str] | None:
+    """{"<job>_<task>": state} of the array tasks SLURM still knows (`squeue`, every state, one line per task);
+    None when squeue does not answer."""
+    ids = sorted({str(j).split("_")[0] for j in job_ids})
+    if not ids:
+        return {}
+    try:
+        done = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", ",".join(ids)],
+                              capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0 and "invalid job id" not in done.stderr.lower():
+        return None
+    states = {}
+    for line in done.stdout.splitlines():
+        task, _, state = line.strip().partition("|")
+        if task and state:
+            states[task] = state.strip()
+    return states
+
+
+def _squeue_watcher():
+    """A submitit watcher that follows the array with `squeue` instead of `sacct`: a task SLURM no longer
+    lists has ended (its result file, or its absence, tells how)."""
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    class SqueueWatcher(SlurmInfoWatcher):
+        def update(self) -> None:
+            todo = self._registered - self._finished
+            if not todo:
+                return
+            self._num_calls += 1
+            states = squeue_states(todo)
+            self._last_status_check = time.time()
+            if states is None:
+                return
+            for job_id in todo:
+                self._info_dict[job_id] = {"JobID": job_id, "State": states.get(job_id, "ENDED")}
+                if self.is_done(job_id, mode="cache"):
+                    self._finished.add(job_id)
+
+    return SqueueWatcher(delay_s=60)
+
+
+@contextlib.contextmanager
+def _submitit_quiet() -> Iterator[None]:
+    """submitit's warnings and messages go to the debug log, not the console."""
+    import warnings
+
+    logger = logging.getLogger("submitit")
+    saved = logger.level
+    logger.setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"submitit(\.|$)")
+        try:
+            yield
+        finally:
+            logger.setLevel(saved)
+
+
+def _submit(settings: StudySettings, jobs: list[CellJob], cluster: str) -> list:
+    executor = make_executor(settings, cluster)
+    task = SlurmCell() if cluster == "slurm" else run_cell
+    try:
+        submitted = executor.map_array(task, jobs)
+    except Exception as exc:  # noqa: BLE001 - sbatch refused the array
+        raise HparrError(f"sbatch refuses the cells' job array: {sbatch_message(str(exc))}") from None
+    ids = sorted({str(j.job_id).split("_")[0] for j in submitted})
+    log.info("submitted %d cell(s) as job array %s (%s)", len(submitted), ", ".join(ids), cluster)
+    if cluster == "slurm":
+        record_array(Path(settings.out), ids[0], jobs, submitted)
+    return submitted
+
+
+def record_array(out: Path, job_id: str, jobs: Sequence[CellJob], submitted: Sequence) -> None:
+    """Add the array to study.json: its job id and the task of each cell (for `hparr study STUDY --status`)."""
+    doc = results.read_study(out) or {}
+    arrays = [a for a in doc.get("slurm_arrays", []) if a.get("job_id") != job_id]
+    arrays.append({"job_id": job_id, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                   "tasks": {str(j.job_id): str(Path(job.out).relative_to(out)) for j, job in zip(submitted, jobs)}})
+    files.write_json(out / results.STUDY_NAME, {**doc, "slurm_arrays": arrays})
 
 
 def _submitit(settings: StudySettings, jobs: list[CellJob], cluster: str) -> Iterator[CellOutcome]:
     from submitit.helpers import as_completed
 
-    executor = make_executor(settings, cluster)
-    submitted = executor.map_array(run_cell, jobs)
-    ids = sorted({str(j.job_id).split("_")[0] for j in submitted})
-    log.info("submitted %d cell(s) as job array %s (%s)", len(submitted), ", ".join(ids), cluster)
-    by_job = {id(j): job for j, job in zip(submitted, jobs)}
-    for done in as_completed(submitted, poll_frequency=2 if cluster == "local" else 30):
-        job = by_job[id(done)]
-        try:
-            yield done.result()
-        except Exception as exc:  # noqa: BLE001 - the task died (time limit, node failure, cancelled)
-            yield CellOutcome(job.cell, "failed", job.log,
-                              f"the array task {done.job_id} failed: {first_line(exc)} (see {done.paths.stderr})")
+    with _submitit_quiet():
+        submitted = _submit(settings, jobs, cluster)
+        if cluster == "slurm" and not sacct_works():
+            log.info("sacct does not answer here (no SLURM accounting): following the array with squeue")
+            watcher = _squeue_watcher()
+            for job in submitted:
+                job.watcher = watcher
+                watcher.register_job(str(job.job_id))
+        by_job = {id(j): job for j, job in zip(submitted, jobs)}
+        for done in as_completed(submitted, poll_frequency=2 if cluster == "local" else 10):
+            job = by_job[id(done)]
+            try:
+                yield done.result()
+            except Exception as exc:  # noqa: BLE001 - the task died (time limit, node failure, cancelled)
+                yield CellOutcome(job.cell, "failed", job.log,
+                                  f"the array task {done.job_id} failed: {first_line(exc)} (see {done.paths.stderr})")
+
+
+def _check_not_queued(out: Path, todo: Sequence[Cell]) -> None:
+    """Refuse to submit cells that an earlier array of the study still has queued or running."""
+    names = {str(c.relpath) for c in todo}
+    busy = [s for s in study_status(out) if s.cell in names and s.state in ("pending", "running")]
+    if busy:
+        jobs = sorted({s.task.split("_")[0] for s in busy if s.task})
+        raise HparrError(f"{len(busy)} cell(s) of {out} are still {busy[0].state} in SLURM job {', '.join(jobs)}: "
+                         f"wait for them (hparr study {out} --status), or scancel {' '.join(jobs)}")
+
+
+# --- a study's state ----------------------------------------------------------------------------
+
+@dataclass
+class CellStatus:
+    """state: finished, running, pending, failed or not started; log: the cell's log (its submitit log when the
+    cell wrote none); task: its array task (SLURM), if any."""
+
+    cell: str
+    state: str
+    log: str | None = None
+    task: str | None = None
+    detail: str = ""
+
+
+def study_status(study_dir: str | os.PathLike) -> list[CellStatus]:
+    """The state of every cell of a study, from the cell folders and, for the cells of a SLURM array, squeue
+    (or sacct where squeue no longer lists the task)."""
+    out = Path(study_dir)
+    doc = results.read_study(out)
+    if doc is None:
+        raise UsageError(f"{out} is not a study folder (no {results.STUDY_NAME} of `hparr study`)")
+    task_of: dict[str, str] = {}
+    for array in doc.get("slurm_arrays", []):
+        for task, cell in array.get("tasks", {}).items():
+            task_of[cell] = task  # the newest array of each cell
+    states = (squeue_states(task_of.values()) or {}) if task_of and shutil.which("squeue") else {}
+    statuses = []
+    for cell in doc.get("cells", []):
+        folder, task = out / cell, task_of.get(cell)
+        log_path = folder / CELL_LOG
+        if results.run_finished(folder):
+            statuses.append(CellStatus(cell, "finished", str(log_path), task))
+            continue
+        state = states.get(task, "") if task else ""
+        if state in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "SUSPENDED"):
+            statuses.append(CellStatus(cell, "pending", None, task, state.lower()))
+        elif state in ("RUNNING", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT"):
+            statuses.append(CellStatus(cell, "running", str(log_path), task))
+        elif task or log_path.exists():
+            stderr = out / SUBMITIT_DIR / task.split("_")[0] / f"{task}_0_log.err" if task else None
+            log_file = log_path if log_path.exists() else stderr
+            statuses.append(CellStatus(cell, "failed", str(log_file) if log_file else None, task,
+                                       state.lower() if state else ""))
+        else:
+            statuses.append(CellStatus(cell, "not started", None, None))
+    return statuses
 
 
 # --- the study -----------------------------------------------------------------------------------
 
 @dataclass
 class StudyResult:
+    """outcomes: those of the cells that ended (and the finished ones skipped); submitted: the job id of the
+    array submitted without waiting (`--no-wait`) and its number of cells."""
+
     out: Path
     outcomes: list[CellOutcome]
+    submitted: tuple[str, int] | None = None
 
     @property
     def failed(self) -> list[CellOutcome]:
@@ -511,6 +797,8 @@ def run_study(settings: StudySettings, on_outcome: Callable[[CellOutcome, int, i
     if settings.launcher == "print":
         raise UsageError("--launcher print prints the cells' commands; it runs nothing")
     cells = check(settings)
+    if settings.launcher == "slurm":
+        check_sbatch(settings)
     out = prepare(settings, cells)
     lock = files.flock(out / _STUDY_LOCK, wait=False)
     if lock is None:
@@ -538,6 +826,12 @@ def run_study(settings: StudySettings, on_outcome: Callable[[CellOutcome, int, i
             cluster = "slurm" if settings.launcher == "slurm" else "local"
             threads = settings.slurm.cpus_per_task if cluster == "slurm" else \
                 max(1, available_cores() // len(todo))
+            if cluster == "slurm":
+                _check_not_queued(out, todo)
+            if not settings.wait:
+                with _submitit_quiet():
+                    submitted = _submit(settings, _jobs(settings, todo, threads), cluster)
+                return StudyResult(out, outcomes, (str(submitted[0].job_id).split("_")[0], len(submitted)))
             stream = _submitit(settings, _jobs(settings, todo, threads), cluster)
         for outcome in stream:
             outcomes.append(outcome)

@@ -31,6 +31,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "settings) is an error (exit 1) instead of a warning named in the report")
 
 
+def _say_missing(statistics) -> None:
+    """How many cells of a study its report leaves out (not finished yet, or failed)."""
+    import json
+    from pathlib import Path
+
+    missing = json.loads(Path(statistics).read_text()).get("missing", [])
+    if missing:
+        print(f"{len(missing)} cell(s) of the study are not finished and missing from the report: "
+              + ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else ""))
+
+
 def run(args) -> int:
     from .. import report
     from ..results import read_study
@@ -46,4 +57,6 @@ def run(args) -> int:
                                       strict=args.strict)
     for path in written.values():
         print(f"wrote {path}")
+    if "statistics.json" in written and read_study(args.run_dir) is not None:
+        _say_missing(written["statistics.json"])
     return 0

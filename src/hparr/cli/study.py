@@ -43,12 +43,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per local worker; jobs x threads <= cores [cores / jobs]")
     p.add_argument("--dry-run", action="store_true", help="print one line per cell and exit")
+    p.add_argument("study_dir", nargs="?", default=None, metavar="STUDY",
+                   help="with --status: the study folder [--out]")
+    p.add_argument("--status", action="store_true",
+                   help="print the state of every cell of the study (finished, running, pending, failed with its "
+                        "log) and exit")
     slurm = p.add_argument_group("SLURM (--launcher slurm)")
     slurm.add_argument("--partition", type=str, default=None, help="partition of the array's tasks")
     slurm.add_argument("--gpus-per-task", type=int, default=0, help="GPUs per cell [0]")
     slurm.add_argument("--cpus-per-task", type=int, default=4, help="CPU cores per cell (its torch threads) [4]")
     slurm.add_argument("--time", type=int, default=240, help="time limit of a cell, in minutes [240]")
     slurm.add_argument("--array-parallelism", type=int, default=64, help="cells running at once, at most [64]")
+    slurm.add_argument("--mem", type=str, default=None,
+                       help="memory of each cell, an sbatch size such as 4G or 500M [the partition's default]")
+    slurm.add_argument("--account", type=str, default=None, help="account charged for the array")
+    slurm.add_argument("--qos", type=str, default=None, help="quality of service of the array")
+    slurm.add_argument("--constraint", type=str, default=None, help="node features the cells need")
+    slurm.add_argument("--slurm-extra", action="append", default=[], metavar="KEY=VALUE",
+                       help="another sbatch option, e.g. mail-type=END (repeatable)")
+    slurm.add_argument("--setup", action="append", default=[], metavar="CMD",
+                       help="a shell line run in the job before the cell, e.g. 'module load cuda' (repeatable)")
+    slurm.add_argument("--no-wait", action="store_true",
+                       help="submit the array, record its job id in study.json and exit; follow it with --status")
     p.set_defaults(**{dest: default for dest, (default, _) in GRID.items()}, seed=None, out="runs/study")
 
 
@@ -74,6 +90,9 @@ def settings_from_args(args):
 
     if args.seed is not None:
         raise UsageError("--seed does not apply to a study: use --seeds (e.g. --seeds 0-4)")
+    if args.study_dir is not None:
+        raise UsageError(f"unexpected argument {args.study_dir!r}: a study folder is given with --out "
+                         "(or as STUDY with --status)")
     if args.evaluate or args.evaluate_train:
         raise UsageError("--evaluate/--evaluate-train do not apply to a study; use `hparr train`")
     archs = study.parse_names("--arch", args.arch)
@@ -90,19 +109,43 @@ def settings_from_args(args):
         launcher=args.launcher, jobs=args.jobs, threads=args.threads,
         slurm=study.SlurmOptions(partition=args.partition, gpus_per_task=args.gpus_per_task,
                                  cpus_per_task=args.cpus_per_task, time_min=args.time,
-                                 array_parallelism=args.array_parallelism),
-        flags=shared_flags(args), progress=not args.no_progress)
+                                 array_parallelism=args.array_parallelism, mem=args.mem, account=args.account,
+                                 qos=args.qos, constraint=args.constraint,
+                                 extra=study.parse_slurm_extra(args.slurm_extra), setup=list(args.setup)),
+        flags=shared_flags(args), progress=not args.no_progress, wait=not args.no_wait)
+
+
+def show_status(study_dir: str) -> int:
+    """`hparr study STUDY --status`: one line per cell; exit 1 when a cell failed."""
+    from .. import study
+
+    statuses = study.study_status(study_dir)
+    for s in statuses:
+        line = f"{s.state:11s} {s.cell}"
+        if s.task:
+            line += f" (task {s.task}{', ' + s.detail if s.detail else ''})"
+        if s.state == "failed":
+            line += f"; log: {s.log}" if s.log else "; no log"
+        print(line)
+    counts = {state: sum(s.state == state for s in statuses)
+              for state in ("finished", "running", "pending", "failed", "not started")}
+    print(f"{len(statuses)} cells: " + ", ".join(f"{n} {state}" for state, n in counts.items() if n))
+    return 1 if counts["failed"] else 0
 
 
 def run(args) -> int:
     from .. import study
     from ..report.study import build_study_report
 
+    if args.status:
+        return show_status(args.study_dir if args.study_dir is not None else args.out)
     settings = settings_from_args(args)
     train_cli.setup_logging()
     if args.dry_run:
         for cell, folder, finished in study.plan(settings, study.check(settings)):
             print(f"{cell.describe():40s} {'finished' if finished else 'to run':8s} {folder}")
+        if settings.launcher == "slurm":
+            print(f"sbatch: {settings.slurm.describe()}")
         return 0
     if settings.launcher == "print":
         cells = study.check(settings)
@@ -123,7 +166,8 @@ def run(args) -> int:
             bar.refresh()
             return
         bar.update(1)
-        line = f"[{done}/{total}] {outcome.status} {outcome.cell.describe()} ({outcome.seconds:.0f} s)"
+        took = f" ({outcome.seconds:.0f} s)" if outcome.seconds == outcome.seconds else ""
+        line = f"[{done}/{total}] {outcome.status} {outcome.cell.describe()}{took}"
         if outcome.status == "failed":
             line += f": {outcome.error} (log: {outcome.log})"
         if show:
@@ -135,6 +179,11 @@ def run(args) -> int:
         result = study.run_study(settings, on_outcome)
     finally:
         bar.close()
+    if result.submitted is not None:
+        job_id, count = result.submitted
+        print(f"study: submitted {count} cell(s) as SLURM job array {job_id} ({result.count('skipped')} already "
+              f"finished); follow it with: hparr study {result.out} --status")
+        return 0
     ran, skipped, failed = result.count("finished"), result.count("skipped"), result.failed
     print(f"study: {len(result.outcomes)} cells: {ran} finished now, {skipped} already finished, "
           f"{len(failed)} failed ({result.out})")
