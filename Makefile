@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo study test bench bench-gpu clean
+.PHONY: setup demo study test test-slurm bench bench-gpu clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,13 @@ study: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q --durations=10
+
+# the cluster tests against a one-node SLURM started here (root and apt-get install it when missing), stopped after
+SLURM_DIR ?= build/slurm
+test-slurm: $(STAMP)
+	tests/slurm/start.sh $(SLURM_DIR)
+	SLURM_CONF=$(abspath $(SLURM_DIR))/slurm.conf $(BIN)/python -m pytest -q -m slurm tests/slurm; \
+		status=$$?; tests/slurm/stop.sh $(SLURM_DIR); exit $$status
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -761,13 +761,13 @@ def study_status(study_dir: str | os.PathLike) -> list[CellStatus]:
             statuses.append(CellStatus(cell, "pending", None, task, state.lower()))
         elif state in ("RUNNING", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT"):
             statuses.append(CellStatus(cell, "running", str(log_path), task))
-        elif task or log_path.exists():
-            stderr = out / SUBMITIT_DIR / task.split("_")[0] / f"{task}_0_log.err" if task else None
-            log_file = log_path if log_path.exists() else stderr
-            statuses.append(CellStatus(cell, "failed", str(log_file) if log_file else None, task,
-                                       state.lower() if state else ""))
         else:
-            statuses.append(CellStatus(cell, "not started", None, None))
+            stderr = out / SUBMITIT_DIR / task.split("_")[0] / f"{task}_0_log.err" if task else None
+            log_file = log_path if log_path.exists() else stderr if stderr and stderr.exists() else None
+            if log_file is None:  # never ran (or cancelled before it started)
+                statuses.append(CellStatus(cell, "not started", None, task, state.lower()))
+            else:
+                statuses.append(CellStatus(cell, "failed", str(log_file), task, state.lower()))
     return statuses
 
 

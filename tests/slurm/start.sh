@@ -6,9 +6,13 @@
 # Then: export SLURM_CONF=DIR/slurm.conf; tests/slurm/stop.sh [DIR] stops what this started.
 set -euo pipefail
 me="tests/slurm/start.sh"
-fail() { echo "$me: $*" >&2; exit 1; }
-
 dir=${1:-${HPARR_SLURM_DIR:-build/slurm}}
+fail() {  # one line; what was started already is stopped
+    echo "$me: $*" >&2
+    [ -f "$dir/pids" ] && "$(dirname "$0")/stop.sh" "$dir"
+    exit 1
+}
+
 [ "$(id -u)" = 0 ] || fail "needs root (slurmd runs as root; CI runs it as root): run it with sudo, or skip the SLURM tests"
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null \
         || ! command -v sbatch >/dev/null; then
@@ -24,7 +28,7 @@ mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 if [ -f "$dir/pids" ]; then
     while read -r pid; do
-        kill -0 "$pid" 2>/dev/null && fail "a cluster started from $dir is running (pid $pid): tests/slurm/stop.sh $dir first"
+        kill -0 "$pid" 2>/dev/null && { echo "$me: a cluster started from $dir is running (pid $pid): tests/slurm/stop.sh $dir first" >&2; exit 1; }
     done < "$dir/pids"
 fi
 rm -rf "$dir/spool" "$dir/munge" "$dir/log" "$dir/pids"
