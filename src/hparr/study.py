@@ -762,7 +762,7 @@ def study_status(study_dir: str | os.PathLike) -> list[CellStatus]:
         elif state in ("RUNNING", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT"):
             statuses.append(CellStatus(cell, "running", str(log_path), task))
         else:
-            stderr = out / SUBMITIT_DIR / task.split("_")[0] / f"{task}_0_log.err" if task else None
+            stderr = out / SUBMITIT_DIR / task / f"{task}_0_log.err" if task else None
             log_file = log_path if log_path.exists() else stderr if stderr and stderr.exists() else None
             if log_file is None:  # never ran (or cancelled before it started)
                 statuses.append(CellStatus(cell, "not started", None, task, state.lower()))

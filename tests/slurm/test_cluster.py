@@ -118,9 +118,10 @@ def test_a_study_array_cancelled_midway_then_rerun_equals_the_local_study(cluste
         assert abs(float(re.search(r"\((\d+) s\)", line).group(1)) - ran) <= 1, line
     arrays = json.loads((out / "study.json").read_text())["slurm_arrays"]
     assert len(arrays) == 2 and arrays[1]["job_id"] != job_id
-    script = (out / "submitit" / arrays[1]["job_id"] / f"{arrays[1]['job_id']}_submission.sh").read_text()
+    job = arrays[1]["job_id"]
+    script = (out / "submitit" / job / f"{job}_submission.sh").read_text()
     assert sys.executable in script and "echo setup line ran" in script and "--mem=600M" in script
-    assert "setup line ran" in (out / "submitit" / arrays[1]["job_id"] / f"{arrays[1]['job_id']}_0_log.out").read_text()
+    assert "setup line ran" in (out / "submitit" / f"{job}_0" / f"{job}_0_0_log.out").read_text()
 
     hparr("study", *GRID, *TINY, "--jobs", "2", "--threads", "1", "--out", str(local))
     on_slurm, here = pd.read_csv(out / "report" / "study.csv"), pd.read_csv(local / "report" / "study.csv")
