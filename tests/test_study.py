@@ -172,6 +172,61 @@ def test_slurm_array_resources(tmp_path, monkeypatch):
     assert executor._executor.max_num_timeout == study.MAX_REQUEUES
 
 
+def test_cluster_options_reach_sbatch_and_dry_run(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("submitit")
+    from hparr.training import TrainSettings
+
+    bin_dir = tmp_path / "bin"  # SLURM's commands, doing nothing: --dry-run submits nothing
+    for tool in ("srun", "sbatch"):
+        files.write_text(bin_dir / tool, "#!/bin/sh\nexit 0\n")
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    options = study.SlurmOptions(cpus_per_task=2, time_min=3, mem="4G", account="proj", qos="low",
+                                 constraint="a100", extra=study.parse_slurm_extra(["mail-type=END", "--comment=x y"]),
+                                 setup=["module load cuda"])
+    settings = study.StudySettings(base=TrainSettings("lenet"), archs=["lenet"], datasets=["digits"], seeds=[0],
+                                   out=str(tmp_path / "s"), slurm=options)
+    parameters = study.make_executor(settings, "slurm")._executor.parameters
+    assert {k: parameters[k] for k in ("mem", "account", "qos", "constraint", "setup", "additional_parameters",
+                                       "signal_delay_s")} == {
+        "mem": "4G", "account": "proj", "qos": "low", "constraint": "a100", "setup": ["module load cuda"],
+        "additional_parameters": {"mail-type": "END", "comment": "x y"}, "signal_delay_s": 18}
+    out = tmp_path / "s"
+    argv = ["study", "--epochs", "1", "--tb-logdir", "", "--launcher", "slurm", "--out", str(out)]
+    assert main([*argv, "--mem", "4G", "--account", "proj", "--slurm-extra", "mail-type=END", "--setup",
+                 "module load cuda", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == ("sbatch: --time=240 --cpus-per-task=4 --mem=4G --account=proj --mail-type=END "
+                         "--array=...%64; setup: module load cuda") and not out.exists()
+    for flags, message in ((["--mem", "0"], "--mem must be a memory size above 0 such as 4G or 500M, got '0'"),
+                           (["--mem", "lots"], "--mem must be a memory size above 0"),
+                           (["--slurm-extra", "mail-type"], "--slurm-extra 'mail-type': expected KEY=VALUE"),
+                           (["--time", "0"], "--time must be >= 1, got 0")):
+        assert main([*argv, *flags]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.splitlines()) == 1 and not out.exists()
+    assert main([*argv[:-4], "--no-wait", "--out", str(out)]) == 2
+    assert "--no-wait applies to --launcher slurm alone" in capsys.readouterr().err and not out.exists()
+
+
+def test_status_of_a_study_from_its_cell_folders(synthetic, tmp_path, capsys):
+    assert main(["study", str(synthetic), "--status"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "finished    cells/lenet/digits/clean/seed_0"
+    assert lines[4] == "not started cells/lenet/digits/clean/seed_2"
+    assert lines[5] == "5 cells: 4 finished, 1 not started"
+    files.write_text(synthetic / "cells/lenet/digits/clean/seed_2/cell.log", "cell failed: boom\n")
+    assert main(["study", "--status", "--out", str(synthetic)]) == 0
+    log = synthetic / "cells/lenet/digits/clean/seed_2/cell.log"
+    assert f"failed      cells/lenet/digits/clean/seed_2; log: {log}" in capsys.readouterr().out
+    files.write_text(tmp_path / "other" / "a.txt", "x")
+    assert main(["study", str(tmp_path / "other"), "--status"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"hparr study: error: {tmp_path / 'other'} is not a study folder (no study.json)\n"
+    assert main(["study", str(tmp_path / "other"), "--dry-run"]) == 2
+    assert "a study folder is given with --out" in capsys.readouterr().err
+
+
 def test_a_cell_whose_folder_cannot_be_made_fails_with_the_reason(tmp_path):
     from hparr.training import TrainSettings
 
@@ -317,7 +372,10 @@ def test_hparr_report_recognizes_a_study(synthetic, tmp_path, capsys, monkeypatc
 
     monkeypatch.setattr(figures, "draw_all", lambda *args: ([], []))  # figures are tested above
     assert main(["report", str(synthetic), "--out", str(tmp_path / "r")]) == 0
-    assert "statistics.json" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "statistics.json" in printed
+    assert "1 cell(s) of the study are not finished and missing from the report: cells/lenet/digits/clean/seed_2" \
+        in printed
     assert (tmp_path / "r" / "study.csv").is_file()
 
 

@@ -743,7 +743,7 @@ def study_status(study_dir: str | os.PathLike) -> list[CellStatus]:
     out = Path(study_dir)
     doc = results.read_study(out)
     if doc is None:
-        raise UsageError(f"{out} is not a study folder (no {results.STUDY_NAME} of `hparr study`)")
+        raise UsageError(f"{out} is not a study folder (no {results.STUDY_NAME})")
     task_of: dict[str, str] = {}
     for array in doc.get("slurm_arrays", []):
         for task, cell in array.get("tasks", {}).items():
