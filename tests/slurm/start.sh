@@ -57,7 +57,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$socket
+# credentials live 30 s (default 120): SLURM holds a requeued job that long before it may start again
+AuthInfo=socket=$socket,cred_expire=30
 StateSaveLocation=$dir/spool/ctld
 SlurmdSpoolDir=$dir/spool/d
 SlurmctldPidFile=$dir/slurmctld.pid
@@ -71,6 +72,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=$((mem_mb / cores / 2))
 SchedulerType=sched/backfill
+SchedulerParameters=bf_interval=5
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none

@@ -139,7 +139,7 @@ def test_a_cell_past_its_time_limit_is_requeued_and_resumes_from_its_last_snapsh
     assert "study: 1 cells: 1 finished now, 0 already finished, 0 failed" in done.stdout
     log = (out / "cells/lenet/digits/clean/seed_0/cell.log").read_text()
     stops = [float(s) for s in re.findall(r"stopped by SLURM \(time limit or preemption\) after (\d+) s", log)]
-    resumed = [int(n) for n in re.findall(r"resumed from \S+lenet_(\d+)\.pt: \d+ epochs completed", log)]
+    resumed = [int(n) for n in re.findall(r"resumed from \S+lenet_(\d+)\.\w+: \d+ epochs completed", log)]
     assert stops and len(resumed) == len(stops) and all(n >= 1 for n in resumed)  # never from scratch again
     assert resumed == sorted(resumed) and log.count("starting from scratch") <= 1
     # the duration reported is the time the cell ran: its attempts, not the time it waited to be requeued
