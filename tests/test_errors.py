@@ -140,6 +140,10 @@ CASES = [
     ("backwards range", ["study", "--seeds", "4-0", "--dry-run", "--out", "{root}/study"], 2, "backwards range"),
     ("unknown launcher", ["study", "--launcher", "pbs", "--out", "{root}/study"], 2, "unknown launcher 'pbs'"),
     ("study --out holding something else", ["study", "--out", "{root}/cifar"], 2, "not a study"),
+    ("--mem 0", ["study", "--launcher", "slurm", "--mem", "0", "--out", "{root}/study"], 2,
+     "--mem must be a memory size above 0 such as 4G or 500M, got '0'"),
+    ("--status on a folder that is not a study", ["study", "{root}", "--status"], 2,
+     "is not a study folder (no study.json)"),
 ]
 
 
