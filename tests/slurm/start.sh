@@ -13,7 +13,7 @@ fail() {  # one line; what was started already is stopped
     exit 1
 }
 
-[ "$(id -u)" = 0 ] || fail "needs root (slurmd runs as root; CI runs it as root): run it with sudo, or skip the SLURM tests"
+[ "$(id -u)" = 0 ] || fail "needs root to install and run SLURM (slurmd runs as root): run make test-slurm as root, as CI does"
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null \
         || ! command -v sbatch >/dev/null; then
     command -v apt-get >/dev/null || fail "slurm-wlm and munge are not installed and there is no apt-get to install them"
