@@ -111,11 +111,13 @@ def test_directory_of_snapshots(tmp_path, snapshots, capsys):
                   "--init-from", folder / "lenet_init_0.pt", "--results", results, "--overwrite", capsys=capsys)
     assert rc == 0 and "4 computed, 0 kept" in out.out
 
-    # other settings never silently reuse (or mix into the table) results made differently
+    # other settings never reuse (or mix into the table) results made differently: they are replaced, saying why
     rc, out = run("--arch", "lenet", "--dataset", "cifar10", "--seed", 1, "--load-from", folder,
                   "--results", results, capsys=capsys)
-    assert rc == 2
-    assert out.err.count("\n") == 1 and "computed with other settings" in out.err and "--overwrite" in out.err
+    assert rc == 0 and "4 computed (4 replaced" in out.out
+    assert out.err.count("computed with other settings (normalize True there, False here") == 4
+    assert json.loads((out_dir / "lenet_2.json").read_text())["normalize"] is False
+    assert set(pd.read_csv(out_dir / "projections.csv")["normalize"]) == {False}
 
 
 def test_files_globs_unnormalized_and_class_count(tmp_path, snapshots, capsys):
@@ -128,7 +130,7 @@ def test_files_globs_unnormalized_and_class_count(tmp_path, snapshots, capsys):
     out_dir = results / "cifar10" / "lenet"
     assert sorted(p.stem for p in out_dir.glob("*.json")) == ["lenet_0", "lenet_2", "lenet_init_0"]
     doc = json.loads((out_dir / "lenet_2.json").read_text())
-    assert doc["normalize"] is False and doc["seed"] == "None" and "l2_dist" not in doc["0"]["0"]
+    assert doc["normalize"] is False and doc["seed"] is None and "l2_dist" not in doc["0"]["0"]
     w = states[3]["features.0.weight"].double()
     assert doc["0"]["0"]["projections"] == pytest.approx(w.sum((1, 2, 3)).tolist(), rel=1e-12)
 

@@ -191,7 +191,7 @@ def make_units(model: nn.Module, groups: Mapping[str, Sequence[str]],
 def batchnorms_after(model: nn.Module, layers: Sequence[str],
                      input_shape: Sequence[int] | None = None) -> dict[str, str]:
     """{layer: the BatchNorm module applied directly to its output} (found with one dummy forward pass)."""
-    from .layers import dummy_forward, guess_input_shape
+    from .layers import batched_shape, dummy_forward
 
     names = {id(m): n for n, m in model.named_modules()}
     wanted = set(layers)
@@ -213,7 +213,7 @@ def batchnorms_after(model: nn.Module, layers: Sequence[str],
     hooks = [(module, layer_hook) for name, module in model.named_modules() if name in wanted]
     hooks += [(module, bn_hook) for name, module in model.named_modules()
               if name not in wanted and isinstance(module, nn.modules.batchnorm._BatchNorm)]
-    dummy_forward(model, input_shape if input_shape is not None else guess_input_shape(model), hooks)
+    dummy_forward(model, batched_shape(model, input_shape), hooks)
     return found
 
 

@@ -23,7 +23,10 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_arch_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", type=str, default=None, help="architecture; run without it to list them")
+    p.add_argument("--arch", type=str, default=None,
+                   help="architecture: a built-in or torchvision name, torchvision:NAME, timm:NAME, or your own "
+                        "model as module.path:factory (imported from the current directory or PYTHONPATH, called "
+                        "with num_classes and in_channels when it takes them); run without it to list them")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
