@@ -206,3 +206,45 @@ def test_paper_script_name(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "cifar10" / "lenet" / "2" / "init_lenet.json").is_file()
     assert proc.stderr == ""  # no progress bar when stderr is not a terminal
+
+
+def test_a_result_is_replaced_when_its_checkpoint_changes(tmp_path, snapshots, capsys):
+    folder, states = snapshots
+    results = tmp_path / "results"
+    args = ["--arch", "lenet", "--dataset", "cifar10", "--load-from", folder / "lenet_2.pt", "--init-from",
+            folder / "lenet_init_0.pt", "--results", results]
+    target = results / "cifar10" / "lenet" / "lenet_2.json"
+    rc, out = run(*args, capsys=capsys)
+    assert rc == 0 and "1 computed" in out.out
+    first = target.read_bytes()
+
+    # touched, same tensors: kept
+    os.utime(folder / "lenet_2.pt", ns=(1, 1))
+    rc, out = run(*args, capsys=capsys)
+    assert rc == 0 and "0 computed, 1 kept" in out.out and target.read_bytes() == first
+
+    def fresh(path) -> dict:
+        rc, _ = run("--arch", "lenet", "--dataset", "cifar10", "--load-from", path, "--init-from",
+                    folder / "lenet_init_0.pt", "--results", tmp_path / "fresh", "--overwrite")
+        assert rc == 0
+        return json.loads((tmp_path / "fresh" / "cifar10" / "lenet" / "lenet_2.json").read_text())
+
+    # retrained under the same name: recomputed, saying why
+    torch.save(drifted(states[0], 9, 2.0), folder / "lenet_2.pt")
+    rc, out = run(*args, capsys=capsys)
+    assert rc == 0 and "1 computed (1 replaced" in out.out and "lenet_2.pt has changed since" in out.err
+    doc = json.loads(target.read_text())
+    assert doc["net"] == fresh(folder / "lenet_2.pt")["net"]
+    # the init snapshot retrained: the distances are recomputed
+    torch.save(drifted(states[0], 8, 0.5), folder / "lenet_init_0.pt")
+    rc, out = run(*args, capsys=capsys)
+    assert rc == 0 and "--init-from: lenet_init_0.pt has changed since" in out.err
+    assert json.loads(target.read_text())["0"]["0"]["l2_dist"] == fresh(folder / "lenet_2.pt")["0"]["0"]["l2_dist"]
+
+    # another file under the same name
+    other = tmp_path / "other" / "lenet_2.pt"
+    other.parent.mkdir()
+    torch.save(drifted(states[0], 7, 1.0), other)
+    rc, out = run(*args[:5], other, *args[6:], capsys=capsys)
+    assert rc == 0 and "computed from another file" in out.err
+    assert json.loads(target.read_text())["net"] == fresh(other)["net"]

@@ -40,7 +40,7 @@ from .data import Data, DataOptions
 from .errors import HparrError, UsageError, first_line
 from .metrics import topk_hits
 from .provenance import derive_seeds, versions
-from .results import RAND, REINIT_FORMAT, relative_drops
+from .results import RAND, REINIT_FORMAT, read_json, relative_drops
 
 log = logging.getLogger("hparr.reinit")
 
@@ -749,6 +749,76 @@ def _trained(settings: ReinitSettings) -> _Trained:
     return _Trained(ckpt, meta, arch, data, relpath)
 
 
+def _init_paths(settings: ReinitSettings) -> list[Path]:
+    if settings.inits_from is None:
+        return []
+    if isinstance(settings.inits_from, (str, os.PathLike)):
+        return read_inits_list(settings.inits_from)
+    return [Path(p) for p in settings.inits_from]
+
+
+def reinit_options(settings: ReinitSettings, data: DataOptions, init_paths: Sequence[Path]) -> dict[str, Any]:
+    """The options that change the numbers of a re-initialization result (recorded in it as `options`; a
+    rerun with others does not reuse it). `data`: the data options as completed from the snapshot."""
+    return {"inits_from": [str(Path(p).resolve()) for p in init_paths],
+            "rand": bool(settings.rand or settings.rand_trials > 1), "rand_trials": settings.rand_trials,
+            "seed": settings.seed, "with_linear": settings.with_linear, "granularity": settings.granularity,
+            "with_bn": settings.with_bn, "max_test_images": settings.max_test_images or None,
+            "state_dict_prefix": settings.state_dict_prefix, "dataset": data.dataset,
+            "subsample_classes": data.subsample_classes, "class_sample_seed": data.class_sample_seed,
+            "unnormalize": data.unnormalize}
+
+
+_OPTION_FLAGS = {"inits_from": "--inits-from", "rand": "--rand", "rand_trials": "--rand-trials", "seed": "--seed",
+                 "with_linear": "--with-linear", "granularity": "--granularity", "with_bn": "--with-bn",
+                 "max_test_images": "--max-test-images", "state_dict_prefix": "--state-dict-prefix",
+                 "dataset": "--dataset", "subsample_classes": "--subsample-classes",
+                 "class_sample_seed": "--class-sample-seed", "unnormalize": "--unnormalize"}
+
+
+def _shown_option(key: str, value: Any) -> str:
+    if key == "inits_from" and isinstance(value, list):
+        return f"{len(value)} file(s)" if len(value) != 1 else Path(value[0]).name
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "unset" if value is None else str(value)
+
+
+def stale_reason(settings: ReinitSettings, path: str | os.PathLike) -> str | None:
+    """Whether the result at `path` can be reused for `settings`: None when it was computed from the same
+    options and the same checkpoints (`checkpoints.identity_change`), else why it must be computed again (its
+    checkpoints changed, or it cannot be read). A result computed with other options raises a UsageError:
+    replacing it takes --overwrite."""
+    path = Path(path)
+    doc = read_json(path)
+    if not isinstance(doc, dict) or doc.get("format") != REINIT_FORMAT:
+        return f"{path.name} is not a readable result"
+    trained = _trained(settings)
+    current = reinit_options(settings, trained.data, _init_paths(settings))
+    recorded = doc.get("options")
+    if not isinstance(recorded, dict):
+        differ = ["it records no options (an earlier hparr)"]
+    else:
+        differ = [f"{_OPTION_FLAGS[k]} {_shown_option(k, recorded.get(k))} there, {_shown_option(k, v)} here"
+                  for k, v in current.items() if recorded.get(k) != v]
+    if differ:
+        raise UsageError(f"{path} was computed with other options ({'; '.join(differ)}); pass --overwrite to "
+                         "replace it, or choose another --results folder")
+    inputs = doc.get("inputs") if isinstance(doc.get("inputs"), dict) else {}
+    prefix = settings.state_dict_prefix
+    checks = [("the trained snapshot", inputs.get("trained"), trained.checkpoint.path)]
+    inits = inputs.get("inits") if isinstance(inputs.get("inits"), dict) else {}
+    checks += [(f"--inits-from epoch {label}", ident, Path(ident.get("path", "")))
+               for label, ident in inits.items() if isinstance(ident, dict)]
+    for what, ident, source in checks:
+        keys = ident.get("keys") if isinstance(ident, dict) else None
+        why = checkpoints.identity_change(
+            ident, source, lambda src=source, k=keys: checkpoints.load_state(src, prefix=prefix, reference=k))
+        if why is not None:
+            return f"{what}: {why}"
+    return None
+
+
 def result_path(settings: ReinitSettings, root: str | os.PathLike) -> Path:
     """The file below the results folder `root` where the result of `settings` goes (and is found by a rerun)."""
     return Path(root) / _trained(settings).relpath
@@ -786,12 +856,7 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
     if settings.inits_from is None and not settings.rand:
         raise UsageError("nothing to evaluate: pass --inits-from (snapshots to re-initialize from) and/or --rand")
     settings.data.validate()
-    if settings.inits_from is None:
-        init_paths: list[Path] = []
-    elif isinstance(settings.inits_from, (str, os.PathLike)):
-        init_paths = read_inits_list(settings.inits_from)
-    else:
-        init_paths = [Path(p) for p in settings.inits_from]
+    init_paths = _init_paths(settings)
 
     trained = _trained(settings)
     load_from, meta, arch, seed = trained.checkpoint.path, trained.meta, trained.arch, settings.seed
@@ -811,6 +876,7 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
     model = build_model(arch, config.num_classes, config.in_channels, config.input_size, seed=0)
     state = checkpoints.match_prefix(state, model, settings.state_dict_prefix, source=str(load_from))
     checkpoints.load_weights(model, dict(state), source=str(load_from))
+    inputs: dict[str, Any] = {"trained": checkpoints.checkpoint_identity(load_from, state, list(state))}
     trained.checkpoint = None
     del state
     model.to(device)
@@ -821,6 +887,8 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
 
     alternatives, sources = _load_alternatives(init_paths, load_from, config, reference, data_options.dataset, seed,
                                                settings.state_dict_prefix)
+    inputs["inits"] = {label: checkpoints.checkpoint_identity(sources[label], state, list(reference))
+                       for label, state in alternatives.items()}
     # the re-randomization seed derives from --seed, else from the snapshot's own seed, else from 0
     base_seed = seed if seed is not None else own_seeds.get("seed") if isinstance(own_seeds.get("seed"), int) else 0
     rand_seed = None
@@ -865,7 +933,8 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
         class_subset=(data.meta or {}).get("class_subset"),
         normalization={"mean": list(data.mean), "std": list(data.std), "normalized": not data_options.unnormalize,
                        "dataset_default": {"mean": list(info.mean), "std": list(info.std)}},
-        batch_size=settings.batch_size, device=str(device), max_test_images=settings.max_test_images or None)
+        batch_size=settings.batch_size, device=str(device), max_test_images=settings.max_test_images or None,
+        options=reinit_options(settings, data_options, init_paths), inputs=inputs)
     if settings.rand_trials > 1:
         document = aggregate_rand_trials(document, settings.rand_trials, trial_seeds)
     return ReinitRun(document=document, result=result, relpath=trained.relpath)

@@ -76,8 +76,12 @@ def run(args) -> int:
         rand_trials=args.rand_trials, max_test_images=args.max_test_images)
     target = reinit.result_path(settings, args.results)
     if target.is_file() and not args.overwrite:  # a finished result is kept: a rerun of a crashed batch skips it
-        print(f"kept {target} (already computed; --overwrite to recompute)")
-        return 0
+        why = reinit.stale_reason(settings, target)  # other options: a UsageError, the file left as it is
+        if why is None:
+            print(f"kept {target} (already computed from the same checkpoints and options; --overwrite to "
+                  "recompute)")
+            return 0
+        print(f"hparr reinit: recomputing {target}: {why}", file=sys.stderr)
     with files.log_to(target.parent / args.log) as note:
         out = reinit.run_reinit(settings)
         written = reinit.save(out, args.results, plots=args.plots)
