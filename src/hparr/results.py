@@ -170,8 +170,16 @@ def epoch_from_filename(path: str | os.PathLike) -> int | None:
 ROW_CONTEXT = ("stem", "source", "arch", "dataset", "seed", "epoch", "normalize", "level")
 
 
+def stage_unknown(doc: Mapping[str, Any] | None) -> bool:
+    """A projection document of a checkpoint read without its model (`hparr projections` without --arch): its
+    layers are in the file's order, and their stage and block are unknown."""
+    return bool(doc) and doc.get("layer_order") == "file"
+
+
 def document_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Tidy rows (one per layer, plus a `kind == "net"` row) of a projection document, without the projections."""
+    """Tidy rows (one per layer, plus a `kind == "net"` row) of a projection document, without the projections;
+    stage and block are empty where they are unknown (`stage_unknown`)."""
+    unknown = stage_unknown(doc)
     context = {k: doc.get(k) for k in ROW_CONTEXT}
     try:
         context["epoch"] = int(context["epoch"])
@@ -181,7 +189,7 @@ def document_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
     for stage in sorted((k for k in doc if k.isdigit()), key=int):
         for block in sorted(doc[stage], key=int):
             entry = doc[stage][block]
-            rows.append({**context, "stage": int(stage), "block": int(block),
+            rows.append({**context, "stage": None if unknown else int(stage), "block": None if unknown else int(block),
                          **{k: v for k, v in entry.items() if k != "projections"}})
     net = doc["net"]
     rows.append({**context, "name": "net", "kind": "net", "stage": None, "block": None,

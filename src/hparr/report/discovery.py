@@ -32,6 +32,7 @@ from ..results import (
     read_manifest,
     read_result_file,
     seed_of,
+    stage_unknown,
 )
 
 Found = list[tuple[Path, dict]]
@@ -256,6 +257,9 @@ def load_run(run_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = 
     unusable, missing_epochs = unusable_results(unreadable, runs, chosen)
     other_runs = [r.describe(base) for r in runs[1:] if r.directory != chosen.directory]
     if chosen is not None:
+        if any(stage_unknown(d) for d in chosen.docs):
+            notes.append("checkpoint only (projections without --arch): every conv weight of the file, in the "
+                         "file's order; stage and block unknown")
         if chosen.normalize is not True:
             notes.append(("no normalized projection run found" if chosen.normalize is False else
                           "the projection results do not record whether they are normalized")
