@@ -62,6 +62,7 @@ def reproduce(settings: TrainSettings, out_dir: str | Path, with_linear: bool = 
     model's metrics: test (and val), and train, measured after training on the training set as trained (its
     possibly corrupted labels, its shuffled pixels)."""
     out = Path(out_dir)
+    settings.validate()  # a bad flag is refused before anything is written
     files.ensure_dir(out)
     settings = dataclasses.replace(settings, models_path=str(out / "models"),
                                    tb_logdir=str(out / "tensorboard") if settings.tb_logdir else None,

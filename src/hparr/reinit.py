@@ -734,6 +734,8 @@ def _trained(settings: ReinitSettings) -> _Trained:
     if not settings.load_from:
         raise UsageError("--load-from is required: the trained snapshot to evaluate")
     path = Path(settings.load_from)
+    if not path.exists():
+        raise UsageError(f"--load-from {path}: no such file or folder")
     ckpt = checkpoints.read_checkpoint(path)
     obj = ckpt.obj if isinstance(ckpt.obj, dict) else {}
     # keep the metadata only (a bare state_dict has none), not a second copy of the weights

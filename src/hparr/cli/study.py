@@ -50,6 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     slurm.add_argument("--time", type=int, default=240, help="time limit of a cell, in minutes [240]")
     slurm.add_argument("--array-parallelism", type=int, default=64, help="cells running at once, at most [64]")
     p.set_defaults(**{dest: default for dest, (default, _) in GRID.items()}, seed=None, out="runs/study")
+    train_cli.set_defaults(p, shown={"models_path": "ignored: OUT/cells/.../models",
+                                     "tb_logdir": "OUT/cells/.../tensorboard"})
 
 
 def shared_flags(args) -> list[str]:

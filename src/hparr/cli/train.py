@@ -95,6 +95,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
 
 
+def set_defaults(p: argparse.ArgumentParser, shown: dict[str, str] | None = None, **defaults) -> None:
+    """`p.set_defaults(**defaults)`, with each flag's help ending in the default this command uses ("[30]"),
+    or the text of `shown` ({dest: text}) for a flag whose value this command sets itself."""
+    import re
+
+    p.set_defaults(**defaults)
+    texts = {dest: "unset" if value is None else str(value) for dest, value in defaults.items()}
+    texts.update(shown or {})
+    for action in p._actions:
+        if action.dest in texts and action.help not in (None, argparse.SUPPRESS):
+            action.help = re.sub(r"\s*\[[^\[\]]*\]$", "", action.help) + f" [{texts[action.dest]}]"
+
+
 def data_options(args):
     from ..data import DataOptions
 

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from ..errors import HparrError
+from ..errors import HparrError, UsageError
 from ..results import (
     MANIFEST_FORMAT,
     REPORT_FORMAT,
@@ -232,7 +232,7 @@ def load_run(run_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = 
     """
     base = Path(run_dir)
     if not base.is_dir():
-        raise HparrError(f"run directory {base} does not exist" if not base.exists() else f"{base} is not a directory")
+        raise UsageError(f"run directory {base} does not exist" if not base.exists() else f"{base} is not a directory")
     unreadable: list[UnusableResult] = []
     manifest = read_manifest(base)
     if manifest is not None:
