@@ -94,6 +94,7 @@ def test_directory_of_snapshots(tmp_path, snapshots, capsys):
     assert (layer["stage"], layer["block"], layer["mean"]) == (1, 0, docs["lenet_1"]["1"]["0"]["mean"])
     log = (out_dir / "positive_orthant.log").read_text().splitlines()
     assert len(log) == 4 * 7 and log[0].startswith("lenet_0 (epoch 1) stage 0 block 0 features.0: mean")
+    assert " p (Holm-adjusted) " in log[0] and " p (Holm" not in log[6]  # log[6]: the net row
 
     # rerun: every result is kept; --overwrite recomputes
     mtimes = {p.name: p.stat().st_mtime_ns for p in out_dir.glob("*.json")}

@@ -528,10 +528,13 @@ def log_lines(doc: Mapping[str, Any]) -> list[str]:
     head = f"{doc.get('stem')} (epoch {doc.get('epoch')})"
     lines = []
     for row in document_rows(doc):
-        where = "net" if row["kind"] == "net" else f"stage {row['stage']} block {row['block']} {row['name']}"
-        p = row.get("p_adjusted", row.get("p_value"))
+        where = "net" if row["kind"] == "net" else row["name"] if row["stage"] is None else \
+            f"stage {row['stage']} block {row['block']} {row['name']}"
+        # a layer's p-value is Holm-adjusted over the network's layers; the net row's is the Bonferroni minimum
+        label, p = ("p", row.get("p_value")) if row["kind"] == "net" or "p_adjusted" not in row else \
+            ("p (Holm-adjusted)", row["p_adjusted"])
         lines.append(f"{head} {where}: mean {row['mean']:.6g} mass {row['mass']:.4f} N {row['N']} "
-                     f"p {p if p is None else format(p, '.3g')}{' BIASED' if row['biased'] else ''}")
+                     f"{label} {p if p is None else format(p, '.3g')}{' BIASED' if row['biased'] else ''}")
     return lines
 
 
