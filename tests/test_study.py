@@ -411,3 +411,24 @@ def test_one_seed_is_undetermined_and_a_clean_cell_at_chance_is_flagged(syntheti
     tail = sum(math.comb(200, k) * 0.1 ** k * 0.9 ** (200 - k) for k in range(23, 201))
     assert study_report.not_above_chance(11.5, 200, 10) == (tail >= 0.05)
     assert not study_report.not_above_chance(20.0, 200, 10)  # 40 of 200: far above chance
+
+
+def test_a_cell_whose_checkpoints_changed_is_not_finished(synthetic):
+    cell = synthetic / "cells" / "lenet" / "digits" / "clean" / "seed_0"
+    assert results.run_finished(cell)
+    snapshot = cell / "models" / "lenet_2.pt"
+    snapshot.parent.mkdir(parents=True, exist_ok=True)
+    snapshot.write_bytes(b"weights")
+    st = snapshot.stat()
+    reinit = read_manifest_reinit(cell)
+    doc = json.loads(reinit.read_text())
+    doc["inputs"] = {"trained": {"path": str(snapshot), "size": st.st_size, "mtime_ns": st.st_mtime_ns},
+                     "inits": {}}
+    files.write_json(reinit, doc)
+    assert results.run_finished(cell)
+    os.utime(snapshot, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # retrained since
+    assert not results.run_finished(cell)
+
+
+def read_manifest_reinit(cell: Path) -> Path:
+    return Path(results.read_manifest(cell)["reinit"])

@@ -254,7 +254,34 @@ def run_finished(run_dir: str | os.PathLike) -> bool:
         return False
     folder = Path(doc["projections"])
     return (Path(doc["reinit"]).is_file() and folder.is_dir() and any(folder.glob("*.json"))
-            and all((run_dir / "report" / name).is_file() for name in ("report.json", "summary.md", "index.html")))
+            and all((run_dir / "report" / name).is_file() for name in ("report.json", "summary.md", "index.html"))
+            and checkpoints_unchanged(read_json(doc["reinit"])))
+
+
+def checkpoints_unchanged(doc: Any) -> bool:
+    """Whether the checkpoints a re-initialization result records (`inputs`: the trained snapshot and those
+    re-initialized from) are still there with the size and mtime they had; a result that records none counts
+    as unchanged. Only the files' metadata is read (their tensors are compared by `hparr reinit` itself)."""
+    inputs = doc.get("inputs") if isinstance(doc, dict) else None
+    if not isinstance(inputs, dict):
+        return True
+    identities = [inputs.get("trained"), *(inputs.get("inits") or {}).values()]
+    for ident in identities:
+        if not isinstance(ident, dict) or "path" not in ident:
+            continue
+        path = Path(ident["path"])
+        try:
+            if path.is_dir():
+                stats = [p.stat() for p in path.iterdir() if p.is_file()]
+                size, mtime = sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)
+            else:
+                st = path.stat()
+                size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:
+            return False
+        if (size, mtime) != (ident.get("size"), ident.get("mtime_ns")):
+            return False
+    return True
 
 
 # --- the folder of `hparr study` -----------------------------------------------------------------
