@@ -649,6 +649,9 @@ class ReinitSettings:
     with_bn: bool = False  # also re-initialize the BatchNorm after each layer
     rand_trials: int = 1  # independent re-randomizations (more than 1 implies rand)
     max_test_images: int = 0  # evaluate on the first N test images only (0: all)
+    num_classes: int | None = None  # the model's shape, where the snapshot does not record it (None: the data's)
+    in_channels: int | None = None
+    input_size: int | None = None
 
 
 def _snapshot_data_options(options: DataOptions, meta: Mapping[str, Any], source: str) -> DataOptions:
@@ -869,7 +872,8 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
     data = load_data(data_options)
     data = _snapshot_normalization(data, meta, str(load_from))
     info = dataset_info(data_options.dataset)
-    default = checkpoints.ModelConfig(arch, data.num_classes, data.in_channels, data.image_size)
+    default = checkpoints.ModelConfig(arch, settings.num_classes or data.num_classes,
+                                      settings.in_channels or data.in_channels, settings.input_size or data.image_size)
     config = checkpoints.snapshot_config(meta, default, str(load_from))
     if config.num_classes != data.num_classes or config.in_channels != data.in_channels:
         raise HparrError(f"{load_from} is a model of {config.num_classes} classes and {config.in_channels} input "
