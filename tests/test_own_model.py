@@ -79,6 +79,20 @@ def test_a_factory_of_your_own_through_projections_and_report(tmp_path, capsys, 
     assert "own_model:small_cnn" in summary and "None" not in summary.splitlines()[0]
     assert (tmp_path / "results" / "report" / "distributions.png").is_file()
 
+    # the same factory through reinit (the embedded digits: 10 classes, 1 channel), into the same report
+    digits = tmp_path / "digits"
+    digits.mkdir()
+    start = build_model("own_model:small_cnn", 10, 1, 32, seed=5).state_dict()
+    torch.save(start, digits / "own_init_0.pt")
+    torch.save(shifted(start, 2, 0.3), digits / "own_3.pt")
+    rc, out, err = run(capsys, "reinit", "--arch", "own_model:small_cnn", "--dataset", "digits", "--load-from",
+                       digits / "own_3.pt", "--inits-from", digits, "--rand", "--max-test-images", 64,
+                       "--results", tmp_path / "results", "--no-progress")
+    assert rc == 0, err
+    result = tmp_path / "results" / "digits" / "own_model-small_cnn" / "reinit_own_3.json"
+    doc = json.loads(result.read_text())
+    assert doc["layers"] == ["0", "2", "5"] and doc["num_test"] == 64 and set(doc["init_from_epoch"]) == {"0", "rand"}
+
     # errors in one line: a module that is not there, a name it lacks (exit 2)
     for arch, text in (("no_such_module:f", "cannot import no_such_module"), ("own_model:nope", "has no nope")):
         rc, out, err = run(capsys, "projections", "--arch", arch, "--dataset", "cifar10", "--results", tmp_path)
@@ -101,6 +115,7 @@ def test_a_safetensors_file_without_its_model(tmp_path, capsys):
     convs = [k for k in order if k.endswith("weight") and state[k].dim() == 4 and state[k].shape[2:] != (1, 1)]
     assert [e["name"] + ".weight" for e in doc["0"].values()] == convs  # the file's order, 1x1 left out
     assert doc["layer_order"] == "file" and doc["arch"] is None and doc["epoch"] is None
+    assert doc["num_classes"] is None and doc["dataset"] is None
     assert [e["mass"] for e in doc["0"].values()] == [mass_of(state[k]) for k in convs]
     assert {s["name"]: s["kind"] for s in doc["skipped"]} == {"classifier.0": "linear", "classifier.3": "linear",
                                                                "classifier.6": "linear", "extra.pointwise": "conv"}

@@ -147,7 +147,7 @@ def test_errors_are_one_line(cifar, capsys, tmp_path):
         ([*base, "--load-from", final, "--inits-from", empty], 2, "lists no existing snapshot"),
         ([*base, "--load-from", final, "--inits-from", ""], 2, "--inits-from is empty"),
         ([*base, "--load-from", final], 2, "nothing to evaluate"),
-        ([*base, "--load-from", tmp_path / "gone.pt", "--rand"], 1, "snapshot not found"),
+        ([*base, "--load-from", tmp_path / "gone.pt", "--rand"], 2, "no such file or folder"),  # as projections
         (["--arch", "vgg11", "--dataset", "cifar10", "--data-path", root / "data", "--load-from", final,
           "--rand", "--results", tmp_path], 1, "does not match this architecture"),
         ([*base, "--load-from", final, "--rand", "--batch-size", 0], 2, "--batch-size must be >= 1"),

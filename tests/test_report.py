@@ -248,7 +248,7 @@ def test_errors_are_one_line(tmp_path, capsys):
         return rc, err
 
     rc, err = fails(tmp_path / "nope")
-    assert rc == 1 and "does not exist" in err
+    assert rc == 2 and "does not exist" in err  # a usage error
     (tmp_path / "empty").mkdir()
     files.write_json(tmp_path / "empty" / "other.json", {"format": "something-else"})
     rc, err = fails(tmp_path / "empty")

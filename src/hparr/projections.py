@@ -425,7 +425,8 @@ class SnapshotAnalyzer:
         if self.init_state is not None:
             init_state = checkpoints.match_prefix(self.init_state, keys, self.prefix, source="--init-from")
             init = {layer.weight_key: _weight(init_state, layer, "--init-from") for layer in layers}
-            identity["init_checkpoint"] = checkpoints.checkpoint_identity(self.options.init_from, init, keys)
+            if self.options.init_from:  # the file the initial weights came from (a library caller may give none)
+                identity["init_checkpoint"] = checkpoints.checkpoint_identity(self.options.init_from, init, keys)
             init = {key: w.to(self.device) for key, w in init.items()}
         stats_ = analyze_layers(layers, weights, normalize=self.options.normalize, init=init,
                                 level=self.options.level, skipped=skipped)
@@ -589,7 +590,7 @@ class ProjectionSettings:
                                       ("--input-size", self.input_size)) if v is None]
             if self.arch is not None and missing:
                 raise UsageError(f"--arch {self.arch} without --dataset needs {', '.join(missing)}")
-            return ModelConfig(self.arch, self.num_classes or 0, self.in_channels or 0, self.input_size or 0)
+            return ModelConfig(self.arch, self.num_classes, self.in_channels, self.input_size)  # None: unknown
         from .data import dataset_info
 
         info = dataset_info(self.dataset)
