@@ -158,6 +158,15 @@ class RunResults:
         return self.projection_run.normalize if self.projection_run else None
 
     @property
+    def trained_label(self) -> str:
+        """How the trained model is named: `epoch 30`, or `best.pt` (position 3 by file name) for a checkpoint
+        that records no epoch."""
+        doc = self.trained_doc or {}
+        if doc.get("epoch_from"):
+            return f"{doc.get('stem')}, position {self.trained_epoch} by file name"
+        return f"epoch {self.trained_epoch}"
+
+    @property
     def title(self) -> str:
         """`<arch> on <dataset>[, seed <s>]`, for headings."""
         doc = self.trained_doc or self.reinit_doc or {}
