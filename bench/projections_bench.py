@@ -107,7 +107,7 @@ def run(n: int = 100, workdir: str | None = None, full_size: int = 3, baseline: 
             shutil.rmtree(snaps)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    return out + safetensors_case(workdir)
+    return out + safetensors_case(workdir) + hash_case(workdir)
 
 
 if __name__ == "__main__":
@@ -186,5 +186,39 @@ def safetensors_case(workdir: str | None = None, arch: str = "resnet50", num_cla
             row[f"analyze_speedup_{t}"] = round(best[f"torch_load_analyze_{t}"] / best[f"analyze_{t}"], 2)
         row["plan_s"] = round(setup, 3)
         return [row]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# --- the cost of recording what a result was computed from ------------------------------------------
+
+def hash_case(workdir: str | None = None, arch: str = "resnet50", num_classes: int = 1000, input_size: int = 224,
+              repeats: int = 7) -> list[dict]:
+    """The content hash a projection result records of its checkpoint (`checkpoints.tensors_digest` of the
+    analyzed tensors, every conv and Linear weight here) against the whole per-file analysis that includes it
+    (`SnapshotAnalyzer.analyze_file`), on a torch.save file of `arch` (resnet50: 100 MB). Best of `repeats`,
+    warm page cache; `hash_share` is the hash over the analysis without it."""
+    from hparr import projections
+
+    root = Path(tempfile.mkdtemp(prefix="hparr-bench-hash-", dir=workdir))
+    try:
+        path = root / f"{arch}_1.pt"
+        torch.save(build_model(arch, num_classes=num_classes, input_size=input_size, seed=0).state_dict(), path)
+        config = checkpoints.ModelConfig(arch, num_classes, 3, input_size)
+        analyzer = projections.SnapshotAnalyzer(config, projections.AnalysisOptions(with_linear=True,
+                                                                                     include_1x1=True))
+        doc = analyzer.analyze_file(path)
+        keys = doc["checkpoint"]["keys"]
+        analyze, digest = [], []
+        for _ in range(repeats):
+            analyze.append(timed(analyzer.analyze_file, path)[0])
+            state = checkpoints.read_checkpoint(path).state
+            weights = {k: state[k] for k in keys}
+            digest.append(timed(checkpoints.tensors_digest, weights, keys)[0])
+        hashed = sum(weights[k].numel() * weights[k].element_size() for k in keys)
+        a, h = min(analyze), min(digest)
+        return [{"case": f"projections_{arch}_hash", "file_mb": round(path.stat().st_size / 2**20, 1),
+                 "hashed_mb": round(hashed / 2**20, 1), "algorithm": doc["checkpoint"]["hash"].split(":")[0],
+                 "analyze_s": round(a, 4), "hash_s": round(h, 4), "hash_share": round(h / (a - h), 4)}]
     finally:
         shutil.rmtree(root, ignore_errors=True)

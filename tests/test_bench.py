@@ -120,3 +120,12 @@ def test_safetensors_case_reads_only_the_analyzed_tensors(tmp_path):
     assert 0 < row["read_mb"] < row["file_mb"] and row["read_cold_s"] > 0 and row["torch_load_cold_s"] > 0
     assert row["analyze_warm_s"] > 0 and row["torch_load_analyze_warm_s"] > 0
     assert list(tmp_path.iterdir()) == []  # everything is deleted
+
+
+def test_hash_case_times_the_checkpoint_hash_within_the_analysis(tmp_path):
+    from bench.projections_bench import hash_case
+
+    (row,) = hash_case(str(tmp_path), arch="resnet18", num_classes=10, input_size=32, repeats=1)
+    assert row["algorithm"] == "xxh3-128" and 0 < row["hashed_mb"] <= row["file_mb"]
+    assert row["hash_s"] > 0 and row["analyze_s"] > 0 and row["hash_share"] > 0
+    assert list(tmp_path.iterdir()) == []

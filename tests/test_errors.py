@@ -39,6 +39,7 @@ def snapshots(tmp_path_factory):
 
     torch.save({"model_state_dict": lenet.state_dict(), "extra": Evil()}, root / "lenet_5.pt")
     (root / "empty.txt").write_text("\n\n")
+    torch.save(lenet, root / "whole_1.pt")
     cifar = root / "cifar" / "cifar-10-batches-py"
     cifar.mkdir(parents=True)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
@@ -134,6 +135,15 @@ CASES = [
                                        "--tb-logdir", ""], 1, "was trained with --optimizer sgd"),
     ("unusable result file, --strict", ["report", "{root}/results", "--strict"], 1,
      "lenet_7.json: truncated"),
+    ("reproduce with label noise out of range", ["reproduce", "--noise", "2", "--out", "{root}/repro"], 2,
+     "noise must be in [0, 1]"),
+    ("report of a folder that does not exist", ["report", "{root}/nowhere"], 2, "does not exist"),
+    ("reinit of a snapshot that does not exist", ["reinit", *LENET, "--load-from", "{root}/nowhere.pt", "--rand"],
+     2, "no such file"),
+    ("a whole pickled model", ["projections", *LENET, "--load-from", "{root}/whole_1.pt"], 1,
+     "save its weights instead: torch.save(model.state_dict(), PATH)"),
+    ("non-positive --num-classes", ["projections", "--dataset", "digits", "--num-classes", "0"], 2,
+     "--num-classes must be >= 1"),
     ("empty study grid", ["study", "--seeds", "", "--dry-run", "--out", "{root}/study"], 2, "empty grid"),
     ("malformed grid list", ["study", "--noise", "0,,x", "--dry-run", "--out", "{root}/study"], 2,
      "malformed list '0,,x'"),
@@ -158,6 +168,7 @@ def test_bad_input_is_one_line_with_the_right_exit_code(snapshots, capsys, monke
     assert phrase in errors[0], errors[0]
     assert not any("Traceback" in line for line in err)
     assert not (snapshots / "pwned").exists()
+    assert not (snapshots / "repro").exists()  # refused before --out is made
 
 
 def test_out_of_gpu_memory_suggests_a_smaller_batch(monkeypatch, capsys):
@@ -325,3 +336,40 @@ def test_study_with_slurm_needs_submitit_and_sbatch(snapshots, capsys, monkeypat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "sbatch is not on PATH" in err[0]
     assert not out.exists()  # nothing written
+
+
+def _shown_defaults(command: str) -> dict[str, str]:
+    """{flag: the text in brackets that ends its help} of a command's --help."""
+    import re
+
+    from hparr.cli import build_parser
+
+    sub = build_parser(command)._subparsers._group_actions[0].choices[command]
+    return {a.option_strings[0]: m.group(1) for a in sub._actions
+            if a.option_strings and a.help and (m := re.search(r"\[([^\[\]]*)\]$", a.help))}
+
+
+def test_each_command_help_shows_the_defaults_it_uses():
+    from hparr.cli import build_parser
+
+    for command in ("train", "reproduce", "study", "projections", "reinit", "report"):
+        sub = build_parser(command)._subparsers._group_actions[0].choices[command]
+        defaults = {a.option_strings[0]: a.default for a in sub._actions if a.option_strings}
+        for flag, shown in _shown_defaults(command).items():
+            value = defaults[flag]
+            if isinstance(value, (int, float, str)) and not isinstance(value, bool) and shown not in ("off",) \
+                    and not shown.startswith(("0 =", "ignored", "OUT", "auto", "every", "cores", "the dataset")):
+                same = shown == str(value)
+                if isinstance(value, (int, float)):
+                    try:
+                        same = float(shown) == float(value)
+                    except ValueError:
+                        same = False
+                assert same, (command, flag, shown, value)
+    reproduce, train_ = _shown_defaults("reproduce"), _shown_defaults("train")
+    assert (reproduce["--epochs"], reproduce["--lr"], reproduce["--seed"]) == ("30", "0.01", "0")
+    assert (train_["--epochs"], train_["--lr"]) == ("20", "0.001")
+    assert reproduce["--models-path"] == "ignored: OUT/models" and reproduce["--snapshot-every"] == "5"
+    study = _shown_defaults("study")
+    assert study["--epochs"] == "30" and study["--out"] == "runs/study" and study["--arch"] == "lenet"
+    assert build_parser("reproduce").parse_args(["reproduce"]).epochs == 30

@@ -94,6 +94,7 @@ def test_directory_of_snapshots(tmp_path, snapshots, capsys):
     assert (layer["stage"], layer["block"], layer["mean"]) == (1, 0, docs["lenet_1"]["1"]["0"]["mean"])
     log = (out_dir / "positive_orthant.log").read_text().splitlines()
     assert len(log) == 4 * 7 and log[0].startswith("lenet_0 (epoch 1) stage 0 block 0 features.0: mean")
+    assert " p (Holm-adjusted) " in log[0] and " p (Holm" not in log[6]  # log[6]: the net row
 
     # rerun: every result is kept; --overwrite recomputes
     mtimes = {p.name: p.stat().st_mtime_ns for p in out_dir.glob("*.json")}
@@ -111,11 +112,13 @@ def test_directory_of_snapshots(tmp_path, snapshots, capsys):
                   "--init-from", folder / "lenet_init_0.pt", "--results", results, "--overwrite", capsys=capsys)
     assert rc == 0 and "4 computed, 0 kept" in out.out
 
-    # other settings never silently reuse (or mix into the table) results made differently
+    # other settings never reuse (or mix into the table) results made differently: they are replaced, saying why
     rc, out = run("--arch", "lenet", "--dataset", "cifar10", "--seed", 1, "--load-from", folder,
                   "--results", results, capsys=capsys)
-    assert rc == 2
-    assert out.err.count("\n") == 1 and "computed with other settings" in out.err and "--overwrite" in out.err
+    assert rc == 0 and "4 computed (4 replaced" in out.out
+    assert out.err.count("computed with other settings (normalize True there, False here") == 4
+    assert json.loads((out_dir / "lenet_2.json").read_text())["normalize"] is False
+    assert set(pd.read_csv(out_dir / "projections.csv")["normalize"]) == {False}
 
 
 def test_files_globs_unnormalized_and_class_count(tmp_path, snapshots, capsys):
@@ -128,7 +131,7 @@ def test_files_globs_unnormalized_and_class_count(tmp_path, snapshots, capsys):
     out_dir = results / "cifar10" / "lenet"
     assert sorted(p.stem for p in out_dir.glob("*.json")) == ["lenet_0", "lenet_2", "lenet_init_0"]
     doc = json.loads((out_dir / "lenet_2.json").read_text())
-    assert doc["normalize"] is False and doc["seed"] == "None" and "l2_dist" not in doc["0"]["0"]
+    assert doc["normalize"] is False and doc["seed"] is None and "l2_dist" not in doc["0"]["0"]
     w = states[3]["features.0.weight"].double()
     assert doc["0"]["0"]["projections"] == pytest.approx(w.sum((1, 2, 3)).tolist(), rel=1e-12)
 
@@ -204,3 +207,45 @@ def test_paper_script_name(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "cifar10" / "lenet" / "2" / "init_lenet.json").is_file()
     assert proc.stderr == ""  # no progress bar when stderr is not a terminal
+
+
+def test_a_result_is_replaced_when_its_checkpoint_changes(tmp_path, snapshots, capsys):
+    folder, states = snapshots
+    results = tmp_path / "results"
+    args = ["--arch", "lenet", "--dataset", "cifar10", "--load-from", folder / "lenet_2.pt", "--init-from",
+            folder / "lenet_init_0.pt", "--results", results]
+    target = results / "cifar10" / "lenet" / "lenet_2.json"
+    rc, out = run(*args, capsys=capsys)
+    assert rc == 0 and "1 computed" in out.out
+    first = target.read_bytes()
+
+    # touched, same tensors: kept
+    os.utime(folder / "lenet_2.pt", ns=(1, 1))
+    rc, out = run(*args, capsys=capsys)
+    assert rc == 0 and "0 computed, 1 kept" in out.out and target.read_bytes() == first
+
+    def fresh(path) -> dict:
+        rc, _ = run("--arch", "lenet", "--dataset", "cifar10", "--load-from", path, "--init-from",
+                    folder / "lenet_init_0.pt", "--results", tmp_path / "fresh", "--overwrite")
+        assert rc == 0
+        return json.loads((tmp_path / "fresh" / "cifar10" / "lenet" / "lenet_2.json").read_text())
+
+    # retrained under the same name: recomputed, saying why
+    torch.save(drifted(states[0], 9, 2.0), folder / "lenet_2.pt")
+    rc, out = run(*args, capsys=capsys)
+    assert rc == 0 and "1 computed (1 replaced" in out.out and "lenet_2.pt has changed since" in out.err
+    doc = json.loads(target.read_text())
+    assert doc["net"] == fresh(folder / "lenet_2.pt")["net"]
+    # the init snapshot retrained: the distances are recomputed
+    torch.save(drifted(states[0], 8, 0.5), folder / "lenet_init_0.pt")
+    rc, out = run(*args, capsys=capsys)
+    assert rc == 0 and "--init-from: lenet_init_0.pt has changed since" in out.err
+    assert json.loads(target.read_text())["0"]["0"]["l2_dist"] == fresh(folder / "lenet_2.pt")["0"]["0"]["l2_dist"]
+
+    # another file under the same name
+    other = tmp_path / "other" / "lenet_2.pt"
+    other.parent.mkdir()
+    torch.save(drifted(states[0], 7, 1.0), other)
+    rc, out = run(*args[:5], other, *args[6:], capsys=capsys)
+    assert rc == 0 and "computed from another file" in out.err
+    assert json.loads(target.read_text())["net"] == fresh(other)["net"]

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -107,11 +109,16 @@ def test_original_formats_cifar(cifar, capsys):
     assert "re-randomized" in log_text and "lenet_7.tar" in log_text
     assert not [p for p in out_dir.iterdir() if p.name.startswith(".")]  # no temporary files left
 
-    # a rerun keeps the finished result unless --overwrite
+    # a rerun keeps the finished result unless --overwrite; one with other options is refused
     before = (out_dir / "reinit_lenet_20.json").stat().st_mtime_ns
     rc, out, _ = run_cli(capsys, "--arch", "lenet", "--dataset", "cifar10", "--data-path", root / "data",
-                         "--load-from", final, "--inits-from", inits, "--seed", 3, "--results", results)
+                         "--load-from", final, "--inits-from", inits, "--rand", "--seed", 3, "--results", results)
     assert rc == 0 and "kept" in out
+    assert (out_dir / "reinit_lenet_20.json").stat().st_mtime_ns == before
+    rc, out, err = run_cli(capsys, "--arch", "lenet", "--dataset", "cifar10", "--data-path", root / "data",
+                           "--load-from", final, "--inits-from", inits, "--seed", 3, "--results", results)
+    assert rc == 2 and err.count("error:") == 1 and "--rand on there, off here" in err.splitlines()[-1]
+    assert "--overwrite" in err.splitlines()[-1]
     assert (out_dir / "reinit_lenet_20.json").stat().st_mtime_ns == before
     rc, out, _ = run_cli(capsys, "--arch", "lenet", "--dataset", "cifar10", "--data-path", root / "data",
                          "--load-from", final, "--inits-from", inits, "--rand", "--seed", 3, "--results", results,
@@ -140,7 +147,7 @@ def test_errors_are_one_line(cifar, capsys, tmp_path):
         ([*base, "--load-from", final, "--inits-from", empty], 2, "lists no existing snapshot"),
         ([*base, "--load-from", final, "--inits-from", ""], 2, "--inits-from is empty"),
         ([*base, "--load-from", final], 2, "nothing to evaluate"),
-        ([*base, "--load-from", tmp_path / "gone.pt", "--rand"], 1, "snapshot not found"),
+        ([*base, "--load-from", tmp_path / "gone.pt", "--rand"], 2, "no such file or folder"),  # as projections
         (["--arch", "vgg11", "--dataset", "cifar10", "--data-path", root / "data", "--load-from", final,
           "--rand", "--results", tmp_path], 1, "does not match this architecture"),
         ([*base, "--load-from", final, "--rand", "--batch-size", 0], 2, "--batch-size must be >= 1"),
@@ -207,3 +214,58 @@ def test_plots_folder_and_a_rerun_of_a_class_subset_snapshot(tmp_path, capsys):
     assert rc == 0, err
     assert result.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"  # bare --plots: beside the result
     assert json.loads(result.read_text())["init_from_epoch"] == doc["init_from_epoch"]
+
+
+def test_a_result_is_reused_only_from_the_same_checkpoints_and_options(cifar, capsys, tmp_path):
+    root, final, _ = cifar
+    snaps = tmp_path / "models"
+    snaps.mkdir()
+    trained, init0 = snaps / "lenet_20.pt", snaps / "lenet_init_0.pt"
+    shutil.copy(final, trained)
+    shutil.copy(final.parent / "lenet_init_0.pt", init0)
+    results = tmp_path / "results"
+    base = ["--arch", "lenet", "--dataset", "cifar10", "--data-path", root / "data", "--inits-from", init0,
+            "--seed", 3, "--max-test-images", 40, "--no-progress"]
+    target = results / "cifar10" / "lenet" / "3" / "reinit_lenet_20.json"
+    rc, _, err = run_cli(capsys, *base, "--load-from", trained, "--results", results)
+    assert rc == 0, err
+    first = target.read_bytes()
+
+    # other options: one line, exit 2, the result byte-identical
+    for extra, shown in ((["--rand-trials", 2], "--rand-trials 1 there, 2 here"),
+                         (["--inits-from", final.parent / "lenet_4.tar"], "--inits-from lenet_init_0.pt there, "
+                                                                          "lenet_4.tar here"),
+                         (["--max-test-images", 30], "--max-test-images 40 there, 30 here")):
+        rc, _, err = run_cli(capsys, *base, "--load-from", trained, "--results", results, *extra)
+        assert rc == 2 and err.count("\n") == 1 and shown in err and "--overwrite" in err, err
+        assert target.read_bytes() == first
+    # --with-bn is a result of its own, never the one without
+    rc, out, err = run_cli(capsys, *base, "--load-from", trained, "--results", results, "--with-bn")
+    assert rc == 0 and "kept" not in out and target.read_bytes() == first
+    assert json.loads(target.with_name("reinit_lenet_20_bn.json").read_text())["with_bn"] is True
+
+    # touched but the same tensors: kept
+    os.utime(trained, ns=(1, 1))
+    rc, out, _ = run_cli(capsys, *base, "--load-from", trained, "--results", results)
+    assert rc == 0 and "kept" in out and target.read_bytes() == first
+
+    def fresh(load_from: Path) -> dict:
+        other = tmp_path / "fresh"
+        shutil.rmtree(other, ignore_errors=True)
+        assert run_cli(capsys, *base, "--load-from", load_from, "--results", other)[0] == 0
+        return json.loads((other / "cifar10" / "lenet" / "3" / "reinit_lenet_20.json").read_text())
+
+    # a retrained checkpoint (same name, new weights): computed again, saying why
+    files.save_torch(build_model("lenet", 10, 3, seed=14).state_dict(), trained)
+    rc, out, err = run_cli(capsys, *base, "--load-from", trained, "--results", results)
+    assert rc == 0 and "kept" not in out and "lenet_20.pt has changed since" in err
+    doc = json.loads(target.read_text())
+    assert doc["correct_top1"] == fresh(trained)["correct_top1"] and target.read_bytes() != first
+
+    # another file of the same name elsewhere: computed again
+    elsewhere = tmp_path / "elsewhere" / "lenet_20.pt"
+    elsewhere.parent.mkdir()
+    files.save_torch(build_model("lenet", 10, 3, seed=15).state_dict(), elsewhere)
+    rc, out, err = run_cli(capsys, *base, "--load-from", elsewhere, "--results", results)
+    assert rc == 0 and "computed from another file" in err
+    assert json.loads(target.read_text())["correct_top1"] == fresh(elsewhere)["correct_top1"]

@@ -248,7 +248,7 @@ def test_errors_are_one_line(tmp_path, capsys):
         return rc, err
 
     rc, err = fails(tmp_path / "nope")
-    assert rc == 1 and "does not exist" in err
+    assert rc == 2 and "does not exist" in err  # a usage error
     (tmp_path / "empty").mkdir()
     files.write_json(tmp_path / "empty" / "other.json", {"format": "something-else"})
     rc, err = fails(tmp_path / "empty")
@@ -370,5 +370,7 @@ def test_unusable_result_files_are_named_and_their_epochs_marked(run, tmp_path, 
 
     assert main(["report", str(copy), "--strict"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("hparr report: error: 5 result file(s) cannot be used (--strict)")
+    # the 5 unusable files and the 3 of the other projection run (results_plain/) that the report leaves out
+    assert len(err) == 1 and err[0].startswith("hparr report: error: 8 result file(s) not used (--strict)")
+    assert err[0].count("results_plain/cifar10/lenet/0/") == 3
     assert "epochs 0, 5 missing" in err[0]

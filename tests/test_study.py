@@ -446,3 +446,48 @@ def test_a_submitit_job_array_runs_the_cells_and_a_failed_cell_is_reported(tmp_p
     assert any((out / "submitit").rglob("*_submitted.pkl"))  # went through submitit's job array
     summary = (out / "report" / "summary.md").read_text()
     assert "Study: 1 finished cells" in summary and "cells/lenet/digits/clean/seed_1" in summary
+
+
+def test_one_seed_is_undetermined_and_a_clean_cell_at_chance_is_flagged(synthetic):
+    import shutil
+
+    # keep seed 0 only
+    for condition in ("clean", "noise_50"):
+        shutil.rmtree(synthetic / "cells" / "lenet" / "digits" / condition / "seed_1")
+    clean = synthetic / "cells" / "lenet" / "digits" / "clean" / "seed_0"
+    manifest = json.loads((clean / results.MANIFEST_NAME).read_text())
+    manifest["final"]["test"].update(top1=11.5, count=200)  # 23 of 200 right, 10 classes: chance is 20
+    files.write_json(clean / results.MANIFEST_NAME, manifest)
+    data = study_report.load_study(synthetic)
+    assert data.at_chance == ["cells/lenet/digits/clean/seed_0"]
+    numbers = study_report.claims(data)
+    text = study_report.summary_markdown(data, numbers, [], "|mass - 0.5|")
+    assert "**Warning: 1 clean cell(s) stayed at chance**" in text and "clean/seed_0" in text
+    claim3 = text.split("**Claim 3")[1].split("###")[0]
+    assert "not supported" not in claim3 and claim3.count("**undetermined**: too few seeds") == 2
+
+    # the binomial test by a plain sum: P(X >= 23) for X ~ Binomial(200, 1/10)
+    tail = sum(math.comb(200, k) * 0.1 ** k * 0.9 ** (200 - k) for k in range(23, 201))
+    assert study_report.not_above_chance(11.5, 200, 10) == (tail >= 0.05)
+    assert not study_report.not_above_chance(20.0, 200, 10)  # 40 of 200: far above chance
+
+
+def test_a_cell_whose_checkpoints_changed_is_not_finished(synthetic):
+    cell = synthetic / "cells" / "lenet" / "digits" / "clean" / "seed_0"
+    assert results.run_finished(cell)
+    snapshot = cell / "models" / "lenet_2.pt"
+    snapshot.parent.mkdir(parents=True, exist_ok=True)
+    snapshot.write_bytes(b"weights")
+    st = snapshot.stat()
+    reinit = read_manifest_reinit(cell)
+    doc = json.loads(reinit.read_text())
+    doc["inputs"] = {"trained": {"path": str(snapshot), "size": st.st_size, "mtime_ns": st.st_mtime_ns},
+                     "inits": {}}
+    files.write_json(reinit, doc)
+    assert results.run_finished(cell)
+    os.utime(snapshot, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # retrained since
+    assert not results.run_finished(cell)
+
+
+def read_manifest_reinit(cell: Path) -> Path:
+    return Path(results.read_manifest(cell)["reinit"])

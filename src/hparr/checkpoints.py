@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import numbers
 import os
 import pickle
+import pickletools
 import re
 import zipfile
 from dataclasses import dataclass
@@ -40,6 +42,11 @@ def torch_load(path: str | os.PathLike, mmap: bool = False) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
         if re.search(r"Unsupported (global|class)|GLOBAL|not an allowed global", str(exc)):
+            whole = pickled_object_class(path)
+            if whole is not None:
+                raise HparrError(f"refused to load {path}: it is a whole pickled object ({whole}), as "
+                                 "torch.save(model) writes, and loading it could run code; save its weights "
+                                 "instead: torch.save(model.state_dict(), PATH)") from None
             raise HparrError(f"refused to load {path}: it holds pickled objects other than tensors and "
                              "plain values, and loading it could run code") from None
         raise HparrError(f"truncated or corrupt snapshot {path}: not a tensor snapshot") from None
@@ -47,10 +54,47 @@ def torch_load(path: str | os.PathLike, mmap: bool = False) -> Any:
         raise HparrError(f"truncated or corrupt snapshot {path}: {first_line(exc).split('. ')[0]}") from None
 
 
+def pickled_object_class(path: str | os.PathLike) -> str | None:
+    """The class ("module.Name") of the object a torch file pickles at its top, when that object is an
+    instance of a class other than a dict (a whole model saved with torch.save(model)); else None. The
+    pickle is only scanned (pickletools), never loaded."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = next((n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+                if name is None:
+                    return None
+                data = archive.read(name)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(1 << 16)
+        strings: list[str] = []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("PROTO", "FRAME", "MARK"):
+                continue
+            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "MEMOIZE", "BINPUT", "PUT"):
+                if isinstance(arg, str):
+                    strings.append(arg)
+                continue
+            if op.name == "GLOBAL":
+                found = str(arg).replace(" ", ".")
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found = f"{strings[-2]}.{strings[-1]}"
+            else:
+                return None  # a dict, a list, a number: not a pickled object
+            return None if found in ("collections.OrderedDict", "builtins.dict") else found
+    except (OSError, ValueError, zipfile.BadZipFile, pickle.PickleError, EOFError):
+        return None
+    return None
+
+
+STATE_DICT_KEYS = ("model_state_dict", "state_dict", "model", "net")
+
+
 def state_dict_of(obj: Any, path: str | os.PathLike = "<snapshot>") -> dict[str, torch.Tensor]:
     """The model state_dict inside a loaded snapshot (ours, the original's .tar, or a bare state_dict)."""
     if isinstance(obj, dict):
-        for key in ("model_state_dict", "state_dict", "model"):
+        for key in STATE_DICT_KEYS:  # ours and the original's, Lightning's, and popular CIFAR repositories'
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
@@ -108,6 +152,11 @@ def recorded_normalization(meta: Mapping[str, Any]) -> dict[str, Any] | None:
 
 # --- names, layout and epoch labels --------------------------------------------------------------
 
+def folder_name(arch: str) -> str:
+    """An architecture's name as a folder name: without `:` (`torchvision:resnet18` -> `torchvision-resnet18`)."""
+    return arch.replace(":", "-")
+
+
 def run_directory(models_path: str | os.PathLike, dataset: str, arch: str, seed: int | None,
                   subsample_classes: int = 0, noise: float = 0.0) -> Path:
     """`<models>/<dataset>[_<k>]/[noise_<pct>|pixel_shuffle/]<arch>/<seed>/`, as the original code laid it out."""
@@ -116,7 +165,7 @@ def run_directory(models_path: str | os.PathLike, dataset: str, arch: str, seed:
         path /= "pixel_shuffle"
     elif noise > 0:
         path /= f"noise_{round(noise * 100):g}"
-    path /= arch
+    path /= folder_name(arch)
     if seed is not None:
         path /= str(seed)
     return path
@@ -125,7 +174,7 @@ def run_directory(models_path: str | os.PathLike, dataset: str, arch: str, seed:
 def results_directory(results: str | os.PathLike, dataset: str, arch: str, seed: int | None = None,
                       subsample_classes: int = 0) -> Path:
     """`<results>/<dataset>[_<k>]/<arch>[/<seed>]`, where the per-snapshot JSON files go."""
-    path = Path(results) / (f"{dataset}_{subsample_classes}" if subsample_classes else dataset) / arch
+    path = Path(results) / (f"{dataset}_{subsample_classes}" if subsample_classes else dataset) / folder_name(arch)
     return path / str(seed) if seed is not None else path
 
 
@@ -157,7 +206,15 @@ def snapshot_epoch(obj: Any, path: str | os.PathLike) -> int:
             return int(obj["epochs_completed"])
         if "epoch" in obj and "model_state_dict" in obj:  # the original .tar: 0-based finished epoch
             return int(obj["epoch"]) + 1
-    return epoch_from_filename(path)
+    try:
+        return epoch_from_filename(path)
+    except HparrError:
+        # a name without a number: the epoch the checkpoint records itself (Lightning's, or the `epoch` of a
+        # {"net": ..., "epoch": ...} dict of popular CIFAR repositories), as it records it
+        recorded = obj.get("epoch") if isinstance(obj, dict) else None
+        if isinstance(recorded, numbers.Integral) and not isinstance(recorded, bool):
+            return int(recorded)
+        raise
 
 
 def snapshot_epoch_or_none(obj: Any, path: str | os.PathLike) -> int | None:
@@ -384,6 +441,81 @@ def other_configurations(run_dir: str | os.PathLike, config: Mapping[str, Any]) 
         if differences:
             found.append((path, differences))
     return found
+
+
+# --- what a result was computed from -----------------------------------------------------------------
+
+HASH = "hash"  # the key of the hash in a checkpoint identity: "<algorithm>:<hex digest>"
+
+
+def _hasher(algorithm: str | None = None):
+    """(name, a new hash object): xxh3-128 (xxhash, 25 GB/s: under 1% of the analysis of a 100 MB file), or
+    sha256 where xxhash is not installed or a result recorded it."""
+    if algorithm in (None, "xxh3-128"):
+        try:
+            import xxhash
+
+            return "xxh3-128", xxhash.xxh3_128()
+        except ImportError:
+            if algorithm is not None:
+                raise HparrError("this result's checkpoint hash is xxh3-128: pip install xxhash") from None
+    return "sha256", hashlib.sha256()
+
+
+def tensors_digest(state: Mapping[str, Any], keys: Iterable[str], algorithm: str | None = None) -> str:
+    """A content hash of the tensors `keys` of `state`: each one's key, dtype, shape and bytes as stored,
+    in the order given, as "<algorithm>:<hex digest>" (see `_hasher`)."""
+    name, h = _hasher(algorithm)
+    for key in keys:
+        t = torch.as_tensor(state[key]).detach()
+        t = t.to("cpu").contiguous()
+        h.update(f"{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return f"{name}:{h.hexdigest()}"
+
+
+def _file_stat(path: Path) -> tuple[int, int]:
+    """(size, mtime in ns) of a file, or of a folder of shards (their total size, the newest mtime)."""
+    if path.is_dir():
+        stats = [p.stat() for p in sorted(path.iterdir()) if p.is_file()]
+        return sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def checkpoint_identity(path: str | os.PathLike, state: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    """What a result records of a checkpoint it read: the file (resolved), its size and mtime, and the hash
+    of the tensors used (`tensors_digest` of `keys`, which are recorded with it)."""
+    path = Path(path)
+    keys = list(keys)
+    size, mtime = _file_stat(path)
+    return {"path": str(path.resolve()), "size": size, "mtime_ns": mtime, "keys": keys,
+            HASH: tensors_digest(state, keys)}
+
+
+def identity_change(recorded: Any, path: str | os.PathLike, read_state: Callable[[], Mapping[str, Any]]) -> str | None:
+    """Why the checkpoint at `path` is not the one `recorded` (a `checkpoint_identity`) describes, or None when
+    it is: another file, or other tensors. Same size and mtime count as the same file; otherwise its tensors
+    are hashed again (`read_state()` gives its state), so a file touched but not changed is still the same."""
+    path = Path(path)
+    if not isinstance(recorded, Mapping) or not all(k in recorded for k in ("path", "size", "mtime_ns", HASH)):
+        return "it records no identity of its checkpoint"
+    if recorded["path"] != str(path.resolve()):
+        return f"it was computed from another file ({recorded['path']})"
+    try:
+        size, mtime = _file_stat(path)
+    except OSError:
+        return f"{path} cannot be read"
+    if (size, mtime) == (recorded["size"], recorded["mtime_ns"]):
+        return None
+    try:
+        digest = tensors_digest(read_state(), recorded.get("keys") or [], str(recorded[HASH]).partition(":")[0])
+    except (HparrError, KeyError):
+        digest = None
+    if digest == recorded[HASH]:
+        return None
+    return f"{path.name} has changed since: other tensors (a retrained or replaced file)"
 
 
 # --- one loader for every checkpoint format ---------------------------------------------------------

@@ -96,6 +96,17 @@ def guess_input_shape(model: nn.Module, size: int = 32) -> tuple[int, ...]:
     return (1, 3, size, size)
 
 
+def batched_shape(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[int, ...]:
+    """The dummy input's shape with its batch dimension: `input_shape` as given when it has the rank of
+    `guess_input_shape(model)`, with a batch of 1 put in front when it lacks one dimension (the shape of one
+    sample, (C, H, W)), and the guess itself when None."""
+    guess = guess_input_shape(model)
+    if input_shape is None:
+        return guess
+    shape = tuple(int(v) for v in input_shape)
+    return (1, *shape) if len(shape) == len(guess) - 1 else shape
+
+
 def _spatial(value) -> tuple[int, ...] | None:
     """Spatial size of a batched conv-like tensor (N, C, *spatial), else None."""
     if isinstance(value, (tuple, list)) and value:
@@ -148,14 +159,14 @@ def discover_layers(model: nn.Module, input_shape: Sequence[int] | None = None, 
                     include_1x1: bool = False) -> tuple[list[LayerInfo], list[Skipped]]:
     """The analyzed layers of `model` in forward order with stage/block labels, and the skipped ones with reasons.
 
-    `input_shape` is the dummy input's shape, batch included (default: `guess_input_shape`).
+    `input_shape` is the dummy input's shape, with or without the batch dimension (default:
+    `guess_input_shape`).
     A module called several times is counted once, at its first call; every call of a max-pool
     advances the stage. Without max-pools, the stage advances after any call whose output (or whose
     input, for downsampling done outside modules) is spatially smaller than the current stage's size.
     Conv/linear modules never called in the forward pass are skipped with that reason.
     """
-    if input_shape is None:
-        input_shape = guess_input_shape(model)
+    input_shape = batched_shape(model, input_shape)
     try:
         events = _trace(model, input_shape)
         traced = True
@@ -215,7 +226,11 @@ def _relabel_residual(model: nn.Module, input_shape: Sequence[int], layers: list
     and torch.fx traces it; otherwise unchanged (the max-pool/downsampling rule)."""
     try:
         found = residual_labels(model, input_shape, [layer.name for layer in layers])
-    except Exception:  # noqa: BLE001 - an untraceable model keeps the max-pool/downsampling rule
+    except Exception as exc:  # noqa: BLE001 - an untraceable model keeps the max-pool/downsampling rule
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        warnings.warn(f"torch.fx cannot trace {type(model).__name__} ({first}): residual blocks are not "
+                      "recognized, and stages and blocks follow the max-pool/downsampling rule instead",
+                      RuntimeWarning, stacklevel=3)
         return [dataclasses.replace(layer, unit=layer.name) for layer in layers]
     if found is None:
         return [dataclasses.replace(layer, unit=layer.name) for layer in layers]

@@ -136,7 +136,57 @@ def torchvision_name(arch: str) -> str | None:
     return arch.replace("bn", "_bn") if arch in VGG_ARCHS else arch
 
 
+def is_factory(arch: str) -> bool:
+    """`module.path:factory`, a model of the user's own (not `timm:NAME` or `torchvision:NAME`)."""
+    return ":" in arch and not arch.startswith((TIMM, TORCHVISION))
+
+
+def import_factory(arch: str):
+    """The callable named by `module.path:factory`, imported from the current directory or PYTHONPATH."""
+    import importlib
+    import sys
+
+    module_name, _, attr = arch.partition(":")
+    if not module_name or not attr:
+        raise UsageError(f"--arch {arch!r}: give your own model as module.path:factory")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"--arch {arch}: cannot import {module_name} ({exc}); it is looked for in the current "
+                         "directory and on PYTHONPATH") from None
+    factory = module
+    for part in attr.split("."):
+        factory = getattr(factory, part, None)
+        if factory is None:
+            raise UsageError(f"--arch {arch}: {module_name} has no {attr}")
+    if not callable(factory):
+        raise UsageError(f"--arch {arch}: {attr} is not callable")
+    return factory
+
+
+def _call_factory(arch: str, num_classes: int, in_channels: int) -> nn.Module:
+    """The user's factory called with `num_classes` and `in_channels` where its signature accepts them."""
+    import inspect
+
+    factory = import_factory(arch)
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    anything = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels))
+              if anything or k in params}
+    model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise HparrError(f"--arch {arch}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
 def _construct(arch: str, num_classes: int, in_channels: int, input_size: int) -> nn.Module:
+    if is_factory(arch):
+        return _call_factory(arch, num_classes, in_channels)
     tvm = None if arch in ("lenet", "mlp", "mlp_bn") else _tvm()
     if arch == "lenet":
         model = LeNet(num_classes, in_channels)
@@ -185,7 +235,10 @@ def supported_archs() -> list[str]:
     extra = sorted(set(_tvm().list_models(module=_tvm()))
                    - {torchvision_name(a) for a in ARCHS})
     return list(ARCHS) + extra + ["torchvision:NAME (any torchvision classifier, as torchvision builds it)",
-                                  "timm:NAME (any timm model, e.g. timm:resnet10t; needs hparr[timm])"]
+                                  "timm:NAME (any timm model, e.g. timm:resnet10t; needs hparr[timm])",
+                                  "module.path:factory (your own model: a function or class of a module in the "
+                                  "current directory or on PYTHONPATH, called with num_classes and in_channels "
+                                  "when it takes them)"]
 
 
 def _timm():
@@ -209,6 +262,9 @@ def check_arch(arch: str) -> str:
     Known: the paper's architectures, any torchvision classifier by its name or as `torchvision:NAME`,
     and any timm model as `timm:NAME` (optionally with its pretrained tag, `timm:resnet10t.c3_in1k`).
     """
+    if is_factory(arch):
+        import_factory(arch)
+        return arch
     if arch.startswith(TIMM):
         timm = _timm()
         name = arch[len(TIMM):]
@@ -229,7 +285,7 @@ def check_arch(arch: str) -> str:
         return arch
     raise UsageError(f"unknown architecture {arch!r}; supported: {', '.join(ARCHS)}, "
                      "any torchvision classification model (e.g. resnet18 or torchvision:resnet18), "
-                     "or timm:NAME for any timm model")
+                     "timm:NAME for any timm model, or module.path:factory for your own")
 
 
 def build_model(arch: str, num_classes: int = 10, in_channels: int = 3, input_size: int = 32,
@@ -278,7 +334,7 @@ def pretrained_file(arch: str) -> Path:
     if arch.startswith(TIMM):
         return _timm_pretrained_file(arch[len(TIMM):])
     arch = arch.removeprefix(TORCHVISION)
-    name = torchvision_name(arch)
+    name = None if is_factory(arch) else torchvision_name(arch)
     if name is None or arch == "vgg19_orig":
         raise UsageError(f"--pretrained: no ImageNet weights exist for {arch!r}")
     url = _tvm().get_model_weights(name).DEFAULT.url

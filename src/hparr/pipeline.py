@@ -62,6 +62,7 @@ def reproduce(settings: TrainSettings, out_dir: str | Path, with_linear: bool = 
     model's metrics: test (and val), and train, measured after training on the training set as trained (its
     possibly corrupted labels, its shuffled pixels)."""
     out = Path(out_dir)
+    settings.validate()  # a bad flag is refused before anything is written
     files.ensure_dir(out)
     settings = dataclasses.replace(settings, models_path=str(out / "models"),
                                    tb_logdir=str(out / "tensorboard") if settings.tb_logdir else None,
@@ -102,9 +103,17 @@ def reproduce(settings: TrainSettings, out_dir: str | Path, with_linear: bool = 
         batch_size=max(settings.batch_size, 256), cuda=settings.cuda, workers=settings.workers,
         progress=settings.progress and sys.stderr.isatty())
     reinit_json = reinit.result_path(swept, root / "reinit")
+    why = "not computed yet"
     if reinit_json.is_file():
-        log.info("kept %s (already computed)", reinit_json)
+        try:
+            why = reinit.stale_reason(swept, reinit_json)
+        except HparrError as exc:  # other options: this run's own result, computed again
+            why = str(exc)
+    if why is None:
+        log.info("kept %s (already computed from the same checkpoints and options)", reinit_json)
     else:
+        if reinit_json.is_file():
+            log.warning("recomputing %s: %s", reinit_json, why)
         reinit_json = reinit.save(reinit.run_reinit(swept), root / "reinit", plots="")[0]
 
     manifest = out / results.MANIFEST_NAME

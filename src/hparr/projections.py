@@ -50,6 +50,8 @@ except ImportError:  # a scipy without it: its public `kstwo` alone, slower, giv
 log = logging.getLogger("hparr.projections")
 
 DEFAULT_LEVEL = 0.05
+CHECKPOINT_ONLY = "checkpoint"  # the results folder of checkpoint-only projections, in place of the arch
+NO_DATASET = "no-dataset"
 CORRECTION = "holm"
 STD_DDOF = 0
 
@@ -343,22 +345,36 @@ class AnalysisOptions:
                 "level": self.level, "init_from": self.init_from}
 
 
-def reusable_result(path: str | os.PathLike, options: AnalysisOptions) -> dict[str, Any] | None:
-    """The result document at `path` if it exists and was made with `options`; None if there is none.
+def reusable_result(path: str | os.PathLike, options: AnalysisOptions, fields: Mapping[str, Any] | None = None,
+                    checkpoint: str | os.PathLike | None = None, init_from: str | os.PathLike | None = None,
+                    state_dict_prefix: str | None = None) -> tuple[dict[str, Any] | None, str | None]:
+    """(the result document at `path`, None) when it was computed from the same inputs, else (None, why not):
+    None when there is no readable result there.
 
-    A document made with other options raises a UsageError (keeping it would mix settings).
+    The same inputs: the options that change its numbers (`options`, and `fields` such as the class count or
+    the seed of a random initialization, as the document records them), and the same `checkpoint` file and
+    `init_from` file, with the same tensors (`checkpoints.identity_change`).
     """
     path = Path(path)
     if not path.is_file():
-        return None
-    doc = read_json(path)  # unreadable: None, computed again
+        return None, None
+    doc = read_json(path)  # unreadable: computed again
     if not isinstance(doc, dict) or doc.get("format") != PROJECTIONS_FORMAT or "net" not in doc:
-        return None
-    differ = [f"{k}={doc.get(k)!r}" for k, v in options.as_dict().items() if doc.get(k) != v]
+        return None, f"{path.name} is not a readable result"
+    wanted = {**options.as_dict(), **(fields or {})}
+    differ = [f"{k} {doc.get(k)!r} there, {v!r} here" for k, v in wanted.items() if doc.get(k) != v]
     if differ:
-        raise UsageError(f"{path} was computed with other settings ({', '.join(differ)}); "
-                         "pass --overwrite to replace it, or choose another --results directory")
-    return doc
+        return None, f"computed with other settings ({', '.join(differ)})"
+    for key, source in (("checkpoint", checkpoint), ("init_checkpoint", init_from)):
+        if source is not None:
+            recorded = doc.get(key)
+            keys = recorded.get("keys") if isinstance(recorded, dict) else None
+            why = checkpoints.identity_change(
+                recorded, source, lambda src=source: checkpoints.load_state(src, prefix=state_dict_prefix,
+                                                                          reference=keys))
+            if why is not None:
+                return None, ("--init-from: " if key == "init_checkpoint" else "") + why
+    return doc, None
 
 
 class SnapshotAnalyzer:
@@ -396,20 +412,30 @@ class SnapshotAnalyzer:
             self._plans[config] = (layers, skipped, reference)
         return self._plans[config]
 
-    def _document(self, config: ModelConfig, state: Mapping[str, Any], layers, skipped, **fields) -> dict[str, Any]:
-        weights = {layer.weight_key: state[layer.weight_key].to(self.device) for layer in layers}
+    def _document(self, config: ModelConfig, state: Mapping[str, Any], layers, skipped,
+                  checkpoint: Path | None = None, **fields) -> dict[str, Any]:
+        keys = [layer.weight_key for layer in layers]
+        weights = {key: state[key] for key in keys}
+        identity = {}
+        if checkpoint is not None:
+            identity = {"source": str(checkpoint.resolve()),
+                        "checkpoint": checkpoints.checkpoint_identity(checkpoint, weights, keys)}
+        weights = {key: w.to(self.device) for key, w in weights.items()}
         init = None
         if self.init_state is not None:
-            init_state = checkpoints.match_prefix(self.init_state, [layer.weight_key for layer in layers],
-                                                  self.prefix, source="--init-from")
-            init = {layer.weight_key: _weight(init_state, layer, "--init-from").to(self.device)
-                    for layer in layers}
+            init_state = checkpoints.match_prefix(self.init_state, keys, self.prefix, source="--init-from")
+            init = {layer.weight_key: _weight(init_state, layer, "--init-from") for layer in layers}
+            if self.options.init_from:  # the file the initial weights came from (a library caller may give none)
+                identity["init_checkpoint"] = checkpoints.checkpoint_identity(self.options.init_from, init, keys)
+            init = {key: w.to(self.device) for key, w in init.items()}
         stats_ = analyze_layers(layers, weights, normalize=self.options.normalize, init=init,
                                 level=self.options.level, skipped=skipped)
+        if config.arch is None:
+            stats_.layer_order = FILE_ORDER
         return projection_document(
             stats_, **self.context, **fields, num_classes=config.num_classes, in_channels=config.in_channels,
             input_size=config.input_size, with_linear=self.options.with_linear,
-            include_1x1=self.options.include_1x1, init_from=self.options.init_from,
+            include_1x1=self.options.include_1x1, init_from=self.options.init_from, **identity,
             versions={**versions(), "scipy": scipy.__version__})
 
     def analyze_file(self, path: str | os.PathLike) -> dict[str, Any]:
@@ -417,11 +443,16 @@ class SnapshotAnalyzer:
         path = Path(path)
         ckpt = checkpoints.read_checkpoint(path)
         obj = ckpt.obj
-        config = snapshot_config(obj, self.default, str(path))
         check_metadata(obj, str(path), self.dataset, self.seed)
-        layers, skipped, reference = self.plan(config)
-        state = checkpoints.match_prefix(ckpt.state, reference, self.prefix, source=str(path))
-        check_state(reference, checkpoints.shapes_of(state), str(path))
+        if self.default.arch is None:  # no model: every conv weight of the file, in the file's order
+            config = self.default
+            state = checkpoints.match_prefix(ckpt.state, None, self.prefix, source=str(path))
+            layers, skipped = file_layers(state, self.options, str(path))
+        else:
+            config = snapshot_config(obj, self.default, str(path))
+            layers, skipped, reference = self.plan(config)
+            state = checkpoints.match_prefix(ckpt.state, reference, self.prefix, source=str(path))
+            check_state(reference, checkpoints.shapes_of(state), str(path))
         meta = obj if isinstance(obj, dict) else {}
         extra = {k: meta[k] for k in ("seeds", "dataset", "top1_acc", "top5_acc") if k in meta}
         normalization = checkpoints.recorded_normalization(meta)
@@ -429,7 +460,7 @@ class SnapshotAnalyzer:
             extra["normalization"] = normalization
         extra = {f"snapshot_{k}": v for k, v in extra.items()}
         epoch = checkpoints.snapshot_epoch_or_none(obj, path)
-        return self._document(config, state, layers, skipped, stem=path.stem, source=str(path.resolve()),
+        return self._document(config, state, layers, skipped, checkpoint=path, stem=path.stem,
                               epoch=None if epoch is None else str(epoch), checkpoint_format=ckpt.format, **extra)
 
     def analyze_model(self, model: nn.Module, stem: str, epoch: int, source: str, **fields) -> dict[str, Any]:
@@ -439,6 +470,42 @@ class SnapshotAnalyzer:
         layers, skipped, _ = self.plan(config, model)
         return self._document(config, model.state_dict(), layers, skipped, stem=stem, source=source,
                               epoch=str(epoch), **fields)
+
+
+FILE_ORDER = "file"  # the layer order of checkpoint-only projections: stage and block unknown
+
+
+def file_layers(state: Mapping[str, Any], options: AnalysisOptions,
+                source: str) -> tuple[list[LayerInfo], list[Skipped]]:
+    """The layers of a checkpoint read without its model: every convolution weight (a `*weight` tensor of
+    3 to 5 dimensions; 1x1 ones with `include_1x1`) and with `with_linear` every 2-d `*weight`, in the file's
+    order. Stage and block are unknown: every layer is put in stage 0, numbered in file order, and the
+    document's `layer_order` says "file"."""
+    shapes = checkpoints.shapes_of(state)
+    layers: list[LayerInfo] = []
+    skipped: list[Skipped] = []
+    for key in state:
+        if not key.endswith("weight"):
+            continue
+        shape = tuple(shapes[key].shape)
+        name = key[:-len(".weight")] if key.endswith(".weight") else key
+        if 3 <= len(shape) <= 5:
+            if all(k == 1 for k in shape[2:]) and not options.include_1x1:
+                skipped.append(Skipped(name, "conv", "1x1 convolution (use --include-1x1)"))
+                continue
+            kind = "conv"
+        elif len(shape) == 2:
+            if not options.with_linear:
+                skipped.append(Skipped(name, "linear", "linear layer (use --with-linear)"))
+                continue
+            kind = "linear"
+        else:
+            continue
+        layers.append(LayerInfo(name, None, kind, 0, len(layers), len(layers), key, shape, traced=False, unit=name))
+    if not layers:
+        raise HparrError(f"{source} holds no convolution weight (a *weight tensor of 3 to 5 dimensions)"
+                         + ("" if options.with_linear else "; try --with-linear"))
+    return layers, skipped
 
 
 def collect_results(directory: str | os.PathLike, options: AnalysisOptions,
@@ -462,10 +529,13 @@ def log_lines(doc: Mapping[str, Any]) -> list[str]:
     head = f"{doc.get('stem')} (epoch {doc.get('epoch')})"
     lines = []
     for row in document_rows(doc):
-        where = "net" if row["kind"] == "net" else f"stage {row['stage']} block {row['block']} {row['name']}"
-        p = row.get("p_adjusted", row.get("p_value"))
+        where = "net" if row["kind"] == "net" else row["name"] if row["stage"] is None else \
+            f"stage {row['stage']} block {row['block']} {row['name']}"
+        # a layer's p-value is Holm-adjusted over the network's layers; the net row's is the Bonferroni minimum
+        label, p = ("p", row.get("p_value")) if row["kind"] == "net" or "p_adjusted" not in row else \
+            ("p (Holm-adjusted)", row["p_adjusted"])
         lines.append(f"{head} {where}: mean {row['mean']:.6g} mass {row['mass']:.4f} N {row['N']} "
-                     f"p {p if p is None else format(p, '.3g')}{' BIASED' if row['biased'] else ''}")
+                     f"{label} {p if p is None else format(p, '.3g')}{' BIASED' if row['biased'] else ''}")
     return lines
 
 
@@ -486,8 +556,8 @@ class ProjectionSettings:
     `state_dict_prefix` selects the keys under a prefix (found automatically otherwise).
     """
 
-    arch: str
-    dataset: str
+    arch: str | None  # None: checkpoint-only (every conv weight of the --load-from files, no model)
+    dataset: str | None
     load_from: str | os.PathLike | Sequence[str | os.PathLike] | None = None
     init_from: str | None = None
     seed: int | None = None
@@ -502,11 +572,30 @@ class ProjectionSettings:
     device: str | torch.device = "cpu"
     overwrite: bool = False
     progress: bool = True
+    num_classes: int | None = None  # overrides of what the dataset implies (None: the dataset's)
+    in_channels: int | None = None
+    input_size: int | None = None
 
     @property
     def relpath(self) -> Path:
-        """The folder of the results below a results folder: <dataset>[_<k>]/<arch>[/<seed>]."""
-        return results_directory("", self.dataset, self.arch, self.seed, self.subsample_classes)
+        """The folder of the results below a results folder: <dataset>[_<k>]/<arch>[/<seed>], where a
+        checkpoint-only run's arch is "checkpoint" and a run without a dataset's is "no-dataset"."""
+        return results_directory("", self.dataset or NO_DATASET, self.arch or CHECKPOINT_ONLY, self.seed,
+                                 self.subsample_classes)
+
+    def model_config(self) -> ModelConfig:
+        """The model's class count, input channels and size: the overrides, else the dataset's."""
+        if self.dataset is None:
+            missing = [f for f, v in (("--num-classes", self.num_classes), ("--in-channels", self.in_channels),
+                                      ("--input-size", self.input_size)) if v is None]
+            if self.arch is not None and missing:
+                raise UsageError(f"--arch {self.arch} without --dataset needs {', '.join(missing)}")
+            return ModelConfig(self.arch, self.num_classes, self.in_channels, self.input_size)  # None: unknown
+        from .data import dataset_info
+
+        info = dataset_info(self.dataset)
+        return ModelConfig(self.arch, self.num_classes or self.subsample_classes or info.num_classes,
+                           self.in_channels or info.in_channels, self.input_size or info.image_size)
 
     def options(self) -> AnalysisOptions:
         init_from = str(Path(self.init_from).resolve()) if self.init_from else None
@@ -523,6 +612,7 @@ class ProjectionsResult:
     options: AnalysisOptions
     documents: dict[str, dict[str, Any]]
     computed: list[str]
+    replaced: dict[str, str] = field(default_factory=dict)  # name -> why its earlier result was not reused
 
     @property
     def n_biased(self) -> int:
@@ -535,20 +625,20 @@ def run_projections(settings: ProjectionSettings, root: str | os.PathLike | None
     from tqdm import tqdm
 
     from .checkpoints import find_snapshots
-    from .data import dataset_info
     from .models import build_model, pretrained_file
 
     s = settings
-    info = dataset_info(s.dataset)
-    k = s.subsample_classes
     options = s.options()
-    config = ModelConfig(s.arch, k or info.num_classes, info.in_channels, info.image_size)
+    config = s.model_config()
     shape = (config.num_classes, config.in_channels, config.input_size)
     analyzer = SnapshotAnalyzer(
-        config, options, context={"arch": s.arch, "dataset": s.dataset, "seed": str(s.seed)}, device=s.device,
-        init_state=load_init_state(options.init_from) if options.init_from else None, dataset=s.dataset, seed=s.seed,
-        state_dict_prefix=s.state_dict_prefix)
+        config, options,
+        context={"arch": s.arch, "dataset": s.dataset, "seed": None if s.seed is None else str(s.seed)},
+        device=s.device, init_state=load_init_state(options.init_from) if options.init_from else None,
+        dataset=s.dataset, seed=s.seed, state_dict_prefix=s.state_dict_prefix)
     pretrained = s.pretrained or s.weights is not None
+    if s.arch is None and not s.load_from:
+        raise UsageError("--arch is required unless --load-from names the checkpoints to analyze")
     if s.load_from:
         paths = find_snapshots(s.load_from)
         stems = [p.stem for p in paths]
@@ -563,10 +653,28 @@ def run_projections(settings: ProjectionSettings, root: str | os.PathLike | None
     out_dir = Path(root) / s.relpath if root is not None else None
     docs: dict[str, dict[str, Any]] = {}
     computed: list[str] = []
+    replaced: dict[str, str] = {}
+    # what changes the numbers besides the options: the model's configuration, and for a model without a
+    # file the seed of its initialization or the pretrained weights (a file's tensors are compared by hash)
+    fields: dict[str, Any] = {"arch": s.arch, "num_classes": config.num_classes, "in_channels": config.in_channels,
+                              "input_size": config.input_size}
     for stem, path in tqdm(jobs, desc="projections", unit="snapshot", file=sys.stderr,
                            disable=not s.progress or not sys.stderr.isatty()):
         name = f"{stem}.json"
-        doc = None if s.overwrite or out_dir is None else reusable_result(out_dir / name, options)
+        doc = why = None
+        if not s.overwrite and out_dir is not None:
+            wanted = dict(fields)
+            if path is None and pretrained:
+                wanted["source"] = str(Path(s.weights).resolve()) if s.weights else str(pretrained_file(s.arch))
+            elif path is None:
+                wanted["init_seed"] = 0 if s.seed is None else s.seed
+            if path is not None:  # a snapshot may record its own configuration; its tensors are compared
+                wanted = {"arch": s.arch}
+            doc, why = reusable_result(out_dir / name, options, wanted, checkpoint=path,
+                                       init_from=options.init_from, state_dict_prefix=s.state_dict_prefix)
+            if why is not None:
+                replaced[name] = why
+                log.info("recomputing %s: %s", out_dir / name, why)
         if doc is None:
             if path is not None:
                 doc = analyzer.analyze_file(path)
@@ -583,7 +691,7 @@ def run_projections(settings: ProjectionSettings, root: str | os.PathLike | None
             for line in log_lines(doc):
                 log.debug(line)
         docs[name] = doc
-    return ProjectionsResult(s.relpath, options, docs, computed)
+    return ProjectionsResult(s.relpath, options, docs, computed, replaced)
 
 
 def save(result: ProjectionsResult, root: str | os.PathLike, parquet: bool = False,

@@ -40,7 +40,7 @@ from .data import Data, DataOptions
 from .errors import HparrError, UsageError, first_line
 from .metrics import topk_hits
 from .provenance import derive_seeds, versions
-from .results import RAND, REINIT_FORMAT, relative_drops
+from .results import RAND, REINIT_FORMAT, read_json, relative_drops
 
 log = logging.getLogger("hparr.reinit")
 
@@ -191,7 +191,7 @@ def make_units(model: nn.Module, groups: Mapping[str, Sequence[str]],
 def batchnorms_after(model: nn.Module, layers: Sequence[str],
                      input_shape: Sequence[int] | None = None) -> dict[str, str]:
     """{layer: the BatchNorm module applied directly to its output} (found with one dummy forward pass)."""
-    from .layers import dummy_forward, guess_input_shape
+    from .layers import batched_shape, dummy_forward
 
     names = {id(m): n for n, m in model.named_modules()}
     wanted = set(layers)
@@ -213,7 +213,7 @@ def batchnorms_after(model: nn.Module, layers: Sequence[str],
     hooks = [(module, layer_hook) for name, module in model.named_modules() if name in wanted]
     hooks += [(module, bn_hook) for name, module in model.named_modules()
               if name not in wanted and isinstance(module, nn.modules.batchnorm._BatchNorm)]
-    dummy_forward(model, input_shape if input_shape is not None else guess_input_shape(model), hooks)
+    dummy_forward(model, batched_shape(model, input_shape), hooks)
     return found
 
 
@@ -649,6 +649,9 @@ class ReinitSettings:
     with_bn: bool = False  # also re-initialize the BatchNorm after each layer
     rand_trials: int = 1  # independent re-randomizations (more than 1 implies rand)
     max_test_images: int = 0  # evaluate on the first N test images only (0: all)
+    num_classes: int | None = None  # the model's shape, where the snapshot does not record it (None: the data's)
+    in_channels: int | None = None
+    input_size: int | None = None
 
 
 def _snapshot_data_options(options: DataOptions, meta: Mapping[str, Any], source: str) -> DataOptions:
@@ -734,6 +737,8 @@ def _trained(settings: ReinitSettings) -> _Trained:
     if not settings.load_from:
         raise UsageError("--load-from is required: the trained snapshot to evaluate")
     path = Path(settings.load_from)
+    if not path.exists():
+        raise UsageError(f"--load-from {path}: no such file or folder")
     ckpt = checkpoints.read_checkpoint(path)
     obj = ckpt.obj if isinstance(ckpt.obj, dict) else {}
     # keep the metadata only (a bare state_dict has none), not a second copy of the weights
@@ -747,6 +752,76 @@ def _trained(settings: ReinitSettings) -> _Trained:
     relpath = checkpoints.results_directory("", data.dataset, arch, settings.seed, data.subsample_classes) \
         / f"{result_stem(path, settings.granularity, settings.with_bn)}.json"
     return _Trained(ckpt, meta, arch, data, relpath)
+
+
+def _init_paths(settings: ReinitSettings) -> list[Path]:
+    if settings.inits_from is None:
+        return []
+    if isinstance(settings.inits_from, (str, os.PathLike)):
+        return read_inits_list(settings.inits_from)
+    return [Path(p) for p in settings.inits_from]
+
+
+def reinit_options(settings: ReinitSettings, data: DataOptions, init_paths: Sequence[Path]) -> dict[str, Any]:
+    """The options that change the numbers of a re-initialization result (recorded in it as `options`; a
+    rerun with others does not reuse it). `data`: the data options as completed from the snapshot."""
+    return {"inits_from": [str(Path(p).resolve()) for p in init_paths],
+            "rand": bool(settings.rand or settings.rand_trials > 1), "rand_trials": settings.rand_trials,
+            "seed": settings.seed, "with_linear": settings.with_linear, "granularity": settings.granularity,
+            "with_bn": settings.with_bn, "max_test_images": settings.max_test_images or None,
+            "state_dict_prefix": settings.state_dict_prefix, "dataset": data.dataset,
+            "subsample_classes": data.subsample_classes, "class_sample_seed": data.class_sample_seed,
+            "unnormalize": data.unnormalize}
+
+
+_OPTION_FLAGS = {"inits_from": "--inits-from", "rand": "--rand", "rand_trials": "--rand-trials", "seed": "--seed",
+                 "with_linear": "--with-linear", "granularity": "--granularity", "with_bn": "--with-bn",
+                 "max_test_images": "--max-test-images", "state_dict_prefix": "--state-dict-prefix",
+                 "dataset": "--dataset", "subsample_classes": "--subsample-classes",
+                 "class_sample_seed": "--class-sample-seed", "unnormalize": "--unnormalize"}
+
+
+def _shown_option(key: str, value: Any) -> str:
+    if key == "inits_from" and isinstance(value, list):
+        return f"{len(value)} file(s)" if len(value) != 1 else Path(value[0]).name
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "unset" if value is None else str(value)
+
+
+def stale_reason(settings: ReinitSettings, path: str | os.PathLike) -> str | None:
+    """Whether the result at `path` can be reused for `settings`: None when it was computed from the same
+    options and the same checkpoints (`checkpoints.identity_change`), else why it must be computed again (its
+    checkpoints changed, or it cannot be read). A result computed with other options raises a UsageError:
+    replacing it takes --overwrite."""
+    path = Path(path)
+    doc = read_json(path)
+    if not isinstance(doc, dict) or doc.get("format") != REINIT_FORMAT:
+        return f"{path.name} is not a readable result"
+    trained = _trained(settings)
+    current = reinit_options(settings, trained.data, _init_paths(settings))
+    recorded = doc.get("options")
+    if not isinstance(recorded, dict):
+        differ = ["it records no options (an earlier hparr)"]
+    else:
+        differ = [f"{_OPTION_FLAGS[k]} {_shown_option(k, recorded.get(k))} there, {_shown_option(k, v)} here"
+                  for k, v in current.items() if recorded.get(k) != v]
+    if differ:
+        raise UsageError(f"{path} was computed with other options ({'; '.join(differ)}); pass --overwrite to "
+                         "replace it, or choose another --results folder")
+    inputs = doc.get("inputs") if isinstance(doc.get("inputs"), dict) else {}
+    prefix = settings.state_dict_prefix
+    checks = [("the trained snapshot", inputs.get("trained"), trained.checkpoint.path)]
+    inits = inputs.get("inits") if isinstance(inputs.get("inits"), dict) else {}
+    checks += [(f"--inits-from epoch {label}", ident, Path(ident.get("path", "")))
+               for label, ident in inits.items() if isinstance(ident, dict)]
+    for what, ident, source in checks:
+        keys = ident.get("keys") if isinstance(ident, dict) else None
+        why = checkpoints.identity_change(
+            ident, source, lambda src=source, k=keys: checkpoints.load_state(src, prefix=prefix, reference=k))
+        if why is not None:
+            return f"{what}: {why}"
+    return None
 
 
 def result_path(settings: ReinitSettings, root: str | os.PathLike) -> Path:
@@ -786,12 +861,7 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
     if settings.inits_from is None and not settings.rand:
         raise UsageError("nothing to evaluate: pass --inits-from (snapshots to re-initialize from) and/or --rand")
     settings.data.validate()
-    if settings.inits_from is None:
-        init_paths: list[Path] = []
-    elif isinstance(settings.inits_from, (str, os.PathLike)):
-        init_paths = read_inits_list(settings.inits_from)
-    else:
-        init_paths = [Path(p) for p in settings.inits_from]
+    init_paths = _init_paths(settings)
 
     trained = _trained(settings)
     load_from, meta, arch, seed = trained.checkpoint.path, trained.meta, trained.arch, settings.seed
@@ -802,7 +872,8 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
     data = load_data(data_options)
     data = _snapshot_normalization(data, meta, str(load_from))
     info = dataset_info(data_options.dataset)
-    default = checkpoints.ModelConfig(arch, data.num_classes, data.in_channels, data.image_size)
+    default = checkpoints.ModelConfig(arch, settings.num_classes or data.num_classes,
+                                      settings.in_channels or data.in_channels, settings.input_size or data.image_size)
     config = checkpoints.snapshot_config(meta, default, str(load_from))
     if config.num_classes != data.num_classes or config.in_channels != data.in_channels:
         raise HparrError(f"{load_from} is a model of {config.num_classes} classes and {config.in_channels} input "
@@ -811,6 +882,7 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
     model = build_model(arch, config.num_classes, config.in_channels, config.input_size, seed=0)
     state = checkpoints.match_prefix(state, model, settings.state_dict_prefix, source=str(load_from))
     checkpoints.load_weights(model, dict(state), source=str(load_from))
+    inputs: dict[str, Any] = {"trained": checkpoints.checkpoint_identity(load_from, state, list(state))}
     trained.checkpoint = None
     del state
     model.to(device)
@@ -821,6 +893,8 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
 
     alternatives, sources = _load_alternatives(init_paths, load_from, config, reference, data_options.dataset, seed,
                                                settings.state_dict_prefix)
+    inputs["inits"] = {label: checkpoints.checkpoint_identity(sources[label], state, list(reference))
+                       for label, state in alternatives.items()}
     # the re-randomization seed derives from --seed, else from the snapshot's own seed, else from 0
     base_seed = seed if seed is not None else own_seeds.get("seed") if isinstance(own_seeds.get("seed"), int) else 0
     rand_seed = None
@@ -865,7 +939,8 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
         class_subset=(data.meta or {}).get("class_subset"),
         normalization={"mean": list(data.mean), "std": list(data.std), "normalized": not data_options.unnormalize,
                        "dataset_default": {"mean": list(info.mean), "std": list(info.std)}},
-        batch_size=settings.batch_size, device=str(device), max_test_images=settings.max_test_images or None)
+        batch_size=settings.batch_size, device=str(device), max_test_images=settings.max_test_images or None,
+        options=reinit_options(settings, data_options, init_paths), inputs=inputs)
     if settings.rand_trials > 1:
         document = aggregate_rand_trials(document, settings.rand_trials, trial_seeds)
     return ReinitRun(document=document, result=result, relpath=trained.relpath)

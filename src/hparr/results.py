@@ -170,8 +170,16 @@ def epoch_from_filename(path: str | os.PathLike) -> int | None:
 ROW_CONTEXT = ("stem", "source", "arch", "dataset", "seed", "epoch", "normalize", "level")
 
 
+def stage_unknown(doc: Mapping[str, Any] | None) -> bool:
+    """A projection document of a checkpoint read without its model (`hparr projections` without --arch): its
+    layers are in the file's order, and their stage and block are unknown."""
+    return bool(doc) and doc.get("layer_order") == "file"
+
+
 def document_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Tidy rows (one per layer, plus a `kind == "net"` row) of a projection document, without the projections."""
+    """Tidy rows (one per layer, plus a `kind == "net"` row) of a projection document, without the projections;
+    stage and block are empty where they are unknown (`stage_unknown`)."""
+    unknown = stage_unknown(doc)
     context = {k: doc.get(k) for k in ROW_CONTEXT}
     try:
         context["epoch"] = int(context["epoch"])
@@ -181,7 +189,7 @@ def document_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
     for stage in sorted((k for k in doc if k.isdigit()), key=int):
         for block in sorted(doc[stage], key=int):
             entry = doc[stage][block]
-            rows.append({**context, "stage": int(stage), "block": int(block),
+            rows.append({**context, "stage": None if unknown else int(stage), "block": None if unknown else int(block),
                          **{k: v for k, v in entry.items() if k != "projections"}})
     net = doc["net"]
     rows.append({**context, "name": "net", "kind": "net", "stage": None, "block": None,
@@ -246,7 +254,34 @@ def run_finished(run_dir: str | os.PathLike) -> bool:
         return False
     folder = Path(doc["projections"])
     return (Path(doc["reinit"]).is_file() and folder.is_dir() and any(folder.glob("*.json"))
-            and all((run_dir / "report" / name).is_file() for name in ("report.json", "summary.md", "index.html")))
+            and all((run_dir / "report" / name).is_file() for name in ("report.json", "summary.md", "index.html"))
+            and checkpoints_unchanged(read_json(doc["reinit"])))
+
+
+def checkpoints_unchanged(doc: Any) -> bool:
+    """Whether the checkpoints a re-initialization result records (`inputs`: the trained snapshot and those
+    re-initialized from) are still there with the size and mtime they had; a result that records none counts
+    as unchanged. Only the files' metadata is read (their tensors are compared by `hparr reinit` itself)."""
+    inputs = doc.get("inputs") if isinstance(doc, dict) else None
+    if not isinstance(inputs, dict):
+        return True
+    identities = [inputs.get("trained"), *(inputs.get("inits") or {}).values()]
+    for ident in identities:
+        if not isinstance(ident, dict) or "path" not in ident:
+            continue
+        path = Path(ident["path"])
+        try:
+            if path.is_dir():
+                stats = [p.stat() for p in path.iterdir() if p.is_file()]
+                size, mtime = sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)
+            else:
+                st = path.stat()
+                size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:
+            return False
+        if (size, mtime) != (ident.get("size"), ident.get("mtime_ns")):
+            return False
+    return True
 
 
 # --- the folder of `hparr study` -----------------------------------------------------------------

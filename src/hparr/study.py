@@ -77,7 +77,7 @@ class Cell:
     @property
     def relpath(self) -> Path:
         """`cells/<arch>/<dataset>[_k]/<condition>/seed_<s>`, below the study folder."""
-        return Path(CELLS_DIR) / self.arch / self.data_name / self.condition / f"seed_{self.seed}"
+        return Path(CELLS_DIR) / self.arch.replace(":", "-") / self.data_name / self.condition / f"seed_{self.seed}"
 
     def describe(self) -> str:
         return f"{self.arch} {self.data_name} {self.condition} seed {self.seed}"

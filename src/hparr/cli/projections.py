@@ -20,7 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_arch_argument(p)
     p.add_argument("--dataset", type=str, default=None,
                    help="dataset the model was trained on (sets classes, channels, image size); "
-                        "run without it to list the datasets")
+                        "run without it to list the datasets (not needed without --arch, or with --num-classes, "
+                        "--in-channels and --input-size)")
     p.add_argument("--subsample-classes", type=int, default=0,
                    help="the snapshots come from a run on this many classes (0 = all) [0]; results go to "
                         "<results>/<dataset>_<K>/")
@@ -54,23 +55,53 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parquet", action="store_true", help="also write the table as projections.parquet")
     p.add_argument("--overwrite", action="store_true", help="recompute snapshots whose JSON already exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_model_shape_arguments(p)
+
+
+def add_model_shape_arguments(p: argparse.ArgumentParser) -> None:
+    """--num-classes, --in-channels and --input-size: the model's shape where the dataset does not imply it."""
+    p.add_argument("--num-classes", type=int, default=None, metavar="N",
+                   help="classes of the model's output, instead of the dataset's [the dataset's]")
+    p.add_argument("--in-channels", type=int, default=None, metavar="C",
+                   help="input channels of the model, instead of the dataset's [the dataset's]")
+    p.add_argument("--input-size", type=int, default=None, metavar="S",
+                   help="input height and width of the model, instead of the dataset's [the dataset's]")
+
+
+def check_model_shape(args) -> None:
+    from ..errors import UsageError
+
+    for flag, value in (("--num-classes", args.num_classes), ("--in-channels", args.in_channels),
+                        ("--input-size", args.input_size)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
 
 
 def run(args) -> int:
-    from .train import listing
-
-    if listing(args):
-        return 0
     from .. import distributed, projections
-    from ..data import dataset_info
     from ..errors import UsageError
     from ..models import check_arch
+    from .train import listing
 
-    check_arch(args.arch)
-    info = dataset_info(args.dataset)
+    check_model_shape(args)
+    own_shape = None not in (args.num_classes, args.in_channels, args.input_size)
+    checkpoint_only = args.arch is None and bool(args.load_from)
+    if not checkpoint_only and not (args.dataset is None and own_shape and args.arch is not None) and listing(args):
+        return 0
+    if checkpoint_only:
+        if args.init_from or args.pretrained or args.weights:
+            raise UsageError("--init-from, --pretrained and --weights need --arch (a model to match them with)")
+    else:
+        check_arch(args.arch)
     k = args.subsample_classes
-    if k < 0 or k > info.num_classes or k == 1:
-        raise UsageError(f"--subsample-classes must be 0 (all) or 2..{info.num_classes}, got {k}")
+    if args.dataset is not None:
+        from ..data import dataset_info
+
+        info = dataset_info(args.dataset)
+        if k < 0 or k > info.num_classes or k == 1:
+            raise UsageError(f"--subsample-classes must be 0 (all) or 2..{info.num_classes}, got {k}")
+    elif k:
+        raise UsageError("--subsample-classes needs --dataset")
     if not 0 < args.level < 1:
         raise UsageError(f"--level must be in (0, 1), got {args.level}")
     if args.load_from and (args.pretrained or args.weights):
@@ -82,10 +113,16 @@ def run(args) -> int:
         arch=args.arch, dataset=args.dataset, load_from=args.load_from, init_from=args.init_from, seed=args.seed,
         subsample_classes=k, normalize=args.normalize, with_linear=args.with_linear, include_1x1=args.include_1x1,
         level=args.level, pretrained=args.pretrained, weights=args.weights, state_dict_prefix=args.state_dict_prefix,
-        device=device, overwrite=args.overwrite, progress=not args.no_progress)
+        device=device, overwrite=args.overwrite, progress=not args.no_progress, num_classes=args.num_classes,
+        in_channels=args.in_channels, input_size=args.input_size)
     result = projections.run_projections(settings, args.results)
     out_dir = projections.save(result, args.results, parquet=args.parquet, log_name=args.log)
+    for name, why in result.replaced.items():
+        print(f"hparr projections: recomputed {out_dir / name}: {why}", file=sys.stderr)
     n, computed = len(result.documents), len(result.computed)
-    print(f"{n} snapshot(s): {computed} computed, {n - computed} kept; {result.n_biased} biased layer(s) "
-          f"at level {args.level} (Holm); results in {out_dir}")
+    replaced = f" ({len(result.replaced)} replaced: inputs or settings changed)" if result.replaced else ""
+    print(f"{n} snapshot(s): {computed} computed{replaced}, {n - computed} kept; {result.n_biased} biased layer(s) "
+          f"at level {args.level} (Holm-adjusted p-values); results in {out_dir}")
+    if checkpoint_only:
+        print("checkpoint only: every conv weight of the file(s), in file order; stage and block unknown")
     return 0

@@ -16,6 +16,7 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .projections import add_model_shape_arguments
     from .train import add_arch_argument, add_data_arguments
 
     add_arch_argument(p)
@@ -58,10 +59,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto/shared: run the trained part before each layer once per batch; plain: swap, "
                         "evaluate the whole network, restore (same accuracies, slower) [auto]")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_model_shape_arguments(p)
 
 
 def run(args) -> int:
+    from .projections import check_model_shape
     from .train import data_options, listing, setup_logging
+
+    check_model_shape(args)
 
     if listing(args):
         return 0
@@ -73,11 +78,16 @@ def run(args) -> int:
         rand=args.rand, with_linear=args.with_linear, seed=args.seed, batch_size=args.batch_size, cuda=args.cuda,
         workers=args.workers, method=args.method, progress=not args.no_progress and sys.stderr.isatty(),
         state_dict_prefix=args.state_dict_prefix, granularity=args.granularity, with_bn=args.with_bn,
-        rand_trials=args.rand_trials, max_test_images=args.max_test_images)
+        rand_trials=args.rand_trials, max_test_images=args.max_test_images, num_classes=args.num_classes,
+        in_channels=args.in_channels, input_size=args.input_size)
     target = reinit.result_path(settings, args.results)
     if target.is_file() and not args.overwrite:  # a finished result is kept: a rerun of a crashed batch skips it
-        print(f"kept {target} (already computed; --overwrite to recompute)")
-        return 0
+        why = reinit.stale_reason(settings, target)  # other options: a UsageError, the file left as it is
+        if why is None:
+            print(f"kept {target} (already computed from the same checkpoints and options; --overwrite to "
+                  "recompute)")
+            return 0
+        print(f"hparr reinit: recomputing {target}: {why}", file=sys.stderr)
     with files.log_to(target.parent / args.log) as note:
         out = reinit.run_reinit(settings)
         written = reinit.save(out, args.results, plots=args.plots)

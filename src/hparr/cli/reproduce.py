@@ -20,8 +20,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="relative accuracy drop above which a layer is called critical [0.1]")
     p.add_argument("--level", type=float, default=0.05, help="significance level of the bias tests [0.05]")
     # a recipe that reaches >= 95% on digits in a few minutes on 2 CPU cores
-    p.set_defaults(arch="lenet", dataset="digits", epochs=30, lr=0.01, seed=0, snapshot_every=5,
-                   snapshot_all_until=10, batch_size=128)
+    train_cli.set_defaults(p, shown={"models_path": "ignored: OUT/models", "tb_logdir": "OUT/tensorboard",
+                                     "resume_from": "auto: a rerun resumes"},
+                           arch="lenet", dataset="digits", epochs=30, lr=0.01, seed=0, snapshot_every=5,
+                           snapshot_all_until=10, batch_size=128)
 
 
 def run(args) -> int:

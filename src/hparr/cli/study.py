@@ -66,6 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     slurm.add_argument("--no-wait", action="store_true",
                        help="submit the array, record its job id in study.json and exit; follow it with --status")
     p.set_defaults(**{dest: default for dest, (default, _) in GRID.items()}, seed=None, out="runs/study")
+    train_cli.set_defaults(p, shown={"models_path": "ignored: OUT/cells/.../models",
+                                     "tb_logdir": "OUT/cells/.../tensorboard"})
 
 
 def shared_flags(args) -> list[str]:

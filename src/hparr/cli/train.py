@@ -23,7 +23,10 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_arch_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", type=str, default=None, help="architecture; run without it to list them")
+    p.add_argument("--arch", type=str, default=None,
+                   help="architecture: a built-in or torchvision name, torchvision:NAME, timm:NAME, or your own "
+                        "model as module.path:factory (imported from the current directory or PYTHONPATH, called "
+                        "with num_classes and in_channels when it takes them); run without it to list them")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -90,6 +93,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--track-every-steps", type=int, default=0, metavar="K",
                    help="also track the bias statistics every K optimizer steps, not only after each epoch [0 = off]")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+
+
+def set_defaults(p: argparse.ArgumentParser, shown: dict[str, str] | None = None, **defaults) -> None:
+    """`p.set_defaults(**defaults)`, with each flag's help ending in the default this command uses ("[30]"),
+    or the text of `shown` ({dest: text}) for a flag whose value this command sets itself."""
+    import re
+
+    p.set_defaults(**defaults)
+    texts = {dest: "unset" if value is None else str(value) for dest, value in defaults.items()}
+    texts.update(shown or {})
+    for action in p._actions:
+        if action.dest in texts and action.help not in (None, argparse.SUPPRESS):
+            action.help = re.sub(r"\s*\[[^\[\]]*\]$", "", action.help) + f" [{texts[action.dest]}]"
 
 
 def data_options(args):

@@ -42,11 +42,14 @@ def report_unusable(results: RunResults, strict: bool = False) -> None:
     """Name every result file the report cannot use, and the epochs missing from the figures, on stderr
     (the "hparr" logger); with `strict`, raise an HparrError instead (nothing is written)."""
     items = [describe_unusable(u, results.run_dir) for u in results.unusable]
-    if strict and items:
-        raise HparrError(f"{len(items)} result file(s) cannot be used (--strict): " + "; ".join(items)
+    if strict and (items or results.skipped):
+        raise HparrError(f"{len(items) + len(results.skipped)} result file(s) not used (--strict): "
+                         + "; ".join(items + results.skipped)
                          + (f"; {missing_text(results.missing_epochs)}" if results.missing_epochs else ""))
     for item in items:
         log.warning("warning: result file not used: %s", item)
+    for item in results.skipped:
+        log.warning("warning: result file left out: %s", item)
     if results.missing_epochs:
         log.warning("warning: figures: %s", missing_text(results.missing_epochs))
 
@@ -65,6 +68,9 @@ def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     check_options(threshold, measure)
     results = load_run(run_dir, exclude=[out])
     report_unusable(results, strict)
+    if results.trained_doc is None and results.reinit_doc is None:
+        raise HparrError(f"nothing to report under {run_dir}: no usable projection result (per-layer statistics) "
+                         "and no re-initialization result; " + "; ".join(results.notes))
     table = joined_table(results, threshold=threshold, measure=measure)
     correlation = bias_vs_criticality(table)
     files.ensure_dir(out)

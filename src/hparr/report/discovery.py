@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from ..errors import HparrError
+from ..errors import HparrError, UsageError
 from ..results import (
     MANIFEST_FORMAT,
     REPORT_FORMAT,
@@ -32,6 +32,7 @@ from ..results import (
     read_manifest,
     read_result_file,
     seed_of,
+    stage_unknown,
 )
 
 Found = list[tuple[Path, dict]]
@@ -137,6 +138,7 @@ class RunResults:
     other_runs: list[str] = field(default_factory=list)
     unusable: list[UnusableResult] = field(default_factory=list)
     missing_epochs: list[int] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # usable result files left out, and why
 
     def projection_doc(self, epoch: int | None) -> dict | None:
         if self.projection_run is None or epoch is None:
@@ -156,11 +158,22 @@ class RunResults:
         return self.projection_run.normalize if self.projection_run else None
 
     @property
+    def trained_label(self) -> str:
+        """How the trained model is named: `epoch 30`, or `best.pt` (position 3 by file name) for a checkpoint
+        that records no epoch."""
+        doc = self.trained_doc or {}
+        if doc.get("epoch_from"):
+            return f"{doc.get('stem')}, position {self.trained_epoch} by file name"
+        return f"epoch {self.trained_epoch}"
+
+    @property
     def title(self) -> str:
         """`<arch> on <dataset>[, seed <s>]`, for headings."""
         doc = self.trained_doc or self.reinit_doc or {}
         seed = seed_of(doc)
-        return f"{doc.get('arch')} on {doc.get('dataset')}" + (f", seed {seed}" if seed is not None else "")
+        what = doc.get("arch") or (f"checkpoint {doc['stem']}" if doc.get("stem") else "checkpoint")
+        return what + (f" on {doc['dataset']}" if doc.get("dataset") else "") + \
+            (f", seed {seed}" if seed is not None else "")
 
 
 def relative(path: Path, base: Path) -> str:
@@ -168,6 +181,24 @@ def relative(path: Path, base: Path) -> str:
         return str(Path(path).resolve().relative_to(base.resolve())) or "."
     except ValueError:
         return str(path)
+
+
+def _number_unknown_epochs(members: Sequence[tuple[Path, dict]], base: Path, notes: list[str]) -> dict[Path, int]:
+    """Positions standing in for the epochs of the documents that record none (checkpoints whose names and
+    metadata tell no epoch): in file-name order, after the largest recorded epoch (from 1 when none is
+    recorded, so that none of them is taken for the initialization). Says so in `notes`."""
+    unknown = sorted((path for path, doc in members if epoch_of(doc) is None), key=lambda p: p.name)
+    if not unknown:
+        return {}
+    start = max((e for e in (epoch_of(d) for _, d in members) if e is not None), default=0) + 1
+    numbered = {path: start + i for i, path in enumerate(unknown)}
+    recorded = len(members) - len(unknown)
+    notes.append(f"{len(unknown)} checkpoint(s) in {relative(unknown[0].parent, base)} record no epoch: ordered by "
+                 + ("file name" if not recorded else f"file name after the {recorded} that record one")
+                 + f", numbered {start}" + (f"..{start + len(unknown) - 1}" if len(unknown) > 1 else "")
+                 + " in place of an epoch (" + ", ".join(f"{p.stem} = {n}" for p, n in list(numbered.items())[:6])
+                 + (" ..." if len(unknown) > 6 else "") + ")")
+    return numbered
 
 
 def _projection_runs(found: Sequence[tuple[Path, dict]], base: Path, notes: list[str],
@@ -181,15 +212,16 @@ def _projection_runs(found: Sequence[tuple[Path, dict]], base: Path, notes: list
     runs = []
     for key, members in groups.items():
         by_epoch: dict[int, tuple[Path, dict]] = {}
+        numbered = _number_unknown_epochs(members, base, notes)
         for path, doc in sorted(members, key=lambda m: (str(m[1].get("source")) in preferred, m[0].name)):
-            epoch = epoch_of(doc)
-            if epoch is None:
-                notes.append(f"{relative(path, base)} records no epoch; not used")
-                continue
+            epoch = epoch_of(doc) if epoch_of(doc) is not None else numbered[path]
             if epoch in by_epoch:
                 notes.append(f"{relative(by_epoch[epoch][0], base)} and {relative(path, base)} are both epoch "
                              f"{epoch}; using {path.name}")
-            by_epoch[epoch] = (path, complete_projection_doc(doc))
+            doc = complete_projection_doc(doc)
+            if path in numbered:
+                doc.update(epoch=str(epoch), epoch_from="file name order")
+            by_epoch[epoch] = (path, doc)
         if by_epoch:
             chosen = [by_epoch[e] for e in sorted(by_epoch)]
             first = chosen[0][1]
@@ -209,7 +241,7 @@ def load_run(run_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = 
     """
     base = Path(run_dir)
     if not base.is_dir():
-        raise HparrError(f"run directory {base} does not exist" if not base.exists() else f"{base} is not a directory")
+        raise UsageError(f"run directory {base} does not exist" if not base.exists() else f"{base} is not a directory")
     unreadable: list[UnusableResult] = []
     manifest = read_manifest(base)
     if manifest is not None:
@@ -221,6 +253,7 @@ def load_run(run_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = 
                          "and/or `hparr reinit`" + "".join(f"; {describe_unusable(u, base)}" for u in unreadable))
     notes: list[str] = []
     reinits = [(p, complete_reinit_doc(d)) for p, d in found_r]
+    skipped: list[str] = []
     runs = _projection_runs(found_p, base, notes, {str(d["load_from"]) for _, d in reinits if d.get("load_from")})
 
     def run_rank(r: ProjectionRun):
@@ -233,6 +266,9 @@ def load_run(run_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = 
     unusable, missing_epochs = unusable_results(unreadable, runs, chosen)
     other_runs = [r.describe(base) for r in runs[1:] if r.directory != chosen.directory]
     if chosen is not None:
+        if any(stage_unknown(d) for d in chosen.docs):
+            notes.append("checkpoint only (projections without --arch): every conv weight of the file, in the "
+                         "file's order; stage and block unknown")
         if chosen.normalize is not True:
             notes.append(("no normalized projection run found" if chosen.normalize is False else
                           "the projection results do not record whether they are normalized")
@@ -252,11 +288,16 @@ def load_run(run_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = 
             for p, _ in reinits:
                 if p != reinit_path:
                     notes.append(f"re-initialization result not used: {relative(p, base)}")
+                    skipped.append(f"{relative(p, base)}: another re-initialization result "
+                                   f"({relative(reinit_path, base)}) is used")
         else:
             notes.append("no re-initialization result of " + "/".join(map(str, _experiment(chosen.docs[0])))
                          + f"; ignored {len(reinits)} of other experiments")
+            skipped += [f"{relative(p, base)}: a re-initialization result of another experiment" for p, _ in reinits]
     else:
         notes.append("no re-initialization result found: no heatmap, no accuracy drops")
+    skipped += [f"{relative(p, base)}: a projection result of another run ({r.describe(base)})"
+                for r in runs[1:] if r.directory != chosen.directory for p in r.paths]
 
     trained_epoch = None
     if chosen is not None:
@@ -282,7 +323,7 @@ def load_run(run_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = 
 
     table = projections_table(chosen.docs) if chosen else pd.DataFrame()
     return RunResults(base, chosen, table, reinit_doc, reinit_path, trained_epoch, notes, other_runs, unusable,
-                      missing_epochs)
+                      missing_epochs, skipped)
 
 
 # --- result files that cannot be used ---------------------------------------------------------------

@@ -75,7 +75,7 @@ def plot_distributions(results: RunResults, out_dir: Path) -> list[Path]:
                 h, _, _ = ax.hist(p0, edges, density=True, color="0.55", alpha=0.55, label="epoch 0 (init)")
                 heights.append(h.max())
             h, _, _ = ax.hist(p, edges, density=True, color="C0", alpha=0.55,
-                              label=f"epoch {results.trained_epoch} (trained)")
+                              label=f"{results.trained_label} (trained)")
             heights.append(h.max())
             t = np.linspace(-lim, lim, 400)
             density = None

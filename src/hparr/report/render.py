@@ -67,7 +67,7 @@ def answer(results: RunResults, table: pd.DataFrame, correlation: Mapping[str, A
     with_stats = table[table["mass"].notna()]
     if len(with_stats):
         biased = with_stats["biased"].fillna(False).astype(bool)
-        lines.append(f"- Trained model (epoch {results.trained_epoch}): **{int(biased.sum())} of {len(with_stats)}** "
+        lines.append(f"- Trained model ({results.trained_label}): **{int(biased.sum())} of {len(with_stats)}** "
                      f"layers biased at level {level} ({str(table.attrs.get('correction')).capitalize()}-corrected): "
                      f"{_names(with_stats, biased)}.")
         init = results.init_doc

@@ -34,7 +34,7 @@ from scipy import stats
 from .. import files
 from ..errors import HparrError
 from ..provenance import versions
-from ..results import CELLS_DIR, MANIFEST_NAME, drop_frame, read_manifest, read_study, run_finished
+from ..results import CELLS_DIR, MANIFEST_NAME, drop_frame, read_json, read_manifest, read_study, run_finished
 from .discovery import load_run, tracked_curves
 from .render import markdown_table
 from .tables import DEFAULT_THRESHOLD, _num, bias_measure, check_options
@@ -88,6 +88,27 @@ class StudyData:
     measure: str = "mass"
     curves: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CURVE_COLUMNS))
     tracked: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=TRACKED_COLUMNS))
+    at_chance: list[str] = field(default_factory=list)  # clean cells whose test top-1 is not above chance
+
+
+def not_above_chance(top1: float, count: int, num_classes: int, level: float = 0.05) -> bool:
+    """Whether a test top-1 (percent, over `count` images) is not above chance (1 / `num_classes`): the
+    one-sided exact binomial test of its correct count against Binomial(count, 1 / num_classes) does not
+    reject at `level`."""
+    correct = int(round(top1 * count / 100))
+    return bool(stats.binomtest(correct, count, 1 / num_classes, alternative="greater").pvalue >= level)
+
+
+def _clean_cell_at_chance(cell_dir: Path) -> bool:
+    """A clean cell whose final test top-1 stayed at chance (the class count from its projection results)."""
+    manifest = read_manifest(cell_dir) or {}
+    data = (manifest.get("settings") or {}).get("data") or {}
+    test = (manifest.get("final") or {}).get("test") or {}
+    if float(data.get("noise") or 0.0) != 0 or not test.get("count") or manifest.get("projections") is None:
+        return False
+    docs = (read_json(p) for p in sorted(Path(manifest["projections"]).glob("*.json")))
+    classes = next((d.get("num_classes") for d in docs if isinstance(d, dict) and d.get("num_classes")), None)
+    return bool(classes) and not_above_chance(float(test["top1"]), int(test["count"]), int(classes))
 
 
 def _cell_rows(cell_dir: Path, base: Path, measure: str) -> tuple[list[dict[str, Any]], pd.DataFrame]:
@@ -158,7 +179,9 @@ def load_study(study_dir: str | os.PathLike, measure: str = "mass") -> StudyData
     curves = _in_order(pd.concat(curves, ignore_index=True), "step") if curves else pd.DataFrame(columns=CURVE_COLUMNS)
     done = {str(c.relative_to(base)) for c in cells}
     missing = [c for c in study.get("cells", []) if c not in done]
-    return StudyData(base, study, table, cell_table(table), missing, measure, curves, tracked_by_epoch(curves))
+    at_chance = [str(c.relative_to(base)) for c in cells if _clean_cell_at_chance(c)]
+    return StudyData(base, study, table, cell_table(table), missing, measure, curves, tracked_by_epoch(curves),
+                     at_chance)
 
 
 def _in_order(table: pd.DataFrame, time: str) -> pd.DataFrame:
@@ -445,7 +468,8 @@ def answer_lines(numbers: Mapping[str, Any], measure_text: str) -> list[str]:
                 continue
             ci = f"[{_f(k['low'], '.2f')}, {_f(k['high'], '.2f')}]" if np.isfinite(k["low"]) else "(no interval)"
             ok = np.isfinite(k["low"]) and k["low"] > 0 and k["p_value"] < LEVEL
-            word = ("**supported**" if ok else "**contradicted**" if np.isfinite(k["high"]) and k["high"] < 0 and
+            word = ("**undetermined**: too few seeds for an interval" if not np.isfinite(k["low"]) else
+                    "**supported**" if ok else "**contradicted**" if np.isfinite(k["high"]) and k["high"] < 0 and
                     k["p_value"] < LEVEL else "**not supported by this data**")
             lines.append(f"- {c['condition']}: pooled Spearman rho = {_f(k['rho'], '.2f')} {ci} over {k['n_seeds']} "
                          f"seeds x {k['n_layers']} layers, permutation p = {_f(k['p_value'], '.3g')}"
@@ -516,6 +540,10 @@ def summary_markdown(data: StudyData, numbers: Mapping[str, Any], figures: Seque
     if data.missing:
         lines += [f"Not finished ({len(data.missing)}): " + ", ".join(data.missing) + ". The numbers below use the "
                   "finished cells only.", ""]
+    if data.at_chance:
+        lines += [f"**Warning: {len(data.at_chance)} clean cell(s) stayed at chance** (test top-1 not above chance, "
+                  "one-sided binomial test at 0.05): " + ", ".join(data.at_chance) + ". They did not learn: train "
+                  "longer (--epochs) or with another --lr before reading the claims about learning.", ""]
     lines += ["## The claims in numbers", "",
               f"Intervals are 95%; bias is {measure_text} of a layer's trained projections; a layer is biased when "
               "its Holm-corrected test rejects the null at its level.", "", *answer_lines(numbers, measure_text),

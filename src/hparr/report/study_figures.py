@@ -52,6 +52,14 @@ def _condition_panels(table: pd.DataFrame, width: float, height: float):
         yield fig, fig.subplots(nrows, ncols, squeeze=False), panels
 
 
+def _suptitle(fig, text: str) -> None:
+    """The figure's title, each line wrapped to the figure's width (a one-panel figure is narrow)."""
+    import textwrap
+
+    chars = max(30, int(fig.get_figwidth() * 72 / (0.6 * 12)))  # figure.titlesize 12 pt, ~0.6 em per character
+    fig.suptitle("\n".join(textwrap.fill(line, chars) for line in text.split("\n")))
+
+
 def _settings(table: pd.DataFrame):
     return table.groupby(["arch", "dataset", "subsample"], sort=False)
 
@@ -100,7 +108,7 @@ def plot_mass_by_condition(table: pd.DataFrame, out: Path) -> list[Path]:
             ax.set_ylabel("trained mass (share p <= 0)")
         _hide_unused(axes, len(panels))
         axes.flat[0].legend(loc="best")
-        fig.suptitle("(a) Trained mass per layer against the condition")
+        _suptitle(fig, "(a) Trained mass per layer against the condition")
         return _save(fig, out, "study_mass_by_condition")
 
 
@@ -140,7 +148,7 @@ def plot_mass_by_epoch(table: pd.DataFrame, out: Path, tracked: pd.DataFrame) ->
             ax.set_ylabel("mass (share p <= 0)")
         _hide_unused(axes, len(panels))
         axes.flat[0].legend(loc="best", ncols=2)
-        fig.suptitle("(b) Mass across epochs, mean over seeds\nline: every tracked epoch, band: its 95% t interval "
+        _suptitle(fig, "(b) Mass across epochs, mean over seeds\nline: every tracked epoch, band: its 95% t interval "
                      "over seeds; points: snapshots" if followed else
                      "(b) Mass across epochs: mean over seeds (line), range of the seeds (band)")
         return _save(fig, out, "study_mass_by_epoch")
@@ -181,7 +189,7 @@ def plot_bias_vs_criticality(table: pd.DataFrame, numbers: Mapping[str, Any], ou
             ax.grid(alpha=0.3)
             ax.legend(loc="best", fontsize=7)
         _hide_unused(axes, len(panels))
-        fig.suptitle(f"(c) Bias against criticality, one point per layer x seed (dashed: critical above "
+        _suptitle(fig, f"(c) Bias against criticality, one point per layer x seed (dashed: critical above "
                      f"{threshold:g})")
         return _save(fig, out, "study_bias_vs_criticality")
 
@@ -221,7 +229,7 @@ def plot_bias_vs_learning(cells: pd.DataFrame, numbers: Mapping[str, Any], out: 
                 ax.set_ylabel(ylabel)
                 ax.grid(alpha=0.3)
         axes[0, 0].legend(loc="best", fontsize=7)
-        fig.suptitle("(d) Bias against learning, one point per cell")
+        _suptitle(fig, "(d) Bias against learning, one point per cell")
         return _save(fig, out, "study_bias_vs_learning")
 
 

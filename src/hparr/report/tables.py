@@ -10,7 +10,7 @@ import pandas as pd
 from scipy import stats
 
 from ..errors import UsageError
-from ..results import RAND, drop_frame, layer_entries
+from ..results import RAND, drop_frame, layer_entries, stage_unknown
 from .discovery import RunResults
 
 DEFAULT_THRESHOLD = 0.1
@@ -74,6 +74,8 @@ def joined_table(results: RunResults, threshold: float = DEFAULT_THRESHOLD, meas
     """
     check_options(threshold, measure)
     entries = {e["name"]: e for e in layer_entries(results.trained_doc)}
+    if stage_unknown(results.trained_doc):  # checkpoint-only projections: layers in the file's order
+        entries = {name: {**e, "stage": None, "block": None} for name, e in entries.items()}
     init = {e["name"]: e for e in layer_entries(results.init_doc)}
     doc = results.reinit_doc
     r_layers = list(doc["layers"]) if doc else []
