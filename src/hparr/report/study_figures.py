@@ -53,12 +53,12 @@ def _condition_panels(table: pd.DataFrame, width: float, height: float):
 
 
 def _settings(table: pd.DataFrame):
-    return table.groupby(["arch", "dataset", "subsample"], sort=False)
+    return table.groupby(["arch", "dataset", "subsample", "train_size"], sort=False)
 
 
 def _setting_title(key) -> str:
-    arch, dataset, k = key
-    return f"{arch} on {dataset}" + (f" ({k} classes)" if k else "")
+    arch, dataset, k, n = key
+    return f"{arch} on {dataset}" + (f" ({k} classes)" if k else "") + (f", {n} images" if n else "")
 
 
 def plot_mass_by_condition(table: pd.DataFrame, out: Path) -> list[Path]:
@@ -147,10 +147,10 @@ def plot_mass_by_epoch(table: pd.DataFrame, out: Path, tracked: pd.DataFrame) ->
 
 
 def _tracked_part(tracked: pd.DataFrame, key, noise: float) -> pd.DataFrame:
-    """The rows of `tracked` of one setting (arch, dataset, subsample) and condition, by epoch."""
-    arch, dataset, subsample = key
+    """The rows of `tracked` of one setting (arch, dataset, subsample, train size) and condition, by epoch."""
+    arch, dataset, subsample, train_size = key
     keep = ((tracked["arch"] == arch) & (tracked["dataset"] == dataset) & (tracked["subsample"] == subsample)
-            & (tracked["noise"] == noise))
+            & (tracked["train_size"] == train_size) & (tracked["noise"] == noise))
     return tracked[keep].sort_values("epoch", kind="stable")
 
 
@@ -158,7 +158,7 @@ def plot_bias_vs_criticality(table: pd.DataFrame, numbers: Mapping[str, Any], ou
                              measure_text: str) -> list[Path]:
     """(c) one point per layer x seed, per condition: trained bias against the drop under re-initialization
     to epoch 0, with the per-seed and pooled correlations."""
-    pooled = {(s["arch"], s["dataset"], s["subsample"], c["noise"]): c["criticality"]
+    pooled = {(s["arch"], s["dataset"], s["subsample"], s["train_size"], c["noise"]): c["criticality"]
               for s in numbers["settings"] for c in s["conditions"]}
     with _condition_panels(table, 4.0, 3.6) as (fig, axes, panels):
         for ax, (key, part, noise, label) in zip(axes.flat, panels):
