@@ -178,8 +178,8 @@ def test_train_size_is_part_of_the_run_and_recorded(tmp_path):
                                    ["--until-train-acc", "0"], ["--until-train-acc", "100.5"],
                                    ["--until-train-acc", "-1"]])
 def test_bad_train_size_and_target_are_one_line_usage_errors(tmp_path, capsys, flags):
-    for command, where in (("train", ["--models-path", str(tmp_path / "m")]), ("reproduce", ["--out", str(tmp_path / "r")]),
-                           ("study", ["--out", str(tmp_path / "s")])):
+    for command, where in (("train", ["--models-path", str(tmp_path / "m")]),
+                           ("reproduce", ["--out", str(tmp_path / "r")]), ("study", ["--out", str(tmp_path / "s")])):
         argv = [command, "--arch", "lenet", "--dataset", "digits", "--tb-logdir", "", *where, *flags]
         assert main(argv) == 2, (command, flags)
         message = one_line_error(capsys)
@@ -343,3 +343,43 @@ def test_claims_say_plainly_when_no_cell_memorized():
     assert "criticality_train" not in noisy
     text = "\n".join(study_report.answer_lines(numbers, "|mass - 0.5|"))
     assert "0 of 3 cells memorized" in text and "**no cell memorized**" in text
+
+
+# --- reproduce and study ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_reproduce_records_the_stop_and_both_splits(tmp_path):
+    from hparr import results
+    from hparr.pipeline import reproduce
+
+    s = settings(tmp_path, epochs=3, snapshot_every=1, until_train_acc=1.0,
+                 data=DataOptions(dataset="digits", train_size=150, noise=1.0))
+    out = reproduce(s, tmp_path / "run", eval_splits="test,train")
+    manifest = results.read_manifest(tmp_path / "run")
+    assert manifest["stopped"] == {"reason": "target reached", "epoch": 1} and manifest["num_classes"] == 10
+    assert sorted(manifest["reinit_splits"]) == ["test", "train"] and manifest["reinit"] == out.reinit
+    train_doc = results.read_json(manifest["reinit_splits"]["train"])
+    assert train_doc["eval_split"] == "train" and train_doc["num_test"] == 150
+    assert train_doc["trained_correct"]["top1"] == round(manifest["final"]["train"]["top1"] * 150 / 100)
+    assert manifest["epochs"] == [0, 1] and results.run_finished(tmp_path / "run")
+    manifest["reinit_splits"]["train"].unlink()
+    assert not results.run_finished(tmp_path / "run")
+
+
+def test_a_study_takes_train_sizes_as_an_axis_and_eval_splits(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "s"
+    assert main(["study", "--dataset", "digits", "--train-size", "200,400", "--noise", "0,1", "--epochs", "2",
+                 "--eval-split", "test,train", "--until-train-acc", "99", "--tb-logdir", "", "--launcher", "print",
+                 "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4
+    assert lines[0].startswith("hparr reproduce --arch lenet --dataset digits --seed 0 --noise 0 --subsample-classes 0 "
+                               "--train-size 200 ")
+    assert "--eval-split test,train" in lines[0] and "--until-train-acc 99" in lines[0]
+    assert lines[0].endswith(f"{out}/cells/lenet/digits_n200/clean/seed_0")
+    assert lines[3].endswith(f"{out}/cells/lenet/digits_n400/noise_100/seed_0")
+    recorded = json.loads((out / "study.json").read_text())
+    assert recorded["grid"]["train_size"] == [200, 400] and recorded["shared"]["eval_splits"] == ["test", "train"]
+    assert recorded["shared"]["until_train_acc"] == 99

@@ -23,7 +23,7 @@ GRID = {
     "train_size": (None, "training-set sizes (stratified, seeded subsets), comma list, e.g. 2000,8000 [all]"),
 }
 # flags of `hparr reproduce` that are not shared cell settings
-_NOT_SHARED = {*GRID, "seed", "out", "help", "no_progress", "json", "eval_split"}
+_NOT_SHARED = {*GRID, "seed", "out", "help", "no_progress", "json"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
