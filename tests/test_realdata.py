@@ -383,3 +383,17 @@ def test_a_study_takes_train_sizes_as_an_axis_and_eval_splits(tmp_path, capsys):
     recorded = json.loads((out / "study.json").read_text())
     assert recorded["grid"]["train_size"] == [200, 400] and recorded["shared"]["eval_splits"] == ["test", "train"]
     assert recorded["shared"]["until_train_acc"] == 99
+
+
+def test_the_train_split_figure_is_drawn_where_the_cells_measured_it(tmp_path):
+    from hparr.report.study_figures import draw_all
+
+    for memorize, drawn in ((True, True), (False, True)):  # the clean cells measured it in both
+        data = synthetic_data(memorize)
+        names, written = draw_all(data, study_report.claims(data), tmp_path, 0.1, "|mass - 0.5|")
+        assert ("study_bias_vs_criticality_train" in names) == drawn
+        assert (tmp_path / "study_bias_vs_criticality_train.png").stat().st_size > 10_000
+    data = synthetic_data(True)
+    data.table["drop_reinit_0_train"] = np.nan
+    names, _ = draw_all(data, study_report.claims(data), tmp_path / "none", 0.1, "|mass - 0.5|")
+    assert "study_bias_vs_criticality_train" not in names

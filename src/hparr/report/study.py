@@ -563,6 +563,11 @@ FIGURE_HELP = {
                                   "re-initialization to epoch 0, one colour per seed with its Spearman rho; the "
                                   "title gives the pooled rho, its bootstrap interval over seeds and the "
                                   "permutation p-value."),
+    "study_bias_vs_criticality_train": ("(c') Bias against criticality on the training images",
+                                        "As (c), with the drop measured on each cell's training images and the "
+                                        "labels it was trained on (--eval-split train), for the clean cells and "
+                                        "the memorized ones: where a network at chance on the test set keeps what "
+                                        "it memorized."),
     "study_bias_vs_learning": ("(d) Bias against learning",
                                "One point per cell: the share of biased layers (top) and the mean bias (bottom) "
                                "against test top-1 (left) and train top-1 on the cell's own labels (right), "
