@@ -362,6 +362,11 @@ def test_reproduce_records_the_stop_and_both_splits(tmp_path):
     assert train_doc["eval_split"] == "train" and train_doc["num_test"] == 150
     assert train_doc["trained_correct"]["top1"] == round(manifest["final"]["train"]["top1"] * 150 / 100)
     assert manifest["epochs"] == [0, 1] and results.run_finished(tmp_path / "run")
+    # the study reads both splits' drops of the cell
+    rows, _ = study_report._cell_rows(tmp_path / "run", tmp_path, "mass")
+    drops = results.drop_frame(train_doc)
+    assert [r["drop_reinit_0_train"] for r in rows if r["trained"]] == pytest.approx(list(drops.loc["0"]))
+    assert {r["regime"] for r in rows} == {"neither"} and {r["train_size"] for r in rows} == {150}
     manifest["reinit_splits"]["train"].unlink()
     assert not results.run_finished(tmp_path / "run")
 

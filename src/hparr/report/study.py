@@ -34,7 +34,7 @@ from scipy import stats
 from .. import files
 from ..errors import HparrError
 from ..provenance import versions
-from ..results import CELLS_DIR, MANIFEST_NAME, drop_frame, read_manifest, read_study, run_finished
+from ..results import CELLS_DIR, MANIFEST_NAME, drop_frame, read_json, read_manifest, read_study, run_finished
 from .discovery import load_run, tracked_curves
 from .render import markdown_table
 from .tables import DEFAULT_THRESHOLD, _num, bias_measure, check_options
@@ -126,7 +126,7 @@ def _cell_rows(cell_dir: Path, base: Path, measure: str) -> tuple[list[dict[str,
     trained_epoch = max(int(e) for e in manifest["epochs"])
     drops = drop_frame(run.reinit_doc) if run.reinit_doc is not None else pd.DataFrame()
     splits = manifest.get("reinit_splits") if isinstance(manifest.get("reinit_splits"), dict) else {}
-    train_doc = files.read_json(Path(splits["train"])) if splits.get("train") else None
+    train_doc = read_json(Path(splits["train"])) if splits.get("train") else None
     drops_train = drop_frame(train_doc) if isinstance(train_doc, dict) else pd.DataFrame()
     init = {r["name"]: r for _, r in proj[pd.to_numeric(proj["epoch"]) == 0].iterrows()}
     subsample = int(data.get("subsample_classes") or 0)
