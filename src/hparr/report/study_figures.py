@@ -186,9 +186,9 @@ def plot_bias_vs_criticality(table: pd.DataFrame, numbers: Mapping[str, Any], ou
             ax.grid(alpha=0.3)
             ax.legend(loc="best", fontsize=7)
         _hide_unused(axes, len(panels))
-        fig.suptitle(("(c') Bias against criticality on the training images (own labels; clean and memorized "
-                      "cells)" if on_train else "(c) Bias against criticality")
-                     + f", one point per layer x seed (dashed: critical above {threshold:g})")
+        fig.suptitle(("(c') Bias against criticality on the training images with their own labels, clean and "
+                      "memorized cells\n" if on_train else "(c) Bias against criticality, ")
+                     + f"one point per layer x seed (dashed: critical above {threshold:g})")
         return _save(fig, out, "study_bias_vs_criticality" + ("_train" if on_train else ""))
 
 
