@@ -45,12 +45,12 @@ def _cifar(root, **kw):
 
 
 def test_dataset_info():
-    assert hd.DATASETS == ("digits", "mnist", "cifar10", "cifar100", "imagenet")
+    assert hd.DATASETS == ("digits", "mnist", "fashionmnist", "kmnist", "cifar10", "cifar100", "svhn", "imagenet")
     info = hd.dataset_info("imagenet")
     assert (info.num_classes, info.in_channels, info.image_size) == (1000, 3, 224)
     assert hd.dataset_info("mnist").mean == (0.1307,) and hd.dataset_info("mnist").std == (0.3015,)
     with pytest.raises(UsageError, match="cifar100"):
-        hd.dataset_info("svhn")
+        hd.dataset_info("emnist")
 
 
 def test_digits_split_and_normalization_constants():
@@ -218,7 +218,8 @@ def test_malformed_idx(tmp_path):
 def test_invalid_options(cifar10, imagenet):
     bad = [dict(noise=1.5), dict(noise=-0.5), dict(noise=-2), dict(split=1.0), dict(split=-0.1),
            dict(subsample_classes=11), dict(subsample_classes=-1), dict(noise=float("nan")),
-           dict(noise_seed=-3), dict(dataset="svhn")]
+           dict(noise_seed=-3), dict(dataset="emnist"), dict(train_size=0), dict(train_size=-1),
+           dict(train_size_seed=-2)]
     for kw in bad:
         with pytest.raises(UsageError):
             DataOptions(**{"dataset": "cifar10", **kw}).validate()

@@ -158,9 +158,12 @@ def folder_name(arch: str) -> str:
 
 
 def run_directory(models_path: str | os.PathLike, dataset: str, arch: str, seed: int | None,
-                  subsample_classes: int = 0, noise: float = 0.0) -> Path:
-    """`<models>/<dataset>[_<k>]/[noise_<pct>|pixel_shuffle/]<arch>/<seed>/`, as the original code laid it out."""
+                  subsample_classes: int = 0, noise: float = 0.0, train_size: int | None = None) -> Path:
+    """`<models>/<dataset>[_<k>][/train_<N>]/[noise_<pct>|pixel_shuffle/]<arch>/<seed>/`, as the original code
+    laid it out (train_<N>: a --train-size subset of N training images)."""
     path = Path(models_path) / (f"{dataset}_{subsample_classes}" if subsample_classes else dataset)
+    if train_size is not None:
+        path /= f"train_{int(train_size)}"
     if noise < 0:
         path /= "pixel_shuffle"
     elif noise > 0:
@@ -370,6 +373,7 @@ WEIGHT_SETTINGS: tuple[tuple[str, Callable[[Mapping[str, Any], Any], Any] | None
     ("data.dataset", None), ("data.subsample_classes", None),
     ("seeds.class_sample_seed", _when(lambda c: (c.get("data.subsample_classes") or 0) > 0)),
     ("data.noise", None), ("seeds.noise_seed", _when(lambda c: (c.get("data.noise") or 0) != 0)),
+    ("data.train_size", None), ("seeds.train_size_seed", _when(lambda c: c.get("data.train_size") is not None)),
     ("data.split", None), ("data.stratified", _when(_split)), ("data.shuffle", _when(_split)),
     ("seeds.split_seed", _when(lambda c: _split(c) and bool(c.get("data.shuffle")))),
     ("data.augmentation", None), ("data.unnormalize", None),

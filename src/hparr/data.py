@@ -1,12 +1,13 @@
 """Datasets, the original train.py's corruption options, and in-memory loaders.
 
-Small datasets (digits, MNIST, CIFAR-10/100) are decoded once from their official on-disk formats
-into uint8 tensors; `TensorLoader` batches them with shuffling, augmentation and normalization done
+Small datasets (digits, MNIST, Fashion-MNIST, KMNIST, CIFAR-10/100, SVHN) are decoded once from their official
+on-disk formats into uint8 tensors; `TensorLoader` batches them with shuffling, augmentation and normalization done
 as tensor ops, and `ResidentLoader` gives the same batches from a copy held on the GPU. ImageNet is
 streamed from an ImageFolder tree through a torch DataLoader.
 
-Order of operations: subsample classes -> carve the validation split -> corrupt the labels or
-shuffle the pixels of the remaining training part only (validation and test stay clean).
+Order of operations: subsample classes -> carve the validation split -> keep a stratified subset of
+--train-size images of the remaining training part -> corrupt the labels or shuffle the pixels of that
+training part only (validation and test stay clean).
 Every random choice comes from a generator seeded by an option; global RNG state is never touched.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import gzip
 import logging
 import math
 import pickle
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -30,7 +32,7 @@ from .provenance import versions
 
 log = logging.getLogger("hparr.data")
 
-DATASETS: tuple[str, ...] = ("digits", "mnist", "cifar10", "cifar100", "imagenet")
+DATASETS: tuple[str, ...] = ("digits", "mnist", "fashionmnist", "kmnist", "cifar10", "cifar100", "svhn", "imagenet")
 
 CROP_PADDING = 4
 PIXEL_SHUFFLE = -1.0  # the `noise` value that asks for pixel shuffling instead of label noise
@@ -52,6 +54,11 @@ _INFO = {
     # bilinear resize and uint8 quantization below, divided by 255; recomputed by tests/test_data.py.
     "digits": DatasetInfo("digits", 10, 1, 32, (0.3052,), (0.3236,)),
     "mnist": DatasetInfo("mnist", 10, 1, 28, (0.1307,), (0.3015,)),
+    # the published per-pixel mean and std of the 60,000 training images (Fashion-MNIST, KMNIST) and of the
+    # 73,257 SVHN training images, as the torchvision examples and the datasets' papers use them
+    "fashionmnist": DatasetInfo("fashionmnist", 10, 1, 28, (0.2860,), (0.3530,)),
+    "kmnist": DatasetInfo("kmnist", 10, 1, 28, (0.1918,), (0.3483,)),
+    "svhn": DatasetInfo("svhn", 10, 3, 32, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
     # the original code's CIFAR constants (the CIFAR-10 std is not the true per-pixel std; kept so
     # that old snapshots evaluate the same)
     "cifar10": DatasetInfo("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
@@ -60,7 +67,9 @@ _INFO = {
 }
 
 # training-time augmentation of the in-memory datasets (see TensorLoader's `augment`)
-_AUGMENT = {"digits": "crop", "mnist": "crop", "cifar10": "crop+flip", "cifar100": "crop+flip"}
+# (digits, characters and house numbers are not mirrored; clothes and natural images are)
+_AUGMENT = {"digits": "crop", "mnist": "crop", "fashionmnist": "crop+flip", "kmnist": "crop",
+            "cifar10": "crop+flip", "cifar100": "crop+flip", "svhn": "crop"}
 _AUGMENT_TEXT = {
     "crop": f"random crop with padding {CROP_PADDING}",
     "crop+flip": f"random crop with padding {CROP_PADDING} + horizontal flip",
@@ -93,6 +102,8 @@ class DataOptions:
     shuffle: bool = False
     augmentation: bool = False
     unnormalize: bool = False
+    train_size: int | None = None  # a stratified, seeded subset of this many training images (None: all)
+    train_size_seed: int | None = None
 
     def validate(self) -> None:
         """Raise UsageError for values the loaders cannot honour."""
@@ -108,7 +119,10 @@ class DataOptions:
             raise UsageError(f"subsample_classes must be an integer >= 0 (0 = all classes), got {k!r}")
         if self.dataset != "imagenet" and k > info.num_classes:  # imagenet: checked against its folders
             raise UsageError(f"cannot subsample {k} classes: {self.dataset} has {info.num_classes}")
-        for name in ("noise_seed", "class_sample_seed", "split_seed"):
+        n = self.train_size
+        if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
+            raise UsageError(f"--train-size must be a positive number of training images, got {n!r}")
+        for name in ("noise_seed", "class_sample_seed", "split_seed", "train_size_seed"):
             seed = getattr(self, name)
             if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
                 raise UsageError(f"{name} must be a non-negative integer, got {seed!r}")
@@ -247,7 +261,7 @@ def read_idx(path: str | Path) -> np.ndarray:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as fh:
             raw = fh.read()
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # a truncated or corrupt .gz among them
         raise HparrError(f"cannot read IDX file {path}: {exc}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
         raise HparrError(f"malformed IDX file {path}: bad magic number {raw[:4].hex() or '(empty)'}")
@@ -284,10 +298,13 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 _MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                 "t10k-labels-idx1-ubyte")
+# the IDX datasets: torchvision's folder below --data-path (<root>/<folder>/raw/), and the name in messages
+_IDX_FOLDERS = {"mnist": ("MNIST", "MNIST"), "fashionmnist": ("FashionMNIST", "Fashion-MNIST"),
+                "kmnist": ("KMNIST", "KMNIST")}
 
 
-def _find_mnist(root: Path) -> list[Path] | None:
-    for folder in (root / "MNIST" / "raw", root):
+def _find_idx(root: Path, folder_name: str) -> list[Path] | None:
+    for folder in (root / folder_name / "raw", root):
         found = []
         for name in _MNIST_FILES:
             candidates = [folder / name, folder / f"{name}.gz"]
@@ -300,25 +317,75 @@ def _find_mnist(root: Path) -> list[Path] | None:
     return None
 
 
-def _load_mnist(root: Path, download: bool) -> tuple[np.ndarray, ...]:
-    files = _find_mnist(root)
+def _load_idx_dataset(name: str, root: Path, download: bool) -> tuple[np.ndarray, ...]:
+    """MNIST, Fashion-MNIST or KMNIST: the 4 IDX files (plain or .gz) in <root>/<folder>/raw/ or <root>/."""
+    folder_name, title = _IDX_FOLDERS[name]
+    files = _find_idx(root, folder_name)
     if files is None and download:
-        _download("mnist", root)
-        files = _find_mnist(root)
+        _download(name, root)
+        files = _find_idx(root, folder_name)
     if files is None:
-        raise HparrError(f"mnist not found: expected {root}/MNIST/raw/ (or {root}/) with "
+        raise HparrError(f"{name} not found: expected {root}/{folder_name}/raw/ (or {root}/) with "
                          f"{', '.join(_MNIST_FILES)} (IDX files, optionally .gz); pass --data-path or --download")
     x_train, y_train, x_test, y_test = (read_idx(p) for p in files)
     for images, labels, img_path, lbl_path in ((x_train, y_train, files[0], files[1]),
                                               (x_test, y_test, files[2], files[3])):
         if images.ndim != 3 or images.shape[1:] != (28, 28):
-            raise HparrError(f"malformed MNIST images {img_path}: expected (N, 28, 28), got {images.shape}")
+            raise HparrError(f"malformed {title} images {img_path}: expected (N, 28, 28), got {images.shape}")
         if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-            raise HparrError(f"malformed MNIST labels {lbl_path}: {labels.shape} labels for "
+            raise HparrError(f"malformed {title} labels {lbl_path}: {labels.shape} labels for "
                              f"{images.shape[0]} images in {img_path.name}")
         if labels.size and labels.max() > 9:
-            raise HparrError(f"malformed MNIST labels {lbl_path}: labels outside 0..9")
+            raise HparrError(f"malformed {title} labels {lbl_path}: labels outside 0..9")
     return x_train[:, None], y_train.astype(np.int64), x_test[:, None], y_test.astype(np.int64)
+
+
+_SVHN_FILES = ("train_32x32.mat", "test_32x32.mat")
+
+
+def read_svhn_mat(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 (N, 3, 32, 32), labels int64 (N,)) of an SVHN cropped-digits file (`train_32x32.mat`,
+    `test_32x32.mat`: X uint8 (32, 32, 3, N), y (N, 1) in 1..10 where 10 is the digit 0), read with scipy.io
+    and laid out as torchvision's SVHN does; HparrError naming the file if it is truncated or malformed."""
+    import scipy.io
+
+    path = Path(path)
+    try:
+        mat = scipy.io.loadmat(str(path), variable_names=["X", "y"])
+    except Exception as exc:  # noqa: BLE001 - scipy raises ValueError, OSError, TypeError... for a bad file
+        raise HparrError(f"cannot read SVHN file {path}: {first_line(exc, None) or type(exc).__name__}") from None
+    x, y = mat.get("X"), mat.get("y")
+    if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4 or x.shape[:3] != (32, 32, 3):
+        desc = f"{x.dtype} {x.shape}" if isinstance(x, np.ndarray) else "missing"
+        raise HparrError(f"malformed SVHN file {path}: 'X' must be uint8 (32, 32, 3, N), got {desc}")
+    n = x.shape[3]
+    if not isinstance(y, np.ndarray) or y.size != n:
+        raise HparrError(f"malformed SVHN file {path}: 'y' must hold {n} labels")
+    labels = y.reshape(-1).astype(np.int64)
+    if labels.size and (labels.min() < 1 or labels.max() > 10):
+        raise HparrError(f"malformed SVHN file {path}: labels outside 1..10")
+    labels[labels == 10] = 0
+    return np.ascontiguousarray(np.transpose(x, (3, 2, 0, 1))), labels
+
+
+def _load_svhn(root: Path, download: bool) -> tuple[np.ndarray, ...]:
+    """SVHN's train_32x32.mat and test_32x32.mat, in <root>/ (torchvision's layout) or <root>/svhn/."""
+    def find() -> list[Path] | None:
+        for folder in (root, root / "svhn", root / "SVHN"):
+            if all((folder / f).is_file() for f in _SVHN_FILES):
+                return [folder / f for f in _SVHN_FILES]
+        return None
+
+    found = find()
+    if found is None and download:
+        _download("svhn", root)
+        found = find()
+    if found is None:
+        missing = [f for f in _SVHN_FILES if not (root / f).is_file()]
+        raise HparrError(f"svhn not found: expected {root}/ (or {root}/svhn/) with {' and '.join(_SVHN_FILES)} "
+                         f"(the 'cropped digits' .mat files); missing {', '.join(missing)}; "
+                         "pass --data-path or --download")
+    return (*read_svhn_mat(found[0]), *read_svhn_mat(found[1]))
 
 
 _CIFAR = {
@@ -350,9 +417,14 @@ def _load_cifar(name: str, root: Path, download: bool) -> tuple[np.ndarray, ...]
 def _download(name: str, root: Path) -> None:
     import torchvision.datasets as tvd
 
-    cls = {"mnist": tvd.MNIST, "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
     log.info("downloading %s to %s", name, root)
     try:
+        if name == "svhn":
+            for split in ("train", "test"):
+                tvd.SVHN(root=str(root), split=split, download=True)
+            return
+        cls = {"mnist": tvd.MNIST, "fashionmnist": tvd.FashionMNIST, "kmnist": tvd.KMNIST,
+               "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
         cls(root=str(root), train=True, download=True)
     except Exception as exc:  # noqa: BLE001 - network, checksum and extraction failures all read the same
         raise HparrError(f"downloading {name} to {root} failed: {first_line(exc, None)}") from None
@@ -410,6 +482,27 @@ def split_indices(labels: np.ndarray, fraction: float, *, seed: int, shuffle: bo
     val = np.sort(val)
     train = np.setdiff1d(np.arange(n), val, assume_unique=True)
     return train, val
+
+
+def stratified_subset(labels: np.ndarray, size: int, num_classes: int, seed: int) -> np.ndarray:
+    """Sorted indices of `size` samples, each class in proportion to its share of `labels`: class c gets
+    floor(size * n_c / N) samples, and the samples left over go one each to the classes with the largest
+    remainders (ties to the lower class); the members of a class are drawn without replacement from a
+    generator seeded with `seed`."""
+    labels = np.asarray(labels, dtype=np.int64)
+    n = len(labels)
+    if not 0 < size <= n:
+        raise UsageError(f"cannot take {size} of {n} training samples")
+    counts = np.bincount(labels, minlength=num_classes)
+    exact = size * counts / n
+    quota = np.floor(exact).astype(np.int64)
+    left = size - int(quota.sum())
+    order = np.lexsort((np.arange(num_classes), -(exact - quota)))  # largest remainder first
+    quota[order[:left]] += 1
+    rng = np.random.default_rng(seed)
+    chosen = [rng.choice(np.flatnonzero(labels == c), size=int(q), replace=False)
+              for c, q in enumerate(quota) if q]
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
 
 
 def corrupt_labels(labels: np.ndarray, ratio: float, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -564,8 +657,10 @@ def _decode(dataset: str, root: Path, download: bool) -> tuple[np.ndarray, ...]:
 def _read_arrays(dataset: str, root: Path, download: bool) -> tuple[np.ndarray, ...]:
     if dataset == "digits":
         return _load_digits()
-    if dataset == "mnist":
-        return _load_mnist(root, download)
+    if dataset in _IDX_FOLDERS:
+        return _load_idx_dataset(dataset, root, download)
+    if dataset == "svhn":
+        return _load_svhn(root, download)
     return _load_cifar(dataset, root, download)
 
 
@@ -586,7 +681,8 @@ def load_data(options: DataOptions) -> Data:
                             "options": dataclasses.asdict(options),
                             "seeds": {"noise_seed": _seed(options.noise_seed),
                                       "class_sample_seed": _seed(options.class_sample_seed),
-                                      "split_seed": _seed(options.split_seed)},
+                                      "split_seed": _seed(options.split_seed),
+                                      "train_size_seed": _seed(options.train_size_seed)},
                             "original_num_classes": num_classes}
 
     train_idx, test_idx = np.arange(len(y_train)), np.arange(len(y_test))
@@ -613,6 +709,18 @@ def load_data(options: DataOptions) -> Data:
         "fraction": options.split, "size": len(val_idx), "seed": _seed(options.split_seed),
         "shuffle": options.shuffle, "stratified": options.stratified,
         "per_class": np.bincount(y_val, minlength=num_classes).tolist()}
+
+    meta["train_subset"] = None
+    if options.train_size is not None:
+        size, available = int(options.train_size), len(y_train)
+        if size > available:
+            of = f" of the {num_classes} chosen classes" if classes is not None else ""
+            after = " left after the validation split" if val_idx is not None else ""
+            raise UsageError(f"--train-size {size} is larger than the {available} training images{of}{after}")
+        keep = stratified_subset(y_train, size, num_classes, _seed(options.train_size_seed))
+        train_idx, y_train = train_idx[keep], y_train[keep]
+        meta["train_subset"] = {"size": size, "of": available, "seed": _seed(options.train_size_seed),
+                                "stratified": True, "per_class": np.bincount(y_train, minlength=num_classes).tolist()}
 
     pixel_shuffle = options.noise == PIXEL_SHUFFLE
     noise_seed = _seed(options.noise_seed)

@@ -6,7 +6,8 @@ Everything here goes through `hparr.files` and writes files that the real loader
 - CIFAR-10 / CIFAR-100 "python version": dicts pickled the way the official files were (Python 2
   cPickle, protocol 2: byte strings as BINSTRING, numpy arrays via numpy.core.multiarray._reconstruct),
   or with Python 3's pickle at a given protocol.
-- MNIST: IDX files (plain or .gz), in torchvision's `MNIST/raw/` layout or flat.
+- MNIST, Fashion-MNIST, KMNIST: IDX files (plain or .gz), in torchvision's `<folder>/raw/` layout or flat.
+- SVHN: `train_32x32.mat` and `test_32x32.mat` (MATLAB v5, as published), written with scipy.io.
 - ImageNet: an ImageFolder tree of small JPEGs.
 """
 from __future__ import annotations
@@ -140,13 +141,36 @@ MNIST_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-image
                "t10k-labels-idx1-ubyte")
 
 
+IDX_FOLDERS = {"mnist": "MNIST", "fashionmnist": "FashionMNIST", "kmnist": "KMNIST"}
+
+
 def write_mnist(root: str | Path, train_images: np.ndarray, train_labels: np.ndarray,
                 test_images: np.ndarray, test_labels: np.ndarray, *, gz: bool = False,
-                flat: bool = False) -> list[Path]:
-    """The 4 MNIST IDX files in <root>/MNIST/raw/ (torchvision's layout) or directly in <root> (flat)."""
-    folder = Path(root) if flat else Path(root) / "MNIST" / "raw"
+                flat: bool = False, dataset: str = "mnist") -> list[Path]:
+    """The 4 IDX files of MNIST (or Fashion-MNIST, KMNIST: `dataset`) in <root>/<MNIST|FashionMNIST|KMNIST>/raw/
+    (torchvision's layout) or directly in <root> (flat)."""
+    folder = Path(root) if flat else Path(root) / IDX_FOLDERS[dataset] / "raw"
     arrays = (train_images, train_labels, test_images, test_labels)
     return [write_idx(folder / (name + (".gz" if gz else "")), a) for name, a in zip(MNIST_NAMES, arrays)]
+
+
+def write_svhn(root: str | Path, train_images: np.ndarray, train_labels: np.ndarray,
+               test_images: np.ndarray, test_labels: np.ndarray) -> list[Path]:
+    """<root>/train_32x32.mat and <root>/test_32x32.mat (torchvision's layout) from uint8 images (n, 3, 32, 32)
+    and labels 0..9, stored as the published files store them: X (32, 32, 3, n), y (n, 1) with 10 for digit 0."""
+    import scipy.io
+
+    paths = []
+    for name, images, labels in (("train_32x32.mat", train_images, train_labels),
+                                 ("test_32x32.mat", test_images, test_labels)):
+        x = np.ascontiguousarray(np.transpose(np.asarray(images, dtype=np.uint8), (2, 3, 1, 0)))
+        y = np.asarray(labels, dtype=np.uint8).reshape(-1, 1).copy()
+        y[y == 0] = 10
+        buf = io.BytesIO()
+        scipy.io.savemat(buf, {"X": x, "y": y})
+        files.write_bytes(Path(root) / name, buf.getvalue())
+        paths.append(Path(root) / name)
+    return paths
 
 
 def write_image_folder(root: str | Path, counts: dict[str, int], *, size: tuple[int, int] = (40, 30),

@@ -6,10 +6,11 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from . import checkpoints, distributed, files, projections, reinit, report, results, training
 from .errors import HparrError
+from .results import parse_eval_splits
 from .training import TrainSettings
 
 log = logging.getLogger("hparr.pipeline")
@@ -53,39 +54,43 @@ def remove_results(results: Path, settings: TrainSettings) -> list[Path]:
 
 
 def reproduce(settings: TrainSettings, out_dir: str | Path, with_linear: bool = False,
-              threshold: float = 0.1, level: float = 0.05) -> ReproduceResult:
+              threshold: float = 0.1, level: float = 0.05, eval_splits: Sequence[str] = ("test",)) -> ReproduceResult:
     """Train with snapshots under `out_dir/models`, analyze every snapshot, run the reinit sweep with
     `--rand`, and draw the report into `out_dir/report`. Rerunning resumes and reuses finished results.
 
     A run of another configuration under `out_dir` is refused, or with `settings.overwrite` replaced, and
     then every result of the experiment is computed again. The manifest records the settings and the final
     model's metrics: test (and val), and train, measured after training on the training set as trained (its
-    possibly corrupted labels, its shuffled pixels)."""
+    possibly corrupted labels, its shuffled pixels), and why and at which epoch training stopped.
+
+    `eval_splits`: the re-initialization sweep is measured on each ("test", "train": see `reinit.ReinitSettings`);
+    the manifest names the first as its "reinit" result (the report's) and all of them in "reinit_splits"."""
+    eval_splits = parse_eval_splits(eval_splits)
     out = Path(out_dir)
-    settings.validate()  # a bad flag is refused before anything is written
-    files.ensure_dir(out)
     settings = dataclasses.replace(settings, models_path=str(out / "models"),
                                    tb_logdir=str(out / "tensorboard") if settings.tb_logdir else None,
                                    resume_from=settings.resume_from or "auto")
-    if settings.overwrite:
-        removed = remove_results(out / "results", settings)
-        if removed:
-            log.warning("--overwrite: removed %d result file(s) of %s under %s; they are computed again",
-                        len(removed), settings.arch, out / "results")
-    log.info("[1/4] training %s on %s", settings.arch, settings.data.dataset)
-    session = training.Run(settings)
+    session = training.Run(settings)  # checks the settings and the data before anything is written
     try:
+        log.info("[1/4] training %s on %s", settings.arch, settings.data.dataset)
+        files.ensure_dir(out)
+        if settings.overwrite:
+            removed = remove_results(out / "results", settings)
+            if removed:
+                log.warning("--overwrite: removed %d result file(s) of %s under %s; they are computed again",
+                            len(removed), settings.arch, out / "results")
         trained = session.fit()
         if not trained.converged:
             raise HparrError("training stalled (--kill-plateaus): no final model to analyze")
         # the final model on the training set with the labels it was trained on (corrupted under --noise,
         # pixel-shuffled images under --noise -1): how well it fit, or memorized, its own data
         final_metrics = {**trained.final, "train": session.evaluate("train")}
+        num_classes = session.data.num_classes
     finally:
         distributed.shutdown(session.ctx)
     run_dir = Path(trained.run_dir)
     init = run_dir / checkpoints.init_name(settings.arch, settings.pretrained)
-    final = run_dir / checkpoints.final_name(settings.arch, settings.epochs, settings.pretrained)
+    final = run_dir / checkpoints.final_name(settings.arch, trained.epochs_trained, settings.pretrained)
     root = out / "results"
 
     log.info("[2/4] projections of every snapshot")
@@ -96,30 +101,36 @@ def reproduce(settings: TrainSettings, out_dir: str | Path, with_linear: bool = 
     proj_dir = projections.save(analyzed, root)
 
     log.info("[3/4] layer re-initialization (every checkpoint and --rand)")
-    swept = reinit.ReinitSettings(
-        load_from=str(final), data=settings.data, arch=settings.arch,
-        inits_from=reinit_checkpoints(run_dir, settings.epochs), rand=True, with_linear=with_linear,
-        seed=trained.seed if settings.seed is None else settings.seed,
-        batch_size=max(settings.batch_size, 256), cuda=settings.cuda, workers=settings.workers,
-        progress=settings.progress and sys.stderr.isatty())
-    reinit_json = reinit.result_path(swept, root / "reinit")
-    why = "not computed yet"
-    if reinit_json.is_file():
-        try:
-            why = reinit.stale_reason(swept, reinit_json)
-        except HparrError as exc:  # other options: this run's own result, computed again
-            why = str(exc)
-    if why is None:
-        log.info("kept %s (already computed from the same checkpoints and options)", reinit_json)
-    else:
-        if reinit_json.is_file():
-            log.warning("recomputing %s: %s", reinit_json, why)
-        reinit_json = reinit.save(reinit.run_reinit(swept), root / "reinit", plots="")[0]
+    reinit_files: dict[str, Path] = {}
+    for split in eval_splits:
+        swept = reinit.ReinitSettings(
+            load_from=str(final), data=settings.data, arch=settings.arch,
+            inits_from=reinit_checkpoints(run_dir, trained.epochs_trained), rand=True, with_linear=with_linear,
+            seed=trained.seed if settings.seed is None else settings.seed,
+            batch_size=max(settings.batch_size, 256), cuda=settings.cuda, workers=settings.workers,
+            progress=settings.progress and sys.stderr.isatty(), eval_split=split)
+        path = reinit.result_path(swept, root / "reinit")
+        why = "not computed yet"
+        if path.is_file():
+            try:
+                why = reinit.stale_reason(swept, path)
+            except HparrError as exc:  # other options: this run's own result, computed again
+                why = str(exc)
+        if why is None:
+            log.info("kept %s (already computed from the same checkpoints and options)", path)
+        else:
+            if path.is_file():
+                log.warning("recomputing %s: %s", path, why)
+            path = reinit.save(reinit.run_reinit(swept), root / "reinit", plots="")[0]
+        reinit_files[split] = path
+    reinit_json = reinit_files[eval_splits[0]]
 
     manifest = out / results.MANIFEST_NAME
     epochs = sorted({int(doc["epoch"]) for doc in analyzed.documents.values()})
     files.write_json(manifest, results.manifest(out, proj_dir, reinit_json, epochs, models=str(run_dir),
-                                                final=final_metrics,
+                                                final=final_metrics, stopped=trained.stopped,
+                                                num_classes=num_classes,
+                                                reinit_splits=reinit_files,
                                                 settings={**dataclasses.asdict(settings), "seed": trained.seed}))
 
     log.info("[4/4] report")

@@ -40,7 +40,7 @@ from .data import Data, DataOptions
 from .errors import HparrError, UsageError, first_line
 from .metrics import topk_hits
 from .provenance import derive_seeds, versions
-from .results import RAND, REINIT_FORMAT, read_json, relative_drops
+from .results import EVAL_SPLITS, RAND, REINIT_FORMAT, check_eval_split, read_json, relative_drops
 
 log = logging.getLogger("hparr.reinit")
 
@@ -652,6 +652,34 @@ class ReinitSettings:
     num_classes: int | None = None  # the model's shape, where the snapshot does not record it (None: the data's)
     in_channels: int | None = None
     input_size: int | None = None
+    eval_split: str = "test"  # "test" (the paper's), or "train": the images and labels the model was trained on
+
+
+# what each split's accuracies are measured on, as result documents, reports and heatmaps say it
+EVAL_SPLIT_TEXT = {"test": "test images",
+                   "train": "training images with the labels the model was trained on (no augmentation)"}
+
+
+def eval_split_of(document: Mapping[str, Any]) -> str:
+    """The split a results document was evaluated on (documents without the field are of the test set)."""
+    split = document.get("eval_split")
+    return split if split in EVAL_SPLITS else "test"
+
+
+def _snapshot_training_data(options: DataOptions, meta: Mapping[str, Any], source: str) -> DataOptions:
+    """The data options a snapshot of `hparr train` was trained with (its class subset, validation split,
+    --train-size subset, corruption and their resolved seeds), read from where --data-path points."""
+    recorded = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    fields = recorded.get("options") if isinstance(recorded.get("options"), dict) else None
+    if fields is None:
+        raise HparrError(f"{source} does not record the data it was trained on: --eval-split train needs a "
+                         "snapshot written by `hparr train`")
+    known = {f.name for f in dataclasses.fields(DataOptions)}
+    out = DataOptions(**{k: v for k, v in fields.items() if k in known and k not in ("data_path", "download")},
+                      data_path=options.data_path, download=options.download)
+    if out.dataset != options.dataset:
+        raise HparrError(f"{source} was trained on {out.dataset}, not --dataset {options.dataset}")
+    return out
 
 
 def _snapshot_data_options(options: DataOptions, meta: Mapping[str, Any], source: str) -> DataOptions:
@@ -749,8 +777,10 @@ def _trained(settings: ReinitSettings) -> _Trained:
         raise UsageError(f"--arch is required: {path} does not record its architecture")
     check_arch(arch)
     data = _snapshot_data_options(settings.data, meta, str(path))
+    if check_eval_split(settings.eval_split) == "train":
+        data = _snapshot_training_data(data, meta, str(path))
     relpath = checkpoints.results_directory("", data.dataset, arch, settings.seed, data.subsample_classes) \
-        / f"{result_stem(path, settings.granularity, settings.with_bn)}.json"
+        / f"{result_stem(path, settings.granularity, settings.with_bn, settings.eval_split)}.json"
     return _Trained(ckpt, meta, arch, data, relpath)
 
 
@@ -909,7 +939,8 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
     if not alternatives:
         raise UsageError(f"--inits-from {settings.inits_from} holds no snapshot other than the trained one")
 
-    loader = make_loader(data, "test", settings.batch_size, device=device, workers=settings.workers,
+    loader = make_loader(data, settings.eval_split, settings.batch_size, train=False, device=device,
+                         workers=settings.workers,
                          channels_last=device.type == "cpu" and any(i.kind == "conv" for i in infos))
     batches: Iterable = first_images(loader, settings.max_test_images) if settings.max_test_images else loader
     if settings.progress:
@@ -940,7 +971,11 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
         normalization={"mean": list(data.mean), "std": list(data.std), "normalized": not data_options.unnormalize,
                        "dataset_default": {"mean": list(info.mean), "std": list(info.std)}},
         batch_size=settings.batch_size, device=str(device), max_test_images=settings.max_test_images or None,
-        options=reinit_options(settings, data_options, init_paths), inputs=inputs)
+        options=reinit_options(settings, data_options, init_paths), inputs=inputs,
+        eval_split=settings.eval_split, evaluated_on=EVAL_SPLIT_TEXT[settings.eval_split],
+        **({"train_data": {k: (data.meta or {}).get(k) for k in ("split", "train_subset", "label_noise",
+                                                                 "pixel_shuffle", "sizes")}}
+           if settings.eval_split == "train" else {}))
     if settings.rand_trials > 1:
         document = aggregate_rand_trials(document, settings.rand_trials, trial_seeds)
     return ReinitRun(document=document, result=result, relpath=trained.relpath)
@@ -981,10 +1016,12 @@ def first_images(batches: Batches, n: int):
         seen += take
 
 
-def result_stem(load_from: str | os.PathLike, granularity: str = "layer", with_bn: bool = False) -> str:
-    """File stem of a results document: `reinit_<snapshot>[_<granularity>][_bn]`."""
+def result_stem(load_from: str | os.PathLike, granularity: str = "layer", with_bn: bool = False,
+                eval_split: str = "test") -> str:
+    """File stem of a results document: `reinit_<snapshot>[_<granularity>][_bn][_train]` (`_train`: evaluated
+    on the training images, --eval-split train)."""
     return (f"reinit_{Path(load_from).stem}" + ("" if granularity == "layer" else f"_{granularity}")
-            + ("_bn" if with_bn else ""))
+            + ("_bn" if with_bn else "") + ("" if eval_split == "test" else f"_{eval_split}"))
 
 
 def groups_of(infos, granularity: str) -> dict[str, list[str]]:
@@ -1081,8 +1118,9 @@ def reinit_document(result: ReinitResult, *, arch: str, dataset: str, seed: int 
 
 def summary_lines(document: Mapping[str, Any]) -> list[str]:
     """Human-readable lines of a results document: trained accuracy, then one line per alternative."""
-    lines = [f"{document['arch']} on {document['dataset']} (epoch {document['epoch']}, {document['num_test']} test "
-             f"images): top-1 {document['top1_test']:.2f}%, top-5 {document['top5_test']:.2f}%",
+    lines = [f"{document['arch']} on {document['dataset']} (epoch {document['epoch']}, {document['num_test']} "
+             f"{EVAL_SPLIT_TEXT[eval_split_of(document)]}): top-1 {document['top1_test']:.2f}%, "
+             f"top-5 {document['top5_test']:.2f}%",
              f"{document['batchnorm']}.",
              "layers: " + ", ".join(document["layers"])]
     for label, accs in document["init_from_epoch"].items():

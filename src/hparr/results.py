@@ -219,6 +219,27 @@ def projections_table(docs: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 
 # --- the manifest of `hparr reproduce` -----------------------------------------------------------
 
+EVAL_SPLITS = ("test", "train")  # where a re-initialization sweep measures accuracy (`hparr reinit --eval-split`)
+
+
+def check_eval_split(split: Any) -> str:
+    if split not in EVAL_SPLITS:
+        from .errors import UsageError
+
+        raise UsageError(f"--eval-split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
+    return split
+
+
+def parse_eval_splits(splits: str | Sequence[str]) -> tuple[str, ...]:
+    """The splits of `--eval-split test,train` (a comma list or a sequence), each once, in order."""
+    items = [p.strip() for p in splits.split(",")] if isinstance(splits, str) else [str(p) for p in splits]
+    if not items or not all(items):
+        from .errors import UsageError
+
+        raise UsageError(f"--eval-split: malformed list {splits!r}; use test, train or test,train")
+    return tuple(dict.fromkeys(check_eval_split(p) for p in items))
+
+
 def manifest(folder: str | os.PathLike, projections_dir: str | os.PathLike, reinit_file: str | os.PathLike,
              epochs: Sequence[int], **fields: Any) -> dict[str, Any]:
     """What `hparr reproduce` produced under `folder`, with paths relative to it, for the report."""
@@ -228,6 +249,8 @@ def manifest(folder: str | os.PathLike, projections_dir: str | os.PathLike, rein
         p = Path(p).resolve()
         return str(p.relative_to(base)) if p.is_relative_to(base) else str(p)
 
+    if isinstance(fields.get("reinit_splits"), Mapping):
+        fields["reinit_splits"] = {k: rel(v) for k, v in fields["reinit_splits"].items()}
     return {"format": MANIFEST_FORMAT, "projections": rel(projections_dir), "reinit": rel(reinit_file),
             "epochs": [int(e) for e in epochs], **fields}
 
@@ -242,6 +265,9 @@ def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any] | None:
         if doc.get(key):
             p = Path(doc[key])
             doc[key] = p if p.is_absolute() else Path(run_dir) / p
+    if isinstance(doc.get("reinit_splits"), dict):
+        doc["reinit_splits"] = {k: p if p.is_absolute() else Path(run_dir) / p
+                                for k, p in ((k, Path(v)) for k, v in doc["reinit_splits"].items())}
     return doc
 
 
@@ -253,9 +279,11 @@ def run_finished(run_dir: str | os.PathLike) -> bool:
     if doc is None or not isinstance(doc.get("final"), dict) or not doc.get("projections") or not doc.get("reinit"):
         return False
     folder = Path(doc["projections"])
-    return (Path(doc["reinit"]).is_file() and folder.is_dir() and any(folder.glob("*.json"))
+    splits = doc.get("reinit_splits") if isinstance(doc.get("reinit_splits"), dict) else {}
+    return (Path(doc["reinit"]).is_file() and all(Path(p).is_file() for p in splits.values())
+            and folder.is_dir() and any(folder.glob("*.json"))
             and all((run_dir / "report" / name).is_file() for name in ("report.json", "summary.md", "index.html"))
-            and checkpoints_unchanged(read_json(doc["reinit"])))
+            and all(checkpoints_unchanged(read_json(p)) for p in {doc["reinit"], *splits.values()}))
 
 
 def checkpoints_unchanged(doc: Any) -> bool:

@@ -42,7 +42,10 @@ SUBMITIT_DIR = "submitit"
 _STUDY_LOCK, _WORKERS_LOCK = ".study.lock", ".workers.lock"
 # the settings that each cell sets for itself; every other one is shared by the cells of a study
 _PER_CELL = ("arch", "seed", "models_path", "tb_logdir", "resume_from", "progress")
-_PER_CELL_DATA = ("dataset", "noise", "subsample_classes")
+_PER_CELL_DATA = ("dataset", "noise", "subsample_classes", "train_size")
+# settings added after studies were first recorded: left out of the record while unset, so that an earlier
+# study folder keeps its shared settings
+_RECORDED_WHEN_SET = ("until_train_acc", "train_size_seed")
 
 
 # --- the grid ------------------------------------------------------------------------------------
@@ -65,6 +68,7 @@ class Cell:
     seed: int
     noise: float = 0.0
     subsample_classes: int = 0
+    train_size: int | None = None  # a --train-size subset of the training images (None: all)
 
     @property
     def condition(self) -> str:
@@ -72,11 +76,12 @@ class Cell:
 
     @property
     def data_name(self) -> str:
-        return f"{self.dataset}_{self.subsample_classes}" if self.subsample_classes else self.dataset
+        name = f"{self.dataset}_{self.subsample_classes}" if self.subsample_classes else self.dataset
+        return name if self.train_size is None else f"{name}_n{self.train_size}"
 
     @property
     def relpath(self) -> Path:
-        """`cells/<arch>/<dataset>[_k]/<condition>/seed_<s>`, below the study folder."""
+        """`cells/<arch>/<dataset>[_k][_n<N>]/<condition>/seed_<s>`, below the study folder (n<N>: --train-size)."""
         return Path(CELLS_DIR) / self.arch.replace(":", "-") / self.data_name / self.condition / f"seed_{self.seed}"
 
     def describe(self) -> str:
@@ -244,6 +249,8 @@ class StudySettings:
     seeds: Sequence[int]
     noises: Sequence[float] = (0.0,)
     subsample_classes: Sequence[int] = (0,)
+    train_sizes: Sequence[int | None] = (None,)
+    eval_splits: Sequence[str] = ("test",)
     out: str = "runs/study"
     with_linear: bool = False
     threshold: float = 0.1
@@ -257,21 +264,27 @@ class StudySettings:
     wait: bool = True
 
     def cells(self) -> list[Cell]:
-        """The grid, arch by arch, then dataset, class subset, corruption and seed."""
-        return [Cell(a, d, s, n, k) for a in self.archs for d in self.datasets for k in self.subsample_classes
-                for n in self.noises for s in self.seeds]
+        """The grid, arch by arch, then dataset, class subset, training-set size, corruption and seed."""
+        return [Cell(a, d, s, n, k, t) for a in self.archs for d in self.datasets for k in self.subsample_classes
+                for t in self.train_sizes for n in self.noises for s in self.seeds]
 
     def cell_settings(self, cell: Cell):
         """The `reproduce` settings of one cell."""
         data = dataclasses.replace(self.base.data, dataset=cell.dataset, noise=cell.noise,
-                                   subsample_classes=cell.subsample_classes)
+                                   subsample_classes=cell.subsample_classes, train_size=cell.train_size)
         return dataclasses.replace(self.base, arch=cell.arch, seed=cell.seed, data=data, progress=False)
 
     def shared(self) -> dict[str, Any]:
         """The settings every cell shares, as recorded in study.json (a rerun must match them)."""
         out = {k: v for k, v in dataclasses.asdict(self.base).items() if k not in _PER_CELL}
         out["data"] = {k: v for k, v in out["data"].items() if k not in _PER_CELL_DATA}
+        for record in (out, out["data"]):
+            for key in _RECORDED_WHEN_SET:
+                if key in record and record[key] is None:
+                    del record[key]
         out.update(with_linear=self.with_linear, threshold=self.threshold, level=self.level)
+        if tuple(self.eval_splits) != ("test",):
+            out["eval_splits"] = list(self.eval_splits)
         return files.jsonable(out)
 
 
@@ -297,7 +310,8 @@ def check(settings: StudySettings) -> list[Cell]:
     if launcher not in LAUNCHERS + HIDDEN_LAUNCHERS:
         raise UsageError(f"unknown launcher {launcher!r}; choose one of: {', '.join(LAUNCHERS)}")
     for name, axis in (("--arch", settings.archs), ("--dataset", settings.datasets), ("--seeds", settings.seeds),
-                       ("--noise", settings.noises), ("--subsample-classes", settings.subsample_classes)):
+                       ("--noise", settings.noises), ("--subsample-classes", settings.subsample_classes),
+                       ("--train-size", settings.train_sizes)):
         if not len(axis):
             raise UsageError(f"empty grid: {name} lists no value")
     cells = settings.cells()
@@ -309,6 +323,8 @@ def check(settings: StudySettings) -> list[Cell]:
             raise UsageError(f"--noise values {other.noise:g} and {cell.noise:g} share the folder {cell.condition}")
     if not 0 < settings.threshold < 1:
         raise UsageError(f"--threshold must be in (0, 1), got {settings.threshold}")
+    results.parse_eval_splits(settings.eval_splits)
+    check_train_sizes(settings, cells)
     check_out(settings)
     if launcher in ("slurm", "submitit-local"):
         try:
@@ -349,6 +365,27 @@ def sbatch_message(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("Try ")]
     errors = [line for line in lines if "error" in line.lower() or "failure" in line.lower()] or lines
     return "; ".join(_unique(errors)) or "no message"
+
+
+def check_train_sizes(settings: StudySettings, cells: Sequence[Cell]) -> None:
+    """A --train-size larger than the training images a cell has (after its class subset and validation split)
+    is refused before any cell runs: the data of each setting is read here once, with its largest size."""
+    from .data import load_data
+
+    largest: dict = {}
+    for cell in cells:
+        options = settings.cell_settings(cell).data
+        if options.train_size is not None:
+            key = dataclasses.replace(options, noise=0.0, train_size=None)
+            largest[key] = max(largest.get(key, 0), options.train_size)
+    quiet = logging.getLogger("hparr.data")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        for options, size in largest.items():
+            load_data(dataclasses.replace(options, train_size=size))
+    finally:
+        quiet.setLevel(level)
 
 
 # --- the study folder ----------------------------------------------------------------------------
@@ -395,7 +432,8 @@ def prepare(settings: StudySettings, cells: Sequence[Cell]) -> Path:
     files.write_json(out / results.STUDY_NAME, {
         "format": results.STUDY_FORMAT,
         "grid": {"arch": list(settings.archs), "dataset": list(settings.datasets), "seeds": list(settings.seeds),
-                 "noise": list(settings.noises), "subsample_classes": list(settings.subsample_classes)},
+                 "noise": list(settings.noises), "subsample_classes": list(settings.subsample_classes),
+                 **({"train_size": list(settings.train_sizes)} if settings.train_sizes != (None,) else {})},
         "flags": list(settings.flags), "shared": settings.shared(), "launcher": settings.launcher,
         **({"slurm": files.jsonable(dataclasses.asdict(settings.slurm))} if settings.launcher == "slurm" else {}),
         **({"slurm_arrays": previous["slurm_arrays"]} if previous.get("slurm_arrays") else {}),
@@ -411,6 +449,7 @@ def command_line(settings: StudySettings, cell: Cell) -> str:
     """The `hparr reproduce` command that runs one cell."""
     argv = ["hparr", "reproduce", "--arch", cell.arch, "--dataset", cell.dataset, "--seed", str(cell.seed),
             "--noise", f"{cell.noise:g}", "--subsample-classes", str(cell.subsample_classes),
+            *(["--train-size", str(cell.train_size)] if cell.train_size is not None else []),
             *settings.flags, "--out", str(cell_dir(settings, cell))]
     return shlex.join(argv)
 
@@ -434,6 +473,7 @@ class CellJob:
     threshold: float = 0.1
     level: float = 0.05
     threads: int | None = None
+    eval_splits: Sequence[str] = ("test",)
 
 
 @dataclass
@@ -490,7 +530,7 @@ def run_cell(job: CellJob) -> CellOutcome:
             log.info("cell %s: %s", job.cell.describe(), job.out)
             try:
                 pipeline.reproduce(job.settings, job.out, with_linear=job.with_linear, threshold=job.threshold,
-                                   level=job.level)
+                                   level=job.level, eval_splits=job.eval_splits)
                 log.info("cell finished in %.1f s", time.perf_counter() - start)
             except Exception as exc:  # noqa: BLE001 - recorded as the cell's failure, the study goes on
                 error = first_line(exc)
@@ -503,7 +543,8 @@ def run_cell(job: CellJob) -> CellOutcome:
 def _jobs(settings: StudySettings, cells: Sequence[Cell], threads: int | None) -> list[CellJob]:
     return [CellJob(cell=c, settings=settings.cell_settings(c), out=str(cell_dir(settings, c)),
                     log=str(cell_dir(settings, c) / CELL_LOG), with_linear=settings.with_linear,
-                    threshold=settings.threshold, level=settings.level, threads=threads) for c in cells]
+                    threshold=settings.threshold, level=settings.level, threads=threads,
+                    eval_splits=tuple(settings.eval_splits)) for c in cells]
 
 
 # --- the local launcher: a pool of worker processes -----------------------------------------------

@@ -25,6 +25,8 @@ from .results import SNAPSHOT_FORMAT
 log = logging.getLogger("hparr.train")
 
 PLATEAU_EPOCHS = 10
+# why a training run stopped, as its final snapshot, its result and the manifest of `reproduce` record it
+STOP_REASONS = {"epochs": "epochs exhausted", "target": "target reached", "plateau": "plateau"}
 
 
 @dataclass
@@ -64,6 +66,7 @@ class TrainSettings:
     log: str | None = "train.log"
     track: bool = True
     track_every_steps: int = 0
+    until_train_acc: float | None = None  # stop after the first epoch whose own-label train top-1 (%) reaches it
 
     def validate(self) -> None:
         check_arch(self.arch)
@@ -85,6 +88,8 @@ class TrainSettings:
                                                            f"got {self.channels_last!r}"),
             (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
             (self.track_every_steps >= 0, f"--track-every-steps must be >= 0, got {self.track_every_steps}"),
+            (self.until_train_acc is None or 0 < self.until_train_acc <= 100,
+             f"--until-train-acc must be a top-1 percentage in (0, 100], got {self.until_train_acc}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -116,7 +121,8 @@ class TrainResult:
 
     run_dir: the run's snapshot folder; seed: the seed used (drawn when none was given); converged:
     False when --kill-plateaus stopped the run; snapshots: the files written by this call; final:
-    the metrics of the final model ({"test": ..., "val": ...}); history: one record per epoch.
+    the metrics of the final model ({"test": ..., "val": ...}); history: one record per epoch; stopped: why
+    and after which epoch training stopped (as the final snapshot records it).
     """
 
     run_dir: str
@@ -125,6 +131,12 @@ class TrainResult:
     snapshots: list[str]
     final: dict[str, Any]
     history: list[dict[str, Any]]
+    stopped: dict[str, Any] = field(default_factory=dict)  # {"reason": STOP_REASONS[...], "epoch": epochs trained}
+
+    @property
+    def epochs_trained(self) -> int:
+        """The epoch of the final model (the cap --epochs, or the earlier one where --until-train-acc stopped)."""
+        return int(self.stopped["epoch"])
 
     def as_dict(self, history: bool = True) -> dict[str, Any]:
         out = asdict(self)
@@ -208,8 +220,10 @@ class _TensorBoard:
 
 def _data_options_with_seeds(opts: DataOptions, seed: int) -> DataOptions:
     """Fill unset data seeds deterministically from the run seed, so every rank and every rerun agrees."""
-    derived = derive_seeds(seed, "noise", "split", "class_sample")
+    derived = derive_seeds(seed, "noise", "split", "class_sample", "train_size")
     return DataOptions(**{**asdict(opts),
+                          "train_size_seed": opts.train_size_seed if opts.train_size_seed is not None
+                          else derived["train_size"],
                           "noise_seed": opts.noise_seed if opts.noise_seed is not None else derived["noise"],
                           "split_seed": opts.split_seed if opts.split_seed is not None else derived["split"],
                           "class_sample_seed": opts.class_sample_seed if opts.class_sample_seed is not None
@@ -252,10 +266,11 @@ class Run:
         self.data_options = _data_options_with_seeds(settings.data, seed)
         self.data = load_data(self.data_options)
         self.seeds.update(noise_seed=self.data_options.noise_seed, split_seed=self.data_options.split_seed,
-                          class_sample_seed=self.data_options.class_sample_seed)
+                          class_sample_seed=self.data_options.class_sample_seed,
+                          train_size_seed=self.data_options.train_size_seed)
         self.run_dir = checkpoints.run_directory(settings.models_path, self.data_options.dataset, settings.arch,
                                                  settings.seed, self.data_options.subsample_classes,
-                                                 self.data_options.noise)
+                                                 self.data_options.noise, self.data_options.train_size)
         self.model = build_model(settings.arch, self.data.num_classes, self.data.in_channels, self.data.image_size,
                                  seed=seed, pretrained=settings.pretrained, weights=settings.weights,
                                  state_dict_prefix=settings.state_dict_prefix)
@@ -268,6 +283,7 @@ class Run:
         self.dropout_state = torch.Generator().manual_seed(self.seeds["dropout"]).get_state()
         self.cuda_states: list[torch.Tensor] | None = None
         self.start_epoch = settings.start_epoch
+        self.stopped: dict[str, Any] | None = None  # set when training ends; recorded in the final snapshot
         self.history: list[dict[str, Any]] = []
         self.resumed_from: Path | None = None
         # snapshots of another configuration in the run directory: refused or replaced by fit(), never resumed
@@ -339,6 +355,7 @@ class Run:
             "normalization": {"mean": list(self.data.mean), "std": list(self.data.std),
                               "normalized": not self.data_options.unnormalize},
             "versions": versions(), "history": list(self.history),
+            **({"stopped": dict(self.stopped)} if self.stopped is not None else {}),
         }
 
     def save(self, name: str, epochs_completed: int, metrics: dict[str, Any]) -> Path | None:
@@ -432,11 +449,21 @@ class Run:
         with tracker if tracker is not None else contextlib.nullcontext():  # its file complete at the end
             return self._epochs(model, train_loader, scaler, writer, tracker, snapshots)
 
+    def _target_reached(self, record: dict[str, Any]) -> bool:
+        """Whether an epoch's record reaches --until-train-acc (top-1 on the model's own training labels)."""
+        target = self.settings.until_train_acc
+        return target is not None and record.get("train_top1") is not None and record["train_top1"] >= target
+
     def _epochs(self, model: nn.Module, train_loader, scaler, writer, tracker, snapshots: list[str]) -> TrainResult:
         s = self.settings
         every = s.snapshot_every if s.snapshot_every >= 1 else max(s.epochs, 1)
         converged, previous = True, None
-        for epoch in range(self.start_epoch, s.epochs):
+        last = s.epochs
+        stop = STOP_REASONS["epochs"]
+        if self.history and self.history[-1].get("epoch") == self.start_epoch and self._target_reached(
+                self.history[-1]):  # resumed from the epoch where the target was reached: nothing left to train
+            last, stop = self.start_epoch, STOP_REASONS["target"]
+        for epoch in range(self.start_epoch, last):
             model.train()
             train_loss = self._train_epoch(model, train_loader, epoch, scaler, tracker)
             if self.scheduler is not None:
@@ -448,8 +475,8 @@ class Run:
             metrics: dict[str, Any] = {}
             if self.data.val is not None and (snap or watch):
                 metrics["val"] = self.evaluate("val")
-            if s.train_acc and snap or (watch and self.data.val is None):
-                metrics["train"] = self.evaluate("train")
+            if s.train_acc and snap or (watch and self.data.val is None) or s.until_train_acc is not None:
+                metrics["train"] = self.evaluate("train")  # eval mode, no augmentation, the labels trained on
             if snap:
                 metrics["test"] = self.evaluate("test")  # reported only, never used for selection
             record.update({f"{k}_{m}": v for k, d in metrics.items() for m, v in d.items() if m != "count"})
@@ -462,24 +489,34 @@ class Run:
                     tracker.sync()  # a snapshot on disk always has its rows
                 path = self.save(checkpoints.epoch_name(s.arch, epoch), epoch + 1, metrics)
                 snapshots += [str(path)] if path else []
+            if self._target_reached(record):
+                log.info("own-label train top-1 %.2f%% reached --until-train-acc %g at epoch %d: stopping",
+                         record["train_top1"], s.until_train_acc, epoch + 1)
+                last, stop = epoch + 1, STOP_REASONS["target"]
+                break
             if watch:
                 watched = (metrics.get("val") or metrics["train"])["top1"]
                 if previous is not None and watched == previous:
                     log.warning("%s accuracy stalled at %.2f%% at epoch %d: stopping (--kill-plateaus)",
                                 "validation" if "val" in metrics else "training", watched, epoch + 1)
                     converged = False
+                    last, stop = epoch + 1, STOP_REASONS["plateau"]
                     break
                 previous = watched
+        if s.until_train_acc is not None and stop == STOP_REASONS["epochs"] and s.epochs > 0:
+            log.warning("own-label train top-1 did not reach --until-train-acc %g in %d epochs",
+                        s.until_train_acc, s.epochs)
+        self.stopped = {"reason": stop, "epoch": last}
         final_metrics = {"test": self.evaluate("test")} if s.epochs > 0 else {}
         if self.data.val is not None and s.epochs > 0:
             final_metrics["val"] = self.evaluate("val")
-        if converged and s.epochs > 0 and self.start_epoch <= s.epochs:
-            path = self.save(checkpoints.final_name(s.arch, s.epochs, s.pretrained), s.epochs, final_metrics)
+        if converged and s.epochs > 0 and self.start_epoch <= last:
+            path = self.save(checkpoints.final_name(s.arch, last, s.pretrained), last, final_metrics)
             snapshots += [str(path)] if path else []
         if writer is not None and final_metrics:
-            writer.add_scalar("Loss/test", final_metrics["test"]["loss"], s.epochs)
-            writer.add_scalar("Accuracy/test/top1", final_metrics["test"]["top1"], s.epochs)
-            writer.add_scalar("Accuracy/test/top5", final_metrics["test"]["top5"], s.epochs)
+            writer.add_scalar("Loss/test", final_metrics["test"]["loss"], last)
+            writer.add_scalar("Accuracy/test/top1", final_metrics["test"]["top1"], last)
+            writer.add_scalar("Accuracy/test/top5", final_metrics["test"]["top5"], last)
             hparams = {k: v for k, v in {**asdict(s), **asdict(self.data_options)}.items()
                        if isinstance(v, (int, float, str, bool))}
             writer.add_hparams(hparams, {"hparam/test_top1": final_metrics["test"]["top1"]}, run_name=".")
@@ -487,7 +524,7 @@ class Run:
             t = final_metrics["test"]
             log.info("test: loss %.4f top1 %.2f%% top5 %.2f%%", t["loss"], t["top1"], t["top5"])
         return TrainResult(run_dir=str(self.run_dir), seed=self.seed, converged=converged, snapshots=snapshots,
-                           final=final_metrics, history=self.history)
+                           final=final_metrics, history=self.history, stopped=dict(self.stopped))
 
     def _train_epoch(self, model: nn.Module, loader, epoch: int, scaler, tracker=None) -> float:
         from tqdm.auto import tqdm

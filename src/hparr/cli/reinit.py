@@ -8,9 +8,10 @@ DESCRIPTION = (
     "Reinit network weights and compute drop in performance. For each conv layer (and Linear with "
     "--with-linear), its weight and bias are replaced by those of each snapshot of --inits-from "
     "(re-initialization) and, with --rand, by a fresh seeded initialization (re-randomization), and the "
-    "test accuracy, test loss and agreement with the trained model's predictions are measured; BatchNorm stays "
+    "test accuracy, test loss and agreement with the trained model's predictions are measured (on the training "
+    "images and their trained labels with --eval-split train); BatchNorm stays "
     "as trained unless --with-bn. --granularity block/stage re-initializes a residual block or a stage at once. "
-    "Writes <results>/<dataset>[_<K>]/<arch>[/<seed>]/reinit_<snapshot name>[_<granularity>][_bn].json (the "
+    "Writes <results>/<dataset>[_<K>]/<arch>[/<seed>]/reinit_<snapshot name>[_<granularity>][_bn][_train].json (the "
     "original layout plus layer names, top-5, loss, agreement and provenance) and, with --plots, a heatmap of the "
     "relative accuracy drop (.png, .pdf).")
 
@@ -51,6 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=128, help="evaluation batch size [128]")
     p.add_argument("--max-test-images", type=int, default=0, metavar="N",
                    help="evaluate on the first N images of the test set only (0 = all) [0]")
+    p.add_argument("--eval-split", type=str, default="test", metavar="SPLIT",
+                   help="measure the accuracies on the test set (the paper's), or on the training images with the "
+                        "labels the model was trained on (corrupted where they were; no augmentation): test or "
+                        "train [test]")
     p.add_argument("--overwrite", action="store_true", help="recompute a result that already exists")
     p.add_argument("--plots", nargs="?", const="", default=None, metavar="DIR",
                    help="also write the heatmap of the relative drop (PNG, PDF): beside the JSON result, or with "
@@ -79,7 +84,7 @@ def run(args) -> int:
         workers=args.workers, method=args.method, progress=not args.no_progress and sys.stderr.isatty(),
         state_dict_prefix=args.state_dict_prefix, granularity=args.granularity, with_bn=args.with_bn,
         rand_trials=args.rand_trials, max_test_images=args.max_test_images, num_classes=args.num_classes,
-        in_channels=args.in_channels, input_size=args.input_size)
+        in_channels=args.in_channels, input_size=args.input_size, eval_split=args.eval_split)
     target = reinit.result_path(settings, args.results)
     if target.is_file() and not args.overwrite:  # a finished result is kept: a rerun of a crashed batch skips it
         why = reinit.stale_reason(settings, target)  # other options: a UsageError, the file left as it is

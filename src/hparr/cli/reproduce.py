@@ -19,6 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=0.1,
                    help="relative accuracy drop above which a layer is called critical [0.1]")
     p.add_argument("--level", type=float, default=0.05, help="significance level of the bias tests [0.05]")
+    p.add_argument("--eval-split", type=str, default="test", metavar="SPLITS",
+                   help="where the re-initialization sweep measures accuracy: test, train (the training images with "
+                        "the labels trained on) or test,train for both; the report shows the first [test]")
     # a recipe that reaches >= 95% on digits in a few minutes on 2 CPU cores
     train_cli.set_defaults(p, shown={"models_path": "ignored: OUT/models", "tb_logdir": "OUT/tensorboard",
                                      "resume_from": "auto: a rerun resumes"},
@@ -32,15 +35,17 @@ def run(args) -> int:
     from ..errors import UsageError
     from ..pipeline import reproduce
     from ..provenance import available_cores
+    from ..results import parse_eval_splits
 
     if args.evaluate or args.evaluate_train:
         raise UsageError("--evaluate/--evaluate-train do not apply to reproduce; use `hparr train`")
     if not 0 < args.threshold < 1:
         raise UsageError(f"--threshold must be in (0, 1), got {args.threshold}")
+    splits = parse_eval_splits(args.eval_split)
     train_cli.setup_logging()
     torch.set_num_threads(available_cores())
     out = reproduce(train_cli.settings_from_args(args), args.out, with_linear=args.with_linear,
-                    threshold=args.threshold, level=args.level)
+                    threshold=args.threshold, level=args.level, eval_splits=splits)
     t = out.final["test"]
     print(f"test accuracy {t['top1']:.2f}%; {out.snapshots} snapshots analyzed; report in "
           f"{args.out}/report/index.html")

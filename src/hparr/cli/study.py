@@ -20,6 +20,7 @@ GRID = {
     "dataset": ("digits", "datasets, comma list [digits]"),
     "noise": ("0", "corruptions, comma list: label-noise ratios in [0, 1], -1 = pixel shuffle [0]"),
     "subsample_classes": ("0", "class-subset sizes, comma list or ranges (0 = all classes) [0]"),
+    "train_size": (None, "training-set sizes (stratified, seeded subsets), comma list, e.g. 2000,8000 [all]"),
 }
 # flags of `hparr reproduce` that are not shared cell settings
 _NOT_SHARED = {*GRID, "seed", "out", "help", "no_progress", "json"}
@@ -102,11 +103,17 @@ def settings_from_args(args):
     seeds = study.parse_ints("--seeds", args.seeds)
     noises = study.parse_floats("--noise", args.noise)
     subsets = study.parse_ints("--subsample-classes", args.subsample_classes)
+    sizes = [None] if args.train_size is None else study.parse_ints("--train-size", args.train_size)
+    from ..results import parse_eval_splits
+
+    splits = parse_eval_splits(args.eval_split)
     # the shared settings: the grid's values are placeholders that each cell replaces
     base = train_cli.settings_from_args(argparse.Namespace(**{
-        **vars(args), "arch": archs[0], "dataset": datasets[0], "noise": 0.0, "subsample_classes": 0, "seed": 0}))
+        **vars(args), "arch": archs[0], "dataset": datasets[0], "noise": 0.0, "subsample_classes": 0, "seed": 0,
+        "train_size": None}))
     return study.StudySettings(
         base=base, archs=archs, datasets=datasets, seeds=seeds, noises=noises, subsample_classes=subsets,
+        train_sizes=sizes, eval_splits=splits,
         out=args.out, with_linear=args.with_linear, threshold=args.threshold, level=args.level,
         launcher=args.launcher, jobs=args.jobs, threads=args.threads,
         slurm=study.SlurmOptions(partition=args.partition, gpus_per_task=args.gpus_per_task,

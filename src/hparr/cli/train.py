@@ -14,7 +14,8 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", type=str, default=None,
                    help="dataset to train on; run without it to list the datasets")
     p.add_argument("--data-path", type=str, default="./data", help="folder holding the dataset files [./data]")
-    p.add_argument("--download", action="store_true", help="download MNIST/CIFAR into --data-path if missing")
+    p.add_argument("--download", action="store_true",
+                   help="download MNIST/Fashion-MNIST/KMNIST/CIFAR/SVHN into --data-path if missing")
     p.add_argument("--subsample-classes", type=int, default=0,
                    help="use only this many classes (0 = all) [0]")
     p.add_argument("--class-sample-seed", type=int, default=None, help="seed for choosing the classes")
@@ -47,6 +48,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stratified", action="store_true", help="validation split with equal samples per class")
     p.add_argument("--split-seed", type=int, default=None, help="seed for shuffling before the split")
     p.add_argument("--shuffle", action="store_true", help="shuffle the training data before the split")
+    p.add_argument("--train-size", type=int, default=None, metavar="N",
+                   help="train on a stratified, seeded subset of N training images (taken after the class subset "
+                        "and the validation split; --noise corrupts that subset) [all]")
+    p.add_argument("--train-size-seed", type=int, default=None,
+                   help="seed for choosing the --train-size subset (derived from --seed if unset)")
     p.add_argument("--evaluate", "--test-only", action="store_true",
                    help="evaluate the --resume-from snapshot on the test set and exit")
     p.add_argument("--evaluate-train", action="store_true",
@@ -61,7 +67,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
                    help="channels_last memory format: auto = on the GPU, and on the CPU for narrow convnets [auto]")
     p.add_argument("--workers", "-j", type=int, default=1, help="data loading processes (ImageNet only) [1]")
-    p.add_argument("--epochs", type=int, default=20, help="number of training epochs [20]")
+    p.add_argument("--epochs", type=int, default=20,
+                   help="number of training epochs (the cap with --until-train-acc) [20]")
+    p.add_argument("--until-train-acc", type=float, default=None, metavar="PCT",
+                   help="stop after the first epoch whose top-1 on the model's own training labels (corrupted where "
+                        "they are; eval mode, no augmentation) reaches PCT %%; the final snapshot is that epoch's "
+                        "[off]")
     p.add_argument("--start-epoch", type=int, default=0, help="starting epoch (for a bare-weights resume) [0]")
     p.add_argument("--batch-size", type=int, default=128, help="minibatch size [128]")
     p.add_argument("--optimizer", type=str, default="sgd", help="sgd or adam [sgd]")
@@ -117,7 +128,8 @@ def data_options(args):
         subsample_classes=args.subsample_classes, class_sample_seed=args.class_sample_seed,
         split=getattr(args, "split", 0.0), split_seed=getattr(args, "split_seed", None),
         stratified=getattr(args, "stratified", False), shuffle=getattr(args, "shuffle", False),
-        augmentation=getattr(args, "augmentation", False), unnormalize=args.unnormalize)
+        augmentation=getattr(args, "augmentation", False), unnormalize=args.unnormalize,
+        train_size=getattr(args, "train_size", None), train_size_seed=getattr(args, "train_size_seed", None))
 
 
 def listing(args) -> bool:
@@ -167,7 +179,7 @@ def settings_from_args(args):
         state_dict_prefix=getattr(args, "state_dict_prefix", None), cuda=args.cuda,
         amp=args.amp, compile=args.compile, channels_last=args.channels_last, sync_bn=args.sync_bn,
         workers=args.workers, progress=not args.no_progress, log=args.log,
-        track=not args.no_track, track_every_steps=args.track_every_steps)
+        track=not args.no_track, track_every_steps=args.track_every_steps, until_train_acc=args.until_train_acc)
 
 
 def run(args) -> int:

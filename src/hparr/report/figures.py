@@ -229,8 +229,10 @@ def save_heatmap(document: Mapping[str, Any], png: str | os.PathLike | None = No
             dark = (v - vmin) / (vmax - vmin) < 0.6
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="white" if dark else "black")
     fig.colorbar(image, ax=ax, label="(acc_trained - acc_reinit) / acc_trained")
+    split = document.get("eval_split") or "test"
     ax.set_title(f"{document.get('arch')} on {document.get('dataset')}, epoch {document.get('epoch')}: "
-                 f"top-1 {document['top1_test']:.2f}%")
+                 f"top-1 {document['top1_test']:.2f}% on the {split} set"
+                 + (" (its own training labels)" if split == "train" else ""))
     for path, fmt in ((png, "png"), (pdf, "pdf")):
         if path is not None:
             with files.atomic_path(path) as tmp:

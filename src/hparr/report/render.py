@@ -252,11 +252,14 @@ def reinit_section(doc: Mapping[str, Any] | None) -> str:
     if doc is None:
         return ""
     trained_loss = doc.get("trained_loss")
-    lines = ["## Re-initialization: top-1 drop, test loss and agreement", "",
+    split = doc.get("eval_split") or "test"
+    lines = [f"## Re-initialization: top-1 drop, {split} loss and agreement", "",
              markdown_table(reinit_display(doc)), "",
              f"Trained: top-1 {doc['top1_test']:.2f}%"
-             + (f", test loss {trained_loss:.3f}" if trained_loss is not None else "") + ". "
-             "drop: relative top-1 drop; loss: mean test cross-entropy; agreement: share of test images whose "
+             + (f", {split} loss {trained_loss:.3f}" if trained_loss is not None else "") + ". "
+             + ("Measured on the training images with the labels the model was trained on. " if split == "train"
+                else "") +
+             f"drop: relative top-1 drop; loss: mean {split} cross-entropy; agreement: share of {split} images whose "
              "top-1 class is the trained model's"
              + (f"; rand: mean ± standard deviation of {doc['rand_trials']['k']} re-randomizations"
                 if isinstance(doc.get("rand_trials"), Mapping) else "")

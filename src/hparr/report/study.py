@@ -45,15 +45,36 @@ N_PERMUTATIONS = 9_999
 STATS_SEED = 0
 LEVEL = 0.05
 
-COLUMNS = ["arch", "dataset", "subsample", "noise", "condition", "seed", "cell", "epoch", "trained", "layer", "kind",
-           "stage", "block", "N", "d", "mass", "mean", "std", "p_value", "p_adjusted", "biased", "l2_dist", "mass_init",
-           "bias", "drop_reinit_0", "drop_rand", "test_top1", "train_top1"]
-CURVE_COLUMNS = ["arch", "dataset", "subsample", "noise", "condition", "seed", "cell", "step", "epoch", "layer",
-                 "stage", "block", "mass", "mean", "p_adjusted", "biased", "l2_dist"]
-TRACKED_COLUMNS = ["arch", "dataset", "subsample", "noise", "condition", "layer", "stage", "block", "epoch", "n_seeds",
-                   "mass", "mass_low", "mass_high", "mean", "mean_low", "mean_high", "share_biased"]
-CELL_COLUMNS = ["arch", "dataset", "subsample", "setting", "noise", "condition", "seed", "cell", "epoch", "n_layers",
-                "share_biased", "share_biased_init", "bias", "bias_init", "test_top1", "train_top1"]
+COLUMNS = ["arch", "dataset", "subsample", "train_size", "noise", "condition", "seed", "cell", "epoch", "trained",
+           "layer", "kind", "stage", "block", "N", "d", "mass", "mean", "std", "p_value", "p_adjusted", "biased",
+           "l2_dist", "mass_init", "bias", "drop_reinit_0", "drop_rand", "drop_reinit_0_train", "drop_rand_train",
+           "test_top1", "train_top1", "num_classes", "regime"]
+CURVE_COLUMNS = ["arch", "dataset", "subsample", "train_size", "noise", "condition", "seed", "cell", "step", "epoch",
+                 "layer", "stage", "block", "mass", "mean", "p_adjusted", "biased", "l2_dist"]
+TRACKED_COLUMNS = ["arch", "dataset", "subsample", "train_size", "noise", "condition", "layer", "stage", "block",
+                   "epoch", "n_seeds", "mass", "mass_low", "mass_high", "mean", "mean_low", "mean_high", "share_biased"]
+CELL_COLUMNS = ["arch", "dataset", "subsample", "train_size", "setting", "noise", "condition", "seed", "cell", "epoch",
+                "n_layers", "share_biased", "share_biased_init", "bias", "bias_init", "test_top1", "train_top1",
+                "num_classes", "regime"]
+
+# What a cell did with its training labels, from its own final accuracies (top-1 %, chance = 100 / classes):
+# learned when test top-1 is more than CHANCE_MARGIN points above chance; memorized when test top-1 is within
+# CHANCE_MARGIN points of chance while top-1 on its own (possibly corrupted) training labels is at least
+# MEMORIZED_TRAIN_TOP1; neither otherwise.
+CHANCE_MARGIN = 10.0
+MEMORIZED_TRAIN_TOP1 = 95.0
+REGIMES = ("learned", "memorized", "neither")
+REGIME_RULE = (f"learned: test top-1 more than {CHANCE_MARGIN:g} points above chance (100 / classes); memorized: "
+               f"test top-1 within {CHANCE_MARGIN:g} points of chance and top-1 on the cell's own training labels "
+               f">= {MEMORIZED_TRAIN_TOP1:g}%; neither: otherwise")
+
+
+def cell_regime(test_top1: float, train_top1: float, num_classes: int) -> str:
+    """"learned", "memorized" or "neither" (see REGIME_RULE) from a cell's final accuracies in %."""
+    chance = 100.0 / num_classes
+    if test_top1 > chance + CHANCE_MARGIN:
+        return "learned"
+    return "memorized" if train_top1 >= MEMORIZED_TRAIN_TOP1 else "neither"
 
 
 def condition_label(noise: float) -> str:
@@ -67,8 +88,11 @@ def _condition_order(noise: float) -> tuple:
     return (noise < 0, noise)
 
 
-def setting_label(arch: str, dataset: str, subsample: int) -> str:
-    return f"{arch} on {dataset}" + (f" ({subsample} classes)" if subsample else "")
+def setting_label(arch: str, dataset: str, subsample: int, train_size: int = 0) -> str:
+    """`lenet on digits`, with ` (<k> classes)` for a class subset and `, <N> training images` for a
+    --train-size subset (0: all of them)."""
+    return (f"{arch} on {dataset}" + (f" ({subsample} classes)" if subsample else "")
+            + (f", {train_size} training images" if train_size else ""))
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -122,19 +146,28 @@ def _cell_rows(cell_dir: Path, base: Path, measure: str) -> tuple[list[dict[str,
     final = manifest["final"]
     trained_epoch = max(int(e) for e in manifest["epochs"])
     drops = drop_frame(run.reinit_doc) if run.reinit_doc is not None else pd.DataFrame()
+    splits = manifest.get("reinit_splits") if isinstance(manifest.get("reinit_splits"), dict) else {}
+    train_doc = read_json(Path(splits["train"])) if splits.get("train") else None
+    drops_train = drop_frame(train_doc) if isinstance(train_doc, dict) else pd.DataFrame()
     init = {r["name"]: r for _, r in proj[pd.to_numeric(proj["epoch"]) == 0].iterrows()}
+    subsample = int(data.get("subsample_classes") or 0)
+    # older manifests do not record the class count: the class subset's, else the 10 of most datasets
+    num_classes = int(manifest.get("num_classes") or subsample or 10)
+    train_size = data.get("train_size")
     context = {"arch": settings.get("arch") or run.reinit_doc.get("arch"),
                "dataset": data.get("dataset") or run.reinit_doc.get("dataset"),
-               "subsample": int(data.get("subsample_classes") or 0), "noise": float(data.get("noise") or 0.0),
-               "seed": int(settings["seed"]), "cell": str(cell_dir.relative_to(base))}
+               "subsample": subsample, "train_size": int(train_size or 0),  # 0: every training image
+               "noise": float(data.get("noise") or 0.0), "seed": int(settings["seed"]),
+               "cell": str(cell_dir.relative_to(base)), "num_classes": num_classes,
+               "regime": cell_regime(float(final["test"]["top1"]), float(final["train"]["top1"]), num_classes)}
     context["condition"] = condition_label(context["noise"])
     rows = []
     for _, r in proj.iterrows():
         name, epoch = r["name"], int(r["epoch"])
 
-        def drop(label: str) -> float:
-            if label in drops.index and name in drops.columns:
-                return float(drops.loc[label, name])
+        def drop(label: str, frame: pd.DataFrame = drops) -> float:
+            if label in frame.index and name in frame.columns:
+                return float(frame.loc[label, name])
             return float("nan")
 
         mass = float(r["mass"])
@@ -145,6 +178,7 @@ def _cell_rows(cell_dir: Path, base: Path, measure: str) -> tuple[list[dict[str,
                      "l2_dist": r.get("l2_dist"), "mass_init": float(init[name]["mass"]) if name in init else np.nan,
                      "bias": bias_measure(mass, _num(r.get("N")), _num(r.get("p_value")), measure),
                      "drop_reinit_0": drop("0"), "drop_rand": drop("rand"),
+                     "drop_reinit_0_train": drop("0", drops_train), "drop_rand_train": drop("rand", drops_train),
                      "test_top1": float(final["test"]["top1"]), "train_top1": float(final["train"]["top1"])})
     tracked = tracked_curves(run)
     if tracked is None:
@@ -186,7 +220,7 @@ def load_study(study_dir: str | os.PathLike, measure: str = "mass") -> StudyData
 
 def _in_order(table: pd.DataFrame, time: str) -> pd.DataFrame:
     """Rows by setting, condition (clean, noise levels, pixel shuffle), seed, `time` and layer."""
-    return table.sort_values(["arch", "dataset", "subsample", "noise", "seed", time, "stage", "block"],
+    return table.sort_values(["arch", "dataset", "subsample", "train_size", "noise", "seed", time, "stage", "block"],
                              key=lambda s: s.map(_condition_order) if s.name == "noise" else s,
                              kind="stable").reset_index(drop=True)
 
@@ -195,7 +229,7 @@ def tracked_by_epoch(curves: pd.DataFrame) -> pd.DataFrame:
     """The tracked curves over seeds: per setting x condition x layer x tracked epoch, the mean over the seeds
     tracked there of the layer's mass and mean projection with their Student-t 95% intervals (`t_interval`), and
     the share of those seeds in which the layer is biased."""
-    keys = ["arch", "dataset", "subsample", "noise", "condition", "layer", "stage", "block", "epoch"]
+    keys = ["arch", "dataset", "subsample", "train_size", "noise", "condition", "layer", "stage", "block", "epoch"]
     rows = []
     for key, part in curves.groupby(keys, sort=False, dropna=False):
         mass, mean = t_interval(part["mass"], bounds=BOUNDS["mass"]), t_interval(part["mean"])
@@ -215,7 +249,9 @@ def cell_table(table: pd.DataFrame) -> pd.DataFrame:
         init = part[part["epoch"] == 0]
         first = part.iloc[0]
         rows.append({"arch": first["arch"], "dataset": first["dataset"], "subsample": int(first["subsample"]),
-                     "setting": setting_label(first["arch"], first["dataset"], int(first["subsample"])),
+                     "train_size": int(first["train_size"]),
+                     "setting": setting_label(first["arch"], first["dataset"], int(first["subsample"]),
+                                              int(first["train_size"])),
                      "noise": float(first["noise"]), "condition": first["condition"], "seed": int(first["seed"]),
                      "cell": cell, "epoch": int(trained["epoch"].max()) if len(trained) else None,
                      "n_layers": len(trained),
@@ -224,7 +260,8 @@ def cell_table(table: pd.DataFrame) -> pd.DataFrame:
                      else np.nan,
                      "bias": float(trained["bias"].mean()), "bias_init": float(init["bias"].mean()) if len(init)
                      else np.nan,
-                     "test_top1": float(first["test_top1"]), "train_top1": float(first["train_top1"])})
+                     "test_top1": float(first["test_top1"]), "train_top1": float(first["train_top1"]),
+                     "num_classes": int(first["num_classes"]), "regime": first["regime"]})
     return pd.DataFrame(rows, columns=CELL_COLUMNS)
 
 
@@ -344,8 +381,22 @@ def _paired(cells: pd.DataFrame, a: str, b: str | None = None, other: pd.DataFra
     return {**t_interval((joined[a] - joined[f"{a}_other"]).tolist()), "seeds": sorted(joined.index.tolist())}
 
 
+def _criticality(table: pd.DataFrame, cells: pd.DataFrame, drop: str, seed: int) -> dict[str, Any]:
+    """`pooled_spearman` of the trained bias and the drop column `drop` over the layers of `cells`, by seed."""
+    trained = table[table["cell"].isin(cells["cell"]) & table["trained"]]
+    layers = list(dict.fromkeys(trained["layer"]))
+    groups = {}
+    for s, rows in trained.groupby("seed"):
+        rows = rows.set_index("layer").reindex(layers)
+        groups[int(s)] = (rows["bias"].astype(float).to_numpy(), rows[drop].astype(float).to_numpy())
+    return pooled_spearman(groups, seed=seed)
+
+
 def claims(data: StudyData, seed: int = STATS_SEED) -> dict[str, Any]:
-    """The numbers behind the three claims, per setting (architecture x dataset x class subset)."""
+    """The numbers behind the three claims, per setting (architecture x dataset x class subset x training-set
+    size). Each cell is learned, memorized or neither (`cell_regime`); claim 2 compares the memorized cells of a
+    corruption with the clean cells of the same seeds; claim 3 is measured on the test split for every condition
+    and, where the cells measured it, on the training split: for the clean cells and the memorized ones."""
     out = []
     cells, table = data.cells, data.table
     for setting, part in cells.groupby("setting", sort=False):
@@ -354,33 +405,39 @@ def claims(data: StudyData, seed: int = STATS_SEED) -> dict[str, Any]:
         for noise in sorted(part["noise"].unique(), key=_condition_order):
             c = part[part["noise"] == noise]
             entry: dict[str, Any] = {"condition": condition_label(noise), "noise": float(noise),
-                                     "seeds": sorted(c["seed"].tolist())}
+                                     "seeds": sorted(c["seed"].tolist()),
+                                     "regimes": {r: sorted(c.loc[c["regime"] == r, "seed"].tolist()) for r in REGIMES}}
             for col in ("share_biased", "share_biased_init", "bias", "bias_init", "test_top1", "train_top1"):
                 bounds = BOUNDS.get(col, (0.0, 0.5) if data.measure == "mass" else (0.0, math.inf))
                 entry[col] = t_interval(c[col].tolist(), bounds=bounds)
             entry["emergence"] = _paired(c, "bias", "bias_init")
             entry["emergence_share"] = _paired(c, "share_biased", "share_biased_init")
+            memorized = c[c["regime"] == "memorized"]
             if noise != 0 and len(clean):
                 entry["vs_clean"] = {"bias": _paired(c, "bias", other=clean),
                                      "share_biased": _paired(c, "share_biased", other=clean),
                                      "test_top1": _paired(c, "test_top1", other=clean),
                                      "train_top1": _paired(c, "train_top1", other=clean)}
-            trained = table[table["cell"].isin(c["cell"]) & table["trained"]]
-            layers = list(dict.fromkeys(trained["layer"]))
-            groups = {}
-            for s, rows in trained.groupby("seed"):
-                rows = rows.set_index("layer").reindex(layers)
-                groups[int(s)] = (rows["bias"].astype(float).to_numpy(), rows["drop_reinit_0"].astype(float).to_numpy())
-            entry["criticality"] = pooled_spearman(groups, seed=seed)
+                if len(memorized):
+                    entry["memorized_vs_clean"] = {"bias": _paired(memorized, "bias", other=clean),
+                                                   "share_biased": _paired(memorized, "share_biased", other=clean)}
+            entry["criticality"] = _criticality(table, c, "drop_reinit_0", seed)
+            # on the training split: the clean cells, and the cells that memorized their corrupted training set
+            on_train = c if noise == 0 else memorized
+            trained_rows = table[table["cell"].isin(on_train["cell"]) & table["trained"]]
+            if len(on_train) and trained_rows["drop_reinit_0_train"].notna().any():
+                entry["criticality_train"] = _criticality(table, on_train, "drop_reinit_0_train", seed)
+                entry["criticality_train"]["cells"] = "clean" if noise == 0 else "memorized"
             conditions.append(entry)
         learning = {f"{y}_vs_{x}": spearman_across(part[y], part[x])
                     for y in ("bias", "share_biased") for x in ("test_top1", "train_top1")}
         first = part.iloc[0]
         out.append({"setting": setting, "arch": first["arch"], "dataset": first["dataset"],
-                    "subsample": int(first["subsample"]), "cells": len(part), "conditions": conditions,
+                    "subsample": int(first["subsample"]), "train_size": int(first["train_size"]),
+                    "cells": len(part), "conditions": conditions,
                     "learning": learning})
     return {"settings": out, "confidence": CONFIDENCE, "n_bootstrap": N_BOOTSTRAP, "n_permutations": N_PERMUTATIONS,
-            "stats_seed": seed, "bias_measure": data.measure}
+            "stats_seed": seed, "bias_measure": data.measure, "regime_rule": REGIME_RULE}
 
 
 # --- text ----------------------------------------------------------------------------------------
@@ -441,41 +498,57 @@ def answer_lines(numbers: Mapping[str, Any], measure_text: str) -> list[str]:
         if not corrupted:
             lines.append("- No corrupted condition with a clean one to compare: not tested.")
         for c in corrupted:
-            v = c["vs_clean"]
-            change = v["bias"]
-            if np.isfinite(change["low"]) and (change["low"] > 0 or change["high"] < 0):
-                word = "**changes it**: " + ("higher" if change["low"] > 0 else "lower") + " than clean"
-            elif np.isfinite(change["low"]):
-                word = "**no change detected**: the 95% interval includes 0"
+            regimes = c["regimes"]
+            counts = (f"{len(regimes['memorized'])} of {len(c['seeds'])} cells memorized their training labels, "
+                      f"{len(regimes['learned'])} learned, {len(regimes['neither'])} neither")
+            if "memorized_vs_clean" in c:
+                m = c["memorized_vs_clean"]
+                lines.append(f"- {c['condition']}: {counts}. Memorized cells minus the clean cells of the same seeds "
+                             f"({len(m['bias'].get('seeds', []))} seeds): mean {measure_text} {_ci(m['bias'])}, "
+                             f"share of biased layers {_ci(m['share_biased'], '.2f')}: {_change_word(m['bias'])}.")
             else:
-                word = "**undetermined**: too few paired seeds for an interval"
-            fit = c["train_top1"]["mean"]
-            memorized = "" if not np.isfinite(fit) or fit >= 90 else (
-                " These cells did not fit their own training labels (a model that memorized them would reach "
-                "close to 100% train top-1): they show training on corrupted data, not memorization.")
+                lines.append(f"- {c['condition']}: {counts}: **no cell memorized**, so this condition does not test "
+                             "claim 2 (the comparison below is of training on corrupted data, not of memorization).")
+            v = c["vs_clean"]
             lines.append(
-                f"- {c['condition']} minus clean, paired by seed ({len(change.get('seeds', []))} seeds): mean "
-                f"{measure_text} {_ci(change)}, share of biased layers {_ci(v['share_biased'], '.2f')}: {word}. "
-                f"The {c['condition']} cells reach test top-1 {_ci(c['test_top1'], '.1f')}% and train top-1 "
-                f"{_ci(c['train_top1'], '.1f')}% on their own labels (clean: {_ci(clean_top1[0], '.1f')}% and "
-                f"{_ci(clean_top1[1], '.1f')}%).{memorized}")
+                f"- All {c['condition']} cells minus clean, paired by seed ({len(v['bias'].get('seeds', []))} seeds): "
+                f"mean {measure_text} {_ci(v['bias'])}, share of biased layers {_ci(v['share_biased'], '.2f')}: "
+                f"{_change_word(v['bias'])}. The {c['condition']} cells reach test top-1 {_ci(c['test_top1'], '.1f')}% "
+                f"and train top-1 {_ci(c['train_top1'], '.1f')}% on their own labels (clean: "
+                f"{_ci(clean_top1[0], '.1f')}% and {_ci(clean_top1[1], '.1f')}%).")
         lines += ["", "**Claim 3: the biased layers are the critical ones.**", ""]
         for c in s["conditions"]:
-            k = c["criticality"]
-            per_seed = ", ".join(f"seed {seed}: {_f(r, '.2f')}" for seed, r in k["per_seed"].items())
-            if not np.isfinite(k["rho"]):
-                lines.append(f"- {c['condition']}: undefined ({k['note']}).")
-                continue
-            ci = f"[{_f(k['low'], '.2f')}, {_f(k['high'], '.2f')}]" if np.isfinite(k["low"]) else "(no interval)"
-            ok = np.isfinite(k["low"]) and k["low"] > 0 and k["p_value"] < LEVEL
-            word = ("**undetermined**: too few seeds for an interval" if not np.isfinite(k["low"]) else
-                    "**supported**" if ok else "**contradicted**" if np.isfinite(k["high"]) and k["high"] < 0 and
-                    k["p_value"] < LEVEL else "**not supported by this data**")
-            lines.append(f"- {c['condition']}: pooled Spearman rho = {_f(k['rho'], '.2f')} {ci} over {k['n_seeds']} "
-                         f"seeds x {k['n_layers']} layers, permutation p = {_f(k['p_value'], '.3g')}"
-                         f"{' (exact)' if k['exact'] else ''}; per seed: {per_seed}: {word}.")
+            lines.append(_criticality_line(c["condition"], "test images, all cells", c["criticality"]))
+            if "criticality_train" in c:
+                k = c["criticality_train"]
+                lines.append(_criticality_line(c["condition"], f"own training labels, {k['cells']} cells", k))
+        if not any("criticality_train" in c for c in s["conditions"]):
+            lines.append("- The cells measured the drop on the test images only (--eval-split test): a network at "
+                         "chance on the test set drops by about nothing there whichever layer is re-initialized.")
         lines.append("")
     return lines
+
+
+def _change_word(change: Mapping[str, Any]) -> str:
+    if np.isfinite(change["low"]) and (change["low"] > 0 or change["high"] < 0):
+        return "**changes it**: " + ("higher" if change["low"] > 0 else "lower") + " than clean"
+    if np.isfinite(change["low"]):
+        return "**no change detected**: the 95% interval includes 0"
+    return "**undetermined**: too few paired seeds for an interval"
+
+
+def _criticality_line(condition: str, where: str, k: Mapping[str, Any]) -> str:
+    per_seed = ", ".join(f"seed {seed}: {_f(r, '.2f')}" for seed, r in k["per_seed"].items())
+    if not np.isfinite(k["rho"]):
+        return f"- {condition} ({where}): undefined ({k['note']})."
+    ci = f"[{_f(k['low'], '.2f')}, {_f(k['high'], '.2f')}]" if np.isfinite(k["low"]) else "(no interval)"
+    ok = np.isfinite(k["low"]) and k["low"] > 0 and k["p_value"] < LEVEL
+    word = ("**undetermined**: too few seeds for an interval" if not np.isfinite(k["low"]) else
+            "**supported**" if ok else "**contradicted**" if np.isfinite(k["high"]) and k["high"] < 0 and
+            k["p_value"] < LEVEL else "**not supported by this data**")
+    return (f"- {condition} ({where}): pooled Spearman rho = {_f(k['rho'], '.2f')} {ci} over {k['n_seeds']} seeds x "
+            f"{k['n_layers']} layers, permutation p = {_f(k['p_value'], '.3g')}{' (exact)' if k['exact'] else ''}; "
+            f"per seed: {per_seed}: {word}.")
 
 
 METHODS = [
@@ -492,6 +565,10 @@ METHODS = [
     "- Bias against learning: Spearman's rho across cells (scipy's p-value), 95% interval by the Fisher z "
     "transform with standard error sqrt(1.06 / (n - 3)).",
     f"- Random draws: numpy Generators seeded with {STATS_SEED}, so the report is the same on every run.",
+    f"- What each cell did, from its own final accuracies: {REGIME_RULE}. Claim 2 compares the memorized cells of a "
+    "corruption with the clean cells of the same seeds; claim 3 is measured on the test images for every "
+    "condition, and on the training images with the labels trained on (--eval-split train) for the clean cells "
+    "and the memorized ones.",
 ]
 
 FIGURE_HELP = {
@@ -510,6 +587,11 @@ FIGURE_HELP = {
                                   "re-initialization to epoch 0, one colour per seed with its Spearman rho; the "
                                   "title gives the pooled rho, its bootstrap interval over seeds and the "
                                   "permutation p-value."),
+    "study_bias_vs_criticality_train": ("(c') Bias against criticality on the training images",
+                                        "As (c), with the drop measured on each cell's training images and the "
+                                        "labels it was trained on (--eval-split train), for the clean cells and "
+                                        "the memorized ones: where a network at chance on the test set keeps what "
+                                        "it memorized."),
     "study_bias_vs_learning": ("(d) Bias against learning",
                                "One point per cell: the share of biased layers (top) and the mean bias (bottom) "
                                "against test top-1 (left) and train top-1 on the cell's own labels (right), "
@@ -523,11 +605,14 @@ def condition_table(numbers: Mapping[str, Any]) -> pd.DataFrame:
         for c in s["conditions"]:
             k = c["criticality"]
             rows.append({"setting": s["setting"], "condition": c["condition"], "seeds": len(c["seeds"]),
+                         "learned / memorized / neither": " / ".join(str(len(c["regimes"][r])) for r in REGIMES),
                          "test top-1 %": _ci(c["test_top1"], ".1f"), "train top-1 % (own labels)":
                          _ci(c["train_top1"], ".1f"), "share biased (trained)": _ci(c["share_biased"], ".2f"),
                          "share biased (init)": _ci(c["share_biased_init"], ".2f"), "mean bias": _ci(c["bias"]),
                          "pooled rho (bias, drop)": _f(k["rho"], ".2f"),
-                         "p (perm.)": _f(k["p_value"], ".2g")})
+                         "p (perm.)": _f(k["p_value"], ".2g"),
+                         "pooled rho, train split": _f(c.get("criticality_train", {}).get("rho", float("nan")),
+                                                       ".2f")})
     return pd.DataFrame(rows)
 
 
@@ -546,7 +631,9 @@ def summary_markdown(data: StudyData, numbers: Mapping[str, Any], figures: Seque
                   "longer (--epochs) or with another --lr before reading the claims about learning.", ""]
     lines += ["## The claims in numbers", "",
               f"Intervals are 95%; bias is {measure_text} of a layer's trained projections; a layer is biased when "
-              "its Holm-corrected test rejects the null at its level.", "", *answer_lines(numbers, measure_text),
+              "its Holm-corrected test rejects the null at its level.", "",
+              f"Each cell is classified from its own final accuracies: {REGIME_RULE}.", "",
+              *answer_lines(numbers, measure_text),
               "## Per condition", "", markdown_table(condition_table(numbers)), "", "## Figures", ""]
     for name in figures:
         head, text = FIGURE_HELP[name]

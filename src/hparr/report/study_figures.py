@@ -61,12 +61,12 @@ def _suptitle(fig, text: str) -> None:
 
 
 def _settings(table: pd.DataFrame):
-    return table.groupby(["arch", "dataset", "subsample"], sort=False)
+    return table.groupby(["arch", "dataset", "subsample", "train_size"], sort=False)
 
 
 def _setting_title(key) -> str:
-    arch, dataset, k = key
-    return f"{arch} on {dataset}" + (f" ({k} classes)" if k else "")
+    arch, dataset, k, n = key
+    return f"{arch} on {dataset}" + (f" ({k} classes)" if k else "") + (f", {n} images" if n else "")
 
 
 def plot_mass_by_condition(table: pd.DataFrame, out: Path) -> list[Path]:
@@ -155,18 +155,23 @@ def plot_mass_by_epoch(table: pd.DataFrame, out: Path, tracked: pd.DataFrame) ->
 
 
 def _tracked_part(tracked: pd.DataFrame, key, noise: float) -> pd.DataFrame:
-    """The rows of `tracked` of one setting (arch, dataset, subsample) and condition, by epoch."""
-    arch, dataset, subsample = key
+    """The rows of `tracked` of one setting (arch, dataset, subsample, train size) and condition, by epoch."""
+    arch, dataset, subsample, train_size = key
     keep = ((tracked["arch"] == arch) & (tracked["dataset"] == dataset) & (tracked["subsample"] == subsample)
-            & (tracked["noise"] == noise))
+            & (tracked["train_size"] == train_size) & (tracked["noise"] == noise))
     return tracked[keep].sort_values("epoch", kind="stable")
 
 
 def plot_bias_vs_criticality(table: pd.DataFrame, numbers: Mapping[str, Any], out: Path, threshold: float,
-                             measure_text: str) -> list[Path]:
+                             measure_text: str, split: str = "test") -> list[Path]:
     """(c) one point per layer x seed, per condition: trained bias against the drop under re-initialization
-    to epoch 0, with the per-seed and pooled correlations."""
-    pooled = {(s["arch"], s["dataset"], s["subsample"], c["noise"]): c["criticality"]
+    to epoch 0, with the per-seed and pooled correlations; with split "train", (c') the drop on the training
+    images of the clean cells and of the memorized ones."""
+    on_train = split == "train"
+    drop, entry = ("drop_reinit_0_train", "criticality_train") if on_train else ("drop_reinit_0", "criticality")
+    if on_train:
+        table = table[(table["noise"] == 0) | (table["regime"] == "memorized")]
+    pooled = {(s["arch"], s["dataset"], s["subsample"], s["train_size"], c["noise"]): c.get(entry, {})
               for s in numbers["settings"] for c in s["conditions"]}
     with _condition_panels(table, 4.0, 3.6) as (fig, axes, panels):
         for ax, (key, part, noise, label) in zip(axes.flat, panels):
@@ -174,7 +179,7 @@ def plot_bias_vs_criticality(table: pd.DataFrame, numbers: Mapping[str, Any], ou
             rows = part[part["trained"] & (part["noise"] == noise)]
             for j, (seed, sub) in enumerate(rows.groupby("seed")):
                 rho = k.get("per_seed", {}).get(int(seed), float("nan"))
-                ax.scatter(sub["bias"].astype(float), sub["drop_reinit_0"].astype(float), s=22, color=f"C{j % 10}",
+                ax.scatter(sub["bias"].astype(float), sub[drop].astype(float), s=22, color=f"C{j % 10}",
                            marker=MARKERS[j % len(MARKERS)], label=f"seed {seed}: rho {rho:.2f}", zorder=3)
             ax.axhline(threshold, color="0.4", ls="--", lw=1)
             rho = k.get("rho", float("nan"))
@@ -185,13 +190,14 @@ def plot_bias_vs_criticality(table: pd.DataFrame, numbers: Mapping[str, Any], ou
                 stat = f"rho undefined ({k.get('note')})"
             ax.set_title(f"{_setting_title(key)}: {label}\n{stat}")
             ax.set_xlabel(f"bias: {measure_text.split(',')[0]}")
-            ax.set_ylabel("drop, re-initialized to epoch 0")
+            ax.set_ylabel("drop, re-initialized to epoch 0" + (" (train)" if on_train else ""))
             ax.grid(alpha=0.3)
             ax.legend(loc="best", fontsize=7)
         _hide_unused(axes, len(panels))
-        _suptitle(fig, f"(c) Bias against criticality, one point per layer x seed (dashed: critical above "
-                     f"{threshold:g})")
-        return _save(fig, out, "study_bias_vs_criticality")
+        _suptitle(fig, ("(c') Bias against criticality on the training images with their own labels, clean and "
+                      "memorized cells\n" if on_train else "(c) Bias against criticality, ")
+                     + f"one point per layer x seed (dashed: critical above {threshold:g})")
+        return _save(fig, out, "study_bias_vs_criticality" + ("_train" if on_train else ""))
 
 
 def plot_bias_vs_learning(cells: pd.DataFrame, numbers: Mapping[str, Any], out: Path, measure_text: str) -> list[Path]:
@@ -235,10 +241,16 @@ def plot_bias_vs_learning(cells: pd.DataFrame, numbers: Mapping[str, Any], out: 
 
 def draw_all(data, numbers: Mapping[str, Any], out: Path, threshold: float, measure_text: str
              ) -> tuple[list[str], list[Path]]:
-    """Draw (a)-(d); (names drawn, files written). Figures of an earlier report are replaced."""
+    """Draw (a)-(d), and (c') where the cells measured the drops on their training images; (names drawn, files
+    written). Figures of an earlier report are replaced."""
     written = []
     written += plot_mass_by_condition(data.table, out)
     written += plot_mass_by_epoch(data.table, out, data.tracked)
     written += plot_bias_vs_criticality(data.table, numbers, out, threshold, measure_text)
+    names = list(STUDY_FIGURES)
+    on_train = data.table[(data.table["noise"] == 0) | (data.table["regime"] == "memorized")]
+    if on_train["drop_reinit_0_train"].notna().any():
+        written += plot_bias_vs_criticality(data.table, numbers, out, threshold, measure_text, split="train")
+        names.insert(names.index("study_bias_vs_criticality") + 1, "study_bias_vs_criticality_train")
     written += plot_bias_vs_learning(data.cells, numbers, out, measure_text)
-    return list(STUDY_FIGURES), written
+    return names, written
