@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from hparr import checkpoints as ck
@@ -25,6 +26,7 @@ def weights(path):
     return ck.load_state_dict_file(path)
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_weights_as_a_straight_run(tmp_path):
     common = dict(lr_step=1, lr_decay=0.7, snapshot_every=1,
                   data=DataOptions(dataset="digits", augmentation=True))
@@ -177,6 +179,7 @@ def test_remaining_flags_reach_the_run(tmp_path, capsys):
     assert '"converged": true' in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_compile_trains_the_same_model_and_snapshots_plain_keys(tmp_path, capsys, monkeypatch):
     import torch._inductor.config
 
