@@ -21,11 +21,12 @@ study: $(STAMP)
 	$(BIN)/hparr study --seeds 0-2 --noise 0,0.5,1,-1 --epochs 20 --lr 0.02 --snapshot-every 5 \
 		--snapshot-all-until 5 --tb-logdir '' --out runs/study
 
-# the fast tests first, then the end-to-end ones marked slow; each group spread over the cores (pytest-xdist)
+# the fast tests first, then the end-to-end ones marked slow; each group spread over the cores (pytest-xdist:
+# the fast tests file by file, so that a module's shared fixture is built once)
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench
-	$(BIN)/python -m pytest -q -m "not slow" -n auto --durations=10
-	$(BIN)/python -m pytest -q -m slow -n auto --durations=10
+	$(BIN)/python -m pytest -q -m "not slow" -n auto --dist loadfile --durations=10
+	$(BIN)/python -m pytest -q -m slow -n auto --dist worksteal --durations=10
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -153,6 +153,7 @@ def test_errors_are_one_line(cifar, capsys, tmp_path):
         assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_train_snapshots_through_the_paper_script(tmp_path, capsys):
     """Snapshots of `hparr train` on digits: epochs from their metadata, their seed checked, the root script."""
     assert main(["train", "--arch", "lenet", "--dataset", "digits", "--epochs", "1", "--seed", "5", "--snapshot-every",

@@ -291,6 +291,7 @@ def test_tracked_curves_over_seeds(synthetic):
     assert "tracked_by_epoch.csv: the tracked training of 2 cells" in written["summary.md"].read_text()
 
 
+@pytest.mark.slow
 def test_the_study_report_is_drawn_without_torch(synthetic):
     code = ("import sys; from hparr.report.study import build_study_report; "
             f"w = build_study_report({str(synthetic)!r}); assert 'torch' not in sys.modules; print(sorted(w))")
