@@ -18,6 +18,10 @@ WORKER_THREADS = 0
 
 def pytest_configure(config):
     global WORKER_THREADS
+    # torch's OpenMP threads sleep rather than spin while they wait: where the workers and the processes the tests
+    # start share the cores, spinning threads cost several times the CPU time of the work itself (the workers
+    # and those processes inherit this before they load torch)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     if workers > 1:
         WORKER_THREADS = max(1, available_cores() // workers)

@@ -11,7 +11,7 @@ import torch
 
 from hparr import checkpoints as ck
 
-EPOCHS = 4
+EPOCHS = 6
 
 
 def wait_for_new_snapshot(run_dir, known: set, proc, timeout: float = 300.0) -> bool:
