@@ -31,9 +31,12 @@ study-fashion: $(STAMP)
 		--noise 1,-1,0.5,0 --optimizer adam --lr 0.001 --epochs 200 --until-train-acc 99 --snapshot-every 25 \
 		--snapshot-all-until 2 --eval-split test,train --tb-logdir '' --out runs/study-fashion
 
+# the fast tests first, then the end-to-end ones marked slow; each group spread over the cores (pytest-xdist:
+# the fast tests file by file, so that a module's shared fixture is built once)
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench
-	$(BIN)/python -m pytest -q --durations=10
+	$(BIN)/python -m pytest -q -m "not slow" -n auto --dist loadfile --durations=10
+	$(BIN)/python -m pytest -q -m slow -n auto --dist worksteal --durations=10
 
 # the cluster tests against a one-node SLURM started here (root and apt-get install it when missing), stopped after
 SLURM_DIR ?= build/slurm

@@ -2,10 +2,41 @@
 from __future__ import annotations
 
 import copy
+import os
 from typing import Collection
 
+import pytest
 import torch
 import torch.nn as nn
+
+from hparr.provenance import available_cores
+
+# under `pytest -n N` (pytest-xdist, as `make test` runs), the torch threads of each of the N workers: its share
+# of the cores, so that the workers do not fight over them; 0 without xdist (torch's own default)
+WORKER_THREADS = 0
+
+
+def pytest_configure(config):
+    global WORKER_THREADS
+    # torch's OpenMP threads sleep rather than spin while they wait: where the workers and the processes the tests
+    # start share the cores, spinning threads cost several times the CPU time of the work itself (the workers
+    # and those processes inherit this before they load torch)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        WORKER_THREADS = max(1, available_cores() // workers)
+        torch.set_num_threads(WORKER_THREADS)
+        # the processes the tests start take the same share, unless they set their threads themselves
+        os.environ["OMP_NUM_THREADS"] = str(WORKER_THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _worker_threads():
+    """Gives the worker its share of the cores back after a test whose command set torch's threads (`hparr train`
+    takes every core of the machine)."""
+    yield
+    if WORKER_THREADS and torch.get_num_threads() != WORKER_THREADS:
+        torch.set_num_threads(WORKER_THREADS)
 
 
 def original_numbering(features: nn.Sequential) -> list[tuple[str, int, int]]:

@@ -86,6 +86,7 @@ def test_alternate_raises_an_error_of_either_side_once_both_stop():
     with pytest.raises(ValueError, match="broken at batch 1"):
         alternate(failing, counting, [0, 1, 2, 3])
     assert seen == [0, 1, 2, 3]  # the other side ran to its end alone
+@pytest.mark.slow
 def test_gpu_bench_runs_its_cases_on_the_cpu_in_quick_mode():
     # `make bench-gpu`'s script, as `python -m bench gpu --device cpu --quick`: the same code, small sizes
     proc = subprocess.run([sys.executable, "-m", "bench", "gpu", "--device", "cpu", "--quick"], cwd=ROOT,

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from hparr import checkpoints as ck
 from hparr.data import DataOptions
 from hparr.models import build_model
@@ -20,6 +22,7 @@ def torchrun(*args, cwd):
     return proc
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run_matches_a_single_process_run(tmp_path):
     common = ["--optimizer", "adam", "--lr", "0.003", "--seed", "4", "--models-path", str(tmp_path / "ddp"),
               "--tb-logdir", "", "--batch-size", "64"]  # 2 ranks x 64 = the single process's batch of 128

@@ -171,14 +171,14 @@ def test_bad_input_is_one_line_with_the_right_exit_code(snapshots, capsys, monke
     assert not (snapshots / "repro").exists()  # refused before --out is made
 
 
-def test_out_of_gpu_memory_suggests_a_smaller_batch(monkeypatch, capsys):
+def test_out_of_gpu_memory_suggests_a_smaller_batch(tmp_path, monkeypatch, capsys):
     import hparr.training
 
     def exhausted(self):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(hparr.training.Run, "fit", exhausted)
-    assert main(["train", *LENET, "--epochs", "1", "--tb-logdir", "", "--models-path", "/tmp/hparr-oom"]) == 1
+    assert main(["train", *LENET, "--epochs", "1", "--tb-logdir", "", "--models-path", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "out of memory" in err and "--batch-size" in err and "Traceback" not in err
 
@@ -223,6 +223,7 @@ def test_a_full_disk_is_one_line_and_resume_continues_from_the_last_complete_sna
     assert [h["epoch"] for h in ck.torch_load(run_dir / "lenet_2.pt")["history"]] == [1, 2]
 
 
+@pytest.mark.slow
 def test_the_real_torch_writer_failing_gives_one_line_naming_the_file_and_the_cause(tmp_path):
     """A file-size limit makes the real zip writer fail (EFBIG) on the first epoch snapshot (about 1 MB),
     after the initialization snapshot (about 0.5 MB) was written."""

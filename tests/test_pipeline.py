@@ -3,11 +3,13 @@ import hashlib
 import json
 
 import pandas as pd
+import pytest
 
 from hparr import report as report_module
 from hparr.cli import main
 
 
+@pytest.mark.slow
 def test_reproduce_writes_the_whole_study_and_reruns_cheaply(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["reproduce", "--out", str(out), "--epochs", "3", "--snapshot-every", "1", "--snapshot-all-until", "0",

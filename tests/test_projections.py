@@ -274,6 +274,7 @@ def _redrawn_vgg11(layers, seed):
                                                       nonlinearity="relu", generator=gen) for layer in layers}
 
 
+@pytest.mark.slow
 def test_false_positive_rate_at_initialization():
     level = 0.05
     tables = []

@@ -199,6 +199,7 @@ def test_random_init_pretrained_and_listings(tmp_path, capsys, monkeypatch):
     assert rc == 2 and "no such snapshot" in out.err
 
 
+@pytest.mark.slow
 def test_paper_script_name(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(ROOT / "compute_projections.py"), "--arch", "lenet", "--dataset",

@@ -160,12 +160,11 @@ def test_errors_are_one_line(cifar, capsys, tmp_path):
         assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_train_snapshots_through_the_paper_script(tmp_path, capsys):
     """Snapshots of `hparr train` on digits: epochs from their metadata, their seed checked, the root script."""
-    train = [sys.executable, "-m", "hparr", "train", "--arch", "lenet", "--dataset", "digits", "--epochs", "1",
-             "--seed", "5", "--snapshot-every", "1", "--models-path", str(tmp_path / "models"), "--tb-logdir", "",
-             "--no-progress"]
-    subprocess.run(train, check=True, capture_output=True, cwd=tmp_path)
+    assert main(["train", "--arch", "lenet", "--dataset", "digits", "--epochs", "1", "--seed", "5", "--snapshot-every",
+                 "1", "--models-path", str(tmp_path / "models"), "--tb-logdir", "", "--no-progress"]) == 0
     run_dir = tmp_path / "models" / "digits" / "lenet" / "5"
     final = run_dir / "lenet_1.pt"
     args = ["--arch", "lenet", "--dataset", "digits", "--load-from", str(final), "--inits-from", str(run_dir),
@@ -186,13 +185,13 @@ def test_train_snapshots_through_the_paper_script(tmp_path, capsys):
     assert rc == 1 and "trained with seed 5, not --seed 6" in err
 
 
+@pytest.mark.slow
 def test_plots_folder_and_a_rerun_of_a_class_subset_snapshot(tmp_path, capsys):
     """`--plots DIR` as the paper's README passes it (both script names and `hparr reinit`), and a rerun that
     keeps the finished result of a snapshot whose class subset comes from the snapshot itself."""
-    train = [sys.executable, "-m", "hparr", "train", "--arch", "lenet", "--dataset", "digits", "--epochs", "1",
-             "--seed", "5", "--subsample-classes", "3", "--models-path", str(tmp_path / "models"),
-             "--tb-logdir", "", "--no-progress"]
-    subprocess.run(train, check=True, capture_output=True, cwd=tmp_path)
+    assert main(["train", "--arch", "lenet", "--dataset", "digits", "--epochs", "1", "--seed", "5",
+                 "--subsample-classes", "3", "--models-path", str(tmp_path / "models"), "--tb-logdir", "",
+                 "--no-progress"]) == 0
     run_dir = tmp_path / "models" / "digits_3" / "lenet" / "5"
     args = ["--arch", "lenet", "--dataset", "digits", "--load-from", str(run_dir / "lenet_1.pt"), "--inits-from",
             str(run_dir), "--rand", "--seed", "5", "--results", str(tmp_path / "results")]

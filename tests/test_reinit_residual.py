@@ -156,6 +156,7 @@ def write_snapshots(directory, arch: str, classes: int = 2):
     return trained
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["resnet18", "timm:resnet10t"])
 def test_residual_network_through_projections_reinit_and_report(arch, tmp_path, capsys):
     trained = write_snapshots(tmp_path / "models", arch)

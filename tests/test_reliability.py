@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from hparr import checkpoints as ck
@@ -25,6 +26,7 @@ def wait_for_new_snapshot(run_dir, known: set, proc, timeout: float = 300.0) -> 
     raise AssertionError(f"no new snapshot in {run_dir} within {timeout} s")
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_points_then_resume_matches_an_uninterrupted_run(tmp_path):
     def command(models):
         return [sys.executable, "-m", "hparr", "train", "--arch", "lenet", "--dataset", "digits", "--augmentation",

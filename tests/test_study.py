@@ -347,6 +347,7 @@ def test_tracked_curves_over_seeds(synthetic):
     assert "tracked_by_epoch.csv: the tracked training of 2 cells" in written["summary.md"].read_text()
 
 
+@pytest.mark.slow
 def test_the_study_report_is_drawn_without_torch(synthetic):
     code = ("import sys; from hparr.report.study import build_study_report; "
             f"w = build_study_report({str(synthetic)!r}); assert 'torch' not in sys.modules; print(sorted(w))")
@@ -390,6 +391,7 @@ def fingerprint(folder: Path) -> dict[str, tuple[int, str]]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_kill_9_mid_study_then_a_rerun_completes_it_and_keeps_finished_cells(tmp_path):
     out = tmp_path / "s"
     argv = [sys.executable, "-m", "hparr", "study", "--seeds", "0-1", "--noise", "0,1", *TINY, "--out", str(out)]
@@ -426,6 +428,7 @@ def test_kill_9_mid_study_then_a_rerun_completes_it_and_keeps_finished_cells(tmp
     assert table["cell"].nunique() == 4 and set(table["condition"]) == {"clean", "noise 100%"}
 
 
+@pytest.mark.slow
 def test_a_submitit_job_array_runs_the_cells_and_a_failed_cell_is_reported(tmp_path, capsys):
     pytest.importorskip("submitit")
     out = tmp_path / "s"
