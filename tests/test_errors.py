@@ -83,7 +83,7 @@ CASES = [
     ("unknown timm model", ["train", "--arch", "timm:resnet10", "--dataset", "digits"], 2, "did you mean resnet10t"),
     ("pretrained weights not in the cache", ["projections", "--arch", "alexnet", "--dataset", "digits",
                                              "--pretrained", "--results", "{root}/res"], 1, "--weights FILE"),
-    ("unknown dataset", ["train", "--arch", "lenet", "--dataset", "svhn"], 2, "unknown dataset"),
+    ("unknown dataset", ["train", "--arch", "lenet", "--dataset", "stl10"], 2, "unknown dataset"),
     ("unknown optimizer", ["train", *LENET, "--optimizer", "rmsprop"], 2, "unknown optimizer"),
     ("missing dataset files", ["train", "--arch", "lenet", "--dataset", "cifar10", "--data-path", "{root}/none"],
      1, "cifar-10-batches-py"),
