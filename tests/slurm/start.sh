@@ -80,7 +80,8 @@ MpiDefault=none
 ReturnToService=2
 JobRequeue=1
 MinJobAge=600
-KillWait=10
+# a cancelled job is killed 2 s after its SIGTERM (which submitit's cells ignore), as a node failure would
+KillWait=2
 SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0

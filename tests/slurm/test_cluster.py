@@ -88,7 +88,8 @@ def test_a_study_array_cancelled_midway_then_rerun_equals_the_local_study(cluste
 
     # one cell at a time: cancel the array once the first cell is finished and the second has a snapshot
     first, second = out / CELLS[0], out / CELLS[1]
-    wait_for(lambda: results.run_finished(first) and any(second.rglob("lenet_init_0.pt")), "the second cell")
+    wait_for(lambda: results.run_finished(first) and any(second.rglob("lenet_init_0.pt")), "the second cell",
+             every=0.2)
     subprocess.run(["scancel", job_id], check=True, timeout=60)
     wait_for(lambda: not ACTIVE & set(task_states(job_id).values()), "the cancelled array to end")
     assert not results.run_finished(second)
@@ -131,10 +132,11 @@ def test_a_study_array_cancelled_midway_then_rerun_equals_the_local_study(cluste
 
 
 def test_a_cell_past_its_time_limit_is_requeued_and_resumes_from_its_last_snapshot(cluster, tmp_path):
-    # a cell of about two minutes on one core under a one-minute limit: its time goes to training (small batches)
-    # rather than to the analysis of its snapshots (a dozen), so that the limit interrupts the training
+    # a cell of about two minutes on one free core under a one-minute limit: its time goes to training (60 epochs
+    # of small batches, ~1.3 s each) rather than to the analysis of its snapshots (a dozen), so that the limit
+    # interrupts the training however fast the machine is, and each attempt gets past a snapshot (every 5 epochs)
     out = tmp_path / "s"
-    done = hparr("study", "--seeds", "0", "--epochs", "12", "--no-track", "--snapshot-every", "1",
+    done = hparr("study", "--seeds", "0", "--epochs", "60", "--no-track", "--snapshot-every", "5",
                  "--snapshot-all-until", "0", "--lr", "0.02", "--tb-logdir", "", "--batch-size", "32",
                  "--launcher", "slurm", "--cpus-per-task", "1", "--time", "1", "--out", str(out))
     assert "study: 1 cells: 1 finished now, 0 already finished, 0 failed" in done.stdout
