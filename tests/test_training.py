@@ -50,6 +50,20 @@ def test_resume_auto_picks_the_newest_complete_snapshot(tmp_path):
     assert (run_dir / "lenet_3.pt").exists()
 
 
+def test_a_rerun_of_a_finished_run_leaves_its_final_snapshot_as_it_is(tmp_path):
+    # finished results record the final snapshot's size and mtime: a resume that trains nothing must not rewrite it,
+    # but one resumed from the last epoch's .tar writes the final snapshot where it is missing
+    first = train(settings(tmp_path, epochs=1, snapshot_every=1))
+    final = Path(first.run_dir) / "lenet_1.pt"
+    before = (final.stat().st_mtime_ns, final.read_bytes())
+    again = train(settings(tmp_path, epochs=1, resume_from="auto"))
+    assert again.history == first.history and (final.stat().st_mtime_ns, final.read_bytes()) == before
+    final.unlink()
+    train(settings(tmp_path, epochs=1, resume_from=str(Path(first.run_dir) / "lenet_0.tar")))
+    written, last = weights(final), weights(Path(first.run_dir) / "lenet_0.tar")
+    assert written.keys() == last.keys() and all(torch.equal(written[k], last[k]) for k in last)
+
+
 def test_snapshot_schedule_names_and_contents(tmp_path):
     out = train(settings(tmp_path, epochs=5, snapshot_every=2, snapshot_all_until=1))
     run_dir = Path(out.run_dir)

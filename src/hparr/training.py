@@ -510,8 +510,12 @@ class Run:
         final_metrics = {"test": self.evaluate("test")} if s.epochs > 0 else {}
         if self.data.val is not None and s.epochs > 0:
             final_metrics["val"] = self.evaluate("val")
-        if converged and s.epochs > 0 and self.start_epoch <= last:
-            path = self.save(checkpoints.final_name(s.arch, last, s.pretrained), last, final_metrics)
+        final = checkpoints.final_name(s.arch, last, s.pretrained)
+        # a run resumed from its own final snapshot leaves that file as it is (its size and mtime are part of the
+        # identity that finished results record), and writes it where it is missing
+        if converged and s.epochs > 0 and (self.start_epoch < last or
+                                           (self.start_epoch == last and not (self.run_dir / final).is_file())):
+            path = self.save(final, last, final_metrics)
             snapshots += [str(path)] if path else []
         if writer is not None and final_metrics:
             writer.add_scalar("Loss/test", final_metrics["test"]["loss"], last)
