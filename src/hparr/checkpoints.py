@@ -479,21 +479,12 @@ def tensors_digest(state: Mapping[str, Any], keys: Iterable[str], algorithm: str
     return f"{name}:{h.hexdigest()}"
 
 
-def _file_stat(path: Path) -> tuple[int, int]:
-    """(size, mtime in ns) of a file, or of a folder of shards (their total size, the newest mtime)."""
-    if path.is_dir():
-        stats = [p.stat() for p in sorted(path.iterdir()) if p.is_file()]
-        return sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)
-    st = path.stat()
-    return st.st_size, st.st_mtime_ns
-
-
 def checkpoint_identity(path: str | os.PathLike, state: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
     """What a result records of a checkpoint it read: the file (resolved), its size and mtime, and the hash
     of the tensors used (`tensors_digest` of `keys`, which are recorded with it)."""
     path = Path(path)
     keys = list(keys)
-    size, mtime = _file_stat(path)
+    size, mtime = files.file_stat(path)
     return {"path": str(path.resolve()), "size": size, "mtime_ns": mtime, "keys": keys,
             HASH: tensors_digest(state, keys)}
 
@@ -508,7 +499,7 @@ def identity_change(recorded: Any, path: str | os.PathLike, read_state: Callable
     if recorded["path"] != str(path.resolve()):
         return f"it was computed from another file ({recorded['path']})"
     try:
-        size, mtime = _file_stat(path)
+        size, mtime = files.file_stat(path)
     except OSError:
         return f"{path} cannot be read"
     if (size, mtime) == (recorded["size"], recorded["mtime_ns"]):

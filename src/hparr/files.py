@@ -262,3 +262,14 @@ def flock(path: str | os.PathLike, shared: bool = False, wait: bool = True):
         handle.close()
         return _NoLock()
     return handle
+
+
+def file_stat(path: str | os.PathLike) -> tuple[int, int]:
+    """(size, mtime in ns) of a file, or of a folder of shards (their total size, the newest mtime): the part of
+    a checkpoint's identity that is read without opening it."""
+    path = Path(path)
+    if path.is_dir():
+        stats = [p.stat() for p in sorted(path.iterdir()) if p.is_file()]
+        return sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns

@@ -15,6 +15,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from .files import file_stat
+
 SNAPSHOT_FORMAT = "hparr-snapshot-1"
 PROJECTIONS_FORMAT = "hparr-projections-1"
 REINIT_FORMAT = "hparr-reinit-1"
@@ -297,14 +299,8 @@ def checkpoints_unchanged(doc: Any) -> bool:
     for ident in identities:
         if not isinstance(ident, dict) or "path" not in ident:
             continue
-        path = Path(ident["path"])
         try:
-            if path.is_dir():
-                stats = [p.stat() for p in path.iterdir() if p.is_file()]
-                size, mtime = sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)
-            else:
-                st = path.stat()
-                size, mtime = st.st_size, st.st_mtime_ns
+            size, mtime = file_stat(ident["path"])
         except OSError:
             return False
         if (size, mtime) != (ident.get("size"), ident.get("mtime_ns")):
