@@ -143,7 +143,9 @@ def plot_mass_by_epoch(table: pd.DataFrame, out: Path, tracked: pd.DataFrame) ->
                 ax.plot(epochs, mean, "o-", color=color, ms=3, lw=1.2, label=layer)
             ax.set_ylim(-0.03, 1.03)
             untracked = "\nnot tracked; band: seeds' range" if followed and not len(lines) else ""
-            ax.set_title(f"{_setting_title(key)}: {label} ({sub['seed'].nunique()} seeds){untracked}")
+            title = f"{_setting_title(key)}: {label} ({sub['seed'].nunique()} seeds)"
+            # a long setting (a class subset, a training-set size) goes on a line of its own, within the panel
+            ax.set_title((title.replace(": ", "\n", 1) if len(title) > 45 else title) + untracked)
             ax.set_xlabel("epoch")
             ax.set_ylabel("mass (share p <= 0)")
         _hide_unused(axes, len(panels))
