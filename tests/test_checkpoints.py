@@ -80,13 +80,6 @@ def test_mismatched_architecture_names_keys_and_shapes():
         ck.load_weights(build_model("alexnet"), lenet10)
 
 
-def test_run_directory_layout(tmp_path):
-    assert ck.run_directory("m", "cifar10", "vgg11", 3) == ck.Path("m/cifar10/vgg11/3")
-    assert ck.run_directory("m", "cifar100", "vgg11", 3, subsample_classes=10, noise=0.2) == \
-        ck.Path("m/cifar100_10/noise_20/vgg11/3")
-    assert ck.run_directory("m", "mnist", "lenet", None, noise=-1) == ck.Path("m/mnist/pixel_shuffle/lenet")
-
-
 def test_find_snapshots_and_newest(tmp_path):
     model = build_model("lenet")
     for e in (0, 1, 2):

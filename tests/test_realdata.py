@@ -17,6 +17,7 @@ from hparr import fakedata, reinit
 from hparr.cli import main
 from hparr.data import DataOptions, load_data, make_loader
 from hparr.errors import HparrError, UsageError
+from hparr.layout import Corruption
 from hparr.models import build_model
 from hparr.report import study as study_report
 from hparr.training import Run, TrainSettings, train
@@ -303,7 +304,7 @@ def synthetic_data(memorize: bool) -> study_report.StudyData:
                     mass = 0.5 + (0.05 * i + 0.1 * noise) * epoch / 5 + 0.01 * rng.random()
                     rows.append({
                         "arch": "lenet", "dataset": "fashionmnist", "subsample": 0, "train_size": 2000,
-                        "noise": noise, "condition": study_report.condition_label(noise), "seed": seed,
+                        "noise": noise, "condition": Corruption(noise).label, "seed": seed,
                         "cell": f"c/{noise}/{seed}", "epoch": epoch, "trained": epoch == 5, "layer": f"l{i}",
                         "kind": "conv", "stage": i, "block": 0, "N": 6, "d": 25, "mass": mass, "mean": 0.0,
                         "std": 1.0, "p_value": 0.5, "p_adjusted": 0.5, "biased": mass > 0.6, "l2_dist": 0.0,

@@ -20,8 +20,9 @@ import pytest
 from hparr import files, results, study
 from hparr.cli import main
 from hparr.errors import UsageError
+from hparr.layout import MANIFEST_NAME, STUDY_NAME, TRACKING_NAME, Corruption
 from hparr.report import study as study_report
-from hparr.trackfile import COLUMNS, FILENAME, csv_text
+from hparr.trackfile import COLUMNS, csv_text
 
 T975_1 = 12.706204736174705  # Student t, 97.5% quantile, 1 degree of freedom (from the table)
 Z975 = 1.959963984540054
@@ -62,7 +63,7 @@ def write_cell(root: Path, noise: float, seed: int) -> Path:
         "top1_test": TOP1[noise, seed][0], "layers": LAYERS, "load_from": str(models / "lenet_2.pt"),
         "init_from_epoch": {"0": [TOP1[noise, seed][0] * (1 - d) for d in drops], "rand": [10.0] * 3},
         "relative_drop": {"0": drops, "rand": [1 - 10.0 / TOP1[noise, seed][0]] * 3}})
-    files.write_json(cell / results.MANIFEST_NAME, {
+    files.write_json(cell / MANIFEST_NAME, {
         **results.manifest(cell, proj, reinit, [0, 2], models=str(models)),
         "final": {"test": {"top1": TOP1[noise, seed][0]}, "train": {"top1": TOP1[noise, seed][1]}},
         "settings": {"arch": "lenet", "seed": seed, "data": {"dataset": "digits", "noise": noise,
@@ -70,7 +71,7 @@ def write_cell(root: Path, noise: float, seed: int) -> Path:
     for name in ("report.json", "summary.md", "index.html"):
         files.write_text(cell / "report" / name, "{}")
     if noise == 0.0:  # the clean cells tracked their training: epochs 0, 1 and 2, the masses moving linearly
-        files.write_text(models / FILENAME, tracking_text(MASSES[noise, seed]))
+        files.write_text(models / TRACKING_NAME, tracking_text(MASSES[noise, seed]))
     return cell
 
 
@@ -91,7 +92,7 @@ def tracking_text(trained: list[float]) -> str:
 def synthetic(tmp_path):
     root = tmp_path / "study"
     cells = [write_cell(root, noise, seed) for noise in (0.0, 0.5) for seed in (0, 1)]
-    files.write_json(root / results.STUDY_NAME, {
+    files.write_json(root / STUDY_NAME, {
         "format": results.STUDY_FORMAT, "grid": {"seeds": [0, 1, 2], "noise": [0.0, 0.5]},
         "cells": [str(c.relative_to(root)) for c in cells] + ["cells/lenet/digits/clean/seed_2"]})
     return root
@@ -103,7 +104,7 @@ def test_grid_axes_take_lists_and_ranges():
     assert study.parse_ints("--seeds", "0-2,5,1") == [0, 1, 2, 5]
     assert study.parse_floats("--noise", "0, 0.5,1,-1,-0") == [0.0, 0.5, 1.0, -1.0]
     assert study.parse_names("--arch", "lenet,vgg11,lenet") == ["lenet", "vgg11"]
-    assert [study.noise_label(n) for n in (0.0, 0.5, 1.0, -1.0, 0.125)] == [
+    assert [Corruption(n).condition for n in (0.0, 0.5, 1.0, -1.0, 0.125)] == [
         "clean", "noise_50", "noise_100", "pixel_shuffle", "noise_12.5"]
     assert str(study.Cell("vgg11", "cifar10", 3, -1.0, 5).relpath) == "cells/vgg11/cifar10_5/pixel_shuffle/seed_3"
     with pytest.raises(UsageError, match="backwards range '3-1'"):
@@ -458,9 +459,9 @@ def test_one_seed_is_undetermined_and_a_clean_cell_at_chance_is_flagged(syntheti
     for condition in ("clean", "noise_50"):
         shutil.rmtree(synthetic / "cells" / "lenet" / "digits" / condition / "seed_1")
     clean = synthetic / "cells" / "lenet" / "digits" / "clean" / "seed_0"
-    manifest = json.loads((clean / results.MANIFEST_NAME).read_text())
+    manifest = json.loads((clean / MANIFEST_NAME).read_text())
     manifest["final"]["test"].update(top1=11.5, count=200)  # 23 of 200 right, 10 classes: chance is 20
-    files.write_json(clean / results.MANIFEST_NAME, manifest)
+    files.write_json(clean / MANIFEST_NAME, manifest)
     data = study_report.load_study(synthetic)
     assert data.at_chance == ["cells/lenet/digits/clean/seed_0"]
     numbers = study_report.claims(data)

@@ -15,10 +15,10 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
-from . import files, results
+from . import files, layout, results
 from .errors import HparrError, UsageError, first_line
+from .layout import SNAPSHOT_SUFFIXES
 
-SNAPSHOT_SUFFIXES = results.SNAPSHOT_SUFFIXES
 # facts about the data that a snapshot of `hparr train` stores once, at its top level, not in its "data" record
 TOP_LEVEL_FACTS = ("dataset", "num_classes", "in_channels", "image_size", "normalization", "versions")
 
@@ -150,53 +150,11 @@ def recorded_normalization(meta: Mapping[str, Any]) -> dict[str, Any] | None:
     return {**older, **norm}
 
 
-# --- names, layout and epoch labels --------------------------------------------------------------
-
-def folder_name(arch: str) -> str:
-    """An architecture's name as a folder name: without `:` (`torchvision:resnet18` -> `torchvision-resnet18`)."""
-    return arch.replace(":", "-")
-
-
-def run_directory(models_path: str | os.PathLike, dataset: str, arch: str, seed: int | None,
-                  subsample_classes: int = 0, noise: float = 0.0, train_size: int | None = None) -> Path:
-    """`<models>/<dataset>[_<k>][/train_<N>]/[noise_<pct>|pixel_shuffle/]<arch>/<seed>/`, as the original code
-    laid it out (train_<N>: a --train-size subset of N training images)."""
-    path = Path(models_path) / (f"{dataset}_{subsample_classes}" if subsample_classes else dataset)
-    if train_size is not None:
-        path /= f"train_{int(train_size)}"
-    if noise < 0:
-        path /= "pixel_shuffle"
-    elif noise > 0:
-        path /= f"noise_{round(noise * 100):g}"
-    path /= folder_name(arch)
-    if seed is not None:
-        path /= str(seed)
-    return path
-
-
-def results_directory(results: str | os.PathLike, dataset: str, arch: str, seed: int | None = None,
-                      subsample_classes: int = 0) -> Path:
-    """`<results>/<dataset>[_<k>]/<arch>[/<seed>]`, where the per-snapshot JSON files go."""
-    path = Path(results) / (f"{dataset}_{subsample_classes}" if subsample_classes else dataset) / folder_name(arch)
-    return path / str(seed) if seed is not None else path
-
-
-def init_name(arch: str, pretrained: bool = False) -> str:
-    return f"{arch}_{'pretrained' if pretrained else 'init'}_0.pt"
-
-
-def epoch_name(arch: str, epoch_index: int) -> str:
-    """Periodic snapshot after the epoch with 0-based index `epoch_index`."""
-    return f"{arch}_{epoch_index}.tar"
-
-
-def final_name(arch: str, epochs: int, pretrained: bool = False) -> str:
-    return f"{arch}_{'pretrained_' if pretrained else ''}{epochs}.pt"
-
+# --- epoch labels ------------------------------------------------------------------------------
 
 def epoch_from_filename(path: str | os.PathLike) -> int:
-    """The original file-name rule (`results.epoch_from_filename`); an error for a name without a number."""
-    epoch = results.epoch_from_filename(path)
+    """The original file-name rule (`layout.epoch_from_filename`); an error for a name without a number."""
+    epoch = layout.epoch_from_filename(path)
     if epoch is None:
         raise HparrError(f"cannot tell the epoch of {path}: its name does not end in _<number>")
     return epoch

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .errors import HparrError, UsageError, first_line
+from .layout import Corruption
 from .provenance import versions
 
 log = logging.getLogger("hparr.data")
@@ -35,7 +36,6 @@ log = logging.getLogger("hparr.data")
 DATASETS: tuple[str, ...] = ("digits", "mnist", "fashionmnist", "kmnist", "cifar10", "cifar100", "svhn", "imagenet")
 
 CROP_PADDING = 4
-PIXEL_SHUFFLE = -1.0  # the `noise` value that asks for pixel shuffling instead of label noise
 _DEFAULT_SEED = 0  # what an unset seed option resolves to (recorded in Data.meta)
 
 
@@ -108,9 +108,7 @@ class DataOptions:
     def validate(self) -> None:
         """Raise UsageError for values the loaders cannot honour."""
         info = dataset_info(self.dataset)
-        noise = _number("noise", self.noise)
-        if not (noise == PIXEL_SHUFFLE or 0.0 <= noise <= 1.0):
-            raise UsageError(f"noise must be in [0, 1] (label noise ratio) or -1 (pixel shuffle), got {self.noise}")
+        Corruption.parse(self.noise)
         split = _number("split", self.split)
         if not 0.0 <= split < 1.0:
             raise UsageError(f"split must be in [0, 1) (0 = no validation split), got {self.split}")
@@ -722,11 +720,12 @@ def load_data(options: DataOptions) -> Data:
         meta["train_subset"] = {"size": size, "of": available, "seed": _seed(options.train_size_seed),
                                 "stratified": True, "per_class": np.bincount(y_train, minlength=num_classes).tolist()}
 
-    pixel_shuffle = options.noise == PIXEL_SHUFFLE
+    corruption = Corruption(options.noise)
+    pixel_shuffle = corruption.pixel_shuffle
     noise_seed = _seed(options.noise_seed)
-    if options.noise > 0:
+    if corruption.label_noise:
         y_clean = y_train
-        y_train, mask = corrupt_labels(y_clean, options.noise, num_classes, noise_seed)
+        y_train, mask = corrupt_labels(y_clean, corruption.label_noise, num_classes, noise_seed)
         count = int(mask.sum())
         realised = count / max(len(y_train), 1)
         log.info("label noise %.3f requested: %d of %d training labels corrupted (%.4f), seed %d",

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import checkpoints, distributed, files, projections, reinit, report, results, training
+from . import checkpoints, distributed, files, layout, projections, reinit, report, results, training
+from .defaults import LEVEL, THRESHOLD
 from .errors import HparrError
 from .results import parse_eval_splits
 from .training import TrainSettings
@@ -43,7 +44,7 @@ def remove_results(results: Path, settings: TrainSettings) -> list[Path]:
     `results` (they are computed again), so that none of a replaced run is reused or reported."""
     removed = []
     for folder in (results, results / "reinit"):
-        where = checkpoints.results_directory(folder, settings.data.dataset, settings.arch, settings.seed,
+        where = layout.results_directory(folder, settings.data.dataset, settings.arch, settings.seed,
                                               settings.data.subsample_classes)
         if where.is_dir():
             for path in sorted(where.iterdir()):
@@ -54,7 +55,8 @@ def remove_results(results: Path, settings: TrainSettings) -> list[Path]:
 
 
 def reproduce(settings: TrainSettings, out_dir: str | Path, with_linear: bool = False,
-              threshold: float = 0.1, level: float = 0.05, eval_splits: Sequence[str] = ("test",)) -> ReproduceResult:
+              threshold: float = THRESHOLD, level: float = LEVEL,
+              eval_splits: Sequence[str] = ("test",)) -> ReproduceResult:
     """Train with snapshots under `out_dir/models`, analyze every snapshot, run the reinit sweep with
     `--rand`, and draw the report into `out_dir/report`. Rerunning resumes and reuses finished results.
 
@@ -89,8 +91,8 @@ def reproduce(settings: TrainSettings, out_dir: str | Path, with_linear: bool = 
     finally:
         distributed.shutdown(session.ctx)
     run_dir = Path(trained.run_dir)
-    init = run_dir / checkpoints.init_name(settings.arch, settings.pretrained)
-    final = run_dir / checkpoints.final_name(settings.arch, trained.epochs_trained, settings.pretrained)
+    init = run_dir / layout.init_name(settings.arch, settings.pretrained)
+    final = run_dir / layout.final_name(settings.arch, trained.epochs_trained, settings.pretrained)
     root = out / "results"
 
     log.info("[2/4] projections of every snapshot")
@@ -125,7 +127,7 @@ def reproduce(settings: TrainSettings, out_dir: str | Path, with_linear: bool = 
         reinit_files[split] = path
     reinit_json = reinit_files[eval_splits[0]]
 
-    manifest = out / results.MANIFEST_NAME
+    manifest = out / layout.MANIFEST_NAME
     epochs = sorted({int(doc["epoch"]) for doc in analyzed.documents.values()})
     files.write_json(manifest, results.manifest(out, proj_dir, reinit_json, epochs, models=str(run_dir),
                                                 final=final_metrics, stopped=trained.stopped,

@@ -36,9 +36,11 @@ import torch.nn as nn
 from scipy import stats
 
 from . import checkpoints, files, null
-from .checkpoints import ModelConfig, check_metadata, check_state, results_directory, snapshot_config
+from .checkpoints import ModelConfig, check_metadata, check_state, snapshot_config
+from .defaults import LEVEL, check_level
 from .errors import HparrError, UsageError
 from .layers import LayerInfo, Skipped, discover_layers
+from .layout import results_directory
 from .provenance import versions
 from .results import PROJECTIONS_FORMAT, document_rows, projections_table, read_json
 
@@ -49,7 +51,6 @@ except ImportError:  # a scipy without it: its public `kstwo` alone, slower, giv
 
 log = logging.getLogger("hparr.projections")
 
-DEFAULT_LEVEL = 0.05
 CHECKPOINT_ONLY = "checkpoint"  # the results folder of checkpoint-only projections, in place of the arch
 NO_DATASET = "no-dataset"
 CORRECTION = "holm"
@@ -211,7 +212,7 @@ class LayerStats:
     projections: dict[str, np.ndarray]
     net: dict[str, Any]
     skipped: list[dict[str, str]] = field(default_factory=list)
-    level: float = DEFAULT_LEVEL
+    level: float = LEVEL
     normalize: bool = True
     layer_order: str = "forward"
     correction: str = CORRECTION
@@ -224,12 +225,11 @@ class LayerStats:
 
 
 def analyze_layers(layers: Sequence[LayerInfo], weights: Mapping[str, Any], normalize: bool = True,
-                   init: Mapping[str, Any] | None = None, level: float = DEFAULT_LEVEL,
+                   init: Mapping[str, Any] | None = None, level: float = LEVEL,
                    skipped: Sequence[Skipped] = ()) -> LayerStats:
     """The statistics and bias tests of `layers`, from weight tensors keyed like a state_dict
     (`layer.weight_key`); `init` (weights at initialization, same keys) adds the distances."""
-    if not 0 < level < 1:
-        raise UsageError(f"the test level must be in (0, 1), got {level}")
+    check_level(level, "the test level")
     if not layers:
         raise HparrError("no layers to analyze (every conv layer is skipped; try --with-linear or --include-1x1)")
     rows, per_filter, cosines = [], {}, []
@@ -281,7 +281,7 @@ def weights_of(model_or_state: nn.Module | Mapping[str, Any]) -> Mapping[str, An
 
 def layer_stats(model: nn.Module, normalize: bool = True, with_linear: bool = False,
                 init: nn.Module | Mapping[str, Any] | None = None, include_1x1: bool = False,
-                input_shape: Sequence[int] | None = None, level: float = DEFAULT_LEVEL) -> LayerStats:
+                input_shape: Sequence[int] | None = None, level: float = LEVEL) -> LayerStats:
     """Statistics and bias tests of every analyzed layer of `model` (see `analyze_layers`); `.table` is
     the per-layer DataFrame and `.net` the network summary.
 
@@ -337,7 +337,7 @@ class AnalysisOptions:
     normalize: bool = True
     with_linear: bool = False
     include_1x1: bool = False
-    level: float = DEFAULT_LEVEL
+    level: float = LEVEL
     init_from: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -565,7 +565,7 @@ class ProjectionSettings:
     normalize: bool = True
     with_linear: bool = False
     include_1x1: bool = False
-    level: float = DEFAULT_LEVEL
+    level: float = LEVEL
     pretrained: bool = False
     weights: str | None = None
     state_dict_prefix: str | None = None

@@ -35,7 +35,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import checkpoints, distributed, files
+from . import checkpoints, distributed, files, layout
 from .data import Data, DataOptions
 from .errors import HparrError, UsageError, first_line
 from .metrics import topk_hits
@@ -779,8 +779,8 @@ def _trained(settings: ReinitSettings) -> _Trained:
     data = _snapshot_data_options(settings.data, meta, str(path))
     if check_eval_split(settings.eval_split) == "train":
         data = _snapshot_training_data(data, meta, str(path))
-    relpath = checkpoints.results_directory("", data.dataset, arch, settings.seed, data.subsample_classes) \
-        / f"{result_stem(path, settings.granularity, settings.with_bn, settings.eval_split)}.json"
+    relpath = layout.results_directory("", data.dataset, arch, settings.seed, data.subsample_classes) \
+        / f"{layout.reinit_stem(path, settings.granularity, settings.with_bn, settings.eval_split)}.json"
     return _Trained(ckpt, meta, arch, data, relpath)
 
 
@@ -1014,14 +1014,6 @@ def first_images(batches: Batches, n: int):
         take = min(n - seen, int(y.shape[0]))
         yield x[:take], y[:take]
         seen += take
-
-
-def result_stem(load_from: str | os.PathLike, granularity: str = "layer", with_bn: bool = False,
-                eval_split: str = "test") -> str:
-    """File stem of a results document: `reinit_<snapshot>[_<granularity>][_bn][_train]` (`_train`: evaluated
-    on the training images, --eval-split train)."""
-    return (f"reinit_{Path(load_from).stem}" + ("" if granularity == "layer" else f"_{granularity}")
-            + ("_bn" if with_bn else "") + ("" if eval_split == "test" else f"_{eval_split}"))
 
 
 def groups_of(infos, granularity: str) -> dict[str, list[str]]:

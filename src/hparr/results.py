@@ -15,17 +15,16 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from . import schema
 from .files import file_stat
+from .layout import MANIFEST_NAME, STUDY_NAME
 
 SNAPSHOT_FORMAT = "hparr-snapshot-1"
 PROJECTIONS_FORMAT = "hparr-projections-1"
 REINIT_FORMAT = "hparr-reinit-1"
 REPORT_FORMAT = "hparr-report-1"
 MANIFEST_FORMAT = "hparr-manifest-1"
-MANIFEST_NAME = "manifest.json"
 STUDY_FORMAT = "hparr-study-1"
-STUDY_NAME = "study.json"
-CELLS_DIR = "cells"  # a study's cells: STUDY/cells/<arch>/<dataset>[_k]/<condition>/seed_<s>/
 RAND = "rand"  # the label of a fresh random draw among the re-initialization alternatives
 
 
@@ -146,27 +145,6 @@ def read_json(path: str | os.PathLike) -> Any:
     return read_result_file(path)[0]
 
 
-# --- snapshot file names (the original code's rule) -------------------------------------------------
-
-SNAPSHOT_SUFFIXES = (".pt", ".tar", ".pth")
-
-
-def epoch_from_filename(path: str | os.PathLike) -> int | None:
-    """The original file-name rule: 'pretrained' -> -1, 'init' -> 0, `<arch>_<e>.tar` -> e+1, and a final
-    `<arch>_<N>.pt` -> N, the epochs it ran (the original labelled it N+1), as are `<arch>_<N>.safetensors`
-    files and sharded `<arch>_<N>/` folders, which hold weights only; None for a name without a number."""
-    stem, suffix = os.path.splitext(os.path.basename(str(path)))
-    parts = stem.split("_")
-    if "pretrained" in parts:
-        return -1
-    if "init" in parts:
-        return 0
-    if not parts[-1].isdigit():
-        return None
-    number = int(parts[-1])
-    return number if suffix in (".pt", ".safetensors", "") else number + 1
-
-
 # --- the tidy projection table -------------------------------------------------------------------
 
 ROW_CONTEXT = ("stem", "source", "arch", "dataset", "seed", "epoch", "normalize", "level")
@@ -206,13 +184,7 @@ def projections_table(docs: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    first = [c for c in (*ROW_CONTEXT, "name", "kind", "stage", "block", "N", "d", "mean", "std", "mass",
-                         "n_negative", "p_sign", "p_ks", "p_value", "p_adjusted", "biased", "l2_dist",
-                         "l_inf_dist") if c in df.columns]
-    df = df[first + [c for c in df.columns if c not in first]]
-    for col in ("stage", "block", "N", "d", "n_negative", "n_layers", "n_biased"):
-        if col in df.columns:
-            df[col] = pd.to_numeric(df[col]).astype("Int64")
+    df = schema.typed(df[schema.ordered(df.columns, first=ROW_CONTEXT)])
     df["_net"] = df["kind"] == "net"
     df["_epoch"] = pd.to_numeric(df["epoch"], errors="coerce")
     df = df.sort_values(["_epoch", "stem", "_net", "stage", "block"], kind="stable", na_position="last")

@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from . import files, results
+from . import files, layout, results
+from .defaults import LEVEL, THRESHOLD, check_level, check_threshold
 from .errors import HparrError, UsageError, first_line
+from .layout import Corruption
 from .provenance import available_cores
-from .results import CELLS_DIR
 
 log = logging.getLogger("hparr.study")
 
@@ -50,15 +51,6 @@ _RECORDED_WHEN_SET = ("until_train_acc", "train_size_seed")
 
 # --- the grid ------------------------------------------------------------------------------------
 
-def noise_label(noise: float) -> str:
-    """The folder of a corruption: `clean`, `noise_<percent>` (label noise) or `pixel_shuffle` (noise -1)."""
-    if noise == 0:
-        return "clean"
-    if noise < 0:
-        return "pixel_shuffle"
-    return f"noise_{round(noise * 100, 4):g}"
-
-
 @dataclass(frozen=True)
 class Cell:
     """One point of the grid."""
@@ -72,17 +64,16 @@ class Cell:
 
     @property
     def condition(self) -> str:
-        return noise_label(self.noise)
+        return Corruption(self.noise).condition
 
     @property
     def data_name(self) -> str:
-        name = f"{self.dataset}_{self.subsample_classes}" if self.subsample_classes else self.dataset
-        return name if self.train_size is None else f"{name}_n{self.train_size}"
+        return layout.cell_data_name(self.dataset, self.subsample_classes, self.train_size)
 
     @property
     def relpath(self) -> Path:
         """`cells/<arch>/<dataset>[_k][_n<N>]/<condition>/seed_<s>`, below the study folder (n<N>: --train-size)."""
-        return Path(CELLS_DIR) / self.arch.replace(":", "-") / self.data_name / self.condition / f"seed_{self.seed}"
+        return layout.cell_path(self.arch, self.dataset, self.seed, self.noise, self.subsample_classes, self.train_size)
 
     def describe(self) -> str:
         return f"{self.arch} {self.data_name} {self.condition} seed {self.seed}"
@@ -253,8 +244,8 @@ class StudySettings:
     eval_splits: Sequence[str] = ("test",)
     out: str = "runs/study"
     with_linear: bool = False
-    threshold: float = 0.1
-    level: float = 0.05
+    threshold: float = THRESHOLD
+    level: float = LEVEL
     launcher: str = "local"
     jobs: int | None = None
     threads: int | None = None
@@ -321,8 +312,8 @@ def check(settings: StudySettings) -> list[Cell]:
         other = folders.setdefault(cell.relpath, cell)
         if other != cell:
             raise UsageError(f"--noise values {other.noise:g} and {cell.noise:g} share the folder {cell.condition}")
-    if not 0 < settings.threshold < 1:
-        raise UsageError(f"--threshold must be in (0, 1), got {settings.threshold}")
+    check_threshold(settings.threshold)
+    check_level(settings.level)
     results.parse_eval_splits(settings.eval_splits)
     check_train_sizes(settings, cells)
     check_out(settings)
@@ -398,7 +389,7 @@ def check_out(settings: StudySettings) -> Path:
     if out.is_dir():
         existing = results.read_study(out)
         if existing is None and any(out.iterdir()) and not _only_a_report(out):
-            raise UsageError(f"--out {out} holds files that are not a study (no {results.STUDY_NAME}); "
+            raise UsageError(f"--out {out} holds files that are not a study (no {layout.STUDY_NAME}); "
                              "choose an empty or new folder")
         if existing is not None and existing.get("shared") != settings.shared():
             before, now = existing.get("shared") or {}, settings.shared()
@@ -429,7 +420,7 @@ def prepare(settings: StudySettings, cells: Sequence[Cell]) -> Path:
     files.ensure_dir(out)
     previous = results.read_study(out) or {}
     known = _unique([*previous.get("cells", []), *(str(c.relpath) for c in cells)])
-    files.write_json(out / results.STUDY_NAME, {
+    files.write_json(out / layout.STUDY_NAME, {
         "format": results.STUDY_FORMAT,
         "grid": {"arch": list(settings.archs), "dataset": list(settings.datasets), "seeds": list(settings.seeds),
                  "noise": list(settings.noises), "subsample_classes": list(settings.subsample_classes),
@@ -470,8 +461,8 @@ class CellJob:
     out: str
     log: str
     with_linear: bool = False
-    threshold: float = 0.1
-    level: float = 0.05
+    threshold: float = THRESHOLD
+    level: float = LEVEL
     threads: int | None = None
     eval_splits: Sequence[str] = ("test",)
 
@@ -730,7 +721,7 @@ def record_array(out: Path, job_id: str, jobs: Sequence[CellJob], submitted: Seq
     arrays = [a for a in doc.get("slurm_arrays", []) if a.get("job_id") != job_id]
     arrays.append({"job_id": job_id, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                    "tasks": {str(j.job_id): str(Path(job.out).relative_to(out)) for j, job in zip(submitted, jobs)}})
-    files.write_json(out / results.STUDY_NAME, {**doc, "slurm_arrays": arrays})
+    files.write_json(out / layout.STUDY_NAME, {**doc, "slurm_arrays": arrays})
 
 
 def _submitit(settings: StudySettings, jobs: list[CellJob], cluster: str) -> Iterator[CellOutcome]:
@@ -784,7 +775,7 @@ def study_status(study_dir: str | os.PathLike) -> list[CellStatus]:
     out = Path(study_dir)
     doc = results.read_study(out)
     if doc is None:
-        raise UsageError(f"{out} is not a study folder (no {results.STUDY_NAME})")
+        raise UsageError(f"{out} is not a study folder (no {layout.STUDY_NAME})")
     task_of: dict[str, str] = {}
     for array in doc.get("slurm_arrays", []):
         for task, cell in array.get("tasks", {}).items():

@@ -32,8 +32,9 @@ import torch
 import torch.nn as nn
 
 from . import files
+from .defaults import LEVEL
 from .layers import discover_layers
-from .projections import DEFAULT_LEVEL, LayerStats, analyze_layers, weights_of
+from .projections import LayerStats, analyze_layers, weights_of
 from .trackfile import COLUMNS, csv_text, read_tracking
 
 TAGS = ("mass", "mean", "l2_dist")
@@ -78,7 +79,7 @@ class BiasTracker:
     def __init__(self, model: nn.Module, init_state: nn.Module | Mapping[str, Any] | None = None, writer=None,
                  csv_path: str | os.PathLike | None = None, *, normalize: bool = True, with_linear: bool = False,
                  include_1x1: bool = False, input_shape: Sequence[int] | None = None,
-                 level: float = DEFAULT_LEVEL, histograms: bool = True, distances: bool = True,
+                 level: float = LEVEL, histograms: bool = True, distances: bool = True,
                  append: bool = True):
         self.model = model
         self.layers, self.skipped = discover_layers(model, input_shape, with_linear=with_linear,

@@ -18,13 +18,12 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from . import schema
 from .errors import HparrError
 
-FILENAME = "tracking.csv"
-COLUMNS = ("step", "epoch", "name", "kind", "stage", "block", "N", "d", "mean", "std", "mass", "n_negative",
-           "p_sign", "p_ks", "p_value", "p_adjusted", "biased", "l2_dist", "l_inf_dist", "normalize", "level")
+COLUMNS = ("step", "epoch", *schema.LAYER_COLUMNS, "normalize", "level")
 REQUIRED = ("step", "epoch", "name", "mass", "mean")
-_INTEGERS = ("step", "stage", "block", "N", "d", "n_negative")
+_INTEGERS = ("step", *(c for c in schema.INTEGERS if c in schema.LAYER))
 # pandas 3 parses floats exactly by default (and deprecates the option); pandas 2 needs to be asked
 _EXACT = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
 

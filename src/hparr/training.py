@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import checkpoints, distributed, files
+from . import checkpoints, distributed, files, layout
 from .data import DataOptions, load_data, make_loader
 from .errors import HparrError, UsageError
 from .metrics import correct_counts
@@ -268,7 +268,7 @@ class Run:
         self.seeds.update(noise_seed=self.data_options.noise_seed, split_seed=self.data_options.split_seed,
                           class_sample_seed=self.data_options.class_sample_seed,
                           train_size_seed=self.data_options.train_size_seed)
-        self.run_dir = checkpoints.run_directory(settings.models_path, self.data_options.dataset, settings.arch,
+        self.run_dir = layout.run_directory(settings.models_path, self.data_options.dataset, settings.arch,
                                                  settings.seed, self.data_options.subsample_classes,
                                                  self.data_options.noise, self.data_options.train_size)
         self.model = build_model(settings.arch, self.data.num_classes, self.data.in_channels, self.data.image_size,
@@ -406,9 +406,8 @@ class Run:
                         differences, len(names), ", ".join(names[:6]) + (" ..." if len(names) > 6 else ""))
             for path, _ in self.other_runs:
                 files.remove(path)
-            from .trackfile import FILENAME
 
-            files.remove(self.run_dir / FILENAME)  # the replaced run's tracked statistics go with it
+            files.remove(self.run_dir / layout.TRACKING_NAME)  # the replaced run's tracked statistics go with it
         self.other_runs = []
 
     @contextlib.contextmanager
@@ -442,7 +441,7 @@ class Run:
                  s.arch, self.data_options.dataset, len(self.data.train),
                  len(self.data.val) if self.data.val is not None else 0, len(self.data.test), self.seed, self.run_dir)
         if self.start_epoch == 0 and self.resumed_from is None:
-            path = self.save(checkpoints.init_name(s.arch, s.pretrained), 0, {})
+            path = self.save(layout.init_name(s.arch, s.pretrained), 0, {})
             snapshots += [str(path)] if path else []
         train_loader = self.loader("train")
         tracker = self._start_tracking(writer, len(train_loader))
@@ -487,7 +486,7 @@ class Run:
             if snap:
                 if tracker is not None:
                     tracker.sync()  # a snapshot on disk always has its rows
-                path = self.save(checkpoints.epoch_name(s.arch, epoch), epoch + 1, metrics)
+                path = self.save(layout.epoch_name(s.arch, epoch), epoch + 1, metrics)
                 snapshots += [str(path)] if path else []
             if self._target_reached(record):
                 log.info("own-label train top-1 %.2f%% reached --until-train-acc %g at epoch %d: stopping",
@@ -510,7 +509,7 @@ class Run:
         final_metrics = {"test": self.evaluate("test")} if s.epochs > 0 else {}
         if self.data.val is not None and s.epochs > 0:
             final_metrics["val"] = self.evaluate("val")
-        final = checkpoints.final_name(s.arch, last, s.pretrained)
+        final = layout.final_name(s.arch, last, s.pretrained)
         # a run resumed from its own final snapshot leaves that file as it is (its size and mtime are part of the
         # identity that finished results record), and writes it where it is missing
         if converged and s.epochs > 0 and (self.start_epoch < last or
@@ -571,11 +570,10 @@ class Run:
         if not (self.settings.track and self.ctx.is_main):
             return None
         from .track import BiasTracker
-        from .trackfile import FILENAME
 
         init = None
         if self.resumed_from is not None:
-            name = checkpoints.init_name(self.settings.arch, self.settings.pretrained)
+            name = layout.init_name(self.settings.arch, self.settings.pretrained)
             found = [p for p in (self.resumed_from.parent / name, self.run_dir / name) if p.is_file()]
             if found:
                 init = checkpoints.load_state_dict_file(found[0])
@@ -583,7 +581,7 @@ class Run:
                 log.warning("no %s beside %s: tracking without the distances from initialization",
                             name, self.resumed_from)
         size = self.data.image_size
-        tracker = BiasTracker(self.model, init_state=init, writer=writer, csv_path=self.run_dir / FILENAME,
+        tracker = BiasTracker(self.model, init_state=init, writer=writer, csv_path=self.run_dir / layout.TRACKING_NAME,
                               input_shape=(2, self.data.in_channels, size, size),
                               distances=self.resumed_from is None or init is not None,
                               append=self.resumed_from is not None)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..defaults import LEVEL, check_level
+
 DESCRIPTION = (
     "Per-layer statistics of the conv filters' orientation relative to the identity line (projections, "
     "mean, mass, std, distances from initialization) and a test of bias against the random-initialization "
@@ -44,8 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cosine projections <w,1>/(||w|| sqrt(d)) instead of the plain sums <w,1>")
     p.add_argument("--with-linear", action="store_true", help="also analyze Linear layers")
     p.add_argument("--include-1x1", action="store_true", help="also analyze 1x1 convolutions")
-    p.add_argument("--level", type=float, default=0.05,
-                   help="level of the bias test, Holm-corrected over the layers of a network [0.05]")
+    p.add_argument("--level", type=float, default=LEVEL,
+                   help=f"level of the bias test, Holm-corrected over the layers of a network [{LEVEL}]")
     p.add_argument("--results", type=str, default="./results", help="results folder [./results]")
     p.add_argument("--log", type=str, default=ORIGINAL_LOG,
                    help=f"log file name; written beside the JSON results (not under ./log as the original) "
@@ -102,8 +104,7 @@ def run(args) -> int:
             raise UsageError(f"--subsample-classes must be 0 (all) or 2..{info.num_classes}, got {k}")
     elif k:
         raise UsageError("--subsample-classes needs --dataset")
-    if not 0 < args.level < 1:
-        raise UsageError(f"--level must be in (0, 1), got {args.level}")
+    check_level(args.level)
     if args.load_from and (args.pretrained or args.weights):
         raise UsageError("--pretrained analyzes torchvision's weights; it cannot be combined with --load-from")
     device = distributed.select_device(

@@ -16,13 +16,14 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..report import BIAS_MEASURES, DEFAULT_THRESHOLD
+    from ..defaults import THRESHOLD
+    from ..report import BIAS_MEASURES
 
     p.add_argument("run_dir", metavar="RUN_DIR", help="folder searched (recursively) for result JSON files")
     p.add_argument("--out", type=str, default=None, metavar="DIR", help="output folder [RUN_DIR/report]")
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+    p.add_argument("--threshold", type=float, default=THRESHOLD,
                    help="a layer is robust when its relative top-1 drop after re-initialization to epoch 0 is "
-                        f"<= this, else critical [{DEFAULT_THRESHOLD}]")
+                        f"<= this, else critical [{THRESHOLD}]")
     p.add_argument("--bias-measure", choices=tuple(BIAS_MEASURES), default="mass",
                    help="a layer's bias in the bias-against-criticality correlation: "
                         + "; ".join(f"{k}: {v}" for k, v in BIAS_MEASURES.items()) + " [mass]")

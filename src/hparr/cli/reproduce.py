@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..defaults import LEVEL, THRESHOLD
 from . import train as train_cli
 
 DESCRIPTION = ("Train with snapshots, compute the projections of every snapshot (with distances from "
@@ -16,9 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=str, default="runs/reproduce",
                    help="folder for snapshots, results and the report [runs/reproduce]")
     p.add_argument("--with-linear", action="store_true", help="also analyze and re-initialize Linear layers")
-    p.add_argument("--threshold", type=float, default=0.1,
-                   help="relative accuracy drop above which a layer is called critical [0.1]")
-    p.add_argument("--level", type=float, default=0.05, help="significance level of the bias tests [0.05]")
+    p.add_argument("--threshold", type=float, default=THRESHOLD,
+                   help=f"relative accuracy drop above which a layer is called critical [{THRESHOLD}]")
+    p.add_argument("--level", type=float, default=LEVEL, help=f"significance level of the bias tests [{LEVEL}]")
     p.add_argument("--eval-split", type=str, default="test", metavar="SPLITS",
                    help="where the re-initialization sweep measures accuracy: test, train (the training images with "
                         "the labels trained on) or test,train for both; the report shows the first [test]")
@@ -32,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     import torch
 
+    from ..defaults import check_level, check_threshold
     from ..errors import UsageError
     from ..pipeline import reproduce
     from ..provenance import available_cores
@@ -39,8 +41,8 @@ def run(args) -> int:
 
     if args.evaluate or args.evaluate_train:
         raise UsageError("--evaluate/--evaluate-train do not apply to reproduce; use `hparr train`")
-    if not 0 < args.threshold < 1:
-        raise UsageError(f"--threshold must be in (0, 1), got {args.threshold}")
+    check_threshold(args.threshold)
+    check_level(args.level)
     splits = parse_eval_splits(args.eval_split)
     train_cli.setup_logging()
     torch.set_num_threads(available_cores())

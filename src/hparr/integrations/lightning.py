@@ -19,8 +19,8 @@ import contextlib
 import os
 from typing import Any, Sequence
 
+from ..defaults import LEVEL
 from ..errors import HparrError
-from ..projections import DEFAULT_LEVEL
 
 
 def _lightning():
@@ -39,7 +39,7 @@ class _Tracking:
 
     def __init__(self, csv_path: str | os.PathLike | None = None, every_n_steps: int = 0, module: str | None = None,
                  normalize: bool = True, with_linear: bool = False, include_1x1: bool = False,
-                 input_shape: Sequence[int] | None = None, level: float = DEFAULT_LEVEL, histograms: bool = True):
+                 input_shape: Sequence[int] | None = None, level: float = LEVEL, histograms: bool = True):
         if every_n_steps < 0:
             raise HparrError(f"every_n_steps must be >= 0, got {every_n_steps}")
         self.csv_path, self.every_n_steps, self.module = csv_path, every_n_steps, module

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from .. import files
+from ..defaults import THRESHOLD
 from ..errors import HparrError
 from ..results import REPORT_FORMAT
 from . import render
@@ -23,7 +24,6 @@ from .discovery import ProjectionRun, RunResults, describe_unusable, load_run, m
 from .figures import FIGURES, plot_bias_vs_criticality, plot_distributions, plot_epochs, save_heatmap
 from .tables import (
     BIAS_MEASURES,
-    DEFAULT_THRESHOLD,
     bias_measure,
     bias_vs_criticality,
     check_options,
@@ -31,7 +31,7 @@ from .tables import (
     reinit_measures,
 )
 
-__all__ = ["BIAS_MEASURES", "DEFAULT_THRESHOLD", "FIGURES", "ProjectionRun", "RunResults", "bias_measure",
+__all__ = ["BIAS_MEASURES", "FIGURES", "ProjectionRun", "RunResults", "bias_measure",
            "bias_vs_criticality", "build_report", "joined_table", "load_run", "save_heatmap", "tracked_curves"]
 
 REPORT_DIR = "report"
@@ -55,7 +55,7 @@ def report_unusable(results: RunResults, strict: bool = False) -> None:
 
 
 def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                 threshold: float = DEFAULT_THRESHOLD, measure: str = "mass", strict: bool = False) -> dict[str, Path]:
+                 threshold: float = THRESHOLD, measure: str = "mass", strict: bool = False) -> dict[str, Path]:
     """Write the report of `run_dir` to `out_dir` (default RUN_DIR/report) from the result files alone.
 
     Returns {file name: path} of what was written: the figures (PNG and PDF) that the results allow,

@@ -17,13 +17,12 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from ..errors import HparrError, UsageError
+from ..layout import SNAPSHOT_SUFFIXES, TRACKING_NAME, epoch_from_filename
 from ..results import (
     MANIFEST_FORMAT,
     REPORT_FORMAT,
-    SNAPSHOT_SUFFIXES,
     complete_projection_doc,
     complete_reinit_doc,
-    epoch_from_filename,
     epoch_of,
     is_projection_doc,
     is_reinit_doc,
@@ -402,16 +401,16 @@ def tracked_curves(results: RunResults) -> pd.DataFrame | None:
     projections are normalized like the projection run's and it tracks layers of the trained model. The file
     used (or why one was not) is stated in `results.notes`.
     """
-    from ..trackfile import FILENAME, read_tracking
+    from ..trackfile import read_tracking
 
     if results.projection_run is None:
         return None
-    beside = [Path(str(d["source"])).parent / FILENAME for d in results.projection_run.docs if d.get("source")]
+    beside = [Path(str(d["source"])).parent / TRACKING_NAME for d in results.projection_run.docs if d.get("source")]
     candidates = list(dict.fromkeys(p for p in beside if p.is_file()))
     if not candidates:
         for root, dirs, names in os.walk(results.run_dir):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            candidates += [Path(root) / FILENAME] if FILENAME in names else []
+            candidates += [Path(root) / TRACKING_NAME] if TRACKING_NAME in names else []
     names = {e["name"] for e in layer_entries(results.trained_doc)}
     for path in candidates:
         try:

@@ -11,10 +11,10 @@ import pandas as pd
 from scipy import stats
 
 from .. import files, null
+from ..defaults import THRESHOLD
 from ..null import distribution as null_law
 from ..results import alternative_label, drop_frame, layer_entries
 from .discovery import RunResults, missing_text, tracked_curves
-from .tables import DEFAULT_THRESHOLD
 
 FIGURES = ("distributions", "mass_mean_by_epoch", "reinit_heatmap", "bias_vs_criticality")
 DPI = 130
@@ -176,7 +176,7 @@ def plot_bias_vs_criticality(table: pd.DataFrame, correlation: Mapping[str, Any]
     import matplotlib
 
     sub = table[table["name"].isin(correlation["layers"])]
-    threshold = table.attrs.get("threshold", DEFAULT_THRESHOLD)
+    threshold = table.attrs.get("threshold", THRESHOLD)
     with matplotlib.rc_context(_RC):
         fig = _figure(6.4, 4.8)
         ax = fig.subplots()

@@ -32,18 +32,19 @@ import pandas as pd
 from scipy import stats
 
 from .. import files
+from ..defaults import LEVEL, THRESHOLD
 from ..errors import HparrError
+from ..layout import CELLS_DIR, MANIFEST_NAME, Corruption
 from ..provenance import versions
-from ..results import CELLS_DIR, MANIFEST_NAME, drop_frame, read_json, read_manifest, read_study, run_finished
+from ..results import drop_frame, read_json, read_manifest, read_study, run_finished
 from .discovery import load_run, tracked_curves
 from .render import markdown_table
-from .tables import DEFAULT_THRESHOLD, _num, bias_measure, check_options
+from .tables import _num, bias_measure, check_options
 
 CONFIDENCE = 0.95
 N_BOOTSTRAP = 10_000
 N_PERMUTATIONS = 9_999
 STATS_SEED = 0
-LEVEL = 0.05
 
 COLUMNS = ["arch", "dataset", "subsample", "train_size", "noise", "condition", "seed", "cell", "epoch", "trained",
            "layer", "kind", "stage", "block", "N", "d", "mass", "mean", "std", "p_value", "p_adjusted", "biased",
@@ -77,17 +78,6 @@ def cell_regime(test_top1: float, train_top1: float, num_classes: int) -> str:
     return "memorized" if train_top1 >= MEMORIZED_TRAIN_TOP1 else "neither"
 
 
-def condition_label(noise: float) -> str:
-    """How a corruption is named in figures and text: clean, noise 50%, pixel shuffle."""
-    if noise == 0:
-        return "clean"
-    return "pixel shuffle" if noise < 0 else f"noise {round(noise * 100, 4):g}%"
-
-
-def _condition_order(noise: float) -> tuple:
-    return (noise < 0, noise)
-
-
 def setting_label(arch: str, dataset: str, subsample: int, train_size: int = 0) -> str:
     """`lenet on digits`, with ` (<k> classes)` for a class subset and `, <N> training images` for a
     --train-size subset (0: all of them)."""
@@ -115,7 +105,7 @@ class StudyData:
     at_chance: list[str] = field(default_factory=list)  # clean cells whose test top-1 is not above chance
 
 
-def not_above_chance(top1: float, count: int, num_classes: int, level: float = 0.05) -> bool:
+def not_above_chance(top1: float, count: int, num_classes: int, level: float = LEVEL) -> bool:
     """Whether a test top-1 (percent, over `count` images) is not above chance (1 / `num_classes`): the
     one-sided exact binomial test of its correct count against Binomial(count, 1 / num_classes) does not
     reject at `level`."""
@@ -160,7 +150,7 @@ def _cell_rows(cell_dir: Path, base: Path, measure: str) -> tuple[list[dict[str,
                "noise": float(data.get("noise") or 0.0), "seed": int(settings["seed"]),
                "cell": str(cell_dir.relative_to(base)), "num_classes": num_classes,
                "regime": cell_regime(float(final["test"]["top1"]), float(final["train"]["top1"]), num_classes)}
-    context["condition"] = condition_label(context["noise"])
+    context["condition"] = Corruption(context["noise"]).label
     rows = []
     for _, r in proj.iterrows():
         name, epoch = r["name"], int(r["epoch"])
@@ -199,7 +189,7 @@ def load_study(study_dir: str | os.PathLike, measure: str = "mass") -> StudyData
     study = read_study(base)
     if study is None:
         raise HparrError(f"{base} is not a study folder (no study.json of `hparr study`)")
-    check_options(DEFAULT_THRESHOLD, measure)
+    check_options(THRESHOLD, measure)
     cells = finished_cells(base)
     if not cells:
         raise HparrError(f"no finished cell under {base / CELLS_DIR}: run `hparr study` first")
@@ -221,7 +211,7 @@ def load_study(study_dir: str | os.PathLike, measure: str = "mass") -> StudyData
 def _in_order(table: pd.DataFrame, time: str) -> pd.DataFrame:
     """Rows by setting, condition (clean, noise levels, pixel shuffle), seed, `time` and layer."""
     return table.sort_values(["arch", "dataset", "subsample", "train_size", "noise", "seed", time, "stage", "block"],
-                             key=lambda s: s.map(_condition_order) if s.name == "noise" else s,
+                             key=lambda s: s.map(lambda n: Corruption(n).order) if s.name == "noise" else s,
                              kind="stable").reset_index(drop=True)
 
 
@@ -402,9 +392,9 @@ def claims(data: StudyData, seed: int = STATS_SEED) -> dict[str, Any]:
     for setting, part in cells.groupby("setting", sort=False):
         conditions = []
         clean = part[part["noise"] == 0]
-        for noise in sorted(part["noise"].unique(), key=_condition_order):
+        for noise in sorted(part["noise"].unique(), key=lambda n: Corruption(n).order):
             c = part[part["noise"] == noise]
-            entry: dict[str, Any] = {"condition": condition_label(noise), "noise": float(noise),
+            entry: dict[str, Any] = {"condition": Corruption(noise).label, "noise": float(noise),
                                      "seeds": sorted(c["seed"].tolist()),
                                      "regimes": {r: sorted(c.loc[c["regime"] == r, "seed"].tolist()) for r in REGIMES}}
             for col in ("share_biased", "share_biased_init", "bias", "bias_init", "test_top1", "train_top1"):
@@ -561,7 +551,7 @@ METHODS = [
     "top-1 drop under re-initialization to epoch 0; pooled: the mean of the per-seed rhos; 95% interval: "
     f"percentile bootstrap resampling seeds ({N_BOOTSTRAP} resamples, scipy.stats.bootstrap); p-value: two-sided "
     f"permutation test shuffling the layers within each seed ({N_PERMUTATIONS} shuffles, exact enumeration when "
-    "there are fewer, scipy.stats.permutation_test). Supported when the interval lies above 0 and p < 0.05.",
+    f"there are fewer, scipy.stats.permutation_test). Supported when the interval lies above 0 and p < {LEVEL:g}.",
     "- Bias against learning: Spearman's rho across cells (scipy's p-value), 95% interval by the Fisher z "
     "transform with standard error sqrt(1.06 / (n - 3)).",
     f"- Random draws: numpy Generators seeded with {STATS_SEED}, so the report is the same on every run.",
@@ -627,7 +617,7 @@ def summary_markdown(data: StudyData, numbers: Mapping[str, Any], figures: Seque
                   "finished cells only.", ""]
     if data.at_chance:
         lines += [f"**Warning: {len(data.at_chance)} clean cell(s) stayed at chance** (test top-1 not above chance, "
-                  "one-sided binomial test at 0.05): " + ", ".join(data.at_chance) + ". They did not learn: train "
+                  f"one-sided binomial test at {LEVEL:g}): " + ", ".join(data.at_chance) + ". They did not learn: train "
                   "longer (--epochs) or with another --lr before reading the claims about learning.", ""]
     lines += ["## The claims in numbers", "",
               f"Intervals are 95%; bias is {measure_text} of a layer's trained projections; a layer is biased when "
@@ -699,7 +689,7 @@ def markdown_html(text: str, title: str) -> str:
 # --- the report ----------------------------------------------------------------------------------
 
 def build_study_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                       threshold: float = DEFAULT_THRESHOLD, measure: str = "mass") -> dict[str, Path]:
+                       threshold: float = THRESHOLD, measure: str = "mass") -> dict[str, Path]:
     """Write the report of a study folder to `out_dir` (default STUDY/report): study.csv, study.parquet,
     tracked_by_epoch.csv (when the cells tracked their training), statistics.json, figures (a)-(d) as PNG and
     PDF, summary.md and index.html. Returns {file name: path}."""

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .. import null
+from ..layout import Corruption
 from .figures import _RC, _figure, _save
 
 STUDY_FIGURES = ("study_mass_by_condition", "study_mass_by_epoch", "study_bias_vs_criticality",
@@ -20,7 +21,7 @@ MARKERS = "osD^v<>PX*"
 
 def _conditions(part: pd.DataFrame) -> list[tuple[float, str]]:
     pairs = part[["noise", "condition"]].drop_duplicates()
-    return sorted(((float(n), c) for n, c in pairs.itertuples(index=False)), key=lambda p: (p[0] < 0, p[0]))
+    return sorted(((float(n), c) for n, c in pairs.itertuples(index=False)), key=lambda p: Corruption(p[0]).order)
 
 
 def _layers(part: pd.DataFrame) -> list[tuple[str, int]]:
@@ -209,7 +210,7 @@ def plot_bias_vs_learning(cells: pd.DataFrame, numbers: Mapping[str, Any], out: 
     learning = {s["setting"]: s["learning"] for s in numbers["settings"]}
     settings = list(dict.fromkeys(cells["setting"]))
     conditions = sorted({(float(n), c) for n, c in cells[["noise", "condition"]].itertuples(index=False)},
-                        key=lambda p: (p[0] < 0, p[0]))
+                        key=lambda p: Corruption(p[0]).order)
     colors = {c: f"C{i % 10}" for i, (_, c) in enumerate(conditions)}
     with matplotlib.rc_context(_RC):
         fig = _figure(10.0, 7.6)

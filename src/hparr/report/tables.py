@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..defaults import THRESHOLD, check_threshold
 from ..errors import UsageError
 from ..results import RAND, drop_frame, layer_entries, stage_unknown
 from .discovery import RunResults
 
-DEFAULT_THRESHOLD = 0.1
 BIAS_MEASURES = {
     "mass": "|mass - 0.5|",
     "mass_z": "|mass - 0.5| x 2 sqrt(N), the z-score of the mass under Binomial(N, 1/2)",
@@ -51,8 +51,7 @@ def bias_measure(mass: float, n: float, p_value: float, measure: str = "mass") -
 
 
 def check_options(threshold: float, measure: str) -> None:
-    if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold >= 0):
-        raise UsageError(f"the robustness threshold must be a number >= 0, got {threshold}")
+    check_threshold(threshold)
     if measure not in BIAS_MEASURES:
         raise UsageError(f"unknown bias measure {measure!r}; choose from {', '.join(BIAS_MEASURES)}")
 
@@ -62,7 +61,7 @@ TABLE_COLUMNS = ["name", "kind", "stage", "block", "N", "d", "mass", "mean", "st
                  "drop_reinit_0", "top1_rand", "drop_rand", "verdict", "missing"]
 
 
-def joined_table(results: RunResults, threshold: float = DEFAULT_THRESHOLD, measure: str = "mass") -> pd.DataFrame:
+def joined_table(results: RunResults, threshold: float = THRESHOLD, measure: str = "mass") -> pd.DataFrame:
     """One row per layer of the trained model, joined by module name across projections and reinit.
 
     mass, mean, std, p_value, p_adjusted (Holm), biased, l2_dist, l_inf_dist: the trained model's
