@@ -617,8 +617,9 @@ def summary_markdown(data: StudyData, numbers: Mapping[str, Any], figures: Seque
                   "finished cells only.", ""]
     if data.at_chance:
         lines += [f"**Warning: {len(data.at_chance)} clean cell(s) stayed at chance** (test top-1 not above chance, "
-                  f"one-sided binomial test at {LEVEL:g}): " + ", ".join(data.at_chance) + ". They did not learn: train "
-                  "longer (--epochs) or with another --lr before reading the claims about learning.", ""]
+                  f"one-sided binomial test at {LEVEL:g}): " + ", ".join(data.at_chance)
+                  + ". They did not learn: train longer (--epochs) or with another --lr before reading the claims "
+                  "about learning.", ""]
     lines += ["## The claims in numbers", "",
               f"Intervals are 95%; bias is {measure_text} of a layer's trained projections; a layer is biased when "
               "its Holm-corrected test rejects the null at its level.", "",
