@@ -1,14 +1,18 @@
 """Every bad input gets a one-line error, no traceback, and exit code 2 (usage) or 1 (runtime).
 
-The cases here are the table in README.md ("When something is wrong")."""
+The cases here are the table in docs/errors.md: each row of it is a case of CASES or a test named in ELSEWHERE,
+and each case is a row (test_the_error_table_and_the_cases_are_the_same)."""
+import ast
 import errno
 import io
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -120,15 +124,16 @@ CASES = [
     ("non-positive batch size", ["train", *LENET, "--batch-size", "0"], 2, "batch-size"),
     ("unknown --compile backend", ["train", *LENET, "--compile", "fastest"], 2, "unknown --compile backend"),
     ("negative --track-every-steps", ["train", *LENET, "--track-every-steps", "-1"], 2, "track-every-steps"),
-    ("malformed tracking.csv", ["train", *LENET, "--epochs", "0", "--seed", "0", "--models-path", "{root}/models",
-                                "--tb-logdir", "", "--resume-from", "auto"], 1, "malformed tracking file"),
+    ("malformed tracking.csv on resume", ["train", *LENET, "--epochs", "0", "--seed", "0", "--models-path",
+                                          "{root}/models", "--tb-logdir", "", "--resume-from", "auto"], 1,
+     "malformed tracking file"),
     ("unwritable output directory", ["train", *LENET, "--epochs", "1", "--models-path", "{root}/a_file/models",
                                      "--tb-logdir", ""], 1, "cannot create output directory"),
     ("a file that is not a snapshot", ["train", *LENET, "--epochs", "1", "--resume-from", "{root}/notes.txt",
                                        "--models-path", "{root}/m", "--tb-logdir", ""], 1,
      "notes.txt is not a checkpoint hparr can read"),
-    ("run directory of another configuration", ["train", *LENET, "--epochs", "0", "--lr", "0.05", "--seed", "0",
-                                                "--models-path", "{root}/runs", "--tb-logdir", ""], 1,
+    ("run directory holding another configuration", ["train", *LENET, "--epochs", "0", "--lr", "0.05", "--seed",
+                                                     "0", "--models-path", "{root}/runs", "--tb-logdir", ""], 1,
      "already holds snapshots of another configuration (--lr 0.01 there, 0.05 here)"),
     ("resume with another optimizer", ["train", *LENET, "--epochs", "1", "--optimizer", "adam", "--resume-from",
                                        "{root}/runs/digits/lenet/0/lenet_init_0.pt", "--models-path", "{root}/m2",
@@ -149,12 +154,66 @@ CASES = [
      "malformed list '0,,x'"),
     ("backwards range", ["study", "--seeds", "4-0", "--dry-run", "--out", "{root}/study"], 2, "backwards range"),
     ("unknown launcher", ["study", "--launcher", "pbs", "--out", "{root}/study"], 2, "unknown launcher 'pbs'"),
-    ("study --out holding something else", ["study", "--out", "{root}/cifar"], 2, "not a study"),
+    ("--out holding something other than a study", ["study", "--out", "{root}/cifar"], 2, "not a study"),
     ("--mem 0", ["study", "--launcher", "slurm", "--mem", "0", "--out", "{root}/study"], 2,
      "--mem must be a memory size above 0 such as 4G or 500M, got '0'"),
     ("--status on a folder that is not a study", ["study", "{root}", "--status"], 2,
      "is not a study folder (no study.json)"),
 ]
+
+# the rows of the table that a test of their own checks (a failing GPU, a full disk, a file-size limit, a missing
+# package or SLURM, a study rerun): row -> "file::test"
+ELSEWHERE = {
+    "out of GPU memory": "tests/test_errors.py::test_out_of_gpu_memory_suggests_a_smaller_batch",
+    "full disk while writing":
+        "tests/test_errors.py::test_a_full_disk_is_one_line_and_resume_continues_from_the_last_complete_snapshot",
+    "file-size limit while writing":
+        "tests/test_errors.py::test_the_real_torch_writer_failing_gives_one_line_naming_the_file_and_the_cause",
+    "reinit rerun with other options":
+        "tests/test_reinit_cli.py::test_a_result_is_reused_only_from_the_same_checkpoints_and_options",
+    "submitit missing": "tests/test_errors.py::test_study_with_slurm_needs_submitit_and_sbatch",
+    "no SLURM": "tests/test_errors.py::test_study_with_slurm_needs_submitit_and_sbatch",
+    "what sbatch refuses (--partition nope)":
+        "tests/slurm/test_cluster.py::test_what_sbatch_refuses_is_one_line_quoting_sbatch",
+    "--out a study with other shared flags":
+        "tests/test_study.py::test_the_print_launcher_prints_a_reproduce_command_per_cell",
+}
+
+ROOT = Path(__file__).resolve().parents[1]
+ERROR_TABLE = ROOT / "docs" / "errors.md"
+
+
+def error_table() -> dict[str, tuple[int, str]]:
+    """{case: (exit code, message)} of the table in docs/errors.md; a case is its first cell without backticks, a
+    message the first `...` span of its third cell."""
+    rows = re.findall(r"^\| (.+?) \| (\d) \| (.*) \|$", ERROR_TABLE.read_text(), flags=re.MULTILINE)
+    assert rows, f"no table of errors in {ERROR_TABLE}"
+    table = {}
+    for case, code, cell in rows:
+        message = re.match(r"`([^`]+)`", cell)
+        assert message, f"{ERROR_TABLE}: the message of {case!r} is not a `...` span: {cell}"
+        name = case.replace("`", "")
+        assert name not in table, f"{ERROR_TABLE}: two rows for {name!r}"
+        table[name] = (int(code), message.group(1))
+    return table
+
+
+def test_the_error_table_and_the_cases_are_the_same():
+    table = error_table()
+    cases = {name: (code, phrase) for name, _, code, phrase in CASES}
+    assert len(cases) == len(CASES), "two cases of one name"
+    untested = sorted(set(table) - set(cases) - set(ELSEWHERE))
+    assert not untested, f"rows of {ERROR_TABLE.name} without a test case: {untested}"
+    not_rows = sorted((set(cases) | set(ELSEWHERE)) - set(table))
+    assert not not_rows, f"cases that are no row of {ERROR_TABLE.name}: {not_rows}"
+    assert not set(cases) & set(ELSEWHERE)
+    for name, (code, phrase) in cases.items():
+        assert table[name][0] == code, (name, "exit code", table[name][0], code)
+        assert phrase in table[name][1], (name, phrase, table[name][1])
+    for name, where in ELSEWHERE.items():
+        path, test = where.split("::")
+        tree = ast.parse((ROOT / path).read_text())
+        assert test in {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}, (name, where)
 
 
 @pytest.mark.parametrize("name,argv,code,phrase", CASES, ids=[c[0] for c in CASES])

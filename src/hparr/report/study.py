@@ -10,7 +10,7 @@ paper's three claims across seeds and corruptions:
 3. the biased layers are the critical ones (per seed, the Spearman correlation over layers of bias and the
    accuracy drop under re-initialization to epoch 0, pooled over seeds).
 
-Methods (the README states them too): means over seeds come with Student-t 95% intervals; the pooled
+Methods (docs/study.md states them too): means over seeds come with Student-t 95% intervals; the pooled
 correlation is the mean of the per-seed Spearman rhos, with a 95% percentile bootstrap interval that resamples
 seeds (scipy.stats.bootstrap) and a two-sided permutation p-value that shuffles the layers within each seed
 (scipy.stats.permutation_test, permutation_type="pairings"; exact when the shuffles are few); correlations across
