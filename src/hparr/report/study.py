@@ -14,48 +14,26 @@ from .. import files
 from ..defaults import THRESHOLD
 from ..provenance import versions
 from . import study_figures
-from .captions import CAPTIONS, METHODS
 from .html import markdown_html
-from .stats import (
-    CONFIDENCE,
-    N_BOOTSTRAP,
-    N_PERMUTATIONS,
-    STATS_SEED,
-    not_above_chance,
-    pooled_spearman,
-    rank_correlation,
-    spearman,
-    spearman_across,
-    t_interval,
-    verdict,
-)
+from .stats import not_above_chance, pooled_spearman, spearman_across, t_interval
 from .study_tables import (
-    BOUNDS,
-    CELL_COLUMNS,
     COLUMNS,
     CURVE_COLUMNS,
     REGIME_RULE,
-    REGIMES,
     TRACKED_COLUMNS,
     StudyData,
     _cell_rows,
     cell_regime,
     cell_table,
     claims,
-    finished_cells,
     load_study,
-    setting_label,
-    tracked_by_epoch,
 )
-from .study_text import answer_lines, condition_table, summary_markdown
+from .study_text import answer_lines, summary_markdown
 from .tables import BIAS_MEASURES, check_options
 
-__all__ = ["BOUNDS", "CAPTIONS", "CELL_COLUMNS", "COLUMNS", "CONFIDENCE", "CURVE_COLUMNS", "METHODS", "N_BOOTSTRAP",
-           "N_PERMUTATIONS", "REGIMES", "REGIME_RULE", "STATS_SEED", "TRACKED_COLUMNS", "StudyData", "_cell_rows",
-           "answer_lines", "build_study_report", "cell_regime", "cell_table", "claims", "condition_table",
-           "finished_cells", "load_study", "markdown_html", "not_above_chance", "pooled_spearman",
-           "rank_correlation", "setting_label", "spearman", "spearman_across", "summary_markdown", "t_interval",
-           "tracked_by_epoch", "verdict"]
+__all__ = ["COLUMNS", "CURVE_COLUMNS", "REGIME_RULE", "TRACKED_COLUMNS", "StudyData", "_cell_rows", "answer_lines",
+           "build_study_report", "cell_regime", "cell_table", "claims", "load_study", "not_above_chance",
+           "pooled_spearman", "spearman_across", "summary_markdown", "t_interval"]
 
 
 def build_study_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
