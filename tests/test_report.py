@@ -19,6 +19,8 @@ from hparr import results as results_module
 from hparr.cli import main
 from hparr.layers import discover_layers
 from hparr.models import build_model
+from hparr.report import html as report_html
+from hparr.report import stats as report_stats
 from hparr.results import drop_frame
 
 from conftest import trained_like
@@ -374,3 +376,42 @@ def test_unusable_result_files_are_named_and_their_epochs_marked(run, tmp_path, 
     assert len(err) == 1 and err[0].startswith("hparr report: error: 8 result file(s) not used (--strict)")
     assert err[0].count("results_plain/cifar10/lenet/0/") == 3
     assert "epochs 0, 5 missing" in err[0]
+
+
+def test_one_spearman_and_one_verdict():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=12), rng.normal(size=12)
+    x[3], y[7] = np.nan, np.inf  # pairs with a missing value are left out
+    keep = np.isfinite(x) & np.isfinite(y)
+    expected = stats.spearmanr(x[keep], y[keep])
+    got = report_stats.spearman(x, y)
+    assert got["n"] == 10 and got["note"] is None
+    assert got["rho"] == pytest.approx(expected.statistic, abs=1e-12)
+    assert got["p_value"] == pytest.approx(expected.pvalue)
+    few = report_stats.spearman([1.0, 2.0], [3.0, 4.0], names=("bias", "drop"), unit="layer")
+    assert math.isnan(few["rho"]) and few["note"] == "2 layer(s) have both a bias and a drop; at least 3 are needed"
+    flat = report_stats.spearman([1.0, 2.0, 3.0], [5.0, 5.0, 5.0], names=("bias", "drop"), unit="layer")
+    assert flat["note"] == "the drop is the same for every layer: no ranking"
+
+    verdict = report_stats.verdict
+    assert verdict(0.1, 0.5, up="up") == "**supported**: up"
+    assert verdict(-0.5, -0.1, down="down") == "**contradicted**: down"
+    assert verdict(-0.1, 0.5) == "**not supported by this data**: the 95% interval includes 0"
+    assert verdict(float("nan"), float("nan")) == "**undetermined**: too few seeds for an interval"
+    # with a p-value, the interval alone is not enough
+    assert verdict(0.1, 0.5, 0.01) == "**supported**" and verdict(0.1, 0.5, 0.2) == "**not supported by this data**"
+    assert verdict(-0.5, -0.1, 0.2) == "**not supported by this data**"
+    assert verdict(0.1, 0.5, up="higher", words=report_stats.CHANGE_WORDS) == "**changes it**: higher"
+
+
+def test_one_html_renderer_for_markdown():
+    text = ("# Title <1>\n\nA **bold** word and a [link](a.csv).\n\n- one\n- two\n\n"
+            "| a | b |\n|---|---|\n| 1 | x&y |\n\n![fig](f.png)")
+    page = report_html.markdown_html(text, "t & u")
+    assert page.startswith("<!DOCTYPE html>") and "<title>t &amp; u</title>" in page
+    assert "<h1>Title &lt;1&gt;</h1>" in page and "<strong>bold</strong>" in page
+    assert '<a href="a.csv">link</a>' in page and "<ul>\n<li>one</li>\n<li>two</li>\n</ul>" in page
+    assert "<table><tr><th>a</th><th>b</th></tr><tr><td>1</td><td>x&amp;y</td></tr></table>" in page
+    assert '<a href="f.png"><img src="f.png" alt="fig"></a>' in page
+    # the run report's page and the study report's share the page and its style
+    assert report_html.STYLE in page

@@ -2,6 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+
+from .. import report
+from ..defaults import THRESHOLD
+from ..report import BIAS_MEASURES
+from ..report.study import build_study_report
+from ..results import read_study
+from .train import setup_logging
 
 DESCRIPTION = (
     "Draws the report of a run from the JSON results of `hparr projections` and `hparr reinit` found below "
@@ -16,8 +25,6 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..defaults import THRESHOLD
-    from ..report import BIAS_MEASURES
 
     p.add_argument("run_dir", metavar="RUN_DIR", help="folder searched (recursively) for result JSON files")
     p.add_argument("--out", type=str, default=None, metavar="DIR", help="output folder [RUN_DIR/report]")
@@ -34,9 +41,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _say_missing(statistics) -> None:
     """How many cells of a study its report leaves out (not finished yet, or failed)."""
-    import json
-    from pathlib import Path
-
     missing = json.loads(Path(statistics).read_text()).get("missing", [])
     if missing:
         print(f"{len(missing)} cell(s) of the study are not finished and missing from the report: "
@@ -44,14 +48,8 @@ def _say_missing(statistics) -> None:
 
 
 def run(args) -> int:
-    from .. import report
-    from ..results import read_study
-    from .train import setup_logging
-
     setup_logging()
     if read_study(args.run_dir) is not None:  # a folder of `hparr study`: the study's report
-        from ..report.study import build_study_report
-
         written = build_study_report(args.run_dir, args.out, threshold=args.threshold, measure=args.bias_measure)
     else:
         written = report.build_report(args.run_dir, args.out, threshold=args.threshold, measure=args.bias_measure,

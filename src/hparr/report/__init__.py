@@ -116,8 +116,6 @@ def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
         with files.atomic_path(out / "reinit.csv") as tmp:
             reinit_measures(results.reinit_doc).to_csv(tmp, index=False)
         written.append(out / "reinit.csv")
-        summary = summary.replace("## Figures", render.reinit_section(results.reinit_doc) + "\n## Figures", 1)
-        page = page.replace("<h2>Figures</h2>", render.reinit_html(results.reinit_doc) + "<h2>Figures</h2>", 1)
     else:
         (out / "reinit.csv").unlink(missing_ok=True)
     files.write_text(out / "summary.md", summary)

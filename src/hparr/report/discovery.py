@@ -33,6 +33,7 @@ from ..results import (
     seed_of,
     stage_unknown,
 )
+from ..trackfile import read_tracking
 
 Found = list[tuple[Path, dict]]
 
@@ -401,8 +402,6 @@ def tracked_curves(results: RunResults) -> pd.DataFrame | None:
     projections are normalized like the projection run's and it tracks layers of the trained model. The file
     used (or why one was not) is stated in `results.notes`.
     """
-    from ..trackfile import read_tracking
-
     if results.projection_run is None:
         return None
     beside = [Path(str(d["source"])).parent / TRACKING_NAME for d in results.projection_run.docs if d.get("source")]

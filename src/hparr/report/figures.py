@@ -24,7 +24,7 @@ _RC = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "legend.font
 
 
 def _figure(width: float, height: float):
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # on first use: start-up time
 
     # A bare Figure renders with Agg (PNG) or the PDF backend on save; no pyplot state, nothing to close.
     return Figure(figsize=(width, height), layout="constrained")
@@ -48,7 +48,7 @@ def _grid(n: int, ncols: int = 4) -> tuple[int, int]:
 
 def plot_distributions(results: RunResults, out_dir: Path) -> list[Path]:
     """Histograms of each layer's projections at epoch 0 and trained, with the null density overlaid."""
-    import matplotlib
+    import matplotlib  # on first use: start-up time
 
     trained, init = results.trained_doc, results.init_doc
     layers = layer_entries(trained)
@@ -108,7 +108,7 @@ def plot_epochs(results: RunResults, out_dir: Path) -> list[Path]:
     """Mass of negative projections (top) and mean projection (bottom) of every layer across epochs,
     with the null's 95% band; with a `tracking.csv`, a line through every tracked epoch and the snapshots
     as points."""
-    import matplotlib
+    import matplotlib  # on first use: start-up time
 
     tracked = tracked_curves(results)
     style = "o" if tracked is not None else "o-"
@@ -173,7 +173,7 @@ def plot_epochs(results: RunResults, out_dir: Path) -> list[Path]:
 def plot_bias_vs_criticality(table: pd.DataFrame, correlation: Mapping[str, Any], out_dir: Path,
                              title: str = "") -> list[Path]:
     """Each layer's bias against its accuracy drop under re-initialization to epoch 0, named points."""
-    import matplotlib
+    import matplotlib  # on first use: start-up time
 
     sub = table[table["name"].isin(correlation["layers"])]
     threshold = table.attrs.get("threshold", THRESHOLD)
@@ -205,7 +205,7 @@ def save_heatmap(document: Mapping[str, Any], png: str | os.PathLike | None = No
                  pdf: str | os.PathLike | None = None) -> None:
     """Heatmap of the relative top-1 drop stored in a reinit document (rows: epochs, then rand; columns:
     layers), PNG and/or PDF."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # on first use: start-up time
 
     layers = list(document["layers"])
     frame = drop_frame(document)

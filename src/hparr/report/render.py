@@ -1,15 +1,17 @@
 """The report as text: the answer in numbers, the layer table for reading, summary.md and index.html."""
 from __future__ import annotations
 
-import html
 import json
 import math
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
+import scipy
 
 from ..provenance import versions
 from ..results import RAND, layer_entries
+from . import html
+from .captions import CAPTIONS
 from .discovery import RunResults, describe_unusable, missing_text, relative
 from .tables import reinit_measures
 
@@ -101,8 +103,7 @@ def answer(results: RunResults, table: pd.DataFrame, correlation: Mapping[str, A
 
 
 def provenance(results: RunResults) -> dict[str, Any]:
-    import matplotlib
-    import scipy
+    import matplotlib  # on first use: start-up time
 
     trained, r = results.trained_doc or {}, results.reinit_doc or {}
     return {
@@ -115,28 +116,6 @@ def provenance(results: RunResults) -> dict[str, Any]:
     }
 
 
-FIGURE_HELP = {
-    "distributions": ("Distribution of the projections per layer",
-                      "One panel per layer: histogram of the filters' projections at initialization (grey) and "
-                      "trained (blue), with the null density of a random filter (black). A biased layer has its "
-                      "trained histogram shifted to one side of 0 or spread far beyond the null curve."),
-    "mass_mean_by_epoch": ("Mass and mean across epochs",
-                           "Per layer, top: the share of filters with projection <= 0 (mass) at each snapshot "
-                           "(points) and, where the training run tracked it (tracking.csv), at every tracked epoch "
-                           "(line); bottom: the mean projection. The grey band is where 95% of random (untrained) "
-                           "layers of that size fall; points outside it are biased."),
-    "reinit_heatmap": ("Re-initialization heatmap",
-                       "Rows: the snapshot a layer was re-initialized from (epoch 0 = initialization; rand = a "
-                       "fresh random draw); columns: layers; value: relative top-1 drop. Near 0 = robust layer, "
-                       "near 1 = critical layer."),
-    "bias_vs_criticality": ("Bias against criticality",
-                            "One point per layer: its bias (x) against its accuracy drop when re-initialized to "
-                            "epoch 0 (y); red = biased by the test. The paper's claim predicts a positive rank "
-                            "correlation: the biased layers are the critical ones. Above the dashed line a layer is "
-                            "critical."),
-}
-
-
 def _missing_caption(results: RunResults, figure: str) -> str:
     """The caption's mark of the epochs missing from a figure drawn from the projection results."""
     if figure not in ("distributions", "mass_mean_by_epoch") or not results.missing_epochs:
@@ -146,7 +125,9 @@ def _missing_caption(results: RunResults, figure: str) -> str:
 
 
 def summary_markdown(results: RunResults, table: pd.DataFrame, correlation: Mapping[str, Any], figures: Sequence[str],
-             provenance: Mapping[str, Any]) -> str:
+                     provenance: Mapping[str, Any]) -> str:
+    """summary.md: the question, the answer in numbers, the layer table, the re-initialization measures, the
+    figures with their captions, the inputs and the provenance."""
     base = results.run_dir
     lines = [f"# Hyperplane arrangement bias and layer criticality: {results.title}", "",
              "**Question.** Are the trained layers' hyperplane arrangements biased (their filters agree in "
@@ -166,9 +147,11 @@ def summary_markdown(results: RunResults, table: pd.DataFrame, correlation: Mapp
                   f"{', '.join(missing_p)}.", ""]
     if missing_r:
         lines += [f"Layers with no re-initialization result: {', '.join(missing_r)}.", ""]
+    if results.reinit_doc is not None:  # loss and agreement next to the top-1 drop
+        lines += [reinit_section(results.reinit_doc)]
     lines += ["## Figures", ""]
     for name in figures:
-        head, text = FIGURE_HELP[name]
+        head, text = CAPTIONS[name]
         lines += [f"### {head}", "", f"![{head}]({name}.png) ([PDF]({name}.pdf))", "", text
                   + _missing_caption(results, name), ""]
     if results.unusable:
@@ -190,19 +173,14 @@ def summary_markdown(results: RunResults, table: pd.DataFrame, correlation: Mapp
 
 
 def index_html(results: RunResults, table: pd.DataFrame, correlation: Mapping[str, Any], figures: Sequence[str],
-          provenance: Mapping[str, Any]) -> str:
-    import re
-
-    def inline(text: str) -> str:
-        return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(text))
-
+               provenance: Mapping[str, Any]) -> str:
+    """index.html: what summary.md says, as a page."""
     e = html.escape
-    answer_items = "".join(f"<li>{inline(line[2:])}</li>" for line in answer(results, table, correlation))
-    figs = "".join(f'<section><h3>{e(FIGURE_HELP[n][0])}</h3>'
-                   f'<p>{e(FIGURE_HELP[n][1] + _missing_caption(results, n))}</p>'
-                   f'<a href="{e(n)}.pdf"><img src="{e(n)}.png" alt="{e(FIGURE_HELP[n][0])}"></a></section>'
+    answer_items = "".join(f"<li>{html.inline(line[2:])}</li>" for line in answer(results, table, correlation))
+    figs = "".join(f'<section><h3>{e(CAPTIONS[n].title)}</h3>'
+                   f'<p>{e(CAPTIONS[n].text + _missing_caption(results, n))}</p>'
+                   f'<a href="{e(n)}.pdf"><img src="{e(n)}.png" alt="{e(CAPTIONS[n].title)}"></a></section>'
                    for n in figures)
-    table_html = display_table(table).to_html(index=False, escape=True, border=0, classes="layers")
     inputs = [f"Projections: {results.projection_run.describe(results.run_dir)}"] if results.projection_run else []
     inputs += [f"Projection run not used: {o}" for o in results.other_runs]
     if results.reinit_path is not None:
@@ -210,21 +188,17 @@ def index_html(results: RunResults, table: pd.DataFrame, correlation: Mapping[st
     inputs += results.notes
     unusable = "".join(f"<li>{e(describe_unusable(u, results.run_dir))}</li>" for u in results.unusable)
     unusable = f"<h2>Result files not used</h2><ul>{unusable}</ul>\n" if unusable else ""
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;line-height:1.4}"
-             "table.layers{border-collapse:collapse;font-size:0.9em}"
-             "table.layers th,table.layers td{border:1px solid #ccc;padding:3px 6px;text-align:right}"
-             "img{max-width:100%;border:1px solid #eee}pre{background:#f6f6f6;padding:1em;overflow:auto}")
+    reinit = reinit_html(results.reinit_doc) if results.reinit_doc is not None else ""
     title = f"hparr report: {results.title}"
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{e(title)}</title>"
-            f"<style>{style}</style></head><body>\n<h1>{e(title)}</h1>\n"
-            "<p><strong>Question.</strong> Are the trained layers' hyperplane arrangements biased, and are the "
-            "biased layers the critical ones of Zhang et al.?</p>\n"
-            f"<h2>Answer in numbers</h2><ul>{answer_items}</ul>\n<h2>Layers</h2>\n{table_html}\n"
-            f"<p>Full precision: <a href=\"layers.csv\">layers.csv</a>; summary: "
-            f"<a href=\"summary.md\">summary.md</a>.</p>\n<h2>Figures</h2>\n{figs}\n{unusable}<h2>Inputs</h2><ul>"
-            + "".join(f"<li>{e(i)}</li>" for i in inputs)
-            + f"</ul>\n<h2>Provenance</h2><pre>{e(json.dumps(provenance, indent=2, default=str))}</pre>\n"
-            "</body></html>\n")
+    return html.page(title, f"<h1>{e(title)}</h1>\n"
+                     "<p><strong>Question.</strong> Are the trained layers' hyperplane arrangements biased, and are "
+                     "the biased layers the critical ones of Zhang et al.?</p>\n"
+                     f"<h2>Answer in numbers</h2><ul>{answer_items}</ul>\n<h2>Layers</h2>\n"
+                     f"{html.frame(display_table(table))}\n"
+                     f"<p>Full precision: <a href=\"layers.csv\">layers.csv</a>; summary: "
+                     f"<a href=\"summary.md\">summary.md</a>.</p>\n{reinit}<h2>Figures</h2>\n{figs}\n{unusable}"
+                     "<h2>Inputs</h2><ul>" + "".join(f"<li>{e(i)}</li>" for i in inputs)
+                     + f"</ul>\n<h2>Provenance</h2><pre>{e(json.dumps(provenance, indent=2, default=str))}</pre>")
 
 
 def reinit_display(doc: Mapping[str, Any]) -> pd.DataFrame:
@@ -271,5 +245,5 @@ def reinit_section(doc: Mapping[str, Any] | None) -> str:
 def reinit_html(doc: Mapping[str, Any]) -> str:
     """The same section for index.html."""
     return ("<h2>Re-initialization: top-1 drop, test loss and agreement</h2>\n"
-            + reinit_display(doc).to_html(index=False, escape=True, border=0, classes="layers")
+            + html.frame(reinit_display(doc))
             + '\n<p>All alternatives: <a href="reinit.csv">reinit.csv</a>.</p>\n')

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import textwrap
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -11,7 +12,9 @@ import pandas as pd
 
 from .. import null
 from ..layout import Corruption
+from .captions import CAPTIONS
 from .figures import _RC, _figure, _save
+from .stats import t_interval
 
 STUDY_FIGURES = ("study_mass_by_condition", "study_mass_by_epoch", "study_bias_vs_criticality",
                  "study_bias_vs_learning")
@@ -44,7 +47,7 @@ def _hide_unused(axes, used: int) -> None:
 def _condition_panels(table: pd.DataFrame, width: float, height: float):
     """A figure with one panel per setting x condition, inside the report's style: yields (fig, axes, panels),
     panels being (setting key, the setting's rows, noise, condition label)."""
-    import matplotlib
+    import matplotlib  # on first use: start-up time
 
     panels = [(key, part, noise, label) for key, part in _settings(table) for noise, label in _conditions(part)]
     nrows, ncols = _panels(len(panels), 4)
@@ -55,8 +58,6 @@ def _condition_panels(table: pd.DataFrame, width: float, height: float):
 
 def _suptitle(fig, text: str) -> None:
     """The figure's title, each line wrapped to the figure's width (a one-panel figure is narrow)."""
-    import textwrap
-
     chars = max(30, int(fig.get_figwidth() * 72 / (0.6 * 12)))  # figure.titlesize 12 pt, ~0.6 em per character
     fig.suptitle("\n".join(textwrap.fill(line, chars) for line in text.split("\n")))
 
@@ -73,9 +74,7 @@ def _setting_title(key) -> str:
 def plot_mass_by_condition(table: pd.DataFrame, out: Path) -> list[Path]:
     """(a) per layer, the trained mass against the condition: seeds, their mean and 95% t interval, the
     mass at initialization and the null band."""
-    import matplotlib
-
-    from .study import t_interval
+    import matplotlib  # on first use: start-up time
 
     panels = [(key, part, layer, n) for key, part in _settings(table) for layer, n in _layers(part)]
     nrows, ncols = _panels(len(panels))
@@ -109,7 +108,7 @@ def plot_mass_by_condition(table: pd.DataFrame, out: Path) -> list[Path]:
             ax.set_ylabel("trained mass (share p <= 0)")
         _hide_unused(axes, len(panels))
         axes.flat[0].legend(loc="best")
-        _suptitle(fig, "(a) Trained mass per layer against the condition")
+        _suptitle(fig, CAPTIONS["study_mass_by_condition"].title)
         return _save(fig, out, "study_mass_by_condition")
 
 
@@ -151,9 +150,10 @@ def plot_mass_by_epoch(table: pd.DataFrame, out: Path, tracked: pd.DataFrame) ->
             ax.set_ylabel("mass (share p <= 0)")
         _hide_unused(axes, len(panels))
         axes.flat[0].legend(loc="best", ncols=2)
-        _suptitle(fig, "(b) Mass across epochs, mean over seeds\nline: every tracked epoch, band: its 95% t interval "
-                     "over seeds; points: snapshots" if followed else
-                     "(b) Mass across epochs: mean over seeds (line), range of the seeds (band)")
+        title = CAPTIONS["study_mass_by_epoch"].title
+        _suptitle(fig, f"{title}, mean over seeds\nline: every tracked epoch, band: its 95% t interval over seeds; "
+                       "points: snapshots" if followed else
+                       f"{title}: mean over seeds (line), range of the seeds (band)")
         return _save(fig, out, "study_mass_by_epoch")
 
 
@@ -197,15 +197,16 @@ def plot_bias_vs_criticality(table: pd.DataFrame, numbers: Mapping[str, Any], ou
             ax.grid(alpha=0.3)
             ax.legend(loc="best", fontsize=7)
         _hide_unused(axes, len(panels))
-        _suptitle(fig, ("(c') Bias against criticality on the training images with their own labels, clean and "
-                      "memorized cells\n" if on_train else "(c) Bias against criticality, ")
-                     + f"one point per layer x seed (dashed: critical above {threshold:g})")
-        return _save(fig, out, "study_bias_vs_criticality" + ("_train" if on_train else ""))
+        name = "study_bias_vs_criticality" + ("_train" if on_train else "")
+        _suptitle(fig, CAPTIONS[name].title + (" with their own labels, clean and memorized cells\n" if on_train
+                                               else ", ") + f"one point per layer x seed (dashed: critical above "
+                                                            f"{threshold:g})")
+        return _save(fig, out, name)
 
 
 def plot_bias_vs_learning(cells: pd.DataFrame, numbers: Mapping[str, Any], out: Path, measure_text: str) -> list[Path]:
     """(d) per cell, the share of biased layers and the mean bias against test and train top-1."""
-    import matplotlib
+    import matplotlib  # on first use: start-up time
 
     learning = {s["setting"]: s["learning"] for s in numbers["settings"]}
     settings = list(dict.fromkeys(cells["setting"]))
@@ -238,7 +239,7 @@ def plot_bias_vs_learning(cells: pd.DataFrame, numbers: Mapping[str, Any], out: 
                 ax.set_ylabel(ylabel)
                 ax.grid(alpha=0.3)
         axes[0, 0].legend(loc="best", fontsize=7)
-        _suptitle(fig, "(d) Bias against learning, one point per cell")
+        _suptitle(fig, f"{CAPTIONS['study_bias_vs_learning'].title}, one point per cell")
         return _save(fig, out, "study_bias_vs_learning")
 
 

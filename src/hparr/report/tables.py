@@ -5,14 +5,14 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ..defaults import THRESHOLD, check_threshold
 from ..errors import UsageError
 from ..results import RAND, drop_frame, layer_entries, stage_unknown
+from ..schema import LAYER_COLUMNS, typed
 from .discovery import RunResults
+from .stats import spearman
 
 BIAS_MEASURES = {
     "mass": "|mass - 0.5|",
@@ -56,9 +56,17 @@ def check_options(threshold: float, measure: str) -> None:
         raise UsageError(f"unknown bias measure {measure!r}; choose from {', '.join(BIAS_MEASURES)}")
 
 
-TABLE_COLUMNS = ["name", "kind", "stage", "block", "N", "d", "mass", "mean", "std", "p_value", "p_adjusted", "biased",
-                 "l2_dist", "l_inf_dist", "mass_init", "mean_init", "bias", "top1_trained", "top1_reinit_0",
-                 "drop_reinit_0", "top1_rand", "drop_rand", "verdict", "missing"]
+def layer_columns(leave_out: Sequence[str] = (), name: str = "name") -> list[str]:
+    """The per-layer columns of hparr.schema that a report table keeps, in the report's order: the layer's
+    identity (named `name`), its mass (the report's headline), then the others in the schema's order."""
+    keep = [c for c in LAYER_COLUMNS if c not in leave_out]
+    first = keep.index("d") + 1 if "d" in keep else keep.index("block") + 1
+    columns = [*keep[:first], "mass", *(c for c in keep[first:] if c != "mass")]
+    return [name if c == "name" else c for c in columns]
+
+
+TABLE_COLUMNS = [*layer_columns(leave_out=("n_negative", "p_sign", "p_ks")), "mass_init", "mean_init", "bias",
+                 "top1_trained", "top1_reinit_0", "drop_reinit_0", "top1_rand", "drop_rand", "verdict", "missing"]
 
 
 def joined_table(results: RunResults, threshold: float = THRESHOLD, measure: str = "mass") -> pd.DataFrame:
@@ -110,9 +118,7 @@ def joined_table(results: RunResults, threshold: float = THRESHOLD, measure: str
         row["verdict"] = None if math.isnan(drop) else "robust" if drop <= threshold else "critical"
         row["missing"] = "reinit" if i is None and doc else "projections" if not e and entries else None
         rows.append(row)
-    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
-    for col in ("stage", "block", "N", "d"):
-        table[col] = pd.to_numeric(table[col]).astype("Int64")
+    table = typed(pd.DataFrame(rows, columns=TABLE_COLUMNS))
     table["biased"] = table["biased"].astype("boolean")
     trained = results.trained_doc or {}
     table.attrs.update(threshold=float(threshold), measure=measure, measure_text=BIAS_MEASURES[measure],
@@ -132,14 +138,8 @@ def bias_vs_criticality(table: pd.DataFrame, bias: str = "bias", drop: str = "dr
                            "bias_measure": table.attrs.get("measure_text", bias),
                            "drop": "relative top-1 drop, re-initialized to epoch 0", "layers": list(both["name"]),
                            "note": None}
-    x, y = both[bias].to_numpy(float), both[drop].to_numpy(float)
-    if len(both) < 3:
-        out["note"] = f"{len(both)} layer(s) have both a bias and a drop; at least 3 are needed"
-    elif np.ptp(x) == 0 or np.ptp(y) == 0:
-        out["note"] = "the " + ("bias" if np.ptp(x) == 0 else "drop") + " is the same for every layer: no ranking"
-    else:
-        res = stats.spearmanr(x, y)
-        out["spearman_rho"], out["p_value"] = float(res.statistic), float(res.pvalue)
+    r = spearman(both[bias], both[drop], names=("bias", "drop"), unit="layer")
+    out["spearman_rho"], out["p_value"], out["note"] = r["rho"], r["p_value"], r["note"]
     return out
 
 
