@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 import pickle
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -253,6 +255,15 @@ def test_train_refuses_a_single_class_subset_and_writes_nothing(tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["hparr train: error: --subsample-classes must be 0 (all) or 2..10, got 1"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_reading_an_in_memory_dataset_does_not_import_torchvision():
+    code = ("import sys; from hparr.data import DataOptions, load_data, make_loader; "
+            "d = load_data(DataOptions(augmentation=True)); next(iter(make_loader(d, 'train', 8))); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision'))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
 
 
 # ---------------------------------------------------------------------------------------------- options
