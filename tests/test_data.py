@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 import pickle
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,7 +13,9 @@ import torch
 
 from hparr import data as hd
 from hparr import fakedata
-from hparr.data import DataOptions, ImageSet, ResidentLoader, TensorLoader, load_data, make_loader
+from hparr.cli import main
+from hparr.data import DataOptions, ImageSet, ResidentLoader, TensorLoader, formats, load_data, make_loader
+from hparr.data import load as loading
 from hparr.errors import HparrError, UsageError
 
 N_TRAIN, N_TEST = 5000, 1000
@@ -228,6 +232,38 @@ def test_invalid_options(cifar10, imagenet):
     with pytest.raises(UsageError, match="4 classes.*has 3"):
         load_data(DataOptions(dataset="imagenet", data_path=str(imagenet), subsample_classes=4))
     DataOptions(dataset="cifar10", noise=-1, split=0.5, subsample_classes=10).validate()
+
+
+def test_a_class_subset_is_all_classes_or_two_to_the_class_count():
+    for dataset, n in (("digits", 10), ("cifar100", 100), ("imagenet", 1000)):
+        assert [hd.check_subsample_classes(dataset, k) for k in (0, 2, n)] == [0, 2, n]
+        for k in (1, -1, 2.0, True, "3"):
+            with pytest.raises(UsageError) as refused:
+                DataOptions(dataset=dataset, subsample_classes=k).validate()
+            shown = k if isinstance(k, int) and not isinstance(k, bool) else repr(k)
+            assert str(refused.value) == f"--subsample-classes must be 0 (all) or 2..{n}, got {shown}"
+    with pytest.raises(UsageError, match=r"2\.\.10, got 11"):
+        hd.check_subsample_classes("cifar10", 11)
+    assert hd.check_subsample_classes("imagenet", 1001) == 1001  # bounded by its class folders when read
+
+
+def test_train_refuses_a_single_class_subset_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--arch", "lenet", "--dataset", "digits", "--subsample-classes", "1", "--epochs", "1",
+            "--models-path", str(tmp_path / "models"), "--tb-logdir", str(tmp_path / "tb")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["hparr train: error: --subsample-classes must be 0 (all) or 2..10, got 1"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reading_an_in_memory_dataset_does_not_import_torchvision():
+    code = ("import sys; from hparr.data import DataOptions, load_data, make_loader; "
+            "d = load_data(DataOptions(augmentation=True)); next(iter(make_loader(d, 'train', 8))); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision'))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
 
 
 # ---------------------------------------------------------------------------------------------- options
@@ -582,9 +618,9 @@ def test_make_loader_picks_the_resident_path_and_places_each_split_once(cifar10)
 def test_keep_decoded_decodes_a_dataset_once_per_process(cifar10, monkeypatch):
     root, _ = cifar10
     calls = []
-    real = hd._load_cifar
-    monkeypatch.setattr(hd, "_load_cifar", lambda *a: calls.append(a) or real(*a))
-    monkeypatch.setattr(hd, "_decoded", None)
+    real = formats._load_cifar
+    monkeypatch.setattr(formats, "_load_cifar", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(loading, "_decoded", None)
     clean = load_data(DataOptions(dataset="cifar10", data_path=str(root)))
     hd.keep_decoded(True)
     try:

@@ -1,0 +1,124 @@
+"""What hparr knows of each dataset (classes, channels, image size, normalization, augmentation) and the
+data options, which check themselves against it. Torch-free."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import UsageError
+from ..layout import Corruption
+
+DATASETS: tuple[str, ...] = ("digits", "mnist", "fashionmnist", "kmnist", "cifar10", "cifar100", "svhn", "imagenet")
+
+CROP_PADDING = 4
+DEFAULT_SEED = 0  # what an unset seed option resolves to (recorded in Data.meta)
+SEED_OPTIONS = ("noise_seed", "class_sample_seed", "split_seed", "train_size_seed")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+_INFO = {
+    # digits: mean/std over all pixels (population std) of the 1347 training images after the 32x32
+    # bilinear resize and uint8 quantization (formats.read_digits), divided by 255; recomputed by tests/test_data.py.
+    "digits": DatasetInfo("digits", 10, 1, 32, (0.3052,), (0.3236,)),
+    "mnist": DatasetInfo("mnist", 10, 1, 28, (0.1307,), (0.3015,)),
+    # the published per-pixel mean and std of the 60,000 training images (Fashion-MNIST, KMNIST) and of the
+    # 73,257 SVHN training images, as the torchvision examples and the datasets' papers use them
+    "fashionmnist": DatasetInfo("fashionmnist", 10, 1, 28, (0.2860,), (0.3530,)),
+    "kmnist": DatasetInfo("kmnist", 10, 1, 28, (0.1918,), (0.3483,)),
+    "svhn": DatasetInfo("svhn", 10, 3, 32, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+    # the original code's CIFAR constants (the CIFAR-10 std is not the true per-pixel std; kept so
+    # that old snapshots evaluate the same)
+    "cifar10": DatasetInfo("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": DatasetInfo("cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2009, 0.1984, 0.2023)),
+    "imagenet": DatasetInfo("imagenet", 1000, 3, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+# training-time augmentation of the in-memory datasets (see TensorLoader's `augment`)
+# (digits, characters and house numbers are not mirrored; clothes and natural images are)
+AUGMENT = {"digits": "crop", "mnist": "crop", "fashionmnist": "crop+flip", "kmnist": "crop",
+           "cifar10": "crop+flip", "cifar100": "crop+flip", "svhn": "crop"}
+_AUGMENT_TEXT = {
+    "crop": f"random crop with padding {CROP_PADDING}",
+    "crop+flip": f"random crop with padding {CROP_PADDING} + horizontal flip",
+    "imagenet": "RandomResizedCrop(224) + RandomHorizontalFlip",
+}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """Shape, class count and normalization constants of a dataset (ImageNet: 1000 classes, 224)."""
+    try:
+        return _INFO[name]
+    except (KeyError, TypeError):
+        raise UsageError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}") from None
+
+
+def augmentation_text(dataset: str) -> str:
+    """How a result file names the training-time augmentation of `dataset`."""
+    return _AUGMENT_TEXT["imagenet" if dataset == "imagenet" else AUGMENT[dataset]]
+
+
+def check_subsample_classes(dataset: str, k: Any) -> int:
+    """A --subsample-classes value: 0 (all classes) or 2..the dataset's class count (one class leaves nothing
+    to classify). ImageNet's upper bound is the number of its class folders, checked when they are read."""
+    n = dataset_info(dataset).num_classes
+    integer = not isinstance(k, bool) and isinstance(k, (int, np.integer))
+    if not integer or k < 0 or k == 1 or (dataset != "imagenet" and k > n):
+        raise UsageError(f"--subsample-classes must be 0 (all) or 2..{n}, got {k if integer else repr(k)}")
+    return int(k)
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """The original train.py's data flags. Unset seeds resolve to 0."""
+
+    dataset: str = "digits"
+    data_path: str = "./data"
+    download: bool = False
+    noise: float = 0.0
+    noise_seed: int | None = None
+    subsample_classes: int = 0
+    class_sample_seed: int | None = None
+    split: float = 0.0
+    split_seed: int | None = None
+    stratified: bool = False
+    shuffle: bool = False
+    augmentation: bool = False
+    unnormalize: bool = False
+    train_size: int | None = None  # a stratified, seeded subset of this many training images (None: all)
+    train_size_seed: int | None = None
+
+    def validate(self) -> None:
+        """Raise UsageError for values the loaders cannot honour."""
+        dataset_info(self.dataset)
+        Corruption.parse(self.noise)
+        try:
+            split = float(self.split)
+        except (TypeError, ValueError):
+            raise UsageError(f"split must be a number, got {self.split!r}") from None
+        if not math.isfinite(split) or not 0.0 <= split < 1.0:
+            raise UsageError(f"split must be in [0, 1) (0 = no validation split), got {self.split}")
+        check_subsample_classes(self.dataset, self.subsample_classes)
+        n = self.train_size
+        if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
+            raise UsageError(f"--train-size must be a positive number of training images, got {n!r}")
+        for name in SEED_OPTIONS:
+            seed = getattr(self, name)
+            if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+                raise UsageError(f"{name} must be a non-negative integer, got {seed!r}")
+
+    def seeds(self) -> dict[str, int]:
+        """The seed options as used: an unset one resolves to DEFAULT_SEED."""
+        return {name: DEFAULT_SEED if getattr(self, name) is None else int(getattr(self, name))
+                for name in SEED_OPTIONS}
