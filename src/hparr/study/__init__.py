@@ -23,9 +23,9 @@ from .settings import (
     REPORT_SUFFIXES,
     SlurmOptions,
     StudySettings,
-    check,
     check_out,
     check_train_sizes,
+    check_workers,
     parse_slurm_extra,
 )
 from .slurm import (
@@ -43,7 +43,7 @@ from .status import CellStatus, study_status
 __all__ = [
     "CELL_LOG", "HIDDEN_LAUNCHERS", "LAUNCHERS", "MAX_REQUEUES", "REPORT_SUFFIXES", "SUBMITIT_DIR", "Cell", "CellJob",
     "CellOutcome", "CellStatus", "SlurmCell", "SlurmOptions", "StudyResult", "StudySettings", "cell_dir", "cell_jobs",
-    "check", "check_out", "check_sbatch", "check_train_sizes", "command_line", "make_executor", "parse_floats",
+    "check_workers", "check_out", "check_sbatch", "check_train_sizes", "command_line", "make_executor", "parse_floats",
     "parse_ints", "parse_names", "parse_slurm_extra", "plan", "pool_size", "prepare", "record_array", "run_cell",
     "run_local", "run_study", "sacct_works", "sbatch_message", "squeue_states", "study_status",
 ]

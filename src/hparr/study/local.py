@@ -15,7 +15,7 @@ from .. import files
 from ..errors import UsageError, first_line
 from ..provenance import available_cores
 from .cell import CellJob, CellOutcome, run_cell
-from .settings import StudySettings
+from .settings import StudySettings, check_workers
 
 log = logging.getLogger("hparr.study")
 
@@ -25,9 +25,7 @@ WORKERS_LOCK = ".workers.lock"
 def pool_size(jobs: int | None, threads: int | None, todo: int, cores: int | None = None) -> tuple[int, int]:
     """(worker processes, torch threads each) of the local launcher, with jobs x threads <= cores."""
     cores = cores or available_cores()
-    for flag, value in (("--jobs", jobs), ("--threads", threads)):
-        if value is not None and value < 1:
-            raise UsageError(f"{flag} must be >= 1, got {value}")
+    check_workers(jobs, threads)
     if jobs is None:
         jobs = max(1, min(cores // (threads or 1), max(todo, 1)))
     threads = threads or max(1, cores // jobs)

@@ -13,7 +13,7 @@ from .cell import CellOutcome, cell_jobs
 from .folder import CELL_LOG, plan, prepare
 from .grid import Cell
 from .local import pool_size, run_local
-from .settings import StudySettings, check
+from .settings import StudySettings
 from .slurm import check_sbatch, run_submitit, submit, submitit_quiet
 from .status import study_status
 
@@ -55,7 +55,7 @@ def run_study(settings: StudySettings, on_outcome: Callable[[CellOutcome, int, i
     `on_outcome(outcome, done, total)` as cells end; a failed cell is recorded and the others go on."""
     if settings.launcher == "print":
         raise UsageError("--launcher print prints the cells' commands; it runs nothing")
-    cells = check(settings)
+    cells = settings.validate()
     if settings.launcher == "slurm":
         check_sbatch(settings)
     out = prepare(settings, cells)

@@ -200,14 +200,18 @@ class StudySettings:
                 if shutil.which(tool) is None:
                     raise HparrError(f"--launcher slurm: {tool} is not on PATH (no SLURM here); use --launcher local, "
                                      "or --launcher print for another scheduler")
+        if launcher == "local":
+            check_workers(self.jobs, self.threads)
         if not self.wait and launcher != "slurm":
             raise UsageError("--no-wait applies to --launcher slurm alone")
         return cells
 
 
-def check(settings: StudySettings) -> list[Cell]:
-    """`settings.validate()`: the grid, once every setting and the study folder are checked."""
-    return settings.validate()
+def check_workers(jobs: int | None, threads: int | None) -> None:
+    """--jobs and --threads of the local launcher, where given: at least 1."""
+    for flag, value in (("--jobs", jobs), ("--threads", threads)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
 
 
 def check_train_sizes(settings: StudySettings, cells: Sequence[Cell]) -> None:
