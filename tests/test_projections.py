@@ -9,6 +9,7 @@ from scipy import stats
 
 from hparr import null
 from hparr import projections as P
+from hparr.checkpoints import ModelConfig
 from hparr.errors import HparrError
 from hparr.layers import discover_layers
 from hparr.models import build_model
@@ -109,7 +110,7 @@ def write_original_snapshots(directory, arch="lenet", seed=0):
 
 def test_original_snapshot_formats_and_epochs(tmp_path):
     states = write_original_snapshots(tmp_path)
-    analyzer = P.SnapshotAnalyzer(P.ModelConfig("lenet", 10, 3, 32), P.AnalysisOptions(normalize=False),
+    analyzer = P.SnapshotAnalyzer(ModelConfig("lenet", 10, 3, 32), P.AnalysisOptions(normalize=False),
                                   context={"dataset": "cifar10"}, init_state=states[0])
     names = ["lenet_init_0.pt", "lenet_0.tar", "lenet_1.tar", "lenet_2.pt"]
     docs = [analyzer.analyze_file(tmp_path / n) for n in names]
@@ -133,14 +134,14 @@ def test_hparr_metadata_preferred_and_checked(tmp_path):
     meta = {"format": "hparr-snapshot-1", "arch": "lenet", "num_classes": 5, "in_channels": 3, "input_size": 32,
             "epochs_completed": 7, "epoch": 6, "model_state_dict": model.state_dict(), "seeds": {"seed": 2}}
     torch.save(meta, tmp_path / "weights.pt")
-    analyzer = P.SnapshotAnalyzer(P.ModelConfig("lenet", 10, 3, 32), P.AnalysisOptions(), seed=2)
+    analyzer = P.SnapshotAnalyzer(ModelConfig("lenet", 10, 3, 32), P.AnalysisOptions(), seed=2)
     doc = analyzer.analyze_file(tmp_path / "weights.pt")
     assert doc["epoch"] == "7" and doc["num_classes"] == 5 and doc["snapshot_seeds"] == {"seed": 2}
     with pytest.raises(HparrError, match="trained with seed 2, not --seed 4"):
-        P.SnapshotAnalyzer(P.ModelConfig("lenet", 10, 3, 32), P.AnalysisOptions(), seed=4).analyze_file(
+        P.SnapshotAnalyzer(ModelConfig("lenet", 10, 3, 32), P.AnalysisOptions(), seed=4).analyze_file(
             tmp_path / "weights.pt")
     with pytest.raises(HparrError, match="is a snapshot of lenet, not of --arch vgg11"):
-        P.SnapshotAnalyzer(P.ModelConfig("vgg11", 10, 3, 32), P.AnalysisOptions()).analyze_file(tmp_path / "weights.pt")
+        P.SnapshotAnalyzer(ModelConfig("vgg11", 10, 3, 32), P.AnalysisOptions()).analyze_file(tmp_path / "weights.pt")
     torch.save(model.state_dict(), tmp_path / "lenet_3.pt")  # no metadata: 5 classes do not fit 10
     with pytest.raises(HparrError, match=r"does not match .*classifier.6.weight: snapshot \(5, 84\) vs model \(10"):
         analyzer.analyze_file(tmp_path / "lenet_3.pt")

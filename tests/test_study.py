@@ -210,6 +210,15 @@ def test_cluster_options_reach_sbatch_and_dry_run(tmp_path, monkeypatch, capsys)
     assert "--no-wait applies to --launcher slurm alone" in capsys.readouterr().err and not out.exists()
 
 
+def test_local_workers_below_one_are_refused_before_the_study_folder_is_written(tmp_path, capsys):
+    out = tmp_path / "s"
+    for flags, message in ((["--jobs", "0"], "--jobs must be >= 1, got 0"),
+                           (["--threads", "-2"], "--threads must be >= 1, got -2")):
+        assert main(["study", "--epochs", "1", "--tb-logdir", "", "--out", str(out), *flags]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.splitlines()) == 1 and not out.exists()
+
+
 def test_status_of_a_study_from_its_cell_folders(synthetic, tmp_path, capsys):
     assert main(["study", str(synthetic), "--status"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -136,6 +136,7 @@ class BiasTracker:
         """The step's scalars and histograms (a diverged layer has none: the training loss says why). To a
         torch SummaryWriter, or a writer with `add_summary(summary, global_step)`, they go as one event, whose
         record costs one write of the event file, instead of one event per value."""
+        # start-up time: tensorboard is imported only by a tracker that logs to a writer
         from tensorboard.compat.proto.summary_pb2 import Summary
         from torch.utils.tensorboard import SummaryWriter, summary
 

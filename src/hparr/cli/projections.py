@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..defaults import LEVEL, check_level
+from ..defaults import LEVEL
+from .train import add_arch_argument, listing
 
 DESCRIPTION = (
     "Per-layer statistics of the conv filters' orientation relative to the identity line (projections, "
@@ -17,8 +18,6 @@ ORIGINAL_LOG = "positive_orthant.log"  # the original code's log file name (it w
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .train import add_arch_argument
-
     add_arch_argument(p)
     p.add_argument("--dataset", type=str, default=None,
                    help="dataset the model was trained on (sets classes, channels, image size); "
@@ -71,51 +70,37 @@ def add_model_shape_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def check_model_shape(args) -> None:
-    from ..errors import UsageError
+    """--num-classes, --in-channels and --input-size of a parsed command line: at least 1."""
+    from ..projections import check_model_shape  # start-up time: the commands import the library when they run
 
-    for flag, value in (("--num-classes", args.num_classes), ("--in-channels", args.in_channels),
-                        ("--input-size", args.input_size)):
-        if value is not None and value < 1:
-            raise UsageError(f"{flag} must be >= 1, got {value}")
+    check_model_shape(args.num_classes, args.in_channels, args.input_size)
+
+
+def settings_from_args(args):
+    """The settings of a parsed `hparr projections` command line (validated by `ProjectionSettings.validate`;
+    the device is chosen once they are valid)."""
+    from ..projections import ProjectionSettings  # start-up time, as above
+
+    return ProjectionSettings(
+        arch=args.arch, dataset=args.dataset, load_from=args.load_from, init_from=args.init_from, seed=args.seed,
+        subsample_classes=args.subsample_classes, normalize=args.normalize, with_linear=args.with_linear,
+        include_1x1=args.include_1x1, level=args.level, pretrained=args.pretrained, weights=args.weights,
+        state_dict_prefix=args.state_dict_prefix, overwrite=args.overwrite, progress=not args.no_progress,
+        num_classes=args.num_classes, in_channels=args.in_channels, input_size=args.input_size)
 
 
 def run(args) -> int:
-    from .. import distributed, projections
-    from ..errors import UsageError
-    from ..models import check_arch
-    from .train import listing
+    from .. import distributed, projections  # start-up time, as above
 
     check_model_shape(args)
     own_shape = None not in (args.num_classes, args.in_channels, args.input_size)
     checkpoint_only = args.arch is None and bool(args.load_from)
     if not checkpoint_only and not (args.dataset is None and own_shape and args.arch is not None) and listing(args):
         return 0
-    if checkpoint_only:
-        if args.init_from or args.pretrained or args.weights:
-            raise UsageError("--init-from, --pretrained and --weights need --arch (a model to match them with)")
-    else:
-        check_arch(args.arch)
-    k = args.subsample_classes
-    if args.dataset is not None:
-        from ..data import dataset_info
-
-        info = dataset_info(args.dataset)
-        if k < 0 or k > info.num_classes or k == 1:
-            raise UsageError(f"--subsample-classes must be 0 (all) or 2..{info.num_classes}, got {k}")
-    elif k:
-        raise UsageError("--subsample-classes needs --dataset")
-    check_level(args.level)
-    if args.load_from and (args.pretrained or args.weights):
-        raise UsageError("--pretrained analyzes torchvision's weights; it cannot be combined with --load-from")
-    device = distributed.select_device(
+    settings = settings_from_args(args)
+    settings.validate()
+    settings.device = distributed.select_device(
         args.cuda, warn=lambda message: print(f"hparr projections: warning: {message}", file=sys.stderr))
-
-    settings = projections.ProjectionSettings(
-        arch=args.arch, dataset=args.dataset, load_from=args.load_from, init_from=args.init_from, seed=args.seed,
-        subsample_classes=k, normalize=args.normalize, with_linear=args.with_linear, include_1x1=args.include_1x1,
-        level=args.level, pretrained=args.pretrained, weights=args.weights, state_dict_prefix=args.state_dict_prefix,
-        device=device, overwrite=args.overwrite, progress=not args.no_progress, num_classes=args.num_classes,
-        in_channels=args.in_channels, input_size=args.input_size)
     result = projections.run_projections(settings, args.results)
     out_dir = projections.save(result, args.results, parquet=args.parquet, log_name=args.log)
     for name, why in result.replaced.items():

@@ -3,8 +3,10 @@ class subsets), run by a local process pool, a SLURM job array or any scheduler,
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
+from ..errors import UsageError
 from . import reproduce as reproduce_cli
 from . import train as train_cli
 
@@ -87,10 +89,8 @@ def shared_flags(args) -> list[str]:
     return argv
 
 
-def settings_from_args(args):
-    from .. import study
-    from ..errors import UsageError
-
+def refuse_other_flags(args) -> None:
+    """The flags of `hparr reproduce` that a study does not take, and a stray positional argument."""
     if args.seed is not None:
         raise UsageError("--seed does not apply to a study: use --seeds (e.g. --seeds 0-4)")
     if args.study_dir is not None:
@@ -98,14 +98,20 @@ def settings_from_args(args):
                          "(or as STUDY with --status)")
     if args.evaluate or args.evaluate_train:
         raise UsageError("--evaluate/--evaluate-train do not apply to a study; use `hparr train`")
+
+
+def settings_from_args(args):
+    """The study's settings from its parsed flags (the lists parsed; validated by `StudySettings.validate`)."""
+    from .. import study  # start-up time: the commands import the library when they run
+    from ..results import parse_eval_splits  # start-up time, as above
+
+    refuse_other_flags(args)
     archs = study.parse_names("--arch", args.arch)
     datasets = study.parse_names("--dataset", args.dataset)
     seeds = study.parse_ints("--seeds", args.seeds)
     noises = study.parse_floats("--noise", args.noise)
     subsets = study.parse_ints("--subsample-classes", args.subsample_classes)
     sizes = [None] if args.train_size is None else study.parse_ints("--train-size", args.train_size)
-    from ..results import parse_eval_splits
-
     splits = parse_eval_splits(args.eval_split)
     # the shared settings: the grid's values are placeholders that each cell replaces
     base = train_cli.settings_from_args(argparse.Namespace(**{
@@ -126,7 +132,7 @@ def settings_from_args(args):
 
 def show_status(study_dir: str) -> int:
     """`hparr study STUDY --status`: one line per cell, then the counts."""
-    from .. import study
+    from .. import study  # start-up time: the commands import the library when they run
 
     statuses = study.study_status(study_dir)
     for s in statuses:
@@ -143,27 +149,27 @@ def show_status(study_dir: str) -> int:
 
 
 def run(args) -> int:
-    from .. import study
-    from ..report.study import build_study_report
+    from .. import study  # start-up time: the commands import the library when they run
+    from ..report.study import build_study_report  # start-up time, as above
 
     if args.status:
         return show_status(args.study_dir if args.study_dir is not None else args.out)
     settings = settings_from_args(args)
     train_cli.setup_logging()
     if args.dry_run:
-        for cell, folder, finished in study.plan(settings, study.check(settings)):
+        for cell, folder, finished in study.plan(settings, settings.validate()):
             print(f"{cell.describe():40s} {'finished' if finished else 'to run':8s} {folder}")
         if settings.launcher == "slurm":
             print(f"sbatch: {settings.slurm.describe()}")
         return 0
     if settings.launcher == "print":
-        cells = study.check(settings)
+        cells = settings.validate()
         study.prepare(settings, cells)
         for cell, _, finished in study.plan(settings, cells):
             print(("# finished: " if finished else "") + study.command_line(settings, cell))
         return 0
 
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # start-up time: only a study that runs cells shows a bar
 
     show = settings.progress and sys.stderr.isatty()
     bar = tqdm(total=len(settings.cells()), desc="study", unit="cell", disable=not show, file=sys.stderr,
@@ -175,7 +181,7 @@ def run(args) -> int:
             bar.refresh()
             return
         bar.update(1)
-        took = f" ({outcome.seconds:.0f} s)" if outcome.seconds == outcome.seconds else ""
+        took = f" ({outcome.seconds:.0f} s)" if not math.isnan(outcome.seconds) else ""
         line = f"[{done}/{total}] {outcome.status} {outcome.cell.describe()}{took}"
         if outcome.status == "failed":
             line += f": {outcome.error} (log: {outcome.log})"

@@ -1,0 +1,225 @@
+"""The stage behind `hparr projections`: settings in (`ProjectionSettings`, which validates itself), a result
+out (`run_projections`), and `save`, which writes its result files."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from .. import files
+from ..checkpoints import ModelConfig, find_snapshots
+from ..data import dataset_info
+from ..defaults import LEVEL, check_level
+from ..errors import UsageError
+from ..layout import results_directory
+from ..models import build_model, check_arch, pretrained_file
+from ..results import projections_table
+from .analysis import AnalysisOptions, SnapshotAnalyzer, collect_results, load_init_state, log_lines, reusable_result
+
+log = logging.getLogger("hparr.projections")
+
+CHECKPOINT_ONLY = "checkpoint"  # the results folder of checkpoint-only projections, in place of the arch
+NO_DATASET = "no-dataset"
+
+
+def check_model_shape(num_classes: int | None, in_channels: int | None, input_size: int | None) -> None:
+    """--num-classes, --in-channels and --input-size, where given: at least 1."""
+    for flag, value in (("--num-classes", num_classes), ("--in-channels", in_channels),
+                        ("--input-size", input_size)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
+
+
+@dataclass
+class ProjectionSettings:
+    """Every option of `hparr projections` (the original compute_projections.py flags and the new ones).
+
+    `load_from`: snapshot files, directories or globs, in any checkpoint format of
+    `checkpoints.read_checkpoint`; none analyzes the random initialization of `arch` with `seed` (or, with
+    `pretrained`, the ImageNet weights; `weights`: their file, which implies `pretrained`).
+    `state_dict_prefix` selects the keys under a prefix (found automatically otherwise).
+    """
+
+    arch: str | None  # None: checkpoint-only (every conv weight of the --load-from files, no model)
+    dataset: str | None
+    load_from: str | os.PathLike | Sequence[str | os.PathLike] | None = None
+    init_from: str | None = None
+    seed: int | None = None
+    subsample_classes: int = 0
+    normalize: bool = True
+    with_linear: bool = False
+    include_1x1: bool = False
+    level: float = LEVEL
+    pretrained: bool = False
+    weights: str | None = None
+    state_dict_prefix: str | None = None
+    device: str | torch.device = "cpu"
+    overwrite: bool = False
+    progress: bool = True
+    num_classes: int | None = None  # overrides of what the dataset implies (None: the dataset's)
+    in_channels: int | None = None
+    input_size: int | None = None
+
+    @property
+    def relpath(self) -> Path:
+        """The folder of the results below a results folder: <dataset>[_<k>]/<arch>[/<seed>], where a
+        checkpoint-only run's arch is "checkpoint" and a run without a dataset's is "no-dataset"."""
+        return results_directory("", self.dataset or NO_DATASET, self.arch or CHECKPOINT_ONLY, self.seed,
+                                 self.subsample_classes)
+
+    def model_config(self) -> ModelConfig:
+        """The model's class count, input channels and size: the overrides, else the dataset's."""
+        if self.dataset is None:
+            missing = [f for f, v in (("--num-classes", self.num_classes), ("--in-channels", self.in_channels),
+                                      ("--input-size", self.input_size)) if v is None]
+            if self.arch is not None and missing:
+                raise UsageError(f"--arch {self.arch} without --dataset needs {', '.join(missing)}")
+            return ModelConfig(self.arch, self.num_classes, self.in_channels, self.input_size)  # None: unknown
+        info = dataset_info(self.dataset)
+        return ModelConfig(self.arch, self.num_classes or self.subsample_classes or info.num_classes,
+                           self.in_channels or info.in_channels, self.input_size or info.image_size)
+
+    def validate(self) -> None:
+        """Every check of the options, before anything is read or written (messages name the flags)."""
+        check_model_shape(self.num_classes, self.in_channels, self.input_size)
+        if self.arch is None:
+            if not self.load_from:
+                raise UsageError("--arch is required unless --load-from names the checkpoints to analyze")
+            if self.init_from or self.pretrained or self.weights:
+                raise UsageError("--init-from, --pretrained and --weights need --arch (a model to match them with)")
+        else:
+            check_arch(self.arch)
+        k = self.subsample_classes
+        if self.dataset is not None:
+            info = dataset_info(self.dataset)
+            if k < 0 or k > info.num_classes or k == 1:
+                raise UsageError(f"--subsample-classes must be 0 (all) or 2..{info.num_classes}, got {k}")
+        elif k:
+            raise UsageError("--subsample-classes needs --dataset")
+        check_level(self.level)
+        if self.load_from and (self.pretrained or self.weights):
+            raise UsageError("--pretrained analyzes torchvision's weights; it cannot be combined with --load-from")
+
+    def options(self) -> AnalysisOptions:
+        init_from = str(Path(self.init_from).resolve()) if self.init_from else None
+        return AnalysisOptions(normalize=self.normalize, with_linear=self.with_linear,
+                               include_1x1=self.include_1x1, level=self.level, init_from=init_from)
+
+
+@dataclass
+class ProjectionsResult:
+    """The documents of a projections run, by file name (`<snapshot stem>.json`), and which of them this run
+    computed (the others were kept from an earlier run with the same options)."""
+
+    relpath: Path
+    options: AnalysisOptions
+    documents: dict[str, dict[str, Any]]
+    computed: list[str]
+    replaced: dict[str, str] = field(default_factory=dict)  # name -> why its earlier result was not reused
+
+    @property
+    def n_biased(self) -> int:
+        return sum(int(d["net"]["n_biased"]) for d in self.documents.values())
+
+
+def run_projections(settings: ProjectionSettings, root: str | os.PathLike | None = None) -> ProjectionsResult:
+    """Analyze the snapshots of `settings`; results already in the results folder `root` made with the same
+    options are kept (unless `settings.overwrite`) instead of computed again."""
+    s = settings
+    s.validate()
+    options = s.options()
+    config = s.model_config()
+    shape = (config.num_classes, config.in_channels, config.input_size)
+    analyzer = SnapshotAnalyzer(
+        config, options,
+        context={"arch": s.arch, "dataset": s.dataset, "seed": None if s.seed is None else str(s.seed)},
+        device=s.device, init_state=load_init_state(options.init_from) if options.init_from else None,
+        dataset=s.dataset, seed=s.seed, state_dict_prefix=s.state_dict_prefix)
+    pretrained = s.pretrained or s.weights is not None
+    if s.load_from:
+        paths = find_snapshots(s.load_from)
+        stems = [p.stem for p in paths]
+        twice = sorted({t for t in stems if stems.count(t) > 1})
+        if twice:
+            raise UsageError(f"several snapshots are named {', '.join(twice)}: their results would overwrite "
+                             "each other; analyze them into different --results folders")
+        jobs = [(p.stem, p) for p in paths]
+    else:
+        jobs = [(f"{'pretrained' if pretrained else 'init'}_{s.arch}", None)]
+
+    out_dir = Path(root) / s.relpath if root is not None else None
+    docs: dict[str, dict[str, Any]] = {}
+    computed: list[str] = []
+    replaced: dict[str, str] = {}
+    # what changes the numbers besides the options: the model's configuration, and for a model without a
+    # file the seed of its initialization or the pretrained weights (a file's tensors are compared by hash)
+    fields: dict[str, Any] = {"arch": s.arch, "num_classes": config.num_classes, "in_channels": config.in_channels,
+                              "input_size": config.input_size}
+    for stem, path in tqdm(jobs, desc="projections", unit="snapshot", file=sys.stderr,
+                           disable=not s.progress or not sys.stderr.isatty()):
+        name = f"{stem}.json"
+        doc = why = None
+        if not s.overwrite and out_dir is not None:
+            wanted = dict(fields)
+            if path is None and pretrained:
+                wanted["source"] = str(Path(s.weights).resolve()) if s.weights else str(pretrained_file(s.arch))
+            elif path is None:
+                wanted["init_seed"] = 0 if s.seed is None else s.seed
+            if path is not None:  # a snapshot may record its own configuration; its tensors are compared
+                wanted = {"arch": s.arch}
+            doc, why = reusable_result(out_dir / name, options, wanted, checkpoint=path,
+                                       init_from=options.init_from, state_dict_prefix=s.state_dict_prefix)
+            if why is not None:
+                replaced[name] = why
+                log.info("recomputing %s: %s", out_dir / name, why)
+        if doc is None:
+            if path is not None:
+                doc = analyzer.analyze_file(path)
+            elif pretrained:
+                model = build_model(s.arch, *shape, pretrained=True, weights=s.weights,
+                                    state_dict_prefix=s.state_dict_prefix)
+                doc = analyzer.analyze_model(model, stem, -1, str(Path(s.weights).resolve()) if s.weights
+                                             else str(pretrained_file(s.arch)))
+            else:
+                init_seed = 0 if s.seed is None else s.seed
+                doc = analyzer.analyze_model(build_model(s.arch, *shape, seed=init_seed), stem, 0,
+                                             f"random initialization (seed {init_seed})", init_seed=init_seed)
+            computed.append(name)
+            for line in log_lines(doc):
+                log.debug(line)
+        docs[name] = doc
+    return ProjectionsResult(s.relpath, options, docs, computed, replaced)
+
+
+def save(result: ProjectionsResult, root: str | os.PathLike, parquet: bool = False,
+         log_name: str | None = "positive_orthant.log") -> Path:
+    """Write the documents this run computed to `root`/<dataset>[_<k>]/<arch>[/<seed>]/<stem>.json, the
+    tidy table of every document in that folder made with the same options (`projections.csv`, and
+    `.parquet` with `parquet`), and append their summary lines to the log file there. Returns the folder."""
+    out_dir = Path(root) / result.relpath
+    with files.log_to(out_dir / log_name if log_name else None) as note:
+        for name in result.computed:
+            files.write_json(out_dir / name, result.documents[name])
+            for line in log_lines(result.documents[name]):
+                note(line)
+    table = table_of(result, root)
+    with files.atomic_path(out_dir / "projections.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    if parquet:
+        with files.atomic_path(out_dir / "projections.parquet") as tmp:
+            table.to_parquet(tmp, index=False)
+    return out_dir
+
+
+def table_of(result: ProjectionsResult, root: str | os.PathLike) -> pd.DataFrame:
+    """The tidy table of a run's documents and of the others in its results folder made with the same options."""
+    out_dir = Path(root) / result.relpath
+    return projections_table(collect_results(out_dir, result.options,
+                                             {out_dir / n: d for n, d in result.documents.items()}))
