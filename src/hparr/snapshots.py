@@ -31,7 +31,7 @@ def data_record(data_meta: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data_meta.items() if k not in TOP_LEVEL_FACTS}
 
 
-def _resolve_resume(spec: str, run_dir: Path, exclude: tuple[Path, ...] = ()) -> Path | None:
+def resolve_resume(spec: str, run_dir: Path, exclude: tuple[Path, ...] = ()) -> Path | None:
     """The snapshot to resume from; 'auto' on a run with no snapshot yet (`exclude` aside) means a fresh start."""
     if spec == "auto":
         try:
