@@ -2,6 +2,7 @@
 compared with those its snapshots record) and one writer at a time (an exclusive lock that names its holder)."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -202,14 +203,13 @@ class RunDirectoryLock:
             if current != os.fstat(handle.fileno()).st_ino:  # locked a file its holder removed as it released it
                 handle.close()
                 continue
-            try:
-                handle.truncate(0)
-                handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                         "command": shlex.join(sys.orig_argv)}) + "\n")
-                handle.flush()
-            except OSError as exc:
-                handle.close()
-                raise (files.write_error(exc, path, "snapshots") or exc) from None
+            try:  # who holds it, for the message of a refused run (unbuffered); a full disk leaves it unsaid
+                os.ftruncate(handle.fileno(), 0)
+                os.write(handle.fileno(), (json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                       "command": shlex.join(sys.orig_argv)}) + "\n").encode())
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(handle.fileno(), 0)
             return cls(path, handle, made)
         raise HparrError(f"cannot lock {run_dir}: its lock file {path.name} keeps changing")
 
