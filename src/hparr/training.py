@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from . import checkpoints, distributed, files, layout, rundir, tensorboard_log
 from .data import load_data, make_loader
@@ -318,8 +319,6 @@ class Run(Snapshots):
                            final=final_metrics, history=self.history, stopped=dict(self.stopped))
 
     def _train_epoch(self, model: nn.Module, loader, epoch: int, scaler, tracker=None) -> float:
-        from tqdm.auto import tqdm
-
         show = self.settings.progress and self.ctx.is_main and sys.stderr.isatty()
         bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{self.settings.epochs}", leave=False, disable=not show)
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
@@ -357,7 +356,7 @@ class Run(Snapshots):
         are computed again) and tracks the resumed weights if their row is missing."""
         if not (self.settings.track and self.ctx.is_main):
             return None
-        from .track import BiasTracker
+        from .track import BiasTracker  # start-up time: the tracker (scipy, pandas) loads only when a run tracks
 
         init = None
         if self.resumed_from is not None:

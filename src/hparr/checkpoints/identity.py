@@ -20,7 +20,7 @@ def _hasher(algorithm: str | None = None):
     sha256 where xxhash is not installed or a result recorded it."""
     if algorithm in (None, "xxh3-128"):
         try:
-            import xxhash
+            import xxhash  # optional: sha256 where it is not installed
 
             return "xxh3-128", xxhash.xxh3_128()
         except ImportError:
