@@ -7,6 +7,7 @@ import torch
 from hparr import checkpoints as ck
 from hparr.errors import HparrError, UsageError
 from hparr.models import build_model
+from hparr.snapshots import save_snapshot
 
 
 def original_tar(model, epoch):
@@ -83,7 +84,7 @@ def test_mismatched_architecture_names_keys_and_shapes():
 def test_find_snapshots_and_newest(tmp_path):
     model = build_model("lenet")
     for e in (0, 1, 2):
-        ck.save_snapshot(tmp_path / f"lenet_{e}.tar",
+        save_snapshot(tmp_path / f"lenet_{e}.tar",
                          {"epochs_completed": e + 1, "model_state_dict": model.state_dict()})
     (tmp_path / "lenet_9.tar").write_bytes(b"torn")
     assert len(ck.find_snapshots(str(tmp_path / "*.tar"))) == 4
@@ -105,26 +106,27 @@ def test_recorded_normalization_reads_every_layout():
 
 def test_newest_snapshot_reads_snapshots_memory_mapped(tmp_path, monkeypatch):
     for epoch in (1, 3, 2):
-        ck.save_snapshot(tmp_path / f"lenet_{epoch - 1}.tar",
+        save_snapshot(tmp_path / f"lenet_{epoch - 1}.tar",
                          {"epochs_completed": epoch, "model_state_dict": {"w": torch.zeros(2)}})
     (tmp_path / "lenet_9.tar").write_bytes(b"torn")
     calls = []
     load = ck.torch_load
-    monkeypatch.setattr(ck, "torch_load", lambda path, mmap=False: calls.append(mmap) or load(path, mmap=mmap))
+    monkeypatch.setattr(ck.load, "torch_load", lambda path, mmap=False: calls.append(mmap) or load(path, mmap=mmap))
     assert ck.newest_snapshot(tmp_path) == tmp_path / "lenet_2.tar"
     assert calls and all(calls)
 def test_weight_configuration_compares_only_what_changes_the_weights():
     from dataclasses import asdict, replace
 
     from hparr.data import DataOptions
+    from hparr.rundir import configuration_differences, weight_configuration
     from hparr.training import TrainSettings
 
     seeds = {"seed": 0, "noise_seed": 11, "split_seed": 12, "class_sample_seed": 13}
     base = TrainSettings(arch="lenet", data=DataOptions(dataset="digits"), lr=0.01, seed=0)
 
     def differences(changed, changed_seeds=seeds, reference=base):
-        return ck.configuration_differences(ck.weight_configuration(asdict(reference), seeds),
-                                            ck.weight_configuration(asdict(changed), changed_seeds))
+        return configuration_differences(weight_configuration(asdict(reference), seeds),
+                                         weight_configuration(asdict(changed), changed_seeds))
 
     assert differences(replace(base, lr=0.05)) == ["--lr 0.01 there, 0.05 here"]
     assert differences(replace(base, data=DataOptions(dataset="digits", augmentation=True))) == [

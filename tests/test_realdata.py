@@ -13,7 +13,7 @@ from scipy import stats
 
 from hparr import checkpoints as ck
 from hparr import data as hd
-from hparr import fakedata, reinit
+from hparr import fakedata, reinit, rundir
 from hparr.cli import main
 from hparr.data import DataOptions, load_data, make_loader
 from hparr.errors import HparrError, UsageError
@@ -168,9 +168,9 @@ def test_train_size_is_part_of_the_run_and_recorded(tmp_path):
     assert sum(snap["data"]["train_subset"]["per_class"]) == 120
     assert snap["data"]["label_noise"]["count"] == 120  # the noise corrupts the subset
     assert snap["seeds"]["train_size_seed"] == snap["data"]["train_subset"]["seed"]
-    other = ck.weight_configuration({**snap["settings"], "data": {**snap["settings"]["data"], "train_size": 60}},
-                                    snap["seeds"])
-    assert ck.configuration_differences(ck.weight_configuration(snap["settings"], snap["seeds"]), other) == [
+    other = rundir.weight_configuration({**snap["settings"], "data": {**snap["settings"]["data"], "train_size": 60}},
+                                        snap["seeds"])
+    assert rundir.configuration_differences(rundir.weight_configuration(snap["settings"], snap["seeds"]), other) == [
         "--train-size 120 there, 60 here"]
 
 

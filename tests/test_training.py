@@ -9,6 +9,7 @@ import torch
 from hparr import checkpoints as ck
 from hparr.cli import main
 from hparr.data import DataOptions
+from hparr.snapshots import TOP_LEVEL_FACTS
 from hparr.training import TrainSettings, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,7 +189,7 @@ def test_remaining_flags_reach_the_run(tmp_path, capsys):
     assert snap["data"]["split"]["shuffle"] and snap["data"]["split"]["seed"] == 2
     assert snap["normalization"] == {"mean": [0.0], "std": [1.0], "normalized": False}
     # each fact is stored once: the data record holds none of the facts kept at the top level
-    assert not set(ck.TOP_LEVEL_FACTS) & set(snap["data"])
+    assert not set(TOP_LEVEL_FACTS) & set(snap["data"])
     assert (snap["in_channels"], snap["input_size"], snap["dataset"]) == (1, 32, "digits")
     assert snap["settings"]["workers"] == 0 and snap["settings"]["batch_size"] == 64
     assert '"converged": true' in capsys.readouterr().out
@@ -253,3 +254,121 @@ def test_a_run_of_another_configuration_is_refused_and_replaced_only_with_overwr
     assert [h["epoch"] for h in ck.torch_load(run_dir / "lenet_2.pt")["history"]] == [1, 2]
     after = digests(run_dir)
     assert all(after[n] == replaced[n] for n in names)  # the snapshots it continued from are untouched
+
+
+# --- one writer per run directory ------------------------------------------------------------------
+
+def lock_held(run_dir: Path, proc, timeout: float = 300.0) -> dict:
+    """The holder record of the run directory's lock once `proc` wrote it (and the run is under way)."""
+    import json
+    import time
+
+    from hparr.rundir import LOCK_NAME
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            info = json.loads((run_dir / LOCK_NAME).read_text())
+            if (run_dir / "lenet_init_0.pt").exists():
+                return info
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    raise AssertionError(f"no lock in {run_dir} within {timeout} s")
+
+
+def train_command(models, epochs: int, *extra):
+    return [sys.executable, "-m", "hparr", "train", "--arch", "lenet", "--dataset", "digits", "--epochs", str(epochs),
+            "--lr", "0.02", "--seed", "5", "--tb-logdir", "", "--no-progress", "--models-path", str(models), *extra]
+
+
+@pytest.mark.slow
+def test_a_second_run_into_a_busy_run_directory_is_refused_naming_the_first(tmp_path):
+    run_dir = tmp_path / "M" / "digits" / "lenet" / "5"
+    import signal
+
+    first = subprocess.Popen(train_command(tmp_path / "M", 3, "--resume-from", "auto"), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        info = lock_held(run_dir, first)
+        assert info["pid"] == first.pid and "train" in info["command"]
+        first.send_signal(signal.SIGSTOP)  # paused mid-run, however fast the machine: it holds the lock meanwhile
+        try:
+            second = subprocess.run(train_command(tmp_path / "M", 3, "--resume-from", "auto"), capture_output=True,
+                                    text=True, timeout=300)
+        finally:
+            first.send_signal(signal.SIGCONT)
+        assert second.returncode == 2
+        errors = [line for line in second.stderr.splitlines() if line.strip()]
+        assert len(errors) == 1 and errors[0].startswith(f"hparr train: error: {run_dir} is in use by another "
+                                                         f"training run (pid {first.pid} on "), errors
+        assert first.wait(timeout=600) == 0, first.stderr.read()[-2000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    log = (run_dir / "train.log").read_text()
+    assert [line.split("epoch ")[1].split()[0] for line in log.splitlines() if " epoch " in line
+            and "loss" in line] == ["1/3", "2/3", "3/3"]  # one writer: one set of epoch lines
+    assert not (run_dir / ".train.lock").exists()  # released at the end
+
+
+@pytest.mark.slow
+def test_the_lock_of_a_killed_run_does_not_block_the_next(tmp_path):
+    import signal
+
+    run_dir = tmp_path / "M" / "digits" / "lenet" / "5"
+    first = subprocess.Popen(train_command(tmp_path / "M", 30), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    lock_held(run_dir, first)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert (run_dir / ".train.lock").exists()  # the file stays, the lock went with the process
+    again = subprocess.run(train_command(tmp_path / "M", 2, "--resume-from", "auto"), capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert ck.torch_load(run_dir / "lenet_2.pt")["epochs_completed"] == 2
+
+
+def test_the_run_directory_lock_names_its_holder_and_leaves_nothing_behind(tmp_path):
+    import os
+
+    from hparr.errors import UsageError
+    from hparr.rundir import LOCK_NAME, RunDirectoryLock
+
+    run_dir = tmp_path / "a" / "b" / "c"
+    lock = RunDirectoryLock.acquire(run_dir)
+    assert (run_dir / LOCK_NAME).is_file()
+    with pytest.raises(UsageError, match=rf"{run_dir} is in use by another training run \(pid {os.getpid()} on "):
+        RunDirectoryLock.acquire(run_dir)  # another open file of the same process conflicts too
+    lock.release()
+    assert not (tmp_path / "a").exists()  # the folders it made, empty again, are gone
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    lock = RunDirectoryLock.acquire(kept)
+    (kept / "lenet_init_0.pt").write_bytes(b"x")
+    lock.release()
+    lock.release()  # once is enough
+    assert sorted(p.name for p in kept.iterdir()) == ["lenet_init_0.pt"]
+    RunDirectoryLock.acquire(kept).release()  # free again
+
+
+def test_a_refused_run_writes_nothing_and_train_log_is_untouched(tmp_path, capsys):
+    from hparr.rundir import RunDirectoryLock
+
+    first = train(settings(tmp_path, epochs=1))
+    run_dir = Path(first.run_dir)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    lock = RunDirectoryLock.acquire(run_dir)  # a run under way in this run directory
+    capsys.readouterr()
+    try:
+        argv = ["train", "--arch", "lenet", "--dataset", "digits", "--epochs", "2", "--lr", "0.01", "--seed", "0",
+                "--models-path", str(tmp_path / "models"), "--tb-logdir", "", "--no-progress", "--resume-from", "auto"]
+        assert main(argv) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 1 and "is in use by another training run" in err[0]
+        assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.name != ".train.lock"} == before
+    finally:
+        lock.release()
+    assert main(argv) == 0  # free again: the run continues

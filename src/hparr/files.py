@@ -231,7 +231,7 @@ def _append(handler: _LogFileHandler, line: str) -> None:
 def save_torch(obj: Any, path: str | os.PathLike, what: str = "files") -> None:
     """torch.save, atomically. The file is written through a Python file object, so that a failed write
     keeps its OSError (and errno) as the context of torch's error."""
-    import torch
+    import torch  # torch-free module: the report writes through it without torch
 
     with atomic_path(path, what) as tmp, open(tmp, "wb") as fh:
         torch.save(obj, fh)
@@ -248,7 +248,7 @@ def flock(path: str | os.PathLike, shared: bool = False, wait: bool = True):
     another process holds a conflicting lock. Where flock does not exist or fails (some network file systems),
     nothing is locked."""
     try:
-        import fcntl
+        import fcntl  # optional: POSIX only
     except ImportError:
         return _NoLock()
     ensure_dir(Path(path).parent)

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import checkpoints, distributed, files, layout, projections, reinit, report, results, training
-from .defaults import LEVEL, THRESHOLD
+from . import checkpoints, files, layout, projections, reinit, report, results, training
+from .defaults import LEVEL, THRESHOLD, check_level, check_threshold
 from .errors import HparrError
 from .results import parse_eval_splits
 from .training import TrainSettings
@@ -39,6 +39,27 @@ class ReproduceResult:
     manifest: Path
     report: dict[str, Path]
     snapshots: int
+
+
+@dataclass
+class ReproduceSettings:
+    """Every option of `hparr reproduce`: the training run's settings, the folder everything goes to, and the
+    analysis options (`with_linear`, the bias tests' `level`, the criticality `threshold`, the re-initialization
+    sweep's `eval_splits`)."""
+
+    train: TrainSettings
+    out: str
+    with_linear: bool = False
+    threshold: float = THRESHOLD
+    level: float = LEVEL
+    eval_splits: Sequence[str] = ("test",)
+
+    def validate(self) -> None:
+        check_threshold(self.threshold)
+        check_level(self.level)
+        self.eval_splits = parse_eval_splits(self.eval_splits)
+
+
 def remove_results(results: Path, settings: TrainSettings) -> list[Path]:
     """Delete the projection and re-initialization results of this configuration's experiment under
     `results` (they are computed again), so that none of a replaced run is reused or reported."""
@@ -57,6 +78,12 @@ def remove_results(results: Path, settings: TrainSettings) -> list[Path]:
 def reproduce(settings: TrainSettings, out_dir: str | Path, with_linear: bool = False,
               threshold: float = THRESHOLD, level: float = LEVEL,
               eval_splits: Sequence[str] = ("test",)) -> ReproduceResult:
+    """`run_reproduce` of these options."""
+    return run_reproduce(ReproduceSettings(settings, str(out_dir), with_linear=with_linear, threshold=threshold,
+                                           level=level, eval_splits=eval_splits))
+
+
+def run_reproduce(rs: ReproduceSettings) -> ReproduceResult:
     """Train with snapshots under `out_dir/models`, analyze every snapshot, run the reinit sweep with
     `--rand`, and draw the report into `out_dir/report`. Rerunning resumes and reuses finished results.
 
@@ -67,13 +94,15 @@ def reproduce(settings: TrainSettings, out_dir: str | Path, with_linear: bool = 
 
     `eval_splits`: the re-initialization sweep is measured on each ("test", "train": see `reinit.ReinitSettings`);
     the manifest names the first as its "reinit" result (the report's) and all of them in "reinit_splits"."""
-    eval_splits = parse_eval_splits(eval_splits)
-    out = Path(out_dir)
+    rs.validate()
+    settings, with_linear, threshold, level, eval_splits = rs.train, rs.with_linear, rs.threshold, rs.level, \
+        rs.eval_splits
+    out = Path(rs.out)
     settings = dataclasses.replace(settings, models_path=str(out / "models"),
                                    tb_logdir=str(out / "tensorboard") if settings.tb_logdir else None,
                                    resume_from=settings.resume_from or "auto")
-    session = training.Run(settings)  # checks the settings and the data before anything is written
-    try:
+    # checks the settings and the data, and locks the run directory, before anything is written
+    with training.Run(settings) as session:
         log.info("[1/4] training %s on %s", settings.arch, settings.data.dataset)
         files.ensure_dir(out)
         if settings.overwrite:
@@ -88,8 +117,6 @@ def reproduce(settings: TrainSettings, out_dir: str | Path, with_linear: bool = 
         # pixel-shuffled images under --noise -1): how well it fit, or memorized, its own data
         final_metrics = {**trained.final, "train": session.evaluate("train")}
         num_classes = session.data.num_classes
-    finally:
-        distributed.shutdown(session.ctx)
     run_dir = Path(trained.run_dir)
     init = run_dir / layout.init_name(settings.arch, settings.pretrained)
     final = run_dir / layout.final_name(settings.arch, trained.epochs_trained, settings.pretrained)

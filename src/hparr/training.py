@@ -2,101 +2,30 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from . import checkpoints, distributed, files, layout
-from .data import DataOptions, load_data, make_loader
+from . import checkpoints, distributed, files, layout, rundir, tensorboard_log
+from .data import load_data, make_loader
 from .errors import HparrError, UsageError
 from .metrics import correct_counts
-from .models import build_model, check_arch
-from .provenance import derive_seeds, resolve_seed, versions
-from .results import SNAPSHOT_FORMAT
+from .models import build_model
+from .provenance import derive_seeds, resolve_seed
+from .snapshots import Snapshots, resolve_resume
+from .train_settings import STOP_REASONS, EvaluateSettings, TrainResult, TrainSettings, data_options_with_seeds
 
 log = logging.getLogger("hparr.train")
 
 PLATEAU_EPOCHS = 10
-# why a training run stopped, as its final snapshot, its result and the manifest of `reproduce` record it
-STOP_REASONS = {"epochs": "epochs exhausted", "target": "target reached", "plateau": "plateau"}
-
-
-@dataclass
-class TrainSettings:
-    """Every option of a training run (the paper's train.py flags, plus the new ones)."""
-
-    arch: str
-    data: DataOptions = field(default_factory=DataOptions)
-    epochs: int = 20
-    start_epoch: int = 0
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float = 0.001
-    lr_step: int = 0
-    lr_decay: float = 0.0
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    seed: int | None = None
-    models_path: str = "./models"
-    tb_logdir: str | None = "./tensorboard"
-    snapshot_every: int = 0
-    snapshot_all_until: int = 0
-    resume_from: str | None = None
-    overwrite: bool = False  # replace a run of another configuration in the run directory
-    kill_plateaus: bool = False
-    train_acc: bool = False
-    pretrained: bool = False
-    weights: str | None = None
-    state_dict_prefix: str | None = None
-    cuda: bool = False
-    amp: str | None = None  # None, "bf16" or "fp16"
-    compile: str | None = None  # None, or the torch.compile backend of the training steps ("inductor")
-    channels_last: str = "auto"  # "auto", "on" or "off"
-    sync_bn: bool = False
-    workers: int = 1
-    progress: bool = True
-    log: str | None = "train.log"
-    track: bool = True
-    track_every_steps: int = 0
-    until_train_acc: float | None = None  # stop after the first epoch whose own-label train top-1 (%) reaches it
-
-    def validate(self) -> None:
-        check_arch(self.arch)
-        self.data.validate()
-        checks = [
-            (self.epochs >= 0, f"--epochs must be >= 0, got {self.epochs}"),
-            (self.start_epoch >= 0, f"--start-epoch must be >= 0, got {self.start_epoch}"),
-            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (self.optimizer in ("sgd", "adam"), f"unknown optimizer {self.optimizer!r}; supported: sgd, adam"),
-            (self.lr > 0 and math.isfinite(self.lr), f"--lr must be > 0, got {self.lr}"),
-            (self.lr_step >= 0, f"--lr-step must be >= 0, got {self.lr_step}"),
-            (self.lr_decay >= 0, f"--lr-decay must be >= 0, got {self.lr_decay}"),
-            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
-            (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
-            (self.snapshot_every >= 0, f"--snapshot-every must be >= 0, got {self.snapshot_every}"),
-            (self.snapshot_all_until >= 0, f"--snapshot-all-until must be >= 0, got {self.snapshot_all_until}"),
-            (self.amp in (None, "bf16", "fp16"), f"--amp must be bf16 or fp16, got {self.amp!r}"),
-            (self.channels_last in ("auto", "on", "off"), f"--channels-last must be auto, on or off, "
-                                                           f"got {self.channels_last!r}"),
-            (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
-            (self.track_every_steps >= 0, f"--track-every-steps must be >= 0, got {self.track_every_steps}"),
-            (self.until_train_acc is None or 0 < self.until_train_acc <= 100,
-             f"--until-train-acc must be a top-1 percentage in (0, 100], got {self.until_train_acc}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UsageError(message)
-        if self.compile is not None and self.compile not in torch.compiler.list_backends(exclude_tags=()):
-            raise UsageError(f"unknown --compile backend {self.compile!r}; supported: "
-                             f"{', '.join(torch.compiler.list_backends())}, or a debugging backend such as aot_eager")
 
 
 CHANNELS_LAST_MAX_WIDTH = 128
@@ -114,35 +43,7 @@ def use_channels_last(model: nn.Module, device: torch.device, choice: str = "aut
     return device.type == "cuda" or max(widths) <= CHANNELS_LAST_MAX_WIDTH
 
 
-@dataclass
-class TrainResult:
-    """What a training run produced. Its snapshots are its saved output, written as the run goes
-    (an interrupted run keeps them and resumes from them), so there is nothing left to save at the end.
 
-    run_dir: the run's snapshot folder; seed: the seed used (drawn when none was given); converged:
-    False when --kill-plateaus stopped the run; snapshots: the files written by this call; final:
-    the metrics of the final model ({"test": ..., "val": ...}); history: one record per epoch; stopped: why
-    and after which epoch training stopped (as the final snapshot records it).
-    """
-
-    run_dir: str
-    seed: int
-    converged: bool
-    snapshots: list[str]
-    final: dict[str, Any]
-    history: list[dict[str, Any]]
-    stopped: dict[str, Any] = field(default_factory=dict)  # {"reason": STOP_REASONS[...], "epoch": epochs trained}
-
-    @property
-    def epochs_trained(self) -> int:
-        """The epoch of the final model (the cap --epochs, or the earlier one where --until-train-acc stopped)."""
-        return int(self.stopped["epoch"])
-
-    def as_dict(self, history: bool = True) -> dict[str, Any]:
-        out = asdict(self)
-        if not history:
-            out.pop("history")
-        return out
 def compile_model(model: nn.Module, backend: str = "inductor") -> nn.Module:
     """`model` compiled with torch.compile for training steps: a wrapper that shares its parameters, so the
     plain `model` still gives snapshots without the wrapper's `_orig_mod.` prefix and evaluates eagerly.
@@ -192,64 +93,39 @@ def _amp_dtype(amp: str | None) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp) if amp else None
 
 
-class _TensorBoard:
-    """A SummaryWriter whose failed writes (a full disk, ...) are one-line HparrErrors naming its folder."""
+class Run(Snapshots):
+    """One training run, built from settings, then `fit()` or `evaluate()`; a context manager that releases
+    what the run holds (`close()`): `with Run(settings) as run: run.fit()`.
 
-    def __init__(self, log_dir: Path):
-        from torch.utils.tensorboard import SummaryWriter
+    A run that trains (`writes`, the default) holds an exclusive lock on its run directory from the start (rank 0
+    alone, which alone writes there): a second run into it is refused at once, naming the first. A run built
+    only to evaluate a snapshot (`writes=False`) takes no lock and writes nothing."""
 
-        self.log_dir = log_dir
-        self._writer = self._call(SummaryWriter, log_dir=str(log_dir))
-
-    def _call(self, method, *args, **kwargs):
-        try:
-            return method(*args, **kwargs)
-        except OSError as exc:  # raised by the writer's thread, or again by each later call
-            raise (files.write_error(exc, self.log_dir, "snapshots") or exc) from None
-
-    def add_summary(self, summary, global_step: int) -> None:
-        """A summary of many values as one event (the bias tracker's step)."""
-        self._call(self._writer._get_file_writer().add_summary, summary, global_step)
-
-    def __getattr__(self, name: str):
-        if name.startswith("_"):
-            raise AttributeError(name)
-        attr = getattr(self._writer, name)
-        return functools.partial(self._call, attr) if callable(attr) else attr
-
-
-def _data_options_with_seeds(opts: DataOptions, seed: int) -> DataOptions:
-    """Fill unset data seeds deterministically from the run seed, so every rank and every rerun agrees."""
-    derived = derive_seeds(seed, "noise", "split", "class_sample", "train_size")
-    return DataOptions(**{**asdict(opts),
-                          "train_size_seed": opts.train_size_seed if opts.train_size_seed is not None
-                          else derived["train_size"],
-                          "noise_seed": opts.noise_seed if opts.noise_seed is not None else derived["noise"],
-                          "split_seed": opts.split_seed if opts.split_seed is not None else derived["split"],
-                          "class_sample_seed": opts.class_sample_seed if opts.class_sample_seed is not None
-                          else derived["class_sample"]})
-
-
-def _resolve_resume(spec: str, run_dir: Path, exclude: tuple[Path, ...] = ()) -> Path | None:
-    """The snapshot to resume from; 'auto' on a run with no snapshot yet (`exclude` aside) means a fresh start."""
-    if spec == "auto":
-        try:
-            return checkpoints.newest_snapshot(run_dir, exclude)
-        except (HparrError, UsageError):
-            log.info("no snapshot of this configuration in %s yet: starting from scratch", run_dir)
-            return None
-    if Path(spec).is_dir():
-        return checkpoints.newest_snapshot(spec)
-    return Path(spec)
-
-
-class Run:
-    """One training run: built from settings, then `fit()` or `evaluate()`."""
-
-    def __init__(self, settings: TrainSettings):
+    def __init__(self, settings: TrainSettings, writes: bool = True):
         settings.validate()
         self.settings = settings
         self.ctx = distributed.init_from_env(settings.cuda and torch.cuda.is_available())
+        self._lock: rundir.RunDirectoryLock | None = None
+        try:
+            self._setup(settings, writes)
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the run directory and leave the process group of torchrun (either may be done already)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        distributed.shutdown(self.ctx)
+
+    def _setup(self, settings: TrainSettings, writes: bool) -> None:
         if not self.ctx.is_main:  # rank 0 alone reports
             logging.getLogger("hparr").setLevel(logging.WARNING)
         self.device = distributed.select_device(settings.cuda, self.ctx.local_rank)
@@ -260,17 +136,19 @@ class Run:
             log.warning("--amp needs a GPU: training in float32")
         seed = resolve_seed(settings.seed)
         if self.ctx.distributed:  # one seed for all ranks, chosen by rank 0
-            seed = int(distributed.all_reduce_sum([seed if self.ctx.is_main else 0], torch.device("cpu"))[0])
+            seed = int(distributed.all_reduce_sum([seed if self.ctx.is_main else 0], self.device)[0])
         self.seed = seed
         self.seeds = {"seed": seed, "model_init": seed, **derive_seeds(seed, "data_order", "dropout")}
-        self.data_options = _data_options_with_seeds(settings.data, seed)
+        self.data_options = data_options_with_seeds(settings.data, seed)
+        self.run_dir = layout.run_directory(settings.models_path, self.data_options.dataset, settings.arch,
+                                            settings.seed, self.data_options.subsample_classes,
+                                            self.data_options.noise, self.data_options.train_size)
+        if writes:
+            self._lock_run_dir()
         self.data = load_data(self.data_options)
         self.seeds.update(noise_seed=self.data_options.noise_seed, split_seed=self.data_options.split_seed,
                           class_sample_seed=self.data_options.class_sample_seed,
                           train_size_seed=self.data_options.train_size_seed)
-        self.run_dir = layout.run_directory(settings.models_path, self.data_options.dataset, settings.arch,
-                                                 settings.seed, self.data_options.subsample_classes,
-                                                 self.data_options.noise, self.data_options.train_size)
         self.model = build_model(settings.arch, self.data.num_classes, self.data.in_channels, self.data.image_size,
                                  seed=seed, pretrained=settings.pretrained, weights=settings.weights,
                                  state_dict_prefix=settings.state_dict_prefix)
@@ -287,12 +165,26 @@ class Run:
         self.history: list[dict[str, Any]] = []
         self.resumed_from: Path | None = None
         # snapshots of another configuration in the run directory: refused or replaced by fit(), never resumed
-        self.config = checkpoints.weight_configuration(asdict(settings), self.seeds)
-        self.other_runs = checkpoints.other_configurations(self.run_dir, self.config)
+        self.config = rundir.weight_configuration(asdict(settings), self.seeds)
+        self.other_runs = rundir.other_configurations(self.run_dir, self.config)
         others = tuple(p for p, _ in self.other_runs)
-        resume = _resolve_resume(settings.resume_from, self.run_dir, others) if settings.resume_from else None
+        resume = resolve_resume(settings.resume_from, self.run_dir, others) if settings.resume_from else None
         if resume is not None:
             self._resume(resume)
+
+    def _lock_run_dir(self) -> None:
+        """Rank 0 locks the run directory; every rank learns whether it could, so that none waits for the others
+        in a collective call after rank 0 was refused."""
+        refused = None
+        if self.ctx.is_main:
+            try:
+                self._lock = rundir.RunDirectoryLock.acquire(self.run_dir)
+            except HparrError as exc:
+                refused = exc
+        if self.ctx.distributed and distributed.all_reduce_sum([float(refused is not None)], self.device)[0]:
+            refused = refused or UsageError(f"{self.run_dir} is in use by another training run (rank 0 names it)")
+        if refused is not None:
+            raise refused
 
     # -- loaders ------------------------------------------------------------------------------------
     def loader(self, split: str, train: bool | None = None):
@@ -300,71 +192,6 @@ class Run:
                            generator=self.data_generator if (split == "train" if train is None else train) else None,
                            device=self.device, workers=self.settings.workers, rank=self.ctx.rank,
                            world_size=self.ctx.world_size, channels_last=self.channels_last)
-
-    # -- snapshots ----------------------------------------------------------------------------------
-    def _resume(self, path: Path) -> None:
-        ckpt = checkpoints.read_checkpoint(path, mmap=False)
-        obj = ckpt.obj
-        state = checkpoints.match_prefix(ckpt.state, self.model, self.settings.state_dict_prefix, source=str(path))
-        checkpoints.load_weights(self.model, dict(state), source=str(path))
-        self.resumed_from = path
-        if not (isinstance(obj, dict) and "model_state_dict" in obj):
-            log.info("resumed weights from %s (a bare state_dict: optimizer starts fresh at epoch %d)",
-                     path, self.start_epoch)
-            return
-        recorded = (obj.get("settings") or {}).get("optimizer") if isinstance(obj.get("settings"), dict) else None
-        if isinstance(recorded, str) and recorded != self.settings.optimizer:
-            raise HparrError(f"{path} was trained with --optimizer {recorded}: its optimizer state cannot be "
-                             f"resumed with --optimizer {self.settings.optimizer}")
-        try:
-            if obj.get("optimizer_state_dict"):
-                self.optimizer.load_state_dict(obj["optimizer_state_dict"])
-            if self.scheduler is not None and obj.get("scheduler_state_dict"):
-                self.scheduler.load_state_dict(obj["scheduler_state_dict"])
-        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
-            raise HparrError(f"cannot resume the optimizer of {path} ({type(exc).__name__}: {exc}); it was "
-                             "saved by another optimizer or model") from None
-        self.start_epoch = checkpoints.snapshot_epoch(obj, path)
-        rng = obj.get("rng") or {}
-        if "data_order" in rng:
-            self.data_generator.set_state(rng["data_order"])
-        if "dropout" in rng:
-            self.dropout_state = rng["dropout"]
-        self.cuda_states = rng.get("cuda")
-        self.history = list(obj.get("history") or [])
-        log.info("resumed from %s: %d epochs completed", path, self.start_epoch)
-
-    def _payload(self, epochs_completed: int, metrics: dict[str, Any]) -> dict[str, Any]:
-        val = metrics.get("val") or metrics.get("test") or {}
-        rng = {"data_order": self.data_generator.get_state(), "dropout": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        settings = asdict(self.settings)
-        return {
-            "format": SNAPSHOT_FORMAT,
-            "arch": self.settings.arch, "dataset": self.data_options.dataset,
-            "num_classes": self.data.num_classes, "in_channels": self.data.in_channels,
-            "input_size": self.data.image_size, "pretrained": self.settings.pretrained,
-            "epochs_completed": epochs_completed, "epoch": epochs_completed - 1,
-            "top1_acc": val.get("top1"), "top5_acc": val.get("top5"), "metrics": metrics,
-            "model_state_dict": self.model.state_dict(),
-            "optimizer_state_dict": self.optimizer.state_dict(),
-            "scheduler_state_dict": self.scheduler.state_dict() if self.scheduler is not None else {},
-            "rng": rng, "seeds": dict(self.seeds), "settings": settings,
-            "data": checkpoints.data_record(self.data.meta),
-            "normalization": {"mean": list(self.data.mean), "std": list(self.data.std),
-                              "normalized": not self.data_options.unnormalize},
-            "versions": versions(), "history": list(self.history),
-            **({"stopped": dict(self.stopped)} if self.stopped is not None else {}),
-        }
-
-    def save(self, name: str, epochs_completed: int, metrics: dict[str, Any]) -> Path | None:
-        if not self.ctx.is_main:
-            return None
-        path = self.run_dir / name
-        checkpoints.save_snapshot(path, self._payload(epochs_completed, metrics))
-        log.info("saved %s", path)
-        return path
 
     # -- the loop -----------------------------------------------------------------------------------
     def evaluate(self, split: str) -> dict[str, float]:
@@ -376,7 +203,8 @@ class Run:
     def fit(self) -> TrainResult:
         """Train from `start_epoch` to `epochs`, writing snapshots; return a summary."""
         s = self.settings
-        self._claim_run_dir()
+        rundir.claim(self.run_dir, self.other_runs, s.overwrite, seed_drawn=s.seed is None, remove=self.ctx.is_main)
+        self.other_runs = []
         if self.ctx.is_main:
             files.ensure_dir(self.run_dir)
         log_path = self.run_dir / s.log if (s.log and self.ctx.is_main) else None
@@ -388,44 +216,10 @@ class Run:
                 torch.cuda.manual_seed_all(self.seeds["dropout"])
             return self._fit(writer)
 
-    def _claim_run_dir(self) -> None:
-        """Refuse (before anything is written) to train into a run directory that holds snapshots of another
-        configuration; with `overwrite`, remove them first and say so."""
-        if not self.other_runs:
-            return
-        differences = "; ".join(self.other_runs[0][1])
-        if not self.settings.overwrite:
-            hint = ("; --seed was not given, so a new seed was drawn" if self.settings.seed is None
-                    and "--seed " in differences else "")
-            raise HparrError(f"{self.run_dir} already holds snapshots of another configuration ({differences}"
-                             f"{hint}); pass --overwrite to replace that run, rerun with its flags and "
-                             "--resume-from auto to continue it, or choose another --models-path")
-        if self.ctx.is_main:
-            names = [p.name for p, _ in self.other_runs]
-            log.warning("--overwrite: replacing the run in %s (%s): removing its %d snapshot(s) %s", self.run_dir,
-                        differences, len(names), ", ".join(names[:6]) + (" ..." if len(names) > 6 else ""))
-            for path, _ in self.other_runs:
-                files.remove(path)
-
-            files.remove(self.run_dir / layout.TRACKING_NAME)  # the replaced run's tracked statistics go with it
-        self.other_runs = []
-
-    @contextlib.contextmanager
     def _writer(self):
-        if not (self.settings.tb_logdir and self.ctx.is_main):
-            yield None
-            return
-        models = self.settings.models_path
-        rel = self.run_dir.relative_to(models) if self.run_dir.is_relative_to(models) \
-            else Path(self.run_dir.name)
-        writer = _TensorBoard(Path(self.settings.tb_logdir) / rel)
-        try:
-            yield writer
-        except BaseException:
-            with contextlib.suppress(Exception):  # the error on its way out says what went wrong
-                writer.close()
-            raise
-        writer.close()
+        """The TensorBoard writer of this run (rank 0, unless --tb-logdir ''), as a context manager."""
+        return tensorboard_log.open_writer(self.run_dir, self.settings.models_path,
+                                           self.settings.tb_logdir if self.ctx.is_main else None)
 
     def _fit(self, writer) -> TrainResult:
         s = self.settings
@@ -517,12 +311,7 @@ class Run:
             path = self.save(final, last, final_metrics)
             snapshots += [str(path)] if path else []
         if writer is not None and final_metrics:
-            writer.add_scalar("Loss/test", final_metrics["test"]["loss"], last)
-            writer.add_scalar("Accuracy/test/top1", final_metrics["test"]["top1"], last)
-            writer.add_scalar("Accuracy/test/top5", final_metrics["test"]["top5"], last)
-            hparams = {k: v for k, v in {**asdict(s), **asdict(self.data_options)}.items()
-                       if isinstance(v, (int, float, str, bool))}
-            writer.add_hparams(hparams, {"hparam/test_top1": final_metrics["test"]["top1"]}, run_name=".")
+            tensorboard_log.log_final(writer, final_metrics["test"], last, {**asdict(s), **asdict(self.data_options)})
         if final_metrics:
             t = final_metrics["test"]
             log.info("test: loss %.4f top1 %.2f%% top5 %.2f%%", t["loss"], t["top1"], t["top5"])
@@ -530,8 +319,6 @@ class Run:
                            final=final_metrics, history=self.history, stopped=dict(self.stopped))
 
     def _train_epoch(self, model: nn.Module, loader, epoch: int, scaler, tracker=None) -> float:
-        from tqdm.auto import tqdm
-
         show = self.settings.progress and self.ctx.is_main and sys.stderr.isatty()
         bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{self.settings.epochs}", leave=False, disable=not show)
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
@@ -569,7 +356,7 @@ class Run:
         are computed again) and tracks the resumed weights if their row is missing."""
         if not (self.settings.track and self.ctx.is_main):
             return None
-        from .track import BiasTracker
+        from .track import BiasTracker  # start-up time: the tracker (scipy, pandas) loads only when a run tracks
 
         init = None
         if self.resumed_from is not None:
@@ -602,22 +389,19 @@ class Run:
                 parts.append(f"{split} top1 {record[f'{split}_top1']:.2f}%")
         if self.ctx.is_main:
             log.info("  ".join(parts))
-        if writer is None:
-            return
-        writer.add_scalar("Loss/train", record["train_loss"], epoch)
-        writer.add_scalar("Lr", record["lr"], epoch)
-        for split in ("train", "val", "test"):
-            if f"{split}_top1" in record:
-                writer.add_scalar(f"Loss/{split}" if split != "train" else "Loss/train_eval",
-                                  record[f"{split}_loss"], epoch)
-                writer.add_scalar(f"Accuracy/{split}/top1", record[f"{split}_top1"], epoch)
-                writer.add_scalar(f"Accuracy/{split}/top5", record[f"{split}_top5"], epoch)
+        if writer is not None:
+            tensorboard_log.log_epoch(writer, epoch, record)
+
 
 
 def train(settings: TrainSettings) -> TrainResult:
     """Run a whole training as the settings say; its snapshots are written as it goes."""
-    run = Run(settings)
-    try:
+    with Run(settings) as run:
         return run.fit()
-    finally:
-        distributed.shutdown(run.ctx)
+
+
+def evaluate_snapshot(settings: EvaluateSettings) -> dict[str, float]:
+    """Loss, top-1 and top-5 (%) of the --resume-from snapshot on the split asked for; nothing is written."""
+    settings.validate()
+    with Run(settings.train, writes=False) as run:
+        return run.evaluate(settings.split)

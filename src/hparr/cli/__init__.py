@@ -6,7 +6,10 @@ import importlib
 import sys
 import threading
 
+from .. import __doc__ as package_doc
+from .. import __version__
 from ..errors import HparrError, first_line
+from ..files import WRITE_ERRNOS
 
 # subcommand -> (module under hparr.cli, one-line help)
 COMMANDS = {
@@ -21,11 +24,7 @@ COMMANDS = {
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only the chosen subcommand's module is imported (start-up stays fast)."""
-    from .. import __doc__ as package_doc
-
     parser = argparse.ArgumentParser(prog="hparr", description=package_doc)
-    from .. import __version__
-
     parser.add_argument("--version", action="version", version=f"hparr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
@@ -42,8 +41,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def _thread_excepthook(args) -> None:
     """TensorBoard's writer thread re-raises its failed write in the main thread, which reports it in one
     line: its own traceback is not printed. Everything else goes to the default hook."""
-    from ..files import WRITE_ERRNOS
-
     if (type(args.thread).__module__.startswith("tensorboard.") and isinstance(args.exc_value, OSError)
             and args.exc_value.errno in WRITE_ERRNOS):
         return

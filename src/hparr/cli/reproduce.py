@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..defaults import LEVEL, THRESHOLD
+from ..errors import UsageError
 from . import train as train_cli
 
 DESCRIPTION = ("Train with snapshots, compute the projections of every snapshot (with distances from "
@@ -31,23 +32,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    import torch
+    import torch  # start-up time: the command modules import torch only when they run
 
-    from ..defaults import check_level, check_threshold
-    from ..errors import UsageError
-    from ..pipeline import reproduce
-    from ..provenance import available_cores
-    from ..results import parse_eval_splits
+    from ..pipeline import ReproduceSettings, run_reproduce  # start-up time, as above
+    from ..provenance import available_cores  # start-up time, as above
 
-    if args.evaluate or args.evaluate_train:
+    if args.evaluate or args.evaluate_train:  # flags of `hparr train` that this command takes but cannot use
         raise UsageError("--evaluate/--evaluate-train do not apply to reproduce; use `hparr train`")
-    check_threshold(args.threshold)
-    check_level(args.level)
-    splits = parse_eval_splits(args.eval_split)
+    settings = ReproduceSettings(train_cli.settings_from_args(args), args.out, with_linear=args.with_linear,
+                                 threshold=args.threshold, level=args.level, eval_splits=args.eval_split)
+    settings.validate()
     train_cli.setup_logging()
     torch.set_num_threads(available_cores())
-    out = reproduce(train_cli.settings_from_args(args), args.out, with_linear=args.with_linear,
-                    threshold=args.threshold, level=args.level, eval_splits=splits)
+    out = run_reproduce(settings)
     t = out.final["test"]
     print(f"test accuracy {t['top1']:.2f}%; {out.snapshots} snapshots analyzed; report in "
           f"{args.out}/report/index.html")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 
 DESCRIPTION = "Model training/finetuning, with snapshots in the original code's layout."
@@ -109,8 +110,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def set_defaults(p: argparse.ArgumentParser, shown: dict[str, str] | None = None, **defaults) -> None:
     """`p.set_defaults(**defaults)`, with each flag's help ending in the default this command uses ("[30]"),
     or the text of `shown` ({dest: text}) for a flag whose value this command sets itself."""
-    import re
-
     p.set_defaults(**defaults)
     texts = {dest: "unset" if value is None else str(value) for dest, value in defaults.items()}
     texts.update(shown or {})
@@ -120,7 +119,7 @@ def set_defaults(p: argparse.ArgumentParser, shown: dict[str, str] | None = None
 
 
 def data_options(args):
-    from ..data import DataOptions
+    from ..data import DataOptions  # start-up time: the command modules import torch only when they run
 
     return DataOptions(
         dataset=args.dataset, data_path=args.data_path, download=args.download,
@@ -135,12 +134,12 @@ def data_options(args):
 def listing(args) -> bool:
     """The original behaviour: no --arch lists the architectures, no --dataset the datasets."""
     if args.arch is None:
-        from ..models import supported_archs
+        from ..models import supported_archs  # start-up time, as above
 
         print("Available architectures:\n  " + "\n  ".join(supported_archs()))
         return True
     if args.dataset is None:
-        from ..data import DATASETS
+        from ..data import DATASETS  # start-up time, as above
 
         print("Available datasets:\n  " + "\n  ".join(DATASETS))
         return True
@@ -166,7 +165,7 @@ def setup_logging() -> None:
 
 
 def settings_from_args(args):
-    from ..training import TrainSettings
+    from ..training import TrainSettings  # start-up time, as above
 
     return TrainSettings(
         arch=args.arch, data=data_options(args), epochs=args.epochs, start_epoch=args.start_epoch,
@@ -185,32 +184,28 @@ def settings_from_args(args):
 def run(args) -> int:
     if listing(args):
         return 0
-    import torch
+    import torch  # start-up time, as above (and the listings above need no torch)
 
-    from ..errors import UsageError
-    from ..provenance import available_cores
-    from ..training import Run, distributed
+    from ..provenance import available_cores  # start-up time, as above
+    from ..training import EvaluateSettings, Run, evaluate_snapshot  # start-up time, as above
 
     setup_logging()
     torch.set_num_threads(available_cores())
     settings = settings_from_args(args)
-    if (args.evaluate or args.evaluate_train) and not args.resume_from:
-        raise UsageError("--evaluate/--evaluate-train need a snapshot: pass --resume-from")
-    session = Run(settings)
-    try:
-        if args.evaluate or args.evaluate_train:
-            split = "test" if args.evaluate else "train"
-            m = session.evaluate(split)
-            print(f"{split}: loss {m['loss']:.4f}  top1 {m['top1']:.2f}%  top5 {m['top5']:.2f}%  ({m['count']} images)")
-            if args.json:
-                print(json.dumps({"split": split, **m}))
-            return 0
+    if args.evaluate or args.evaluate_train:
+        split = "test" if args.evaluate else "train"
+        m = evaluate_snapshot(EvaluateSettings(settings, split))
+        print(f"{split}: loss {m['loss']:.4f}  top1 {m['top1']:.2f}%  top5 {m['top5']:.2f}%  ({m['count']} images)")
+        if args.json:
+            print(json.dumps({"split": split, **m}))
+        return 0
+    with Run(settings) as session:
         summary = session.fit()
-    finally:
-        distributed.shutdown(session.ctx)
-    if args.json and session.ctx.is_main:
+    if not session.ctx.is_main:  # rank 0 alone reports
+        return 0
+    if args.json:
         print(json.dumps(summary.as_dict(history=False)))
-    elif session.ctx.is_main and summary.final:
+    elif summary.final:
         t = summary.final["test"]
         print(f"test accuracy: top1 {t['top1']:.2f}%  top5 {t['top5']:.2f}%  (snapshots in {summary.run_dir})")
     return 0
