@@ -23,37 +23,39 @@ worker processes), `snapshots` (the snapshot files read), `documents` (the resul
 (settings, run, save).
 """
 from .documents import (
-                        BATCHNORM_NOTE,
-                        BATCHNORM_REINIT_NOTE,
-                        EVAL_SPLIT_TEXT,
-                        aggregate_rand_trials,
-                        eval_split_of,
-                        rand_labels,
-                        rand_trial_seeds,
-                        reinit_document,
-                        summary_lines,
-                        unit_fields,
+    BATCHNORM_NOTE,
+    BATCHNORM_REINIT_NOTE,
+    EVAL_SPLIT_TEXT,
+    aggregate_rand_trials,
+    eval_split_of,
+    rand_labels,
+    rand_trial_seeds,
+    reinit_document,
+    summary_lines,
+    unit_fields,
 )
+from .processes import choose_processes, parse_eval_processes
 from .shared_prefix import NotShareable, SharedPrefixPlan, reinit_sweep
 from .snapshots import read_inits_list
 from .stage import ReinitRun, ReinitSettings, reinit_options, result_path, run_reinit, save, stale_reason
 from .sweep import Batches, ReinitResult, first_images, plain_reinit_sweep
 from .units import (
-                        BATCHNORM_TENSORS,
-                        GRANULARITIES,
-                        LAYER_TENSORS,
-                        Unit,
-                        batchnorms_after,
-                        groups_of,
-                        make_units,
-                        reinit_groups,
-                        reinit_layers,
-                        unit_tensors,
+    BATCHNORM_TENSORS,
+    GRANULARITIES,
+    LAYER_TENSORS,
+    Unit,
+    batchnorms_after,
+    groups_of,
+    make_units,
+    reinit_groups,
+    reinit_layers,
+    unit_tensors,
 )
 
 __all__ = ["BATCHNORM_NOTE", "BATCHNORM_REINIT_NOTE", "BATCHNORM_TENSORS", "Batches", "EVAL_SPLIT_TEXT",
            "GRANULARITIES", "LAYER_TENSORS", "NotShareable", "ReinitResult", "ReinitRun", "ReinitSettings",
-           "SharedPrefixPlan", "Unit", "aggregate_rand_trials", "batchnorms_after", "eval_split_of", "first_images",
-           "groups_of", "make_units", "plain_reinit_sweep", "rand_labels", "rand_trial_seeds", "read_inits_list",
-           "reinit_document", "reinit_groups", "reinit_layers", "reinit_options", "reinit_sweep", "result_path",
-           "run_reinit", "save", "stale_reason", "summary_lines", "unit_fields", "unit_tensors"]
+           "SharedPrefixPlan", "Unit", "aggregate_rand_trials", "batchnorms_after", "choose_processes",
+           "eval_split_of", "first_images", "groups_of", "make_units", "parse_eval_processes", "plain_reinit_sweep",
+           "rand_labels", "rand_trial_seeds", "read_inits_list", "reinit_document", "reinit_groups", "reinit_layers",
+           "reinit_options", "reinit_sweep", "result_path", "run_reinit", "save", "stale_reason", "summary_lines",
+           "unit_fields", "unit_tensors"]

@@ -2,6 +2,8 @@
 and only the part downstream of each unit runs per alternative; its counts equal the plain loop's."""
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -13,7 +15,8 @@ import torch.nn.functional as F
 
 from ..errors import HparrError, first_line
 from ..layers import LeafTracer
-from .sweep import Batches, ReinitResult, plain_batch, run_sweep
+from .processes import run_in_processes
+from .sweep import Batches, ReinitResult, device_of, plain_batch, run_sweep
 from .units import LAYER_TENSORS, Unit, make_units, prepare
 
 log = logging.getLogger("hparr.reinit")
@@ -211,7 +214,7 @@ def _shared_batch(plan: SharedPrefixPlan):
 def reinit_sweep(model: nn.Module, alternatives: Mapping[str, Mapping[str, torch.Tensor]], batches: Batches,
                  layers: Sequence[str] | None = None, with_linear: bool = False, topk: int = 5,
                  method: str = "auto", groups: Mapping[str, Sequence[str]] | None = None,
-                 with_bn: bool = False) -> ReinitResult:
+                 with_bn: bool = False, processes: int = 1) -> ReinitResult:
     """Accuracy of the model with each layer in turn given each alternative's weight and bias.
 
     `alternatives` maps a label (an epoch, "rand") to a state_dict (or a callable returning one); `batches`
@@ -221,13 +224,16 @@ def reinit_sweep(model: nn.Module, alternatives: Mapping[str, Mapping[str, torch
     each layer (its parameters and running statistics), which otherwise stays as trained. `method`:
     "shared" (trained prefix computed once per batch; an error if the model's graph does not allow it),
     "plain" (swap, evaluate, restore), or "auto" (shared when possible). The counts, losses and agreements
-    equal those of `plain_reinit_sweep`; the model is left unchanged.
+    equal those of `plain_reinit_sweep`; the model is left unchanged. `processes` > 1 (CPU, Linux) splits the
+    batches across that many forked worker processes of one torch thread each (`processes.run_in_processes`);
+    the results are the same to the last count.
     """
     if method not in ("auto", "shared", "plain"):
         raise ValueError(f"method must be auto, shared or plain, not {method!r}")
     units, params = prepare(model, alternatives, layers, with_linear, groups, with_bn)
+    runner = run_sweep if processes <= 1 else functools.partial(run_in_processes, processes=processes)
     if method == "plain":
-        return run_sweep(model, units, params, batches, topk, plain_batch, "plain")
+        return runner(model, units, params, batches, topk, plain_batch, "plain")
     notes: list[str] = []
 
     def fall_back(exc: NotShareable):
@@ -240,19 +246,37 @@ def reinit_sweep(model: nn.Module, alternatives: Mapping[str, Mapping[str, torch
     try:
         plan = SharedPrefixPlan(model, units)
     except NotShareable as exc:
-        return run_sweep(model, units, params, batches, topk, fall_back(exc), "plain", notes)
-    chosen = []  # the per-batch function, decided on the first batch
+        return runner(model, units, params, batches, topk, fall_back(exc), "plain", notes)
 
-    def per_batch(model, units, params, x, y, k, tally):
-        if not chosen:
+    def decide(x: torch.Tensor):
+        """The per-batch function: shared when the graph reproduces the model on `x`, else the plain loop."""
+        try:
+            plan.verify(model, x[:2])
+            return _shared_batch(plan)
+        except NotShareable as exc:
+            return fall_back(exc)
+
+    if processes > 1:  # decided here, once, before the workers start
+        batches = iter(batches)
+        first = next(batches, None)
+        per_batch = plain_batch
+        if first is not None:
+            was_training = model.training
+            model.eval()
             try:
-                plan.verify(model, x[:2])
-                chosen.append(_shared_batch(plan))
-            except NotShareable as exc:
-                chosen.append(fall_back(exc))
-        return chosen[0](model, units, params, x, y, k, tally)
+                per_batch = decide(first[0].to(device_of(model)))
+            finally:
+                model.train(was_training)
+            batches = itertools.chain([first], batches)
+    else:
+        chosen = []  # the per-batch function, decided on the first batch
 
-    result = run_sweep(model, units, params, batches, topk, per_batch, "shared-prefix", notes)
+        def per_batch(model, units, params, x, y, k, tally):
+            if not chosen:
+                chosen.append(decide(x))
+            return chosen[0](model, units, params, x, y, k, tally)
+
+    result = runner(model, units, params, batches, topk, per_batch, "shared-prefix", notes)
     if notes:
         result.method = "plain"
     return result

@@ -24,6 +24,7 @@ from .documents import (
     reinit_document,
     unit_fields,
 )
+from .processes import choose_processes, parse_eval_processes
 from .shared_prefix import reinit_sweep
 from .snapshots import (
     load_alternatives,
@@ -69,6 +70,29 @@ class ReinitSettings:
     in_channels: int | None = None
     input_size: int | None = None
     eval_split: str = "test"  # "test" (the paper's), or "train": the images and labels the model was trained on
+    eval_processes: int | str = 1  # worker processes sharing the batches (one torch thread each), or "auto"
+
+    def validate(self) -> None:
+        """Raise a UsageError (one line) for a bad option; nothing is read or written."""
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.granularity not in GRANULARITIES:
+            raise UsageError(f"--granularity must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}")
+        if self.rand_trials < 1:
+            raise UsageError(f"--rand-trials must be >= 1, got {self.rand_trials}")
+        if self.max_test_images < 0:
+            raise UsageError(f"--max-test-images must be >= 0 (0 = all), got {self.max_test_images}")
+        for flag, value in (("--num-classes", self.num_classes), ("--in-channels", self.in_channels),
+                            ("--input-size", self.input_size)):
+            if value is not None and value < 1:
+                raise UsageError(f"{flag} must be >= 1, got {value}")
+        if self.method not in ("auto", "shared", "plain"):
+            raise UsageError(f"--method must be auto, shared or plain, got {self.method!r}")
+        parse_eval_processes(self.eval_processes)
+        check_eval_split(self.eval_split)
+        if self.inits_from is None and not (self.rand or self.rand_trials > 1):
+            raise UsageError("nothing to evaluate: pass --inits-from (snapshots to re-initialize from) and/or --rand")
+        self.data.validate()
 
 
 @dataclass
@@ -197,19 +221,9 @@ class ReinitRun:
 
 def run_reinit(settings: ReinitSettings) -> ReinitRun:
     """Load the trained snapshot, the alternatives and the test set; sweep; return the results document."""
-    if settings.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {settings.batch_size}")
-    if settings.granularity not in GRANULARITIES:
-        raise UsageError(f"--granularity must be one of {', '.join(GRANULARITIES)}, got {settings.granularity!r}")
-    if settings.rand_trials < 1:
-        raise UsageError(f"--rand-trials must be >= 1, got {settings.rand_trials}")
-    if settings.max_test_images < 0:
-        raise UsageError(f"--max-test-images must be >= 0 (0 = all), got {settings.max_test_images}")
+    settings.validate()
     if settings.rand_trials > 1 and not settings.rand:
         settings = dataclasses.replace(settings, rand=True)
-    if settings.inits_from is None and not settings.rand:
-        raise UsageError("nothing to evaluate: pass --inits-from (snapshots to re-initialize from) and/or --rand")
-    settings.data.validate()
     init_paths = _init_paths(settings)
 
     trained = _trained(settings)
@@ -262,6 +276,10 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
                          workers=settings.workers,
                          channels_last=device.type == "cpu" and any(i.kind == "conv" for i in infos))
     batches: Iterable = first_images(loader, settings.max_test_images) if settings.max_test_images else loader
+    count = len(loader) if hasattr(loader, "__len__") else None
+    if count is not None and settings.max_test_images:
+        count = min(count, -(-settings.max_test_images // settings.batch_size))
+    sharing = choose_processes(parse_eval_processes(settings.eval_processes), model, device, count)
     if settings.progress:
         from tqdm import tqdm
 
@@ -269,8 +287,10 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
     groups = groups_of(infos, settings.granularity)
     log.info("re-initializing %d %s(s) of %s from %s", len(groups), settings.granularity, arch,
              ", ".join(alternatives))
+    log.info("evaluating with %d process(es) of %d thread(s) (%s)", sharing["processes"], sharing["threads"],
+             sharing["why"])
     result = reinit_sweep(model, alternatives, batches, method=settings.method, groups=groups,
-                          with_bn=settings.with_bn)
+                          with_bn=settings.with_bn, processes=sharing["processes"])
     del alternatives
 
     by_name = {i.name: i for i in infos}
@@ -292,6 +312,7 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
         batch_size=settings.batch_size, device=str(device), max_test_images=settings.max_test_images or None,
         options=reinit_options(settings, data_options, init_paths), inputs=inputs,
         eval_split=settings.eval_split, evaluated_on=EVAL_SPLIT_TEXT[settings.eval_split],
+        eval_processes={"requested": settings.eval_processes, **sharing},
         **({"train_data": {k: (data.meta or {}).get(k) for k in ("split", "train_subset", "label_noise",
                                                                  "pixel_shuffle", "sizes")}}
            if settings.eval_split == "train" else {}))

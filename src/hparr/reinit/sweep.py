@@ -67,7 +67,7 @@ def _loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.to(torch.float64), labels, reduction="sum")
 
 
-class _Tally:
+class Tally:
     """Per alternative and unit: top-1, top-k and agreement counts and the summed loss; and the trained model's.
 
     Agreement (the top-1 class equals the trained model's) is counted when the batch's trained logits are
@@ -96,7 +96,7 @@ class _Tally:
         self._top1.clear()
 
 
-def _device_of(model: nn.Module) -> torch.device:
+def device_of(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
 
@@ -135,7 +135,7 @@ def plain_batch(model, units, params, x, y, k, tally):
 
 
 def run_sweep(model, units, params, batches, topk, per_batch, method, notes=()):
-    device = _device_of(model)
+    device = device_of(model)
     was_training = model.training
     model.eval()
     tally = None
@@ -147,13 +147,18 @@ def run_sweep(model, units, params, batches, topk, per_batch, method, notes=()):
                 x = x.to(device, non_blocking=True)
                 y = y.to(device, non_blocking=True)
                 if tally is None:
-                    tally = _Tally(len(params), len(units), device)
+                    tally = Tally(len(params), len(units), device)
                 logits = per_batch(model, units, params, x, y, k, tally)
                 tally.close_batch(logits, y, k)
                 k = min(k, logits.shape[1])
                 total += int(y.shape[0])
     finally:
         model.train(was_training)
+    return sweep_result(tally, total, units, params, k, method, notes)
+
+
+def sweep_result(tally: Tally | None, total: int, units, params, k: int, method: str, notes=()) -> ReinitResult:
+    """The result of a sweep from its tally over `total` images."""
     if not total:
         raise HparrError("the test set is empty")
     c = tally.trained.cpu().tolist()
