@@ -315,7 +315,7 @@ def _find_idx(root: Path, folder_name: str) -> list[Path] | None:
     return None
 
 
-def _load_idx_dataset(name: str, root: Path, download: bool) -> tuple[np.ndarray, ...]:
+def _load_idx_dataset(name: str, root: Path, download: bool, train: bool = True) -> tuple[np.ndarray, ...]:
     """MNIST, Fashion-MNIST or KMNIST: the 4 IDX files (plain or .gz) in <root>/<folder>/raw/ or <root>/."""
     folder_name, title = _IDX_FOLDERS[name]
     files = _find_idx(root, folder_name)
@@ -325,7 +325,8 @@ def _load_idx_dataset(name: str, root: Path, download: bool) -> tuple[np.ndarray
     if files is None:
         raise HparrError(f"{name} not found: expected {root}/{folder_name}/raw/ (or {root}/) with "
                          f"{', '.join(_MNIST_FILES)} (IDX files, optionally .gz); pass --data-path or --download")
-    x_train, y_train, x_test, y_test = (read_idx(p) for p in files)
+    x_test, y_test = read_idx(files[2]), read_idx(files[3])
+    x_train, y_train = (read_idx(files[0]), read_idx(files[1])) if train else _no_train(x_test, y_test)
     for images, labels, img_path, lbl_path in ((x_train, y_train, files[0], files[1]),
                                               (x_test, y_test, files[2], files[3])):
         if images.ndim != 3 or images.shape[1:] != (28, 28):
@@ -366,7 +367,7 @@ def read_svhn_mat(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(np.transpose(x, (3, 2, 0, 1))), labels
 
 
-def _load_svhn(root: Path, download: bool) -> tuple[np.ndarray, ...]:
+def _load_svhn(root: Path, download: bool, train: bool = True) -> tuple[np.ndarray, ...]:
     """SVHN's train_32x32.mat and test_32x32.mat, in <root>/ (torchvision's layout) or <root>/svhn/."""
     def find() -> list[Path] | None:
         for folder in (root, root / "svhn", root / "SVHN"):
@@ -383,7 +384,8 @@ def _load_svhn(root: Path, download: bool) -> tuple[np.ndarray, ...]:
         raise HparrError(f"svhn not found: expected {root}/ (or {root}/svhn/) with {' and '.join(_SVHN_FILES)} "
                          f"(the 'cropped digits' .mat files); missing {', '.join(missing)}; "
                          "pass --data-path or --download")
-    return (*read_svhn_mat(found[0]), *read_svhn_mat(found[1]))
+    test = read_svhn_mat(found[1])
+    return (*(read_svhn_mat(found[0]) if train else _no_train(*test)), *test)
 
 
 _CIFAR = {
@@ -394,7 +396,7 @@ _CIFAR = {
 }
 
 
-def _load_cifar(name: str, root: Path, download: bool) -> tuple[np.ndarray, ...]:
+def _load_cifar(name: str, root: Path, download: bool, train: bool = True) -> tuple[np.ndarray, ...]:
     folder_name, train_files, test_files, label_key, desc = _CIFAR[name]
     folder = root / folder_name
     missing = lambda: [f for f in train_files + test_files if not (folder / f).is_file()]  # noqa: E731
@@ -409,7 +411,8 @@ def _load_cifar(name: str, root: Path, download: bool) -> tuple[np.ndarray, ...]
         parts = [_read_cifar_batch(folder / f, label_key, num_classes) for f in names]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    return (*read(train_files), *read(test_files))
+    test = read(test_files)
+    return (*(read(train_files) if train else _no_train(*test)), *test)
 
 
 def _download(name: str, root: Path) -> None:
@@ -640,11 +643,12 @@ def keep_decoded(enabled: bool = True) -> None:
     _decoded = {} if enabled else None
 
 
-def _decode(dataset: str, root: Path, download: bool) -> tuple[np.ndarray, ...]:
-    """(x_train, y_train, x_test, y_test) of an in-memory dataset, decoded from its files."""
-    if _decoded is None:
-        return _read_arrays(dataset, root, download)
+def _decode(dataset: str, root: Path, download: bool, train: bool = True) -> tuple[np.ndarray, ...]:
+    """(x_train, y_train, x_test, y_test) of an in-memory dataset, decoded from its files (without `train`, the
+    training files are not read and the training arrays are empty)."""
     key = (dataset, "" if dataset == "digits" else str(root.resolve()))
+    if _decoded is None or (not train and key not in _decoded):
+        return _read_arrays(dataset, root, download, train)
     if key not in _decoded:
         arrays = _read_arrays(dataset, root, download)
         _decoded.clear()  # one dataset at a time
@@ -652,19 +656,31 @@ def _decode(dataset: str, root: Path, download: bool) -> tuple[np.ndarray, ...]:
     return tuple(a.copy() for a in _decoded[key])
 
 
-def _read_arrays(dataset: str, root: Path, download: bool) -> tuple[np.ndarray, ...]:
+def _read_arrays(dataset: str, root: Path, download: bool, train: bool = True) -> tuple[np.ndarray, ...]:
     if dataset == "digits":
-        return _load_digits()
+        x_train, y_train, x_test, y_test = _load_digits()  # one file for both splits
+        return (x_train, y_train, x_test, y_test) if train else (*_no_train(x_test, y_test), x_test, y_test)
     if dataset in _IDX_FOLDERS:
-        return _load_idx_dataset(dataset, root, download)
+        return _load_idx_dataset(dataset, root, download, train)
     if dataset == "svhn":
-        return _load_svhn(root, download)
-    return _load_cifar(dataset, root, download)
+        return _load_svhn(root, download, train)
+    return _load_cifar(dataset, root, download, train)
 
 
-def load_data(options: DataOptions) -> Data:
-    """Load a dataset and apply the options (subsample -> split -> corrupt the training part)."""
+def _no_train(x_test: np.ndarray, y_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Empty training arrays shaped like the test set's (the training files left unread)."""
+    return np.empty((0, *x_test.shape[1:]), dtype=x_test.dtype), np.empty((0,), dtype=y_test.dtype)
+
+
+def load_data(options: DataOptions, splits: Sequence[str] = ("train", "test")) -> Data:
+    """Load a dataset and apply the options (subsample -> split -> corrupt the training part).
+
+    `splits` without "train": the test set only; the training files are not decoded (in-memory datasets) and
+    `train` and `val` are None."""
     options.validate()
+    requested = options
+    if "train" not in splits:  # nothing of the training part is applied
+        options = dataclasses.replace(options, split=0.0, train_size=None, noise=0.0)
     info = dataset_info(options.dataset)
     root = Path(options.data_path).expanduser()
     if options.dataset == "imagenet":
@@ -672,11 +688,11 @@ def load_data(options: DataOptions) -> Data:
         num_classes = len(folder_train.classes)
         class_names = list(folder_train.classes)
     else:
-        x_train, y_train, x_test, y_test = _decode(options.dataset, root, options.download)
+        x_train, y_train, x_test, y_test = _decode(options.dataset, root, options.download, "train" in splits)
         num_classes = info.num_classes
     meta: dict[str, Any] = {"dataset": options.dataset,
                             "data_path": None if options.dataset == "digits" else str(root),
-                            "options": dataclasses.asdict(options),
+                            "options": dataclasses.asdict(requested),
                             "seeds": {"noise_seed": _seed(options.noise_seed),
                                       "class_sample_seed": _seed(options.class_sample_seed),
                                       "split_seed": _seed(options.split_seed),
@@ -775,9 +791,12 @@ def load_data(options: DataOptions) -> Data:
         "augmentation": augmentation,
         "versions": versions(),
     })
-    log.info("%s: %d train, %d val, %d test samples, %d classes", options.dataset, len(train),
+    if "train" not in splits:
+        train = val = None
+        meta["sizes"].update(train=0, val=0)
+    log.info("%s: %d train, %d val, %d test samples, %d classes", options.dataset, meta["sizes"]["train"],
              meta["sizes"]["val"], len(test), num_classes)
-    return Data(options=options, info=info, train=train, val=val, test=test, num_classes=num_classes,
+    return Data(options=requested, info=info, train=train, val=val, test=test, num_classes=num_classes,
                 classes=classes, mean=tuple(mean), std=tuple(std), meta=meta)
 
 
