@@ -205,8 +205,42 @@ def command_case(images: int = 10_000) -> dict:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def processes_case(arch: str = "lenet", images: int = 10_000, rounds: int = 2, processes: int = 2) -> dict:
+    """The sweep split across `processes` worker processes of one torch thread each against one process with
+    `processes` threads, on the same in-memory batches, in turns A B A B (`rounds` of each); their results
+    must be equal to the last count. The ratio is the median of the rounds' single/multi ratios."""
+    from hparr.models import build_model
+    from hparr.reinit import reinit_sweep
+
+    model = build_model(arch, 10, 3, 32, seed=0).eval()
+    alternatives = {"0": build_model(arch, 10, 3, 32, seed=1).state_dict(),
+                    "5": build_model(arch, 10, 3, 32, seed=2).state_dict(),
+                    "rand": build_model(arch, 10, 3, 32, seed=3).state_dict()}
+    batches = list(_loader(images))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(processes)
+    single: list[float] = []
+    multi: list[float] = []
+    try:
+        for _ in range(rounds):
+            one_s, one = timed(reinit_sweep, model, alternatives, batches, method="shared")
+            many_s, many = timed(reinit_sweep, model, alternatives, batches, method="shared", processes=processes)
+            single.append(one_s)
+            multi.append(many_s)
+            if not (np.array_equal(one.correct, many.correct) and np.array_equal(one.agree, many.agree)
+                    and np.array_equal(one.loss, many.loss) and one.trained_correct == many.trained_correct):
+                raise RuntimeError(f"{arch}: the multi-process sweep differs from the single-process sweep")
+    finally:
+        torch.set_num_threads(threads)
+    ratios = [s / m for s, m in zip(single, multi)]
+    return {"case": f"reinit_{arch}_processes", "images": images, "processes": processes,
+            "single_process_threads": processes, "single_s": [round(s, 3) for s in single],
+            "multi_s": [round(s, 3) for s in multi], "speedup_median": round(float(np.median(ratios)), 3),
+            "speedups": [round(r, 3) for r in ratios], "goal": 1.6, "equal_results": True}
+
+
 def run() -> list[dict]:
-    return [sweep_case("lenet", 10_000, repeats=2), sweep_case("vgg11", 1_000), command_case()]
+    return [sweep_case("lenet", 10_000, repeats=2), sweep_case("vgg11", 1_000), command_case(), processes_case()]
 
 
 if __name__ == "__main__":

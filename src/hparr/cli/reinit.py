@@ -63,15 +63,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=("auto", "shared", "plain"), default="auto",
                    help="auto/shared: run the trained part before each layer once per batch; plain: swap, "
                         "evaluate the whole network, restore (same accuracies, slower) [auto]")
+    p.add_argument("--eval-processes", type=str, default="auto", metavar="N|auto",
+                   help="worker processes sharing the evaluation batches, one torch thread each (CPU; the same "
+                        "counts as one process); auto: one per core for a small model, else one process with "
+                        "all threads [auto]")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_shape_arguments(p)
 
 
 def run(args) -> int:
-    from .projections import check_model_shape
     from .train import data_options, listing, setup_logging
-
-    check_model_shape(args)
 
     if listing(args):
         return 0
@@ -84,7 +85,9 @@ def run(args) -> int:
         workers=args.workers, method=args.method, progress=not args.no_progress and sys.stderr.isatty(),
         state_dict_prefix=args.state_dict_prefix, granularity=args.granularity, with_bn=args.with_bn,
         rand_trials=args.rand_trials, max_test_images=args.max_test_images, num_classes=args.num_classes,
-        in_channels=args.in_channels, input_size=args.input_size, eval_split=args.eval_split)
+        in_channels=args.in_channels, input_size=args.input_size, eval_split=args.eval_split,
+        eval_processes=args.eval_processes)
+    settings.validate()
     target = reinit.result_path(settings, args.results)
     if target.is_file() and not args.overwrite:  # a finished result is kept: a rerun of a crashed batch skips it
         why = reinit.stale_reason(settings, target)  # other options: a UsageError, the file left as it is

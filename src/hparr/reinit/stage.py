@@ -1,0 +1,339 @@
+"""The re-initialization stage: its settings, from snapshot files to a results document, and saving it."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from .. import checkpoints, distributed, files, layout
+from ..data import DataOptions, dataset_info, load_data, make_loader
+from ..errors import HparrError, UsageError
+from ..models import build_model, check_arch
+from ..results import REINIT_FORMAT, check_eval_split, read_json
+from .documents import (
+    EVAL_SPLIT_TEXT,
+    aggregate_rand_trials,
+    rand_labels,
+    rand_trial_seeds,
+    reinit_document,
+    unit_fields,
+)
+from .processes import choose_processes, parse_eval_processes
+from .shared_prefix import reinit_sweep
+from .snapshots import (
+    load_alternatives,
+    read_inits_list,
+    snapshot_data_options,
+    snapshot_normalization,
+    snapshot_training_data,
+)
+from .sweep import ReinitResult, first_images
+from .units import GRANULARITIES, discover, groups_of
+
+log = logging.getLogger("hparr.reinit")
+
+_SNAPSHOT_STATES = ("model_state_dict", "state_dict", "model", "optimizer_state_dict", "scheduler_state_dict", "rng")
+
+
+@dataclass
+class ReinitSettings:
+    """Every option of a re-initialization run (the original reinit_layers.py flags and the new ones).
+
+    `inits_from`: a text file of snapshot paths, a directory or glob of snapshots (as --inits-from), or a
+    list of snapshot paths.
+    """
+
+    load_from: str
+    data: DataOptions
+    arch: str | None = None
+    inits_from: str | os.PathLike | Sequence[str | os.PathLike] | None = None
+    rand: bool = False
+    with_linear: bool = False
+    seed: int | None = None
+    batch_size: int = 128
+    cuda: bool = False
+    workers: int = 1
+    method: str = "auto"
+    progress: bool = False
+    state_dict_prefix: str | None = None
+    granularity: str = "layer"  # "layer", "block" (residual block) or "stage", re-initialized at once
+    with_bn: bool = False  # also re-initialize the BatchNorm after each layer
+    rand_trials: int = 1  # independent re-randomizations (more than 1 implies rand)
+    max_test_images: int = 0  # evaluate on the first N test images only (0: all)
+    num_classes: int | None = None  # the model's shape, where the snapshot does not record it (None: the data's)
+    in_channels: int | None = None
+    input_size: int | None = None
+    eval_split: str = "test"  # "test" (the paper's), or "train": the images and labels the model was trained on
+    eval_processes: int | str = 1  # worker processes sharing the batches (one torch thread each), or "auto"
+
+    def validate(self) -> None:
+        """Raise a UsageError (one line) for a bad option; nothing is read or written."""
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.granularity not in GRANULARITIES:
+            raise UsageError(f"--granularity must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}")
+        if self.rand_trials < 1:
+            raise UsageError(f"--rand-trials must be >= 1, got {self.rand_trials}")
+        if self.max_test_images < 0:
+            raise UsageError(f"--max-test-images must be >= 0 (0 = all), got {self.max_test_images}")
+        for flag, value in (("--num-classes", self.num_classes), ("--in-channels", self.in_channels),
+                            ("--input-size", self.input_size)):
+            if value is not None and value < 1:
+                raise UsageError(f"{flag} must be >= 1, got {value}")
+        if self.method not in ("auto", "shared", "plain"):
+            raise UsageError(f"--method must be auto, shared or plain, got {self.method!r}")
+        parse_eval_processes(self.eval_processes)
+        check_eval_split(self.eval_split)
+        if self.inits_from is None and not (self.rand or self.rand_trials > 1):
+            raise UsageError("nothing to evaluate: pass --inits-from (snapshots to re-initialize from) and/or --rand")
+        self.data.validate()
+
+
+@dataclass
+class _Trained:
+    """The trained checkpoint as the settings name it: the file read, its metadata, architecture and data
+    options, and where its result goes."""
+
+    checkpoint: Any  # checkpoints.Checkpoint
+    meta: dict[str, Any]
+    arch: str
+    data: DataOptions
+    relpath: Path  # below a results folder: <dataset>[_<k>]/<arch>[/<seed>]/reinit_<stem>[_<granularity>][_bn].json
+
+
+def _trained(settings: ReinitSettings) -> _Trained:
+    if not settings.load_from:
+        raise UsageError("--load-from is required: the trained snapshot to evaluate")
+    path = Path(settings.load_from)
+    if not path.exists():
+        raise UsageError(f"--load-from {path}: no such file or folder")
+    ckpt = checkpoints.read_checkpoint(path)
+    obj = ckpt.obj if isinstance(ckpt.obj, dict) else {}
+    # keep the metadata only (a bare state_dict has none), not a second copy of the weights
+    meta = {k: v for k, v in obj.items() if k not in _SNAPSHOT_STATES and not isinstance(v, torch.Tensor)}
+    checkpoints.check_metadata(meta, str(path), settings.data.dataset, settings.seed)
+    arch = settings.arch or (meta.get("arch") if isinstance(meta.get("arch"), str) else None)
+    if arch is None:
+        raise UsageError(f"--arch is required: {path} does not record its architecture")
+    check_arch(arch)
+    data = snapshot_data_options(settings.data, meta, str(path))
+    if check_eval_split(settings.eval_split) == "train":
+        data = snapshot_training_data(data, meta, str(path))
+    relpath = layout.results_directory("", data.dataset, arch, settings.seed, data.subsample_classes) \
+        / f"{layout.reinit_stem(path, settings.granularity, settings.with_bn, settings.eval_split)}.json"
+    return _Trained(ckpt, meta, arch, data, relpath)
+
+
+def _init_paths(settings: ReinitSettings) -> list[Path]:
+    if settings.inits_from is None:
+        return []
+    if isinstance(settings.inits_from, (str, os.PathLike)):
+        return read_inits_list(settings.inits_from)
+    return [Path(p) for p in settings.inits_from]
+
+
+def reinit_options(settings: ReinitSettings, data: DataOptions, init_paths: Sequence[Path]) -> dict[str, Any]:
+    """The options that change the numbers of a re-initialization result (recorded in it as `options`; a
+    rerun with others does not reuse it). `data`: the data options as completed from the snapshot."""
+    return {"inits_from": [str(Path(p).resolve()) for p in init_paths],
+            "rand": bool(settings.rand or settings.rand_trials > 1), "rand_trials": settings.rand_trials,
+            "seed": settings.seed, "with_linear": settings.with_linear, "granularity": settings.granularity,
+            "with_bn": settings.with_bn, "max_test_images": settings.max_test_images or None,
+            "state_dict_prefix": settings.state_dict_prefix, "dataset": data.dataset,
+            "subsample_classes": data.subsample_classes, "class_sample_seed": data.class_sample_seed,
+            "unnormalize": data.unnormalize}
+
+
+_OPTION_FLAGS = {"inits_from": "--inits-from", "rand": "--rand", "rand_trials": "--rand-trials", "seed": "--seed",
+                 "with_linear": "--with-linear", "granularity": "--granularity", "with_bn": "--with-bn",
+                 "max_test_images": "--max-test-images", "state_dict_prefix": "--state-dict-prefix",
+                 "dataset": "--dataset", "subsample_classes": "--subsample-classes",
+                 "class_sample_seed": "--class-sample-seed", "unnormalize": "--unnormalize"}
+
+
+def _shown_option(key: str, value: Any) -> str:
+    if key == "inits_from" and isinstance(value, list):
+        return f"{len(value)} file(s)" if len(value) != 1 else Path(value[0]).name
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "unset" if value is None else str(value)
+
+
+def stale_reason(settings: ReinitSettings, path: str | os.PathLike) -> str | None:
+    """Whether the result at `path` can be reused for `settings`: None when it was computed from the same
+    options and the same checkpoints (`checkpoints.identity_change`), else why it must be computed again (its
+    checkpoints changed, or it cannot be read). A result computed with other options raises a UsageError:
+    replacing it takes --overwrite."""
+    path = Path(path)
+    doc = read_json(path)
+    if not isinstance(doc, dict) or doc.get("format") != REINIT_FORMAT:
+        return f"{path.name} is not a readable result"
+    trained = _trained(settings)
+    current = reinit_options(settings, trained.data, _init_paths(settings))
+    recorded = doc.get("options")
+    if not isinstance(recorded, dict):
+        differ = ["it records no options (an earlier hparr)"]
+    else:
+        differ = [f"{_OPTION_FLAGS[k]} {_shown_option(k, recorded.get(k))} there, {_shown_option(k, v)} here"
+                  for k, v in current.items() if recorded.get(k) != v]
+    if differ:
+        raise UsageError(f"{path} was computed with other options ({'; '.join(differ)}); pass --overwrite to "
+                         "replace it, or choose another --results folder")
+    inputs = doc.get("inputs") if isinstance(doc.get("inputs"), dict) else {}
+    prefix = settings.state_dict_prefix
+    checks = [("the trained snapshot", inputs.get("trained"), trained.checkpoint.path)]
+    inits = inputs.get("inits") if isinstance(inputs.get("inits"), dict) else {}
+    checks += [(f"--inits-from epoch {label}", ident, Path(ident.get("path", "")))
+               for label, ident in inits.items() if isinstance(ident, dict)]
+    for what, ident, source in checks:
+        keys = ident.get("keys") if isinstance(ident, dict) else None
+        why = checkpoints.identity_change(
+            ident, source, lambda src=source, k=keys: checkpoints.load_state(src, prefix=prefix, reference=k))
+        if why is not None:
+            return f"{what}: {why}"
+    return None
+
+
+def result_path(settings: ReinitSettings, root: str | os.PathLike) -> Path:
+    """The file below the results folder `root` where the result of `settings` goes (and is found by a rerun)."""
+    return Path(root) / _trained(settings).relpath
+
+
+@dataclass
+class ReinitRun:
+    """What `run_reinit` produced: the results document, the sweep, and where below a results folder
+    the document goes (`relpath`, see `result_path`)."""
+
+    document: dict[str, Any]
+    result: ReinitResult
+    relpath: Path
+
+    @property
+    def stem(self) -> str:
+        return self.relpath.stem
+
+
+def run_reinit(settings: ReinitSettings) -> ReinitRun:
+    """Load the trained snapshot, the alternatives and the test set; sweep; return the results document."""
+    settings.validate()
+    if settings.rand_trials > 1 and not settings.rand:
+        settings = dataclasses.replace(settings, rand=True)
+    init_paths = _init_paths(settings)
+
+    trained = _trained(settings)
+    load_from, meta, arch, seed = trained.checkpoint.path, trained.meta, trained.arch, settings.seed
+    state = trained.checkpoint.state
+    epoch = checkpoints.snapshot_epoch_or_none(trained.checkpoint.obj, load_from)
+    own_seeds = meta.get("seeds") if isinstance(meta.get("seeds"), dict) else {}
+    data_options = trained.data
+    data = load_data(data_options)
+    data = snapshot_normalization(data, meta, str(load_from))
+    info = dataset_info(data_options.dataset)
+    default = checkpoints.ModelConfig(arch, settings.num_classes or data.num_classes,
+                                      settings.in_channels or data.in_channels, settings.input_size or data.image_size)
+    config = checkpoints.snapshot_config(meta, default, str(load_from))
+    if config.num_classes != data.num_classes or config.in_channels != data.in_channels:
+        raise HparrError(f"{load_from} is a model of {config.num_classes} classes and {config.in_channels} input "
+                         f"channels; the test set has {data.num_classes} and {data.in_channels}")
+    device = distributed.select_device(settings.cuda)
+    model = build_model(arch, config.num_classes, config.in_channels, config.input_size, seed=0)
+    state = checkpoints.match_prefix(state, model, settings.state_dict_prefix, source=str(load_from))
+    checkpoints.load_weights(model, dict(state), source=str(load_from))
+    inputs: dict[str, Any] = {"trained": checkpoints.checkpoint_identity(load_from, state, list(state))}
+    trained.checkpoint = None
+    del state
+    model.to(device)
+    reference = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+    size = config.input_size
+    infos, skipped = discover(model, settings.with_linear, (2, config.in_channels, size, size))
+
+    alternatives, sources = load_alternatives(init_paths, load_from, config, reference, data_options.dataset, seed,
+                                               settings.state_dict_prefix)
+    inputs["inits"] = {label: checkpoints.checkpoint_identity(sources[label], state, list(reference))
+                       for label, state in alternatives.items()}
+    # the re-randomization seed derives from --seed, else from the snapshot's own seed, else from 0
+    base_seed = seed if seed is not None else own_seeds.get("seed") if isinstance(own_seeds.get("seed"), int) else 0
+    rand_seed = None
+    trial_seeds = rand_trial_seeds(int(base_seed), settings.rand_trials) if settings.rand else []
+    if settings.rand:
+        rand_seed = trial_seeds[0]
+        for label, trial_seed in zip(rand_labels(settings.rand_trials), trial_seeds):
+            # built when the sweep reads it, so that K trials never hold K models at once
+            alternatives[label] = (lambda s=trial_seed: build_model(arch, config.num_classes, config.in_channels,
+                                                                    size, seed=s).state_dict())
+            sources[label] = f"build_model({arch!r}, seed={trial_seed})"
+    if not alternatives:
+        raise UsageError(f"--inits-from {settings.inits_from} holds no snapshot other than the trained one")
+
+    loader = make_loader(data, settings.eval_split, settings.batch_size, train=False, device=device,
+                         workers=settings.workers,
+                         channels_last=device.type == "cpu" and any(i.kind == "conv" for i in infos))
+    batches: Iterable = first_images(loader, settings.max_test_images) if settings.max_test_images else loader
+    count = len(loader) if hasattr(loader, "__len__") else None
+    if count is not None and settings.max_test_images:
+        count = min(count, -(-settings.max_test_images // settings.batch_size))
+    sharing = choose_processes(parse_eval_processes(settings.eval_processes), model, device, count)
+    if settings.progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc="reinit", unit="batch", file=sys.stderr)
+    groups = groups_of(infos, settings.granularity)
+    log.info("re-initializing %d %s(s) of %s from %s", len(groups), settings.granularity, arch,
+             ", ".join(alternatives))
+    log.info("evaluating with %d process(es) of %d thread(s) (%s)", sharing["processes"], sharing["threads"],
+             sharing["why"])
+    result = reinit_sweep(model, alternatives, batches, method=settings.method, groups=groups,
+                          with_bn=settings.with_bn, processes=sharing["processes"])
+    del alternatives
+
+    by_name = {i.name: i for i in infos}
+    firsts = [by_name[members[0]] for members in groups.values()]
+    seeds = {"seed": seed, "rand": rand_seed, "rand_derived_from": int(base_seed) if settings.rand else None,
+             "class_sample_seed": data_options.class_sample_seed, "model": own_seeds or None}
+    if settings.rand_trials > 1:
+        seeds["rand_trials"] = trial_seeds
+    document = reinit_document(
+        result, arch=arch, dataset=data_options.dataset, seed=seed, epoch=epoch,
+        load_from=str(load_from.resolve()), init_files=sources, layer_kinds=[i.kind for i in firsts],
+        layer_stage_block=[(i.stage, i.block) for i in firsts],
+        **unit_fields(result, settings.granularity, settings.with_bn),
+        skipped=[{"name": s.name, "kind": s.kind, "reason": s.reason} for s in skipped],
+        with_linear=settings.with_linear, seeds=seeds, subsample_classes=data_options.subsample_classes,
+        class_subset=(data.meta or {}).get("class_subset"),
+        normalization={"mean": list(data.mean), "std": list(data.std), "normalized": not data_options.unnormalize,
+                       "dataset_default": {"mean": list(info.mean), "std": list(info.std)}},
+        batch_size=settings.batch_size, device=str(device), max_test_images=settings.max_test_images or None,
+        options=reinit_options(settings, data_options, init_paths), inputs=inputs,
+        eval_split=settings.eval_split, evaluated_on=EVAL_SPLIT_TEXT[settings.eval_split],
+        eval_processes={"requested": settings.eval_processes, **sharing},
+        **({"train_data": {k: (data.meta or {}).get(k) for k in ("split", "train_subset", "label_noise",
+                                                                 "pixel_shuffle", "sizes")}}
+           if settings.eval_split == "train" else {}))
+    if settings.rand_trials > 1:
+        document = aggregate_rand_trials(document, settings.rand_trials, trial_seeds)
+    return ReinitRun(document=document, result=result, relpath=trained.relpath)
+
+
+def save(run: ReinitRun, root: str | os.PathLike, plots: str | os.PathLike | None = None) -> list[Path]:
+    """Write the results document to `root`/`run.relpath`; with `plots`, also the heatmap of the relative
+    drop, as PNG and PDF: beside the document when `plots` is "" (the bare --plots), else under
+    `plots`/<dataset>/<arch>/ (the original code's --plots PATH). Returns the files written."""
+    from ..report.figures import save_heatmap  # start-up time: matplotlib only when plots are asked for
+
+    json_path = Path(root) / run.relpath
+    files.write_json(json_path, run.document)
+    written = [json_path]
+    if plots is not None:
+        folder = json_path.parent if str(plots) == "" else \
+            Path(plots) / str(run.document["dataset"]) / str(run.document["arch"])
+        png, pdf = folder / f"{run.stem}.png", folder / f"{run.stem}.pdf"
+        save_heatmap(run.document, png, pdf)
+        written += [png, pdf]
+    return written

@@ -1,0 +1,30 @@
+"""`hparr reinit` on a paper architecture never imports torchvision (importing it costs about a second)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+SCRIPT = """
+import sys
+from hparr import files
+from hparr.cli import main
+from hparr.models import build_model
+files.save_torch(build_model("lenet", 10, 1, seed=1).state_dict(), sys.argv[1] + "/lenet_2.pt")
+assert main(["reinit", "--arch", "lenet", "--dataset", "digits", "--load-from", sys.argv[1] + "/lenet_2.pt",
+             "--rand", "--max-test-images", "64", "--eval-processes", "1", "--results", sys.argv[1],
+             "--no-progress"]) == 0
+print(sorted(m for m in sys.modules if m.split(".")[0] == "torchvision"))
+"""
+
+
+def test_reinit_of_lenet_imports_no_torchvision(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert list(tmp_path.rglob("reinit_lenet_2.json"))  # the command did run
