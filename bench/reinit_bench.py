@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .common import CIFAR_MEAN, CIFAR_STD, ROOT, timed
+from .common import CIFAR_MEAN, CIFAR_STD, ROOT, pick, timed
 
 BATCH = 128
 
@@ -205,11 +205,13 @@ def command_case(images: int = 10_000) -> dict:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def run() -> list[dict]:
-    return [sweep_case("lenet", 10_000, repeats=2), sweep_case("vgg11", 1_000), command_case()]
+def run(mode: str = "default") -> list[dict]:
+    lenet = pick(mode, quick=(1_000, 1), default=(5_000, 1), full=(10_000, 2))  # (images, repeats)
+    vgg11 = pick(mode, quick=128, default=256, full=1_000)
+    return [sweep_case("lenet", lenet[0], repeats=lenet[1]), sweep_case("vgg11", vgg11), command_case()]
 
 
 if __name__ == "__main__":
     torch.set_num_threads(2)
-    for row in run():
+    for row in run(sys.argv[1] if len(sys.argv) > 1 else "default"):
         print(row)
