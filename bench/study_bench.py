@@ -4,8 +4,9 @@ another: lenet on digits (3 epochs; 1 with --quick), seeds 0 to CELLS-1 (8 cells
 
 The two sides take turns, A B A B, in rounds of `cores` cells (the cells one `hparr study` runs at once; at
 least two rounds from 4 cells): the baseline's `hparr reproduce` processes for the seeds of a round, then
-`hparr study` over the same seeds (a study folder of its own per round), then the next round. A busy spell of a shared machine so lands on both sides, and
-the ratio comes from one run: the ratio of the sums, with the rounds' own ratios beside it.
+`hparr study` over the same seeds (a study folder of its own per round), then the next round. A busy spell of a
+shared machine so lands on both sides, and the ratio comes from one run: the ratio of the sums, with the rounds'
+own ratios beside it.
 
 The baseline pays, for every cell, a process start, the imports of torch and the rest, the decoding of the
 dataset and a run on every core; `hparr study` starts its worker processes once, each decodes the dataset once
