@@ -207,7 +207,7 @@ def command_case(images: int = 10_000) -> dict:
 
 def run(mode: str = "default") -> list[dict]:
     lenet = pick(mode, quick=(1_000, 1), default=(5_000, 1), full=(10_000, 2))  # (images, repeats)
-    vgg11 = pick(mode, quick=128, default=256, full=1_000)
+    vgg11 = pick(mode, quick=32, default=128, full=1_000)
     return [sweep_case("lenet", lenet[0], repeats=lenet[1]), sweep_case("vgg11", vgg11), command_case()]
 
 

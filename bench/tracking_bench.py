@@ -121,5 +121,5 @@ def vgg11_32px(batches: int = 4, rounds: int = 2) -> dict:
 
 def run(mode: str = "default") -> list[dict]:
     epochs = pick(mode, quick=4, default=10, full=30)  # half of them tracked
-    batches = pick(mode, quick=2, default=4, full=4)
+    batches = pick(mode, quick=1, default=2, full=4)  # vgg11's steps per epoch
     return [lenet_digits(epochs=epochs), lenet_digits(lr=0.001, epochs=epochs), vgg11_32px(batches=batches)]

@@ -95,7 +95,7 @@ def interleaved(model, loader, held, max_batches: int) -> dict:
     return {"ours_s": ours_s, "floor_s": floor_s, "fetch_s": fetch_s, "images": seen, "floor_images": floor_seen}
 
 
-def case(arch: str, root: Path, max_batches: int) -> dict:
+def case(arch: str, root: Path, max_batches: int, warmup: int = 3) -> dict:
     from hparr.models import build_model
     from hparr.training import use_channels_last
 
@@ -103,15 +103,15 @@ def case(arch: str, root: Path, max_batches: int) -> dict:
     loader_ours = ours(root, channels_last=fast)
     loader_base = baseline(root)
     held = floor_batches(loader_ours, 8, distinct=8)
-    plain = floor_batches(loader_base, 3, distinct=3)
+    plain = floor_batches(loader_base, warmup, distinct=warmup)
 
     model = build_model(arch, num_classes=10, in_channels=3, input_size=32, seed=0)
     model = model.to(memory_format=torch.channels_last) if fast else model
-    train_steps(model, held, 3)  # warm-up before timing
+    train_steps(model, held, warmup)  # warm-up before timing
     both = interleaved(model, loader_ours, held, max_batches)
 
     model = build_model(arch, num_classes=10, in_channels=3, input_size=32, seed=0)
-    train_steps(model, plain, 3)
+    train_steps(model, plain, warmup)
     base_s, base_seen = timed(train_steps, model, loader_base, max_batches)
 
     ours_rate, floor_rate = both["images"] / both["ours_s"], both["floor_images"] / both["floor_s"]
@@ -128,12 +128,12 @@ def run(mode: str = "default") -> list[dict]:
     --full) and vgg11 (its first batches)."""
     images = pick(mode, quick=10_000, default=N_IMAGES, full=N_IMAGES)
     lenet_batches = pick(mode, quick=20, default=120, full=10**9)
-    vgg11_batches = pick(mode, quick=3, default=10, full=30)
+    vgg11_batches, warmup = pick(mode, quick=(2, 1), default=(6, 3), full=(30, 3))  # (timed, warm-up) steps
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_dataset(root, images)
         load_s, _ = timed(ours, root)
         rows = [{"case": "cifar10_load", "images": images, "seconds": load_s}]
-        rows.append(case("lenet", root, max_batches=lenet_batches))
-        rows.append(case("vgg11", root, max_batches=vgg11_batches))
+        rows.append(case("lenet", root, max_batches=lenet_batches, warmup=warmup))
+        rows.append(case("vgg11", root, max_batches=vgg11_batches, warmup=warmup))
     return rows
