@@ -35,8 +35,8 @@ study-fashion: $(STAMP)
 # the fast tests file by file, so that a module's shared fixture is built once)
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench
-	$(BIN)/python -m pytest -q -m "not slow" -n auto --dist loadfile --durations=10
-	$(BIN)/python -m pytest -q -m slow -n auto --dist worksteal --durations=10
+	$(BIN)/python -m pytest -q -m "not slow" -n auto --dist loadfile --durations=30
+	$(BIN)/python -m pytest -q -m slow -n auto --dist worksteal --durations=30
 
 # the cluster tests against a one-node SLURM started here (root and apt-get install it when missing), stopped after
 SLURM_DIR ?= build/slurm
@@ -45,6 +45,7 @@ test-slurm: $(STAMP)
 	SLURM_CONF=$(abspath $(SLURM_DIR))/slurm.conf $(BIN)/python -m pytest -q -m slurm tests/slurm; \
 		status=$$?; tests/slurm/stop.sh $(SLURM_DIR); exit $$status
 
+# at most 10 minutes on 2 cores; `python -m bench --quick` (3 minutes) checks every case, `--full` runs the long sizes
 bench: $(STAMP)
 	$(BIN)/python -m bench
 

@@ -1,16 +1,38 @@
-"""Run the benchmark cases: `python -m bench [training] [reinit] [projections] [tracking] [study]` (the CPU
-cases), or `python -m bench gpu [--device cpu] [--quick]` (one run on a GPU: bench/gpu_bench.py)."""
+"""Run the benchmark cases: `python -m bench [--quick | --full] [training] [reinit] [projections] [tracking] [study]`
+(the CPU cases; each row prints its ratio against a baseline measured in the same run), or
+`python -m bench gpu [--device cpu] [--quick]` (one run on a GPU: bench/gpu_bench.py).
+
+Modes: the default takes at most 10 minutes on 2 cores; `--quick` (at most 3 minutes) runs every case on less
+work, to check them and read rough ratios; `--full` runs the long sizes (about half an hour on 2 cores)."""
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
+import time
 
-import torch
-
-from .common import emit, machine
+from .common import MODES, emit, machine
 
 CASES = {"training": "bench.training_bench", "reinit": "bench.reinit_bench", "projections": "bench.projections_bench",
          "tracking": "bench.tracking_bench", "study": "bench.study_bench"}
+
+
+def parse(argv: list[str]) -> tuple[str, list[str]]:
+    """(mode, cases) of a command line; a usage error exits with status 2 and one line."""
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", dest="mode", action="store_const", const="quick",
+                      help="every case on less work (at most 3 minutes on 2 cores)")
+    size.add_argument("--full", dest="mode", action="store_const", const="full",
+                      help="the long sizes (the figures quoted in the docs)")
+    p.add_argument("cases", nargs="*", metavar="CASE", help=f"cases to run, from {', '.join(CASES)} [all]")
+    args = p.parse_args(argv)
+    unknown = [c for c in args.cases if c not in CASES]
+    if unknown:
+        p.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
+    mode = args.mode or "default"
+    assert mode in MODES
+    return mode, args.cases or list(CASES)
 
 
 def main(argv: list[str]) -> int:
@@ -18,17 +40,18 @@ def main(argv: list[str]) -> int:
         from .gpu_bench import main as gpu_main
 
         return gpu_main(argv[1:])
-    chosen = argv or list(CASES)
-    unknown = [c for c in chosen if c not in CASES]
-    if unknown:
-        print(f"unknown case(s) {unknown}; choose from {list(CASES)}", file=sys.stderr)
-        return 2
+    mode, chosen = parse(argv)
+    import torch
+
     torch.set_num_threads(machine()["cores"])
-    emit({"case": "machine", **machine()})
+    start = time.perf_counter()
+    emit({"case": "machine", "mode": mode, **machine()})
     for name in chosen:
-        for row in importlib.import_module(CASES[name]).run():
+        for row in importlib.import_module(CASES[name]).run(mode):
             emit(row)
+    emit({"case": "bench_total", "mode": mode, "cases": chosen, "seconds": round(time.perf_counter() - start, 1)})
     return 0
 
 
-sys.exit(main(sys.argv[1:]))
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

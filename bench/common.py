@@ -9,6 +9,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# `python -m bench --quick` (a few minutes: checks every case, with rough ratios), the default (at most 10 minutes
+# on 2 cores: the same rows and ratios on smaller work), `--full` (the sizes of the figures quoted in the docs)
+MODES = ("quick", "default", "full")
+
+
+def pick(mode: str, quick, default, full):
+    """The size of a case in `mode`."""
+    if mode not in MODES:
+        raise ValueError(f"unknown bench mode {mode!r}; choose from {MODES}")
+    return {"quick": quick, "default": default, "full": full}[mode]
+
 
 def timed(fn, *args, **kwargs):
     """(seconds, result) of one call."""

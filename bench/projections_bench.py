@@ -26,7 +26,7 @@ from hparr.cli import main as hparr_main
 from hparr.models import build_model
 from hparr.projections import layer_stats
 
-from .common import timed
+from .common import pick, timed
 
 ARCH = "vgg11"
 
@@ -87,7 +87,14 @@ def _case(name: str, count: int, seconds: float, **extra) -> dict:
             "snapshots_per_s": round(count / seconds, 2), **extra}
 
 
-def run(n: int = 100, workdir: str | None = None, full_size: int = 3, baseline: int = 5) -> list[dict]:
+def run(mode: str = "default", workdir: str | None = None) -> list[dict]:
+    """The command on compact and full-size snapshots against the naive way, then one resnet50 file."""
+    n, full_size, baseline, repeats = pick(mode, quick=(10, 1, 2, 1), default=(30, 2, 3, 3), full=(100, 3, 5, 7))
+    return (snapshots_case(n, workdir, full_size, baseline) + safetensors_case(workdir, repeats=repeats)
+            + hash_case(workdir, repeats=repeats))
+
+
+def snapshots_case(n: int = 100, workdir: str | None = None, full_size: int = 3, baseline: int = 5) -> list[dict]:
     """Time the command on `n` compact and `full_size` full-size snapshots, and the naive way on a few."""
     root = Path(tempfile.mkdtemp(prefix="hparr-bench-projections-", dir=workdir))
     out = []
@@ -107,11 +114,13 @@ def run(n: int = 100, workdir: str | None = None, full_size: int = 3, baseline: 
             shutil.rmtree(snaps)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    return out + safetensors_case(workdir) + hash_case(workdir)
+    return out
 
 
 if __name__ == "__main__":
-    for row in run():
+    import sys
+
+    for row in run(sys.argv[1] if len(sys.argv) > 1 else "default"):
         print(row)
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .common import CIFAR_MEAN, CIFAR_STD, ROOT, timed
+from .common import CIFAR_MEAN, CIFAR_STD, ROOT, pick, timed
 
 BATCH = 128
 
@@ -239,11 +239,14 @@ def processes_case(arch: str = "lenet", images: int = 10_000, rounds: int = 2, p
             "speedups": [round(r, 3) for r in ratios], "goal": 1.6, "equal_results": True}
 
 
-def run() -> list[dict]:
-    return [sweep_case("lenet", 10_000, repeats=2), sweep_case("vgg11", 1_000), command_case(), processes_case()]
+def run(mode: str = "default") -> list[dict]:
+    lenet = pick(mode, quick=(1_000, 1), default=(5_000, 1), full=(10_000, 2))  # (images, repeats)
+    vgg11 = pick(mode, quick=32, default=128, full=1_000)
+    return [sweep_case("lenet", lenet[0], repeats=lenet[1]), sweep_case("vgg11", vgg11), command_case(),
+            processes_case(images=pick(mode, quick=1_000, default=3_000, full=10_000))]
 
 
 if __name__ == "__main__":
     torch.set_num_threads(2)
-    for row in run():
+    for row in run(sys.argv[1] if len(sys.argv) > 1 else "default"):
         print(row)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .common import pick
 from .training_bench import train_steps
 
 CIFAR10_BATCHES = 391  # one epoch of the 50,000 CIFAR-10 training images in batches of 128
@@ -118,5 +119,7 @@ def vgg11_32px(batches: int = 4, rounds: int = 2) -> dict:
             "track_share_of_epoch": t["track_s"] / epoch_s}
 
 
-def run() -> list[dict]:
-    return [lenet_digits(), lenet_digits(lr=0.001), vgg11_32px()]
+def run(mode: str = "default") -> list[dict]:
+    epochs = pick(mode, quick=4, default=10, full=30)  # half of them tracked
+    batches = pick(mode, quick=1, default=2, full=4)  # vgg11's steps per epoch
+    return [lenet_digits(epochs=epochs), lenet_digits(lr=0.001, epochs=epochs), vgg11_32px(batches=batches)]

@@ -10,16 +10,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .common import timed, torchvision_cifar10
+from .common import pick, timed, torchvision_cifar10
 
 N_IMAGES = 50_000
 BATCH = 128
 
 
-def write_dataset(root: Path) -> None:
+def write_dataset(root: Path, images: int = N_IMAGES) -> None:
     from hparr.fakedata import random_images, random_labels, write_cifar10
 
-    write_cifar10(root, random_images(N_IMAGES, 3, 32, 32, seed=1), random_labels(N_IMAGES, 10, seed=1),
+    write_cifar10(root, random_images(images, 3, 32, 32, seed=1), random_labels(images, 10, seed=1),
                   random_images(100, 3, 32, 32, seed=2), random_labels(100, 10, seed=2))
 
 
@@ -95,7 +95,7 @@ def interleaved(model, loader, held, max_batches: int) -> dict:
     return {"ours_s": ours_s, "floor_s": floor_s, "fetch_s": fetch_s, "images": seen, "floor_images": floor_seen}
 
 
-def case(arch: str, root: Path, max_batches: int) -> dict:
+def case(arch: str, root: Path, max_batches: int, warmup: int = 3) -> dict:
     from hparr.models import build_model
     from hparr.training import use_channels_last
 
@@ -103,15 +103,15 @@ def case(arch: str, root: Path, max_batches: int) -> dict:
     loader_ours = ours(root, channels_last=fast)
     loader_base = baseline(root)
     held = floor_batches(loader_ours, 8, distinct=8)
-    plain = floor_batches(loader_base, 3, distinct=3)
+    plain = floor_batches(loader_base, warmup, distinct=warmup)
 
     model = build_model(arch, num_classes=10, in_channels=3, input_size=32, seed=0)
     model = model.to(memory_format=torch.channels_last) if fast else model
-    train_steps(model, held, 3)  # warm-up before timing
+    train_steps(model, held, warmup)  # warm-up before timing
     both = interleaved(model, loader_ours, held, max_batches)
 
     model = build_model(arch, num_classes=10, in_channels=3, input_size=32, seed=0)
-    train_steps(model, plain, 3)
+    train_steps(model, plain, warmup)
     base_s, base_seen = timed(train_steps, model, loader_base, max_batches)
 
     ours_rate, floor_rate = both["images"] / both["ours_s"], both["floor_images"] / both["floor_s"]
@@ -123,12 +123,17 @@ def case(arch: str, root: Path, max_batches: int) -> dict:
             "fetch_share": both["fetch_s"] / both["ours_s"]}
 
 
-def run() -> list[dict]:
+def run(mode: str = "default") -> list[dict]:
+    """The decoding of the training set, then lenet (the first batches of an epoch; the whole epoch with
+    --full) and vgg11 (its first batches)."""
+    images = pick(mode, quick=10_000, default=N_IMAGES, full=N_IMAGES)
+    lenet_batches = pick(mode, quick=20, default=120, full=10**9)
+    vgg11_batches, warmup = pick(mode, quick=(2, 1), default=(6, 3), full=(30, 3))  # (timed, warm-up) steps
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        write_dataset(root)
+        write_dataset(root, images)
         load_s, _ = timed(ours, root)
-        rows = [{"case": "cifar10_load", "images": N_IMAGES, "seconds": load_s}]
-        rows.append(case("lenet", root, max_batches=10**9))
-        rows.append(case("vgg11", root, max_batches=30))
+        rows = [{"case": "cifar10_load", "images": images, "seconds": load_s}]
+        rows.append(case("lenet", root, max_batches=lenet_batches, warmup=warmup))
+        rows.append(case("vgg11", root, max_batches=vgg11_batches, warmup=warmup))
     return rows

@@ -11,7 +11,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from bench.reinit_bench import alternate
+from bench.__main__ import CASES, parse
+from bench.common import emit, pick
+from bench.reinit_bench import alternate, sweep_case
+from bench.study_bench import rounds
 from bench.training_bench import interleaved
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,6 +89,42 @@ def test_alternate_raises_an_error_of_either_side_once_both_stop():
     with pytest.raises(ValueError, match="broken at batch 1"):
         alternate(failing, counting, [0, 1, 2, 3])
     assert seen == [0, 1, 2, 3]  # the other side ran to its end alone
+def test_modes_and_cases_are_parsed_and_a_bad_command_line_is_one_line(capsys):
+    assert parse([]) == ("default", list(CASES))
+    assert parse(["--quick"]) == ("quick", list(CASES))
+    assert parse(["--full", "study", "reinit"]) == ("full", ["study", "reinit"])
+    for bad in (["--quick", "--full"], ["--quick", "nope"], ["--fast"]):
+        with pytest.raises(SystemExit) as exc:
+            parse(bad)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("python -m bench: error:") and "Traceback" not in "".join(err)
+    assert [pick(m, quick=1, default=2, full=3) for m in ("quick", "default", "full")] == [1, 2, 3]
+    with pytest.raises(ValueError, match="unknown bench mode"):
+        pick("fast", 1, 2, 3)
+    # the real entry point: a usage error before any case runs
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "nope"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and proc.stdout == "" and "unknown case(s) nope" in proc.stderr
+
+
+def test_the_study_rounds_cover_every_seed_once_in_order():
+    assert rounds(8, 2) == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert rounds(5, 2) == [[0, 1], [2, 3], [4]] and rounds(2, 2) == [[0, 1]]
+
+
+def test_a_tiny_reinit_row_prints_its_ratio_against_the_plain_loop_of_the_same_run(capsys):
+    row = sweep_case("lenet", 64)
+    emit(row)
+    human, machine_line = capsys.readouterr().out.splitlines()
+    printed = json.loads(machine_line[len("JSON "):])
+    assert printed == row and human.startswith("case=reinit_lenet  images=64")
+    assert f"speedup={row['speedup']:.4g}" in human
+    assert row["equal_counts"] is True and row["test_passes_plain"] == 1 + 3 * row["layers"] == 19
+    assert row["sweep_s"] > 0 and row["plain_s"] > 0 and row["speedup"] > 0 and row["paired_batches"] == 1
+    assert row["measured_over_ideal"] == pytest.approx(row["speedup"] / row["ideal_speedup"], abs=2e-3)
+
+
 @pytest.mark.slow
 def test_gpu_bench_runs_its_cases_on_the_cpu_in_quick_mode():
     # `make bench-gpu`'s script, as `python -m bench gpu --device cpu --quick`: the same code, small sizes

@@ -391,8 +391,13 @@ def test_a_study_takes_train_sizes_as_an_axis_and_eval_splits(tmp_path, capsys):
     assert recorded["shared"]["until_train_acc"] == 99
 
 
-def test_the_train_split_figure_is_drawn_where_the_cells_measured_it(tmp_path):
+def test_the_train_split_figure_is_drawn_where_the_cells_measured_it(tmp_path, monkeypatch):
+    from hparr.report import study_figures
     from hparr.report.study_figures import draw_all
+
+    # the study's other figures are drawn and checked in test_study.py: here only (c) and (c') are drawn
+    for other in ("plot_mass_by_condition", "plot_mass_by_epoch", "plot_bias_vs_learning"):
+        monkeypatch.setattr(study_figures, other, lambda *args, **kwargs: [])
 
     for memorize, drawn in ((True, True), (False, True)):  # the clean cells measured it in both
         data = synthetic_data(memorize)

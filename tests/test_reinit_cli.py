@@ -192,9 +192,11 @@ def test_train_snapshots_through_the_paper_script(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_plots_folder_and_a_rerun_of_a_class_subset_snapshot(tmp_path, capsys):
+def test_plots_folder_and_a_rerun_of_a_class_subset_snapshot(tmp_path, capsys, monkeypatch):
     """`--plots DIR` as the paper's README passes it (both script names and `hparr reinit`), and a rerun that
     keeps the finished result of a snapshot whose class subset comes from the snapshot itself."""
+    import runpy
+
     assert main(["train", "--arch", "lenet", "--dataset", "digits", "--epochs", "1", "--seed", "5",
                  "--subsample-classes", "3", "--models-path", str(tmp_path / "models"), "--tb-logdir", "",
                  "--no-progress"]) == 0
@@ -202,10 +204,15 @@ def test_plots_folder_and_a_rerun_of_a_class_subset_snapshot(tmp_path, capsys):
     args = ["--arch", "lenet", "--dataset", "digits", "--load-from", str(run_dir / "lenet_1.pt"), "--inits-from",
             str(run_dir), "--rand", "--seed", "5", "--results", str(tmp_path / "results")]
     result = tmp_path / "results" / "digits_3" / "lenet" / "5" / "reinit_lenet_1.json"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts its src/ first
     for script, figs in (("reinit_layers.py", "figs"), ("reinit_weights.py", "figs2")):
-        proc = subprocess.run([sys.executable, str(ROOT / script), *args, "--plots", figs, "--overwrite"],
-                              capture_output=True, text=True, cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr
+        # each script file run as `python SCRIPT` runs it, in this process (reinit_weights.py runs in a process of
+        # its own in the test above)
+        monkeypatch.setattr(sys, "argv", [str(ROOT / script), *map(str, args), "--plots", figs, "--overwrite"])
+        with pytest.raises(SystemExit) as exited:
+            runpy.run_path(str(ROOT / script), run_name="__main__")
+        assert exited.value.code == 0, capsys.readouterr().err
         for suffix, magic in ((".png", b"\x89PNG"), (".pdf", b"%PDF")):
             assert (tmp_path / figs / "digits" / "lenet" / f"reinit_lenet_1{suffix}").read_bytes()[:4] == magic
         assert not list(result.parent.glob("*.png"))  # with a folder, nothing is drawn beside the result
