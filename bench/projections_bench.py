@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from hparr import checkpoints, files
+from hparr import checkpoints, files, layout
 from hparr.cli import main as hparr_main
 from hparr.models import build_model
 from hparr.projections import layer_stats
@@ -48,12 +48,12 @@ def write_snapshots(directory: Path, n: int, full_size: bool = False, seed: int 
         snap = dict(state)
         snap.update({k: state[k] + 0.5 * t * drift[k] for k in conv})
         if i == 0:
-            path, payload = directory / checkpoints.init_name(ARCH), snap
+            path, payload = directory / layout.init_name(ARCH), snap
         elif i == n - 1:
-            path, payload = directory / checkpoints.final_name(ARCH, epochs), snap
+            path, payload = directory / layout.final_name(ARCH, epochs), snap
         else:
             e = i - 1
-            path = directory / checkpoints.epoch_name(ARCH, e)
+            path = directory / layout.epoch_name(ARCH, e)
             payload = {"epoch": e, "top1_acc": 10.0 + e, "top5_acc": 50.0 + e, "model_state_dict": snap,
                        "optimizer_state_dict": {"state": {}, "param_groups": [
                            {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "params": list(range(len(snap)))}]},

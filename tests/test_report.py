@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from scipy import integrate, stats
 
-from hparr import files, null, projections, reinit, report
+from hparr import checkpoints, files, null, projections, reinit, report
 from hparr import results as results_module
 from hparr.cli import main
 from hparr.layers import discover_layers
@@ -50,7 +50,7 @@ def run(tmp_path_factory):
         init_from = str((models / "lenet_init_0.pt").resolve())
         settings = projections.AnalysisOptions(normalize=normalize, init_from=init_from)
         analyzer = projections.SnapshotAnalyzer(
-            projections.ModelConfig("lenet", 10, 3, 32), settings,
+            checkpoints.ModelConfig("lenet", 10, 3, 32), settings,
             context={"arch": "lenet", "dataset": "cifar10", "seed": "0"},
             init_state=projections.load_init_state(models / "lenet_init_0.pt"))
         out = root / folder / "cifar10" / "lenet" / "0"
