@@ -32,7 +32,7 @@ def read_tracking(path: str | os.PathLike) -> pd.DataFrame:
     """The rows of a tracking file, in file order, with exact floats and typed columns."""
     path = Path(path)
     try:
-        df = pd.read_csv(path, **_EXACT, dtype={"name": str, "kind": str})
+        df = pd.read_csv(path, **_EXACT, dtype=dict.fromkeys(schema.TEXT, str))
     except pd.errors.EmptyDataError:
         return pd.DataFrame(columns=list(COLUMNS))
     except (OSError, ValueError, pd.errors.ParserError) as exc:
