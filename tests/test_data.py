@@ -636,3 +636,61 @@ def test_keep_decoded_decodes_a_dataset_once_per_process(cifar10, monkeypatch):
     assert not torch.equal(shuffled.train.images, clean.train.images)
     load_data(DataOptions(dataset="cifar10", data_path=str(root)))
     assert len(calls) == 3  # keeping is off again
+
+
+def test_a_test_only_load_reads_no_training_file_and_gives_the_same_test_set(cifar10, tmp_path, monkeypatch):
+    root, _ = cifar10
+    read = []  # the CIFAR batch files decoded
+    reader = formats._read_cifar_batch
+    monkeypatch.setattr(formats, "_read_cifar_batch", lambda path, *a: read.append(path.name) or reader(path, *a))
+    options = DataOptions(dataset="cifar10", data_path=str(root), subsample_classes=4, class_sample_seed=3,
+                          split=0.1, train_size=500, noise=0.5, noise_seed=1)
+    full = load_data(options)
+    assert read == [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    read.clear()
+    test_only = load_data(options, splits=("test",))
+    assert read == ["test_batch"]
+    assert test_only.train is None and test_only.val is None and test_only.options == options
+    assert torch.equal(test_only.test.images, full.test.images) and torch.equal(test_only.test.labels,
+                                                                               full.test.labels)
+    assert (test_only.classes, test_only.num_classes) == (full.classes, full.num_classes) and full.classes
+    meta = test_only.meta
+    assert meta["splits_read"] == ["test"] and "splits_read" not in full.meta
+    assert meta["class_subset"] == full.meta["class_subset"]
+    assert (meta["split"], meta["train_subset"], meta["label_noise"]) == (None, None, None)
+    assert meta["sizes"] == {"train": 0, "val": 0, "test": len(full.test)}
+    with pytest.raises(HparrError, match="train split was not read"):
+        make_loader(test_only, "train", 32)
+    with pytest.raises(UsageError, match="reads the splits"):
+        load_data(options, splits=("validation",))
+
+    # MNIST: only the t10k files are opened
+    x, y = fakedata.random_images(30, 1, 28, 28, 5)[:, 0], fakedata.random_labels(30, 10, 5)
+    fakedata.write_mnist(tmp_path, x, y, x[:10], y[:10], gz=False, flat=True)
+    opened = []
+    read_idx = formats.read_idx
+    monkeypatch.setattr(formats, "read_idx", lambda path: opened.append(path.name) or read_idx(path))
+    d = load_data(DataOptions(dataset="mnist", data_path=str(tmp_path)), splits=("test",))
+    assert opened == ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    assert torch.equal(d.test.images[:, 0], torch.from_numpy(x[:10]))
+
+
+def test_kept_arrays_of_a_test_only_load_are_read_again_for_a_training_load(cifar10, monkeypatch):
+    root, _ = cifar10
+    calls = []
+    real = formats._load_cifar
+    monkeypatch.setattr(formats, "_load_cifar", lambda *a: calls.append(a[-1]) or real(*a))
+    monkeypatch.setattr(loading, "_decoded", None)
+    options = DataOptions(dataset="cifar10", data_path=str(root))
+    clean = load_data(options)
+    hd.keep_decoded(True)
+    try:
+        load_data(options, splits=("test",))
+        load_data(options, splits=("test",))
+        full = load_data(options)
+        again = load_data(options, splits=("test",))
+    finally:
+        hd.keep_decoded(False)
+    assert calls == [True, False, True]  # the test-only read is kept, the training files read when asked for
+    assert torch.equal(full.train.images, clean.train.images) and again.train is None
+    assert torch.equal(again.test.images, clean.test.images)

@@ -175,6 +175,8 @@ ELSEWHERE = {
     "no SLURM": "tests/test_errors.py::test_study_with_slurm_needs_submitit_and_sbatch",
     "what sbatch refuses (--partition nope)":
         "tests/slurm/test_cluster.py::test_what_sbatch_refuses_is_one_line_quoting_sbatch",
+    "run directory in use by another training run":
+        "tests/test_training.py::test_a_second_run_into_a_busy_run_directory_is_refused_naming_the_first",
     "--out a study with other shared flags":
         "tests/test_study.py::test_the_print_launcher_prints_a_reproduce_command_per_cell",
 }

@@ -15,6 +15,7 @@ from hparr import checkpoints, files, reinit
 from hparr import fakedata as formats
 from hparr.cli import main
 from hparr.data import DataOptions, load_data, make_loader
+from hparr.data import formats as data_formats
 from hparr.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,9 +69,12 @@ def expected_counts(root: Path, final: Path, doc: dict) -> reinit.ReinitResult:
     return reinit.plain_reinit_sweep(model, alternatives, make_loader(data, "test", 64))
 
 
-def test_original_formats_cifar(cifar, capsys):
+def test_original_formats_cifar(cifar, capsys, monkeypatch):
     root, final, inits = cifar
     results = root / "results"
+    read = []  # the CIFAR batch files decoded: the test set's only (the training split is not evaluated)
+    reader = data_formats._read_cifar_batch
+    monkeypatch.setattr(data_formats, "_read_cifar_batch", lambda path, *a: read.append(path.name) or reader(path, *a))
     rc, out, err = run_cli(capsys, "--arch", "lenet", "--dataset", "cifar10", "--data-path", root / "data",
                            "--load-from", final, "--inits-from", inits, "--rand", "--seed", 3, "--plots",
                            "--results", results, "--batch-size", 64, "--no-progress")
@@ -94,7 +98,8 @@ def test_original_formats_cifar(cifar, capsys):
     assert doc["init_files"]["5"].endswith("lenet_4.tar")
     assert doc["num_test"] == N_TEST and doc["method"] == "shared-prefix"
 
-    # the same accuracies as the plain loop on the same weights and test data
+    assert read == ["test_batch"]
+    # the same accuracies as the plain loop on the same weights and test data (both splits read there)
     ref = expected_counts(root, final, doc)
     assert doc["top1_test"] == ref.trained_accuracy(1) and doc["top5_test"] == ref.trained_accuracy(5)
     assert doc["init_from_epoch"] == ref.accuracy(1)

@@ -150,8 +150,9 @@ def _find_idx(root: Path, folder_name: str) -> list[Path] | None:
     return None
 
 
-def _load_idx_dataset(name: str, root: Path, download: bool) -> tuple[np.ndarray, ...]:
-    """MNIST, Fashion-MNIST or KMNIST: the 4 IDX files (plain or .gz) in <root>/<folder>/raw/ or <root>/."""
+def _load_idx_dataset(name: str, root: Path, download: bool, train: bool = True) -> tuple[np.ndarray | None, ...]:
+    """MNIST, Fashion-MNIST or KMNIST: the 4 IDX files (plain or .gz) in <root>/<folder>/raw/ or <root>/;
+    the training files are read only with `train`."""
     folder_name, title = _IDX_FOLDERS[name]
     files = _find_idx(root, folder_name)
     if files is None and download:
@@ -160,9 +161,9 @@ def _load_idx_dataset(name: str, root: Path, download: bool) -> tuple[np.ndarray
     if files is None:
         raise HparrError(f"{name} not found: expected {root}/{folder_name}/raw/ (or {root}/) with "
                          f"{', '.join(_MNIST_FILES)} (IDX files, optionally .gz); pass --data-path or --download")
-    x_train, y_train, x_test, y_test = (read_idx(p) for p in files)
-    for images, labels, img_path, lbl_path in ((x_train, y_train, files[0], files[1]),
-                                              (x_test, y_test, files[2], files[3])):
+    x_train, y_train, x_test, y_test = (read_idx(p) if train or i >= 2 else None for i, p in enumerate(files))
+    parts = ((x_train, y_train, files[0], files[1]),) if train else ()
+    for images, labels, img_path, lbl_path in (*parts, (x_test, y_test, files[2], files[3])):
         if images.ndim != 3 or images.shape[1:] != (28, 28):
             raise HparrError(f"malformed {title} images {img_path}: expected (N, 28, 28), got {images.shape}")
         if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
@@ -170,6 +171,8 @@ def _load_idx_dataset(name: str, root: Path, download: bool) -> tuple[np.ndarray
                              f"{images.shape[0]} images in {img_path.name}")
         if labels.size and labels.max() > 9:
             raise HparrError(f"malformed {title} labels {lbl_path}: labels outside 0..9")
+    if not train:
+        return None, None, x_test[:, None], y_test.astype(np.int64)
     return x_train[:, None], y_train.astype(np.int64), x_test[:, None], y_test.astype(np.int64)
 
 
@@ -201,8 +204,9 @@ def read_svhn_mat(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(np.transpose(x, (3, 2, 0, 1))), labels
 
 
-def _load_svhn(root: Path, download: bool) -> tuple[np.ndarray, ...]:
-    """SVHN's train_32x32.mat and test_32x32.mat, in <root>/ (torchvision's layout) or <root>/svhn/."""
+def _load_svhn(root: Path, download: bool, train: bool = True) -> tuple[np.ndarray | None, ...]:
+    """SVHN's train_32x32.mat and test_32x32.mat, in <root>/ (torchvision's layout) or <root>/svhn/; the
+    training file is read only with `train`."""
     def find() -> list[Path] | None:
         for folder in (root, root / "svhn", root / "SVHN"):
             if all((folder / f).is_file() for f in _SVHN_FILES):
@@ -218,7 +222,7 @@ def _load_svhn(root: Path, download: bool) -> tuple[np.ndarray, ...]:
         raise HparrError(f"svhn not found: expected {root}/ (or {root}/svhn/) with {' and '.join(_SVHN_FILES)} "
                          f"(the 'cropped digits' .mat files); missing {', '.join(missing)}; "
                          "pass --data-path or --download")
-    return (*read_svhn_mat(found[0]), *read_svhn_mat(found[1]))
+    return (*(read_svhn_mat(found[0]) if train else (None, None)), *read_svhn_mat(found[1]))
 
 
 _CIFAR = {
@@ -229,7 +233,8 @@ _CIFAR = {
 }
 
 
-def _load_cifar(name: str, root: Path, download: bool) -> tuple[np.ndarray, ...]:
+def _load_cifar(name: str, root: Path, download: bool, train: bool = True) -> tuple[np.ndarray | None, ...]:
+    """CIFAR-10/100's python batches below <root>/<folder>/; the training batches are read only with `train`."""
     folder_name, train_files, test_files, label_key, desc = _CIFAR[name]
     folder = root / folder_name
     missing = lambda: [f for f in train_files + test_files if not (folder / f).is_file()]  # noqa: E731
@@ -244,7 +249,7 @@ def _load_cifar(name: str, root: Path, download: bool) -> tuple[np.ndarray, ...]
         parts = [_read_cifar_batch(folder / f, label_key, num_classes) for f in names]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    return (*read(train_files), *read(test_files))
+    return (*(read(train_files) if train else (None, None)), *read(test_files))
 
 
 def _download(name: str, root: Path) -> None:
@@ -263,16 +268,18 @@ def _download(name: str, root: Path) -> None:
         raise HparrError(f"downloading {name} to {root} failed: {first_line(exc, None)}") from None
 
 
-def read_arrays(dataset: str, root: Path, download: bool) -> tuple[np.ndarray, ...]:
+def read_arrays(dataset: str, root: Path, download: bool, train: bool = True) -> tuple[np.ndarray | None, ...]:
     """(train images, train labels, test images, test labels) of an in-memory dataset, read from its files
-    below `root` (fetched first with `download` when they are missing)."""
+    below `root` (fetched first with `download` when they are missing). Without `train` the training files
+    are not read and the first two are None."""
     if dataset == "digits":
-        return read_digits()
+        arrays = read_digits()  # one small in-package file: both splits come from it
+        return arrays if train else (None, None, *arrays[2:])
     if dataset in _IDX_FOLDERS:
-        return _load_idx_dataset(dataset, root, download)
+        return _load_idx_dataset(dataset, root, download, train)
     if dataset == "svhn":
-        return _load_svhn(root, download)
-    return _load_cifar(dataset, root, download)
+        return _load_svhn(root, download, train)
+    return _load_cifar(dataset, root, download, train)
 
 
 # --- ImageNet: ImageFolder trees -----------------------------------------------------------------------

@@ -91,23 +91,38 @@ def keep_decoded(enabled: bool = True) -> None:
     _decoded = {} if enabled else None
 
 
-def _decode(dataset: str, root: Path, download: bool) -> tuple[np.ndarray, ...]:
-    """(x_train, y_train, x_test, y_test) of an in-memory dataset, decoded from its files."""
+def _decode(dataset: str, root: Path, download: bool, train: bool = True) -> tuple[np.ndarray | None, ...]:
+    """(x_train, y_train, x_test, y_test) of an in-memory dataset, decoded from its files; without `train`
+    the training files are not read and the first two are None."""
     if _decoded is None:
-        return read_arrays(dataset, root, download)
+        return read_arrays(dataset, root, download, train)
     key = (dataset, "" if dataset == "digits" else str(root.resolve()))
-    if key not in _decoded:
-        arrays = read_arrays(dataset, root, download)
+    if key not in _decoded or (train and _decoded[key][0] is None):
+        arrays = read_arrays(dataset, root, download, train)
         _decoded.clear()  # one dataset at a time
         _decoded[key] = arrays
-    return tuple(a.copy() for a in _decoded[key])
+    arrays = _decoded[key]
+    return tuple(None if a is None or (not train and i < 2) else a.copy() for i, a in enumerate(arrays))
 
 
 # --- load_data -----------------------------------------------------------------------------------------
 
-def load_data(options: DataOptions) -> Data:
-    """Load a dataset and apply the options (subsample -> split -> corrupt the training part)."""
+SPLITS = ("train", "test")
+
+
+def load_data(options: DataOptions, splits: tuple[str, ...] = SPLITS) -> Data:
+    """Load a dataset and apply the options (subsample -> split -> corrupt the training part).
+
+    `splits` names the parts needed; the test set is always read. Without "train" no training file is read
+    (nor is the validation split carved), train and val are None, and meta records no split, subset or
+    corruption; the class subset is the same either way (it depends on the class count and its seed only)."""
     options.validate()
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown or not splits:
+        raise UsageError(f"load_data reads the splits {' and '.join(SPLITS)}, not {unknown or 'none'}")
+    requested, with_train = options, "train" in splits
+    if not with_train:  # nothing is carved from or done to a training part that is not read
+        options = dataclasses.replace(options, split=0, train_size=None, noise=0)
     info = dataset_info(options.dataset)
     root = Path(options.data_path).expanduser()
     seeds = options.seeds()
@@ -116,11 +131,14 @@ def load_data(options: DataOptions) -> Data:
         num_classes = len(folder_train.classes)
         class_names = list(folder_train.classes)
     else:
-        x_train, y_train, x_test, y_test = _decode(options.dataset, root, options.download)
+        x_train, y_train, x_test, y_test = _decode(options.dataset, root, options.download, with_train)
         num_classes = info.num_classes
+    if not with_train:
+        y_train = np.zeros(0, dtype=np.int64)
     meta: dict[str, Any] = {"dataset": options.dataset,
                             "data_path": None if options.dataset == "digits" else str(root),
-                            "options": dataclasses.asdict(options),
+                            "options": dataclasses.asdict(requested),
+                            **({} if with_train else {"splits_read": ["test"]}),
                             "seeds": seeds,
                             "original_num_classes": num_classes}
 
@@ -190,7 +208,7 @@ def load_data(options: DataOptions) -> Data:
                                                             range(num_classes))],
                              pixel_seed=noise_seed if pixel_shuffle and train_part else None)
 
-        train = folder_set(folder_train, train_idx, y_train, True)
+        train = folder_set(folder_train, train_idx, y_train, True) if with_train else None
         val = None if val_idx is None else folder_set(folder_train, val_idx, y_val, False)
         test = folder_set(folder_test, test_idx, y_test, False)
     else:
@@ -200,7 +218,7 @@ def load_data(options: DataOptions) -> Data:
                 x = x.index_select(0, torch.from_numpy(np.asarray(idx, dtype=np.int64)))
             return ImageSet(x, torch.from_numpy(np.array(labels, dtype=np.int64)))
 
-        train = image_set(x_train, train_idx, y_train)
+        train = image_set(x_train, train_idx, y_train) if with_train else None
         val = None if val_idx is None else image_set(x_train, val_idx, y_val)
         test = image_set(x_test, test_idx, y_test)
         if pixel_shuffle:
@@ -209,13 +227,14 @@ def load_data(options: DataOptions) -> Data:
     augmentation = augmentation_text(options.dataset) if options.augmentation else None
     meta.update({
         "num_classes": num_classes, "in_channels": info.in_channels, "image_size": info.image_size,
-        "sizes": {"train": len(train), "val": 0 if val is None else len(val), "test": len(test)},
+        "sizes": {"train": 0 if train is None else len(train), "val": 0 if val is None else len(val),
+                  "test": len(test)},
         "normalization": {"mean": list(mean), "std": list(std), "normalized": normalize},
         "augmentation": augmentation,
         "versions": versions(),
     })
-    log.info("%s: %d train, %d val, %d test samples, %d classes", options.dataset, len(train),
+    log.info("%s: %d train, %d val, %d test samples, %d classes", options.dataset, meta["sizes"]["train"],
              meta["sizes"]["val"], len(test), num_classes)
-    return Data(options=options, info=info, train=train, val=val, test=test, num_classes=num_classes,
+    return Data(options=requested, info=info, train=train, val=val, test=test, num_classes=num_classes,
                 classes=classes, mean=tuple(mean), std=tuple(std), meta=meta)
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ..errors import UsageError
+from ..errors import HparrError, UsageError
 from .catalog import AUGMENT, CROP_PADDING, DEFAULT_SEED
 from .imagenet import imagenet_transform
 from .load import Data, ImageSet
@@ -295,8 +295,10 @@ def make_loader(data: Data, split: str, batch_size: int, *, train: bool | None =
     if split not in ("train", "val", "test"):
         raise UsageError(f"unknown split {split!r}; use 'train', 'val' or 'test'")
     dataset = getattr(data, split)
-    if dataset is None:
+    if dataset is None and split == "val":
         raise UsageError("there is no validation split: pass a split fraction (--split) to carve one")
+    if dataset is None:
+        raise HparrError(f"the {split} split was not read: load_data(..., splits=...) must name it")
     train = (split == "train") if train is None else bool(train)
     augment = data.options.augmentation and train
     generator = generator if generator is not None else _default_generator()

@@ -232,7 +232,7 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
     epoch = checkpoints.snapshot_epoch_or_none(trained.checkpoint.obj, load_from)
     own_seeds = meta.get("seeds") if isinstance(meta.get("seeds"), dict) else {}
     data_options = trained.data
-    data = load_data(data_options)
+    data = load_data(data_options, splits=(settings.eval_split,))  # the training files only when evaluated on
     data = snapshot_normalization(data, meta, str(load_from))
     info = dataset_info(data_options.dataset)
     default = checkpoints.ModelConfig(arch, settings.num_classes or data.num_classes,
