@@ -7,18 +7,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from hparr import results
+from hparr.rundir import LOCK_NAME
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -69,6 +74,38 @@ def wait_for(condition, what: str, limit: float = 1200, every: float = 1.0) -> N
         time.sleep(every)
 
 
+def training_pid(cell: Path) -> int | None:
+    """The pid of the process training in `cell`, as its run directory's lock records it (None until then)."""
+    for lock in cell.rglob(LOCK_NAME):
+        try:
+            return int(json.loads(lock.read_text())["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    return None
+
+
+def hold_stopped(pid: int) -> threading.Thread:
+    """Stop `pid` and keep it stopped until it is gone: SLURM's cancel sends SIGCONT before its SIGTERM (which
+    submitit's cells ignore) and kills the task KillWait seconds later; stopped again at once, the cell does no
+    work in between."""
+    def hold():
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, signal.SIGSTOP)
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (ProcessLookupError, FileNotFoundError):
+                return
+            if state in ("Z", "X"):
+                return
+            time.sleep(0.001)
+
+    os.kill(pid, signal.SIGSTOP)
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    return thread
+
+
 def test_a_study_array_cancelled_midway_then_rerun_equals_the_local_study(cluster, tmp_path):
     out, local = tmp_path / "slurm", tmp_path / "local"
     argv = ["study", *GRID, *TINY, "--launcher", "slurm", "--cpus-per-task", "1", "--array-parallelism", "1",
@@ -86,12 +123,16 @@ def test_a_study_array_cancelled_midway_then_rerun_equals_the_local_study(cluste
     assert record["slurm"]["setup"] == ["echo setup line ran"]
     assert sorted(record["slurm_arrays"][0]["tasks"].values()) == sorted(CELLS)
 
-    # one cell at a time: cancel the array once the first cell is finished and the second has a snapshot
+    # one cell at a time: cancel the array once the first cell is finished and the second has a snapshot; the
+    # second is held stopped meanwhile, so that it cannot finish in the seconds a cancel takes, however fast the machine
     first, second = out / CELLS[0], out / CELLS[1]
-    wait_for(lambda: results.run_finished(first) and any(second.rglob("lenet_init_0.pt")), "the second cell",
-             every=0.2)
+    wait_for(lambda: results.run_finished(first) and any(second.rglob("lenet_init_0.pt")) and training_pid(second),
+             "the second cell", every=0.05)
+    held = hold_stopped(training_pid(second))
+    assert not results.run_finished(second)
     subprocess.run(["scancel", job_id], check=True, timeout=60)
     wait_for(lambda: not ACTIVE & set(task_states(job_id).values()), "the cancelled array to end")
+    held.join(timeout=60)
     assert not results.run_finished(second)
 
     status = hparr("study", str(out), "--status").stdout.splitlines()
@@ -131,12 +172,28 @@ def test_a_study_array_cancelled_midway_then_rerun_equals_the_local_study(cluste
     assert hparr("study", str(out), "--status").stdout.splitlines()[-1] == "4 cells: 4 finished"
 
 
+def epoch_seconds(models: Path) -> float:
+    """Seconds per epoch of the cell's training (lenet, digits, batches of 32) on one core of this machine, read
+    off the timestamps of the epoch lines of a short run's train.log."""
+    subprocess.run(["taskset", "-c", "0", sys.executable, "-m", "hparr", "train", "--arch", "lenet", "--dataset",
+                    "digits", "--epochs", "5", "--lr", "0.02", "--batch-size", "32", "--no-track", "--tb-logdir", "",
+                    "--no-progress", "--models-path", str(models)], check=True, capture_output=True, timeout=600)
+    log = next(models.rglob("train.log")).read_text().splitlines()
+    stamps = [datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f") for line in log if re.search(r" epoch \d+/5 ", line)]
+    assert len(stamps) == 5, log
+    return (stamps[-1] - stamps[0]).total_seconds() / 4
+
+
 def test_a_cell_past_its_time_limit_is_requeued_and_resumes_from_its_last_snapshot(cluster, tmp_path):
-    # a cell of about two minutes on one free core under a one-minute limit: its time goes to training (60 epochs
-    # of small batches, ~1.3 s each) rather than to the analysis of its snapshots (a dozen), so that the limit
-    # interrupts the training however fast the machine is, and each attempt gets past a snapshot (every 5 epochs)
+    # a cell of 80 s of training on one free core under a one-minute limit (SLURM signals it 24 to 54 s into an
+    # attempt): its time goes to training (as many epochs of small batches as 80 s take on this machine) rather than
+    # to the analysis of its snapshots (about a dozen), so that the limit interrupts the training however fast the
+    # machine is, and each attempt gets past a snapshot (one every few seconds)
+    per_epoch = epoch_seconds(tmp_path / "calibration")
+    epochs = min(max(20, math.ceil(80 / per_epoch)), 1000)
+    every = max(1, min(epochs // 12, math.floor(8 / per_epoch)))
     out = tmp_path / "s"
-    done = hparr("study", "--seeds", "0", "--epochs", "60", "--no-track", "--snapshot-every", "5",
+    done = hparr("study", "--seeds", "0", "--epochs", str(epochs), "--no-track", "--snapshot-every", str(every),
                  "--snapshot-all-until", "0", "--lr", "0.02", "--tb-logdir", "", "--batch-size", "32",
                  "--launcher", "slurm", "--cpus-per-task", "1", "--time", "1", "--out", str(out))
     assert "study: 1 cells: 1 finished now, 0 already finished, 0 failed" in done.stdout
