@@ -1,8 +1,9 @@
 """Run the paper's original `reinit_layers.py` from a folder of its code, unchanged, with current torch and torchvision:
 `python bench/original_launcher.py ORIGINAL_DIR [its arguments...]`.
 
-Its files are not edited: this script applies a few patches at run time, then runs the script as `__main__`. The
-patches only let it run; it still evaluates the whole network for each layer and alternative, as written.
+Its files are not edited: this script applies three patches at run time (two for current torch and torchvision, one
+to read its own DataParallel snapshots), then runs the script as `__main__`. The patches only let it run; it still
+evaluates the whole network for each layer and alternative, as written.
 """
 from __future__ import annotations
 
