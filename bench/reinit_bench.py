@@ -8,26 +8,24 @@ ratio of paired sums. The ideal speed-up is the plain loop's conv/linear FLOPs o
 counted with forward hooks: the plain loop runs the whole network 1 + K*L times per batch, the sweep
 once plus, for each of the L layers, K times the part of the network from that layer on.
 
-A third case runs `python reinit_layers.py` end to end (process start, CIFAR-format test set of
+A third case runs `python reinit_weights.py` end to end (process start, CIFAR-format test set of
 10,000 images read from disk, snapshots in the original code's formats, 19 test passes' worth of
-work for lenet), the work the original code did in 77 s on 2 cores.
+work for lenet), in turns with the paper's original `reinit_layers.py` when its folder is given
+(`python -m bench --original DIR`): bench/original_bench.py.
 """
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from .common import CIFAR_MEAN, CIFAR_STD, ROOT, pick, timed
+from .common import CIFAR_MEAN, CIFAR_STD, pick, timed
+from .original_bench import command_case
 
 BATCH = 128
 
@@ -166,45 +164,6 @@ def sweep_case(arch: str, images: int, repeats: int = 1) -> dict:
             "sweep_setup_s": round(setup_s, 3)}
 
 
-def write_original_snapshots(directory: Path) -> tuple[Path, Path]:
-    """lenet snapshots as the original code wrote them; returns (trained snapshot, list of inits)."""
-    from hparr import files
-    from hparr.models import build_model
-
-    init = build_model("lenet", seed=1).state_dict()
-    files.save_torch(init, directory / "lenet_init_0.pt")  # a plain state_dict
-    mid = build_model("lenet", seed=2).state_dict()  # a .tar dict from its DataParallel: features.module. keys
-    mid = {k.replace("features.", "features.module.", 1): v for k, v in mid.items()}
-    files.save_torch({"epoch": 4, "top1_acc": 40.0, "top5_acc": 80.0, "model_state_dict": mid,
-                      "optimizer_state_dict": {}, "scheduler_state_dict": {}}, directory / "lenet_4.tar")
-    trained = directory / "lenet_20.pt"
-    files.save_torch(build_model("lenet", seed=3).state_dict(), trained)
-    inits = directory / "inits.txt"
-    files.write_text(inits, f"{directory / 'lenet_init_0.pt'}\n{directory / 'lenet_4.tar'}\n")
-    return trained, inits
-
-
-def command_case(images: int = 10_000) -> dict:
-    """`python reinit_layers.py` on lenet, CIFAR-format test set, 2 checkpoints and --rand."""
-    from hparr.fakedata import random_images, random_labels, write_cifar10
-
-    root = Path(tempfile.mkdtemp(prefix="hparr-bench-reinit-"))
-    try:
-        write_cifar10(root / "data", random_images(10, 3, 32, 32, seed=1), random_labels(10, 10, seed=1),
-                      random_images(images, 3, 32, 32, seed=2), random_labels(images, 10, seed=2))
-        trained, inits = write_original_snapshots(root)
-        cmd = [sys.executable, str(ROOT / "reinit_layers.py"), "--arch", "lenet", "--dataset", "cifar10",
-               "--data-path", str(root / "data"), "--load-from", str(trained), "--inits-from", str(inits),
-               "--rand", "--results", str(root / "results"), "--no-progress"]
-        seconds, proc = timed(subprocess.run, cmd, capture_output=True, text=True, cwd=root)
-        if proc.returncode != 0:
-            raise RuntimeError(f"reinit_layers.py failed: {proc.stderr.strip()[-500:]}")
-        return {"case": "reinit_lenet_command", "images": images, "test_passes_plain": 19,
-                "seconds": round(seconds, 3), "original_code_s": 77.0, "target_s": 15.0}
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
 def processes_case(arch: str = "lenet", images: int = 10_000, rounds: int = 2, processes: int = 2) -> dict:
     """The sweep split across `processes` worker processes of one torch thread each against one process with
     `processes` threads, on the same in-memory batches, in turns A B A B (`rounds` of each); their results
@@ -239,10 +198,12 @@ def processes_case(arch: str = "lenet", images: int = 10_000, rounds: int = 2, p
             "speedups": [round(r, 3) for r in ratios], "goal": 1.6, "equal_results": True}
 
 
-def run(mode: str = "default") -> list[dict]:
+def run(mode: str = "default", original: str | None = None) -> list[dict]:
+    """The cases in `mode`; `original`: the folder of the paper's code, for the end-to-end comparison."""
     lenet = pick(mode, quick=(1_000, 1), default=(5_000, 1), full=(10_000, 2))  # (images, repeats)
     vgg11 = pick(mode, quick=32, default=128, full=1_000)
-    return [sweep_case("lenet", lenet[0], repeats=lenet[1]), sweep_case("vgg11", vgg11), command_case(),
+    return [sweep_case("lenet", lenet[0], repeats=lenet[1]), sweep_case("vgg11", vgg11),
+            command_case(rounds=pick(mode, quick=1, default=2, full=3), original=original),
             processes_case(images=pick(mode, quick=1_000, default=3_000, full=10_000))]
 
 

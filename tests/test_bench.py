@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from bench.__main__ import CASES, parse
 from bench.common import emit, pick
+from bench.original_bench import agreement, command_case
 from bench.reinit_bench import alternate, sweep_case
 from bench.study_bench import rounds
 from bench.training_bench import interleaved
@@ -90,9 +91,9 @@ def test_alternate_raises_an_error_of_either_side_once_both_stop():
         alternate(failing, counting, [0, 1, 2, 3])
     assert seen == [0, 1, 2, 3]  # the other side ran to its end alone
 def test_modes_and_cases_are_parsed_and_a_bad_command_line_is_one_line(capsys):
-    assert parse([]) == ("default", list(CASES))
-    assert parse(["--quick"]) == ("quick", list(CASES))
-    assert parse(["--full", "study", "reinit"]) == ("full", ["study", "reinit"])
+    assert parse([]) == ("default", list(CASES), None)
+    assert parse(["--quick"]) == ("quick", list(CASES), None)
+    assert parse(["--full", "study", "reinit"]) == ("full", ["study", "reinit"], None)
     for bad in (["--quick", "--full"], ["--quick", "nope"], ["--fast"]):
         with pytest.raises(SystemExit) as exc:
             parse(bad)
@@ -106,6 +107,77 @@ def test_modes_and_cases_are_parsed_and_a_bad_command_line_is_one_line(capsys):
     proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "nope"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and proc.stdout == "" and "unknown case(s) nope" in proc.stderr
+
+
+def test_original_must_be_a_folder_holding_reinit_layers_or_it_is_a_usage_error(tmp_path, capsys):
+    (tmp_path / "plain.txt").write_text("")
+    for bad in (tmp_path / "missing", tmp_path / "plain.txt", tmp_path):  # absent, a file, a folder without the script
+        with pytest.raises(SystemExit) as exc:
+            parse(["--original", str(bad), "reinit"])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("python -m bench: error: --original ") and "Traceback" not in "".join(err)
+    (tmp_path / "reinit_layers.py").write_text("")
+    assert parse(["--original", str(tmp_path), "reinit"]) == ("default", ["reinit"], str(tmp_path))
+    proc = subprocess.run([sys.executable, "-m", "bench", "--original", str(tmp_path / "missing"), "reinit"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == "" and "not a folder" in proc.stderr.strip().splitlines()[-1]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no reinit_layers.py"):
+        command_case(images=64, rounds=1, original=tmp_path / "empty")
+
+
+# a stand-in for the original reinit_layers.py: records how it was run, writes a result as the original names it
+FAKE_ORIGINAL = r"""import json, os, sys
+a = sys.argv
+open(os.environ["FAKE_ORIGINAL_LOG"], "a").write(json.dumps([a, os.getcwd(), sys.path[0]]) + "\n")
+os.makedirs(out := os.path.join(a[a.index("--results") + 1], "cifar10", "lenet"))
+json.dump({"top1_test": 1.5, "init_from_epoch": {"0": [1.5] * 6}}, open(out + "/reinit_lenet_20.json", "w"))
+"""
+
+
+def test_the_command_case_runs_the_original_and_hparr_in_turns_and_reports_both_times_and_the_ratio(
+        tmp_path, monkeypatch):
+    original = tmp_path / "original"
+    original.mkdir()
+    (original / "reinit_layers.py").write_text(FAKE_ORIGINAL)
+    monkeypatch.setenv("FAKE_ORIGINAL_LOG", str(tmp_path / "runs.jsonl"))
+    row = command_case(images=64, rounds=2, original=original)
+    runs = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert len(runs) == 2  # once per round
+    for argv, cwd, path0 in runs:
+        assert argv[0] == str(original / "reinit_layers.py") and path0 == str(original)  # as `python reinit_layers.py`
+        assert argv[argv.index("--arch") + 1] == "lenet" and "--rand" in argv and "--no-progress" not in argv
+        assert Path(argv[argv.index("--inits-from") + 1]).name == "inits.txt"
+        assert argv[argv.index("--results") + 1] == str(Path(cwd) / "results")  # its own folder, deleted after
+        assert Path(cwd).name.startswith("original-") and not Path(cwd).exists()
+    assert runs[0][1] != runs[1][1]
+    assert row["case"] == "reinit_lenet_command" and row["images"] == 64 and row["rounds"] == 2
+    assert len(row["original_s"]) == len(row["hparr_s"]) == 2 and min(row["original_s"] + row["hparr_s"]) > 0
+    assert row["ratios"] == pytest.approx([o / h for o, h in zip(row["original_s"], row["hparr_s"])], abs=2e-3)
+    assert row["speedup_median"] == pytest.approx(sum(row["ratios"]) / 2, abs=2e-3) and row["goal"] == 5.0
+    assert row["goal_met"] == (row["speedup_median"] >= 5.0)
+    # hparr really evaluated the trained model; the stand-in's made-up accuracy does not agree with it
+    assert row["hparr_top1"] != 1.5 and row["trained_top1_agree"] is False and row["results_agree"] is False
+    assert row["checkpoint_layers_equal"].endswith("/6")
+
+
+def test_without_the_original_hparr_is_timed_alone_and_no_ratio_is_made_up():
+    row = command_case(images=64, rounds=1)
+    assert len(row["hparr_s"]) == 1 and row["seconds"] == row["hparr_s"][0] > 0
+    assert row["original"].startswith("not given") and "speedup_median" not in row and "original_s" not in row
+
+
+def test_results_agree_on_the_trained_top1_and_the_checkpoint_layers_but_not_the_random_draws():
+    # the original stores float32 percentages, hparr rounds to 2 decimals: both are 978 of 10,000
+    theirs = {"top1_test": 9.779999732971191, "init_from_epoch": {"0": [9.779999732971191, 10.15000057220459],
+                                                                 "rand": [10.0, 11.0]}}
+    ours = {"top1_test": 9.78, "init_from_epoch": {"0": [9.78, 10.15], "rand": [9.5, 12.0]}}
+    out = agreement(theirs, ours, 10_000)
+    assert out["trained_top1_agree"] and out["checkpoint_layers_equal"] == "2/2" and out["results_agree"]
+    out = agreement(theirs, {**ours, "init_from_epoch": {"0": [9.78, 10.16]}}, 10_000)
+    assert out["trained_top1_agree"] and out["checkpoint_layers_equal"] == "1/2" and not out["results_agree"]
+    assert not agreement(theirs, {**ours, "top1_test": 9.79}, 10_000)["trained_top1_agree"]
 
 
 def test_the_study_rounds_cover_every_seed_once_in_order():

@@ -11,13 +11,14 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from . import schema
 from .files import file_stat
 from .layout import MANIFEST_NAME, STUDY_NAME
+
+if TYPE_CHECKING:  # start-up time: pandas only where a table is built (`hparr reinit` builds none)
+    import pandas as pd
 
 SNAPSHOT_FORMAT = "hparr-snapshot-1"
 PROJECTIONS_FORMAT = "hparr-projections-1"
@@ -38,6 +39,8 @@ def relative_drops(trained_acc: float, accuracies: Mapping[str, Sequence[float]]
 
 def drop_frame(doc: Mapping[str, Any]) -> pd.DataFrame:
     """The relative drop stored in a reinit document as a table (rows: labels, columns: layers; NaN for none)."""
+    import pandas as pd
+
     drops = {label: [float("nan") if v is None else float(v) for v in values]
              for label, values in doc["relative_drop"].items()}
     return pd.DataFrame.from_dict(drops, orient="index", columns=list(doc["layers"]))
@@ -180,6 +183,8 @@ def document_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
 def projections_table(docs: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """The tidy table of many projection documents (one row per snapshot x layer, plus "net" rows),
     sorted by epoch then layer order."""
+    import pandas as pd
+
     rows = [r for doc in docs for r in document_rows(doc)]
     df = pd.DataFrame(rows)
     if df.empty:

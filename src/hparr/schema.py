@@ -2,9 +2,10 @@
 projection rows (`hparr projections`, tracking files, the tidy table, the report). Torch-free."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-import pandas as pd
+if TYPE_CHECKING:  # start-up time: pandas only where a table is built (`hparr reinit` builds none)
+    import pandas as pd
 
 # the columns of one layer, in order; `biased` is a bool, the rest floats unless listed in INTEGERS
 LAYER = ("name", "kind", "stage", "block", "N", "d", "mean", "std", "mass", "n_negative",
@@ -29,6 +30,8 @@ def ordered(columns: Iterable[str], first: Iterable[str] = ()) -> list[str]:
 
 def typed(df: pd.DataFrame, integers: Iterable[str] = ()) -> pd.DataFrame:
     """`df` with its integer columns (the schema's and `integers`) as nullable integers, in place."""
+    import pandas as pd
+
     for col in (*INTEGERS, *integers):
         if col in df.columns:
             df[col] = pd.to_numeric(df[col]).astype("Int64")

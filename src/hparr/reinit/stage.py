@@ -325,12 +325,13 @@ def save(run: ReinitRun, root: str | os.PathLike, plots: str | os.PathLike | Non
     """Write the results document to `root`/`run.relpath`; with `plots`, also the heatmap of the relative
     drop, as PNG and PDF: beside the document when `plots` is "" (the bare --plots), else under
     `plots`/<dataset>/<arch>/ (the original code's --plots PATH). Returns the files written."""
-    from ..report.figures import save_heatmap  # start-up time: matplotlib only when plots are asked for
-
     json_path = Path(root) / run.relpath
     files.write_json(json_path, run.document)
     written = [json_path]
     if plots is not None:
+        # start-up time: the report package (scipy.stats, matplotlib) only when plots are asked for
+        from ..report.figures import save_heatmap
+
         folder = json_path.parent if str(plots) == "" else \
             Path(plots) / str(run.document["dataset"]) / str(run.document["arch"])
         png, pdf = folder / f"{run.stem}.png", folder / f"{run.stem}.pdf"
