@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hparr import checkpoints, files, reinit
+from hparr import checkpoints, cli, files, reinit
 from hparr import fakedata as formats
 from hparr.cli import main
 from hparr.data import DataOptions, load_data, make_loader
@@ -205,6 +205,11 @@ def test_plots_folder_and_a_rerun_of_a_class_subset_snapshot(tmp_path, capsys, m
     result = tmp_path / "results" / "digits_3" / "lenet" / "5" / "reinit_lenet_1.json"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts its src/ first
+
+    def exit_here(code):  # a script ends its process at once (hparr.cli.run): here, it ends the script only
+        raise SystemExit(code)
+
+    monkeypatch.setattr(cli, "end_process", exit_here)
     for script, figs in (("reinit_layers.py", "figs"), ("reinit_weights.py", "figs2")):
         # each script file run as `python SCRIPT` runs it, in this process (reinit_weights.py runs in a process of
         # its own in the test above)

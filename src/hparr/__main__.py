@@ -1,5 +1,3 @@
-import sys
+from hparr.cli import run
 
-from hparr.cli import main
-
-sys.exit(main())
+run()

@@ -261,6 +261,25 @@ class LeafTracer:
         graph = Tracer().trace(model)
         return fx.GraphModule(model, graph)
 
+    @staticmethod
+    def output_shapes(gm, example: torch.Tensor) -> dict:
+        """{node: shape of its output} for the nodes of the traced `gm` whose output is a tensor, from one run
+        on `example` (a plain interpreter: torch.fx's ShapeProp would import the symbolic-shapes machinery and
+        sympy, about 0.3 s of every command's start-up)."""
+        import torch.fx as fx
+
+        shapes: dict = {}
+
+        class Recorder(fx.Interpreter):
+            def run_node(self, n):
+                result = super().run_node(n)
+                if isinstance(result, torch.Tensor):
+                    shapes[n] = tuple(result.shape)
+                return result
+
+        Recorder(gm).run(example)
+        return shapes
+
 
 def _is_add(node) -> bool:
     if node.op == "call_function":
@@ -301,8 +320,6 @@ def residual_structure(model: nn.Module, input_shape: Sequence[int], names: Sequ
 
     Raises whatever tracing raises (the caller falls back to the max-pool/downsampling rule).
     """
-    from torch.fx.passes.shape_prop import ShapeProp
-
     gm = LeafTracer.trace(model)
     ref = next(iter(model.parameters()), None)
     dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
@@ -311,7 +328,7 @@ def residual_structure(model: nn.Module, input_shape: Sequence[int], names: Sequ
     try:
         model.eval()
         with torch.no_grad():
-            ShapeProp(gm).propagate(torch.zeros(tuple(input_shape), dtype=dtype, device=device))
+            shapes = LeafTracer.output_shapes(gm, torch.zeros(tuple(input_shape), dtype=dtype, device=device))
     finally:
         for m, mode in modes:
             m.training = mode
@@ -320,8 +337,7 @@ def residual_structure(model: nn.Module, input_shape: Sequence[int], names: Sequ
     pos = {n: i for i, n in enumerate(nodes)}
 
     def size(node):
-        meta = node.meta.get("tensor_meta")
-        shape = getattr(meta, "shape", None)
+        shape = shapes.get(node)
         return tuple(shape[2:]) if shape is not None and len(shape) >= 3 else None
 
     wanted = set(names)
