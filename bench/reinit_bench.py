@@ -12,9 +12,15 @@ A third case runs `python reinit_weights.py` end to end (process start, CIFAR-fo
 10,000 images read from disk, snapshots in the original code's formats, 19 test passes' worth of
 work for lenet), in turns with the paper's original `reinit_layers.py` when its folder is given
 (`python -m bench --original DIR`): bench/original_bench.py.
+
+The last cases split the sweep's batches across 2 worker processes of one thread each, against one process of 2
+threads: on a quiet machine, and with another process spinning on one core meanwhile (a shared machine), where
+intra-op threads wait on each other.
 """
 from __future__ import annotations
 
+import contextlib
+import subprocess
 import sys
 import threading
 import time
@@ -164,10 +170,29 @@ def sweep_case(arch: str, images: int, repeats: int = 1) -> dict:
             "sweep_setup_s": round(setup_s, 3)}
 
 
-def processes_case(arch: str = "lenet", images: int = 10_000, rounds: int = 2, processes: int = 2) -> dict:
+@contextlib.contextmanager
+def busy_neighbour():
+    """Another process spinning on one core meanwhile, as on a shared machine."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
+def processes_case(arch: str = "lenet", images: int = 10_000, rounds: int = 2, processes: int = 2,
+                   neighbour: bool = False) -> dict:
     """The sweep split across `processes` worker processes of one torch thread each against one process with
     `processes` threads, on the same in-memory batches, in turns A B A B (`rounds` of each); their results
-    must be equal to the last count. The ratio is the median of the rounds' single/multi ratios."""
+    must be equal to the last count. The ratio is the median of the rounds' single/multi ratios. With
+    `neighbour`, another process keeps one core busy meanwhile (`busy_neighbour`)."""
+    with busy_neighbour() if neighbour else contextlib.nullcontext():
+        row = _processes_rounds(arch, images, rounds, processes)
+    return {**row, "case": row["case"] + ("_busy_neighbour" if neighbour else "")}
+
+
+def _processes_rounds(arch: str, images: int, rounds: int, processes: int) -> dict:
     from hparr.models import build_model
     from hparr.reinit import reinit_sweep
 
@@ -204,7 +229,8 @@ def run(mode: str = "default", original: str | None = None) -> list[dict]:
     vgg11 = pick(mode, quick=32, default=128, full=1_000)
     return [sweep_case("lenet", lenet[0], repeats=lenet[1]), sweep_case("vgg11", vgg11),
             command_case(rounds=pick(mode, quick=1, default=2, full=3), original=original),
-            processes_case(images=pick(mode, quick=1_000, default=3_000, full=10_000))]
+            processes_case(images=pick(mode, quick=1_000, default=3_000, full=10_000)),
+            processes_case(images=pick(mode, quick=500, default=2_000, full=5_000), neighbour=True)]
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import torch.nn as nn
 from bench.__main__ import CASES, parse
 from bench.common import emit, pick
 from bench.original_bench import agreement, command_case
-from bench.reinit_bench import alternate, sweep_case
+from bench.reinit_bench import alternate, busy_neighbour, processes_case, sweep_case
 from bench.study_bench import rounds
 from bench.training_bench import interleaved
 
@@ -195,6 +195,22 @@ def test_a_tiny_reinit_row_prints_its_ratio_against_the_plain_loop_of_the_same_r
     assert row["equal_counts"] is True and row["test_passes_plain"] == 1 + 3 * row["layers"] == 19
     assert row["sweep_s"] > 0 and row["plain_s"] > 0 and row["speedup"] > 0 and row["paired_batches"] == 1
     assert row["measured_over_ideal"] == pytest.approx(row["speedup"] / row["ideal_speedup"], abs=2e-3)
+
+
+def test_the_processes_rows_time_both_sides_on_equal_results_and_the_neighbour_is_stopped(monkeypatch):
+    spinners = []
+    real_popen = subprocess.Popen
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: spinners.append(real_popen(*a, **k)) or spinners[-1])
+    quiet = processes_case(images=256, rounds=1)
+    busy = processes_case(images=256, rounds=1, neighbour=True)
+    assert quiet["case"] == "reinit_lenet_processes" and busy["case"] == "reinit_lenet_processes_busy_neighbour"
+    for row in (quiet, busy):
+        assert row["equal_results"] is True and row["processes"] == 2 and len(row["single_s"]) == 1
+        assert row["speedup_median"] == pytest.approx(row["single_s"][0] / row["multi_s"][0], rel=0.01)
+    assert len(spinners) == 1 and spinners[0].poll() is not None  # the neighbour spun during its case only
+    with busy_neighbour():
+        assert len(spinners) == 2 and spinners[1].poll() is None
+    assert spinners[1].poll() is not None
 
 
 @pytest.mark.slow
