@@ -136,6 +136,7 @@ json.dump({"top1_test": 1.5, "init_from_epoch": {"0": [1.5] * 6}}, open(out + "/
 """
 
 
+@pytest.mark.slow
 def test_the_command_case_runs_the_original_and_hparr_in_turns_and_reports_both_times_and_the_ratio(
         tmp_path, monkeypatch):
     original = tmp_path / "original"
