@@ -97,3 +97,15 @@ def test_the_columns_of_projections_csv_and_of_layer_stats(tmp_path, capsys):
     assert layers["input_kind"].tolist() == stats.table["input_kind"].tolist()
     assert layers["input_nonneg"].iloc[1:].astype(bool).all() and pd.isna(layers["input_nonneg"].iloc[0])
     assert (layers["input_neg_share"].iloc[1:] == 0).all() and layers["input_neg_share"].iloc[0] > 0.3
+
+
+def test_the_docs_table_of_kinds_is_the_code_s():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "projections.md").read_text()
+    rows = dict(line.split(" | ")[:2] for line in text.splitlines() if line.startswith("| `"))
+    assert {k.strip("| `") for k in rows} == set(BY_NAME)
+    words = {True: "yes", False: "no"}
+    for kind in KINDS:
+        cell = rows[f"| `{kind.name}`"]
+        assert cell == words[kind.nonneg] if kind.nonneg is not None else cell not in ("yes", "no"), (kind.name, cell)
