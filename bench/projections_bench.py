@@ -239,11 +239,11 @@ def onnx_case(workdir: str | None = None, arch: str = "mobilenet_v2", num_classe
               repeats: int = 7) -> list[dict]:
     """`hparr projections --load-from FILE.onnx` (no --arch: the graph's conv nodes, their weights read from the
     initializers) on a 12 MB file this case exports itself: torchvision's mobilenet_v2 with 700 classes, exported
-    by torch's TorchScript exporter in eval mode (its BatchNorms folded into the convs: 52 convs, 35 of them 1x1,
-    17 depthwise). Timed in the running process (warm: the onnx package imported, best of `repeats`) against the
-    same command on the same weights saved as a torch state_dict (checkpoint-only, `ratio_vs_torch_pt`), and once
-    as a fresh `python -m hparr` process (`cold_process_s`: Python, torch and onnx imported, the file read, the
-    results written). Target: under 1 s on 2 cores."""
+    by torch's TorchScript exporter in eval mode (its BatchNorms folded into the convs: 52 convs, 34 of them 1x1,
+    17 depthwise, 18 analyzed). Timed in the running process (warm: the onnx package imported, best of
+    `repeats`) against the same command on the same weights saved as a torch state_dict (checkpoint-only,
+    `ratio_vs_torch_pt`), and once as a fresh `python -m hparr` process (`cold_process_s`: Python, torch and onnx
+    imported, the file read, the results written). Target: under 1 s on 2 cores."""
     import os
     import subprocess
     import sys
