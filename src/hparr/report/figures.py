@@ -104,7 +104,7 @@ def plot_distributions(results: RunResults, out_dir: Path) -> list[Path]:
             ax.set_visible(False)
         axes.flat[0].legend(loc="upper left")
         fig.suptitle(f"{results.title}: distribution of the filters' projections per layer"
-                     + ("; green triangle: the layer's input is non-negative"
+                     + ("\ngreen triangle: the layer's input is non-negative"
                         if any(e.get("input_nonneg") is True for e in layers) else "")
                      + (f"\n{missing_text(results.missing_epochs)}" if results.missing_epochs else ""))
         return _save(fig, out_dir, "distributions")
