@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import checkpoints, files, layout, projections, reinit, report, results, training
+from . import attempt, checkpoints, files, layout, projections, reinit, report, results, training
 from .defaults import LEVEL, THRESHOLD, check_level, check_threshold
 from .errors import HparrError
 from .results import parse_eval_splits
@@ -93,8 +93,15 @@ def run_reproduce(rs: ReproduceSettings) -> ReproduceResult:
     possibly corrupted labels, its shuffled pixels), and why and at which epoch training stopped.
 
     `eval_splits`: the re-initialization sweep is measured on each ("test", "train": see `reinit.ReinitSettings`);
-    the manifest names the first as its "reinit" result (the report's) and all of them in "reinit_splits"."""
+    the manifest names the first as its "reinit" result (the report's) and all of them in "reinit_splits".
+
+    While it runs, `out_dir/.attempt.json` names its process, and says at the end how it ended (`attempt`)."""
     rs.validate()
+    with attempt.Attempt(rs.out):
+        return _reproduce(rs)
+
+
+def _reproduce(rs: ReproduceSettings) -> ReproduceResult:
     settings, with_linear, threshold, level, eval_splits = rs.train, rs.with_linear, rs.threshold, rs.level, \
         rs.eval_splits
     out = Path(rs.out)

@@ -141,6 +141,7 @@ class StudySettings:
     flags: Sequence[str] = ()
     progress: bool = True
     wait: bool = True
+    _data_files: dict | None = field(default=None, init=False, repr=False, compare=False)
 
     def cells(self) -> list[Cell]:
         """The grid, arch by arch, then dataset, class subset, training-set size, corruption and seed."""
@@ -166,6 +167,17 @@ class StudySettings:
             out["eval_splits"] = list(self.eval_splits)
         return files.jsonable(out)
 
+    def data_files(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """{dataset: {file name: {"size", "hash"}}} of the files each dataset of the grid is read from (below
+        --data-path; fetched first with --download), each read whole once: missing or unreadable files are
+        refused here, before anything is written (`datafiles`)."""
+        if self._data_files is None:
+            from .datafiles import data_identity
+
+            self._data_files = {d: data_identity(dataclasses.replace(self.base.data, dataset=d))
+                                for d in self.datasets}
+        return self._data_files
+
     def validate(self) -> list[Cell]:
         """Validate the launcher, the grid, every cell's settings and the study folder before anything is written;
         returns the grid."""
@@ -187,8 +199,9 @@ class StudySettings:
         check_threshold(self.threshold)
         check_level(self.level)
         results.parse_eval_splits(self.eval_splits)
-        check_train_sizes(self, cells)
         check_out(self)
+        self.data_files()
+        check_train_sizes(self, cells)
         if launcher in ("slurm", "submitit-local"):
             try:
                 import submitit  # noqa: F401 - optional extra (hparr[slurm])
@@ -245,12 +258,37 @@ def check_out(settings: StudySettings) -> Path:
         if existing is None and any(out.iterdir()) and not _only_a_report(out):
             raise UsageError(f"--out {out} holds files that are not a study (no {layout.STUDY_NAME}); "
                              "choose an empty or new folder")
-        if existing is not None and existing.get("shared") != settings.shared():
-            before, now = existing.get("shared") or {}, settings.shared()
+        if existing is None:
+            return out
+        recorded = existing.get("data_files")
+        # where the data files are recorded, they are compared rather than the folder they were read from
+        before, now = (_beside_the_files(s) if isinstance(recorded, dict) else s
+                       for s in (existing.get("shared") or {}, settings.shared()))
+        if before != now:
             diff = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             raise UsageError(f"--out {out} holds a study with other shared settings ({', '.join(diff)} differ); "
                              "use another --out")
+        if isinstance(recorded, dict):
+            from .datafiles import data_differences
+
+            differ = data_differences(recorded, settings.data_files())
+            if differ:
+                raise UsageError(f"--out {out} holds a study of other data files: {'; '.join(differ[:4])}"
+                                 f"{'; ...' if len(differ) > 4 else ''}; pass the --data-path of its files, or "
+                                 "use another --out")
     return out
+
+
+# the data options that say where the files are and whether to fetch them, not what they hold
+_WHERE_THE_FILES_ARE = ("data_path", "download")
+
+
+def _beside_the_files(shared: dict[str, Any]) -> dict[str, Any]:
+    """The shared settings without where the data files are (compared by their content instead)."""
+    data = shared.get("data")
+    if not isinstance(data, dict):
+        return shared
+    return {**shared, "data": {k: v for k, v in data.items() if k not in _WHERE_THE_FILES_ARE}}
 
 
 REPORT_SUFFIXES = (".png", ".pdf", ".csv", ".parquet", ".json", ".md", ".html")
