@@ -159,6 +159,8 @@ CASES = [
      "--mem must be a memory size above 0 such as 4G or 500M, got '0'"),
     ("--status on a folder that is not a study", ["study", "{root}", "--status"], 2,
      "is not a study folder (no study.json)"),
+    ("study on missing dataset files", ["study", "--dataset", "fashionmnist", "--data-path", "{root}/empty",
+                                        "--dry-run", "--out", "{root}/study"], 1, "fashionmnist not found: expected"),
 ]
 
 # the rows of the table that a test of their own checks (a failing GPU, a full disk, a file-size limit, a missing
@@ -179,6 +181,11 @@ ELSEWHERE = {
         "tests/test_training.py::test_a_second_run_into_a_busy_run_directory_is_refused_naming_the_first",
     "--out a study with other shared flags":
         "tests/test_study.py::test_the_print_launcher_prints_a_reproduce_command_per_cell",
+    "unreadable data file": "tests/test_study.py::test_an_unreadable_data_file_is_one_line_before_anything_is_written",
+    "--out a study of other data files":
+        "tests/test_study.py::test_a_rerun_may_read_the_same_data_files_from_another_path_but_not_other_files",
+    "--out in use by another run":
+        "tests/test_study.py::test_a_second_reproduce_into_a_busy_folder_is_refused_naming_the_first",
 }
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -250,7 +251,6 @@ def status_lines(study_dir: Path, capsys) -> dict[str, str]:
 
 
 def test_status_tells_running_pending_failed_and_finished_cells_apart(synthetic, capsys):
-    import socket
     from types import SimpleNamespace
 
     from hparr.attempt import Attempt, clock
@@ -268,7 +268,8 @@ def test_status_tells_running_pending_failed_and_finished_cells_apart(synthetic,
     files.write_json(synthetic / STUDY_NAME, {**doc, "cells": [*doc["cells"], *name.values()]})
     # failed: its attempt ended with an error, which the record keeps
     cell_log(folder["failed"], "INFO cell lenet digits noise_50 seed 2")
-    with pytest.raises(HparrError), Attempt(folder["failed"]):
+    with pytest.raises(HparrError), Attempt(folder["failed"]) as record:
+        record.begin()
         raise HparrError("fashionmnist not found: expected empty/FashionMNIST/raw/")
     # died: a process of the test's own begins an attempt and dies without ending it (as kill -9 would)
     cell_log(folder["died"], "INFO cell lenet digits noise_50 seed 3")
@@ -329,18 +330,40 @@ def test_a_failed_cell_records_why_and_a_reproduce_that_fails_first_leaves_nothi
 
 
 def test_a_second_reproduce_into_a_busy_folder_is_refused_naming_the_first(tmp_path, capsys):
-    import socket
-
-    from hparr.attempt import Attempt
-
     out = tmp_path / "r"
-    with Attempt(out):
+    # another process runs there: it holds the attempt record until its stdin closes
+    first = subprocess.Popen([sys.executable, "-c", "import sys; from hparr.attempt import Attempt; "
+                              "held = Attempt(sys.argv[1]).__enter__(); print('ready', flush=True); sys.stdin.read()",
+                              str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline() == "ready\n"
+        record = (out / ".attempt.json").read_bytes()
         assert main(["reproduce", "--epochs", "1", "--tb-logdir", "", "--out", str(out)]) == 2
+    finally:
+        first.communicate("", timeout=60)
     err = capsys.readouterr().err
-    assert err.startswith(f"hparr reproduce: error: {out} is in use by another run (pid {os.getpid()} on "
+    assert err.startswith(f"hparr reproduce: error: {out} is in use by another run (pid {first.pid} on "
                           f"{socket.gethostname()}: ")
     assert err.endswith("; wait for it to end, or choose another --out\n")
     assert len(err.splitlines()) == 1 and sorted(p.name for p in out.iterdir()) == [".attempt.json"]
+    assert (out / ".attempt.json").read_bytes() == record  # the refused call wrote nothing
+
+
+def test_a_reproduce_refused_by_its_checks_leaves_the_record_of_the_last_run_as_it_was(tmp_path, capsys):
+    from hparr.attempt import Attempt, read_attempt
+
+    out = tmp_path / "r"
+    files.write_text(out / "notes.txt", "a folder with a run in it")
+    with pytest.raises(UsageError), Attempt(out) as record:
+        record.begin()
+        raise UsageError("the run itself fails")
+    before = (out / ".attempt.json").read_bytes()
+    missing = ["--dataset", "fashionmnist", "--data-path", str(tmp_path / "empty")]
+    assert main(["reproduce", *missing, "--epochs", "1", "--tb-logdir", "", "--out", str(out)]) == 1
+    assert "fashionmnist not found" in capsys.readouterr().err
+    assert (out / ".attempt.json").read_bytes() == before
+    assert read_attempt(out).error == "the run itself fails"
+    assert sorted(p.name for p in out.iterdir()) == [".attempt.json", "notes.txt"]
 
 
 # --- the data files of a study -------------------------------------------------------------------
@@ -465,7 +488,7 @@ def test_the_study_ends_with_a_headline_of_its_cells_and_its_verdict(synthetic, 
     half = T975_1 * (abs(diffs[0] - diffs[1]) / math.sqrt(2)) / math.sqrt(2)
     mean = float(np.mean(diffs))
     setting = json.loads(written["statistics.json"].read_text())["settings"][0]["setting"]
-    assert lines[1] == (f"verdict: {setting}, clean, 2 seeds: bias emerges with training: not supported by this data: "
+    assert lines[1] == (f"verdict ({setting}, clean, 2 seeds): bias emerges with training: not supported by this data: "
                         f"the 95% interval includes 0, mean |mass - 0.5| {mean:+.3f} [{mean - half:+.3f}, "
                         f"{mean + half:+.3f}] from initialization; the biased layers are the critical ones: not "
                         f"supported by this data, pooled rho 0.75, permutation p {10 / 36:.2g}")
@@ -639,7 +662,7 @@ def fingerprint(folder: Path) -> dict[str, tuple[int, str]]:
 
 
 @pytest.mark.slow
-def test_kill_9_mid_study_then_a_rerun_completes_it_and_keeps_finished_cells(tmp_path):
+def test_kill_9_mid_study_then_a_rerun_completes_it_and_keeps_finished_cells(tmp_path, capsys):
     out = tmp_path / "s"
     argv = [sys.executable, "-m", "hparr", "study", "--seeds", "0-1", "--noise", "0,1", *TINY, "--out", str(out)]
     first = out / "cells/lenet/digits/clean/seed_0"
@@ -653,6 +676,14 @@ def test_kill_9_mid_study_then_a_rerun_completes_it_and_keeps_finished_cells(tmp
             assert proc.poll() is None, proc.stderr.read().decode()
             assert time.monotonic() < deadline
             time.sleep(0.2)
+        # --status while it runs: the cell in training is running, the two the pool has not begun are pending
+        lines = status_lines(out, capsys)
+        assert lines["cells/lenet/digits/clean/seed_0"] == "finished    cells/lenet/digits/clean/seed_0"
+        assert lines["cells/lenet/digits/clean/seed_1"].startswith("running     cells/lenet/digits/clean/seed_1 (pid ")
+        for seed in (0, 1):
+            assert lines[f"cells/lenet/digits/noise_100/seed_{seed}"] == (
+                f"pending     cells/lenet/digits/noise_100/seed_{seed} (queued by hparr study, pid {proc.pid} on "
+                f"{socket.gethostname()})")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:
@@ -660,6 +691,13 @@ def test_kill_9_mid_study_then_a_rerun_completes_it_and_keeps_finished_cells(tmp
             proc.kill()
             proc.wait()
     assert not results.run_finished(second)
+    # the study's worker exits within a second of the study: the cell it ran has failed, the others never began
+    deadline = time.monotonic() + 60
+    while (lines := status_lines(out, capsys))["cells/lenet/digits/clean/seed_1"].startswith("running"):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert "ended without finishing or recording an error" in lines["cells/lenet/digits/clean/seed_1"]
+    assert lines[""] == "4 cells: 1 finished, 1 failed, 2 not started"
     before = fingerprint(first)
     rerun = subprocess.run([*argv, "--jobs", "2"], capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr

@@ -3,7 +3,8 @@
 `Attempt(OUT)` wraps a command that writes into OUT (`hparr reproduce`, so every cell of a study, whatever runs
 it). While it runs, the file OUT/.attempt.json names its process (pid, host, command, start) and the process
 holds an exclusive `flock` on it; when it ends, the file says when and how: with no error, or with the first line
-of its error. A process that dies without ending (kill -9, out of memory, a cancelled job, a node that fails)
+of its error. A command refused by its checks (bad input) leaves the file as it was. A process that dies without
+ending (kill -9, out of memory, a cancelled job, a node that fails)
 leaves the record without an end, and the kernel drops its lock. `read_attempt` tells these apart without
 timeouts or heartbeats: the lock is held exactly as long as the process lives, and file locks reach across hosts
 on the file systems that support them (NFS does); where they cannot be tested, the process id is checked on its
@@ -71,7 +72,7 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def read_record(path: str | os.PathLike, tries: int = 20) -> dict[str, Any] | None:
+def read_record(path: str | os.PathLike, tries: int = 5) -> dict[str, Any] | None:
     """The JSON record in the lock file `path`: None when there is none; {} when it cannot be read whole
     (its holder is writing it, or it is not JSON)."""
     for _ in range(tries):
@@ -81,7 +82,7 @@ def read_record(path: str | os.PathLike, tries: int = 20) -> dict[str, Any] | No
         except FileNotFoundError:
             return None
         except (OSError, ValueError):
-            time.sleep(0.05)  # its holder is writing it
+            time.sleep(0.02)  # its holder is writing it
     return {}
 
 
@@ -110,21 +111,29 @@ def clock(when: float | None) -> str:
     return "?" if when is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
 
 
+_recording: set[str] = set()  # the records this process keeps: an Attempt inside another on the same folder is idle
+
+
 class Attempt:
-    """`with Attempt(out):` keeps the attempt record of the folder `out` (made if missing) while the block
-    runs; see the module's text. A second process in the same folder is refused (UsageError) naming the first.
-    A block that fails having written nothing else in `out` leaves nothing: the record and the folders made for
-    it are removed. In the ranks other than 0 of torchrun it records nothing (rank 0 runs there)."""
+    """`with Attempt(out) as attempt:` keeps the attempt record of the folder `out` (made if missing) while the
+    block runs; see the module's text. `attempt.begin()` says that the checks are done and the work begins: a block
+    that fails before it is a refusal, which leaves the record as it was before (or no record, and none of the
+    folders made for it); a block that fails after it leaves its error in the record. A second process in the
+    same folder is refused (UsageError) naming the first. Inside another Attempt on the same folder (a study's
+    cell, which begins at once, around `hparr reproduce`), and in the ranks other than 0 of torchrun, it is idle."""
 
     def __init__(self, out: str | os.PathLike):
         self.out = Path(out)
         self.path = self.out / ATTEMPT_NAME
+        self._key = os.path.abspath(self.path)
         self._handle = None
         self._made: list[Path] = []
+        self._before: bytes | None = None
         self._record: dict[str, Any] = {}
+        self._begun = False
 
     def __enter__(self) -> Attempt:
-        if os.environ.get("RANK", "0") != "0":
+        if self._key in _recording or os.environ.get("RANK", "0") != "0":
             return self
         made = list(itertools.takewhile(lambda p: not p.exists(), [self.out, *self.out.parents]))
         for _ in range(100):
@@ -147,14 +156,12 @@ class Attempt:
         else:
             raise HparrError(f"cannot lock {self.path}: it keeps changing")
         self._handle, self._made = handle, made
-        self._record = {"pid": os.getpid(), "host": socket.gethostname(), "command": shlex.join(sys.orig_argv),
-                        "started": time.time()}
+        _recording.add(self._key)
         try:
-            if hasattr(handle, "fileno"):  # in place, in the locked file (a reader retries a torn read)
-                os.ftruncate(handle.fileno(), 0)
-                os.write(handle.fileno(), (json.dumps(self._record) + "\n").encode())
-            else:
-                files.write_json(self.path, self._record)
+            self._before = self.path.read_bytes() or None  # an empty file: the one flock just made
+            self._record = {"pid": os.getpid(), "host": socket.gethostname(),
+                            "command": shlex.join(sys.orig_argv), "started": time.time()}
+            self._write_in_place((json.dumps(self._record) + "\n").encode())
         except OSError as exc:
             self._release()
             raise (files.write_error(exc, self.path, "files") or exc) from None
@@ -163,25 +170,43 @@ class Attempt:
             raise
         return self
 
+    def begin(self) -> None:
+        """The checks are done and the work begins: an error from here on is the run's, and stays recorded."""
+        self._begun = True
+
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._handle is None:
             return
         try:
-            error = None if exc is None else "interrupted" if isinstance(exc, KeyboardInterrupt) else first_line(exc)
-            if exc is not None and [p.name for p in self.out.iterdir()] == [ATTEMPT_NAME]:
-                files.remove(self.path)  # nothing else was written: nothing is left
-                for folder in self._made:
-                    try:
-                        folder.rmdir()
-                    except OSError:
-                        break
+            if exc is not None and not self._begun:  # refused: the folder is left as it was
+                if self._before is not None:
+                    self._write_in_place(self._before)
+                else:
+                    files.remove(self.path)
+                    for folder in self._made:
+                        try:
+                            folder.rmdir()
+                        except OSError:
+                            break
             else:  # atomically: a reader sees the record of the run or the record of its end
+                error = None if exc is None else "interrupted" if isinstance(exc, KeyboardInterrupt) else \
+                    first_line(exc)
                 files.write_json(self.path, {**self._record, "ended": time.time(), "error": error})
         except (OSError, HparrError):
             pass  # a record that cannot be written says the run died, which is near enough; its own error stands
         finally:
             self._release()
 
+    def _write_in_place(self, data: bytes) -> None:
+        """Into the locked file itself (an atomic rename would leave the lock on the old file); a reader retries
+        a torn read."""
+        if not hasattr(self._handle, "fileno"):
+            files.write_bytes(self.path, data)
+            return
+        os.ftruncate(self._handle.fileno(), 0)
+        os.write(self._handle.fileno(), data)
+
     def _release(self) -> None:
         self._handle.close()
         self._handle = None
+        _recording.discard(self._key)

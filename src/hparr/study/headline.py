@@ -43,7 +43,7 @@ def verdict_line(statistics: Mapping[str, Any] | None, measure_text: str = "|mas
     seeds = condition.get("seeds")
     count = f", {len(seeds)} seed{'s' if len(seeds) != 1 else ''}" if isinstance(seeds, list) else ""
     more = f" ({len(settings) - 1} more setting(s) in summary.md)" if len(settings) > 1 else ""
-    text = f"{first.get('setting', '?')}, {condition.get('condition', '?')}{count}: " + "; ".join(words) + more
+    text = f"({first.get('setting', '?')}, {condition.get('condition', '?')}{count}): " + "; ".join(words) + more
     return text.replace("**", "")
 
 
@@ -55,5 +55,5 @@ def headline(result: StudyResult, report: Path | None, statistics: Mapping[str, 
              f"{where}"]
     verdict = verdict_line(statistics)
     if verdict is not None:
-        lines.append(f"verdict: {verdict}")
+        lines.append(f"verdict {verdict}")
     return lines
