@@ -422,16 +422,29 @@ def test_a_rerun_may_read_the_same_data_files_from_another_path_but_not_other_fi
     assert (out / STUDY_NAME).read_bytes() == before  # a refused rerun leaves the study as it was
 
 
-def test_a_study_recorded_without_its_data_files_still_compares_the_data_path(tmp_path, capsys):
+def test_a_study_recorded_without_its_data_files_compares_those_of_its_data_path(tmp_path, capsys, caplog):
+    import shutil
+
     out = tmp_path / "s"
     argv = ["study", "--dataset", "fashionmnist", "--epochs", "1", "--tb-logdir", "", "--launcher", "print",
             "--out", str(out)]
-    assert main([*argv, "--data-path", str(data_folder(tmp_path / "a"))]) == 0
+    first = data_folder(tmp_path / "a")
+    assert main([*argv, "--data-path", str(first)]) == 0
     doc = json.loads((out / STUDY_NAME).read_text())
-    del doc["data_files"]  # as earlier versions wrote it
+    del doc["data_files"]  # as earlier versions wrote it: the folder alone
     files.write_json(out / STUDY_NAME, doc)
-    assert main([*argv, "--data-path", str(data_folder(tmp_path / "b"))]) == 2
-    assert "holds a study with other shared settings (data differ)" in capsys.readouterr().err
+    # other files: refused, compared with those in the recorded folder
+    assert main([*argv, "--data-path", str(data_folder(tmp_path / "b", sizes=(300, 40, 200, 31)))]) == 2
+    assert f"other data files: fashionmnist {IDX_FILES[3]}: 30 bytes there, 31 bytes here" in capsys.readouterr().err
+    # the same files elsewhere: taken
+    shutil.copytree(first, tmp_path / "c")
+    assert main([*argv, "--data-path", str(tmp_path / "c")]) == 0
+    assert "data_files" in json.loads((out / STUDY_NAME).read_text())
+    # a study run on a folder that held no data (its cells all failed, as earlier versions let them): mended
+    files.write_json(out / STUDY_NAME, {**doc, "shared": {**doc["shared"], "data": {
+        **doc["shared"]["data"], "data_path": str(tmp_path / "empty")}}})
+    assert main([*argv, "--data-path", str(tmp_path / "c")]) == 0
+    assert f"holds no readable fashionmnist files now: those below --data-path {tmp_path / 'c'}" in caplog.text
 
 
 def test_an_unreadable_data_file_is_one_line_before_anything_is_written(tmp_path, capsys, monkeypatch):

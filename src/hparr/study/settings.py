@@ -25,6 +25,8 @@ _PER_CELL_DATA = ("dataset", "noise", "subsample_classes", "train_size")
 # study folder keeps its shared settings
 _RECORDED_WHEN_SET = ("until_train_acc", "train_size_seed")
 
+log = logging.getLogger("hparr.study")
+
 _MEM = re.compile(r"(\d+)\s*([KMGT]?)B?", re.IGNORECASE)
 
 
@@ -260,23 +262,46 @@ def check_out(settings: StudySettings) -> Path:
                              "choose an empty or new folder")
         if existing is None:
             return out
-        recorded = existing.get("data_files")
-        # where the data files are recorded, they are compared rather than the folder they were read from
-        before, now = (_beside_the_files(s) if isinstance(recorded, dict) else s
-                       for s in (existing.get("shared") or {}, settings.shared()))
+        shared = existing.get("shared") or {}
+        # the data files are compared by their sizes and contents, not by the folder they were read from
+        before, now = _beside_the_files(shared), _beside_the_files(settings.shared())
         if before != now:
             diff = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             raise UsageError(f"--out {out} holds a study with other shared settings ({', '.join(diff)} differ); "
                              "use another --out")
-        if isinstance(recorded, dict):
-            from .datafiles import data_differences
+        from .datafiles import data_differences
 
-            differ = data_differences(recorded, settings.data_files())
-            if differ:
-                raise UsageError(f"--out {out} holds a study of other data files: {'; '.join(differ[:4])}"
-                                 f"{'; ...' if len(differ) > 4 else ''}; pass the --data-path of its files, or "
-                                 "use another --out")
+        recorded = existing.get("data_files")
+        if not isinstance(recorded, dict):  # an earlier hparr recorded the folder alone
+            recorded = _files_there_now(settings, shared)
+        differ = data_differences(recorded, settings.data_files())
+        if differ:
+            raise UsageError(f"--out {out} holds a study of other data files: {'; '.join(differ[:4])}"
+                             f"{'; ...' if len(differ) > 4 else ''}; pass the --data-path of its files, or "
+                             "use another --out")
     return out
+
+
+def _files_there_now(settings: StudySettings, shared: dict[str, Any]) -> dict[str, dict]:
+    """The data files, as they are now, of a study that recorded their folder alone (an earlier hparr): those of
+    each dataset below that folder; a dataset with none there now (so that no cell can have read them there) is
+    left out, and the files below --data-path are taken for it, with a warning."""
+    from .datafiles import data_identity
+
+    data = shared.get("data") if isinstance(shared.get("data"), dict) else {}
+    then = data.get("data_path")
+    if then is None or then == settings.base.data.data_path:
+        return settings.data_files()
+    found = {}
+    for dataset in settings.datasets:
+        try:
+            found[dataset] = data_identity(dataclasses.replace(settings.base.data, dataset=dataset, data_path=then,
+                                                               download=False))
+        except HparrError:
+            log.warning("%s records no data files (an earlier hparr), and the --data-path it ran with, %s, holds no "
+                        "readable %s files now: those below --data-path %s are taken for the study's",
+                        Path(settings.out) / layout.STUDY_NAME, then, dataset, settings.base.data.data_path)
+    return found
 
 
 # the data options that say where the files are and whether to fetch them, not what they hold
