@@ -310,6 +310,36 @@ def test_status_tells_running_pending_failed_and_finished_cells_apart(synthetic,
     assert after[name["running"]].startswith(f"failed      {name['running']}: it ended at ")
 
 
+def test_slurm_states_and_the_study_running_now_decide_what_a_rerun_may_submit(synthetic, tmp_path, monkeypatch,
+                                                                                 capsys):
+    from types import SimpleNamespace
+
+    from hparr.errors import HparrError
+    from hparr.study.runner import check_not_queued, record_run
+    from hparr.study.status import STUDY_LOCK
+
+    bin_dir = tmp_path / "bin"  # squeue as SLURM answers it for the array's one task
+    files.write_text(bin_dir / "squeue", '#!/bin/sh\necho "77_0|$FAKE_SLURM_STATE"\n')
+    (bin_dir / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    cell = study.Cell("lenet", "digits", 2)
+    doc = json.loads((synthetic / STUDY_NAME).read_text())
+    files.write_json(synthetic / STUDY_NAME, {**doc, "slurm_arrays": [
+        {"job_id": "77", "tasks": {"77_0": str(cell.relpath)}}]})
+    lock = files.flock(synthetic / STUDY_LOCK)  # the rerun's own study, which lists the cell to submit
+    try:
+        record_run(lock, SimpleNamespace(launcher="slurm"), [cell])
+        monkeypatch.setenv("FAKE_SLURM_STATE", "PENDING")
+        with pytest.raises(HparrError, match="1 cell\\(s\\) of .* are still pending in SLURM job 77"):
+            check_not_queued(synthetic, [cell])
+        assert status_lines(synthetic, capsys)[str(cell.relpath)] == f"pending     {cell.relpath} (task 77_0, pending)"
+        monkeypatch.setenv("FAKE_SLURM_STATE", "CANCELLED")  # the array ended: the rerun submits the cell again
+        check_not_queued(synthetic, [cell])
+    finally:
+        lock.close()
+    assert status_lines(synthetic, capsys)[str(cell.relpath)] == f"not started {cell.relpath} (task 77_0, cancelled)"
+
+
 def test_a_failed_cell_records_why_and_a_reproduce_that_fails_first_leaves_nothing(tmp_path):
     from hparr.data import DataOptions
     from hparr.errors import HparrError

@@ -190,7 +190,8 @@ class Attempt:
                             break
             else:  # atomically: a reader sees the record of the run or the record of its end
                 error = None if exc is None else "interrupted" if isinstance(exc, KeyboardInterrupt) else \
-                    first_line(exc)
+                    f"exited with code {exc.code}" \
+                    if isinstance(exc, SystemExit) else first_line(exc)
                 files.write_json(self.path, {**self._record, "ended": time.time(), "error": error})
         except (OSError, HparrError):
             pass  # a record that cannot be written says the run died, which is near enough; its own error stands

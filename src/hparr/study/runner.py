@@ -19,7 +19,7 @@ from .grid import Cell
 from .local import pool_size, run_local
 from .settings import StudySettings
 from .slurm import check_sbatch, run_submitit, submit, submitit_quiet
-from .status import STUDY_LOCK, study_status
+from .status import SLURM_PENDING, STUDY_LOCK, study_status
 
 log = logging.getLogger("hparr.study")
 
@@ -27,7 +27,8 @@ log = logging.getLogger("hparr.study")
 def check_not_queued(out: Path, todo: Sequence[Cell]) -> None:
     """Refuse to submit cells that an earlier array of the study still has queued or running."""
     names = {str(c.relpath) for c in todo}
-    busy = [s for s in study_status(out) if s.cell in names and s.task and s.state in ("pending", "running")]
+    busy = [s for s in study_status(out) if s.cell in names and s.task and
+            (s.state == "running" or s.slurm.upper() in SLURM_PENDING)]
     if busy:
         jobs = sorted({s.task.split("_")[0] for s in busy if s.task})
         raise HparrError(f"{len(busy)} cell(s) of {out} are still {busy[0].state} in SLURM job {', '.join(jobs)}: "
