@@ -126,7 +126,8 @@ def run_reproduce(rs: ReproduceSettings) -> ReproduceResult:
     analyzed = projections.run_projections(projections.ProjectionSettings(
         arch=settings.arch, dataset=settings.data.dataset, load_from=[run_dir], init_from=str(init),
         seed=settings.seed, subsample_classes=settings.data.subsample_classes, normalize=True,
-        with_linear=with_linear, level=level, progress=settings.progress), root)
+        with_linear=with_linear, level=level, progress=settings.progress, data_path=settings.data.data_path,
+        dataset_args=settings.data.dataset_args, input_size=settings.data.input_size), root)
     proj_dir = projections.save(analyzed, root)
 
     log.info("[3/4] layer re-initialization (every checkpoint and --rand)")

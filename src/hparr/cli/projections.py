@@ -23,6 +23,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="dataset the model was trained on (sets classes, channels, image size); "
                         "run without it to list the datasets (not needed without --arch, or with --num-classes, "
                         "--in-channels and --input-size)")
+    p.add_argument("--data-path", type=str, default="./data",
+                   help="with --dataset imagefolder: the image folder, whose classes, channels and size the model "
+                        "has [./data]")
+    p.add_argument("--dataset-args", type=str, default=None, metavar="K=V,...",
+                   help="with --dataset module.path:factory: its keyword arguments [none]")
     p.add_argument("--subsample-classes", type=int, default=0,
                    help="the snapshots come from a run on this many classes (0 = all) [0]; results go to "
                         "<results>/<dataset>_<K>/")
@@ -79,6 +84,7 @@ def check_model_shape(args) -> None:
 def settings_from_args(args):
     """The settings of a parsed `hparr projections` command line (validated by `ProjectionSettings.validate`;
     the device is chosen once they are valid)."""
+    from ..data import canonical_dataset_args  # start-up time, as above
     from ..projections import ProjectionSettings  # start-up time, as above
 
     return ProjectionSettings(
@@ -86,7 +92,8 @@ def settings_from_args(args):
         subsample_classes=args.subsample_classes, normalize=args.normalize, with_linear=args.with_linear,
         include_1x1=args.include_1x1, level=args.level, pretrained=args.pretrained, weights=args.weights,
         state_dict_prefix=args.state_dict_prefix, overwrite=args.overwrite, progress=not args.no_progress,
-        num_classes=args.num_classes, in_channels=args.in_channels, input_size=args.input_size)
+        num_classes=args.num_classes, in_channels=args.in_channels, input_size=args.input_size,
+        data_path=args.data_path, dataset_args=canonical_dataset_args(args.dataset_args))
 
 
 def run(args) -> int:
