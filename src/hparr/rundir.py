@@ -67,7 +67,7 @@ def _schedule(c: Mapping[str, Any], value: Any) -> Any:
 # --channels-last, --sync-bn), --workers and the progress bar.
 WEIGHT_SETTINGS: tuple[tuple[str, Callable[[Mapping[str, Any], Any], Any] | None], ...] = (
     ("arch", None), ("pretrained", None), ("weights", None),
-    ("data.dataset", None), ("data.source", None), ("data.dataset_args", None), ("data.input_size", None),
+    ("data.dataset", None), ("data.dataset_args", None), ("data.input_size", None), ("data.source", None),
     ("data.subsample_classes", None),
     ("seeds.class_sample_seed", _when(lambda c: (c.get("data.subsample_classes") or 0) > 0)),
     ("data.noise", None), ("seeds.noise_seed", _when(lambda c: (c.get("data.noise") or 0) != 0)),

@@ -177,9 +177,9 @@ def decode_folder(listing: FolderList, input_size: int | None = None) -> OwnData
     notes = []
     if kinds["gray"] and kinds["rgb"]:
         minority, majority = ("rgb", "gray") if gray else ("gray", "rgb")
-        notes.append(f"{IMAGEFOLDER} {root}: {kinds[minority]} of the {len(paths)} images are "
-                     f"{'gray' if minority == 'gray' else 'color'}: converted to {majority.upper()}, as most are "
-                     f"{'gray' if majority == 'gray' else 'color'}")
+        said = {"gray": "gray", "rgb": "color"}
+        notes.append(f"{IMAGEFOLDER} {root}: {kinds[minority]} of the {len(paths)} images are {said[minority]}: "
+                     f"converted to {'gray' if gray else 'RGB'}, as most are {said[majority]}")
     if input_size is None:
         sizes = Counter(size for _, size in headers)
         if len(sizes) > 1:
