@@ -105,7 +105,7 @@ def test_sizes_come_from_the_files_or_from_input_size(tmp_path):
     root = own_data.write_image_folder(tmp_path / "sizes", train_per_class=2, val_per_class=1, size=10, gray_every=0)
     odd = root / "train" / "cross" / "000.png"
     Image.open(odd).resize((14, 14)).save(odd)
-    with pytest.raises(UsageError, match=r"the images have 2 sizes \(10x10 \(8 files\), 14x14 \(1 files\)\); pass "
+    with pytest.raises(UsageError, match=r"the images have 2 sizes \(10x10 \(8 files\), 14x14 \(1 file\)\); pass "
                                          "--input-size S"):
         load_data(DataOptions(dataset="imagefolder", data_path=str(root)))
     data = load_data(DataOptions(dataset="imagefolder", data_path=str(root), input_size=8))

@@ -183,7 +183,7 @@ def decode_folder(listing: FolderList, input_size: int | None = None) -> OwnData
     if input_size is None:
         sizes = Counter(size for _, size in headers)
         if len(sizes) > 1:
-            shown = ", ".join(f"{w}x{h} ({n} files)" for (w, h), n in sizes.most_common(3))
+            shown = ", ".join(f"{w}x{h} ({n} file{'s' if n > 1 else ''})" for (w, h), n in sizes.most_common(3))
             raise _usage(root, f"the images have {len(sizes)} sizes ({shown}{', ...' if len(sizes) > 3 else ''}); "
                                "pass --input-size S to resize them all to SxS")
         (w, h), = sizes
