@@ -106,12 +106,10 @@ def check_subsample_classes(dataset: str, k: Any) -> int:
     """A --subsample-classes value: 0 (all classes) or 2..the dataset's class count (one class leaves nothing
     to classify). The upper bound of ImageNet, an image folder and a factory's data is their number of classes,
     checked when they are read."""
-    bounded = is_builtin(dataset) and dataset != "imagenet"
-    n = dataset_info(dataset).num_classes if bounded else None
+    n = dataset_info(dataset).num_classes if is_builtin(dataset) else "the class count"
     integer = not isinstance(k, bool) and isinstance(k, (int, np.integer))
-    if not integer or k < 0 or k == 1 or (bounded and k > n):
-        raise UsageError(f"--subsample-classes must be 0 (all) or 2..{n if bounded else 'the class count'}, "
-                         f"got {k if integer else repr(k)}")
+    if not integer or k < 0 or k == 1 or (is_builtin(dataset) and dataset != "imagenet" and k > n):
+        raise UsageError(f"--subsample-classes must be 0 (all) or 2..{n}, got {k if integer else repr(k)}")
     return int(k)
 
 
