@@ -149,7 +149,7 @@ def reinit_options(settings: ReinitSettings, data: DataOptions, init_paths: Sequ
             "subsample_classes": data.subsample_classes, "class_sample_seed": data.class_sample_seed,
             "unnormalize": data.unnormalize,
             **({"dataset_args": data.dataset_args} if data.dataset_args is not None else {}),
-            **({"input_size_data": data.input_size} if data.input_size is not None else {})}
+            **({"data_input_size": data.input_size} if data.input_size is not None else {})}
 
 
 _OPTION_FLAGS = {"inits_from": "--inits-from", "rand": "--rand", "rand_trials": "--rand-trials", "seed": "--seed",
@@ -157,7 +157,7 @@ _OPTION_FLAGS = {"inits_from": "--inits-from", "rand": "--rand", "rand_trials": 
                  "max_test_images": "--max-test-images", "state_dict_prefix": "--state-dict-prefix",
                  "dataset": "--dataset", "subsample_classes": "--subsample-classes",
                  "class_sample_seed": "--class-sample-seed", "unnormalize": "--unnormalize",
-                 "dataset_args": "--dataset-args", "input_size_data": "--input-size"}
+                 "dataset_args": "--dataset-args", "data_input_size": "--input-size"}
 
 
 def _shown_option(key: str, value: Any) -> str:
