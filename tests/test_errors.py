@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import own_data
 import pytest
 import torch
 
@@ -49,6 +50,7 @@ def snapshots(tmp_path_factory):
     cifar.mkdir(parents=True)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         (cifar / name).write_bytes(pickle.dumps({b"data": b"garbage"}))
+    own_data.write_bad_folders(root / "own")
     (root / "a_file").write_text("not a directory")
     (root / "notes.txt").write_text("abc")
     # a run with --lr 0.01 (0 epochs: its initialization snapshot only)
@@ -110,6 +112,7 @@ def onnx_files(root: Path) -> None:
 
 
 LENET = ["--arch", "lenet", "--dataset", "digits"]
+OWN = ["--arch", "lenet", "--dataset", "imagefolder", "--tb-logdir", "", "--data-path"]
 
 # (name, argv (with {root} for the fixture folder), exit code, a phrase of the message)
 CASES = [
@@ -123,6 +126,16 @@ CASES = [
      1, "cifar-10-batches-py"),
     ("malformed dataset files", ["train", "--arch", "lenet", "--dataset", "cifar10", "--data-path", "{root}/cifar"],
      1, "data_batch_1"),
+    ("image folder without val/ or test/", ["train", *OWN, "{root}/own/no_val"], 2, "no val/ or test/ folder"),
+    ("empty class folder", ["train", *OWN, "{root}/own/empty_class"], 2, "train/cross holds no image file"),
+    ("corrupt or truncated image", ["train", *OWN, "{root}/own/corrupt"], 2,
+     "/own/corrupt/train/square/001.png: image file is truncated"),
+    ("class in val/ but not in train/", ["train", *OWN, "{root}/own/extra_class"], 2, "does not have: zebra"),
+    ("dataset factory that raises", ["train", "--arch", "lenet", "--dataset", "own_data:broken"], 2,
+     'the factory raised FileNotFoundError: "no images in /nowhere/shapes"'),
+    ("dataset factory returning other than (tensor, int)", ["train", "--arch", "lenet", "--dataset",
+                                                             "own_data:not_pairs"], 2,
+     "item 0 is (ndarray, str), not (image tensor (C, H, W), int label)"),
     ("truncated snapshot", ["projections", *LENET, "--load-from", "{root}/lenet_3.pt"], 1, "corrupt"),
     ("snapshot with pickled code", ["projections", *LENET, "--load-from", "{root}/lenet_5.pt"], 1, "refused"),
     ("snapshot of another architecture", ["projections", *LENET, "--load-from", "{root}/alexnet_1.pt"], 1,
@@ -232,6 +245,11 @@ ELSEWHERE = {
         "tests/test_study.py::test_a_rerun_may_read_the_same_data_files_from_another_path_but_not_other_files",
     "--out in use by another run":
         "tests/test_study.py::test_a_second_reproduce_into_a_busy_folder_is_refused_naming_the_first",
+    "image folder of several image sizes": "tests/test_own_data.py::test_sizes_come_from_the_files_or_from_input_size",
+    "run directory of another image folder": "tests/test_own_data.py::test_an_image_folder_from_train_to_report",
+    "reinit on other data than the model was trained on":
+        "tests/test_own_data.py::test_an_image_folder_from_train_to_report",
+    "rerun with other --dataset-args": "tests/test_own_data.py::test_a_factory_from_train_to_report",
 }
 
 ROOT = Path(__file__).resolve().parents[1]

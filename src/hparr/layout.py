@@ -79,8 +79,10 @@ def folder_name(arch: str) -> str:
 
 
 def dataset_folder(dataset: str, subsample_classes: int = 0) -> str:
-    """`<dataset>[_<k>]`: k, a --subsample-classes subset."""
-    return f"{dataset}_{subsample_classes}" if subsample_classes else dataset
+    """`<dataset>[_<k>]`: k, a --subsample-classes subset; a factory dataset without `:`
+    (`mylib.data:make` -> `mylib.data-make`)."""
+    name = folder_name(dataset)
+    return f"{name}_{subsample_classes}" if subsample_classes else name
 
 
 def _legacy_noise_folder(noise: float) -> str:
@@ -149,6 +151,7 @@ def epoch_from_filename(path: str | os.PathLike) -> int | None:
 
 # --- result files ---------------------------------------------------------------------------------
 
+DATA_CACHE_DIR = ".hparr-cache"  # an image folder's decoded images, below its --data-path
 MANIFEST_NAME = "manifest.json"  # what `hparr reproduce` produced, in its --out folder
 STUDY_NAME = "study.json"  # a study folder's settings and cells
 ATTEMPT_NAME = ".attempt.json"  # in a --out folder: who runs `hparr reproduce` there, and how it ended

@@ -141,28 +141,29 @@ def is_factory(arch: str) -> bool:
     return ":" in arch and not arch.startswith((TIMM, TORCHVISION))
 
 
-def import_factory(arch: str):
-    """The callable named by `module.path:factory`, imported from the current directory or PYTHONPATH."""
+def import_factory(arch: str, flag: str = "--arch"):
+    """The callable named by `module.path:factory`, imported from the current directory or PYTHONPATH (`flag`: the
+    option that names it, in messages)."""
     import importlib
     import sys
 
     module_name, _, attr = arch.partition(":")
     if not module_name or not attr:
-        raise UsageError(f"--arch {arch!r}: give your own model as module.path:factory")
+        raise UsageError(f"{flag} {arch!r}: give your own model as module.path:factory")
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise UsageError(f"--arch {arch}: cannot import {module_name} ({exc}); it is looked for in the current "
+        raise UsageError(f"{flag} {arch}: cannot import {module_name} ({exc}); it is looked for in the current "
                          "directory and on PYTHONPATH") from None
     factory = module
     for part in attr.split("."):
         factory = getattr(factory, part, None)
         if factory is None:
-            raise UsageError(f"--arch {arch}: {module_name} has no {attr}")
+            raise UsageError(f"{flag} {arch}: {module_name} has no {attr}")
     if not callable(factory):
-        raise UsageError(f"--arch {arch}: {attr} is not callable")
+        raise UsageError(f"{flag} {arch}: {attr} is not callable")
     return factory
 
 

@@ -139,7 +139,8 @@ def _reproduce(rs: ReproduceSettings, record: attempt.Attempt) -> ReproduceResul
     analyzed = projections.run_projections(projections.ProjectionSettings(
         arch=settings.arch, dataset=settings.data.dataset, load_from=[run_dir], init_from=str(init),
         seed=settings.seed, subsample_classes=settings.data.subsample_classes, normalize=True,
-        with_linear=with_linear, level=level, progress=settings.progress,
+        with_linear=with_linear, level=level, progress=settings.progress, data_path=settings.data.data_path,
+        dataset_args=settings.data.dataset_args, input_size=settings.data.input_size,
         probe_data=settings.data), root)  # the run's own data: the negative share of every layer's input
     proj_dir = projections.save(analyzed, root)
 

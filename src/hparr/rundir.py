@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping
 
 from . import files, layout
 from .checkpoints import torch_load
+from .data.own import source_key
 from .errors import HparrError, UsageError
 from .layout import SNAPSHOT_SUFFIXES
 from .results import SNAPSHOT_FORMAT
@@ -66,7 +67,8 @@ def _schedule(c: Mapping[str, Any], value: Any) -> Any:
 # --channels-last, --sync-bn), --workers and the progress bar.
 WEIGHT_SETTINGS: tuple[tuple[str, Callable[[Mapping[str, Any], Any], Any] | None], ...] = (
     ("arch", None), ("pretrained", None), ("weights", None),
-    ("data.dataset", None), ("data.subsample_classes", None),
+    ("data.dataset", None), ("data.dataset_args", None), ("data.input_size", None), ("data.source", None),
+    ("data.subsample_classes", None),
     ("seeds.class_sample_seed", _when(lambda c: (c.get("data.subsample_classes") or 0) > 0)),
     ("data.noise", None), ("seeds.noise_seed", _when(lambda c: (c.get("data.noise") or 0) != 0)),
     ("data.train_size", None), ("seeds.train_size_seed", _when(lambda c: c.get("data.train_size") is not None)),
@@ -82,12 +84,18 @@ WEIGHT_SETTINGS: tuple[tuple[str, Callable[[Mapping[str, Any], Any], Any] | None
 _MISSING = object()
 
 
-def weight_configuration(settings: Mapping[str, Any], seeds: Mapping[str, Any]) -> dict[str, Any]:
-    """The WEIGHT_SETTINGS of a run from its settings (TrainSettings as a dict, as snapshots record them) and
-    its resolved seeds; a setting without effect in this run is IGNORED, one not recorded is left out."""
+def weight_configuration(settings: Mapping[str, Any], seeds: Mapping[str, Any],
+                         data: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The WEIGHT_SETTINGS of a run from its settings (TrainSettings as a dict, as snapshots record them), its
+    resolved seeds and the record of its data (`Data.meta`, a snapshot's "data"), whose `source` identifies an
+    image folder's or a factory's data by content; a setting without effect in this run is IGNORED, one not
+    recorded is left out."""
     flat: dict[str, Any] = {k: v for k, v in settings.items() if k != "data"}
     flat.update({f"data.{k}": v for k, v in (settings.get("data") or {}).items()})
     flat.update({f"seeds.{k}": v for k, v in (seeds or {}).items()})
+    source = source_key((data or {}).get("source"))
+    if source is not None:
+        flat["data.source"] = source
     config = {}
     for key, rule in WEIGHT_SETTINGS:
         value = flat.get(key, _MISSING)
@@ -97,7 +105,10 @@ def weight_configuration(settings: Mapping[str, Any], seeds: Mapping[str, Any]) 
 
 
 def flag_name(key: str) -> str:
-    """The command-line flag of a WEIGHT_SETTINGS key ("data.noise" -> "--noise", "seeds.seed" -> "--seed")."""
+    """The command-line flag of a WEIGHT_SETTINGS key ("data.noise" -> "--noise", "seeds.seed" -> "--seed"), or
+    what else it is ("data.source": the data itself, its files' content)."""
+    if key == "data.source":
+        return "the data"
     return "--" + key.rsplit(".", 1)[-1].replace("_", "-")
 
 
@@ -137,7 +148,8 @@ def other_configurations(run_dir: str | os.PathLike, config: Mapping[str, Any]) 
         if not (ours and isinstance(obj.get("settings"), dict)):
             continue
         seeds = obj.get("seeds") if isinstance(obj.get("seeds"), dict) else {}
-        differences = configuration_differences(weight_configuration(obj["settings"], seeds), config)
+        data = obj.get("data") if isinstance(obj.get("data"), dict) else None
+        differences = configuration_differences(weight_configuration(obj["settings"], seeds, data), config)
         if differences:
             found.append((path, differences))
     return found

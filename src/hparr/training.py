@@ -165,7 +165,7 @@ class Run(Snapshots):
         self.history: list[dict[str, Any]] = []
         self.resumed_from: Path | None = None
         # snapshots of another configuration in the run directory: refused or replaced by fit(), never resumed
-        self.config = rundir.weight_configuration(asdict(settings), self.seeds)
+        self.config = rundir.weight_configuration(asdict(settings), self.seeds, self.data.meta)
         self.other_runs = rundir.other_configurations(self.run_dir, self.config)
         others = tuple(p for p, _ in self.other_runs)
         resume = resolve_resume(settings.resume_from, self.run_dir, others) if settings.resume_from else None

@@ -23,6 +23,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="dataset the model was trained on (sets classes, channels, image size); "
                         "run without it to list the datasets (not needed without --arch, or with --num-classes, "
                         "--in-channels and --input-size)")
+    p.add_argument("--data-path", type=str, default="./data",
+                   help="folder holding the dataset files (for --probe-data), or with --dataset imagefolder the "
+                        "image folder, whose classes, channels and size the model has [./data]")
+    p.add_argument("--dataset-args", type=str, default=None, metavar="K=V,...",
+                   help="with --dataset module.path:factory: its keyword arguments [none]")
     p.add_argument("--subsample-classes", type=int, default=0,
                    help="the snapshots come from a run on this many classes (0 = all) [0]; results go to "
                         "<results>/<dataset>_<K>/")
@@ -60,7 +65,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run the first 256 test images of --dataset through each model (read from --data-path, "
                         "normalized as the snapshot records, else as --unnormalize says) and record the share of "
                         "negative values in every layer's input (needs --arch, or ONNX files)")
-    p.add_argument("--data-path", type=str, default="./data", help="folder holding the dataset files [./data]")
     p.add_argument("--unnormalize", action="store_true",
                    help="--probe-data: no mean/std normalization of the images (pixels in [0, 1])")
     add_model_shape_arguments(p)
@@ -86,6 +90,7 @@ def check_model_shape(args) -> None:
 def settings_from_args(args):
     """The settings of a parsed `hparr projections` command line (validated by `ProjectionSettings.validate`;
     the device is chosen once they are valid)."""
+    from ..data import canonical_dataset_args  # start-up time, as above
     from ..errors import UsageError
     from ..projections import ProjectionSettings  # start-up time, as above
 
@@ -96,13 +101,15 @@ def settings_from_args(args):
         if args.dataset is None:
             raise UsageError("--probe-data needs --dataset: the data whose test images are run through the models")
         probe = DataOptions(dataset=args.dataset, data_path=args.data_path, unnormalize=args.unnormalize,
-                            subsample_classes=args.subsample_classes)
+                            subsample_classes=args.subsample_classes, input_size=args.input_size,
+                            dataset_args=canonical_dataset_args(args.dataset_args))
     return ProjectionSettings(
         arch=args.arch, dataset=args.dataset, load_from=args.load_from, init_from=args.init_from, seed=args.seed,
         subsample_classes=args.subsample_classes, normalize=args.normalize, with_linear=args.with_linear,
         include_1x1=args.include_1x1, level=args.level, pretrained=args.pretrained, weights=args.weights,
         state_dict_prefix=args.state_dict_prefix, overwrite=args.overwrite, progress=not args.no_progress,
-        num_classes=args.num_classes, in_channels=args.in_channels, input_size=args.input_size, probe_data=probe)
+        num_classes=args.num_classes, in_channels=args.in_channels, input_size=args.input_size, probe_data=probe,
+        data_path=args.data_path, dataset_args=canonical_dataset_args(args.dataset_args))
 
 
 def run(args) -> int:

@@ -84,7 +84,7 @@ def run(args) -> int:
 
     setup_logging()
     settings = reinit.ReinitSettings(
-        load_from=args.load_from, data=data_options(args), arch=args.arch, inits_from=args.inits_from,
+        load_from=args.load_from, data=data_options(args, resize=False), arch=args.arch, inits_from=args.inits_from,
         rand=args.rand, with_linear=args.with_linear, seed=args.seed, batch_size=args.batch_size, cuda=args.cuda,
         workers=args.workers, method=args.method, progress=not args.no_progress and sys.stderr.isatty(),
         state_dict_prefix=args.state_dict_prefix, granularity=args.granularity, with_bn=args.with_bn,

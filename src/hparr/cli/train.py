@@ -13,8 +13,13 @@ DESCRIPTION = "Model training/finetuning, with snapshots in the original code's 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     """The dataset flags shared by train, reinit and reproduce."""
     p.add_argument("--dataset", type=str, default=None,
-                   help="dataset to train on; run without it to list the datasets")
+                   help="dataset to train on: a built-in one, imagefolder (your images in --data-path: "
+                        "train/<class>/*, val/<class>/*), or module.path:factory (your torch Datasets); run without "
+                        "it to list the datasets")
     p.add_argument("--data-path", type=str, default="./data", help="folder holding the dataset files [./data]")
+    p.add_argument("--dataset-args", type=str, default=None, metavar="K=V,...",
+                   help="keyword arguments of a --dataset module.path:factory, e.g. n=400,gray=True (recorded; a "
+                        "rerun passes the same) [none]")
     p.add_argument("--download", action="store_true",
                    help="download MNIST/Fashion-MNIST/KMNIST/CIFAR/SVHN into --data-path if missing")
     p.add_argument("--subsample-classes", type=int, default=0,
@@ -34,6 +39,8 @@ def add_arch_argument(p: argparse.ArgumentParser) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_arch_argument(p)
     add_data_arguments(p)
+    p.add_argument("--input-size", type=int, default=None, metavar="S",
+                   help="resize the images of --dataset imagefolder to SxS [their own size]")
     p.add_argument("--noise", type=float, default=0.0,
                    help="ratio of corrupted training labels in [0, 1]; -1 = pixel shuffle instead [0]")
     p.add_argument("--noise-seed", type=int, default=None, help="seed for label corruption / pixel shuffle")
@@ -118,11 +125,15 @@ def set_defaults(p: argparse.ArgumentParser, shown: dict[str, str] | None = None
             action.help = re.sub(r"\s*\[[^\[\]]*\]$", "", action.help) + f" [{texts[action.dest]}]"
 
 
-def data_options(args):
-    from ..data import DataOptions  # start-up time: the command modules import torch only when they run
+def data_options(args, resize: bool = True):
+    """The data options of a parsed command line (`resize`: whether its --input-size resizes the data, as in train,
+    or is the model's shape, as in reinit)."""
+    from ..data import DataOptions, canonical_dataset_args  # start-up time: the commands import torch when they run
 
     return DataOptions(
         dataset=args.dataset, data_path=args.data_path, download=args.download,
+        input_size=getattr(args, "input_size", None) if resize else None,
+        dataset_args=canonical_dataset_args(getattr(args, "dataset_args", None)),
         noise=getattr(args, "noise", 0.0), noise_seed=getattr(args, "noise_seed", None),
         subsample_classes=args.subsample_classes, class_sample_seed=args.class_sample_seed,
         split=getattr(args, "split", 0.0), split_seed=getattr(args, "split_seed", None),
@@ -139,9 +150,11 @@ def listing(args) -> bool:
         print("Available architectures:\n  " + "\n  ".join(supported_archs()))
         return True
     if args.dataset is None:
-        from ..data import DATASETS  # start-up time, as above
+        from ..data import DATASETS, IMAGEFOLDER  # start-up time, as above
 
-        print("Available datasets:\n  " + "\n  ".join(DATASETS))
+        print("Available datasets:\n  " + "\n  ".join(DATASETS) + f"\n  {IMAGEFOLDER} (your images: --data-path "
+              "DIR with DIR/train/<class>/* and DIR/val/<class>/*)\n  module.path:factory (your torch Datasets, "
+              "with --dataset-args k=v,...)")
         return True
     return False
 

@@ -2,7 +2,9 @@
 data options, which check themselves against it. Torch-free."""
 from __future__ import annotations
 
+import ast
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +14,9 @@ from ..errors import UsageError
 from ..layout import Corruption
 
 DATASETS: tuple[str, ...] = ("digits", "mnist", "fashionmnist", "kmnist", "cifar10", "cifar100", "svhn", "imagenet")
+IMAGEFOLDER = "imagefolder"  # your own images: --data-path DIR with DIR/train/<class>/* and DIR/val/<class>/*
+# your own torch Datasets: module.path:factory (a Python module path, then the name of a callable in it)
+_FACTORY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 CROP_PADDING = 4
 DEFAULT_SEED = 0  # what an unset seed option resolves to (recorded in Data.meta)
@@ -56,27 +61,85 @@ _AUGMENT_TEXT = {
 }
 
 
+def dataset_kind(name: Any) -> str:
+    """What a --dataset name is (the one rule of it): "builtin" (one of DATASETS), "imagefolder" (IMAGEFOLDER, read
+    from --data-path) or "factory" (`module.path:factory`, a function of the user's that returns the splits);
+    a UsageError for anything else."""
+    if name in DATASETS:
+        return "builtin"
+    if name == IMAGEFOLDER:
+        return "imagefolder"
+    if isinstance(name, str) and _FACTORY.fullmatch(name):
+        return "factory"
+    raise UsageError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}, {IMAGEFOLDER} (your own "
+                     "images, with --data-path), or module.path:factory for your own torch Datasets")
+
+
+def is_builtin(name: str) -> bool:
+    """Whether `name` is one of the built-in datasets, whose constants `dataset_info` knows without reading data."""
+    return name in DATASETS
+
+
 def dataset_info(name: str) -> DatasetInfo:
-    """Shape, class count and normalization constants of a dataset (ImageNet: 1000 classes, 224)."""
+    """Shape, class count and normalization constants of a built-in dataset (ImageNet: 1000 classes, 224). Those of
+    an image folder or a factory come from their data: `hparr.data.describe`."""
+    dataset_kind(name)
     try:
         return _INFO[name]
     except (KeyError, TypeError):
-        raise UsageError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}") from None
+        raise UsageError(f"the constants of --dataset {name} come from its data: use hparr.data.describe") from None
+
+
+def augmentation_rule(dataset: str) -> str:
+    """The training-time augmentation of an in-memory dataset (TensorLoader's `augment`): the dataset's own rule,
+    and for an image folder or a factory's data a random crop with padding 4 alone (hparr cannot know whether
+    their classes survive a mirror image)."""
+    return AUGMENT.get(dataset, "crop")
 
 
 def augmentation_text(dataset: str) -> str:
     """How a result file names the training-time augmentation of `dataset`."""
-    return _AUGMENT_TEXT["imagenet" if dataset == "imagenet" else AUGMENT[dataset]]
+    return _AUGMENT_TEXT["imagenet" if dataset == "imagenet" else augmentation_rule(dataset)]
 
 
 def check_subsample_classes(dataset: str, k: Any) -> int:
     """A --subsample-classes value: 0 (all classes) or 2..the dataset's class count (one class leaves nothing
-    to classify). ImageNet's upper bound is the number of its class folders, checked when they are read."""
-    n = dataset_info(dataset).num_classes
+    to classify). The upper bound of ImageNet, an image folder and a factory's data is their number of classes,
+    checked when they are read."""
+    n = dataset_info(dataset).num_classes if is_builtin(dataset) else "the class count"
     integer = not isinstance(k, bool) and isinstance(k, (int, np.integer))
-    if not integer or k < 0 or k == 1 or (dataset != "imagenet" and k > n):
+    if not integer or k < 0 or k == 1 or (is_builtin(dataset) and dataset != "imagenet" and k > n):
         raise UsageError(f"--subsample-classes must be 0 (all) or 2..{n}, got {k if integer else repr(k)}")
     return int(k)
+
+
+def parse_dataset_args(text: str | None) -> dict[str, Any]:
+    """`--dataset-args k=v,k2=v2` -> {k: v, k2: v2}, the keyword arguments of a dataset factory. A value is read as
+    a Python literal where it is one (`n=40` -> 40, `gray=True`, `name='a'`), else kept as text (`root=/data`)."""
+    if text is None or not str(text).strip():
+        return {}
+    out: dict[str, Any] = {}
+    for item in str(text).split(","):
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key.isidentifier():
+            raise UsageError(f"--dataset-args {text!r}: expected key=value items separated by commas, got {item!r}")
+        if key in out:
+            raise UsageError(f"--dataset-args {text!r}: {key} is given twice")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            out[key] = value
+    return out
+
+
+def canonical_dataset_args(text: str | None) -> str | None:
+    """--dataset-args as recorded in a run: its items sorted by key (`b=2,a=1` -> `a=1,b=2`), None when empty."""
+    args = parse_dataset_args(text)
+    if not args:
+        return None
+    items = {k.strip(): v.strip() for k, _, v in (item.partition("=") for item in str(text).split(","))}
+    return ",".join(f"{k}={items[k]}" for k in sorted(args))
 
 
 @dataclass(frozen=True)
@@ -98,10 +161,12 @@ class DataOptions:
     unnormalize: bool = False
     train_size: int | None = None  # a stratified, seeded subset of this many training images (None: all)
     train_size_seed: int | None = None
+    input_size: int | None = None  # an image folder's images resized to this size (None: their own size)
+    dataset_args: str | None = None  # the keyword arguments of a factory dataset, `k=v,...`
 
     def validate(self) -> None:
         """Raise UsageError for values the loaders cannot honour."""
-        dataset_info(self.dataset)
+        kind = dataset_kind(self.dataset)
         Corruption.parse(self.noise)
         try:
             split = float(self.split)
@@ -113,6 +178,18 @@ class DataOptions:
         n = self.train_size
         if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
             raise UsageError(f"--train-size must be a positive number of training images, got {n!r}")
+        size = self.input_size
+        if size is not None:
+            if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+                raise UsageError(f"--input-size must be a positive number of pixels, got {size!r}")
+            if kind != "imagefolder":
+                raise UsageError(f"--input-size resizes the images of --dataset {IMAGEFOLDER}; {self.dataset} "
+                                 "has images of its own size")
+        if self.dataset_args is not None:
+            if kind != "factory":
+                raise UsageError(f"--dataset-args are the arguments of a dataset factory (--dataset "
+                                 f"module.path:factory), not of {self.dataset}")
+            parse_dataset_args(self.dataset_args)
         for name in SEED_OPTIONS:
             seed = getattr(self, name)
             if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):

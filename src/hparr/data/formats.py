@@ -150,6 +150,12 @@ def _find_idx(root: Path, folder_name: str) -> list[Path] | None:
     return None
 
 
+def _idx_not_found(name: str, root: Path) -> HparrError:
+    folder_name, _ = _IDX_FOLDERS[name]
+    return HparrError(f"{name} not found: expected {root}/{folder_name}/raw/ (or {root}/) with "
+                      f"{', '.join(_MNIST_FILES)} (IDX files, optionally .gz); pass --data-path or --download")
+
+
 def _load_idx_dataset(name: str, root: Path, download: bool, train: bool = True) -> tuple[np.ndarray | None, ...]:
     """MNIST, Fashion-MNIST or KMNIST: the 4 IDX files (plain or .gz) in <root>/<folder>/raw/ or <root>/;
     the training files are read only with `train`."""
@@ -159,8 +165,7 @@ def _load_idx_dataset(name: str, root: Path, download: bool, train: bool = True)
         _download(name, root)
         files = _find_idx(root, folder_name)
     if files is None:
-        raise HparrError(f"{name} not found: expected {root}/{folder_name}/raw/ (or {root}/) with "
-                         f"{', '.join(_MNIST_FILES)} (IDX files, optionally .gz); pass --data-path or --download")
+        raise _idx_not_found(name, root)
     x_train, y_train, x_test, y_test = (read_idx(p) if train or i >= 2 else None for i, p in enumerate(files))
     parts = ((x_train, y_train, files[0], files[1]),) if train else ()
     for images, labels, img_path, lbl_path in (*parts, (x_test, y_test, files[2], files[3])):
@@ -204,24 +209,29 @@ def read_svhn_mat(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(np.transpose(x, (3, 2, 0, 1))), labels
 
 
+def _find_svhn(root: Path) -> list[Path] | None:
+    for folder in (root, root / "svhn", root / "SVHN"):
+        if all((folder / f).is_file() for f in _SVHN_FILES):
+            return [folder / f for f in _SVHN_FILES]
+    return None
+
+
+def _svhn_not_found(root: Path) -> HparrError:
+    missing = [f for f in _SVHN_FILES if not (root / f).is_file()]
+    return HparrError(f"svhn not found: expected {root}/ (or {root}/svhn/) with {' and '.join(_SVHN_FILES)} "
+                      f"(the 'cropped digits' .mat files); missing {', '.join(missing)}; "
+                      "pass --data-path or --download")
+
+
 def _load_svhn(root: Path, download: bool, train: bool = True) -> tuple[np.ndarray | None, ...]:
     """SVHN's train_32x32.mat and test_32x32.mat, in <root>/ (torchvision's layout) or <root>/svhn/; the
     training file is read only with `train`."""
-    def find() -> list[Path] | None:
-        for folder in (root, root / "svhn", root / "SVHN"):
-            if all((folder / f).is_file() for f in _SVHN_FILES):
-                return [folder / f for f in _SVHN_FILES]
-        return None
-
-    found = find()
+    found = _find_svhn(root)
     if found is None and download:
         _download("svhn", root)
-        found = find()
+        found = _find_svhn(root)
     if found is None:
-        missing = [f for f in _SVHN_FILES if not (root / f).is_file()]
-        raise HparrError(f"svhn not found: expected {root}/ (or {root}/svhn/) with {' and '.join(_SVHN_FILES)} "
-                         f"(the 'cropped digits' .mat files); missing {', '.join(missing)}; "
-                         "pass --data-path or --download")
+        raise _svhn_not_found(root)
     return (*(read_svhn_mat(found[0]) if train else (None, None)), *read_svhn_mat(found[1]))
 
 
@@ -233,16 +243,24 @@ _CIFAR = {
 }
 
 
+def _cifar_not_found(name: str, root: Path) -> HparrError | None:
+    folder_name, train_files, test_files, _, desc = _CIFAR[name]
+    folder = root / folder_name
+    missing = [f for f in train_files + test_files if not (folder / f).is_file()]
+    if not missing:
+        return None
+    return HparrError(f"{name} not found: expected {folder}/{desc}; missing {', '.join(missing)}; "
+                      "pass --data-path or --download")
+
+
 def _load_cifar(name: str, root: Path, download: bool, train: bool = True) -> tuple[np.ndarray | None, ...]:
     """CIFAR-10/100's python batches below <root>/<folder>/; the training batches are read only with `train`."""
     folder_name, train_files, test_files, label_key, desc = _CIFAR[name]
     folder = root / folder_name
-    missing = lambda: [f for f in train_files + test_files if not (folder / f).is_file()]  # noqa: E731
-    if missing() and download:
+    if _cifar_not_found(name, root) is not None and download:
         _download(name, root)
-    if missing():
-        raise HparrError(f"{name} not found: expected {folder}/{desc}; missing {', '.join(missing())}; "
-                         "pass --data-path or --download")
+    if (error := _cifar_not_found(name, root)) is not None:
+        raise error
     num_classes = dataset_info(name).num_classes
 
     def read(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -266,6 +284,22 @@ def _download(name: str, root: Path) -> None:
         cls(root=str(root), train=True, download=True)
     except Exception as exc:  # noqa: BLE001 - network, checksum and extraction failures all read the same
         raise HparrError(f"downloading {name} to {root} failed: {first_line(exc, None)}") from None
+
+
+def missing_files(dataset: str, root: Path) -> HparrError | None:
+    """The error that reading the built-in `dataset` below `root` would raise because its files are not there (the
+    one message of it), or None when they are; nothing is read or downloaded."""
+    if dataset == "digits":
+        return None
+    if dataset in _IDX_FOLDERS:
+        return _idx_not_found(dataset, root) if _find_idx(root, _IDX_FOLDERS[dataset][0]) is None else None
+    if dataset == "svhn":
+        return _svhn_not_found(root) if _find_svhn(root) is None else None
+    if dataset == "imagenet":
+        if (root / "train").is_dir() and (root / "val").is_dir():
+            return None
+        return _imagenet_not_found(root)
+    return _cifar_not_found(dataset, root)
 
 
 def read_arrays(dataset: str, root: Path, download: bool, train: bool = True) -> tuple[np.ndarray | None, ...]:
@@ -321,12 +355,16 @@ def _scan_folder(folder: Path):
         raise HparrError(f"imagenet folder {folder} is unusable: {first_line(exc, None)}") from None
 
 
+def _imagenet_not_found(root: Path) -> HparrError:
+    return HparrError(f"imagenet not found: expected ImageFolder trees {root / 'train'}/<wnid>/*.JPEG and "
+                      f"{root / 'val'}/<wnid>/*.JPEG (it cannot be downloaded); pass --data-path")
+
+
 def imagenet_folders(root: Path):
     """ImageNet's train/ and val/ ImageFolder trees below `root`, and their labels (val's by folder name)."""
     train_dir, val_dir = root / "train", root / "val"
     if not train_dir.is_dir() or not val_dir.is_dir():
-        raise HparrError(f"imagenet not found: expected ImageFolder trees {train_dir}/<wnid>/*.JPEG and "
-                         f"{val_dir}/<wnid>/*.JPEG (it cannot be downloaded); pass --data-path")
+        raise _imagenet_not_found(root)
     train, val = _scan_folder(train_dir), _scan_folder(val_dir)
     unknown = sorted(set(val.classes) - set(train.classes))
     if unknown:

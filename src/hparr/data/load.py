@@ -2,7 +2,9 @@
 
 Small datasets (digits, MNIST, Fashion-MNIST, KMNIST, CIFAR-10/100, SVHN) are decoded from their official
 on-disk formats into uint8 tensors held in memory (`ImageSet`), once per process with `keep_decoded`; ImageNet is
-streamed from an ImageFolder tree (`FolderSet`).
+streamed from an ImageFolder tree (`FolderSet`). The user's own data, an image folder (`imagefolder`, cached on disk
+once decoded) or the splits of a factory (`module.path:factory`, read once per process), is held in memory as the
+small datasets are, with the constants read from it (`own_data`, `describe`).
 
 Order of operations: subsample classes -> carve the validation split -> keep a stratified subset of
 --train-size images of the remaining training part -> corrupt the labels or shuffle the pixels of that
@@ -23,10 +25,13 @@ import torch
 from ..errors import HparrError, UsageError
 from ..layout import Corruption
 from ..provenance import versions
-from .catalog import DataOptions, DatasetInfo, augmentation_text, dataset_info
+from .catalog import DataOptions, DatasetInfo, augmentation_text, canonical_dataset_args, dataset_info, dataset_kind
 from .corrupt import choose_classes, corrupt_labels, shuffle_pixels, split_indices, stratified_subset, subsample_indices
-from .formats import imagenet_folders, read_arrays
+from .factory import read_factory
+from .formats import imagenet_folders, missing_files, read_arrays
+from .imagefolder import list_folder, read_image_folder
 from .imagenet import FolderSet, imagenet_transform
+from .own import OwnData
 
 log = logging.getLogger("hparr.data")
 
@@ -105,6 +110,58 @@ def _decode(dataset: str, root: Path, download: bool, train: bool = True) -> tup
     return tuple(None if a is None or (not train and i < 2) else a.copy() for i, a in enumerate(arrays))
 
 
+# --- the user's own data ------------------------------------------------------------------------------------
+
+_own: dict[tuple, OwnData] = {}  # the last factory's splits, read once per process
+_said: set[str] = set()  # what the reading of the user's data changed, said once per process
+
+
+def own_data(options: DataOptions) -> OwnData:
+    """The image folder (decoded, or read from its cache) or the factory's splits (read once per process) that
+    `options` name, with their constants; what the reading changed is logged once."""
+    if dataset_kind(options.dataset) == "imagefolder":
+        own = read_image_folder(Path(options.data_path).expanduser(), options.input_size)
+    else:
+        key = (options.dataset, canonical_dataset_args(options.dataset_args))
+        if key not in _own:
+            own = read_factory(options.dataset, options.dataset_args)
+            _own.clear()  # one dataset at a time
+            _own[key] = own
+        own = _own[key]
+    for note in own.notes:
+        if note not in _said:
+            _said.add(note)
+            log.warning("%s", note)
+    return own
+
+
+def describe(options: DataOptions) -> DatasetInfo:
+    """The class count, channels, image size, mean and std of the data `options` name: a built-in dataset's
+    constants, or those read from an image folder or a factory's splits (which are read for it)."""
+    options.validate()
+    if dataset_kind(options.dataset) == "builtin":
+        return dataset_info(options.dataset)
+    return own_data(options).info
+
+
+def check_files(options: DataOptions) -> None:
+    """Check, without reading or decoding any image, that the data `options` name is there, with the one-line
+    error that reading it would give: a built-in dataset's files (unless --download fetches them), the split and
+    class folders and image files of an image folder, a factory that can be imported. A study's dry run calls it."""
+    options.validate()
+    kind = dataset_kind(options.dataset)
+    if kind == "imagefolder":
+        list_folder(Path(options.data_path).expanduser())
+    elif kind == "factory":
+        from ..models import import_factory  # the one importer of a user's `module.path:factory`
+
+        import_factory(options.dataset, "--dataset")
+    elif not (options.download and options.dataset != "imagenet"):
+        error = missing_files(options.dataset, Path(options.data_path).expanduser())
+        if error is not None:
+            raise error
+
+
 # --- load_data -----------------------------------------------------------------------------------------
 
 SPLITS = ("train", "test")
@@ -123,20 +180,29 @@ def load_data(options: DataOptions, splits: tuple[str, ...] = SPLITS) -> Data:
     requested, with_train = options, "train" in splits
     if not with_train:  # nothing is carved from or done to a training part that is not read
         options = dataclasses.replace(options, split=0, train_size=None, noise=0)
-    info = dataset_info(options.dataset)
+    kind = dataset_kind(options.dataset)
     root = Path(options.data_path).expanduser()
     seeds = options.seeds()
+    class_names, source = None, None
     if options.dataset == "imagenet":
+        info = dataset_info(options.dataset)
         folder_train, y_train, folder_test, y_test = imagenet_folders(root)
         num_classes = len(folder_train.classes)
         class_names = list(folder_train.classes)
-    else:
+    elif kind == "builtin":
+        info = dataset_info(options.dataset)
         x_train, y_train, x_test, y_test = _decode(options.dataset, root, options.download, with_train)
+        num_classes = info.num_classes
+    else:
+        own = own_data(options)
+        info, class_names, source = own.info, own.classes, own.source
+        x_train, y_train, x_test, y_test = own.arrays()
         num_classes = info.num_classes
     if not with_train:
         y_train = np.zeros(0, dtype=np.int64)
     meta: dict[str, Any] = {"dataset": options.dataset,
-                            "data_path": None if options.dataset == "digits" else str(root),
+                            "data_path": None if options.dataset == "digits" or kind == "factory" else str(root),
+                            **({"source": source} if source is not None else {}),
                             "options": dataclasses.asdict(requested),
                             **({} if with_train else {"splits_read": ["test"]}),
                             "seeds": seeds,
@@ -154,7 +220,7 @@ def load_data(options: DataOptions, splits: tuple[str, ...] = SPLITS) -> Data:
         num_classes = k
     meta["class_subset"] = None if classes is None else {
         "k": k, "seed": seeds["class_sample_seed"], "classes": classes,
-        **({"class_names": [class_names[c] for c in classes]} if options.dataset == "imagenet" else {})}
+        **({"class_names": [class_names[c] for c in classes]} if class_names is not None else {})}
 
     val_idx = y_val = None
     if options.split:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ..errors import HparrError, UsageError
-from .catalog import AUGMENT, CROP_PADDING, DEFAULT_SEED
+from .catalog import CROP_PADDING, DEFAULT_SEED, augmentation_rule
 from .imagenet import imagenet_transform
 from .load import Data, ImageSet
 
@@ -305,7 +305,8 @@ def make_loader(data: Data, split: str, batch_size: int, *, train: bool | None =
     if isinstance(dataset, ImageSet):
         on_device = torch.device(device).type != "cpu" if resident is None else bool(resident)
         cls = ResidentLoader if on_device else TensorLoader
-        return cls(dataset, batch_size, train=train, augment=AUGMENT[data.options.dataset] if augment else None,
+        rule = augmentation_rule(data.options.dataset) if augment else None
+        return cls(dataset, batch_size, train=train, augment=rule,
                    mean=data.mean, std=data.std, generator=generator, device=device, rank=rank,
                    world_size=world_size, channels_last=channels_last)
     _check_rank(batch_size, rank, world_size)

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from .. import files
 from ..checkpoints import ModelConfig, find_snapshots
-from ..data import dataset_info
+from ..data import DataOptions, dataset_info, describe, is_builtin
 from ..defaults import LEVEL, check_level
 from ..errors import UsageError
 from ..layout import results_directory
@@ -69,6 +69,8 @@ class ProjectionSettings:
     in_channels: int | None = None
     input_size: int | None = None
     probe_data: Any = None  # hparr.data.DataOptions, or None: no measured input shares
+    data_path: str = "./data"  # where an image folder is (its class count, channels and size are read from it)
+    dataset_args: str | None = None  # the arguments of a factory dataset (module.path:factory)
 
     @property
     def relpath(self) -> Path:
@@ -85,9 +87,20 @@ class ProjectionSettings:
             if self.arch is not None and missing:
                 raise UsageError(f"--arch {self.arch} without --dataset needs {', '.join(missing)}")
             return ModelConfig(self.arch, self.num_classes, self.in_channels, self.input_size)  # None: unknown
-        info = dataset_info(self.dataset)
+        if is_builtin(self.dataset):
+            info = dataset_info(self.dataset)
+        elif None in (self.num_classes, self.in_channels, self.input_size):
+            info = describe(self.data_options())
+        else:  # every shape given: the data is not read
+            return ModelConfig(self.arch, self.num_classes, self.in_channels, self.input_size)
         return ModelConfig(self.arch, self.num_classes or self.subsample_classes or info.num_classes,
                            self.in_channels or info.in_channels, self.input_size or info.image_size)
+
+    def data_options(self) -> DataOptions:
+        """The options that name the data of an image folder or a factory (its images resized to --input-size)."""
+        folder = self.dataset == "imagefolder"
+        return DataOptions(dataset=self.dataset, data_path=self.data_path, dataset_args=self.dataset_args,
+                           input_size=self.input_size if folder else None)
 
     def validate(self) -> None:
         """Every check of the options, before anything is read or written (messages name the flags)."""
@@ -101,9 +114,16 @@ class ProjectionSettings:
             check_arch(self.arch)
         k = self.subsample_classes
         if self.dataset is not None:
+            self.data_options().validate()
+        if self.dataset is not None and not is_builtin(self.dataset):
+            if k < 0 or k == 1:
+                raise UsageError(f"--subsample-classes must be 0 (all) or 2..the class count, got {k}")
+        elif self.dataset is not None:
             info = dataset_info(self.dataset)
             if k < 0 or k > info.num_classes or k == 1:
                 raise UsageError(f"--subsample-classes must be 0 (all) or 2..{info.num_classes}, got {k}")
+        elif self.dataset_args is not None:
+            raise UsageError("--dataset-args needs --dataset module.path:factory")
         elif k:
             raise UsageError("--subsample-classes needs --dataset")
         check_level(self.level)

@@ -72,7 +72,8 @@ def snapshot_training_data(options: DataOptions, meta: Mapping[str, Any], source
 
 def snapshot_data_options(options: DataOptions, meta: Mapping[str, Any], source: str) -> DataOptions:
     """The data options of the flags, completed from (and checked against) the data a snapshot of
-    `hparr train` records: its class subset and whether its inputs were normalized."""
+    `hparr train` records: its class subset, whether its inputs were normalized, and the arguments of a factory
+    dataset or the size an image folder's images were resized to."""
     recorded = meta.get("data") if isinstance(meta.get("data"), dict) else {}
     updates: dict[str, Any] = {}
     subset = recorded.get("class_subset")
@@ -85,6 +86,14 @@ def snapshot_data_options(options: DataOptions, meta: Mapping[str, Any], source:
             raise HparrError(f"{source} chose its {k} classes with seed {seed}, not --class-sample-seed "
                              f"{options.class_sample_seed}")
         updates.update(subsample_classes=k, class_sample_seed=seed)
+    fields = recorded.get("options") if isinstance(recorded.get("options"), dict) else {}
+    for key, flag in (("dataset_args", "--dataset-args"), ("input_size", "--input-size")):
+        value = fields.get(key)  # the arguments of a factory, the size of an image folder's images
+        if value is not None:
+            given = getattr(options, key)
+            if given is not None and given != value:
+                raise UsageError(f"{source} was trained with {flag} {value}, not {flag} {given}")
+            updates[key] = value
     normalized = (checkpoints.recorded_normalization(meta) or {}).get("normalized")
     if normalized is False and not options.unnormalize:
         updates["unnormalize"] = True

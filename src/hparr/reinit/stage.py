@@ -12,7 +12,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from .. import checkpoints, distributed, files, layout
-from ..data import DataOptions, dataset_info, load_data, make_loader
+from ..data import DataOptions, load_data, make_loader, source_change
 from ..errors import HparrError, UsageError
 from ..models import build_model, check_arch
 from ..results import REINIT_FORMAT, check_eval_split, read_json
@@ -154,14 +154,17 @@ def reinit_options(settings: ReinitSettings, data: DataOptions, init_paths: Sequ
             "with_bn": settings.with_bn, "max_test_images": settings.max_test_images or None,
             "state_dict_prefix": settings.state_dict_prefix, "dataset": data.dataset,
             "subsample_classes": data.subsample_classes, "class_sample_seed": data.class_sample_seed,
-            "unnormalize": data.unnormalize}
+            "unnormalize": data.unnormalize,
+            **({"dataset_args": data.dataset_args} if data.dataset_args is not None else {}),
+            **({"data_input_size": data.input_size} if data.input_size is not None else {})}
 
 
 _OPTION_FLAGS = {"inits_from": "--inits-from", "rand": "--rand", "rand_trials": "--rand-trials", "seed": "--seed",
                  "with_linear": "--with-linear", "granularity": "--granularity", "with_bn": "--with-bn",
                  "max_test_images": "--max-test-images", "state_dict_prefix": "--state-dict-prefix",
                  "dataset": "--dataset", "subsample_classes": "--subsample-classes",
-                 "class_sample_seed": "--class-sample-seed", "unnormalize": "--unnormalize"}
+                 "class_sample_seed": "--class-sample-seed", "unnormalize": "--unnormalize",
+                 "dataset_args": "--dataset-args", "data_input_size": "--input-size"}
 
 
 def _shown_option(key: str, value: Any) -> str:
@@ -240,8 +243,12 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
     own_seeds = meta.get("seeds") if isinstance(meta.get("seeds"), dict) else {}
     data_options = trained.data
     data = load_data(data_options, splits=(settings.eval_split,))  # the training files only when evaluated on
+    recorded = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    why = source_change(recorded.get("source"), data.meta.get("source"))
+    if why is not None:  # an image folder or a factory's data: the files the model was trained on, or refused
+        raise UsageError(f"{load_from} {why}; pass the --data-path (or --dataset-args) it was trained on")
     data = snapshot_normalization(data, meta, str(load_from))
-    info = dataset_info(data_options.dataset)
+    info = data.info
     default = checkpoints.ModelConfig(arch, settings.num_classes or data.num_classes,
                                       settings.in_channels or data.in_channels, settings.input_size or data.image_size)
     config = checkpoints.snapshot_config(meta, default, str(load_from))
@@ -364,7 +371,7 @@ def save(run: ReinitRun, root: str | os.PathLike, plots: str | os.PathLike | Non
         from ..report.figures import save_heatmap
 
         folder = json_path.parent if str(plots) == "" else \
-            Path(plots) / str(run.document["dataset"]) / str(run.document["arch"])
+            Path(plots) / layout.folder_name(str(run.document["dataset"])) / str(run.document["arch"])
         png, pdf = folder / f"{run.stem}.png", folder / f"{run.stem}.pdf"
         save_heatmap(run.document, png, pdf)
         written += [png, pdf]

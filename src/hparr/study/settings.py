@@ -23,7 +23,7 @@ _PER_CELL = ("arch", "seed", "models_path", "tb_logdir", "resume_from", "progres
 _PER_CELL_DATA = ("dataset", "noise", "subsample_classes", "train_size")
 # settings added after studies were first recorded: left out of the record while unset, so that an earlier
 # study folder keeps its shared settings
-_RECORDED_WHEN_SET = ("until_train_acc", "train_size_seed")
+_RECORDED_WHEN_SET = ("until_train_acc", "train_size_seed", "input_size", "dataset_args")
 
 log = logging.getLogger("hparr.study")
 
