@@ -338,9 +338,9 @@ def dataset_files(dataset: str, root: Path) -> list[Path]:
             imagenet_folders(root)  # its error says what is missing
     else:  # a dataset read from a folder tree: the folder
         found = [root]
-    if found is None:  # the loader says what is missing: it looks for its files before it reads any
-        read_arrays(dataset, root, download=False)
-        raise HparrError(f"{dataset}: the files below {root} that its loader reads could not be listed")
+    if found is None:  # the loader's own message of what is missing
+        raise missing_files(dataset, root) or HparrError(
+            f"{dataset}: the files below {root} that its loader reads could not be listed")
     return found
 
 
