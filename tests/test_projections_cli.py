@@ -214,10 +214,10 @@ def test_random_init_pretrained_and_listings(tmp_path, capsys, monkeypatch):
     assert out.err.count("\n") == 1 and "pretrained weights for vgg11 not found" in out.err
     assert "Traceback" not in out.err
 
-    rc, out = run(capsys=capsys)
-    assert rc == 0 and "lenet" in out.out and "vgg11" in out.out
+    rc, out = run(capsys=capsys)  # the choices listed, then refused: exit 2
+    assert rc == 2 and "lenet" in out.out and "vgg11" in out.out and "--arch is missing" in out.err
     rc, out = run("--arch", "lenet", capsys=capsys)
-    assert rc == 0 and "cifar10" in out.out and "mnist" in out.out
+    assert rc == 2 and "cifar10" in out.out and "mnist" in out.out and "--dataset is missing" in out.err
     rc, out = run("--arch", "lenet", "--dataset", "cifar10", "--load-from", tmp_path / "nothing-here",
                   capsys=capsys)
     assert rc == 2 and "no such snapshot" in out.err
