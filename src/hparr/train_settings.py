@@ -166,14 +166,14 @@ def target_outlook(history: Sequence[Mapping[str, Any]], target: float, epochs: 
     """Whether --until-train-acc `target` looks out of reach within `epochs` at the current rate.
 
     From the own-label train top-1 `a` of the last epoch `k` and of epoch `k - window` (the epochs' records in
-    `history`; `window` is OUTLOOK_EPOCHS unless given), the current rate is the mean gain per epoch over the window, `rate = (a_k - a_(k-window)) /
-    window`, and the projection carries it on in a straight line to the last epoch: `projected = a_k + rate *
-    (epochs - k)`, clipped to [0, 100]. Returns {"epoch": k, "train_top1": a_k, "rate": rate, "window":
-    window, "projected": projected} when `projected < target`; None when it is not, when the target is reached,
-    and until both epochs are measured (the first `window` epochs). Accuracy curves flatten as they rise, so a
-    straight line from recent progress tends to overestimate what the last epoch reaches, and the warning comes
-    late rather than early; a run that plateaus and then jumps (a lr schedule, a late phase of memorization) can
-    still reach a target this called out of reach.
+    `history`; `window` is OUTLOOK_EPOCHS unless given), the current rate is the mean gain per epoch over the
+    window, `rate = (a_k - a_(k-window)) / window`, and the projection carries it on in a straight line to the
+    last epoch: `projected = a_k + rate * (epochs - k)`, clipped to [0, 100]. Returns {"epoch": k,
+    "train_top1": a_k, "rate": rate, "window": window, "projected": projected} when `projected < target`; None
+    when it is not, when the target is reached, and until both epochs are measured (the first `window` epochs).
+    Accuracy curves flatten as they rise, so a straight line from recent progress tends to overestimate what the
+    last epoch reaches, and the warning comes late rather than early; a run that plateaus and then jumps (a lr
+    schedule, a late phase of memorization) can still reach a target this called out of reach.
     """
     window = OUTLOOK_EPOCHS if window is None else window
     top1 = {int(r["epoch"]): float(r["train_top1"]) for r in history

@@ -28,8 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from .train import add_arch_argument, add_data_arguments
 
     add_arch_argument(p)
-    add_data_arguments(p, dataset_help="dataset the model was trained on (its test or training images are "
-                                       "evaluated)")
+    add_data_arguments(p, dataset_help="dataset the model was trained on, whose test or training images are "
+                                       "evaluated")
     p.add_argument("--load-from", type=str, default="", help="the trained snapshot to evaluate")
     p.add_argument("--inits-from", type=str, default=None,
                    help="snapshots to re-initialize from: a text file of paths (one per line; blank lines are "
