@@ -27,3 +27,24 @@ class Untraceable(nn.Module):
             x = x * 1.0
         x = x + self.body(x)
         return self.head(x.mean((2, 3)))
+
+
+class DictInput(nn.Module):
+    """A model whose forward takes a dict of tensors ({"image": ...}), as some training loops pass them."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, 3)
+        self.head = nn.Linear(4, num_classes)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.head(self.conv(batch["image"]).mean((2, 3)))
+
+
+def dict_input(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    return DictInput(num_classes, in_channels)
+
+
+def no_conv(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """Pooling and a Linear head: no conv layer to analyze."""
+    return nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(in_channels * 16, num_classes))

@@ -145,8 +145,10 @@ def test_weight_configuration_compares_only_what_changes_the_weights():
     assert differences(base, {**seeds, "noise_seed": 99, "split_seed": 98}) == []  # no noise, no split
     noisy = replace(base, data=DataOptions(dataset="digits", noise=0.2))
     assert differences(noisy, {**seeds, "noise_seed": 99}, reference=noisy) == ["--noise-seed 11 there, 99 here"]
-    adam = replace(base, optimizer="adam")
-    assert differences(replace(adam, momentum=0.5, weight_decay=0.0), reference=adam) == []
+    adam = TrainSettings(arch="lenet", data=DataOptions(dataset="digits"), lr=0.01, seed=0, optimizer="adam")
+    assert adam.weight_decay == 0.0  # as the paper's Adam; SGD's default is 1e-4
+    assert differences(replace(adam, momentum=0.5), reference=adam) == []  # momentum is SGD's alone
+    assert differences(replace(adam, weight_decay=0.01), reference=adam) == ["--weight-decay 0.0 there, 0.01 here"]
     # a fresh start at a later epoch is another run; a resume takes its epoch from the snapshot
     assert differences(replace(base, start_epoch=1)) == ["--start-epoch 0 there, 1 here"]
     assert differences(replace(base, start_epoch=1, resume_from="auto")) == []

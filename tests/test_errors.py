@@ -122,6 +122,20 @@ CASES = [
                                              "--pretrained", "--results", "{root}/res"], 1, "--weights FILE"),
     ("unknown dataset", ["train", "--arch", "lenet", "--dataset", "stl10"], 2, "unknown dataset"),
     ("unknown optimizer", ["train", *LENET, "--optimizer", "rmsprop"], 2, "unknown optimizer"),
+    ("missing --arch", ["reinit"], 2, "hparr reinit: error: --arch is missing"),
+    ("missing --dataset", ["train", "--arch", "lenet"], 2, "hparr train: error: --dataset is missing"),
+    ("malformed number", ["train", *LENET, "--lr", "abc"], 2, "hparr train: error: --lr: 'abc' is not a number"),
+    ("malformed whole number", ["projections", *LENET, "--seed", "1.5"], 2, "--seed: '1.5' is not a whole number"),
+    ("value not among the choices", ["reinit", *LENET, "--granularity", "unit"], 2,
+     "--granularity: invalid choice: 'unit'"),
+    ("unknown flag", ["train", *LENET, "--weight_decay", "0.1"], 2,
+     "hparr train: error: unrecognized arguments: --weight_decay 0.1"),
+    ("a model that cannot take hparr's input", ["train", "--arch", "own_model:dict_input", "--dataset", "digits",
+                                                "--models-path", "{root}/written", "--tb-logdir", ""], 2,
+     "its forward fails on the input hparr passes, a float tensor of shape (B, C, H, W) (here (2, 1, 32, 32))"),
+    ("a model with no layer to analyze", ["train", "--arch", "own_model:no_conv", "--dataset", "digits",
+                                          "--models-path", "{root}/written", "--tb-logdir", ""], 2,
+     "has no layer to analyze (no conv layer is called in its forward); pass --no-track"),
     ("missing dataset files", ["train", "--arch", "lenet", "--dataset", "cifar10", "--data-path", "{root}/none"],
      1, "cifar-10-batches-py"),
     ("malformed dataset files", ["train", "--arch", "lenet", "--dataset", "cifar10", "--data-path", "{root}/cifar"],
@@ -301,6 +315,7 @@ def test_bad_input_is_one_line_with_the_right_exit_code(snapshots, capsys, monke
     assert not any("Traceback" in line for line in err)
     assert not (snapshots / "pwned").exists()
     assert not (snapshots / "repro").exists()  # refused before --out is made
+    assert not (snapshots / "written").exists()  # refused before the run directory is made
 
 
 def test_out_of_gpu_memory_suggests_a_smaller_batch(tmp_path, monkeypatch, capsys):

@@ -225,3 +225,29 @@ def test_a_model_in_the_current_directory(tmp_path, monkeypatch):
     monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", str(tmp_path))])
     model = build_model("mynet:make", 6, 1, 8)
     assert isinstance(model, nn.Module) and model[0].in_channels == 1 and model[2].out_features == 6
+
+
+def test_a_model_hparr_cannot_run_or_analyze_is_refused_in_one_line_before_anything_is_written(tmp_path, capsys,
+                                                                                                 monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(TESTS))
+    common = ["--dataset", "digits", "--epochs", "1", "--models-path", tmp_path / "models", "--tb-logdir",
+              tmp_path / "tb", "--no-progress"]
+    # a forward that takes a dict: the line says what hparr passes
+    rc, out, err = run(capsys, "train", "--arch", "own_model:dict_input", *common)
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert rc == 2 and errors == [
+        "hparr train: error: --arch own_model:dict_input: its forward fails on the input hparr passes, a float tensor "
+        "of shape (B, C, H, W) (here (2, 1, 32, 32)): IndexError: too many indices for tensor of dimension 4"]
+    # no conv layer to track, the built-in mlp included: refused, naming the way to train it anyway
+    for arch in ("own_model:no_conv", "mlp"):
+        rc, out, err = run(capsys, "train", "--arch", arch, *common)
+        assert rc == 2 and f"--arch {arch} has no layer to analyze (no conv layer is called in its forward); pass " \
+                           "--no-track" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no run directory, snapshot, train.log, tracking.csv
+    # reinit evaluates the same forward: one line too
+    torch.save(build_model("own_model:dict_input", 10, 1).state_dict(), tmp_path / "dict_1.pt")
+    rc, out, err = run(capsys, "reinit", "--arch", "own_model:dict_input", "--dataset", "digits", "--load-from",
+                       tmp_path / "dict_1.pt", "--rand", "--results", tmp_path / "results", "--no-progress")
+    assert rc == 2 and "DictInput: its forward fails on the input hparr passes, a float tensor of shape (B, C, H, W)" \
+        in err and "Traceback" not in err

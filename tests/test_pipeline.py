@@ -15,7 +15,8 @@ def test_reproduce_writes_the_whole_study_and_reruns_cheaply(tmp_path, capsys):
     argv = ["reproduce", "--out", str(out), "--epochs", "3", "--snapshot-every", "1", "--snapshot-all-until", "0",
             "--lr", "0.02", "--seed", "1", "--no-progress"]
     assert main(argv) == 0
-    assert "report in" in capsys.readouterr().out
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1].endswith("report in " + str(out / "report" / "index.html"))
     run_dir = out / "models" / "digits" / "lenet" / "1"
     assert sorted(p.name for p in run_dir.glob("lenet_*")) == [
         "lenet_0.tar", "lenet_1.tar", "lenet_2.tar", "lenet_3.pt", "lenet_init_0.pt"]
@@ -41,6 +42,9 @@ def test_reproduce_writes_the_whole_study_and_reruns_cheaply(tmp_path, capsys):
     # the final model on its own training set (all 1347 digits images), beside the test set
     assert set(manifest["final"]) == {"test", "train"} and manifest["final"]["train"]["count"] == 1347
     assert manifest["final"]["test"]["top1"] == reinit["top1_test"]
+    assert printed[-2] == (f"final model, epoch 3 of 3 (epochs exhausted): test top-1 "
+                           f"{manifest['final']['test']['top1']:.2f}%, train top-1 "
+                           f"{manifest['final']['train']['top1']:.2f}% (the labels it was trained on)")
     rep = json.loads((report / "report.json").read_text())
     assert rep["inputs"]["reinit"] == str((out / manifest["reinit"]).resolve())
 

@@ -125,6 +125,27 @@ def test_directory_of_snapshots(tmp_path, snapshots, capsys):
     assert set(pd.read_csv(out_dir / "projections.csv")["normalize"]) == {False}
 
 
+def test_the_last_line_is_the_count_of_biased_layers_of_the_final_snapshot_alone(tmp_path, snapshots, capsys):
+    folder, _ = snapshots
+    results = tmp_path / "results"
+    rc, out = run("--arch", "lenet", "--dataset", "cifar10", "--seed", 1, "--normalize", "--load-from", folder,
+                  "--results", results, capsys=capsys)
+    assert rc == 0, out.err
+    docs = {p.stem: json.loads(p.read_text()) for p in (results / "cifar10" / "lenet" / "1").glob("*.json")}
+
+    def biased(doc):  # counted from the layers' own verdicts
+        return sum(bool(e["biased"]) for stage, blocks in doc.items() if stage.isdigit() for e in blocks.values())
+
+    # the final snapshot: of the latest epoch (2: lenet_1.tar and lenet_2.pt), the later file of the two
+    assert out.out.splitlines()[-1] == (f"final: {biased(docs['lenet_2'])} of 6 layers biased at level 0.05 "
+                                        "(Holm-adjusted p-values), in lenet_2, epoch 2")
+    assert sum(biased(d) for d in docs.values()) > biased(docs["lenet_2"])  # what the old count said
+    rc, out = run("--arch", "lenet", "--dataset", "cifar10", "--seed", 1, "--normalize", "--load-from",
+                  folder / "lenet_0.tar", "--results", results, capsys=capsys)
+    assert rc == 0 and out.out.splitlines()[-1] == (
+        f"{biased(docs['lenet_0'])} of 6 layers biased at level 0.05 (Holm-adjusted p-values), in lenet_0, epoch 1")
+
+
 def test_files_globs_unnormalized_and_class_count(tmp_path, snapshots, capsys):
     folder, states = snapshots
     results = tmp_path / "r"
@@ -194,10 +215,10 @@ def test_random_init_pretrained_and_listings(tmp_path, capsys, monkeypatch):
     assert out.err.count("\n") == 1 and "pretrained weights for vgg11 not found" in out.err
     assert "Traceback" not in out.err
 
-    rc, out = run(capsys=capsys)
-    assert rc == 0 and "lenet" in out.out and "vgg11" in out.out
+    rc, out = run(capsys=capsys)  # the choices listed, then refused: exit 2
+    assert rc == 2 and "lenet" in out.out and "vgg11" in out.out and "--arch is missing" in out.err
     rc, out = run("--arch", "lenet", capsys=capsys)
-    assert rc == 0 and "cifar10" in out.out and "mnist" in out.out
+    assert rc == 2 and "cifar10" in out.out and "mnist" in out.out and "--dataset is missing" in out.err
     rc, out = run("--arch", "lenet", "--dataset", "cifar10", "--load-from", tmp_path / "nothing-here",
                   capsys=capsys)
     assert rc == 2 and "no such snapshot" in out.err

@@ -285,3 +285,71 @@ def test_a_result_is_reused_only_from_the_same_checkpoints_and_options(cifar, ca
     rc, out, err = run_cli(capsys, *base, "--load-from", elsewhere, "--results", results)
     assert rc == 0 and "computed from another file" in err
     assert json.loads(target.read_text())["correct_top1"] == fresh(elsewhere)["correct_top1"]
+
+
+def test_rows_name_their_split_no_none_is_printed_and_the_last_line_counts_the_critical_layers(tmp_path, capsys):
+    from hparr.training import TrainSettings, train
+
+    run = train(TrainSettings(arch="lenet", data=DataOptions(dataset="digits", train_size=200), epochs=0, seed=0,
+                              track=False,
+                              models_path=str(tmp_path / "models"), tb_logdir=None, progress=False))
+    inits = tmp_path / "inits"
+    inits.mkdir()
+    files.save_torch(build_model("lenet", 10, 1, seed=1).state_dict(), inits / "lenet_init_0.pt")
+    args = ["--arch", "lenet", "--dataset", "digits", "--load-from", Path(run.run_dir) / "lenet_init_0.pt",
+            "--inits-from", inits, "--rand", "--eval-split", "TRAIN", "--results", tmp_path / "results",
+            "--eval-processes", "1", "--no-progress"]
+    rc, out, err = run_cli(capsys, *args)
+    assert rc == 0, err
+    wrote = next(line for line in out.splitlines() if line.startswith("wrote "))
+    doc = json.loads(Path(wrote.removeprefix("wrote ").split(", ")[0]).read_text())
+    assert doc["eval_split"] == "train"
+    lines = [line for line in out.splitlines() if line != wrote]
+    assert not any("test" in line for line in lines)
+    assert lines[0].startswith(f"lenet on digits (epoch 0, 200 training images with the labels the model was "
+                               f"trained on (no augmentation)): train top-1 {doc['top1_test']:.2f}%")
+    rows = {line.split(":")[0].strip(): line for line in lines if ": train " in line}
+    assert rows["from epoch 0"].startswith("from epoch 0: train top-1 ")
+    assert rows["re-randomized"].startswith("re-randomized: train top-1 ")
+    assert sum(line.strip().startswith("train loss ") for line in lines) == 2
+    # critical: a relative drop of top-1 above 0.1 when re-initialized to epoch 0 (docs/method.md, section 4)
+    trained_top1 = doc["top1_test"]
+    critical = [name for name, top1 in zip(doc["layers"], doc["init_from_epoch"]["0"])
+                if (trained_top1 - top1) / trained_top1 > 0.1]
+    headline = (f"{len(critical)} of 6 layers critical on the training images (the labels trained on) (relative "
+                f"top-1 drop above 0.1 when re-initialized to epoch 0)" + (": " + ", ".join(critical) if critical
+                                                                            else ""))
+    assert lines[-1] == headline
+    rc, out, err = run_cli(capsys, *args)  # kept: the same last line
+    assert rc == 0 and out.splitlines()[0].startswith("kept ") and out.splitlines()[-1] == headline
+
+    # a plain state_dict records no epoch: its header says none (not "epoch None")
+    trained = tmp_path / "trained.pt"
+    files.save_torch(build_model("lenet", 10, 1, seed=2).state_dict(), trained)
+    rc, out, err = run_cli(capsys, "--arch", "lenet", "--dataset", "digits", "--load-from", trained, "--rand",
+                           "--max-test-images", 64, "--results", tmp_path / "results", "--eval-processes", "1",
+                           "--no-progress")
+    assert rc == 0, err
+    assert "None" not in out and out.startswith("lenet on digits (64 test images): test top-1 ")
+    assert out.splitlines()[-1].endswith("on the test images (relative top-1 drop above 0.1 when re-randomized)") \
+        or ": " in out.splitlines()[-1]
+
+
+def test_the_critical_count_uses_the_epoch_0_row_else_the_first_alternative_and_names_the_split():
+    from hparr.reinit.documents import critical_headline
+
+    doc = {"layers": ["a", "b", "c"], "top1_test": 50.0, "eval_split": "test",
+           "relative_drop": {"5": [0.0, 0.0, 0.0], "0": [0.05, 0.5, 0.1], "rand": [0.9, 0.9, 0.9]}}
+    assert critical_headline(doc) == ("1 of 3 layers critical on the test images (relative top-1 drop above 0.1 "
+                                      "when re-initialized to epoch 0): b")
+    assert critical_headline(doc, threshold=0.01) == ("3 of 3 layers critical on the test images (relative top-1 "
+                                                      "drop above 0.01 when re-initialized to epoch 0): a, b, c")
+    del doc["relative_drop"]["0"]
+    assert critical_headline(doc).startswith("0 of 3 layers critical on the test images (relative top-1 drop "
+                                             "above 0.1 when re-initialized to epoch 5)")
+    doc["relative_drop"] = {"rand": [0.9, 0.0, 0.2]}
+    assert critical_headline({**doc, "granularity": "block"}) == (
+        "2 of 3 blocks critical on the test images (relative top-1 drop above 0.1 when re-randomized): a, c")
+    assert critical_headline({**doc, "top1_test": 0.0, "relative_drop": {"0": [None, None, None]}}) == (
+        "critical layers: undefined on the test images (the trained model's top-1 there is 0.00%, so a relative "
+        "drop is not)")

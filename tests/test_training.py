@@ -123,11 +123,17 @@ def test_evaluate_and_evaluate_train_report_a_snapshot(tmp_path, capsys):
     assert main(["train", "--arch", "lenet", "--dataset", "digits", "--evaluate"]) == 2
 
 
-def test_listing_without_arch_or_dataset(capsys):
-    assert main(["train"]) == 0
-    assert "vgg19_orig" in capsys.readouterr().out
-    assert main(["train", "--arch", "lenet"]) == 0
-    assert "cifar100" in capsys.readouterr().out
+def test_a_missing_arch_or_dataset_lists_the_choices_and_exits_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train"]) == 2
+    out = capsys.readouterr()
+    assert "vgg19_orig" in out.out and out.err.strip() == (
+        "hparr train: error: --arch is missing: choose one of the architectures listed above")
+    assert main(["train", "--arch", "lenet"]) == 2
+    out = capsys.readouterr()
+    assert "cifar100" in out.out and out.err.strip() == (
+        "hparr train: error: --dataset is missing: choose one of the datasets listed above")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_flags_are_usage_errors(capsys):
@@ -169,7 +175,7 @@ def test_pretrained_weights_file(tmp_path):
 def test_root_script_runs_the_same_command():
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--dataset", "digits"],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0 and "lenet" in proc.stdout
+    assert proc.returncode == 2 and "lenet" in proc.stdout and "--arch is missing" in proc.stderr
 
 
 def test_remaining_flags_reach_the_run(tmp_path, capsys):
@@ -372,3 +378,98 @@ def test_a_refused_run_writes_nothing_and_train_log_is_untouched(tmp_path, capsy
     finally:
         lock.release()
     assert main(argv) == 0  # free again: the run continues
+
+
+def test_weight_decay_reaches_adam_and_defaults_to_the_papers_per_optimizer(tmp_path):
+    from hparr.training import make_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    for optimizer, given, applied in (("adam", 0.01, 0.01), ("adam", None, 0.0), ("sgd", None, 1e-4),
+                                      ("sgd", 0.003, 0.003)):
+        opt, _ = make_optimizer(params, settings(tmp_path, optimizer=optimizer, weight_decay=given))
+        assert isinstance(opt, torch.optim.Adam if optimizer == "adam" else torch.optim.SGD)
+        assert opt.param_groups[0]["weight_decay"] == applied, (optimizer, given)
+    # Adam's weight_decay: one step of torch's Adam with the L2 term added to the gradient, by hand
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt, _ = make_optimizer([w], settings(tmp_path, optimizer="adam", lr=0.1, weight_decay=0.5))
+    w.grad = torch.tensor([0.2, 0.2])
+    opt.step()
+    g = torch.tensor([0.2, 0.2]) + 0.5 * torch.tensor([1.0, -2.0])
+    m, v = 0.1 * g, 0.001 * g * g
+    expected = torch.tensor([1.0, -2.0]) - 0.1 * (m / 0.1) / ((v / 0.001).sqrt() + 1e-8)
+    assert torch.allclose(w.detach(), expected)
+
+
+def test_a_run_of_adam_from_before_its_weight_decay_counted_is_the_same_configuration(tmp_path):
+    """Adam once ignored --weight-decay: its snapshots record 1e-4 while their optimizer applied none. The run
+    directory compares the weight decay the optimizer applied."""
+    from dataclasses import asdict
+
+    from hparr.results import SNAPSHOT_FORMAT
+    from hparr.rundir import other_configurations, weight_configuration
+
+    seeds = {"seed": 0}
+    old = asdict(settings(tmp_path, optimizer="adam", weight_decay=1e-4))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    torch.save({"format": SNAPSHOT_FORMAT, "settings": old, "seeds": seeds, "model_state_dict": {},
+                "optimizer_state_dict": {"state": {}, "param_groups": [{"lr": 0.01, "weight_decay": 0}]}},
+               run_dir / "lenet_init_0.pt")
+
+    def differences(**kw):
+        found = other_configurations(run_dir, weight_configuration(asdict(settings(tmp_path, **kw)), seeds))
+        return [d for _, ds in found for d in ds]
+
+    assert differences(optimizer="adam") == []  # the default: none, as that run applied
+    assert differences(optimizer="adam", weight_decay=1e-4) == ["--weight-decay 0 there, 0.0001 here"]
+
+
+def test_target_outlook_extrapolates_the_last_epochs_rate_to_the_cap():
+    from hparr.train_settings import target_outlook
+
+    history = [{"epoch": e, "train_top1": a} for e, a in enumerate([10.0, 20.0, 26.0, 30.0, 33.0, 35.0, 36.0], 1)]
+    # epochs 2..7 (window 5): (36 - 20) / 5 = 3.2 points per epoch; at epoch 20: 36 + 3.2 * 13 = 77.6
+    outlook = target_outlook(history, 99, 20)
+    assert outlook == {"epoch": 7, "train_top1": 36.0, "rate": pytest.approx(3.2), "window": 5,
+                       "projected": pytest.approx(77.6)}
+    assert target_outlook(history, 77, 20) is None  # within reach at that rate
+    assert target_outlook(history, 99, 40) is None  # 36 + 3.2 * 33 = 141.6: within reach given more epochs
+    assert target_outlook(history[:5], 99, 20) is None  # epochs 1..5: no epoch 5 epochs back from the last
+    assert target_outlook(history, 99, 20, window=2)["rate"] == pytest.approx((36.0 - 33.0) / 2)
+    assert target_outlook(history, 36, 20) is None  # reached
+    falling = history + [{"epoch": 8, "train_top1": 5.0}]
+    assert target_outlook(falling, 99, 20)["projected"] == 0.0  # 5 + 12 (5 - 26) / 5 < 0: clipped at 0
+
+
+def test_an_out_of_reach_target_is_said_in_the_log_the_final_snapshot_and_the_headline(tmp_path, capsys,
+                                                                                        monkeypatch):
+    import hparr.train_settings
+
+    monkeypatch.setattr(hparr.train_settings, "OUTLOOK_EPOCHS", 1)  # the rate of one epoch, for a 3-epoch test
+    argv = ["train", "--arch", "lenet", "--dataset", "digits", "--train-size", "100", "--epochs", "3", "--lr", "1e-6",
+            "--until-train-acc", "100", "--seed", "0", "--models-path", str(tmp_path), "--tb-logdir", "",
+            "--no-progress", "--no-track"]
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    run_dir = tmp_path / "digits" / "train_100" / "lenet" / "0"
+    snap = ck.torch_load(run_dir / "lenet_3.pt")
+    history = {h["epoch"]: h["train_top1"] for h in snap["history"]}
+    seen = snap["stopped"]["out_of_reach"]
+    rate = history[2] - history[1]
+    assert seen == {"epoch": 2, "train_top1": history[2], "rate": pytest.approx(rate), "window": 1,
+                    "projected": pytest.approx(min(100.0, max(0.0, history[2] + rate)))}
+    assert snap["stopped"]["reason"] == "epochs exhausted" and snap["stopped"]["epoch"] == 3
+    said = (f"own-label train top-1 {history[2]:.2f}% at epoch 2 of 3, {rate:+.2f} points/epoch over the last 1 "
+            f"epochs: --until-train-acc 100 looks out of reach within --epochs 3 at this rate")
+    assert said in out.err and said in (run_dir / "train.log").read_text()
+    # the epochs' lines say how long is left (at most: the target may stop it earlier); the last one does not
+    lines = [line for line in out.err.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"]
+    assert all(" s/epoch, at most " in line and line.endswith(" left") for line in lines[:2])
+    assert "left" not in lines[2] and lines[0].split()[2:4] == ["train", "loss"]
+    # the headline: the final model's epoch of the cap, why it stopped, its accuracies by split
+    final = snap["metrics"]["test"]["top1"]
+    assert out.out.splitlines() == [
+        f"final model, epoch 3 of 3 (epochs exhausted; --until-train-acc 100 not reached, out of reach at the rate "
+        f"of epochs 1-2): test top-1 {final:.2f}%, train top-1 {history[3]:.2f}% (the labels it was trained on)",
+        f"snapshots in {run_dir}"]

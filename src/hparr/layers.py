@@ -22,6 +22,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from .errors import UsageError, first_line
+
 CONV, LINEAR = "conv", "linear"
 _MAXPOOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 
@@ -153,6 +155,36 @@ def dummy_forward(model: nn.Module, input_shape: Sequence[int], hooks: Sequence[
             h.remove()
         for m, mode in modes:
             m.training = mode
+
+
+def check_model(model: nn.Module, input_shape: Sequence[int], what: str, analyzed: bool = True,
+                with_linear: bool = False, include_1x1: bool = False, no_layer_hint: str = "") -> None:
+    """Refuse in one line (a UsageError naming `what`, e.g. "--arch mymod:net") a model that hparr cannot use:
+    one whose forward fails on the input hparr passes it, a float tensor of shape (B, C, H, W) (zeros of
+    `input_shape`, in eval mode), and with `analyzed`, one whose forward calls no layer that would be analyzed
+    (`skip_reason`), followed by `no_layer_hint`. Out of memory is not the model's fault: it is raised as it is."""
+    shape = tuple(int(v) for v in input_shape)
+    called: list[nn.Module] = []
+    candidates = [m for m in model.modules() if layer_kind(m) is not None]
+    try:
+        with warnings.catch_warnings(record=True):  # the model's own warnings come again when it is used
+            dummy_forward(model, shape, [(m, lambda module, args, output: called.append(module)) for m in candidates])
+    except Exception as exc:  # noqa: BLE001 - whatever a model of any kind raises on that input
+        if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+            raise
+        raise UsageError(f"{what}: its forward fails on the input hparr passes, a float tensor of shape "
+                         f"(B, C, H, W) (here {shape}): {type(exc).__name__}: {first_line(exc)}") from None
+    if not analyzed:
+        return
+    names = {id(m): n for n, m in model.named_modules()}
+    reasons = {names[id(m)]: (layer_kind(m), skip_reason(m, with_linear, include_1x1)) for m in called}
+    if any(reason is None for _, reason in reasons.values()):
+        return
+    kinds = "conv or Linear layer" if with_linear else "conv layer"
+    skipped = "; ".join(f"{name} skipped: {reason}" for name, (kind, reason) in reasons.items()
+                        if with_linear or kind == CONV)
+    why = skipped or f"no {kinds} is called in its forward"
+    raise UsageError(f"{what} has no layer to analyze ({why})" + (f"; {no_layer_hint}" if no_layer_hint else ""))
 
 
 def discover_layers(model: nn.Module, input_shape: Sequence[int] | None = None, with_linear: bool = False,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -39,6 +39,7 @@ class ReproduceResult:
     manifest: Path
     report: dict[str, Path]
     snapshots: int
+    stopped: dict[str, Any] = field(default_factory=dict)  # why and when training stopped: `TrainResult.stopped`
 
 
 @dataclass
@@ -180,4 +181,5 @@ def _reproduce(rs: ReproduceSettings, record: attempt.Attempt) -> ReproduceResul
     log.info("[4/4] report")
     written = report.build_report(out, threshold=threshold)
     return ReproduceResult(run_dir=run_dir, final=final_metrics, projections=proj_dir, reinit=reinit_json,
-                           manifest=manifest, report=written, snapshots=len(analyzed.documents))
+                           manifest=manifest, report=written, snapshots=len(analyzed.documents),
+                           stopped=dict(trained.stopped))

@@ -76,7 +76,7 @@ WEIGHT_SETTINGS: tuple[tuple[str, Callable[[Mapping[str, Any], Any], Any] | None
     ("seeds.split_seed", _when(lambda c: _split(c) and bool(c.get("data.shuffle")))),
     ("data.augmentation", None), ("data.unnormalize", None),
     ("seeds.seed", None), ("batch_size", None), ("optimizer", None), ("lr", None),
-    ("momentum", _when(_sgd)), ("weight_decay", _when(_sgd)), ("lr_step", _schedule), ("lr_decay", _schedule),
+    ("momentum", _when(_sgd)), ("weight_decay", None), ("lr_step", _schedule), ("lr_decay", _schedule),
     # a fresh start at a later epoch numbers (and schedules) its epochs differently; a resume takes its
     # epoch from the snapshot
     ("start_epoch", _when(lambda c: not c.get("resume_from"))),
@@ -149,10 +149,22 @@ def other_configurations(run_dir: str | os.PathLike, config: Mapping[str, Any]) 
             continue
         seeds = obj.get("seeds") if isinstance(obj.get("seeds"), dict) else {}
         data = obj.get("data") if isinstance(obj.get("data"), dict) else None
-        differences = configuration_differences(weight_configuration(obj["settings"], seeds, data), config)
+        differences = configuration_differences(weight_configuration(applied_settings(obj), seeds, data), config)
         if differences:
             found.append((path, differences))
     return found
+
+
+def applied_settings(snapshot: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings a snapshot of hparr records, with the weight decay that its optimizer applied where the
+    optimizer's state records it: Adam once ignored --weight-decay, so a snapshot of that time records the
+    default 1e-4 while its optimizer applied none."""
+    settings = dict(snapshot["settings"])
+    state = snapshot.get("optimizer_state_dict")
+    groups = state.get("param_groups") if isinstance(state, Mapping) else None
+    if isinstance(groups, list) and groups and isinstance(groups[0], Mapping) and "weight_decay" in groups[0]:
+        settings["weight_decay"] = groups[0]["weight_decay"]
+    return settings
 
 
 def claim(run_dir: Path, others: list[tuple[Path, list[str]]], overwrite: bool, seed_drawn: bool,

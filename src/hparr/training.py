@@ -5,6 +5,7 @@ import contextlib
 import logging
 import math
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,20 @@ from tqdm.auto import tqdm
 from . import checkpoints, distributed, files, layout, rundir, tensorboard_log
 from .data import load_data, make_loader
 from .errors import HparrError, UsageError
+from .layers import check_model
 from .metrics import correct_counts
 from .models import build_model
 from .provenance import derive_seeds, resolve_seed
 from .snapshots import Snapshots, resolve_resume
-from .train_settings import STOP_REASONS, EvaluateSettings, TrainResult, TrainSettings, data_options_with_seeds
+from .train_settings import (
+    STOP_REASONS,
+    EvaluateSettings,
+    TrainResult,
+    TrainSettings,
+    data_options_with_seeds,
+    duration_text,
+    target_outlook,
+)
 
 log = logging.getLogger("hparr.train")
 
@@ -53,11 +63,13 @@ def compile_model(model: nn.Module, backend: str = "inductor") -> nn.Module:
 
 
 def make_optimizer(params, settings: TrainSettings):
-    """The original's optimizers: SGD (momentum, weight decay, optional StepLR per epoch) or Adam(lr)."""
+    """The original's optimizers: SGD (momentum, weight decay, optional StepLR per epoch) or Adam(lr), Adam with
+    the run's weight decay as its `weight_decay` (an L2 penalty added to the gradient; none by default, as the
+    original's Adam had none)."""
     if settings.optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
     else:
-        opt = torch.optim.Adam(params, lr=settings.lr)
+        opt = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
     sched = None
     if settings.optimizer == "sgd" and settings.lr_step > 0 and settings.lr_decay > 0:
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=settings.lr_step, gamma=settings.lr_decay)
@@ -152,6 +164,12 @@ class Run(Snapshots):
         self.model = build_model(settings.arch, self.data.num_classes, self.data.in_channels, self.data.image_size,
                                  seed=seed, pretrained=settings.pretrained, weights=settings.weights,
                                  state_dict_prefix=settings.state_dict_prefix)
+        # before anything is written: a model that cannot take the input hparr passes, or (when the bias
+        # statistics are tracked) one with no layer to analyze, is refused in one line
+        size = self.data.image_size
+        check_model(self.model, (2, self.data.in_channels, size, size), f"--arch {settings.arch}",
+                    analyzed=settings.track, no_layer_hint="pass --no-track to train it without tracking the bias "
+                                                           "statistics")
         if settings.sync_bn and self.ctx.distributed:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.channels_last = use_channels_last(self.model, self.device, settings.channels_last)
@@ -162,6 +180,7 @@ class Run(Snapshots):
         self.cuda_states: list[torch.Tensor] | None = None
         self.start_epoch = settings.start_epoch
         self.stopped: dict[str, Any] | None = None  # set when training ends; recorded in the final snapshot
+        self.out_of_reach: dict[str, Any] | None = None  # when --until-train-acc first looked out of reach
         self.history: list[dict[str, Any]] = []
         self.resumed_from: Path | None = None
         # snapshots of another configuration in the run directory: refused or replaced by fit(), never resumed
@@ -256,6 +275,7 @@ class Run(Snapshots):
         if self.history and self.history[-1].get("epoch") == self.start_epoch and self._target_reached(
                 self.history[-1]):  # resumed from the epoch where the target was reached: nothing left to train
             last, stop = self.start_epoch, STOP_REASONS["target"]
+        started = time.monotonic()
         for epoch in range(self.start_epoch, last):
             model.train()
             train_loss = self._train_epoch(model, train_loader, epoch, scaler, tracker)
@@ -274,7 +294,8 @@ class Run(Snapshots):
                 metrics["test"] = self.evaluate("test")  # reported only, never used for selection
             record.update({f"{k}_{m}": v for k, d in metrics.items() for m, v in d.items() if m != "count"})
             self.history.append(record)
-            self._report(writer, epoch, record)
+            per_epoch = (time.monotonic() - started) / (epoch + 1 - self.start_epoch)
+            self._report(writer, epoch, record, per_epoch)
             if tracker is not None:
                 tracker.step((epoch + 1) * len(train_loader), epoch=epoch + 1)
             if snap:
@@ -282,6 +303,7 @@ class Run(Snapshots):
                     tracker.sync()  # a snapshot on disk always has its rows
                 path = self.save(layout.epoch_name(s.arch, epoch), epoch + 1, metrics)
                 snapshots += [str(path)] if path else []
+            self._check_outlook()
             if self._target_reached(record):
                 log.info("own-label train top-1 %.2f%% reached --until-train-acc %g at epoch %d: stopping",
                          record["train_top1"], s.until_train_acc, epoch + 1)
@@ -299,7 +321,8 @@ class Run(Snapshots):
         if s.until_train_acc is not None and stop == STOP_REASONS["epochs"] and s.epochs > 0:
             log.warning("own-label train top-1 did not reach --until-train-acc %g in %d epochs",
                         s.until_train_acc, s.epochs)
-        self.stopped = {"reason": stop, "epoch": last}
+        self.stopped = {"reason": stop, "epoch": last,
+                        **({"out_of_reach": dict(self.out_of_reach)} if self.out_of_reach is not None else {})}
         final_metrics = {"test": self.evaluate("test")} if s.epochs > 0 else {}
         if self.data.val is not None and s.epochs > 0:
             final_metrics["val"] = self.evaluate("val")
@@ -381,12 +404,33 @@ class Run(Snapshots):
         if self.settings.track_every_steps and step % self.settings.track_every_steps == 0 and batch < per_epoch:
             tracker.step(step, epoch=epoch + batch / per_epoch, flush=False)
 
-    def _report(self, writer, epoch: int, record: dict[str, Any]) -> None:
-        parts = [f"epoch {epoch + 1}/{self.settings.epochs}", f"loss {record['train_loss']:.4f}",
+    def _check_outlook(self) -> None:
+        """With --until-train-acc, say once (on the console, in the log, and in the final snapshot's `stopped`)
+        when the target first looks out of reach within --epochs at the current rate (`target_outlook`)."""
+        s = self.settings
+        if s.until_train_acc is None or self.out_of_reach is not None:
+            return
+        outlook = target_outlook(self.history, s.until_train_acc, s.epochs)
+        if outlook is not None:
+            self.out_of_reach = outlook
+            log.warning("own-label train top-1 %.2f%% at epoch %d of %d, %+.2f points/epoch over the last %d epochs: "
+                        "--until-train-acc %g looks out of reach within --epochs %d at this rate (about %.2f%% by "
+                        "epoch %d)", outlook["train_top1"], outlook["epoch"], s.epochs, outlook["rate"],
+                        outlook["window"], s.until_train_acc, s.epochs, outlook["projected"], s.epochs)
+
+    def _report(self, writer, epoch: int, record: dict[str, Any], per_epoch: float | None = None) -> None:
+        """The epoch's line (its train loss, lr, top-1 per split measured, and with `per_epoch`, the mean
+        seconds per epoch of this process, the time left to --epochs), and its TensorBoard scalars."""
+        s = self.settings
+        parts = [f"epoch {epoch + 1}/{s.epochs}", f"train loss {record['train_loss']:.4f}",
                  f"lr {record['lr']:.3g}"]
         for split in ("train", "val", "test"):
             if f"{split}_top1" in record:
                 parts.append(f"{split} top1 {record[f'{split}_top1']:.2f}%")
+        left = s.epochs - (epoch + 1)
+        if per_epoch is not None and left > 0:
+            parts.append(f"{per_epoch:.1f} s/epoch, {'at most' if s.until_train_acc is not None else 'about'} "
+                         f"{duration_text(left * per_epoch)} left")
         if self.ctx.is_main:
             log.info("  ".join(parts))
         if writer is not None:

@@ -12,6 +12,7 @@ from .. import __doc__ as package_doc
 from .. import __version__
 from ..errors import HparrError, first_line
 from ..files import WRITE_ERRNOS
+from .args import ArgumentParser, CommandLineError
 
 # subcommand -> (module under hparr.cli, one-line help)
 COMMANDS = {
@@ -26,7 +27,7 @@ COMMANDS = {
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only the chosen subcommand's module is imported (start-up stays fast)."""
-    parser = argparse.ArgumentParser(prog="hparr", description=package_doc)
+    parser = ArgumentParser(prog="hparr", description=package_doc)
     parser.add_argument("--version", action="version", version=f"hparr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
@@ -55,7 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except CommandLineError as exc:  # a malformed value, an unknown flag: one line, not the usage text
+        prog = f"hparr {command}" if exc.prog == parser.prog and command in COMMANDS else exc.prog
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     if args.command is None:
         parser.print_help()
         return 2

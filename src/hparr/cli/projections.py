@@ -5,7 +5,8 @@ import argparse
 import sys
 
 from ..defaults import LEVEL
-from .train import add_arch_argument, listing
+from .args import dataset_name
+from .train import add_arch_argument, require_arch_and_dataset
 
 DESCRIPTION = (
     "Per-layer statistics of the conv filters' orientation relative to the identity line (projections, "
@@ -19,8 +20,8 @@ ORIGINAL_LOG = "positive_orthant.log"  # the original code's log file name (it w
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_arch_argument(p)
-    p.add_argument("--dataset", type=str, default=None,
-                   help="dataset the model was trained on (sets classes, channels, image size); "
+    p.add_argument("--dataset", type=dataset_name, default=None,
+                   help="dataset the model was trained on (sets classes, channels, image size; any case); "
                         "run without it to list the datasets (not needed without --arch, or with --num-classes, "
                         "--in-channels and --input-size)")
     p.add_argument("--data-path", type=str, default="./data",
@@ -112,14 +113,32 @@ def settings_from_args(args):
         data_path=args.data_path, dataset_args=canonical_dataset_args(args.dataset_args))
 
 
+def final_headline(documents: dict[str, dict]) -> str:
+    """The bias count of the final snapshot among `documents` ({file name: projections document}): the one of
+    the latest epoch (of two of one epoch, the later file in order), or the last file where none records an
+    epoch. A count is always of one snapshot's layers."""
+    from ..results import epoch_of  # start-up time: the commands import the library when they run
+
+    names = list(documents)
+    dated = [(epoch_of(documents[name]), i) for i, name in enumerate(names) if epoch_of(documents[name]) is not None]
+    name = names[max(dated)[1]] if dated else names[-1]
+    doc, epoch = documents[name], epoch_of(documents[name])
+    net = doc["net"]
+    which = name.removesuffix(".json") + (f", epoch {epoch}" if epoch is not None else ", no epoch recorded")
+    correction = doc.get("correction")
+    adjusted = "Holm-adjusted p-values" if correction == "holm" else f"p-values corrected by {correction}"
+    return (f"{'final: ' if len(names) > 1 else ''}{net['n_biased']} of {net['n_layers']} layers biased at level "
+            f"{doc['level']:g} ({adjusted}), in {which}")
+
+
 def run(args) -> int:
     from .. import distributed, projections  # start-up time, as above
 
     check_model_shape(args)
     own_shape = None not in (args.num_classes, args.in_channels, args.input_size)
     checkpoint_only = args.arch is None and bool(args.load_from)
-    if not checkpoint_only and not (args.dataset is None and own_shape and args.arch is not None) and listing(args):
-        return 0
+    if not checkpoint_only and not (args.dataset is None and own_shape and args.arch is not None):
+        require_arch_and_dataset(args)
     settings = settings_from_args(args)
     settings.validate()
     settings.device = distributed.select_device(
@@ -130,8 +149,8 @@ def run(args) -> int:
         print(f"hparr projections: recomputed {out_dir / name}: {why}", file=sys.stderr)
     n, computed = len(result.documents), len(result.computed)
     replaced = f" ({len(result.replaced)} replaced: inputs or settings changed)" if result.replaced else ""
-    print(f"{n} snapshot(s): {computed} computed{replaced}, {n - computed} kept; {result.n_biased} biased layer(s) "
-          f"at level {args.level} (Holm-adjusted p-values); results in {out_dir}")
+    print(f"{n} snapshot(s): {computed} computed{replaced}, {n - computed} kept; results in {out_dir}")
+    print(final_headline(result.documents))
     if checkpoint_only:
         print("checkpoint only: every conv weight of the file(s), in file order (an ONNX file's conv nodes, in its "
               "graph's order); stage and block unknown")

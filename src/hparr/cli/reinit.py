@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..results import EVAL_SPLITS
+from .args import choice
+
 DESCRIPTION = (
     "Reinit network weights and compute drop in performance. For each conv layer (and Linear with "
     "--with-linear), its weight and bias are replaced by those of each snapshot of --inits-from "
@@ -16,12 +19,17 @@ DESCRIPTION = (
     "relative accuracy drop (.png, .pdf).")
 
 
+GRANULARITIES = ("layer", "block", "stage")
+METHODS = ("auto", "shared", "plain")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from .projections import add_model_shape_arguments
     from .train import add_arch_argument, add_data_arguments
 
     add_arch_argument(p)
-    add_data_arguments(p)
+    add_data_arguments(p, dataset_help="dataset the model was trained on, whose test or training images are "
+                                       "evaluated")
     p.add_argument("--load-from", type=str, default="",
                    help="the trained snapshot to evaluate (an ONNX model needs no --arch: its graph is run)")
     p.add_argument("--inits-from", type=str, default=None,
@@ -36,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="draw K independent re-randomizations (seeds derived from --seed) and report their mean "
                         "and standard deviation per layer; implies --rand [1]")
     p.add_argument("--with-linear", action="store_true", help="also re-initialize the Linear layers")
-    p.add_argument("--granularity", choices=("layer", "block", "stage"), default="layer",
+    p.add_argument("--granularity", choices=GRANULARITIES, type=choice(GRANULARITIES), default="layer",
                    help="re-initialize one layer at a time, one residual block (all its convs) or one stage "
                         "(all the layers at one resolution) at once, as Zhang et al. did for ResNets [layer]")
     p.add_argument("--with-bn", action="store_true",
@@ -53,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=128, help="evaluation batch size [128]")
     p.add_argument("--max-test-images", type=int, default=0, metavar="N",
                    help="evaluate on the first N images of the test set only (0 = all) [0]")
-    p.add_argument("--eval-split", type=str, default="test", metavar="SPLIT",
+    p.add_argument("--eval-split", type=choice(EVAL_SPLITS), default="test", metavar="SPLIT",
                    help="measure the accuracies on the test set (the paper's), or on the training images with the "
                         "labels the model was trained on (corrupted where they were; no augmentation): test or "
                         "train [test]")
@@ -61,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plots", nargs="?", const="", default=None, metavar="DIR",
                    help="also write the heatmap of the relative drop (PNG, PDF): beside the JSON result, or with "
                         "DIR under DIR/<dataset>/<arch>/ as the original code did")
-    p.add_argument("--method", choices=("auto", "shared", "plain"), default="auto",
+    p.add_argument("--method", choices=METHODS, type=choice(METHODS), default="auto",
                    help="auto/shared: run the trained part before each layer once per batch; plain: swap, "
                         "evaluate the whole network, restore (same accuracies, slower) [auto]")
     p.add_argument("--eval-processes", type=str, default="auto", metavar="N|auto",
@@ -73,14 +81,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from .train import data_options, listing, setup_logging
+    from .train import data_options, require_arch_and_dataset, setup_logging
 
-    if args.arch is None and args.load_from:  # the snapshot may record its architecture; an ONNX file is its graph
-        if listing(argparse.Namespace(**{**vars(args), "arch": ""})):  # the datasets, without --dataset
-            return 0
-    elif listing(args):
-        return 0
+    require_arch_and_dataset(args, need_arch=not args.load_from)
     from .. import files, reinit
+    from ..reinit.documents import critical_headline
+    from ..results import complete_reinit_doc, read_json
 
     setup_logging()
     settings = reinit.ReinitSettings(
@@ -98,14 +104,17 @@ def run(args) -> int:
         if why is None:
             print(f"kept {target} (already computed from the same checkpoints and options; --overwrite to "
                   "recompute)")
+            print(critical_headline(complete_reinit_doc(read_json(target))))
             return 0
         print(f"hparr reinit: recomputing {target}: {why}", file=sys.stderr)
     with files.log_to(target.parent / args.log) as note:
         out = reinit.run_reinit(settings)
         written = reinit.save(out, args.results, plots=args.plots)
         lines = reinit.summary_lines(out.document)
-        for line in lines:
+        headline = critical_headline(out.document)
+        for line in (*lines, headline):
             note(line)
     print("\n".join(lines))
     print("wrote " + ", ".join(map(str, written)))
+    print(headline)
     return 0

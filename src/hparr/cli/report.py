@@ -10,6 +10,7 @@ from ..defaults import THRESHOLD
 from ..report import BIAS_MEASURES
 from ..report.study import build_study_report
 from ..results import read_study
+from .args import choice
 from .train import setup_logging
 
 DESCRIPTION = (
@@ -31,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=THRESHOLD,
                    help="a layer is robust when its relative top-1 drop after re-initialization to epoch 0 is "
                         f"<= this, else critical [{THRESHOLD}]")
-    p.add_argument("--bias-measure", choices=tuple(BIAS_MEASURES), default="mass",
+    p.add_argument("--bias-measure", choices=tuple(BIAS_MEASURES), type=choice(BIAS_MEASURES), default="mass",
                    help="a layer's bias in the bias-against-criticality correlation: "
                         + "; ".join(f"{k}: {v}" for k, v in BIAS_MEASURES.items()) + " [mass]")
     p.add_argument("--strict", action="store_true",

@@ -5,7 +5,9 @@ import argparse
 
 from ..defaults import LEVEL, THRESHOLD
 from ..errors import UsageError
+from ..results import EVAL_SPLITS
 from . import train as train_cli
+from .args import choices_list
 
 DESCRIPTION = ("Train with snapshots, compute the projections of every snapshot (with distances from "
                "initialization), run the layer re-initialization sweep against every checkpoint and --rand, and "
@@ -14,14 +16,14 @@ DESCRIPTION = ("Train with snapshots, compute the projections of every snapshot 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    train_cli.add_arguments(p)
+    train_cli.add_arguments(p, seed_drawn=False)
     p.add_argument("--out", type=str, default="runs/reproduce",
                    help="folder for snapshots, results and the report [runs/reproduce]")
     p.add_argument("--with-linear", action="store_true", help="also analyze and re-initialize Linear layers")
     p.add_argument("--threshold", type=float, default=THRESHOLD,
                    help=f"relative accuracy drop above which a layer is called critical [{THRESHOLD}]")
     p.add_argument("--level", type=float, default=LEVEL, help=f"significance level of the bias tests [{LEVEL}]")
-    p.add_argument("--eval-split", type=str, default="test", metavar="SPLITS",
+    p.add_argument("--eval-split", type=choices_list(EVAL_SPLITS), default="test", metavar="SPLITS",
                    help="where the re-initialization sweep measures accuracy: test, train (the training images with "
                         "the labels trained on) or test,train for both; the report shows the first [test]")
     # a recipe that reaches >= 95% on digits in a few minutes on 2 CPU cores
@@ -36,6 +38,7 @@ def run(args) -> int:
 
     from ..pipeline import ReproduceSettings, run_reproduce  # start-up time, as above
     from ..provenance import available_cores  # start-up time, as above
+    from ..train_settings import final_headline  # start-up time, as above
 
     if args.evaluate or args.evaluate_train:  # flags of `hparr train` that this command takes but cannot use
         raise UsageError("--evaluate/--evaluate-train do not apply to reproduce; use `hparr train`")
@@ -45,7 +48,6 @@ def run(args) -> int:
     train_cli.setup_logging()
     torch.set_num_threads(available_cores())
     out = run_reproduce(settings)
-    t = out.final["test"]
-    print(f"test accuracy {t['top1']:.2f}%; {out.snapshots} snapshots analyzed; report in "
-          f"{args.out}/report/index.html")
+    print(final_headline(out.final, out.stopped, settings.train.epochs, settings.train.until_train_acc))
+    print(f"{out.snapshots} snapshots analyzed; report in {args.out}/report/index.html")
     return 0

@@ -7,15 +7,17 @@ import logging
 import re
 import sys
 
+from .args import arch_name, choice, dataset_name
+
 DESCRIPTION = "Model training/finetuning, with snapshots in the original code's layout."
 
 
-def add_data_arguments(p: argparse.ArgumentParser) -> None:
-    """The dataset flags shared by train, reinit and reproduce."""
-    p.add_argument("--dataset", type=str, default=None,
-                   help="dataset to train on: a built-in one, imagefolder (your images in --data-path: "
-                        "train/<class>/*, val/<class>/*), or module.path:factory (your torch Datasets); run without "
-                        "it to list the datasets")
+def add_data_arguments(p: argparse.ArgumentParser, dataset_help: str = "dataset to train on") -> None:
+    """The dataset flags shared by train, reinit and reproduce (`dataset_help`: what --dataset is to the command)."""
+    p.add_argument("--dataset", type=dataset_name, default=None,
+                   help=f"{dataset_help}: a built-in one (any case), imagefolder (your images in --data-path: "
+                        "train/<class>/*, val/<class>/*), or module.path:factory (your torch Datasets); run "
+                        "without it to list the datasets")
     p.add_argument("--data-path", type=str, default="./data", help="folder holding the dataset files [./data]")
     p.add_argument("--dataset-args", type=str, default=None, metavar="K=V,...",
                    help="keyword arguments of a --dataset module.path:factory, e.g. n=400,gray=True (recorded; a "
@@ -30,13 +32,25 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_arch_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", type=str, default=None,
-                   help="architecture: a built-in or torchvision name, torchvision:NAME, timm:NAME, or your own "
-                        "model as module.path:factory (imported from the current directory or PYTHONPATH, called "
-                        "with num_classes and in_channels when it takes them); run without it to list them")
+    p.add_argument("--arch", type=arch_name, default=None,
+                   help="architecture: a built-in or torchvision name (any case), torchvision:NAME, timm:NAME, or "
+                        "your own model as module.path:factory (imported from the current directory or PYTHONPATH, "
+                        "called with num_classes and in_channels when it takes them); run without it to list them")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+AMP = ("bf16", "fp16")
+CHANNELS_LAST = ("auto", "on", "off")
+
+
+def _optimizers() -> tuple[str, ...]:
+    from ..train_settings import OPTIMIZERS  # start-up time: the command modules import torch only when they run
+
+    return OPTIMIZERS
+
+
+def add_arguments(p: argparse.ArgumentParser, seed_drawn: bool = True) -> None:
+    """The flags of `hparr train` (`seed_drawn`: an unset --seed draws one; False where the command sets its own
+    default seed)."""
     add_arch_argument(p)
     add_data_arguments(p)
     p.add_argument("--input-size", type=int, default=None, metavar="S",
@@ -66,13 +80,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--evaluate-train", action="store_true",
                    help="evaluate the --resume-from snapshot on the training set and exit")
     p.add_argument("--cuda", action="store_true", help="use the GPU (falls back to the CPU with a warning)")
-    p.add_argument("--amp", nargs="?", const="bf16", default=None, choices=["bf16", "fp16"],
+    p.add_argument("--amp", nargs="?", const="bf16", default=None, choices=AMP, type=choice(AMP),
                    help="mixed precision on the GPU (bf16 by default; fp16 uses a GradScaler)")
     p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                    help="torch.compile the model for training, with BACKEND (inductor by default); snapshots keep "
                         "plain keys and evaluation stays eager")
     p.add_argument("--sync-bn", action="store_true", help="synchronized BatchNorm under torchrun")
-    p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
+    p.add_argument("--channels-last", choices=CHANNELS_LAST, type=choice(CHANNELS_LAST), default="auto",
                    help="channels_last memory format: auto = on the GPU, and on the CPU for narrow convnets [auto]")
     p.add_argument("--workers", "-j", type=int, default=1, help="data loading processes (ImageNet only) [1]")
     p.add_argument("--epochs", type=int, default=20,
@@ -83,15 +97,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "[off]")
     p.add_argument("--start-epoch", type=int, default=0, help="starting epoch (for a bare-weights resume) [0]")
     p.add_argument("--batch-size", type=int, default=128, help="minibatch size [128]")
-    p.add_argument("--optimizer", type=str, default="sgd", help="sgd or adam [sgd]")
+    p.add_argument("--optimizer", type=choice(_optimizers), default="sgd", help="sgd or adam (any case) [sgd]")
     p.add_argument("--lr", type=float, default=0.001, help="base learning rate [0.001]")
     p.add_argument("--lr-step", type=int, default=0, help="decay the lr every this many epochs [off]")
     p.add_argument("--lr-decay", type=float, default=0.0, help="lr decay factor [off]")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay (SGD) [1e-4]")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="weight decay: the weight_decay of torch.optim.SGD or torch.optim.Adam, an L2 penalty added "
+                        "to the gradient (Adam's is not AdamW's decoupled decay) [1e-4 with sgd, 0 with adam, as in "
+                        "the paper's code]")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum [0.9]")
     p.add_argument("--models-path", type=str, default="./models", help="where snapshots are stored [./models]")
     p.add_argument("--seed", type=int, default=None,
-                   help="seed of initialization, data order and dropout (a random one is drawn and recorded if unset)")
+                   help="seed of initialization, data order and dropout" + (
+                       " (a random one is drawn and recorded if unset)" if seed_drawn else ""))
     p.add_argument("--tb-logdir", type=str, default="./tensorboard", help="TensorBoard folder [./tensorboard]")
     p.add_argument("--snapshot-every", type=int, default=0, help="snapshot every E epochs [0 = only the last]")
     p.add_argument("--snapshot-all-until", type=int, default=0,
@@ -142,21 +160,24 @@ def data_options(args, resize: bool = True):
         train_size=getattr(args, "train_size", None), train_size_seed=getattr(args, "train_size_seed", None))
 
 
-def listing(args) -> bool:
-    """The original behaviour: no --arch lists the architectures, no --dataset the datasets."""
-    if args.arch is None:
+def require_arch_and_dataset(args, need_arch: bool = True) -> None:
+    """As the original code did, no --arch lists the architectures and no --dataset the datasets (on stdout);
+    then the command is refused (a UsageError: exit 2). `need_arch` False: --arch may be left out (the
+    checkpoint records its architecture, or an ONNX file is its own graph)."""
+    from ..errors import UsageError  # start-up time, as above
+
+    if args.arch is None and need_arch:
         from ..models import supported_archs  # start-up time, as above
 
         print("Available architectures:\n  " + "\n  ".join(supported_archs()))
-        return True
+        raise UsageError("--arch is missing: choose one of the architectures listed above")
     if args.dataset is None:
         from ..data import DATASETS, IMAGEFOLDER  # start-up time, as above
 
         print("Available datasets:\n  " + "\n  ".join(DATASETS) + f"\n  {IMAGEFOLDER} (your images: --data-path "
               "DIR with DIR/train/<class>/* and DIR/val/<class>/*)\n  module.path:factory (your torch Datasets, "
               "with --dataset-args k=v,...)")
-        return True
-    return False
+        raise UsageError("--dataset is missing: choose one of the datasets listed above")
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -195,11 +216,11 @@ def settings_from_args(args):
 
 
 def run(args) -> int:
-    if listing(args):
-        return 0
+    require_arch_and_dataset(args)
     import torch  # start-up time, as above (and the listings above need no torch)
 
     from ..provenance import available_cores  # start-up time, as above
+    from ..train_settings import final_headline  # start-up time, as above
     from ..training import EvaluateSettings, Run, evaluate_snapshot  # start-up time, as above
 
     setup_logging()
@@ -219,6 +240,12 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(summary.as_dict(history=False)))
     elif summary.final:
-        t = summary.final["test"]
-        print(f"test accuracy: top1 {t['top1']:.2f}%  top5 {t['top5']:.2f}%  (snapshots in {summary.run_dir})")
+        last = summary.history[-1] if summary.history else {}
+        final = dict(summary.final)
+        if last.get("epoch") == summary.epochs_trained and last.get("train_top1") is not None:
+            final["train"] = {"top1": last["train_top1"]}  # measured at the final epoch (--train-acc, ...)
+        print(final_headline(final, summary.stopped, settings.epochs, settings.until_train_acc))
+        print(f"snapshots in {summary.run_dir}")
+    else:
+        print(f"no epoch trained (--epochs {settings.epochs}); snapshots in {summary.run_dir}")
     return 0

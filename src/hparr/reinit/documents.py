@@ -7,6 +7,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..defaults import THRESHOLD
 from ..provenance import derive_seeds, versions
 from ..results import EVAL_SPLITS, RAND, REINIT_FORMAT, relative_drops
 from .sweep import ReinitResult
@@ -111,23 +112,51 @@ def reinit_document(result: ReinitResult, *, arch: str, dataset: str, seed: int 
 
 
 def summary_lines(document: Mapping[str, Any]) -> list[str]:
-    """Human-readable lines of a results document: trained accuracy, then one line per alternative."""
-    lines = [f"{document['arch']} on {document['dataset']} (epoch {document['epoch']}, {document['num_test']} "
-             f"{EVAL_SPLIT_TEXT[eval_split_of(document)]}): top-1 {document['top1_test']:.2f}%, "
+    """Human-readable lines of a results document: trained accuracy, then one line per alternative; every
+    top-1 and loss named by the split it was measured on."""
+    split = eval_split_of(document)
+    epoch = "" if document.get("epoch") in (None, "None") else f"epoch {document['epoch']}, "
+    lines = [f"{document['arch']} on {document['dataset']} ({epoch}{document['num_test']} "
+             f"{EVAL_SPLIT_TEXT[split]}): {split} top-1 {document['top1_test']:.2f}%, "
              f"top-5 {document['top5_test']:.2f}%",
              f"{document['batchnorm']}.",
              "layers: " + ", ".join(document["layers"])]
     for label, accs in document["init_from_epoch"].items():
         what = "re-randomized" if label == RAND else f"from epoch {label}"
-        lines.append(f"{what}: top-1 " + " ".join(f"{a:.2f}" for a in accs))
-        for key, name, fmt in (("loss_init_from_epoch", "test loss", ".3f"),
+        lines.append(f"{what}: {split} top-1 " + " ".join(f"{a:.2f}" for a in accs))
+        for key, name, fmt in (("loss_init_from_epoch", f"{split} loss", ".3f"),
                                ("agreement_init_from_epoch", "agreement", ".3f")):
             values = (document.get(key) or {}).get(label)
             if values is not None:
                 lines.append(f"{' ' * len(what)}  {name} " + " ".join("nan" if v is None else format(v, fmt)
                                                                      for v in values))
     if isinstance(document.get("rand_trials"), Mapping):
-        lines.append(f"rand: mean of {document['rand_trials']['k']} re-randomizations; top-1 sd "
+        lines.append(f"rand: mean of {document['rand_trials']['k']} re-randomizations; {split} top-1 sd "
                      + " ".join("nan" if v is None else f"{v:.2f}"
                                 for v in document["rand_std"].get("init_from_epoch", [])))
     return lines
+
+
+CRITICAL_SPLIT_TEXT = {"test": "the test images", "train": "the training images (the labels trained on)"}
+
+
+def critical_headline(document: Mapping[str, Any], threshold: float = THRESHOLD) -> str:
+    """One line: how many layers (units) of a results document are critical, their relative top-1 drop above
+    `threshold` (docs/method.md, section 4), when re-initialized to epoch 0, or where the sweep has no epoch-0 row,
+    its first alternative (the earliest epoch, else the re-randomization), and on which split."""
+    split = eval_split_of(document)
+    drops = document.get("relative_drop") or {}
+    labels = sorted((label for label in drops if label != RAND and str(label).lstrip("-").isdigit()), key=int)
+    label = labels[0] if labels else (RAND if RAND in drops else None)
+    units = "layers" if document.get("granularity", "layer") == "layer" else f"{document['granularity']}s"
+    if label is None:
+        return f"no re-initialization measured on {CRITICAL_SPLIT_TEXT[split]}"
+    what = "re-randomized" if label == RAND else f"re-initialized to epoch {label}"
+    values = drops[label]
+    if any(v is None for v in values):
+        return (f"critical {units}: undefined on {CRITICAL_SPLIT_TEXT[split]} (the trained model's top-1 there is "
+                f"{document['top1_test']:.2f}%, so a relative drop is not)")
+    names = [str(n) for n, v in zip(document["layers"], values) if v > threshold]
+    shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    return (f"{len(names)} of {len(values)} {units} critical on {CRITICAL_SPLIT_TEXT[split]} (relative top-1 drop "
+            f"above {threshold:g} when {what}){': ' + shown if names else ''}")

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import HparrError, UsageError
-from ..layers import batched_shape, discover_layers, dummy_forward
+from ..layers import batched_shape, check_model, discover_layers, dummy_forward
 
 # --- layers and their alternative parameters -----------------------------------------------------
 
@@ -22,6 +22,8 @@ def reinit_layers(model: nn.Module, with_linear: bool = False, input_shape: Sequ
 
 
 def discover(model: nn.Module, with_linear: bool, input_shape: Sequence[int] | None):
+    if input_shape is not None:  # the input it is evaluated on: a model that cannot take it is refused in one line
+        check_model(model, batched_shape(model, input_shape), type(model).__name__, analyzed=False)
     infos, skipped = discover_layers(model, input_shape, with_linear=with_linear, include_1x1=True)
     if not infos:
         raise HparrError(f"{type(model).__name__} has no {'conv or linear' if with_linear else 'conv'} layer "
