@@ -415,3 +415,16 @@ def test_one_html_renderer_for_markdown():
     assert '<a href="f.png"><img src="f.png" alt="fig"></a>' in page
     # the run report's page and the study report's share the page and its style
     assert report_html.STYLE in page
+
+
+def test_every_cut_of_a_result_file_reads_as_truncated(tmp_path):
+    """A result file cut anywhere (inside a number, a key or a string) is named truncated, not malformed."""
+    from hparr.results import read_result_file
+
+    doc = json.dumps({"name": "lenet_" * 12, "layers": [{"mass": 0.25, "N": 6}], "epoch": 3})
+    path = tmp_path / "cut.json"
+    for k in range(1, len(doc) - 1):
+        path.write_text(doc[:k])
+        assert read_result_file(path)[1].startswith("truncated"), (k, doc[:k])
+    path.write_text(doc.replace(":", ";", 1))
+    assert read_result_file(path)[1].startswith("not JSON")

@@ -138,7 +138,9 @@ def read_result_file(path: str | os.PathLike) -> tuple[Any, str | None]:
     try:
         return json.loads(text), None
     except json.JSONDecodeError as exc:
-        if exc.pos >= len(text.rstrip()):
+        # the text ends inside a value, or inside a string that it opens (then the error is placed at the string's
+        # start): a cut file, not a malformed one
+        if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string"):
             return None, f"truncated (the JSON ends after {len(data)} bytes, inside a value)"
         return None, f"not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
 
