@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
@@ -138,9 +139,11 @@ def read_result_file(path: str | os.PathLike) -> tuple[Any, str | None]:
     try:
         return json.loads(text), None
     except json.JSONDecodeError as exc:
-        # the text ends inside a value, or inside a string that it opens (then the error is placed at the string's
-        # start): a cut file, not a malformed one
-        if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string"):
+        # the text ends inside a value: after it, inside a number or a literal that it starts (`0.`, `tr`), or
+        # inside a string that it opens (the error is then placed at the string's start): a cut file, not a
+        # malformed one
+        last_token = len(re.sub(r"[-+.0-9a-zA-Z]+$", "", text.rstrip()))
+        if exc.pos >= last_token or exc.msg.startswith("Unterminated string"):
             return None, f"truncated (the JSON ends after {len(data)} bytes, inside a value)"
         return None, f"not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
 
