@@ -9,8 +9,10 @@ reused when it was computed from the same inputs (`reusable_result`).
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -23,13 +25,15 @@ import torch.nn as nn
 
 from .. import checkpoints, files, schema
 from ..checkpoints import ModelConfig, check_metadata, check_state, snapshot_config
-from ..defaults import LEVEL, check_level
+from ..defaults import INCLUDE_1X1, LEVEL, check_level
 from ..errors import HparrError
-from ..layers import LayerInfo, Skipped, discover_layers
+from ..layers import ONE_BY_ONE, LayerInfo, Skipped, discover_layers, is_1x1
 from ..models import build_model
 from ..provenance import versions
 from ..results import PROJECTIONS_FORMAT, document_rows, read_json
 from .stats import CORRECTION, STD_DDOF, bias_tests_of_layers, distances, holm, summarize, sums_and_cosines
+
+log = logging.getLogger("hparr.projections")
 
 
 @dataclass
@@ -114,7 +118,7 @@ def weights_of(model_or_state: nn.Module | Mapping[str, Any]) -> Mapping[str, An
 
 
 def layer_stats(model: nn.Module, normalize: bool = True, with_linear: bool = False,
-                init: nn.Module | Mapping[str, Any] | None = None, include_1x1: bool = False,
+                init: nn.Module | Mapping[str, Any] | None = None, include_1x1: bool = INCLUDE_1X1,
                 input_shape: Sequence[int] | None = None, level: float = LEVEL) -> LayerStats:
     """Statistics and bias tests of every analyzed layer of `model` (see `analyze_layers`); `.table` is
     the per-layer DataFrame and `.net` the network summary.
@@ -167,7 +171,7 @@ class AnalysisOptions:
 
     normalize: bool = True
     with_linear: bool = False
-    include_1x1: bool = False
+    include_1x1: bool = INCLUDE_1X1
     level: float = LEVEL
     init_from: str | None = None
 
@@ -219,8 +223,10 @@ class SnapshotAnalyzer:
 
     def __init__(self, default: ModelConfig, options: AnalysisOptions, context: Mapping[str, Any] | None = None,
                  device: str | torch.device = "cpu", init_state: Mapping[str, Any] | None = None,
-                 dataset: str | None = None, seed: int | None = None, state_dict_prefix: str | None = None):
+                 dataset: str | None = None, seed: int | None = None, state_dict_prefix: str | None = None,
+                 strict: bool = False):
         self.default = default
+        self.strict = strict  # refuse a snapshot with tensors the model does not have (else named and ignored)
         self.prefix = state_dict_prefix
         self.dataset, self.seed = dataset, seed
         self.options = options
@@ -273,24 +279,38 @@ class SnapshotAnalyzer:
         ckpt = checkpoints.read_checkpoint(path)
         obj = ckpt.obj
         check_metadata(obj, str(path), self.dataset, self.seed)
-        if self.default.arch is None:  # no model: every conv weight of the file, in the file's order
+        ignored: dict[str, list[str]] = {}
+        if ckpt.ignored:
+            ignored["not_tensors"] = list(ckpt.ignored)
+        if self.default.arch is None:  # no model: every conv weight of the file, in the network's order if known
             config = self.default
             state = checkpoints.match_prefix(ckpt.state, None, self.prefix, source=str(path))
-            layers, skipped = file_layers(state, self.options, str(path))
+            order = file_order(ckpt.format)
+            layers, skipped = file_layers(state, self.options, str(path), order)
+            fields = {"file_order": order}
         else:
             config = snapshot_config(obj, self.default, str(path))
             layers, skipped, reference = self.plan(config)
             state = checkpoints.match_prefix(ckpt.state, reference, self.prefix, source=str(path))
-            check_state(reference, checkpoints.shapes_of(state), str(path))
+            extra_keys = check_state(reference, checkpoints.shapes_of(state), str(path), extra_ok=not self.strict)
+            if extra_keys:
+                ignored["not_in_model"] = extra_keys
+                log.warning("%s: ignored %d tensor(s) that %s does not have: %s (--strict refuses them)", path,
+                            len(extra_keys), config.arch, ", ".join(extra_keys[:6])
+                            + (f" ... ({len(extra_keys)} in all)" if len(extra_keys) > 6 else ""))
+            fields = {}
         meta = obj if isinstance(obj, dict) else {}
         extra = {k: meta[k] for k in ("seeds", "dataset", "top1_acc", "top5_acc") if k in meta}
         normalization = checkpoints.recorded_normalization(meta)
         if normalization is not None:
             extra["normalization"] = normalization
         extra = {f"snapshot_{k}": v for k, v in extra.items()}
+        if ignored:
+            fields["ignored_entries"] = ignored
         epoch = checkpoints.snapshot_epoch_or_none(obj, path)
         return self._document(config, state, layers, skipped, checkpoint=path, stem=path.stem,
-                              epoch=None if epoch is None else str(epoch), checkpoint_format=ckpt.format, **extra)
+                              epoch=None if epoch is None else str(epoch), checkpoint_format=ckpt.format, **extra,
+                              **fields)
 
     def analyze_model(self, model: nn.Module, stem: str, epoch: int, source: str, **fields) -> dict[str, Any]:
         """The result document of an in-memory model (random initialization, pretrained weights)."""
@@ -302,25 +322,41 @@ class SnapshotAnalyzer:
 
 
 FILE_ORDER = "file"  # the layer order of checkpoint-only projections: stage and block unknown
+# how checkpoint-only projections order the layers (the document's `file_order`): the order the file keeps, a
+# state_dict's own (the order the network registered its modules in), or where the format keeps none
+# (safetensors sorts its keys) a natural sort of the names (`features.2` before `features.10`)
+INSERTION_ORDER, NATURAL_ORDER = "insertion", "natural"
 
 
-def file_layers(state: Mapping[str, Any], options: AnalysisOptions,
-                source: str) -> tuple[list[LayerInfo], list[Skipped]]:
+def file_order(checkpoint_format: str) -> str:
+    """The layer order of checkpoint-only projections of a file of this format (see INSERTION_ORDER)."""
+    return INSERTION_ORDER if checkpoint_format in checkpoints.ORDERED_FORMATS else NATURAL_ORDER
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key of a natural sort: the runs of digits compare as numbers (`features.2` before `features.10`)."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part)
+
+
+def file_layers(state: Mapping[str, Any], options: AnalysisOptions, source: str,
+                order: str = INSERTION_ORDER) -> tuple[list[LayerInfo], list[Skipped]]:
     """The layers of a checkpoint read without its model: every convolution weight (a `*weight` tensor of
     3 to 5 dimensions; 1x1 ones with `include_1x1`) and with `with_linear` every 2-d `*weight`, in the file's
-    order. Stage and block are unknown: every layer is put in stage 0, numbered in file order, and the
-    document's `layer_order` says "file"."""
+    order (`order` INSERTION_ORDER) or in the natural order of their names (NATURAL_ORDER). Stage and block are
+    unknown: every layer is put in stage 0, numbered in that order, and the document's `layer_order` says
+    "file"."""
     shapes = checkpoints.shapes_of(state)
     layers: list[LayerInfo] = []
     skipped: list[Skipped] = []
-    for key in state:
+    keys = list(state) if order == INSERTION_ORDER else sorted(state, key=natural_key)
+    for key in keys:
         if not key.endswith("weight"):
             continue
         shape = tuple(shapes[key].shape)
         name = key[:-len(".weight")] if key.endswith(".weight") else key
         if 3 <= len(shape) <= 5:
-            if all(k == 1 for k in shape[2:]) and not options.include_1x1:
-                skipped.append(Skipped(name, "conv", "1x1 convolution (use --include-1x1)"))
+            if is_1x1(shape[2:]) and not options.include_1x1:
+                skipped.append(Skipped(name, "conv", ONE_BY_ONE))
                 continue
             kind = "conv"
         elif len(shape) == 2:
