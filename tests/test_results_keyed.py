@@ -13,8 +13,9 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from hparr import layout
+from hparr import layout, reinit
 from hparr.cli import main
+from hparr.data import DataOptions
 from hparr.models import build_model
 
 TESTS = Path(__file__).resolve().parent
@@ -115,6 +116,8 @@ def test_results_of_the_earlier_layout_are_still_read(runs, tmp_path, capsys):
     for path in new.glob("*.json"):  # as an earlier version wrote them: no condition, in the folder without it
         doc = json.loads(path.read_text())
         doc.pop("condition")
+        if "options" in doc:  # a re-initialization result: nor the --include-1x1 option
+            doc["options"].pop("include_1x1")
         (old / path.name).write_text(json.dumps(doc))
     shutil.rmtree(new)
     expected = {p.name: json.loads(p.read_text()) for p in old.glob("*.json")}
@@ -208,6 +211,15 @@ def test_reinit_from_a_run_directory_skips_every_file_of_the_trained_epoch(tmp_p
     assert list(doc["init_from_epoch"]) == ["0", "1"] and doc["epoch"] == "2"
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.endswith("lenet_1.tar: a snapshot of epoch 2, the trained snapshot's own") for m in messages)
+    # a result of an earlier version, with the row of the trained epoch, is computed again
+    settings = reinit.ReinitSettings(load_from=str(run_dir / "lenet_2.pt"), data=DataOptions(dataset="digits"),
+                                     arch="lenet", inits_from=str(run_dir), max_test_images=32)
+    path = tmp_path / "R" / "digits" / "lenet" / "reinit_lenet_2.json"
+    assert reinit.result_path(settings, tmp_path / "R") == path and reinit.stale_reason(settings, path) is None
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({**doc, "init_from_epoch": {**doc["init_from_epoch"], "2": [50.0] * 6}}))
+    assert reinit.stale_reason(settings, earlier) == \
+        "it re-initializes from epoch 2, the trained snapshot's own (an earlier hparr)"
 
     # a rerun from the same files in another folder is refused, naming a file of each (their names are the same)
     shutil.copytree(run_dir, tmp_path / "copy")

@@ -79,7 +79,6 @@ def identity_change(recorded: Any, path: str | os.PathLike, read_state: Callable
     return f"{path.name} has changed since: other tensors (a retrained or replaced file)"
 
 
-
 # --- the condition of the run a snapshot comes from --------------------------------------------------
 
 def recorded_condition(meta: Any) -> dict[str, Any]:

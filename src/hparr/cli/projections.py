@@ -53,7 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"log file name; written beside the JSON results (not under ./log as the original) "
                         f"[{ORIGINAL_LOG}]")
     p.add_argument("--seed", type=int, default=None,
-                   help="seed of the run (results go to <arch>/<seed>/); random initialization uses it (0 if unset)")
+                   help="seed of the run (results go to <arch>/<seed>/; unset: the seed the snapshots record); "
+                        "random initialization uses it (0 if unset)")
     p.add_argument("--parquet", action="store_true", help="also write the table as projections.parquet")
     p.add_argument("--overwrite", action="store_true", help="recompute snapshots whose JSON already exists")
     p.add_argument("--strict", action="store_true",

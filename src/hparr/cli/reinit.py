@@ -50,8 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log", type=str, default="reinit_weights.log",
                    help="log file name, written beside the JSON results [reinit_weights.log]")
     p.add_argument("--seed", type=int, default=None,
-                   help="seed the model was trained with (results go to <arch>/<seed>/); the re-randomization "
-                        "seed is derived from it")
+                   help="seed the model was trained with (results go to <arch>/<seed>/; unset: the seed the "
+                        "snapshot records); the re-randomization seed is derived from it")
     p.add_argument("--workers", "-j", type=int, default=1, help="data loading processes (ImageNet only) [1]")
     p.add_argument("--batch-size", type=int, default=128, help="evaluation batch size [128]")
     p.add_argument("--max-test-images", type=int, default=0, metavar="N",

@@ -190,8 +190,6 @@ def _inits_difference(there: Any, here: list[str]) -> str:
 
 
 def _shown_option(key: str, value: Any) -> str:
-    if key == "inits_from" and isinstance(value, list):
-        return f"{len(value)} file(s)" if len(value) != 1 else Path(value[0]).name
     if isinstance(value, bool):
         return "on" if value else "off"
     return "unset" if value is None else str(value)
@@ -213,13 +211,16 @@ def stale_reason(settings: ReinitSettings, path: str | os.PathLike) -> str | Non
         differ = ["it records no options (an earlier hparr)"]
     else:
         if "include_1x1" not in recorded:  # an earlier hparr re-initialized 1x1 convs too: the same where it had none
-            recorded = {**recorded, "include_1x1": current["include_1x1"] or not _reinitialized_1x1(doc, trained)}
+            recorded = {**recorded, "include_1x1": _reinitialized_1x1(doc, trained) or current["include_1x1"]}
         differ = [_inits_difference(recorded.get(k), v) if k == "inits_from" else
                   f"{_OPTION_FLAGS[k]} {_shown_option(k, recorded.get(k))} there, {_shown_option(k, v)} here"
                   for k, v in current.items() if recorded.get(k) != v]
     if differ:
         raise UsageError(f"{path} was computed with other options ({'; '.join(differ)}); pass --overwrite to "
                          "replace it, or choose another --results folder")
+    rows = doc.get("init_from_epoch") if isinstance(doc.get("init_from_epoch"), dict) else {}
+    if doc.get("epoch") is not None and str(doc["epoch"]) in rows:
+        return f"it re-initializes from epoch {doc['epoch']}, the trained snapshot's own (an earlier hparr)"
     inputs = doc.get("inputs") if isinstance(doc.get("inputs"), dict) else {}
     prefix = settings.state_dict_prefix
     checks = [("the trained snapshot", inputs.get("trained"), trained.checkpoint.path)]
