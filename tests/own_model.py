@@ -48,3 +48,10 @@ def dict_input(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
 def no_conv(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """Pooling and a Linear head: no conv layer to analyze."""
     return nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(in_channels * 16, num_classes))
+
+
+def with_1x1(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """Two 3x3 convs with a 1x1 conv between them, and a Linear head."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 12, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, num_classes))

@@ -80,6 +80,12 @@ def snapshots(tmp_path_factory):
     torch.save({"state_dict": {**{f"model.{k}": v for k, v in lenet.state_dict().items()},
                                **{f"ema.{k}": v for k, v in lenet.state_dict().items()}}}, root / "two_8.ckpt")
     onnx_files(root)
+    # a snapshot of a run with every label noisy (as `hparr train --noise 1` records it), and a state_dict
+    # with a tensor lenet does not have
+    torch.save({"model_state_dict": lenet.state_dict(), "arch": "lenet", "dataset": "digits", "seeds": {"seed": 0},
+                "settings": {"seed": 0, "data": {"dataset": "digits", "noise": 1.0, "subsample_classes": 0,
+                                                 "train_size": None}}}, root / "noisy_9.pt")
+    torch.save({**lenet.state_dict(), "ema.decay": torch.tensor(0.999)}, root / "extra_1.pt")
     return root
 
 
@@ -214,6 +220,20 @@ CASES = [
     ("--out holding something other than a study", ["study", "--out", "{root}/cifar"], 2, "not a study"),
     ("--mem 0", ["study", "--launcher", "slurm", "--mem", "0", "--out", "{root}/study"], 2,
      "--mem must be a memory size above 0 such as 4G or 500M, got '0'"),
+    ("snapshots of two conditions in one call", ["projections", *LENET, "--load-from",
+                                                 "{root}/runs/digits/lenet/0/lenet_init_0.pt", "{root}/noisy_9.pt",
+                                                 "--results", "{root}/res"], 2,
+     "come from runs of different conditions (--noise 0 in"),
+    ("a flag against the snapshot's condition", ["projections", *LENET, "--subsample-classes", "5", "--load-from",
+                                                 "{root}/runs/digits/lenet/0/lenet_init_0.pt", "--results",
+                                                 "{root}/res"], 1,
+     "comes from a run with --subsample-classes 0, not --subsample-classes 5"),
+    ("--inits-from a run of another condition", ["reinit", *LENET, "--load-from",
+                                                 "{root}/runs/digits/lenet/0/lenet_init_0.pt", "--inits-from",
+                                                 "{root}/noisy_9.pt", "--results", "{root}/res"], 1,
+     "noisy_9.pt comes from a run with --noise 1, the trained snapshot"),
+    ("a tensor the model lacks, --strict", ["projections", *LENET, "--strict", "--load-from", "{root}/extra_1.pt",
+                                            "--results", "{root}/res"], 1, "(unexpected keys: ema.decay)"),
     ("--status on a folder that is not a study", ["study", "{root}", "--status"], 2,
      "is not a study folder (no study.json)"),
     ("truncated ONNX file", ["projections", "--load-from", "{root}/torn_1.onnx"], 1, "truncated or corrupt ONNX file"),

@@ -4,6 +4,7 @@ the report; and the checkpoint forms and labels that go with them."""
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -111,10 +112,16 @@ def test_a_safetensors_file_without_its_model(tmp_path, capsys):
     folder = results / "no-dataset" / "checkpoint"
     doc = json.loads((folder / "model.json").read_text())
     with safe_open(tmp_path / "model.safetensors", "pt") as f:
-        order = list(f.keys())  # the file's order (the safetensors library writes them sorted by name)
+        order = list(f.keys())  # the safetensors library keeps no order: it writes the keys sorted by name
+    assert order.index("features.10.weight") < order.index("features.2.weight")
+    # a natural sort of the names: `features.2` before `features.10`
+    order = sorted(order, key=lambda k: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", k)])
     convs = [k for k in order if k.endswith("weight") and state[k].dim() == 4 and state[k].shape[2:] != (1, 1)]
-    assert [e["name"] + ".weight" for e in doc["0"].values()] == convs  # the file's order, 1x1 left out
-    assert doc["layer_order"] == "file" and doc["arch"] is None and doc["epoch"] is None
+    assert convs[:3] == ["features.0.weight", "features.2.weight", "features.5.weight"]
+    assert [e["name"] + ".weight" for e in doc["0"].values()] == convs  # 1x1 left out
+    assert doc["layer_order"] == "file" and doc["file_order"] == "natural"
+    assert "in the order of their names (natural sort" in out
+    assert doc["arch"] is None and doc["epoch"] is None
     assert doc["num_classes"] is None and doc["dataset"] is None
     assert [e["mass"] for e in doc["0"].values()] == [mass_of(state[k]) for k in convs]
     assert {s["name"]: s["kind"] for s in doc["skipped"]} == {"classifier.0": "linear", "classifier.3": "linear",

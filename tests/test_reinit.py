@@ -147,15 +147,18 @@ def test_small_vgg_sweep_equals_plain_loop_and_naive_loop(vgg_snapshots, channel
     before = snapshot(model)
     params_before = [p.data_ptr() for p in model.parameters()]
 
-    shared = reinit.reinit_sweep(model, alts, data, with_linear=True, method="shared")
+    every = reinit.reinit_layers(model, with_linear=True, include_1x1=True)
+    shared = reinit.reinit_sweep(model, alts, data, layers=every, method="shared")
     assert_bit_identical(model, before)
     assert model.training, "the model's train/eval mode is restored"
-    plain = reinit.plain_reinit_sweep(model, alts, data, with_linear=True)
+    plain = reinit.plain_reinit_sweep(model, alts, data, layers=every)
     assert_bit_identical(model, before)
     assert [p.data_ptr() for p in model.parameters()] == params_before
 
     layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    assert shared.layers == plain.layers == layers  # the 1x1 conv is included
+    assert shared.layers == plain.layers == layers  # the 1x1 conv is included with include_1x1
+    one_by_one = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
+    assert one_by_one and reinit.reinit_layers(model, with_linear=True) == [n for n in layers if n not in one_by_one]
     assert shared.method == "shared-prefix" and plain.method == "plain"
     assert shared.labels == ["0", "3", "rand"]
     np.testing.assert_array_equal(shared.correct, plain.correct)
@@ -194,8 +197,9 @@ def test_residual_graph_with_inplace_ops():
     alts = {"1": randomize(Residual(), 9).state_dict(), "2": randomize(Residual(), 10).state_dict()}
     data = batches(96, (3, 8, 8), 5, 32)
     before = snapshot(model)
-    shared = reinit.reinit_sweep(model, alts, data, with_linear=True, method="shared")
-    plain = reinit.plain_reinit_sweep(model, alts, data, with_linear=True)
+    every = reinit.reinit_layers(model, with_linear=True, include_1x1=True)
+    shared = reinit.reinit_sweep(model, alts, data, layers=every, method="shared")
+    plain = reinit.plain_reinit_sweep(model, alts, data, layers=every)
     assert_bit_identical(model, before)
     assert shared.method == "shared-prefix"
     assert shared.layers == ["stem", "a", "b", "skip", "head"]

@@ -74,7 +74,9 @@ def test_groups_and_batchnorms_of_resnet18():
     stages = reinit.reinit_groups(model, "stage", input_shape=shape)
     assert list(stages) == [f"stage{i}" for i in range(5)] and stages["stage0"] == ["conv1"]
     assert stages["stage1"] == ["layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1", "layer1.1.conv2"]
-    assert len(reinit.reinit_groups(model, "layer", input_shape=shape)) == 20  # every conv, 1x1 included
+    # one conv at a time: the convs hparr projections analyzes (1x1 ones with include_1x1)
+    assert len(reinit.reinit_groups(model, "layer", input_shape=shape)) == 17
+    assert len(reinit.reinit_groups(model, "layer", input_shape=shape, include_1x1=True)) == 20
     bns = reinit.batchnorms_after(model, [m for g in blocks.values() for m in g], shape)
     assert bns["conv1"] == "bn1" and bns["layer3.0.downsample.0"] == "layer3.0.downsample.1"
     assert bns["layer4.1.conv2"] == "layer4.1.bn2" and len(bns) == 20
@@ -163,7 +165,7 @@ def test_residual_network_through_projections_reinit_and_report(arch, tmp_path, 
     results = tmp_path / "results"
     common = ["--arch", arch, "--dataset", "digits", "--subsample-classes", "2", "--results", str(results),
               "--seed", "0"]
-    assert main(["projections", *common, "--normalize", "--no-progress", "--include-1x1",
+    assert main(["projections", *common, "--normalize", "--no-progress",
                  "--load-from", str(tmp_path / "models")]) == 0, capsys.readouterr().err
     base = ["reinit", *common, "--load-from", str(trained), "--no-progress", "--batch-size", "32",
             "--max-test-images", "32"]

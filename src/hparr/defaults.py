@@ -9,6 +9,9 @@ from .errors import UsageError
 
 LEVEL = 0.05  # significance level of the per-layer bias tests, Holm-corrected over a network's layers
 THRESHOLD = 0.1  # a layer is robust when re-initializing it costs at most this relative accuracy drop
+# whether 1x1 convolutions are analyzed: the one default of `hparr projections` and `hparr reinit` (--include-1x1),
+# so that the re-initialized layers are those with statistics (docs/method.md, "Which layers")
+INCLUDE_1X1 = False
 
 
 def _finite(name: str, value: Any) -> float:

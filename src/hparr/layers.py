@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from .defaults import INCLUDE_1X1
 from .errors import UsageError, first_line
 
 CONV, LINEAR = "conv", "linear"
@@ -69,7 +70,17 @@ def layer_kind(module: nn.Module) -> str | None:
     return None
 
 
-def skip_reason(module: nn.Module, with_linear: bool = False, include_1x1: bool = False) -> str | None:
+ONE_BY_ONE = "1x1 convolution (use --include-1x1)"  # why a 1x1 conv is left out (see `is_1x1`)
+
+
+def is_1x1(kernel_size: Sequence[int]) -> bool:
+    """Whether a convolution's kernel is 1x1 (1 in every spatial dimension). Such a layer is analyzed by
+    `hparr projections` and re-initialized by `hparr reinit` only with --include-1x1 (the one default of both,
+    `defaults.INCLUDE_1X1`): its filters mix channels only, and the original code left them out."""
+    return all(int(k) == 1 for k in kernel_size)
+
+
+def skip_reason(module: nn.Module, with_linear: bool = False, include_1x1: bool = INCLUDE_1X1) -> str | None:
     """Why a conv/linear module is left out under these options (None: it is analyzed)."""
     kind = layer_kind(module)
     if kind is None:
@@ -81,8 +92,8 @@ def skip_reason(module: nn.Module, with_linear: bool = False, include_1x1: bool 
     if kind == CONV:
         if getattr(module, "transposed", False):
             return "transposed convolution (its weight is laid out input-first)"
-        if all(k == 1 for k in module.kernel_size) and not include_1x1:
-            return "1x1 convolution (use --include-1x1)"
+        if is_1x1(module.kernel_size) and not include_1x1:
+            return ONE_BY_ONE
     elif not with_linear:
         return "linear layer (use --with-linear)"
     return None
@@ -188,7 +199,7 @@ def check_model(model: nn.Module, input_shape: Sequence[int], what: str, analyze
 
 
 def discover_layers(model: nn.Module, input_shape: Sequence[int] | None = None, with_linear: bool = False,
-                    include_1x1: bool = False) -> tuple[list[LayerInfo], list[Skipped]]:
+                    include_1x1: bool = INCLUDE_1X1) -> tuple[list[LayerInfo], list[Skipped]]:
     """The analyzed layers of `model` in forward order with stage/block labels, and the skipped ones with reasons.
 
     `input_shape` is the dummy input's shape, with or without the batch dimension (default:

@@ -90,14 +90,18 @@ def _legacy_noise_folder(noise: float) -> str:
     return f"noise_{round(noise * 100):g}"
 
 
+def _data_folder(dataset: str, subsample_classes: int = 0, train_size: int | None = None) -> Path:
+    """`<dataset>[_<k>][/train_<N>]` (train_<N>: a --train-size subset of N training images)."""
+    base = Path(dataset_folder(dataset, subsample_classes))
+    return base / f"train_{int(train_size)}" if train_size is not None else base
+
+
 def run_directory(models_path: str | os.PathLike, dataset: str, arch: str, seed: int | None,
                   subsample_classes: int = 0, noise: float = 0.0, train_size: int | None = None) -> Path:
     """`<models>/<dataset>[_<k>][/train_<N>]/[noise_<pct>|pixel_shuffle/]<arch>/<seed>/`, as the original code
     laid it out (train_<N>: a --train-size subset of N training images). A run written under the older name
     of a fractional percent (`noise_12` for 0.125) is found there."""
-    base = Path(models_path) / dataset_folder(dataset, subsample_classes)
-    if train_size is not None:
-        base /= f"train_{int(train_size)}"
+    base = Path(models_path) / _data_folder(dataset, subsample_classes, train_size)
     corruption = Corruption(noise)
     if not corruption.clean:
         folder = base / corruption.condition
@@ -108,10 +112,64 @@ def run_directory(models_path: str | os.PathLike, dataset: str, arch: str, seed:
 
 
 def results_directory(results: str | os.PathLike, dataset: str, arch: str, seed: int | None = None,
-                      subsample_classes: int = 0) -> Path:
-    """`<results>/<dataset>[_<k>]/<arch>[/<seed>]`, where the per-snapshot JSON files go."""
-    path = Path(results) / dataset_folder(dataset, subsample_classes) / folder_name(arch)
+                      subsample_classes: int = 0, noise: float = 0.0, train_size: int | None = None) -> Path:
+    """`<results>/<dataset>[_<k>][/train_<N>]/[noise_<pct>|pixel_shuffle/]<arch>[/<seed>]`, where the result
+    files of a run go: the run's whole condition, as in its run directory (`run_directory`), so that results of
+    two conditions never share a folder. A clean run on the whole training set keeps the original layout
+    `<results>/<dataset>[_<k>]/<arch>[/<seed>]`."""
+    base = Path(results) / _data_folder(dataset, subsample_classes, train_size)
+    corruption = Corruption(noise)
+    path = (base if corruption.clean else base / corruption.condition) / folder_name(arch)
     return path / str(seed) if seed is not None else path
+
+
+def earlier_results_directory(results: str | os.PathLike, dataset: str, arch: str, seed: int | None = None,
+                              subsample_classes: int = 0) -> Path:
+    """`<results>/<dataset>[_<k>]/<arch>[/<seed>]`: where versions of hparr before `results_directory` named the
+    condition put the results of every condition (read, never written)."""
+    return results_directory(results, dataset, arch, seed, subsample_classes)
+
+
+# --- the condition of a run: what separates its folder from another run's ----------------------------
+
+CONDITION_FLAGS = {"dataset": "--dataset", "subsample_classes": "--subsample-classes", "train_size": "--train-size",
+                   "noise": "--noise", "seed": "--seed"}  # the settings of a run's folder besides its arch
+
+
+@dataclass(frozen=True)
+class RunCondition:
+    """What separates the folder of a run from another run's besides its architecture (`run_directory`): the
+    dataset, the class subset, the --train-size subset, the corruption (`noise`, as `Corruption`) and the seed.
+    `recorded`: the settings read from the snapshots themselves (the others come from the flags, or are the
+    defaults: all classes, the whole training set, clean)."""
+
+    dataset: str | None = None
+    subsample_classes: int = 0
+    train_size: int | None = None
+    noise: float = 0.0
+    seed: int | None = None
+    recorded: tuple[str, ...] = ()
+
+    def results_directory(self, results: str | os.PathLike, arch: str, dataset: str | None = None) -> Path:
+        """`results_directory` of this condition (`dataset`: the folder's name where the condition has none)."""
+        return results_directory(results, self.dataset or dataset or "", arch, self.seed, self.subsample_classes,
+                                 self.noise, self.train_size)
+
+    def as_dict(self) -> dict[str, Any]:
+        """What a result document records of it (`condition`): the settings, the corruption's folder name
+        (`clean`, `noise_<pct>`, `pixel_shuffle`), and which settings the snapshots recorded."""
+        return {"dataset": self.dataset, "subsample_classes": self.subsample_classes, "train_size": self.train_size,
+                "noise": self.noise, "corruption": Corruption(self.noise).condition, "seed": self.seed,
+                "from_snapshot": list(self.recorded)}
+
+
+def shown_setting(key: str, value: Any) -> str:
+    """A condition setting's value as a refusal shows it: `--noise 1`, `--train-size unset`."""
+    if value is None:
+        return "unset" if key != "train_size" else "unset (the whole training set)"
+    if key == "noise":
+        return f"{float(value):g}"
+    return str(value)
 
 
 # --- snapshot names -------------------------------------------------------------------------------
@@ -120,16 +178,28 @@ SNAPSHOT_SUFFIXES = (".pt", ".tar", ".pth")
 
 
 def init_name(arch: str, pretrained: bool = False) -> str:
-    return f"{arch}_{'pretrained' if pretrained else 'init'}_0.pt"
+    """`<arch>_init_0.pt` (`<arch>_pretrained_0.pt`), with the arch as in folder names (no `:`)."""
+    return f"{folder_name(arch)}_{'pretrained' if pretrained else 'init'}_0.pt"
 
 
 def epoch_name(arch: str, epoch_index: int) -> str:
-    """Periodic snapshot after the epoch with 0-based index `epoch_index`."""
-    return f"{arch}_{epoch_index}.tar"
+    """Periodic snapshot after the epoch with 0-based index `epoch_index`: `<arch>_<index>.tar`."""
+    return f"{folder_name(arch)}_{epoch_index}.tar"
 
 
 def final_name(arch: str, epochs: int, pretrained: bool = False) -> str:
-    return f"{arch}_{'pretrained_' if pretrained else ''}{epochs}.pt"
+    """The final snapshot: `<arch>_[pretrained_]<epochs>.pt`."""
+    return f"{folder_name(arch)}_{'pretrained_' if pretrained else ''}{epochs}.pt"
+
+
+def snapshot_file(run_dir: str | os.PathLike, arch: str, name: str) -> Path:
+    """`run_dir`/`name` (a name of `init_name`, `epoch_name` or `final_name`), or the same snapshot under the
+    name an earlier version gave it, with the `:` of a custom arch kept (`mymod:net_0.tar`), where only that
+    one exists."""
+    path = Path(run_dir) / name
+    prefix = folder_name(arch)
+    older = Path(run_dir) / (arch + name[len(prefix):]) if name.startswith(prefix) else path
+    return older if older != path and not path.exists() and older.exists() else path
 
 
 def epoch_from_filename(path: str | os.PathLike) -> int | None:

@@ -61,13 +61,15 @@ class ReproduceSettings:
         self.eval_splits = parse_eval_splits(self.eval_splits)
 
 
-def remove_results(results: Path, settings: TrainSettings) -> list[Path]:
+def remove_results(results: Path, settings: TrainSettings, seed: int | None = None) -> list[Path]:
     """Delete the projection and re-initialization results of this configuration's experiment under
-    `results` (they are computed again), so that none of a replaced run is reused or reported."""
+    `results` (they are computed again), so that none of a replaced run is reused or reported: the folder of
+    its condition (`layout.results_directory`; `seed`: the run's seed as resolved, else `settings.seed`)."""
     removed = []
+    data = settings.data
     for folder in (results, results / "reinit"):
-        where = layout.results_directory(folder, settings.data.dataset, settings.arch, settings.seed,
-                                              settings.data.subsample_classes)
+        where = layout.results_directory(folder, data.dataset, settings.arch, settings.seed if seed is None else seed,
+                                         data.subsample_classes, data.noise, data.train_size)
         if where.is_dir():
             for path in sorted(where.iterdir()):
                 if path.is_file() and (path.suffix in (".json", ".csv", ".parquet", ".log", ".png", ".pdf")):
@@ -120,7 +122,7 @@ def _reproduce(rs: ReproduceSettings, record: attempt.Attempt) -> ReproduceResul
         log.info("[1/4] training %s on %s", settings.arch, settings.data.dataset)
         files.ensure_dir(out)
         if settings.overwrite:
-            removed = remove_results(out / "results", settings)
+            removed = remove_results(out / "results", settings, session.seed)
             if removed:
                 log.warning("--overwrite: removed %d result file(s) of %s under %s; they are computed again",
                             len(removed), settings.arch, out / "results")
@@ -132,8 +134,9 @@ def _reproduce(rs: ReproduceSettings, record: attempt.Attempt) -> ReproduceResul
         final_metrics = {**trained.final, "train": session.evaluate("train")}
         num_classes = session.data.num_classes
     run_dir = Path(trained.run_dir)
-    init = run_dir / layout.init_name(settings.arch, settings.pretrained)
-    final = run_dir / layout.final_name(settings.arch, trained.epochs_trained, settings.pretrained)
+    init = layout.snapshot_file(run_dir, settings.arch, layout.init_name(settings.arch, settings.pretrained))
+    final = layout.snapshot_file(run_dir, settings.arch,
+                                 layout.final_name(settings.arch, trained.epochs_trained, settings.pretrained))
     root = out / "results"
 
     log.info("[2/4] projections of every snapshot")
@@ -155,6 +158,7 @@ def _reproduce(rs: ReproduceSettings, record: attempt.Attempt) -> ReproduceResul
             batch_size=max(settings.batch_size, 256), cuda=settings.cuda, workers=settings.workers,
             progress=settings.progress and sys.stderr.isatty(), eval_split=split)
         path = reinit.result_path(swept, root / "reinit")
+        reinit.adopt_earlier_result(swept, root / "reinit")  # a result of an earlier version's folder, kept
         why = "not computed yet"
         if path.is_file():
             try:

@@ -329,8 +329,8 @@ class Run(Snapshots):
         final = layout.final_name(s.arch, last, s.pretrained)
         # a run resumed from its own final snapshot leaves that file as it is (its size and mtime are part of the
         # identity that finished results record), and writes it where it is missing
-        if converged and s.epochs > 0 and (self.start_epoch < last or
-                                           (self.start_epoch == last and not (self.run_dir / final).is_file())):
+        if converged and s.epochs > 0 and (self.start_epoch < last or (
+                self.start_epoch == last and not layout.snapshot_file(self.run_dir, s.arch, final).is_file())):
             path = self.save(final, last, final_metrics)
             snapshots += [str(path)] if path else []
         if writer is not None and final_metrics:
@@ -384,7 +384,8 @@ class Run(Snapshots):
         init = None
         if self.resumed_from is not None:
             name = layout.init_name(self.settings.arch, self.settings.pretrained)
-            found = [p for p in (self.resumed_from.parent / name, self.run_dir / name) if p.is_file()]
+            found = [p for p in (layout.snapshot_file(d, self.settings.arch, name)
+                                 for d in (self.resumed_from.parent, self.run_dir)) if p.is_file()]
             if found:
                 init = checkpoints.load_state_dict_file(found[0])
             else:

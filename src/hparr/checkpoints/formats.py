@@ -16,6 +16,9 @@ from ..layout import SNAPSHOT_SUFFIXES
 ZIP_MAGIC = b"PK\x03\x04"
 SHARD_INDEX = "model.safetensors.index.json"
 CHECKPOINT_SUFFIXES = (*SNAPSHOT_SUFFIXES, ".safetensors", ".ckpt", ".bin", ".onnx")
+# the formats whose state_dict keeps the order it was saved in (a model's state_dict: the order of its modules);
+# safetensors sorts its keys
+ORDERED_FORMATS = ("torch-zip", "torch-pickle", "onnx")  # onnx: its conv nodes in the graph's topological order
 _MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library's own limit
 _KNOWN = ("a PyTorch zip or pickle file, a .safetensors file, a folder of sharded .safetensors files "
           f"with {SHARD_INDEX}, or an ONNX model")

@@ -3,6 +3,7 @@ labels, finding a run's snapshot files, and the checks of a snapshot against the
 from __future__ import annotations
 
 import glob
+import logging
 import numbers
 import os
 import pickle
@@ -18,6 +19,8 @@ import torch
 from .. import layout
 from ..errors import HparrError, UsageError, first_line
 from .formats import CHECKPOINT_SUFFIXES, SHARD_INDEX, checkpoint_format, open_safetensors, open_sharded, rename
+
+log = logging.getLogger("hparr.checkpoints")
 
 
 def torch_load(path: str | os.PathLike, mmap: bool = False) -> Any:
@@ -92,13 +95,22 @@ STATE_DICT_KEYS = ("model_state_dict", "state_dict", "model", "net")
 
 def state_dict_of(obj: Any, path: str | os.PathLike = "<snapshot>") -> dict[str, torch.Tensor]:
     """The model state_dict inside a loaded snapshot (ours, the original's .tar, or a bare state_dict)."""
+    return split_state_dict(obj, path)[0]
+
+
+def split_state_dict(obj: Any, path: str | os.PathLike = "<snapshot>") -> tuple[dict[str, torch.Tensor], list[str]]:
+    """(the model state_dict inside a loaded snapshot, the names of the entries beside its tensors that are not
+    tensors and are left out): a state_dict as a user's own loop may save it, `{**model.state_dict(), "step":
+    123}`, is read; a dict whose tensors hold no `*weight` beside other entries is no state_dict."""
     if isinstance(obj, dict):
         for key in STATE_DICT_KEYS:  # ours and the original's, Lightning's, and popular CIFAR repositories'
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return clean_keys(obj)
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        others = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+        if tensors and (not others or any(str(k).endswith("weight") for k in tensors)):
+            return clean_keys(tensors), others
     raise HparrError(f"{path} holds no model state_dict")
 
 
@@ -261,10 +273,13 @@ def check_metadata(obj: Any, source: str, dataset: str | None = None, seed: int 
         raise HparrError(f"{source} was trained with seed {own}, not --seed {seed}")
 
 
-def check_state(reference: Mapping[str, tuple[int, ...]], state: Mapping[str, Any], source: str) -> None:
-    """Raise an HparrError naming the keys/shapes of `state` that differ from the model's (a strict load)."""
+def check_state(reference: Mapping[str, tuple[int, ...]], state: Mapping[str, Any], source: str,
+                extra_ok: bool = False) -> list[str]:
+    """Raise an HparrError naming the keys/shapes of `state` that differ from the model's (a strict load);
+    with `extra_ok`, tensors the model does not have are tolerated: returns their keys."""
     missing = [k for k in reference if k not in state]
     unexpected = [k for k in state if k not in reference]
+    extra, unexpected = (unexpected, []) if extra_ok else ([], unexpected)
     shapes = [f"{k}: snapshot {tuple(state[k].shape)} vs model {reference[k]}"
               for k in reference if k in state and tuple(state[k].shape) != reference[k]]
     if missing or unexpected or shapes:
@@ -272,6 +287,7 @@ def check_state(reference: Mapping[str, tuple[int, ...]], state: Mapping[str, An
                  for label, items in (("shapes differ", shapes), ("missing keys", missing),
                                       ("unexpected keys", unexpected)) if items]
         raise HparrError(f"{source} does not match this architecture/class count ({'; '.join(parts)})")
+    return extra
 
 
 @dataclass
@@ -290,12 +306,17 @@ class Checkpoint:
     obj: Any
     state: Mapping[str, torch.Tensor]
     graph: Any = None
+    ignored: tuple[str, ...] = ()  # entries of the state_dict that are not tensors (a step counter), left out
+
+
+_NAMED: set[tuple[str, int]] = set()  # the files whose left-out entries were named already in this process
 
 
 def read_checkpoint(path: str | os.PathLike, mmap: bool = True) -> Checkpoint:
     """Read any supported checkpoint: hparr's and the original code's snapshots, a bare state_dict,
     a Lightning .ckpt, a .safetensors file or a folder of shards, an ONNX model; only
-    `torch.load(weights_only=True)`, the safetensors library and the onnx package ever read them."""
+    `torch.load(weights_only=True)`, the safetensors library and the onnx package ever read them. Entries of a
+    state_dict that are not tensors are left out and named once in the log (`Checkpoint.ignored`)."""
     path = Path(path)
     fmt = checkpoint_format(path)
     if fmt == "onnx":
@@ -308,7 +329,17 @@ def read_checkpoint(path: str | os.PathLike, mmap: bool = True) -> Checkpoint:
     if fmt == "sharded-safetensors":
         return Checkpoint(path, fmt, {}, _strip_wrappers(open_sharded(path)))
     obj = torch_load(path, mmap=mmap)
-    return Checkpoint(path, fmt, obj, state_dict_of(obj, path))
+    state, ignored = split_state_dict(obj, path)
+    key = (str(path.resolve()), path.stat().st_mtime_ns)
+    if ignored and key not in _NAMED:
+        _NAMED.add(key)
+        log.warning("%s: ignored %d entr%s of its state_dict that %s not tensors: %s", path, len(ignored),
+                    "y" if len(ignored) == 1 else "ies", "is" if len(ignored) == 1 else "are", _listed(ignored))
+    return Checkpoint(path, fmt, obj, state, ignored=tuple(ignored))
+
+
+def _listed(names: list[str], most: int = 6) -> str:
+    return ", ".join(names[:most]) + (f" ... ({len(names)} in all)" if len(names) > most else "")
 
 
 def _strip_wrappers(state: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -11,7 +11,8 @@ from .train import add_arch_argument, require_arch_and_dataset
 DESCRIPTION = (
     "Per-layer statistics of the conv filters' orientation relative to the identity line (projections, "
     "mean, mass, std, distances from initialization) and a test of bias against the random-initialization "
-    "null. Writes one JSON per snapshot to <results>/<dataset>/<arch>[/<seed>]/<snapshot name>.json and a "
+    "null. Writes one JSON per snapshot to <results>/<dataset>[_<K>][/train_<N>][/noise_<pct>|/pixel_shuffle]/<arch>"
+    "[/<seed>]/<snapshot name>.json (the condition of the run, as its snapshots record it) and a "
     "tidy table of every snapshot x layer (projections.csv) beside them. Without --load-from it analyzes the "
     "random initialization of --arch with --seed (init_<arch>.json, epoch 0), or with --pretrained "
     "torchvision's ImageNet weights (pretrained_<arch>.json, epoch -1).")
@@ -58,9 +59,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"log file name; written beside the JSON results (not under ./log as the original) "
                         f"[{ORIGINAL_LOG}]")
     p.add_argument("--seed", type=int, default=None,
-                   help="seed of the run (results go to <arch>/<seed>/); random initialization uses it (0 if unset)")
+                   help="seed of the run (results go to <arch>/<seed>/; unset: the seed the snapshots record); "
+                        "random initialization uses it (0 if unset)")
     p.add_argument("--parquet", action="store_true", help="also write the table as projections.parquet")
     p.add_argument("--overwrite", action="store_true", help="recompute snapshots whose JSON already exists")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a snapshot holding tensors that --arch does not have (by default they are named "
+                        "and ignored: only the conv weights are read)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--probe-data", action="store_true",
                    help="run the first 256 test images of --dataset through each model (read from --data-path, "
@@ -108,7 +113,8 @@ def settings_from_args(args):
         arch=args.arch, dataset=args.dataset, load_from=args.load_from, init_from=args.init_from, seed=args.seed,
         subsample_classes=args.subsample_classes, normalize=args.normalize, with_linear=args.with_linear,
         include_1x1=args.include_1x1, level=args.level, pretrained=args.pretrained, weights=args.weights,
-        state_dict_prefix=args.state_dict_prefix, overwrite=args.overwrite, progress=not args.no_progress,
+        state_dict_prefix=args.state_dict_prefix, overwrite=args.overwrite, strict=args.strict,
+        progress=not args.no_progress,
         num_classes=args.num_classes, in_channels=args.in_channels, input_size=args.input_size, probe_data=probe,
         data_path=args.data_path, dataset_args=canonical_dataset_args(args.dataset_args))
 
@@ -147,11 +153,18 @@ def run(args) -> int:
     out_dir = projections.save(result, args.results, parquet=args.parquet, log_name=args.log)
     for name, why in result.replaced.items():
         print(f"hparr projections: recomputed {out_dir / name}: {why}", file=sys.stderr)
+    if result.adopted:
+        print(f"hparr projections: kept {len(result.adopted)} result(s) of these snapshots from "
+              f"{next(iter(result.adopted.values())).parent} (an earlier version's folder), copied to {out_dir}",
+              file=sys.stderr)
     n, computed = len(result.documents), len(result.computed)
     replaced = f" ({len(result.replaced)} replaced: inputs or settings changed)" if result.replaced else ""
     print(f"{n} snapshot(s): {computed} computed{replaced}, {n - computed} kept; results in {out_dir}")
     print(final_headline(result.documents))
     if checkpoint_only:
-        print("checkpoint only: every conv weight of the file(s), in file order (an ONNX file's conv nodes, in its "
-              "graph's order); stage and block unknown")
+        orders = {d.get("file_order") for d in result.documents.values()}
+        order = "in the order of their names (natural sort: the file keeps no order)" if orders == {"natural"} else \
+            "in the network's order, as the file stores them (ONNX: its graph's)" if orders == {"insertion"} else \
+            "in each file's order (the network's where the file keeps it, else by name)"
+        print(f"checkpoint only: every conv weight of the file(s), {order}; stage and block unknown")
     return 0

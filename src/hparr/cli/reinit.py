@@ -8,15 +8,16 @@ from ..results import EVAL_SPLITS
 from .args import choice
 
 DESCRIPTION = (
-    "Reinit network weights and compute drop in performance. For each conv layer (and Linear with "
-    "--with-linear), its weight and bias are replaced by those of each snapshot of --inits-from "
+    "Reinit network weights and compute drop in performance. For each conv layer (1x1 ones with --include-1x1, "
+    "and Linear with --with-linear), its weight and bias are replaced by those of each snapshot of --inits-from "
     "(re-initialization) and, with --rand, by a fresh seeded initialization (re-randomization), and the "
     "test accuracy, test loss and agreement with the trained model's predictions are measured (on the training "
     "images and their trained labels with --eval-split train); BatchNorm stays "
     "as trained unless --with-bn. --granularity block/stage re-initializes a residual block or a stage at once. "
-    "Writes <results>/<dataset>[_<K>]/<arch>[/<seed>]/reinit_<snapshot name>[_<granularity>][_bn][_train].json (the "
-    "original layout plus layer names, top-5, loss, agreement and provenance) and, with --plots, a heatmap of the "
-    "relative accuracy drop (.png, .pdf).")
+    "Writes <results>/<dataset>[_<K>][/train_<N>][/noise_<pct>|/pixel_shuffle]/<arch>[/<seed>]/reinit_<snapshot "
+    "name>[_<granularity>][_bn][_train].json (the folder names the condition of the run, as its snapshot records "
+    "it; the original layout plus layer names, top-5, loss, agreement and provenance) and, with --plots, a heatmap "
+    "of the relative accuracy drop (.png, .pdf).")
 
 
 GRANULARITIES = ("layer", "block", "stage")
@@ -44,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="draw K independent re-randomizations (seeds derived from --seed) and report their mean "
                         "and standard deviation per layer; implies --rand [1]")
     p.add_argument("--with-linear", action="store_true", help="also re-initialize the Linear layers")
+    p.add_argument("--include-1x1", action="store_true",
+                   help="also re-initialize 1x1 convolutions one at a time (left out by default, as hparr projections "
+                        "leaves them out; a block or stage of --granularity always includes them)")
     p.add_argument("--granularity", choices=GRANULARITIES, type=choice(GRANULARITIES), default="layer",
                    help="re-initialize one layer at a time, one residual block (all its convs) or one stage "
                         "(all the layers at one resolution) at once, as Zhang et al. did for ResNets [layer]")
@@ -55,8 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log", type=str, default="reinit_weights.log",
                    help="log file name, written beside the JSON results [reinit_weights.log]")
     p.add_argument("--seed", type=int, default=None,
-                   help="seed the model was trained with (results go to <arch>/<seed>/); the re-randomization "
-                        "seed is derived from it")
+                   help="seed the model was trained with (results go to <arch>/<seed>/; unset: the seed the "
+                        "snapshot records); the re-randomization seed is derived from it")
     p.add_argument("--workers", "-j", type=int, default=1, help="data loading processes (ImageNet only) [1]")
     p.add_argument("--batch-size", type=int, default=128, help="evaluation batch size [128]")
     p.add_argument("--max-test-images", type=int, default=0, metavar="N",
@@ -91,7 +95,8 @@ def run(args) -> int:
     setup_logging()
     settings = reinit.ReinitSettings(
         load_from=args.load_from, data=data_options(args, resize=False), arch=args.arch, inits_from=args.inits_from,
-        rand=args.rand, with_linear=args.with_linear, seed=args.seed, batch_size=args.batch_size, cuda=args.cuda,
+        rand=args.rand, with_linear=args.with_linear, include_1x1=args.include_1x1,
+        seed=args.seed, batch_size=args.batch_size, cuda=args.cuda,
         workers=args.workers, method=args.method, progress=not args.no_progress and sys.stderr.isatty(),
         state_dict_prefix=args.state_dict_prefix, granularity=args.granularity, with_bn=args.with_bn,
         rand_trials=args.rand_trials, max_test_images=args.max_test_images, num_classes=args.num_classes,
@@ -99,6 +104,9 @@ def run(args) -> int:
         eval_processes=args.eval_processes)
     settings.validate()
     target = reinit.result_path(settings, args.results)
+    earlier = None if args.overwrite else reinit.adopt_earlier_result(settings, args.results)
+    if earlier is not None:
+        print(f"hparr reinit: kept {earlier} (an earlier version's folder), copied to {target}", file=sys.stderr)
     if target.is_file() and not args.overwrite:  # a finished result is kept: a rerun of a crashed batch skips it
         why = reinit.stale_reason(settings, target)  # other options: a UsageError, the file left as it is
         if why is None:

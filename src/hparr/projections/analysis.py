@@ -9,8 +9,10 @@ reused when it was computed from the same inputs (`reusable_result`).
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -23,14 +25,16 @@ import torch.nn as nn
 
 from .. import checkpoints, files, schema
 from ..checkpoints import ModelConfig, check_metadata, check_state, snapshot_config
-from ..defaults import LEVEL, check_level
+from ..defaults import INCLUDE_1X1, LEVEL, check_level
 from ..errors import HparrError
 from ..inputs import UNKNOWN_FEED, Feed, fx_feeds, negative_shares
-from ..layers import LayerInfo, Skipped, discover_layers
+from ..layers import ONE_BY_ONE, LayerInfo, Skipped, discover_layers, is_1x1
 from ..models import build_model
 from ..provenance import versions
 from ..results import PROJECTIONS_FORMAT, document_rows, read_json
 from .stats import CORRECTION, STD_DDOF, bias_tests_of_layers, distances, holm, summarize, sums_and_cosines
+
+log = logging.getLogger("hparr.projections")
 
 
 @dataclass
@@ -129,7 +133,7 @@ def weights_of(model_or_state: nn.Module | Mapping[str, Any]) -> Mapping[str, An
 
 
 def layer_stats(model: nn.Module, normalize: bool = True, with_linear: bool = False,
-                init: nn.Module | Mapping[str, Any] | None = None, include_1x1: bool = False,
+                init: nn.Module | Mapping[str, Any] | None = None, include_1x1: bool = INCLUDE_1X1,
                 input_shape: Sequence[int] | None = None, level: float = LEVEL) -> LayerStats:
     """Statistics and bias tests of every analyzed layer of `model` (see `analyze_layers`); `.table` is
     the per-layer DataFrame and `.net` the network summary.
@@ -185,7 +189,7 @@ class AnalysisOptions:
 
     normalize: bool = True
     with_linear: bool = False
-    include_1x1: bool = False
+    include_1x1: bool = INCLUDE_1X1
     level: float = LEVEL
     init_from: str | None = None
 
@@ -245,8 +249,9 @@ class SnapshotAnalyzer:
     def __init__(self, default: ModelConfig, options: AnalysisOptions, context: Mapping[str, Any] | None = None,
                  device: str | torch.device = "cpu", init_state: Mapping[str, Any] | None = None,
                  dataset: str | None = None, seed: int | None = None, state_dict_prefix: str | None = None,
-                 probe: Any = None, probe_images: int = PROBE_IMAGES):
+                 probe: Any = None, probe_images: int = PROBE_IMAGES, strict: bool = False):
         self.default = default
+        self.strict = strict  # refuse a snapshot with tensors the model does not have (else named and ignored)
         self.prefix = state_dict_prefix
         self.dataset, self.seed = dataset, seed
         self.options = options
@@ -321,17 +326,24 @@ class SnapshotAnalyzer:
         obj = ckpt.obj
         check_metadata(obj, str(path), self.dataset, self.seed)
         extra: dict[str, Any] = {}
+        fields: dict[str, Any] = {}
+        ignored: dict[str, list[str]] = {}
+        if ckpt.ignored:
+            ignored["not_tensors"] = list(ckpt.ignored)
         run = None  # (model, {layer: module name}, its static input shape or None) where it can run on data
         if self.default.arch is None and ckpt.graph is not None:  # an ONNX model: the layers of its graph
             config = self.default
             layers, skipped, feeds, state = onnx_layers(ckpt.graph, self.options)
+            fields["file_order"] = file_order(ckpt.format)
             extra["onnx"] = _onnx_file().describe(ckpt.graph)
             if self.probe is not None:
                 run = _onnx_module(ckpt.graph, layers)
-        elif self.default.arch is None:  # no model: every conv weight of the file, in the file's order
+        elif self.default.arch is None:  # no model: every conv weight of the file, in the network's order if known
             config = self.default
             state = checkpoints.match_prefix(ckpt.state, None, self.prefix, source=str(path))
-            layers, skipped = file_layers(state, self.options, str(path))
+            order = file_order(ckpt.format)
+            layers, skipped = file_layers(state, self.options, str(path), order)
+            fields["file_order"] = order
             feeds = {layer.name: UNKNOWN_FEED for layer in layers}
             if self.probe is not None:
                 raise HparrError(f"--probe-data: {path} is read without its model (no --arch), so no image can be "
@@ -340,11 +352,16 @@ class SnapshotAnalyzer:
             config = snapshot_config(obj, self.default, str(path))
             layers, skipped, reference = self.plan(config)
             state = checkpoints.match_prefix(ckpt.state, reference, self.prefix, source=str(path))
-            check_state(reference, checkpoints.shapes_of(state), str(path))
+            extra_keys = check_state(reference, checkpoints.shapes_of(state), str(path), extra_ok=not self.strict)
+            if extra_keys:
+                ignored["not_in_model"] = extra_keys
+                log.warning("%s: ignored %d tensor(s) that %s does not have: %s (--strict refuses them)", path,
+                            len(extra_keys), config.arch, ", ".join(extra_keys[:6])
+                            + (f" ... ({len(extra_keys)} in all)" if len(extra_keys) > 6 else ""))
             feeds = self._feeds[config]
             if self.probe is not None:
                 model = self._models[config]
-                model.load_state_dict(dict(state))
+                model.load_state_dict({k: v for k, v in state.items() if k not in set(extra_keys or ())})
                 run = (model, {layer.name: layer.name for layer in layers}, None)
         meta = obj if isinstance(obj, dict) else {}
         extra.update({f"snapshot_{k}": meta[k] for k in ("seeds", "dataset", "top1_acc", "top5_acc") if k in meta})
@@ -356,9 +373,12 @@ class SnapshotAnalyzer:
         if run is not None:
             shares, extra["probe"] = self._measure(*run, meta=meta, source=str(path))
         inputs = input_columns(feeds, None if not isinstance(normalized, bool) else not normalized, shares)
+        if ignored:
+            fields["ignored_entries"] = ignored
         epoch = checkpoints.snapshot_epoch_or_none(obj, path)
         return self._document(config, state, layers, skipped, checkpoint=path, inputs=inputs, stem=path.stem,
-                              epoch=None if epoch is None else str(epoch), checkpoint_format=ckpt.format, **extra)
+                              epoch=None if epoch is None else str(epoch), checkpoint_format=ckpt.format, **extra,
+                              **fields)
 
     def analyze_model(self, model: nn.Module, stem: str, epoch: int, source: str, **fields) -> dict[str, Any]:
         """The result document of an in-memory model (random initialization, pretrained weights)."""
@@ -434,25 +454,41 @@ def _onnx_module(graph: Any, layers: Sequence[LayerInfo]):
 
 
 FILE_ORDER = "file"  # the layer order of checkpoint-only projections: stage and block unknown
+# how checkpoint-only projections order the layers (the document's `file_order`): the order the file keeps, a
+# state_dict's own (the order the network registered its modules in), or where the format keeps none
+# (safetensors sorts its keys) a natural sort of the names (`features.2` before `features.10`)
+INSERTION_ORDER, NATURAL_ORDER = "insertion", "natural"
 
 
-def file_layers(state: Mapping[str, Any], options: AnalysisOptions,
-                source: str) -> tuple[list[LayerInfo], list[Skipped]]:
+def file_order(checkpoint_format: str) -> str:
+    """The layer order of checkpoint-only projections of a file of this format (see INSERTION_ORDER)."""
+    return INSERTION_ORDER if checkpoint_format in checkpoints.ORDERED_FORMATS else NATURAL_ORDER
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key of a natural sort: the runs of digits compare as numbers (`features.2` before `features.10`)."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part)
+
+
+def file_layers(state: Mapping[str, Any], options: AnalysisOptions, source: str,
+                order: str = INSERTION_ORDER) -> tuple[list[LayerInfo], list[Skipped]]:
     """The layers of a checkpoint read without its model: every convolution weight (a `*weight` tensor of
     3 to 5 dimensions; 1x1 ones with `include_1x1`) and with `with_linear` every 2-d `*weight`, in the file's
-    order. Stage and block are unknown: every layer is put in stage 0, numbered in file order, and the
-    document's `layer_order` says "file"."""
+    order (`order` INSERTION_ORDER) or in the natural order of their names (NATURAL_ORDER). Stage and block are
+    unknown: every layer is put in stage 0, numbered in that order, and the document's `layer_order` says
+    "file"."""
     shapes = checkpoints.shapes_of(state)
     layers: list[LayerInfo] = []
     skipped: list[Skipped] = []
-    for key in state:
+    keys = list(state) if order == INSERTION_ORDER else sorted(state, key=natural_key)
+    for key in keys:
         if not key.endswith("weight"):
             continue
         shape = tuple(shapes[key].shape)
         name = key[:-len(".weight")] if key.endswith(".weight") else key
         if 3 <= len(shape) <= 5:
-            if all(k == 1 for k in shape[2:]) and not options.include_1x1:
-                skipped.append(Skipped(name, "conv", "1x1 convolution (use --include-1x1)"))
+            if is_1x1(shape[2:]) and not options.include_1x1:
+                skipped.append(Skipped(name, "conv", ONE_BY_ONE))
                 continue
             kind = "conv"
         elif len(shape) == 2:

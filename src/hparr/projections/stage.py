@@ -13,15 +13,22 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .. import files
+from .. import checkpoints, files, layout
 from ..checkpoints import ModelConfig, find_snapshots
 from ..data import DataOptions, dataset_info, describe, is_builtin
-from ..defaults import LEVEL, check_level
+from ..defaults import INCLUDE_1X1, LEVEL, check_level
 from ..errors import UsageError
-from ..layout import results_directory
 from ..models import build_model, check_arch, pretrained_file
 from ..results import projections_table
-from .analysis import AnalysisOptions, SnapshotAnalyzer, collect_results, load_init_state, log_lines, reusable_result
+from .analysis import (
+    AnalysisOptions,
+    SnapshotAnalyzer,
+    collect_results,
+    file_order,
+    load_init_state,
+    log_lines,
+    reusable_result,
+)
 
 log = logging.getLogger("hparr.projections")
 
@@ -57,13 +64,14 @@ class ProjectionSettings:
     subsample_classes: int = 0
     normalize: bool = True
     with_linear: bool = False
-    include_1x1: bool = False
+    include_1x1: bool = INCLUDE_1X1
     level: float = LEVEL
     pretrained: bool = False
     weights: str | None = None
     state_dict_prefix: str | None = None
     device: str | torch.device = "cpu"
     overwrite: bool = False
+    strict: bool = False  # refuse a snapshot holding tensors the model does not have (else named and ignored)
     progress: bool = True
     num_classes: int | None = None  # overrides of what the dataset implies (None: the dataset's)
     in_channels: int | None = None
@@ -72,12 +80,25 @@ class ProjectionSettings:
     data_path: str = "./data"  # where an image folder is (its class count, channels and size are read from it)
     dataset_args: str | None = None  # the arguments of a factory dataset (module.path:factory)
 
+    def condition(self, paths: Sequence[str | os.PathLike] = ()) -> layout.RunCondition:
+        """The condition of the run that the snapshot files `paths` come from: what they record
+        (`checkpoints.run_condition`), else the flags (--dataset, --subsample-classes, --seed)."""
+        records = [(str(p), checkpoints.snapshot_metadata(p)) for p in paths]
+        return checkpoints.run_condition(records, {"dataset": self.dataset,
+                                                   "subsample_classes": self.subsample_classes or None,
+                                                   "seed": self.seed})
+
+    def relpath(self, condition: layout.RunCondition | None = None) -> Path:
+        """The folder of the results below a results folder: the run's condition `condition` (of the flags when
+        None) as `layout.results_directory` names it, <dataset>[_<k>][/train_<N>][/noise_<pct>]/<arch>[/<seed>],
+        where a checkpoint-only run's arch is "checkpoint" and a run without a dataset's is "no-dataset"."""
+        return (condition or self.condition()).results_directory("", self.arch or CHECKPOINT_ONLY, NO_DATASET)
+
     @property
-    def relpath(self) -> Path:
-        """The folder of the results below a results folder: <dataset>[_<k>]/<arch>[/<seed>], where a
-        checkpoint-only run's arch is "checkpoint" and a run without a dataset's is "no-dataset"."""
-        return results_directory("", self.dataset or NO_DATASET, self.arch or CHECKPOINT_ONLY, self.seed,
-                                 self.subsample_classes)
+    def earlier_relpath(self) -> Path:
+        """Where versions that did not name the condition in results folders put these results."""
+        return layout.earlier_results_directory("", self.dataset or NO_DATASET, self.arch or CHECKPOINT_ONLY,
+                                                self.seed, self.subsample_classes)
 
     def model_config(self) -> ModelConfig:
         """The model's class count, input channels and size: the overrides, else the dataset's."""
@@ -148,6 +169,8 @@ class ProjectionsResult:
     documents: dict[str, dict[str, Any]]
     computed: list[str]
     replaced: dict[str, str] = field(default_factory=dict)  # name -> why its earlier result was not reused
+    # name -> the file an earlier version wrote it to (`ProjectionSettings.earlier_relpath`): kept, and copied
+    adopted: dict[str, Path] = field(default_factory=dict)
 
     @property
     def n_biased(self) -> int:
@@ -162,11 +185,6 @@ def run_projections(settings: ProjectionSettings, root: str | os.PathLike | None
     options = s.options()
     config = s.model_config()
     shape = (config.num_classes, config.in_channels, config.input_size)
-    analyzer = SnapshotAnalyzer(
-        config, options,
-        context={"arch": s.arch, "dataset": s.dataset, "seed": None if s.seed is None else str(s.seed)},
-        device=s.device, init_state=load_init_state(options.init_from) if options.init_from else None,
-        dataset=s.dataset, seed=s.seed, state_dict_prefix=s.state_dict_prefix, probe=s.probe_data)
     pretrained = s.pretrained or s.weights is not None
     if s.load_from:
         paths = find_snapshots(s.load_from)
@@ -176,13 +194,25 @@ def run_projections(settings: ProjectionSettings, root: str | os.PathLike | None
             raise UsageError(f"several snapshots are named {', '.join(twice)}: their results would overwrite "
                              "each other; analyze them into different --results folders")
         jobs = [(p.stem, p) for p in paths]
+        condition = s.condition(paths)
     else:
         jobs = [(f"{'pretrained' if pretrained else 'init'}_{s.arch}", None)]
+        condition = s.condition()
+    relpath = s.relpath(condition)
+    analyzer = SnapshotAnalyzer(
+        config, options,
+        context={"arch": s.arch, "dataset": s.dataset, "seed": None if condition.seed is None else str(condition.seed),
+                 "condition": condition.as_dict()},
+        device=s.device, init_state=load_init_state(options.init_from) if options.init_from else None,
+        dataset=s.dataset, seed=s.seed, state_dict_prefix=s.state_dict_prefix, strict=s.strict,
+        probe=s.probe_data)
 
-    out_dir = Path(root) / s.relpath if root is not None else None
+    out_dir = Path(root) / relpath if root is not None else None
+    earlier_dir = Path(root) / s.earlier_relpath if root is not None else None
     docs: dict[str, dict[str, Any]] = {}
     computed: list[str] = []
     replaced: dict[str, str] = {}
+    adopted: dict[str, Path] = {}
     # what changes the numbers besides the options: the model's configuration, and for a model without a
     # file the seed of its initialization or the pretrained weights (a file's tensors are compared by hash)
     fields: dict[str, Any] = {"arch": s.arch, "num_classes": config.num_classes, "in_channels": config.in_channels,
@@ -199,12 +229,22 @@ def run_projections(settings: ProjectionSettings, root: str | os.PathLike | None
                 wanted["init_seed"] = 0 if s.seed is None else s.seed
             if path is not None:  # a snapshot may record its own configuration; its tensors are compared
                 wanted = {"arch": s.arch}
+                if s.arch is None:  # the layers' order of checkpoint-only projections
+                    wanted["file_order"] = file_order(checkpoints.checkpoint_format(path))
             wanted["inputs"] = analyzer.inputs  # how the input kinds were read, and the probe
             doc, why = reusable_result(out_dir / name, options, wanted, checkpoint=path,
                                        init_from=options.init_from, state_dict_prefix=s.state_dict_prefix)
             if why is not None:
                 replaced[name] = why
                 log.info("recomputing %s: %s", out_dir / name, why)
+            elif doc is None and path is not None and earlier_dir != out_dir and (earlier_dir / name).is_file():
+                # written by an earlier version into the folder without the condition: kept where it is the
+                # result of this very file (the same tensors), and copied into the condition's folder
+                doc, _ = reusable_result(earlier_dir / name, options, wanted, checkpoint=path,
+                                         init_from=options.init_from, state_dict_prefix=s.state_dict_prefix)
+                if doc is not None:
+                    doc = {**doc, "condition": condition.as_dict()}
+                    adopted[name] = earlier_dir / name
         if doc is None:
             if path is not None:
                 doc = analyzer.analyze_file(path)
@@ -221,15 +261,18 @@ def run_projections(settings: ProjectionSettings, root: str | os.PathLike | None
             for line in log_lines(doc):
                 log.debug(line)
         docs[name] = doc
-    return ProjectionsResult(s.relpath, options, docs, computed, replaced)
+    return ProjectionsResult(relpath, options, docs, computed, replaced, adopted)
 
 
 def save(result: ProjectionsResult, root: str | os.PathLike, parquet: bool = False,
          log_name: str | None = "positive_orthant.log") -> Path:
-    """Write the documents this run computed to `root`/<dataset>[_<k>]/<arch>[/<seed>]/<stem>.json, the
-    tidy table of every document in that folder made with the same options (`projections.csv`, and
-    `.parquet` with `parquet`), and append their summary lines to the log file there. Returns the folder."""
+    """Write the documents this run computed (and those it kept from an earlier version's folder) to
+    `root`/`result.relpath`/<stem>.json (the run's condition, `layout.results_directory`), the tidy table of
+    every document in that folder made with the same options (`projections.csv`, and `.parquet` with
+    `parquet`), and append their summary lines to the log file there. Returns the folder."""
     out_dir = Path(root) / result.relpath
+    for name in result.adopted:
+        files.write_json(out_dir / name, result.documents[name])
     with files.log_to(out_dir / log_name if log_name else None) as note:
         for name in result.computed:
             files.write_json(out_dir / name, result.documents[name])

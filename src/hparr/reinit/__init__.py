@@ -37,7 +37,16 @@ from .documents import (
 from .processes import choose_processes, parse_eval_processes
 from .shared_prefix import NotShareable, SharedPrefixPlan, reinit_sweep
 from .snapshots import read_inits_list
-from .stage import ReinitRun, ReinitSettings, reinit_options, result_path, run_reinit, save, stale_reason
+from .stage import (
+    ReinitRun,
+    ReinitSettings,
+    adopt_earlier_result,
+    reinit_options,
+    result_path,
+    run_reinit,
+    save,
+    stale_reason,
+)
 from .sweep import Batches, ReinitResult, first_images, plain_reinit_sweep
 from .units import (
     BATCHNORM_TENSORS,
@@ -54,7 +63,8 @@ from .units import (
 
 __all__ = ["BATCHNORM_NOTE", "BATCHNORM_REINIT_NOTE", "BATCHNORM_TENSORS", "Batches", "EVAL_SPLIT_TEXT",
            "GRANULARITIES", "LAYER_TENSORS", "NotShareable", "ReinitResult", "ReinitRun", "ReinitSettings",
-           "SharedPrefixPlan", "Unit", "aggregate_rand_trials", "batchnorms_after", "choose_processes",
+           "SharedPrefixPlan", "Unit", "adopt_earlier_result", "aggregate_rand_trials", "batchnorms_after",
+           "choose_processes",
            "eval_split_of", "first_images", "groups_of", "make_units", "parse_eval_processes", "plain_reinit_sweep",
            "rand_labels", "rand_trial_seeds", "read_inits_list", "reinit_document", "reinit_groups", "reinit_layers",
            "reinit_options", "reinit_sweep", "result_path", "run_reinit", "save", "stale_reason", "summary_lines",

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .. import checkpoints
+from .. import checkpoints, layout
 from ..data import Data, DataOptions
 from ..errors import HparrError, UsageError
 
@@ -117,26 +117,40 @@ def snapshot_normalization(data: Data, meta: Mapping[str, Any], source: str) -> 
 
 
 def load_alternatives(paths: Sequence[Path], trained: Path, config, reference: Mapping[str, tuple],
-                       dataset: str, seed: int | None, prefix: str | None = None,
+                       dataset: str, seed: int | None, prefix: str | None = None, trained_epoch: int | None = None,
+                       trained_meta: Mapping[str, Any] | None = None,
                        ) -> tuple[dict[str, Mapping[str, torch.Tensor]], dict[str, str]]:
     """{epoch label: state_dict} and {epoch label: file} of the snapshots to re-initialize from, by epoch.
 
-    Each is checked against the trained model (architecture, shapes, dataset and seed it records);
-    the trained snapshot itself is skipped; two snapshots of the same epoch are an error.
+    Each is checked against the trained model (architecture, shapes, dataset and seed it records, and the
+    condition of its run where both it and `trained_meta` record one); the trained snapshot itself is skipped,
+    and so is every other snapshot of its epoch `trained_epoch` (the final epoch's .tar beside the final .pt:
+    re-initializing from it changes nothing); two snapshots of the same epoch are an error.
     """
     states: dict[str, Mapping[str, torch.Tensor]] = {}
     sources: dict[str, str] = {}
+    own = checkpoints.recorded_condition(trained_meta or {})
     for path in paths:
         if path.resolve() == trained.resolve():
             log.info("skipping %s: it is the trained snapshot itself", path)
             continue
         ckpt = checkpoints.read_checkpoint(path)
         obj = ckpt.obj
+        epoch = checkpoints.snapshot_epoch(obj, path)
+        if trained_epoch is not None and epoch == trained_epoch:
+            log.info("skipping %s: a snapshot of epoch %d, the trained snapshot's own", path, epoch)
+            continue
         checkpoints.snapshot_config(obj, config, str(path))
         checkpoints.check_metadata(obj, str(path), dataset, seed)
+        theirs = checkpoints.recorded_condition(obj)
+        for key in ("subsample_classes", "train_size", "noise"):
+            if key in own and key in theirs and own[key] != theirs[key]:
+                flag = layout.CONDITION_FLAGS[key]
+                raise HparrError(f"{path} comes from a run with {flag} {layout.shown_setting(key, theirs[key])}, "
+                                 f"the trained snapshot {trained} from {flag} {layout.shown_setting(key, own[key])}")
         state = checkpoints.match_prefix(ckpt.state, reference, prefix, source=str(path))
         checkpoints.check_state(reference, checkpoints.shapes_of(state), str(path))
-        label = str(checkpoints.snapshot_epoch(obj, path))
+        label = str(epoch)
         if label in sources:
             raise UsageError(f"{sources[label]} and {path} are both snapshots of epoch {label}")
         states[label], sources[label] = state, str(path.resolve())

@@ -7,13 +7,15 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
 from .. import checkpoints, distributed, files, layout
 from ..data import DataOptions, load_data, make_loader, source_change
+from ..defaults import INCLUDE_1X1
 from ..errors import HparrError, UsageError
+from ..layers import is_1x1
 from ..models import build_model, check_arch
 from ..results import REINIT_FORMAT, check_eval_split, read_json
 from .documents import (
@@ -34,7 +36,7 @@ from .snapshots import (
     snapshot_training_data,
 )
 from .sweep import ReinitResult, first_images
-from .units import GRANULARITIES, discover, groups_of
+from .units import GRANULARITIES, discover, groups_of, unit_includes_1x1
 
 log = logging.getLogger("hparr.reinit")
 
@@ -55,6 +57,7 @@ class ReinitSettings:
     inits_from: str | os.PathLike | Sequence[str | os.PathLike] | None = None
     rand: bool = False
     with_linear: bool = False
+    include_1x1: bool = INCLUDE_1X1  # also 1x1 convs (at --granularity layer; blocks and stages always hold them)
     seed: int | None = None
     batch_size: int = 128
     cuda: bool = False
@@ -104,7 +107,9 @@ class _Trained:
     meta: dict[str, Any]
     arch: str
     data: DataOptions
-    relpath: Path  # below a results folder: <dataset>[_<k>]/<arch>[/<seed>]/reinit_<stem>[_<granularity>][_bn].json
+    condition: layout.RunCondition  # of the run the trained snapshot comes from
+    relpath: Path  # below a results folder: <the run's condition>/<arch>[/<seed>]/reinit_<stem>[...].json
+    earlier_relpath: Path  # where a version that did not name the condition in results folders put it
 
 
 def _trained(settings: ReinitSettings) -> _Trained:
@@ -132,9 +137,13 @@ def _trained(settings: ReinitSettings) -> _Trained:
     data = snapshot_data_options(settings.data, meta, str(path))
     if check_eval_split(settings.eval_split) == "train":
         data = snapshot_training_data(data, meta, str(path))
-    relpath = layout.results_directory("", data.dataset, folder, settings.seed, data.subsample_classes) \
-        / f"{layout.reinit_stem(path, settings.granularity, settings.with_bn, settings.eval_split)}.json"
-    return _Trained(ckpt, meta, arch, data, relpath)
+    # the folder of the result: the condition of the run the trained snapshot records, else of the flags
+    condition = checkpoints.run_condition([(str(path), meta)], {
+        "dataset": data.dataset, "subsample_classes": data.subsample_classes or None,
+        "train_size": settings.data.train_size, "noise": settings.data.noise or None, "seed": settings.seed})
+    name = f"{layout.reinit_stem(path, settings.granularity, settings.with_bn, settings.eval_split)}.json"
+    earlier = layout.earlier_results_directory("", data.dataset, folder, settings.seed, data.subsample_classes)
+    return _Trained(ckpt, meta, arch, data, condition, condition.results_directory("", folder) / name, earlier / name)
 
 
 def _init_paths(settings: ReinitSettings) -> list[Path]:
@@ -151,6 +160,7 @@ def reinit_options(settings: ReinitSettings, data: DataOptions, init_paths: Sequ
     return {"inits_from": [str(Path(p).resolve()) for p in init_paths],
             "rand": bool(settings.rand or settings.rand_trials > 1), "rand_trials": settings.rand_trials,
             "seed": settings.seed, "with_linear": settings.with_linear, "granularity": settings.granularity,
+            "include_1x1": unit_includes_1x1(settings.granularity, settings.include_1x1),
             "with_bn": settings.with_bn, "max_test_images": settings.max_test_images or None,
             "state_dict_prefix": settings.state_dict_prefix, "dataset": data.dataset,
             "subsample_classes": data.subsample_classes, "class_sample_seed": data.class_sample_seed,
@@ -160,16 +170,36 @@ def reinit_options(settings: ReinitSettings, data: DataOptions, init_paths: Sequ
 
 
 _OPTION_FLAGS = {"inits_from": "--inits-from", "rand": "--rand", "rand_trials": "--rand-trials", "seed": "--seed",
-                 "with_linear": "--with-linear", "granularity": "--granularity", "with_bn": "--with-bn",
+                 "with_linear": "--with-linear", "granularity": "--granularity", "include_1x1": "--include-1x1",
+                 "with_bn": "--with-bn",
                  "max_test_images": "--max-test-images", "state_dict_prefix": "--state-dict-prefix",
                  "dataset": "--dataset", "subsample_classes": "--subsample-classes",
                  "class_sample_seed": "--class-sample-seed", "unnormalize": "--unnormalize",
                  "dataset_args": "--dataset-args", "data_input_size": "--input-size"}
 
 
+def _inits_difference(there: Any, here: list[str]) -> str:
+    """How two --inits-from lists differ: the first file of each that the other lacks, or the counts."""
+    there = list(there) if isinstance(there, list) else []
+    only_there = [p for p in there if p not in here]
+    only_here = [p for p in here if p not in there]
+    if not only_there and not only_here:
+        return "--inits-from: the same files in another order"
+    names = [Path(p).name for p in only_there + only_here]
+    short = len(set(names)) == len(names)  # file names tell them apart, else their paths do
+
+    def shown(paths: list[str]) -> str:
+        return (Path(paths[0]).name if short else paths[0]) + (f" and {len(paths) - 1} more" if len(paths) > 1 else "")
+
+    if only_there and only_here:
+        return (f"--inits-from {shown(only_there)} there, {shown(only_here)} here "
+                f"({len(there)} file(s) there, {len(here)} here)")
+    if only_there:
+        return f"--inits-from {shown(only_there)} there, not here ({len(there)} file(s) there, {len(here)} here)"
+    return f"--inits-from {shown(only_here)} here, not there ({len(there)} file(s) there, {len(here)} here)"
+
+
 def _shown_option(key: str, value: Any) -> str:
-    if key == "inits_from" and isinstance(value, list):
-        return f"{len(value)} file(s)" if len(value) != 1 else Path(value[0]).name
     if isinstance(value, bool):
         return "on" if value else "off"
     return "unset" if value is None else str(value)
@@ -190,11 +220,17 @@ def stale_reason(settings: ReinitSettings, path: str | os.PathLike) -> str | Non
     if not isinstance(recorded, dict):
         differ = ["it records no options (an earlier hparr)"]
     else:
-        differ = [f"{_OPTION_FLAGS[k]} {_shown_option(k, recorded.get(k))} there, {_shown_option(k, v)} here"
+        if "include_1x1" not in recorded:  # an earlier hparr re-initialized 1x1 convs too: the same where it had none
+            recorded = {**recorded, "include_1x1": _reinitialized_1x1(doc, trained) or current["include_1x1"]}
+        differ = [_inits_difference(recorded.get(k), v) if k == "inits_from" else
+                  f"{_OPTION_FLAGS[k]} {_shown_option(k, recorded.get(k))} there, {_shown_option(k, v)} here"
                   for k, v in current.items() if recorded.get(k) != v]
     if differ:
         raise UsageError(f"{path} was computed with other options ({'; '.join(differ)}); pass --overwrite to "
                          "replace it, or choose another --results folder")
+    rows = doc.get("init_from_epoch") if isinstance(doc.get("init_from_epoch"), dict) else {}
+    if doc.get("epoch") is not None and str(doc["epoch"]) in rows:
+        return f"it re-initializes from epoch {doc['epoch']}, the trained snapshot's own (an earlier hparr)"
     inputs = doc.get("inputs") if isinstance(doc.get("inputs"), dict) else {}
     prefix = settings.state_dict_prefix
     checks = [("the trained snapshot", inputs.get("trained"), trained.checkpoint.path)]
@@ -210,9 +246,42 @@ def stale_reason(settings: ReinitSettings, path: str | os.PathLike) -> str | Non
     return None
 
 
+def _reinitialized_1x1(doc: Mapping[str, Any], trained: _Trained) -> bool:
+    """Whether a result re-initialized a 1x1 conv of the trained model (its layers, by their weights' shapes)."""
+    shapes = checkpoints.shapes_of(trained.checkpoint.state)
+    for name in doc.get("layers") or []:
+        key = f"{name}.weight"
+        found = [shapes[k] for k in ([key] if key in shapes else [k for k in shapes if k.endswith("." + key)])]
+        if found and len(found[0].shape) >= 3 and is_1x1(tuple(found[0].shape)[2:]):
+            return True
+    return False
+
+
 def result_path(settings: ReinitSettings, root: str | os.PathLike) -> Path:
-    """The file below the results folder `root` where the result of `settings` goes (and is found by a rerun)."""
+    """The file below the results folder `root` where the result of `settings` goes (and is found by a rerun):
+    `<root>/<the run's condition>/<arch>[/<seed>]/reinit_<snapshot>[...].json` (`layout.results_directory`)."""
     return Path(root) / _trained(settings).relpath
+
+
+def adopt_earlier_result(settings: ReinitSettings, root: str | os.PathLike) -> Path | None:
+    """Where the result of `settings` is missing below `root` but a version of hparr that did not name the run's
+    condition in results folders wrote it (`layout.earlier_results_directory`), from the same trained snapshot,
+    checkpoints and options: copy it to `result_path` (recording the condition) and return the file it came
+    from. None otherwise (nothing is written)."""
+    trained = _trained(settings)
+    target, earlier = Path(root) / trained.relpath, Path(root) / trained.earlier_relpath
+    if target.exists() or earlier == target or not earlier.is_file():
+        return None
+    doc = read_json(earlier)
+    if not isinstance(doc, dict) or doc.get("load_from") != str(trained.checkpoint.path.resolve()):
+        return None  # another run's result
+    try:
+        if stale_reason(settings, earlier) is not None:
+            return None
+    except UsageError:  # computed with other options: left where it is
+        return None
+    files.write_json(target, {**doc, "condition": trained.condition.as_dict()})
+    return earlier
 
 
 @dataclass
@@ -273,7 +342,8 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
     reference = {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
     size = config.input_size
-    infos, skipped = discover(model, settings.with_linear, (2, config.in_channels, size, size))
+    infos, skipped = discover(model, settings.with_linear, (2, config.in_channels, size, size),
+                              unit_includes_1x1(settings.granularity, settings.include_1x1))
 
     if onnx is not None:
         from .onnx_model import onnx_alternatives, rerandomizer
@@ -282,7 +352,8 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
         draw = rerandomizer(model)
     else:
         alternatives, sources = load_alternatives(init_paths, load_from, config, reference, data_options.dataset,
-                                                  seed, settings.state_dict_prefix)
+                                                  seed, settings.state_dict_prefix, trained_epoch=epoch,
+                                                  trained_meta=meta)
         inputs["inits"] = {label: checkpoints.checkpoint_identity(sources[label], state, list(reference))
                            for label, state in alternatives.items()}
     # the re-randomization seed derives from --seed, else from the snapshot's own seed, else from 0
@@ -336,7 +407,8 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
         layer_stage_block=[(i.stage, i.block) for i in firsts],
         **unit_fields(result, settings.granularity, settings.with_bn),
         skipped=[{"name": s.name, "kind": s.kind, "reason": s.reason} for s in skipped],
-        with_linear=settings.with_linear, seeds=seeds, subsample_classes=data_options.subsample_classes,
+        with_linear=settings.with_linear, include_1x1=unit_includes_1x1(settings.granularity, settings.include_1x1),
+        seeds=seeds, subsample_classes=data_options.subsample_classes, condition=trained.condition.as_dict(),
         class_subset=(data.meta or {}).get("class_subset"),
         normalization={"mean": list(data.mean), "std": list(data.std), "normalized": not data_options.unnormalize,
                        "dataset_default": {"mean": list(info.mean), "std": list(info.std)}},

@@ -8,23 +8,28 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from ..defaults import INCLUDE_1X1
 from ..errors import HparrError, UsageError
 from ..layers import batched_shape, check_model, discover_layers, dummy_forward
 
 # --- layers and their alternative parameters -----------------------------------------------------
 
-def reinit_layers(model: nn.Module, with_linear: bool = False, input_shape: Sequence[int] | None = None) -> list[str]:
-    """Names of the layers to re-initialize, in forward order: every Conv2d (1x1 included), plus Linear.
+def reinit_layers(model: nn.Module, with_linear: bool = False, input_shape: Sequence[int] | None = None,
+                  include_1x1: bool = INCLUDE_1X1) -> list[str]:
+    """Names of the layers to re-initialize, in forward order: the layers `hparr projections` analyzes (every
+    conv, 1x1 ones with `include_1x1`), plus Linear with `with_linear`.
 
     The original code reset every conv of `features`; Zhang et al. also reset the Linear layers.
     """
-    return [info.name for info in discover(model, with_linear, input_shape)[0]]
+    return [info.name for info in discover(model, with_linear, input_shape, include_1x1)[0]]
 
 
-def discover(model: nn.Module, with_linear: bool, input_shape: Sequence[int] | None):
+def discover(model: nn.Module, with_linear: bool, input_shape: Sequence[int] | None,
+             include_1x1: bool = INCLUDE_1X1):
+    """(layers, skipped) of `discover_layers`, the rule of `hparr projections`; an error when there is none."""
     if input_shape is not None:  # the input it is evaluated on: a model that cannot take it is refused in one line
         check_model(model, batched_shape(model, input_shape), type(model).__name__, analyzed=False)
-    infos, skipped = discover_layers(model, input_shape, with_linear=with_linear, include_1x1=True)
+    infos, skipped = discover_layers(model, input_shape, with_linear=with_linear, include_1x1=include_1x1)
     if not infos:
         raise HparrError(f"{type(model).__name__} has no {'conv or linear' if with_linear else 'conv'} layer "
                          "to re-initialize" + ("" if with_linear else " (try --with-linear)"))
@@ -98,17 +103,24 @@ def batchnorms_after(model: nn.Module, layers: Sequence[str],
     return found
 
 
+def unit_includes_1x1(granularity: str, include_1x1: bool = INCLUDE_1X1) -> bool:
+    """Whether the units of `granularity` hold 1x1 convs: a layer only with `include_1x1` (the rule of
+    `hparr projections`), a residual block or a stage always (all its convs, the 1x1 downsample included)."""
+    return include_1x1 or granularity != "layer"
+
+
 def reinit_groups(model: nn.Module, granularity: str = "layer", with_linear: bool = False,
-                  input_shape: Sequence[int] | None = None) -> dict[str, list[str]]:
+                  input_shape: Sequence[int] | None = None, include_1x1: bool = INCLUDE_1X1) -> dict[str, list[str]]:
     """{unit name: [layer names]} of the layers re-initialized together, in forward order.
 
-    layer: every conv (and Linear) alone; block: the layers of one residual block (`layer2.1`; in a
-    network without residual blocks, and for a layer outside them, the layer alone); stage: the layers of
-    one stage (`stage2`), by `hparr.layers` stage labels.
+    layer: every conv (1x1 ones with `include_1x1`) and Linear alone; block: the layers of one residual block
+    (`layer2.1`, its 1x1 downsample included; in a network without residual blocks, and for a layer outside
+    them, the layer alone); stage: the layers of one stage (`stage2`), by `hparr.layers` stage labels.
     """
     if granularity not in GRANULARITIES:
         raise UsageError(f"--granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
-    return groups_of(discover(model, with_linear, input_shape)[0], granularity)
+    return groups_of(discover(model, with_linear, input_shape, unit_includes_1x1(granularity, include_1x1))[0],
+                     granularity)
 
 
 def unit_tensors(model: nn.Module, state: Mapping[str, torch.Tensor], units: Sequence[Unit],

@@ -86,13 +86,19 @@ def _manifest_files(manifest: Mapping[str, Any], unusable: list[UnusableResult])
     return found_p, found_r
 
 
+def _condition(doc: Mapping[str, Any]) -> str | None:
+    """The run's condition a document records (class subset, training-set size, corruption), or None."""
+    c = doc.get("condition")
+    return json.dumps([c.get(k) for k in ("subsample_classes", "train_size", "noise")]) if isinstance(c, dict) else None
+
+
 def _experiment(doc: Mapping[str, Any]) -> tuple:
-    return doc.get("arch"), doc.get("dataset"), seed_of(doc)
+    return doc.get("arch"), doc.get("dataset"), seed_of(doc), _condition(doc)
 
 
 def _same_experiment(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Same arch, dataset and seed, where both documents record them (a projection run without --seed
-    records "None", while its re-initialization result records the seed the model was trained with)."""
+    """Same arch, dataset, seed and condition, where both documents record them (a projection run without
+    --seed records "None", while its re-initialization result records the seed the model was trained with)."""
     return all(x is None or y is None or x == y for x, y in zip(_experiment(a), _experiment(b)))
 
 
@@ -291,7 +297,7 @@ def load_run(run_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = 
                     skipped.append(f"{relative(p, base)}: another re-initialization result "
                                    f"({relative(reinit_path, base)}) is used")
         else:
-            notes.append("no re-initialization result of " + "/".join(map(str, _experiment(chosen.docs[0])))
+            notes.append("no re-initialization result of " + "/".join(map(str, _experiment(chosen.docs[0])[:3]))
                          + f"; ignored {len(reinits)} of other experiments")
             skipped += [f"{relative(p, base)}: a re-initialization result of another experiment" for p, _ in reinits]
     else:
