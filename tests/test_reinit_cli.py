@@ -290,13 +290,15 @@ def test_a_result_is_reused_only_from_the_same_checkpoints_and_options(cifar, ca
 def test_rows_name_their_split_no_none_is_printed_and_the_last_line_counts_the_critical_layers(tmp_path, capsys):
     from hparr.training import TrainSettings, train
 
-    run = train(TrainSettings(arch="lenet", data=DataOptions(dataset="digits", train_size=200), epochs=0, seed=0,
-                              track=False,
+    run = train(TrainSettings(arch="lenet", data=DataOptions(dataset="digits", train_size=200), epochs=1, seed=0,
+                              track=False, snapshot_every=0,
                               models_path=str(tmp_path / "models"), tb_logdir=None, progress=False))
     inits = tmp_path / "inits"
     inits.mkdir()
     files.save_torch(build_model("lenet", 10, 1, seed=1).state_dict(), inits / "lenet_init_0.pt")
-    args = ["--arch", "lenet", "--dataset", "digits", "--load-from", Path(run.run_dir) / "lenet_init_0.pt",
+    # the trained snapshot after 1 epoch; --inits-from an initialization of another seed (a snapshot of the
+    # trained one's own epoch would be skipped)
+    args = ["--arch", "lenet", "--dataset", "digits", "--load-from", Path(run.run_dir) / "lenet_1.pt",
             "--inits-from", inits, "--rand", "--eval-split", "TRAIN", "--results", tmp_path / "results",
             "--eval-processes", "1", "--no-progress"]
     rc, out, err = run_cli(capsys, *args)
@@ -306,7 +308,7 @@ def test_rows_name_their_split_no_none_is_printed_and_the_last_line_counts_the_c
     assert doc["eval_split"] == "train"
     lines = [line for line in out.splitlines() if line != wrote]
     assert not any("test" in line for line in lines)
-    assert lines[0].startswith(f"lenet on digits (epoch 0, 200 training images with the labels the model was "
+    assert lines[0].startswith(f"lenet on digits (epoch 1, 200 training images with the labels the model was "
                                f"trained on (no augmentation)): train top-1 {doc['top1_test']:.2f}%")
     rows = {line.split(":")[0].strip(): line for line in lines if ": train " in line}
     assert rows["from epoch 0"].startswith("from epoch 0: train top-1 ")
