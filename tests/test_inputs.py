@@ -7,8 +7,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hparr.cli import main
-from hparr.inputs import BY_NAME, KINDS, fx_feeds, negative_shares, nonneg_of
+from hparr.inputs import BY_NAME, KINDS, fx_feeds, nonneg_of
 from hparr.models import build_model
+from hparr.probe import negative_shares
 from hparr.projections import layer_stats
 
 

@@ -6,7 +6,7 @@ their input (shape-only operations, dropout, padding, pooling, positive scalings
 `KINDS`. `input_nonneg`: whether the values of that kind are non-negative (for the image: whether its pixels are
 not normalized, where a result records it; for a sum or a concatenation of branches: whether every branch is).
 `input_neg_share`: with data, the measured share of negative values in the layer's input, over one forward pass
-(`negative_shares`).
+(`hparr.probe.negative_shares`).
 
 The mechanism behind the paper's claim (docs/method.md) predicts that a trained layer is biased where its input
 is non-negative, and much less where its input has both signs: these columns let a result be read that way.
@@ -426,37 +426,3 @@ def onnx_feeds(model, layers) -> dict[str, Feed]:
     graph = onnx_graph(model)
     return {layer.node.name: graph.feed(layer.node.inputs[0]) for layer in layers}
 
-
-# --- measured: the share of negative values in each layer's input -------------------------------------
-
-def negative_shares(model: nn.Module, modules: Mapping[str, str],
-                    batches: torch.Tensor | Iterable[torch.Tensor]) -> dict[str, float]:
-    """{layer: the share of the values of its input that are < 0} over the forward passes of `batches` (one
-    tensor, or several run one after the other) in eval mode without gradients; `modules`: {layer: the name of
-    its module in `model`}. A module called several times counts every call; a layer never called gets NaN. The
-    training modes are restored afterwards."""
-    counts = {layer: [0, 0] for layer in modules}
-    handles = []
-
-    def hook_for(layer):
-        def hook(module, args):
-            x = args[0] if args else None
-            if isinstance(x, torch.Tensor) and x.is_floating_point():
-                counts[layer][0] += int((x < 0).sum())
-                counts[layer][1] += x.numel()
-        return hook
-
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        for layer, name in modules.items():
-            handles.append(model.get_submodule(name).register_forward_pre_hook(hook_for(layer)))
-        model.eval()
-        with torch.no_grad():
-            for batch in [batches] if isinstance(batches, torch.Tensor) else batches:
-                model(batch)
-    finally:
-        for h in handles:
-            h.remove()
-        for m, mode in modes:
-            m.training = mode
-    return {layer: (neg / total if total else float("nan")) for layer, (neg, total) in counts.items()}

@@ -27,9 +27,10 @@ from .. import checkpoints, files, schema
 from ..checkpoints import ModelConfig, check_metadata, check_state, snapshot_config
 from ..defaults import INCLUDE_1X1, LEVEL, check_level
 from ..errors import HparrError
-from ..inputs import UNKNOWN_FEED, Feed, fx_feeds, negative_shares
+from ..inputs import UNKNOWN_FEED, Feed, fx_feeds
 from ..layers import ONE_BY_ONE, LayerInfo, Skipped, discover_layers, is_1x1
 from ..models import build_model
+from ..probe import negative_shares
 from ..provenance import versions
 from ..results import PROJECTIONS_FORMAT, document_rows, read_json
 from .stats import CORRECTION, STD_DDOF, bias_tests_of_layers, distances, holm, summarize, sums_and_cosines
