@@ -308,7 +308,7 @@ def fx_graph(model: nn.Module) -> tuple[Graph, dict[str, Any]]:
     {module name: the value its first call reads}. Raises whatever tracing raises."""
     import torch.fx as fx
 
-    from .layers import LeafTracer
+    from .residual import LeafTracer
 
     gm = LeafTracer.trace(model)
     ops: dict[Any, Op] = {}

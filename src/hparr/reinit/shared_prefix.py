@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import HparrError, first_line
-from ..layers import LeafTracer
+from ..residual import LeafTracer
 from .processes import run_in_processes
 from .sweep import Batches, ReinitResult, device_of, plain_batch, run_sweep
 from .units import LAYER_TENSORS, Unit, make_units, prepare
