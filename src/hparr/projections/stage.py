@@ -21,7 +21,9 @@ from ..errors import UsageError
 from ..layout import results_directory
 from ..models import build_model, check_arch, pretrained_file
 from ..results import projections_table
-from .analysis import AnalysisOptions, SnapshotAnalyzer, collect_results, load_init_state, log_lines, reusable_result
+from ..null import DEFAULT_SCHEME
+from .analysis import (AnalysisOptions, SnapshotAnalyzer, check_init_scheme, collect_results, load_init_state,
+                       log_lines, reusable_result)
 
 log = logging.getLogger("hparr.projections")
 
@@ -66,6 +68,7 @@ class ProjectionSettings:
     num_classes: int | None = None  # overrides of what the dataset implies (None: the dataset's)
     in_channels: int | None = None
     input_size: int | None = None
+    init_scheme: str = DEFAULT_SCHEME  # the initialization assumed for layers whose model does not record one
 
     @property
     def relpath(self) -> Path:
@@ -104,13 +107,15 @@ class ProjectionSettings:
         elif k:
             raise UsageError("--subsample-classes needs --dataset")
         check_level(self.level)
+        check_init_scheme(self.init_scheme)
         if self.load_from and (self.pretrained or self.weights):
             raise UsageError("--pretrained analyzes torchvision's weights; it cannot be combined with --load-from")
 
     def options(self) -> AnalysisOptions:
         init_from = str(Path(self.init_from).resolve()) if self.init_from else None
         return AnalysisOptions(normalize=self.normalize, with_linear=self.with_linear,
-                               include_1x1=self.include_1x1, level=self.level, init_from=init_from)
+                               include_1x1=self.include_1x1, level=self.level, init_from=init_from,
+                               init_scheme=self.init_scheme)
 
 
 @dataclass
