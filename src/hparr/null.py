@@ -59,7 +59,7 @@ TABLE_BELOW = 64  # d below this: a Monte-Carlo table; from here on, the Edgewor
 TABLE_DRAWS = 2 ** 23  # filters simulated per table
 TABLE_SEED = 20261203
 TABLE_POINTS = 1024  # the table holds the deviation at the Beta quantiles k / TABLE_POINTS
-TABLE_VERSION = 1  # changes with anything that changes a table's numbers (the cache keys on it)
+TABLE_VERSION = 2  # changes with anything that changes a table's numbers (the cache keys on it)
 PRECISION = 1e-3  # every CDF of `cdf` is within this of the true one (sup norm); docs/method.md §3.3
 NEGLIGIBLE = 1e-9  # a truncation whose total variation from the Gaussian (for the whole filter) is below this
 # is the Gaussian: d * P(|Z| > c) bounds it
@@ -96,6 +96,17 @@ def law_of_scheme(scheme: str) -> str:
                          "standard deviations)") from None
 
 
+def check_scheme(scheme: str, flag: str = "--init-scheme") -> str:
+    """`scheme` if `law_of_scheme` knows it, else a UsageError naming `flag`."""
+    from .errors import UsageError
+
+    try:
+        law_of_scheme(scheme)
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+    return scheme
+
+
 def null_label(law: str, d: int) -> str:
     """The null of the KS test for filters of `d` weights drawn from `law`: `beta` for the Gaussian (and a
     truncation whose effect on the whole filter is below `NEGLIGIBLE` in total variation), else the law."""
@@ -122,6 +133,32 @@ def describe(null: str) -> str:
 def _ndtr(x: float) -> float:
     """The standard normal CDF (`scipy.special.ndtr`), without importing scipy."""
     return 0.5 * math.erfc(-x / math.sqrt(2))
+
+
+def note(doc) -> list[str]:
+    """What the report says of the nulls of a projection document (a Markdown paragraph and a blank line, or
+    nothing without a document): the null of its layers, and where one was assumed, which and what it means."""
+    entries = [e for k, v in (doc.items() if isinstance(doc, dict) else ()) if k.isdigit() and isinstance(v, dict)
+               for e in v.values() if isinstance(e, dict)]
+    if not any("p_ks" in e for e in entries):  # no document, or one without tests (the original code's)
+        return []
+    if "init_scheme" not in doc:
+        return ["KS null: the Beta law of Gaussian weights for every layer (these results predate nulls that "
+                "follow the initialization: for uniform initial weights, such as PyTorch's default, it is off by "
+                "O(1/d); docs/method.md §3.3).", ""]
+    counts: dict[str, int] = {}
+    for entry in entries:
+        counts[entry.get("null", BETA)] = counts.get(entry.get("null", BETA), 0) + 1
+    used = ", ".join(f"{name} ({n} layer{'s' if n > 1 else ''})" for name, n in counts.items())
+    text = f"KS null, from the law of each layer's initial weights (docs/method.md §3.3): {used}."
+    assumed = doc.get("null_assumed") or []
+    if assumed:
+        scheme = doc["init_scheme"]
+        text += (f" The initialization of {len(assumed)} layer(s) is not recorded ({', '.join(assumed[:6])}"
+                 f"{' ...' if len(assumed) > 6 else ''}): their null assumes --init-scheme {scheme} "
+                 f"({law_of_scheme(scheme)} weights). If they were drawn otherwise, the KS p-values of their small "
+                 "filters are off (by O(1/d) in the CDF); analyze them with --arch, or give --init-scheme.")
+    return [text, ""]
 
 
 # --- the laws --------------------------------------------------------------------------------------
@@ -155,7 +192,7 @@ def cdf(t, d, null: str = BETA):
     for dim in np.unique(dims):
         at = dims == dim
         p[at] = deviation(null, int(dim)).apply(p[at], t[at])
-    return p
+    return p[()]
 
 
 def kurtosis(law: str) -> float:
@@ -308,6 +345,7 @@ def simulate_table(law: str, d: int, draws: int = TABLE_DRAWS, seed: int = TABLE
     below = np.searchsorted(t, x, side="right")  # #{t <= x}
     above = draws - np.searchsorted(t, -x, side="left")  # #{t >= -x} = #{-t <= x}
     dev = (below + above) / (2 * draws) - p[1:-1]
+    dev = (dev - dev[::-1]) / 2  # F(-x) = 1 - F(x) exactly (the quantiles are symmetric up to rounding)
     return Table(law, d, draws, seed, (0.0, *dev.tolist(), 0.0))
 
 

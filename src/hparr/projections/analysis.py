@@ -24,7 +24,7 @@ import torch.nn as nn
 from .. import checkpoints, files, inits, null, schema
 from ..checkpoints import ModelConfig, check_metadata, check_state, snapshot_config
 from ..defaults import LEVEL, check_level
-from ..errors import HparrError, UsageError
+from ..errors import HparrError
 from ..layers import LayerInfo, Skipped, discover_layers
 from ..models import build_model
 from ..provenance import versions
@@ -63,20 +63,11 @@ class LayerStats:
         return pd.DataFrame(self.columns)
 
 
-def check_init_scheme(scheme: str) -> str:
-    """`--init-scheme`: a scheme of `null.SCHEMES` or an entries' law (gaussian, uniform, truncnorm(C))."""
-    try:
-        null.law_of_scheme(scheme)
-    except ValueError as exc:
-        raise UsageError(f"--init-scheme: {exc}") from None
-    return scheme
-
-
 def layer_nulls(layers: Sequence[LayerInfo], dims: Sequence[int],
                 init_scheme: str = null.DEFAULT_SCHEME) -> tuple[list[str], list[str]]:
     """(the null of each layer's KS test, the names of the layers whose null was assumed): the null of the law
     recorded for the layer's weight when its model was built (`inits.weight_law`), else that of `init_scheme`."""
-    assumed_law = null.law_of_scheme(check_init_scheme(init_scheme))
+    assumed_law = null.law_of_scheme(null.check_scheme(init_scheme))
     labels, assumed = [], []
     for layer, d in zip(layers, dims):
         law = inits.weight_law(layer.module)

@@ -20,10 +20,9 @@ from ..defaults import LEVEL, check_level
 from ..errors import UsageError
 from ..layout import results_directory
 from ..models import build_model, check_arch, pretrained_file
+from ..null import DEFAULT_SCHEME, check_scheme
 from ..results import projections_table
-from ..null import DEFAULT_SCHEME
-from .analysis import (AnalysisOptions, SnapshotAnalyzer, check_init_scheme, collect_results, load_init_state,
-                       log_lines, reusable_result)
+from .analysis import AnalysisOptions, SnapshotAnalyzer, collect_results, load_init_state, log_lines, reusable_result
 
 log = logging.getLogger("hparr.projections")
 
@@ -107,7 +106,7 @@ class ProjectionSettings:
         elif k:
             raise UsageError("--subsample-classes needs --dataset")
         check_level(self.level)
-        check_init_scheme(self.init_scheme)
+        check_scheme(self.init_scheme)
         if self.load_from and (self.pretrained or self.weights):
             raise UsageError("--pretrained analyzes torchvision's weights; it cannot be combined with --load-from")
 
