@@ -242,9 +242,13 @@ class Table:
     seed: int
     values: tuple[float, ...]
 
+    @functools.cached_property
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.linspace(0.0, 1.0, len(self.values)), np.asarray(self.values)
+
     def apply(self, p: np.ndarray, t: np.ndarray) -> np.ndarray:
-        grid = np.linspace(0.0, 1.0, len(self.values))
-        return np.clip(p + np.interp(p, grid, np.asarray(self.values)), 0.0, 1.0)
+        grid, values = self._arrays
+        return np.clip(p + np.interp(p, grid, values), 0.0, 1.0)
 
     def as_dict(self) -> dict:
         return {"format": "hparr-null-table", "version": TABLE_VERSION, "law": self.law, "d": self.d,
