@@ -1,6 +1,7 @@
 """Run the benchmark cases: `python -m bench [--quick | --full] [--original DIR] [training] [reinit] [projections]
-[tracking] [study] [imagefolder]` (the CPU cases; each row prints its ratio against a baseline measured in the
-same run; DIR: a checkout of the paper's original code, which the reinit case runs in turns with hparr's script), or
+[tracking] [study] [imagefolder] [null]` (the CPU cases; each row prints its ratio against a baseline measured
+in the same run; DIR: a checkout of the paper's original code, which the reinit case runs in turns with hparr's
+script), or
 `python -m bench gpu [--device cpu] [--quick]` (one run on a GPU: bench/gpu_bench.py).
 
 Modes: the default takes at most 10 minutes on 2 cores; `--quick` (at most 3 minutes) runs every case on less
@@ -16,7 +17,8 @@ from .common import MODES, emit, machine
 from .original_bench import original_folder_error
 
 CASES = {"training": "bench.training_bench", "reinit": "bench.reinit_bench", "projections": "bench.projections_bench",
-         "tracking": "bench.tracking_bench", "study": "bench.study_bench", "imagefolder": "bench.imagefolder_bench"}
+         "tracking": "bench.tracking_bench", "study": "bench.study_bench", "imagefolder": "bench.imagefolder_bench",
+         "null": "bench.null_bench"}
 
 
 def parse(argv: list[str]) -> tuple[str, list[str], str | None]:

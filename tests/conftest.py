@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
+import tempfile
 from typing import Collection
 
 import pytest
@@ -22,6 +23,9 @@ def pytest_configure(config):
     # start share the cores, spinning threads cost several times the CPU time of the work itself (the workers
     # and those processes inherit this before they load torch)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # the null tables hparr computes once per machine (hparr.null) go to a folder of the tests' own, shared by the
+    # workers and kept between runs, not to the user's cache
+    os.environ.setdefault("HPARR_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"hparr-test-cache-{os.getuid()}"))
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     if workers > 1:
         WORKER_THREADS = max(1, available_cores() // workers)

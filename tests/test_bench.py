@@ -269,3 +269,18 @@ def test_onnx_case_times_the_command_on_an_exported_file_against_the_same_weight
     assert row["seconds"] > 0 and row["torch_pt_s"] > 0 and row["cold_process_s"] > row["seconds"]
     assert row["ratio_vs_torch_pt"] == pytest.approx(row["seconds"] / row["torch_pt_s"], abs=0.02)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_null_case_gives_every_cell_its_rate_and_limit_and_the_beta_nulls_rate():
+    from bench.null_bench import cells, fpr_row
+
+    draws, grid = cells("full")
+    assert draws == 400 and [d for d, _ in grid] == [4, 9, 25, 27, 144, 576, 4608]
+    assert all(ns == [16, 64, 256, 1024, 4096, 16384] for _, ns in grid)  # the whole grid
+    assert all(n * d <= 2 ** 23 for d, ns in cells("default")[1] for n in ns)
+    row = fpr_row("uniform", 4, [16, 64], draws=40)
+    assert row["null"] == "uniform" and row["N"] == [16, 64]
+    assert row["limit"] == round(0.05 + 2 * (0.0475 / 40) ** 0.5, 4)
+    assert all(0 <= row[k][i] <= 1 for k in ("fpr", "fpr_ks", "fpr_sign", "fpr_beta_null") for i in range(2))
+    assert row["within"] == all(f <= row["limit"] for f in row["fpr"])
+    assert fpr_row("gaussian", 9, [16], draws=20)["fpr_beta_null"] == fpr_row("gaussian", 9, [16], draws=20)["fpr"]

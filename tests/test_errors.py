@@ -212,6 +212,8 @@ CASES = [
      "save its weights instead: torch.save(model.state_dict(), PATH)"),
     ("non-positive --num-classes", ["projections", "--dataset", "digits", "--num-classes", "0"], 2,
      "--num-classes must be >= 1"),
+    ("unknown --init-scheme", ["projections", *LENET, "--init-scheme", "bogus"], 2,
+     "unknown initialization scheme 'bogus'"),
     ("empty study grid", ["study", "--seeds", "", "--dry-run", "--out", "{root}/study"], 2, "empty grid"),
     ("malformed grid list", ["study", "--noise", "0,,x", "--dry-run", "--out", "{root}/study"], 2,
      "malformed list '0,,x'"),

@@ -160,6 +160,7 @@ def test_spearman_equals_scipy_on_the_json_numbers(run, built):
     assert got["p_value"] == pytest.approx(expected.pvalue, rel=1e-9)
     summary = (run / "report" / "summary.md").read_text()
     assert f"Spearman rho = {expected.statistic:.3f}" in summary
+    assert "KS null, from the law of each layer's initial weights" in summary  # which null the tests used
 
     # another bias measure: the z-score of the mass
     results = report.load_run(run, exclude=[run / "report"])

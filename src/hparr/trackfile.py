@@ -3,8 +3,9 @@
 One row per tracked step x layer: `step` (optimizer steps taken), `epoch` (epochs completed; fractional
 between epoch ends), the layer's `name`, `kind`, `stage`, `block`, `N`, `d`, then the statistics of
 `hparr.projections.analyze_layers`: `mean`, `std`, `mass`, `n_negative`, `p_sign`, `p_ks`, `p_value`,
-`p_adjusted`, `biased`, `l2_dist`, `l_inf_dist` (empty without the initial weights), and the settings
-`normalize` and `level`. Floats are written in full precision and read back exactly.
+`p_adjusted`, `biased`, `null` (the KS test's null; empty in files written before it), `l2_dist`, `l_inf_dist`
+(empty without the initial weights), and the settings `normalize` and `level`. Floats are written in full
+precision and read back exactly.
 """
 from __future__ import annotations
 

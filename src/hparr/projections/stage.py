@@ -19,6 +19,7 @@ from ..data import DataOptions, dataset_info, describe, is_builtin
 from ..defaults import INCLUDE_1X1, LEVEL, check_level
 from ..errors import UsageError
 from ..models import build_model, check_arch, pretrained_file
+from ..null import DEFAULT_SCHEME, check_scheme
 from ..results import projections_table
 from .analysis import (
     AnalysisOptions,
@@ -79,6 +80,7 @@ class ProjectionSettings:
     probe_data: Any = None  # hparr.data.DataOptions, or None: no measured input shares
     data_path: str = "./data"  # where an image folder is (its class count, channels and size are read from it)
     dataset_args: str | None = None  # the arguments of a factory dataset (module.path:factory)
+    init_scheme: str = DEFAULT_SCHEME  # the initialization assumed for layers whose model does not record one
 
     def condition(self, paths: Sequence[str | os.PathLike] = ()) -> layout.RunCondition:
         """The condition of the run that the snapshot files `paths` come from: what they record
@@ -148,6 +150,7 @@ class ProjectionSettings:
         elif k:
             raise UsageError("--subsample-classes needs --dataset")
         check_level(self.level)
+        check_scheme(self.init_scheme)
         if self.load_from and (self.pretrained or self.weights):
             raise UsageError("--pretrained analyzes torchvision's weights; it cannot be combined with --load-from")
         if self.probe_data is not None:
@@ -156,7 +159,8 @@ class ProjectionSettings:
     def options(self) -> AnalysisOptions:
         init_from = str(Path(self.init_from).resolve()) if self.init_from else None
         return AnalysisOptions(normalize=self.normalize, with_linear=self.with_linear,
-                               include_1x1=self.include_1x1, level=self.level, init_from=init_from)
+                               include_1x1=self.include_1x1, level=self.level, init_from=init_from,
+                               init_scheme=self.init_scheme)
 
 
 @dataclass

@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 import scipy
 
+from ..null import note as null_note
 from ..provenance import versions
 from ..results import RAND, layer_entries
 from . import html
@@ -140,6 +141,7 @@ def summary_markdown(results: RunResults, table: pd.DataFrame, correlation: Mapp
              "l2 dist from init: ||W - W0|| / ||W0||; drop: (acc trained - acc re-initialized) / acc trained; "
              f"robust when the drop to epoch 0 is <= {table.attrs['threshold']:g}, else critical. "
              "Every digit is in layers.csv.", ""]
+    lines += null_note(results.trained_doc)  # which null the bias tests used, and any assumption
     missing_p = list(table.loc[table["missing"] == "projections", "name"])
     missing_r = list(table.loc[table["missing"] == "reinit", "name"])
     if missing_p:
