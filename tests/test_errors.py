@@ -159,6 +159,15 @@ CASES = [
      "--mem must be a memory size above 0 such as 4G or 500M, got '0'"),
     ("--status on a folder that is not a study", ["study", "{root}", "--status"], 2,
      "is not a study folder (no study.json)"),
+    ("nothing to survey", ["survey", "--out", "{root}/sv"], 2, "nothing to survey"),
+    ("survey input that does not exist", ["survey", "{root}/nowhere.onnx", "--out", "{root}/sv"], 2,
+     "nowhere.onnx: no such file or folder"),
+    ("--networks file that does not exist", ["survey", "--networks", "{root}/none.json", "--out", "{root}/sv"], 2,
+     "none.json: no such file"),
+    ("--networks file of another kind", ["survey", "--networks", "{root}/notes.txt", "--out", "{root}/sv"], 2,
+     "is not a networks file"),
+    ("one network given twice", ["survey", "{root}/lenet_init_0.pt", "{root}/lenet_init_0.pt", "--out", "{root}/sv"],
+     2, "give each input once"),
 ]
 
 # the rows of the table that a test of their own checks (a failing GPU, a full disk, a file-size limit, a missing
@@ -177,6 +186,9 @@ ELSEWHERE = {
         "tests/slurm/test_cluster.py::test_what_sbatch_refuses_is_one_line_quoting_sbatch",
     "run directory in use by another training run":
         "tests/test_training.py::test_a_second_run_into_a_busy_run_directory_is_refused_naming_the_first",
+    "--networks weight files not fetched": "tests/test_survey.py::test_survey_refuses_what_it_cannot_read",
+    "survey of a study without a finished cell": "tests/test_survey.py::test_survey_refuses_what_it_cannot_read",
+    "survey of a run folder without projections": "tests/test_survey.py::test_survey_refuses_what_it_cannot_read",
     "--out a study with other shared flags":
         "tests/test_study.py::test_the_print_launcher_prints_a_reproduce_command_per_cell",
 }

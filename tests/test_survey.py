@@ -248,3 +248,25 @@ def test_survey_command_reads_a_networks_file_and_writes_its_files(tmp_path, cap
     assert nets["null_assumed"].all()
     assert "assumed: initialization unknown" in (out / "summary.md").read_text()
     assert (out / "survey.png").stat().st_size > 0 and not (out / "control.png").exists()
+
+
+def test_survey_refuses_what_it_cannot_read(tmp_path, capsys):
+    """Weight files of a networks file that are not there, a study without a finished cell, a run folder with
+    no projection results: one line each, exit code as docs/errors.md says, nothing written."""
+    from hparr.cli import main
+
+    spec = tmp_path / "networks.json"
+    spec.write_text(json.dumps({"format": collect.NETWORKS_FORMAT, "networks": [{"name": "n", "file": "net.pt"}]}))
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "study.json").write_text(json.dumps({"format": "hparr-study-1", "cells": []}))
+    (tmp_path / "run").mkdir()  # a re-initialization result of the original code, and no projections
+    (tmp_path / "run" / "reinit.json").write_text(json.dumps({"init_from_epoch": {"0": [10.0]}, "top1_test": 90.0}))
+    out = tmp_path / "out"
+    for argv, code, phrase in (
+            (["--networks", str(spec), "--data", str(tmp_path / "data")], 2, "1 file(s) missing below --data"),
+            ([str(tmp_path / "study")], 1, "has no finished cell to survey"),
+            ([str(tmp_path / "run")], 1, "holds no projection results of a trained snapshot")):
+        assert main(["survey", *argv, "--out", str(out)]) == code
+        err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+        assert len(err) == 1 and phrase in err[0], err
+        assert not out.exists()

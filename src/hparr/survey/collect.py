@@ -139,7 +139,8 @@ def run_network(run_dir: str | os.PathLike, name: str | None = None) -> Network:
     run = load_run(run_dir)
     table = run.projections
     if table is None or table.empty or run.trained_epoch is None:
-        raise HparrError(f"{run_dir} holds no projection results of a trained snapshot")
+        raise HparrError(f"{run_dir} holds no projection results of a trained snapshot (run hparr projections "
+                         "on its snapshots)")
     layers = table[(table["kind"] != "net") & (pd.to_numeric(table["epoch"]) == run.trained_epoch)]
     if "stem" in layers.columns and layers["stem"].nunique() > 1:  # several files of that epoch: the first
         layers = layers[layers["stem"] == layers["stem"].iloc[0]]
@@ -213,14 +214,17 @@ def path_networks(path: str | os.PathLike, options: SurveyOptions) -> list[Netwo
 def read_networks_file(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The entries of a networks file (docs/survey.md "The networks file"), checked."""
     doc = results.read_json(path)
+    why = None
     if not isinstance(doc, dict) or doc.get("format") != NETWORKS_FORMAT or not isinstance(doc.get("networks"), list):
-        raise UsageError(f"--networks {path} is not a networks file (a JSON object with \"format\": "
-                         f"\"{NETWORKS_FORMAT}\" and a list \"networks\")")
-    entries = doc["networks"]
-    for i, entry in enumerate(entries, 1):
-        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not entry.get("name"):
-            raise UsageError(f"--networks {path}: entry {i} needs a \"name\" and a \"file\"")
-    return entries
+        why = f"a JSON object with \"format\": \"{NETWORKS_FORMAT}\" and a list \"networks\""
+    else:
+        bad = [i for i, e in enumerate(doc["networks"], 1)
+               if not isinstance(e, dict) or not isinstance(e.get("file"), str) or not e.get("name")]
+        if bad:
+            why = f"entry {bad[0]} has no \"name\" or no \"file\""
+    if why is not None:
+        raise UsageError(f"--networks {path} is not a networks file ({why})")
+    return doc["networks"]
 
 
 def file_identity(path: str | os.PathLike) -> dict[str, Any]:
