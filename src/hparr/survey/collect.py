@@ -231,12 +231,12 @@ def file_identity(path: str | os.PathLike) -> dict[str, Any]:
     """Path, size and SHA-256 of a file read by the survey (a run folder: its path)."""
     path = Path(path)
     if not path.is_file():
-        return {"path": str(path.resolve())}
+        return {"path": str(path)}
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
-    return {"path": str(path.resolve()), "size": path.stat().st_size, "sha256": digest.hexdigest()}
+    return {"path": str(path), "size": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
 # --- the survey's table ----------------------------------------------------------------------------
