@@ -18,6 +18,10 @@ INTEGERS = ("stage", "block", "N", "d", "n_negative", "n_layers", "n_biased")
 ENTRY_FIELDS = ("name", "kind", "N", "d", "std", "n_negative", "p_sign", "p_ks", "p_value", "p_adjusted", "biased")
 # what the statistics of one layer compute, before the Holm correction over the network
 COMPUTED = LAYER[:LAYER.index("p_adjusted")]
+# what feeds each layer (hparr.inputs): the kind of operation, whether that kind is non-negative (empty: unknown),
+# and the measured share of negative values in the layer's input (empty without data); per-layer columns of
+# projection results, after the others
+INPUT = ("input_kind", "input_nonneg", "input_neg_share")
 
 
 def ordered(columns: Iterable[str], first: Iterable[str] = ()) -> list[str]:

@@ -15,10 +15,14 @@ from ..layout import SNAPSHOT_SUFFIXES
 
 ZIP_MAGIC = b"PK\x03\x04"
 SHARD_INDEX = "model.safetensors.index.json"
-CHECKPOINT_SUFFIXES = (*SNAPSHOT_SUFFIXES, ".safetensors", ".ckpt", ".bin")
+CHECKPOINT_SUFFIXES = (*SNAPSHOT_SUFFIXES, ".safetensors", ".ckpt", ".bin", ".onnx")
 _MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library's own limit
-_KNOWN = ("a PyTorch zip or pickle file, a .safetensors file, or a folder of sharded .safetensors files "
-          f"with {SHARD_INDEX}")
+_KNOWN = ("a PyTorch zip or pickle file, a .safetensors file, a folder of sharded .safetensors files "
+          f"with {SHARD_INDEX}, or an ONNX model")
+# the first bytes of an ONNX model: its ir_version field (protobuf field 1, a varint), which every writer puts
+# first, followed by another field of ModelProto (producer name, graph, opset imports...) or by nothing
+_ONNX_IR_VERSION_TAG = 0x08
+_ONNX_MODEL_FIELD_TAGS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72, 0xA2, 0xCA}
 
 
 class LazyState(Mapping):
@@ -143,12 +147,19 @@ def _describe(head: bytes, size: int) -> str:
     return f"{size} bytes starting with {head[:8].hex(' ')}"
 
 
+def looks_like_onnx(head: bytes) -> bool:
+    """Whether the first bytes of a file are those of a serialized ONNX ModelProto (its ir_version field first)."""
+    return (len(head) >= 2 and head[0] == _ONNX_IR_VERSION_TAG and 1 <= head[1] <= 0x7F
+            and (len(head) == 2 or head[2] in _ONNX_MODEL_FIELD_TAGS))
+
+
 def checkpoint_format(path: str | os.PathLike) -> str:
     """The format of a checkpoint, from its content (never its extension).
 
     "torch-zip" (torch.save's zip format: hparr, Lightning, most .pt/.pth/.bin files), "torch-pickle"
-    (torch.save's legacy pickle format, or any other pickle), "safetensors", or "sharded-safetensors" (a
-    folder with model.safetensors.index.json). Anything else raises an HparrError naming what was found.
+    (torch.save's legacy pickle format, or any other pickle), "safetensors", "sharded-safetensors" (a
+    folder with model.safetensors.index.json) or "onnx" (an ONNX model). Anything else raises an HparrError
+    naming what was found.
     """
     path = Path(path)
     if path.is_dir():
@@ -170,5 +181,9 @@ def checkpoint_format(path: str | os.PathLike) -> str:
         return "torch-pickle"
     if len(head) > 8 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= _MAX_SAFETENSORS_HEADER:
         return "safetensors"
+    if looks_like_onnx(head):
+        return "onnx"
+    if path.suffix.lower() == ".onnx":
+        raise HparrError(f"{path} is not an ONNX model hparr can read: found {_describe(head, size)}")
     raise HparrError(f"{path} is not a checkpoint hparr can read ({_KNOWN}): found {_describe(head, size)}")
 

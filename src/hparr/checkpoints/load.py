@@ -29,8 +29,10 @@ def torch_load(path: str | os.PathLike, mmap: bool = False) -> Any:
     path = Path(path)
     if not path.is_file():
         raise HparrError(f"snapshot not found: {path}")
-    if checkpoint_format(path) not in ("torch-zip", "torch-pickle"):  # another format says so in one line
-        raise HparrError(f"{path} is a safetensors file, not a torch snapshot: read it with read_checkpoint")
+    fmt = checkpoint_format(path)
+    if fmt not in ("torch-zip", "torch-pickle"):  # another format says so in one line
+        raise HparrError(f"{path} is a{'n' if fmt == 'onnx' else ''} {fmt} file, not a torch snapshot: read it "
+                         "with read_checkpoint")
     try:
         if path.name.endswith(".safetensors"):
             # torch.load would hand a path with this name to the safetensors library: the content decides here
@@ -277,22 +279,30 @@ class Checkpoint:
     """A checkpoint file read by `read_checkpoint`.
 
     obj: the whole loaded object for the torch formats (a snapshot's metadata lives there), {} for
-    safetensors; state: its model state_dict, with DataParallel/DDP (`module.`) and torch.compile
-    (`_orig_mod.`) wrappers removed from the keys (lazy for safetensors: tensors are read on lookup).
+    safetensors and ONNX; state: its model state_dict, with DataParallel/DDP (`module.`) and torch.compile
+    (`_orig_mod.`) wrappers removed from the keys (lazy for safetensors and ONNX: tensors are read on lookup;
+    an ONNX model's are its graph's initializers and constants, by name); graph: an ONNX model's graph
+    (`onnx_file.OnnxModel`), else None.
     """
 
     path: Path
     format: str
     obj: Any
     state: Mapping[str, torch.Tensor]
+    graph: Any = None
 
 
 def read_checkpoint(path: str | os.PathLike, mmap: bool = True) -> Checkpoint:
     """Read any supported checkpoint: hparr's and the original code's snapshots, a bare state_dict,
-    a Lightning .ckpt, a .safetensors file or a folder of shards; only `torch.load(weights_only=True)`
-    and the safetensors library ever read them."""
+    a Lightning .ckpt, a .safetensors file or a folder of shards, an ONNX model; only
+    `torch.load(weights_only=True)`, the safetensors library and the onnx package ever read them."""
     path = Path(path)
     fmt = checkpoint_format(path)
+    if fmt == "onnx":
+        from .onnx_file import read_onnx  # the optional extra, imported only for an ONNX file
+
+        graph = read_onnx(path)
+        return Checkpoint(path, fmt, {}, graph.state(), graph)
     if fmt == "safetensors":
         return Checkpoint(path, fmt, {}, _strip_wrappers(open_safetensors(path)))
     if fmt == "sharded-safetensors":

@@ -28,8 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "<results>/<dataset>_<K>/")
     p.add_argument("--load-from", nargs="+", action="extend", default=None, metavar="PATH",
                    help="checkpoint files (hparr or original snapshots, state_dicts, .safetensors, Lightning "
-                        ".ckpt), sharded .safetensors folders, directories or globs (repeatable); without it the "
-                        "random "
+                        ".ckpt, ONNX models), sharded .safetensors folders, directories or globs (repeatable); "
+                        "without it the random "
                         "initialization (or --pretrained weights) is analyzed")
     p.add_argument("--init-from", type=str, default=None, metavar="FILE",
                    help="snapshot at initialization: adds l2_dist and l_inf_dist per layer")
@@ -56,6 +56,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parquet", action="store_true", help="also write the table as projections.parquet")
     p.add_argument("--overwrite", action="store_true", help="recompute snapshots whose JSON already exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--probe-data", action="store_true",
+                   help="run the first 256 test images of --dataset through each model (read from --data-path, "
+                        "normalized as the snapshot records, else as --unnormalize says) and record the share of "
+                        "negative values in every layer's input (needs --arch, or ONNX files)")
+    p.add_argument("--data-path", type=str, default="./data", help="folder holding the dataset files [./data]")
+    p.add_argument("--unnormalize", action="store_true",
+                   help="--probe-data: no mean/std normalization of the images (pixels in [0, 1])")
     add_model_shape_arguments(p)
 
 
@@ -79,14 +86,23 @@ def check_model_shape(args) -> None:
 def settings_from_args(args):
     """The settings of a parsed `hparr projections` command line (validated by `ProjectionSettings.validate`;
     the device is chosen once they are valid)."""
+    from ..errors import UsageError
     from ..projections import ProjectionSettings  # start-up time, as above
 
+    probe = None
+    if args.probe_data:
+        from ..data import DataOptions
+
+        if args.dataset is None:
+            raise UsageError("--probe-data needs --dataset: the data whose test images are run through the models")
+        probe = DataOptions(dataset=args.dataset, data_path=args.data_path, unnormalize=args.unnormalize,
+                            subsample_classes=args.subsample_classes)
     return ProjectionSettings(
         arch=args.arch, dataset=args.dataset, load_from=args.load_from, init_from=args.init_from, seed=args.seed,
         subsample_classes=args.subsample_classes, normalize=args.normalize, with_linear=args.with_linear,
         include_1x1=args.include_1x1, level=args.level, pretrained=args.pretrained, weights=args.weights,
         state_dict_prefix=args.state_dict_prefix, overwrite=args.overwrite, progress=not args.no_progress,
-        num_classes=args.num_classes, in_channels=args.in_channels, input_size=args.input_size)
+        num_classes=args.num_classes, in_channels=args.in_channels, input_size=args.input_size, probe_data=probe)
 
 
 def run(args) -> int:
@@ -110,5 +126,6 @@ def run(args) -> int:
     print(f"{n} snapshot(s): {computed} computed{replaced}, {n - computed} kept; {result.n_biased} biased layer(s) "
           f"at level {args.level} (Holm-adjusted p-values); results in {out_dir}")
     if checkpoint_only:
-        print("checkpoint only: every conv weight of the file(s), in file order; stage and block unknown")
+        print("checkpoint only: every conv weight of the file(s), in file order (an ONNX file's conv nodes, in its "
+              "graph's order); stage and block unknown")
     return 0

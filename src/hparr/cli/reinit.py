@@ -22,7 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     add_arch_argument(p)
     add_data_arguments(p)
-    p.add_argument("--load-from", type=str, default="", help="the trained snapshot to evaluate")
+    p.add_argument("--load-from", type=str, default="",
+                   help="the trained snapshot to evaluate (an ONNX model needs no --arch: its graph is run)")
     p.add_argument("--inits-from", type=str, default=None,
                    help="snapshots to re-initialize from: a text file of paths (one per line; blank lines are "
                         "ignored, missing files skipped with a warning) or a directory of snapshots")
@@ -74,7 +75,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from .train import data_options, listing, setup_logging
 
-    if listing(args):
+    if args.arch is None and args.load_from:  # the snapshot may record its architecture; an ONNX file is its graph
+        if listing(argparse.Namespace(**{**vars(args), "arch": ""})):  # the datasets, without --dataset
+            return 0
+    elif listing(args):
         return 0
     from .. import files, reinit
 

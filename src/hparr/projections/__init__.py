@@ -7,15 +7,19 @@ statistics of a network's layers (`analyze_layers`, `layer_stats`), their result
 """
 from .analysis import (
     FILE_ORDER,
+    INPUT_KINDS,
+    PROBE_IMAGES,
     AnalysisOptions,
     LayerStats,
     SnapshotAnalyzer,
     analyze_layers,
     collect_results,
     file_layers,
+    input_columns,
     layer_stats,
     load_init_state,
     log_lines,
+    onnx_layers,
     projection_document,
     reusable_result,
     weights_of,
@@ -46,10 +50,12 @@ from .stats import (
 )
 
 __all__ = [
-    "CHECKPOINT_ONLY", "CORRECTION", "FILE_ORDER", "NO_DATASET", "STD_DDOF", "AnalysisOptions", "LayerStats",
+    "CHECKPOINT_ONLY", "CORRECTION", "FILE_ORDER", "INPUT_KINDS", "NO_DATASET", "PROBE_IMAGES", "STD_DDOF",
+    "AnalysisOptions", "LayerStats",
     "ProjectionSettings", "ProjectionsResult", "SnapshotAnalyzer", "analyze_layers", "bias_tests",
     "bias_tests_of_layers", "check_model_shape", "collect_results", "distances", "file_layers", "filter_matrix",
-    "holm", "ks_sf", "ks_statistic", "layer_stats", "load_init_state", "log_lines", "projection_document",
+    "holm", "input_columns", "ks_sf", "ks_statistic", "layer_stats", "load_init_state", "log_lines", "onnx_layers",
+    "projection_document",
     "projections", "reusable_result", "run_projections", "save", "sign_pvalues", "summarize", "table_of",
     "weights_of",
 ]

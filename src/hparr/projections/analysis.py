@@ -25,6 +25,7 @@ from .. import checkpoints, files, schema
 from ..checkpoints import ModelConfig, check_metadata, check_state, snapshot_config
 from ..defaults import LEVEL, check_level
 from ..errors import HparrError
+from ..inputs import UNKNOWN_FEED, Feed, fx_feeds, negative_shares
 from ..layers import LayerInfo, Skipped, discover_layers
 from ..models import build_model
 from ..provenance import versions
@@ -37,7 +38,8 @@ class LayerStats:
     """The statistics of a network's analyzed layers.
 
     columns: the per-layer values, column -> one value per layer, in layer order (name, kind, stage, block, N,
-    d, mean, std, mass, n_negative, p_sign, p_ks, p_value, p_adjusted, biased[, l2_dist, l_inf_dist]), and
+    d, mean, std, mass, n_negative, p_sign, p_ks, p_value, p_adjusted, biased[, l2_dist, l_inf_dist][,
+    input_kind, input_nonneg, input_neg_share]), and
     `table` the same as a DataFrame (made on first use); projections: each layer's per-filter projections
     by name; net: the network summary over the pooled projections (N, mean, std, mass, n_negative,
     n_layers, n_biased, p_value, biased); skipped: the conv/linear layers not analyzed and why; and the
@@ -62,9 +64,11 @@ class LayerStats:
 
 def analyze_layers(layers: Sequence[LayerInfo], weights: Mapping[str, Any], normalize: bool = True,
                    init: Mapping[str, Any] | None = None, level: float = LEVEL,
-                   skipped: Sequence[Skipped] = ()) -> LayerStats:
+                   skipped: Sequence[Skipped] = (), inputs: Mapping[str, Mapping[str, Any]] | None = None
+                   ) -> LayerStats:
     """The statistics and bias tests of `layers`, from weight tensors keyed like a state_dict
-    (`layer.weight_key`); `init` (weights at initialization, same keys) adds the distances."""
+    (`layer.weight_key`); `init` (weights at initialization, same keys) adds the distances, and `inputs`
+    ({layer name: {column: value}} for the columns of `schema.INPUT`, see `input_columns`) what feeds each layer."""
     check_level(level, "the test level")
     if not layers:
         raise HparrError("no layers to analyze (every conv layer is skipped; try --with-linear or --include-1x1)")
@@ -87,6 +91,8 @@ def analyze_layers(layers: Sequence[LayerInfo], weights: Mapping[str, Any], norm
     table.update(p_adjusted=p_adjusted.tolist(), biased=(p_adjusted <= level).tolist())
     if init is not None:
         table.update({c: [row[c] for row in rows] for c in schema.DISTANCES})
+    if inputs is not None:
+        table.update({c: [inputs.get(layer.name, {}).get(c) for layer in layers] for c in schema.INPUT})
     pooled = np.concatenate(list(per_filter.values()))
     tested = [p for p in table["p_value"] if not math.isnan(p)]
     net = {**summarize(pooled), "n_layers": len(rows), "n_biased": sum(table["biased"]),
@@ -95,6 +101,15 @@ def analyze_layers(layers: Sequence[LayerInfo], weights: Mapping[str, Any], norm
     return LayerStats(table, per_filter, net, skipped=[vars(s).copy() for s in skipped], level=level,
                       normalize=normalize,
                       layer_order="forward" if all(layer.traced for layer in layers) else "modules")
+
+
+def input_columns(feeds: Mapping[str, Feed], image_nonneg: bool | None = None,
+                  shares: Mapping[str, float] | None = None) -> dict[str, dict[str, Any]]:
+    """{layer: {input_kind, input_nonneg, input_neg_share}} from what feeds each layer (`hparr.inputs`), whether
+    the network's input is non-negative (its pixels not normalized; None: unknown) and the measured shares."""
+    return {name: {"input_kind": feed.kind, "input_nonneg": feed.nonneg(image_nonneg),
+                   "input_neg_share": None if shares is None else shares.get(name)}
+            for name, feed in feeds.items()}
 
 
 def _weight(weights: Mapping[str, Any], layer: LayerInfo, what: str):
@@ -123,8 +138,10 @@ def layer_stats(model: nn.Module, normalize: bool = True, with_linear: bool = Fa
     or a state_dict of the same architecture) adds the distances from initialization.
     """
     layers, skipped = discover_layers(model, input_shape, with_linear=with_linear, include_1x1=include_1x1)
+    feeds = fx_feeds(model, [layer.name for layer in layers])
     return analyze_layers(layers, weights_of(model), normalize=normalize,
-                          init=None if init is None else weights_of(init), level=level, skipped=skipped)
+                          init=None if init is None else weights_of(init), level=level, skipped=skipped,
+                          inputs=input_columns(feeds))
 
 
 # --- result documents (the original JSON layout plus new fields) and tidy rows ----------------------
@@ -146,6 +163,7 @@ def projection_document(stats_: LayerStats, **fields: Any) -> dict[str, Any]:
         if has_dist:
             entry.update(l2_dist=row["l2_dist"], l_inf_dist=row["l_inf_dist"])
         entry.update({k: row[k] for k in schema.ENTRY_FIELDS})
+        entry.update({k: row[k] for k in schema.INPUT if k in row})
         if residual:
             entry["block"] = int(row["block"])
         doc.setdefault(str(row["stage"]), {})[str(position[i] if residual else row["block"])] = entry
@@ -208,18 +226,26 @@ def reusable_result(path: str | os.PathLike, options: AnalysisOptions, fields: M
     return doc, None
 
 
+INPUT_KINDS = "hparr-inputs-1"  # how the input kinds of a result were read (`hparr.inputs`)
+PROBE_IMAGES = 256  # the test images a probe runs through the model (`--probe-data`)
+
+
 class SnapshotAnalyzer:
     """Result documents for many snapshots of one architecture.
 
     The model of each configuration (class count, input channels, size) is built once to discover its
-    layers; a snapshot is then read memory-mapped and only its analyzed weights are touched.
-    `context` (dataset, seed, ...) is copied into every document; snapshots whose metadata names another
-    architecture, `dataset` or `seed` are refused.
+    layers and what feeds each (`hparr.inputs`); a snapshot is then read memory-mapped and only its analyzed
+    weights are touched. Without an architecture (`default.arch` None) a checkpoint's conv weights are read
+    without a model, and an ONNX file's layers come from its graph. `context` (dataset, seed, ...) is copied
+    into every document; snapshots whose metadata names another architecture, `dataset` or `seed` are refused.
+    `probe` (data options): one batch of `probe_images` images of that data's test split is run through each
+    model to measure the share of negative values in every layer's input (the model is then loaded whole).
     """
 
     def __init__(self, default: ModelConfig, options: AnalysisOptions, context: Mapping[str, Any] | None = None,
                  device: str | torch.device = "cpu", init_state: Mapping[str, Any] | None = None,
-                 dataset: str | None = None, seed: int | None = None, state_dict_prefix: str | None = None):
+                 dataset: str | None = None, seed: int | None = None, state_dict_prefix: str | None = None,
+                 probe: Any = None, probe_images: int = PROBE_IMAGES):
         self.default = default
         self.prefix = state_dict_prefix
         self.dataset, self.seed = dataset, seed
@@ -227,7 +253,23 @@ class SnapshotAnalyzer:
         self.context = dict(context or {})
         self.device = torch.device(device)
         self.init_state = init_state
+        self.probe, self.probe_images = probe, int(probe_images)
         self._plans: dict[ModelConfig, tuple[list[LayerInfo], list[Skipped], dict[str, tuple[int, ...]]]] = {}
+        self._feeds: dict[ModelConfig, dict[str, Feed]] = {}
+        self._models: dict[ModelConfig, nn.Module] = {}
+        self._probe_data: dict[Any, Any] = {}
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        """What a document records of how its input columns were obtained (compared before a result is reused):
+        the way kinds are read, and the probe's data options (None without a probe)."""
+        probe = None
+        if self.probe is not None:
+            o = self.probe
+            probe = {"dataset": o.dataset, "split": "test", "images": self.probe_images,
+                     "subsample_classes": o.subsample_classes, "class_sample_seed": o.class_sample_seed,
+                     "unnormalize": o.unnormalize}
+        return {"kinds": INPUT_KINDS, "probe": probe}
 
     def plan(self, config: ModelConfig, model: nn.Module | None = None):
         """(layers, skipped, reference shapes) of a configuration, built on first use."""
@@ -239,10 +281,14 @@ class SnapshotAnalyzer:
                                               include_1x1=self.options.include_1x1)
             reference = {k: tuple(v.shape) for k, v in model.state_dict().items()}
             self._plans[config] = (layers, skipped, reference)
+            self._feeds[config] = fx_feeds(model, [layer.name for layer in layers])
+            if self.probe is not None:
+                self._models[config] = model
         return self._plans[config]
 
     def _document(self, config: ModelConfig, state: Mapping[str, Any], layers, skipped,
-                  checkpoint: Path | None = None, **fields) -> dict[str, Any]:
+                  checkpoint: Path | None = None, inputs: Mapping[str, Any] | None = None,
+                  **fields) -> dict[str, Any]:
         keys = [layer.weight_key for layer in layers]
         weights = {key: state[key] for key in keys}
         identity = {}
@@ -258,38 +304,60 @@ class SnapshotAnalyzer:
                 identity["init_checkpoint"] = checkpoints.checkpoint_identity(self.options.init_from, init, keys)
             init = {key: w.to(self.device) for key, w in init.items()}
         stats_ = analyze_layers(layers, weights, normalize=self.options.normalize, init=init,
-                                level=self.options.level, skipped=skipped)
+                                level=self.options.level, skipped=skipped, inputs=inputs)
         if config.arch is None:
             stats_.layer_order = FILE_ORDER
         return projection_document(
             stats_, **self.context, **fields, num_classes=config.num_classes, in_channels=config.in_channels,
             input_size=config.input_size, with_linear=self.options.with_linear,
             include_1x1=self.options.include_1x1, init_from=self.options.init_from, **identity,
-            versions={**versions(), "scipy": scipy.__version__})
+            inputs=self.inputs, versions={**versions(), "scipy": scipy.__version__})
 
     def analyze_file(self, path: str | os.PathLike) -> dict[str, Any]:
-        """The result document of one snapshot file (plain state_dict, original .tar, or `hparr train`'s)."""
+        """The result document of one snapshot file (plain state_dict, original .tar, `hparr train`'s, or an
+        ONNX model)."""
         path = Path(path)
         ckpt = checkpoints.read_checkpoint(path)
         obj = ckpt.obj
         check_metadata(obj, str(path), self.dataset, self.seed)
-        if self.default.arch is None:  # no model: every conv weight of the file, in the file's order
+        extra: dict[str, Any] = {}
+        run = None  # (model, {layer: module name}, its static input shape or None) where it can run on data
+        if self.default.arch is None and ckpt.graph is not None:  # an ONNX model: the layers of its graph
+            config = self.default
+            layers, skipped, feeds, state = onnx_layers(ckpt.graph, self.options)
+            extra["onnx"] = _onnx_file().describe(ckpt.graph)
+            if self.probe is not None:
+                run = _onnx_module(ckpt.graph, layers)
+        elif self.default.arch is None:  # no model: every conv weight of the file, in the file's order
             config = self.default
             state = checkpoints.match_prefix(ckpt.state, None, self.prefix, source=str(path))
             layers, skipped = file_layers(state, self.options, str(path))
+            feeds = {layer.name: UNKNOWN_FEED for layer in layers}
+            if self.probe is not None:
+                raise HparrError(f"--probe-data: {path} is read without its model (no --arch), so no image can be "
+                                 "run through it; give --arch, or an ONNX file")
         else:
             config = snapshot_config(obj, self.default, str(path))
             layers, skipped, reference = self.plan(config)
             state = checkpoints.match_prefix(ckpt.state, reference, self.prefix, source=str(path))
             check_state(reference, checkpoints.shapes_of(state), str(path))
+            feeds = self._feeds[config]
+            if self.probe is not None:
+                model = self._models[config]
+                model.load_state_dict(dict(state))
+                run = (model, {layer.name: layer.name for layer in layers}, None)
         meta = obj if isinstance(obj, dict) else {}
-        extra = {k: meta[k] for k in ("seeds", "dataset", "top1_acc", "top5_acc") if k in meta}
+        extra.update({f"snapshot_{k}": meta[k] for k in ("seeds", "dataset", "top1_acc", "top5_acc") if k in meta})
         normalization = checkpoints.recorded_normalization(meta)
         if normalization is not None:
-            extra["normalization"] = normalization
-        extra = {f"snapshot_{k}": v for k, v in extra.items()}
+            extra["snapshot_normalization"] = normalization
+        normalized = (normalization or {}).get("normalized")
+        shares = None
+        if run is not None:
+            shares, extra["probe"] = self._measure(*run, meta=meta, source=str(path))
+        inputs = input_columns(feeds, None if not isinstance(normalized, bool) else not normalized, shares)
         epoch = checkpoints.snapshot_epoch_or_none(obj, path)
-        return self._document(config, state, layers, skipped, checkpoint=path, stem=path.stem,
+        return self._document(config, state, layers, skipped, checkpoint=path, inputs=inputs, stem=path.stem,
                               epoch=None if epoch is None else str(epoch), checkpoint_format=ckpt.format, **extra)
 
     def analyze_model(self, model: nn.Module, stem: str, epoch: int, source: str, **fields) -> dict[str, Any]:
@@ -297,8 +365,72 @@ class SnapshotAnalyzer:
         config = self.default
         self._plans.pop(config, None)
         layers, skipped, _ = self.plan(config, model)
+        shares = None
+        if self.probe is not None:
+            shares, fields["probe"] = self._measure(model, {layer.name: layer.name for layer in layers}, None,
+                                                    meta={}, source=source)
         return self._document(config, model.state_dict(), layers, skipped, stem=stem, source=source,
-                              epoch=str(epoch), **fields)
+                              epoch=str(epoch), inputs=input_columns(self._feeds[config], None, shares), **fields)
+
+    def _measure(self, model: nn.Module, modules: Mapping[str, str], shape: Sequence[int | None] | None, *,
+                 meta: Mapping[str, Any], source: str) -> tuple[dict[str, float], dict[str, Any]]:
+        """The share of negative values in each layer's input over one batch of the probe's test images,
+        normalized as the snapshot records (else as the probe's options say), and what was run. `shape`: the
+        model's static input shape where it has one (an ONNX graph's; a fixed batch size is run in chunks)."""
+        from ..data import load_data, make_loader  # the data only where a probe is asked for
+        from ..reinit.snapshots import snapshot_data_options, snapshot_normalization
+
+        options = snapshot_data_options(self.probe, meta, source)
+        if options not in self._probe_data:
+            self._probe_data[options] = load_data(options, splits=("test",))
+        data = snapshot_normalization(self._probe_data[options], meta, source)
+        images, _ = next(iter(make_loader(data, "test", self.probe_images, train=False)))
+        if shape is not None:
+            if len(shape) != images.dim() or \
+                    tuple(images.shape[1:]) != tuple(d if d else s for d, s in zip(shape[1:], images.shape[1:])):
+                raise HparrError(f"--probe-data: {source} takes inputs of shape {tuple(shape)}, the {options.dataset} "
+                                 f"test images are {tuple(images.shape[1:])}")
+        batches = images.split(shape[0]) if shape is not None and shape[0] else [images]
+        ref = next(iter(model.parameters()), None)
+        device = ref.device if ref is not None else torch.device("cpu")
+        try:
+            shares = negative_shares(model, modules, [b.to(device) for b in batches])
+        except RuntimeError as exc:
+            raise HparrError(f"--probe-data: running {options.dataset} test images through {source} failed: "
+                             f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__}"
+                             ) from None
+        record = {**self.inputs["probe"], "images": int(images.shape[0]), "normalized": not options.unnormalize,
+                  "mean": [float(v) for v in data.mean], "std": [float(v) for v in data.std]}
+        return shares, record
+
+
+def _onnx_file():
+    from ..checkpoints import onnx_file  # the optional extra: only for ONNX files
+
+    return onnx_file
+
+
+def onnx_layers(graph: Any, options: AnalysisOptions):
+    """(layers, skipped, feeds, weights) of an ONNX model (`checkpoints.onnx_file.OnnxModel`) read without
+    converting it: its Conv nodes (and with `with_linear` its Gemm/MatMul nodes) whose weight is a constant, in
+    the graph's topological order, named by their nodes; what feeds each (`hparr.inputs.onnx_feeds`); and the
+    analyzed weights, read lazily from the initializers. Stage and block are unknown (stage 0, numbered in
+    order), as for a checkpoint read without its model."""
+    from ..inputs import onnx_feeds
+
+    onnx_file = _onnx_file()
+    found, skipped = onnx_file.graph_layers(graph, options.with_linear, options.include_1x1)
+    onnx_file.check_no_conv(graph, found, options.with_linear)
+    layers = [LayerInfo(g.node.name, None, g.kind, 0, i, i, g.weight, g.shape, traced=False, unit=g.node.name)
+              for i, g in enumerate(found)]
+    return layers, skipped, onnx_feeds(graph, found), onnx_file.layer_weights(graph, found)
+
+
+def _onnx_module(graph: Any, layers: Sequence[LayerInfo]):
+    """An ONNX model converted to a torch module, {layer: its module}, and the graph's static input shape."""
+    converted = _onnx_file().to_torch(graph)
+    return (converted.module, {layer.name: converted.modules[layer.name] for layer in layers},
+            _onnx_file().graph_input_shape(graph))
 
 
 FILE_ORDER = "file"  # the layer order of checkpoint-only projections: stage and block unknown

@@ -44,7 +44,9 @@ class ProjectionSettings:
     `load_from`: snapshot files, directories or globs, in any checkpoint format of
     `checkpoints.read_checkpoint`; none analyzes the random initialization of `arch` with `seed` (or, with
     `pretrained`, the ImageNet weights; `weights`: their file, which implies `pretrained`).
-    `state_dict_prefix` selects the keys under a prefix (found automatically otherwise).
+    `state_dict_prefix` selects the keys under a prefix (found automatically otherwise). `probe_data` (data
+    options, `--probe-data`): one batch of the test split of that data is run through each model to measure the
+    share of negative values in every layer's input.
     """
 
     arch: str | None  # None: checkpoint-only (every conv weight of the --load-from files, no model)
@@ -66,6 +68,7 @@ class ProjectionSettings:
     num_classes: int | None = None  # overrides of what the dataset implies (None: the dataset's)
     in_channels: int | None = None
     input_size: int | None = None
+    probe_data: Any = None  # hparr.data.DataOptions, or None: no measured input shares
 
     @property
     def relpath(self) -> Path:
@@ -106,6 +109,8 @@ class ProjectionSettings:
         check_level(self.level)
         if self.load_from and (self.pretrained or self.weights):
             raise UsageError("--pretrained analyzes torchvision's weights; it cannot be combined with --load-from")
+        if self.probe_data is not None:
+            self.probe_data.validate()
 
     def options(self) -> AnalysisOptions:
         init_from = str(Path(self.init_from).resolve()) if self.init_from else None
@@ -141,7 +146,7 @@ def run_projections(settings: ProjectionSettings, root: str | os.PathLike | None
         config, options,
         context={"arch": s.arch, "dataset": s.dataset, "seed": None if s.seed is None else str(s.seed)},
         device=s.device, init_state=load_init_state(options.init_from) if options.init_from else None,
-        dataset=s.dataset, seed=s.seed, state_dict_prefix=s.state_dict_prefix)
+        dataset=s.dataset, seed=s.seed, state_dict_prefix=s.state_dict_prefix, probe=s.probe_data)
     pretrained = s.pretrained or s.weights is not None
     if s.load_from:
         paths = find_snapshots(s.load_from)
@@ -174,6 +179,7 @@ def run_projections(settings: ProjectionSettings, root: str | os.PathLike | None
                 wanted["init_seed"] = 0 if s.seed is None else s.seed
             if path is not None:  # a snapshot may record its own configuration; its tensors are compared
                 wanted = {"arch": s.arch}
+            wanted["inputs"] = analyzer.inputs  # how the input kinds were read, and the probe
             doc, why = reusable_result(out_dir / name, options, wanted, checkpoint=path,
                                        init_from=options.init_from, state_dict_prefix=s.state_dict_prefix)
             if why is not None:

@@ -119,13 +119,20 @@ def _trained(settings: ReinitSettings) -> _Trained:
     meta = {k: v for k, v in obj.items() if k not in _SNAPSHOT_STATES and not isinstance(v, torch.Tensor)}
     checkpoints.check_metadata(meta, str(path), settings.data.dataset, settings.seed)
     arch = settings.arch or (meta.get("arch") if isinstance(meta.get("arch"), str) else None)
-    if arch is None:
+    folder = arch
+    if arch is None and ckpt.graph is not None:  # an ONNX model without --arch: its graph, converted to torch
+        from ..projections.stage import CHECKPOINT_ONLY  # the folder of its projections, where --dataset is given
+        from .onnx_model import ONNX_ARCH
+
+        arch, folder = ONNX_ARCH, CHECKPOINT_ONLY
+    elif arch is None:
         raise UsageError(f"--arch is required: {path} does not record its architecture")
-    check_arch(arch)
+    else:
+        check_arch(arch)
     data = snapshot_data_options(settings.data, meta, str(path))
     if check_eval_split(settings.eval_split) == "train":
         data = snapshot_training_data(data, meta, str(path))
-    relpath = layout.results_directory("", data.dataset, arch, settings.seed, data.subsample_classes) \
+    relpath = layout.results_directory("", data.dataset, folder, settings.seed, data.subsample_classes) \
         / f"{layout.reinit_stem(path, settings.granularity, settings.with_bn, settings.eval_split)}.json"
     return _Trained(ckpt, meta, arch, data, relpath)
 
@@ -242,9 +249,16 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
         raise HparrError(f"{load_from} is a model of {config.num_classes} classes and {config.in_channels} input "
                          f"channels; the test set has {data.num_classes} and {data.in_channels}")
     device = distributed.select_device(settings.cuda)
-    model = build_model(arch, config.num_classes, config.in_channels, config.input_size, seed=0)
-    state = checkpoints.match_prefix(state, model, settings.state_dict_prefix, source=str(load_from))
-    checkpoints.load_weights(model, dict(state), source=str(load_from))
+    onnx = None
+    if trained.checkpoint.graph is not None and settings.arch is None:  # an ONNX model, converted to torch
+        from .onnx_model import onnx_trained
+
+        onnx = onnx_trained(trained.checkpoint.graph, config.in_channels, config.input_size, config.num_classes)
+        model = onnx.module
+    else:
+        model = build_model(arch, config.num_classes, config.in_channels, config.input_size, seed=0)
+        state = checkpoints.match_prefix(state, model, settings.state_dict_prefix, source=str(load_from))
+        checkpoints.load_weights(model, dict(state), source=str(load_from))
     inputs: dict[str, Any] = {"trained": checkpoints.checkpoint_identity(load_from, state, list(state))}
     trained.checkpoint = None
     del state
@@ -254,10 +268,16 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
     size = config.input_size
     infos, skipped = discover(model, settings.with_linear, (2, config.in_channels, size, size))
 
-    alternatives, sources = load_alternatives(init_paths, load_from, config, reference, data_options.dataset, seed,
-                                               settings.state_dict_prefix)
-    inputs["inits"] = {label: checkpoints.checkpoint_identity(sources[label], state, list(reference))
-                       for label, state in alternatives.items()}
+    if onnx is not None:
+        from .onnx_model import onnx_alternatives, rerandomizer
+
+        alternatives, sources, inputs["inits"] = onnx_alternatives(init_paths, load_from, reference)
+        draw = rerandomizer(model)
+    else:
+        alternatives, sources = load_alternatives(init_paths, load_from, config, reference, data_options.dataset,
+                                                  seed, settings.state_dict_prefix)
+        inputs["inits"] = {label: checkpoints.checkpoint_identity(sources[label], state, list(reference))
+                           for label, state in alternatives.items()}
     # the re-randomization seed derives from --seed, else from the snapshot's own seed, else from 0
     base_seed = seed if seed is not None else own_seeds.get("seed") if isinstance(own_seeds.get("seed"), int) else 0
     rand_seed = None
@@ -266,6 +286,10 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
         rand_seed = trial_seeds[0]
         for label, trial_seed in zip(rand_labels(settings.rand_trials), trial_seeds):
             # built when the sweep reads it, so that K trials never hold K models at once
+            if onnx is not None:
+                alternatives[label] = (lambda s=trial_seed: draw(s))
+                sources[label] = f"reset_parameters of each layer of {load_from.name}, seed={trial_seed}"
+                continue
             alternatives[label] = (lambda s=trial_seed: build_model(arch, config.num_classes, config.in_channels,
                                                                     size, seed=s).state_dict())
             sources[label] = f"build_model({arch!r}, seed={trial_seed})"
@@ -318,6 +342,13 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
            if settings.eval_split == "train" else {}))
     if settings.rand_trials > 1:
         document = aggregate_rand_trials(document, settings.rand_trials, trial_seeds)
+    if onnx is not None:
+        from .onnx_model import RAND_NOTE, renamed_document
+
+        document = renamed_document(document, onnx.converted)
+        document["onnx"] = onnx.describe
+        if settings.rand:
+            document["notes"] = [*document.get("notes", []), RAND_NOTE]
     return ReinitRun(document=document, result=result, relpath=trained.relpath)
 
 
