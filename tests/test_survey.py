@@ -115,6 +115,9 @@ def test_the_paired_tests_are_the_sign_test_and_wilcoxon_by_enumeration():
     ({"input_kind": "image"}, False, None, ("signed", "image")),
     ({"input_kind": "image"}, None, None, ("unknown", "none")),
     ({}, None, {"kind": "mixed", "nonneg": False}, ("signed", "declared")),
+    ({"input_kind": "unknown"}, None, "relu", ("nonneg", "declared")),
+    ({}, None, "prelu", ("signed", "declared")),
+    ({}, None, "mixed", ("unknown", "none")),
     ({}, True, "image", ("nonneg", "image")),
     ({}, None, None, ("unknown", "none")),
 ])
@@ -224,8 +227,7 @@ def test_survey_command_reads_a_networks_file_and_writes_its_files(tmp_path, cap
     for i in range(3):
         torch.save(_conv_state(i, (16, 64, 64), positive=True), data / f"net{i}.pt")
         entries.append({"name": f"net{i}", "file": f"net{i}.pt", "image_nonneg": False, "init": "unknown",
-                        "input_kinds": {"conv0": "image", "conv1": {"kind": "relu", "nonneg": True},
-                                        "conv2": {"kind": "relu", "nonneg": True}}})
+                        "input_kinds": {"conv0": "image", "conv1": "relu", "conv2": "relu"}})
     spec = tmp_path / "networks.json"
     spec.write_text(json.dumps({"format": collect.NETWORKS_FORMAT, "networks": entries}))
     out = tmp_path / "out"
@@ -270,3 +272,54 @@ def test_survey_refuses_what_it_cannot_read(tmp_path, capsys):
         err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
         assert len(err) == 1 and phrase in err[0], err
         assert not out.exists()
+
+
+def _run_folder(root, seed, unnormalize, shift):
+    """A run folder as `hparr reproduce` leaves it, as far as the survey reads it: the projection results of an
+    initial and a trained snapshot of lenet on digits, and a manifest naming them and the data options."""
+    import torch
+
+    from hparr import projections
+    from hparr.models import build_model
+    from hparr.results import MANIFEST_FORMAT
+
+    from conftest import trained_like
+
+    root.mkdir(parents=True)
+    model = build_model("lenet", num_classes=10, in_channels=1, seed=seed)
+    snaps = root / "models"
+    snaps.mkdir()
+    torch.save(model.state_dict(), snaps / "lenet_init_0.pt")
+    torch.save(trained_like(model, seed=seed, shift=shift).state_dict(), snaps / "lenet_5.pt")
+    result = projections.run_projections(projections.ProjectionSettings(
+        "lenet", "digits", load_from=[snaps / "lenet_init_0.pt", snaps / "lenet_5.pt"], seed=seed, progress=False),
+        root / "results")
+    out = projections.save(result, root / "results")
+    (root / "manifest.json").write_text(json.dumps({
+        "format": MANIFEST_FORMAT, "projections": str(out.relative_to(root)), "reinit": "none.json", "epochs": [0, 5],
+        "settings": {"arch": "lenet", "seed": seed, "data": {"dataset": "digits", "noise": 0.0,
+                                                              "unnormalize": unnormalize}}}))
+
+
+def test_survey_of_run_folders_reads_their_results_and_pairs_the_first_layers_by_seed(tmp_path):
+    from hparr import survey
+
+    for seed in range(2):
+        _run_folder(tmp_path / "runs" / f"norm_{seed}", seed, False, shift=0.0)
+        _run_folder(tmp_path / "runs" / f"raw_{seed}", seed, True, shift=1.5)
+    result = survey.run_survey(survey.SurveySettings(inputs=[str(tmp_path / "runs")], out=str(tmp_path / "out")))
+    t = result.table
+    assert t["network"].nunique() == 4 and set(t["format"]) == {"run"}
+    first = t[t["depth"] == 0]
+    assert set(first["input_kind"]) == {"image"}
+    assert dict(zip(first["normalized"], first["input_sign"])) == {True: "signed", False: "nonneg"}
+    assert set(t[t["depth"] > 0]["input_sign"]) == {"nonneg"}  # lenet: every later conv follows a ReLU
+    assert (t[t["depth"] > 0]["sign_from"] == "graph").all()
+    (entry,) = result.control
+    assert entry["paired_seeds"] == [0, 1] and entry["layer"] == "features.0"
+    raw, norm = first[first["normalized"] == False], first[first["normalized"] == True]  # noqa: E712
+    assert entry["unnormalized"]["mass"]["mean"] == pytest.approx(raw["mass"].mean())
+    assert entry["paired"]["abs_mean_cosine"]["mean"] == pytest.approx(
+        raw.sort_values("seed")["mean"].abs().to_numpy().mean() - norm.sort_values("seed")["mean"].abs().mean())
+    written = survey.save(result)
+    assert written["control.png"].is_file() and "controlled test" in written["summary.md"].read_text()

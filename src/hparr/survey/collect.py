@@ -144,6 +144,11 @@ def run_network(run_dir: str | os.PathLike, name: str | None = None) -> Network:
     layers = table[(table["kind"] != "net") & (pd.to_numeric(table["epoch"]) == run.trained_epoch)]
     if "stem" in layers.columns and layers["stem"].nunique() > 1:  # several files of that epoch: the first
         layers = layers[layers["stem"] == layers["stem"].iloc[0]]
+    notes = []
+    if not any(c in layers.columns and layers[c].notna().any() for c in ("input_kind", "input_nonneg")):
+        layers = _reanalyzed(run.trained_doc or {}, run_dir)
+        notes.append(f"{run_dir}: its result files record no input kinds (written before they were); its trained "
+                     "snapshot was analyzed again")
     context, image_nonneg = _run_context(results.read_manifest(run_dir))
     if image_nonneg is None:  # a folder of results without a manifest: what the snapshot recorded
         doc = run.trained_doc or {}
@@ -152,7 +157,26 @@ def run_network(run_dir: str | os.PathLike, name: str | None = None) -> Network:
             image_nonneg = not bool(record["normalized"])
     context["epoch"] = int(run.trained_epoch)
     return Network(name or str(run_dir), str(run_dir), "run", layers.reset_index(drop=True),
-                   image_nonneg=image_nonneg, init="recorded", context=context)
+                   image_nonneg=image_nonneg, init="recorded", context=context, notes=notes)
+
+
+def _reanalyzed(doc: Mapping[str, Any], run_dir: Path) -> pd.DataFrame:
+    """The layer rows of a run's trained snapshot (the `source` its result document names), computed again by
+    `hparr.projections` with the options the document records."""
+    from .. import projections  # torch: only where a snapshot is analyzed
+
+    source = doc.get("source")
+    if not source or not Path(source).is_file() or not doc.get("arch"):
+        raise HparrError(f"{run_dir}: its result files record no input kinds and its trained snapshot "
+                         f"({source or 'not named'}) cannot be read again; run hparr projections on it")
+    settings = projections.ProjectionSettings(
+        arch=doc["arch"], dataset=doc.get("dataset"), load_from=[source], normalize=bool(doc.get("normalize", True)),
+        with_linear=bool(doc.get("with_linear")), include_1x1=bool(doc.get("include_1x1")),
+        level=float(doc.get("level") or 0.05), progress=False,
+        seed=None if results.seed_of(doc) is None else int(results.seed_of(doc)),
+        num_classes=doc.get("num_classes"), in_channels=doc.get("in_channels"), input_size=doc.get("input_size"))
+    table = results.projections_table(projections.run_projections(settings, None).documents.values())
+    return table[table["kind"] != "net"].reset_index(drop=True)
 
 
 def study_networks(study_dir: str | os.PathLike) -> list[Network]:
@@ -191,8 +215,9 @@ def file_network(path: str | os.PathLike, options: SurveyOptions, entry: Mapping
 
 
 def path_networks(path: str | os.PathLike, options: SurveyOptions) -> list[Network]:
-    """The networks of one FILE_OR_DIR argument: a study folder (each finished cell), a run folder, a checkpoint
-    or ONNX file, or a folder of such files (each one a network; without any, a folder of result files)."""
+    """The networks of one FILE_OR_DIR argument: a study folder (each finished cell), a run folder, a folder of
+    run folders (each one a network), a checkpoint or ONNX file, or a folder of such files (each one a network;
+    without any, a folder of result files)."""
     path = Path(path)
     if not path.exists():
         raise UsageError(f"survey input {path}: no such file or folder")
@@ -205,6 +230,9 @@ def path_networks(path: str | os.PathLike, options: SurveyOptions) -> list[Netwo
         return found
     if (path / MANIFEST_NAME).is_file():
         return [run_network(path)]
+    runs = sorted(p.parent for p in path.rglob(MANIFEST_NAME))
+    if runs:
+        return [run_network(run, name=f"{path.name}/{run.relative_to(path)}") for run in runs]
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in FILE_SUFFIXES)
     if files:
         return [file_network(p, options, {"name": str(p.relative_to(path))}) for p in files]

@@ -16,7 +16,7 @@ import numpy as np
 from scipy import stats
 
 LEVEL = 0.95  # the confidence of every interval
-RESAMPLES = 99_999  # permutations of a Monte-Carlo permutation test, when the exact one has more arrangements
+RESAMPLES = 9_999  # permutations of a Monte-Carlo permutation test, when the exact one has more arrangements
 
 
 def _nan_interval() -> tuple[float, float]:
