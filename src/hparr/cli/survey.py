@@ -27,6 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--with-linear", action="store_true", help="also analyze Linear layers of files")
     p.add_argument("--level", type=float, default=LEVEL,
                    help=f"level of the tests (and of the bias tests of the files analyzed here) [{LEVEL}]")
+    p.add_argument("--init-scheme", type=str, default=None, metavar="SCHEME",
+                   help="initialization assumed for the layers of checkpoints and ONNX files that do not record "
+                        "theirs, which sets the null of their bias test (as hparr projections --init-scheme; a "
+                        "networks file's entry may name its own) [hparr projections' default]")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of a Monte-Carlo permutation test (used when the exact one is too large) [0]")
 
@@ -36,7 +40,7 @@ def run(args) -> int:
 
     settings = survey.SurveySettings(inputs=list(args.inputs), networks=args.networks, data=args.data,
                                      out=args.out, include_1x1=args.include_1x1, with_linear=args.with_linear,
-                                     level=args.level, seed=args.seed)
+                                     level=args.level, seed=args.seed, init_scheme=args.init_scheme)
     result = survey.run_survey(settings)
     written = survey.save(result)
     c = result.comparison

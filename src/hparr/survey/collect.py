@@ -43,7 +43,9 @@ class Network:
     trained one), in layer order; image_nonneg: whether its input pixels are non-negative (None: unknown);
     init: what is known of its initialization (a scheme, "recorded" for an hparr run, "unknown"); declared:
     {layer: input kind} from a networks file, for layers whose result has no kind; context: arch, dataset,
-    seed, normalization and the package it came from, where known; notes: anything the reader must know.
+    seed, normalization and the package it came from, where known; notes: anything the reader must know;
+    null_assumed and init_scheme: the layers whose bias test assumed an initialization (`init_scheme`), as the
+    result records them.
     """
 
     name: str
@@ -55,6 +57,8 @@ class Network:
     declared: dict[str, Any] = field(default_factory=dict)
     context: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    null_assumed: set[str] | None = None  # the layers whose null was assumed (None: the result does not say)
+    init_scheme: str | None = None  # the initialization assumed for them
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class SurveyOptions:
     include_1x1: bool = False
     with_linear: bool = False
     level: float = 0.05
+    init_scheme: str | None = None  # assumed where a file does not say how its layers were drawn (None: the default)
 
 
 # --- input signs ---------------------------------------------------------------------------------------
@@ -118,6 +123,13 @@ def input_sign(row: Mapping[str, Any], image_nonneg: bool | None,
 
 # --- reading networks --------------------------------------------------------------------------------
 
+def _assumed(doc: Mapping[str, Any] | None) -> tuple[set[str] | None, str | None]:
+    """(the layers whose null was assumed, the scheme assumed) as a projection document records them."""
+    doc = doc or {}
+    names = doc.get("null_assumed")
+    return (None if not isinstance(names, list) else {str(n) for n in names}), doc.get("init_scheme")
+
+
 def _run_context(manifest: Mapping[str, Any] | None) -> tuple[dict[str, Any], bool | None]:
     settings = (manifest or {}).get("settings") or {}
     data = settings.get("data") or {}
@@ -144,9 +156,10 @@ def run_network(run_dir: str | os.PathLike, name: str | None = None) -> Network:
     layers = table[(table["kind"] != "net") & (pd.to_numeric(table["epoch"]) == run.trained_epoch)]
     if "stem" in layers.columns and layers["stem"].nunique() > 1:  # several files of that epoch: the first
         layers = layers[layers["stem"] == layers["stem"].iloc[0]]
-    notes = []
+    notes, reanalyzed = [], []
     if not any(c in layers.columns and layers[c].notna().any() for c in ("input_kind", "input_nonneg")):
-        layers = _reanalyzed(run.trained_doc or {}, run_dir)
+        reanalyzed = _reanalyzed(run.trained_doc or {}, run_dir)
+        layers = reanalyzed[1]
         notes.append(f"{run_dir}: its result files record no input kinds (written before they were); its trained "
                      "snapshot was analyzed again")
     context, image_nonneg = _run_context(results.read_manifest(run_dir))
@@ -156,13 +169,15 @@ def run_network(run_dir: str | os.PathLike, name: str | None = None) -> Network:
         if isinstance(record, Mapping) and record.get("normalized") is not None:
             image_nonneg = not bool(record["normalized"])
     context["epoch"] = int(run.trained_epoch)
+    assumed, scheme = _assumed(reanalyzed[0] if reanalyzed else run.trained_doc)
     return Network(name or str(run_dir), str(run_dir), "run", layers.reset_index(drop=True),
-                   image_nonneg=image_nonneg, init="recorded", context=context, notes=notes)
+                   image_nonneg=image_nonneg, init="recorded", context=context, notes=notes, null_assumed=assumed,
+                   init_scheme=scheme)
 
 
-def _reanalyzed(doc: Mapping[str, Any], run_dir: Path) -> pd.DataFrame:
-    """The layer rows of a run's trained snapshot (the `source` its result document names), computed again by
-    `hparr.projections` with the options the document records."""
+def _reanalyzed(doc: Mapping[str, Any], run_dir: Path) -> tuple[dict[str, Any], pd.DataFrame]:
+    """(the result document, its layer rows) of a run's trained snapshot (the `source` its result document
+    names), computed again by `hparr.projections` with the options the document records."""
     from .. import projections  # torch: only where a snapshot is analyzed
 
     source = doc.get("source")
@@ -175,8 +190,9 @@ def _reanalyzed(doc: Mapping[str, Any], run_dir: Path) -> pd.DataFrame:
         level=float(doc.get("level") or 0.05), progress=False,
         seed=None if results.seed_of(doc) is None else int(results.seed_of(doc)),
         num_classes=doc.get("num_classes"), in_channels=doc.get("in_channels"), input_size=doc.get("input_size"))
-    table = results.projections_table(projections.run_projections(settings, None).documents.values())
-    return table[table["kind"] != "net"].reset_index(drop=True)
+    docs = list(projections.run_projections(settings, None).documents.values())
+    table = results.projections_table(docs)
+    return docs[0], table[table["kind"] != "net"].reset_index(drop=True)
 
 
 def study_networks(study_dir: str | os.PathLike) -> list[Network]:
@@ -202,8 +218,12 @@ def file_network(path: str | os.PathLike, options: SurveyOptions, entry: Mapping
         with_linear=options.with_linear, include_1x1=options.include_1x1, level=options.level,
         state_dict_prefix=entry.get("state_dict_prefix"), progress=False, num_classes=entry.get("num_classes"),
         in_channels=entry.get("in_channels"), input_size=entry.get("input_size"))
+    scheme = entry.get("init_scheme") or options.init_scheme
+    if scheme is not None:
+        settings.init_scheme = str(scheme)
     result = projections.run_projections(settings, None)
-    table = results.projections_table(result.documents.values())
+    docs = list(result.documents.values())
+    table = results.projections_table(docs)
     layers = table[table["kind"] != "net"].reset_index(drop=True)
     context = {k: entry[k] for k in ("arch", "package", "version", "member") if entry.get(k) is not None}
     image = entry.get("image_nonneg")
@@ -211,7 +231,8 @@ def file_network(path: str | os.PathLike, options: SurveyOptions, entry: Mapping
     return Network(str(entry.get("name") or path.name), str(path),
                    "onnx" if path.suffix.lower() == ONNX_SUFFIX else "checkpoint", layers,
                    image_nonneg=None if image is None else bool(image), init=str(entry.get("init") or "unknown"),
-                   declared=dict(entry.get("input_kinds") or {}), context=context, notes=notes)
+                   declared=dict(entry.get("input_kinds") or {}), context=context, notes=notes,
+                   null_assumed=_assumed(docs[0])[0], init_scheme=_assumed(docs[0])[1])
 
 
 def path_networks(path: str | os.PathLike, options: SurveyOptions) -> list[Network]:
@@ -271,7 +292,7 @@ def file_identity(path: str | os.PathLike) -> dict[str, Any]:
 
 # one row per network x layer (the CSV's columns, in order)
 COLUMNS = ["network", "format", "layer", "depth", "n_layers", "kind", "N", "d", "mass", "deviation", "mean",
-           "p_value", "p_adjusted", "biased", "null", "input_kind", "input_sign", "sign_from", "input_neg_share",
+           "p_value", "p_adjusted", "biased", "null", "null_assumed", "init_scheme", "input_kind", "input_sign", "sign_from", "input_neg_share",
            "image_nonneg", "init", "arch", "dataset", "seed", "noise", "train_size", "normalized", "source"]
 
 
@@ -288,6 +309,8 @@ def layer_rows(net: Network) -> list[dict[str, Any]]:
                      "deviation": abs(mass - 0.5), "mean": float(row["mean"]), "p_value": row.get("p_value"),
                      "p_adjusted": row.get("p_adjusted"), "biased": bool(row.get("biased")),
                      "null": null if _present(null) else RECORDED_NULL_DEFAULT,
+                     "null_assumed": None if net.null_assumed is None else str(row["name"]) in net.null_assumed,
+                     "init_scheme": net.init_scheme,
                      "input_kind": kind, "input_sign": sign, "sign_from": how,
                      "input_neg_share": row.get("input_neg_share"), "image_nonneg": net.image_nonneg,
                      "init": net.init, **{k: net.context.get(k) for k in ("arch", "dataset", "seed", "noise",

@@ -41,7 +41,9 @@ class SurveySettings:
     networks: a networks file (published networks, docs/survey.md), whose `file`s are below `data`;
     include_1x1, with_linear: the layers analyzed in checkpoints and ONNX files (as `hparr projections`);
     level: of the tests' readings and of the bias tests of the files analyzed here; confidence: of every
-    interval; seed: of a Monte-Carlo permutation test."""
+    interval; seed: of a Monte-Carlo permutation test; init_scheme: the initialization assumed for the layers
+    of files that do not record theirs (`hparr projections --init-scheme`; None: its default), unless a
+    networks file's entry names one."""
 
     inputs: Sequence[str] = ()
     networks: str | None = None
@@ -52,6 +54,7 @@ class SurveySettings:
     level: float = LEVEL
     confidence: float = CONFIDENCE
     seed: int = 0
+    init_scheme: str | None = None
 
     def validate(self) -> None:
         if not self.inputs and not self.networks:
@@ -65,7 +68,8 @@ class SurveySettings:
             raise UsageError(f"--networks {self.networks}: no such file")
 
     def options(self) -> SurveyOptions:
-        return SurveyOptions(include_1x1=self.include_1x1, with_linear=self.with_linear, level=self.level)
+        return SurveyOptions(include_1x1=self.include_1x1, with_linear=self.with_linear, level=self.level,
+                             init_scheme=self.init_scheme)
 
 
 @dataclass
@@ -128,14 +132,15 @@ def network_summary(result: SurveyResult) -> pd.DataFrame:
     for net in result.networks:
         part = result.table[result.table["network"] == net.name]
         nulls = ", ".join(dict.fromkeys(str(v) for v in part["null"]))
+        assumed = part["null_assumed"].fillna(False).astype(bool)
         image = {True: "[0, 1] (non-negative)", False: "normalized (both signs)"}.get(net.image_nonneg, "unknown")
         rows.append({"network": net.name, "format": net.format, "layers": len(part),
                      "nonneg": int((part["input_sign"] == "nonneg").sum()),
                      "signed": int((part["input_sign"] == "signed").sum()),
                      "unknown": int((part["input_sign"] == "unknown").sum()),
                      "biased": int(part["biased"].sum()), "deviation": float(part["deviation"].mean()),
-                     "image": image, "init": net.init, "null": nulls,
-                     "null_assumed": net.init == "unknown", "source": net.source,
+                     "image": image, "init": net.init, "null": nulls, "null_assumed": int(assumed.sum()),
+                     "init_scheme": net.init_scheme if assumed.any() else None, "source": net.source,
                      "notes": " ".join(net.notes)})
     return pd.DataFrame(rows)
 
@@ -196,7 +201,8 @@ def summary_text(result: SurveyResult, nets: pd.DataFrame) -> str:
     lines += ["", "## Networks", "", "| network | format | layers (non-neg / both / unknown) | biased | mean "
               "abs(mass - 0.5) | image | initialization | null of the bias test |", "|---|---|---|---|---|---|---|---|"]
     for r in nets.to_dict(orient="records"):
-        null = f"{r['null']} (assumed: initialization unknown)" if r["null_assumed"] else r["null"]
+        null = r["null"] if not r["null_assumed"] else \
+            f"{r['null']} ({r['null_assumed']} of {r['layers']} layers: {r['init_scheme']} initialization assumed)"
         lines.append(f"| {r['network']} | {r['format']} | {r['layers']} ({r['nonneg']} / {r['signed']} / "
                      f"{r['unknown']}) | {r['biased']} | {_f(r['deviation'])} | {r['image']} | {r['init']} | {null} |")
     if result.control:
