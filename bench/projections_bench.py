@@ -91,7 +91,7 @@ def run(mode: str = "default", workdir: str | None = None) -> list[dict]:
     """The command on compact and full-size snapshots against the naive way, then one resnet50 file."""
     n, full_size, baseline, repeats = pick(mode, quick=(10, 1, 2, 1), default=(30, 2, 3, 3), full=(100, 3, 5, 7))
     return (snapshots_case(n, workdir, full_size, baseline) + safetensors_case(workdir, repeats=repeats)
-            + hash_case(workdir, repeats=repeats))
+            + hash_case(workdir, repeats=repeats) + onnx_case(workdir, repeats=repeats))
 
 
 def snapshots_case(n: int = 100, workdir: str | None = None, full_size: int = 3, baseline: int = 5) -> list[dict]:
@@ -229,5 +229,68 @@ def hash_case(workdir: str | None = None, arch: str = "resnet50", num_classes: i
         return [{"case": f"projections_{arch}_hash", "file_mb": round(path.stat().st_size / 2**20, 1),
                  "hashed_mb": round(hashed / 2**20, 1), "algorithm": doc["checkpoint"]["hash"].split(":")[0],
                  "analyze_s": round(a, 4), "hash_s": round(h, 4), "hash_share": round(h / (a - h), 4)}]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# --- one 12 MB ONNX file: its conv weights read from the graph's initializers, nothing converted -----------
+
+def onnx_case(workdir: str | None = None, arch: str = "mobilenet_v2", num_classes: int = 700,
+              repeats: int = 7) -> list[dict]:
+    """`hparr projections --load-from FILE.onnx` (no --arch: the graph's conv nodes, their weights read from the
+    initializers) on a 12 MB file this case exports itself: torchvision's mobilenet_v2 with 700 classes, exported
+    by torch's TorchScript exporter in eval mode (its BatchNorms folded into the convs: 52 convs, 34 of them 1x1,
+    17 depthwise, 18 analyzed). Timed in the running process (warm: the onnx package imported, best of
+    `repeats`) against the same command on the same weights saved as a torch state_dict (checkpoint-only,
+    `ratio_vs_torch_pt`), and once as a fresh `python -m hparr` process (`cold_process_s`: Python, torch and onnx
+    imported, the file read, the results written). Target: under 1 s on 2 cores."""
+    import os
+    import subprocess
+    import sys
+    import warnings
+
+    root = Path(tempfile.mkdtemp(prefix="hparr-bench-onnx-", dir=workdir))
+    try:
+        model = build_model(arch, num_classes=num_classes, input_size=224, seed=0).eval()
+        path = root / f"{arch}.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), str(path), dynamo=False, opset_version=17)
+        import onnx
+
+        from hparr.checkpoints.onnx_file import read_onnx
+
+        graph = read_onnx(path)
+        # the same tensors as a torch state_dict, each conv's weight and bias named after its node
+        names = {}
+        for node in graph.nodes:
+            if node.op_type == "Conv":
+                names.update(zip(node.inputs[1:], (f"{node.name}.weight", f"{node.name}.bias")))
+        folded = {names.get(t.name, t.name): torch.from_numpy(onnx.numpy_helper.to_array(t).copy())
+                  for t in onnx.load(str(path)).graph.initializer}
+        pt = root / f"{arch}.pt"
+        torch.save(folded, pt)
+
+        def command(source: Path, results: Path) -> float:
+            start = time.perf_counter()
+            with contextlib.redirect_stdout(None):
+                rc = hparr_main(["projections", "--load-from", str(source), "--results", str(results), "--overwrite",
+                                 "--no-progress"])
+            if rc != 0:
+                raise RuntimeError(f"hparr projections failed with exit code {rc}")
+            return time.perf_counter() - start
+
+        warm = min(command(path, root / "results_onnx") for _ in range(repeats))
+        torch_pt = min(command(pt, root / "results_pt") for _ in range(repeats))
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "hparr", "projections", "--load-from", str(path), "--results",
+                        str(root / "results_cold"), "--no-progress"], check=True, capture_output=True,
+                       env=dict(os.environ))
+        cold = time.perf_counter() - start
+        convs = sum(1 for n in graph.nodes if n.op_type == "Conv")
+        return [{"case": "projections_onnx_12mb", "file_mb": round(path.stat().st_size / 2**20, 1), "convs": convs,
+                 "nodes": len(graph.nodes), "seconds": round(warm, 4), "torch_pt_s": round(torch_pt, 4),
+                 "ratio_vs_torch_pt": round(warm / torch_pt, 2), "cold_process_s": round(cold, 3),
+                 "target_s": 1.0}]
     finally:
         shutil.rmtree(root, ignore_errors=True)

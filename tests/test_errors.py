@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -76,7 +77,36 @@ def snapshots(tmp_path_factory):
         k: f"model-0000{1 + (i >= 4)}-of-00002.safetensors" for i, k in enumerate(keys)}}))
     torch.save({"state_dict": {**{f"model.{k}": v for k, v in lenet.state_dict().items()},
                                **{f"ema.{k}": v for k, v in lenet.state_dict().items()}}}, root / "two_8.ckpt")
+    onnx_files(root)
     return root
+
+
+def onnx_files(root: Path) -> None:
+    """ONNX files: torn, empty, without nodes, without a conv, and with an operator onnx2torch cannot convert."""
+    import onnx  # the onnx extra, part of `make test`
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def model(nodes, weights, opset=17):
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1, 32, 32])
+        graph = helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 10])],
+                                  [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n)
+                                   for n, s in weights.items()])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+    conv = model([helper.make_node("Conv", ["x", "k"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+                  helper.make_node("Gelu", ["c"], ["g"], name="gelu"),
+                  helper.make_node("GlobalAveragePool", ["g"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+                  helper.make_node("Gemm", ["f", "w"], ["y"], name="fc", transB=1)],
+                 {"k": (4, 1, 3, 3), "w": (10, 4)}, opset=20)
+    onnx.save_model(conv, str(root / "gelu_1.onnx"))
+    data = (root / "gelu_1.onnx").read_bytes()
+    (root / "torn_1.onnx").write_bytes(data[:len(data) * 2 // 3])
+    (root / "empty_1.onnx").write_bytes(b"")
+    onnx.save_model(helper.make_model(helper.make_graph([], "g", [], [])), str(root / "nodes_1.onnx"))
+    onnx.save_model(model([helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Gemm", ["f", "w"], ["y"])],
+                          {"w": (1024, 10)}), str(root / "dense_1.onnx"))
 
 
 LENET = ["--arch", "lenet", "--dataset", "digits"]
@@ -168,6 +198,21 @@ CASES = [
      "is not a networks file"),
     ("one network given twice", ["survey", "{root}/lenet_init_0.pt", "{root}/lenet_init_0.pt", "--out", "{root}/sv"],
      2, "give each input once"),
+    ("truncated ONNX file", ["projections", "--load-from", "{root}/torn_1.onnx"], 1, "truncated or corrupt ONNX file"),
+    ("empty ONNX file", ["projections", "--load-from", "{root}/empty_1.onnx"], 1,
+     "is not an ONNX model hparr can read: found an empty file"),
+    ("ONNX model without nodes", ["projections", "--load-from", "{root}/nodes_1.onnx"], 1,
+     "an ONNX model with an empty graph (no nodes)"),
+    ("ONNX model without a convolution", ["projections", "--load-from", "{root}/dense_1.onnx"], 1,
+     "without a convolution whose weight is a constant"),
+    ("ONNX operator onnx2torch cannot convert", ["reinit", "--dataset", "digits", "--load-from",
+                                                 "{root}/gelu_1.onnx", "--rand"], 1,
+     "no converter for the operator Gelu (opset 20) of node gelu"),
+    ("--probe-data without --dataset", ["projections", "--load-from", "{root}/gelu_1.onnx", "--probe-data"], 2,
+     "--probe-data needs --dataset"),
+    ("--probe-data of a checkpoint read without its model", ["projections", "--load-from", "{root}/lenet_init_0.pt",
+                                                             "--dataset", "digits", "--probe-data"], 1,
+     "is read without its model (no --arch)"),
 ]
 
 # the rows of the table that a test of their own checks (a failing GPU, a full disk, a file-size limit, a missing
@@ -191,6 +236,7 @@ ELSEWHERE = {
     "survey of a run folder without projections": "tests/test_survey.py::test_survey_refuses_what_it_cannot_read",
     "--out a study with other shared flags":
         "tests/test_study.py::test_the_print_launcher_prints_a_reproduce_command_per_cell",
+    "onnx extra missing": "tests/test_errors.py::test_an_onnx_file_without_the_onnx_extra_names_the_extra",
 }
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -447,3 +493,14 @@ def test_each_command_help_shows_the_defaults_it_uses():
     study = _shown_defaults("study")
     assert study["--epochs"] == "30" and study["--out"] == "runs/study" and study["--arch"] == "lenet"
     assert build_parser("reproduce").parse_args(["reproduce"]).epochs == 30
+
+
+def test_an_onnx_file_without_the_onnx_extra_names_the_extra(snapshots, capsys, monkeypatch):
+    """Without the onnx package hparr still imports and works, and an ONNX file gets one line naming the extra."""
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` raises ImportError
+    assert main(["projections", "--load-from", str(snapshots / "gelu_1.onnx"), "--results",
+                 str(snapshots / "res_onnx")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"hparr projections: error: {snapshots / 'gelu_1.onnx'} is an ONNX model: reading it needs the "
+                   "onnx extra (pip install 'hparr[onnx]')"]
+    assert not (snapshots / "res_onnx").exists()

@@ -211,12 +211,13 @@ def test_projections_and_reinit_of_an_onnx_file_on_digits(tmp_path, capsys):
         assert entry["input_neg_share"] == pytest.approx(float((seen < 0).float().mean()), abs=1e-12)
     assert entries[1]["input_neg_share"] == 0.0 and entries[0]["input_neg_share"] > 0  # normalized pixels
     assert doc["probe"]["images"] == 256 and doc["probe"]["normalized"] is True
+    assert doc["epoch"] == "2"  # `<name>_<N>.onnx` holds the weights after N epochs, as a `.pt` does
 
     assert main(["reinit", "--load-from", str(path), "--dataset", "digits", "--rand", "--results", str(results),
                  "--max-test-images", "200", "--no-progress", "--eval-processes", "1"]) == 0
     reinit = json.loads((results / "digits" / "checkpoint" / "reinit_small_2.json").read_text())
     assert reinit["layers"] == [e["name"] for e in entries]
-    assert reinit["arch"] == "onnx" and reinit["onnx"]["opset"] == 17
+    assert reinit["arch"] == "onnx" and reinit["onnx"]["opset"] == 17 and reinit["epoch"] == "2"
     xs, ys = next(iter(make_loader(data, "test", 200, train=False)))
     with torch.no_grad():
         expected = float((model(xs).argmax(1) == ys).float().mean() * 100)

@@ -133,7 +133,8 @@ def final_name(arch: str, epochs: int, pretrained: bool = False) -> str:
 def epoch_from_filename(path: str | os.PathLike) -> int | None:
     """The original file-name rule: 'pretrained' -> -1, 'init' -> 0, `<arch>_<e>.tar` -> e+1, and a final
     `<arch>_<N>.pt` -> N, the epochs it ran (the original labelled it N+1), as are `<arch>_<N>.safetensors`
-    files and sharded `<arch>_<N>/` folders, which hold weights only; None for a name without a number."""
+    files, sharded `<arch>_<N>/` folders and `<name>_<N>.onnx` models, which hold weights only; None for a name
+    without a number."""
     stem, suffix = os.path.splitext(os.path.basename(str(path)))
     parts = stem.split("_")
     if "pretrained" in parts:
@@ -143,7 +144,7 @@ def epoch_from_filename(path: str | os.PathLike) -> int | None:
     if not parts[-1].isdigit():
         return None
     number = int(parts[-1])
-    return number if suffix in (".pt", ".safetensors", "") else number + 1
+    return number if suffix in (".pt", ".safetensors", ".onnx", "") else number + 1
 
 
 # --- result files ---------------------------------------------------------------------------------

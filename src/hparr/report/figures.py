@@ -93,13 +93,19 @@ def plot_distributions(results: RunResults, out_dir: Path) -> list[Path]:
             mass0 = init_by_name.get(e["name"], {}).get("mass")
             ax.set_title(f"{e['name']} (N={e.get('N')}, d={d})\nmass {e['mass']:.2f}"
                          + (f" (init {mass0:.2f})" if mass0 is not None else "")
-                         + (", biased" if e.get("biased") else ""))
+                         + (", biased" if e.get("biased") else "")
+                         + (f"; input {e['input_kind']}" + (" >= 0" if e.get("input_nonneg") is True else "")
+                            if e.get("input_kind") else ""))
+            if e.get("input_nonneg") is True:  # the layers whose input is non-negative (hparr.inputs)
+                ax.plot(0.03, 0.94, marker="^", color="C2", ms=9, transform=ax.transAxes, clip_on=False)
             ax.set_xlabel("normalized projection <w,1>/(|w| sqrt d)" if normalize else "projection <w, 1>")
             ax.set_ylabel("density")
         for ax in list(axes.flat)[len(layers):]:
             ax.set_visible(False)
         axes.flat[0].legend(loc="upper left")
         fig.suptitle(f"{results.title}: distribution of the filters' projections per layer"
+                     + ("\ngreen triangle: the layer's input is non-negative"
+                        if any(e.get("input_nonneg") is True for e in layers) else "")
                      + (f"\n{missing_text(results.missing_epochs)}" if results.missing_epochs else ""))
         return _save(fig, out_dir, "distributions")
 

@@ -10,7 +10,7 @@ import pandas as pd
 from ..defaults import THRESHOLD, check_threshold
 from ..errors import UsageError
 from ..results import RAND, drop_frame, layer_entries, stage_unknown
-from ..schema import LAYER_COLUMNS, typed
+from ..schema import INPUT, LAYER_COLUMNS, typed
 from .discovery import RunResults
 from .stats import spearman
 
@@ -65,7 +65,7 @@ def layer_columns(leave_out: Sequence[str] = (), name: str = "name") -> list[str
     return [name if c == "name" else c for c in columns]
 
 
-TABLE_COLUMNS = [*layer_columns(leave_out=("n_negative", "p_sign", "p_ks")), "mass_init", "mean_init", "bias",
+TABLE_COLUMNS = [*layer_columns(leave_out=("n_negative", "p_sign", "p_ks")), *INPUT, "mass_init", "mean_init", "bias",
                  "top1_trained", "top1_reinit_0", "drop_reinit_0", "top1_rand", "drop_rand", "verdict", "missing"]
 
 
@@ -108,7 +108,8 @@ def joined_table(results: RunResults, threshold: float = THRESHOLD, measure: str
                "N": e.get("N"), "d": e.get("d"), **{k: _num(e.get(k)) for k in
                                                      ("mass", "mean", "std", "p_value", "p_adjusted",
                                                       "l2_dist", "l_inf_dist")},
-               "biased": e.get("biased"), "mass_init": _num(init.get(name, {}).get("mass")),
+               "biased": e.get("biased"), **{k: e.get(k) for k in INPUT},
+               "mass_init": _num(init.get(name, {}).get("mass")),
                "mean_init": _num(init.get(name, {}).get("mean"))}
         row["bias"] = bias_measure(row["mass"], _num(row["N"]), row["p_value"], measure) if e else float("nan")
         row["top1_trained"] = top1 if i is not None else float("nan")
