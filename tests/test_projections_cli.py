@@ -15,8 +15,8 @@ from hparr.models import build_model, pretrained_file
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK_KEYS = {"projections", "mean", "mass", "l2_dist", "l_inf_dist", "name", "kind", "N", "d", "std",
-              "n_negative", "p_sign", "p_ks", "p_value", "p_adjusted", "biased", "input_kind", "input_nonneg",
-              "input_neg_share"}
+              "n_negative", "p_sign", "p_ks", "p_value", "p_adjusted", "biased", "null", "input_kind",
+              "input_nonneg", "input_neg_share"}
 
 
 def drifted(state, seed, strength):

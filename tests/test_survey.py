@@ -247,8 +247,17 @@ def test_survey_command_reads_a_networks_file_and_writes_its_files(tmp_path, cap
     assert {i["network"] for i in verdicts["inputs"]} == {"net0", "net1", "net2"}
     assert all(len(i["sha256"]) == 64 for i in verdicts["inputs"])
     nets = pd.read_csv(out / "networks.csv")
-    assert nets["null_assumed"].all()
-    assert "assumed: initialization unknown" in (out / "summary.md").read_text()
+    assert (nets["null_assumed"] == 3).all() and set(nets["init_scheme"]) == {"pytorch"}
+    assert table["null_assumed"].all() and set(table["null"]) == {"uniform"}  # PyTorch's default, assumed
+    assert "uniform (3 of 3 layers: pytorch initialization assumed)" in (out / "summary.md").read_text()
+    entries[0]["init_scheme"] = "kaiming_normal"  # a networks file's entry names its own
+    spec.write_text(json.dumps({"format": collect.NETWORKS_FORMAT, "networks": entries}))
+    assert main(["survey", "--networks", str(spec), "--data", str(data), "--out", str(out),
+                 "--init-scheme", "xavier_uniform"]) == 0
+    table = pd.read_csv(out / "survey.csv")
+    assert dict(zip(table["network"], table["init_scheme"])) == {"net0": "kaiming_normal", "net1": "xavier_uniform",
+                                                                  "net2": "xavier_uniform"}
+    assert set(table[table["network"] == "net0"]["null"]) == {"beta"}
     assert (out / "survey.png").stat().st_size > 0 and not (out / "control.png").exists()
 
 

@@ -184,3 +184,20 @@ def cell_path(arch: str, dataset: str, seed: int, noise: float = 0.0, subsample_
     """`cells/<arch>/<dataset>[_k][_n<N>]/<condition>/seed_<s>`, below the study folder."""
     return (Path(CELLS_DIR) / folder_name(arch) / cell_data_name(dataset, subsample_classes, train_size)
             / Corruption(noise).condition / f"seed_{seed}")
+
+
+# --- the cache of computed nulls ----------------------------------------------------------------------
+
+def cache_dir() -> Path:
+    """Where hparr keeps what it computes once per machine (the null tables of `hparr.null`): $HPARR_CACHE_DIR,
+    else $XDG_CACHE_HOME/hparr, else ~/.cache/hparr."""
+    if os.environ.get("HPARR_CACHE_DIR"):
+        return Path(os.environ["HPARR_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "hparr"
+
+
+def null_table_path(law: str, d: int, version: int) -> Path:
+    """`<cache>/null/<law>_d<d>_v<version>.json`, the table of the null of `law` in dimension `d`."""
+    name = "".join(ch for ch in law if ch.isalnum() or ch == ".")
+    return cache_dir() / "null" / f"{name}_d{d}_v{version}.json"

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from . import inits
 from .errors import HparrError, UsageError
 
 TIMM, TORCHVISION = "timm:", "torchvision:"
@@ -291,7 +292,8 @@ def check_arch(arch: str) -> str:
 def build_model(arch: str, num_classes: int = 10, in_channels: int = 3, input_size: int = 32,
                 seed: int = 0, pretrained: bool = False, weights: str | os.PathLike | None = None,
                 state_dict_prefix: str | None = None) -> nn.Module:
-    """Build `arch` initialized from `seed` (the global RNG is left untouched).
+    """Build `arch` initialized from `seed` (the global RNG is left untouched), with the law that drew each
+    layer's weights recorded on its module (`hparr.inits.weight_law`).
 
     `pretrained` loads torchvision's ImageNet weights from `weights` or the local hub cache;
     layers whose shape differs (class count, input channels) keep their fresh initialization.
@@ -299,7 +301,9 @@ def build_model(arch: str, num_classes: int = 10, in_channels: int = 3, input_si
     check_arch(arch)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = _construct(arch, num_classes, in_channels, input_size)
+        with inits.recording() as recorder:  # the law of each layer's initial weights, for the bias test's null
+            model = _construct(arch, num_classes, in_channels, input_size)
+    inits.record_laws(model, recorder)
     if pretrained or weights is not None:
         load_pretrained(model, arch, weights, prefix=state_dict_prefix)
     return model

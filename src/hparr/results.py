@@ -161,7 +161,10 @@ def stage_unknown(doc: Mapping[str, Any] | None) -> bool:
 
 def document_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Tidy rows (one per layer, plus a `kind == "net"` row) of a projection document, without the projections;
-    stage and block are empty where they are unknown (`stage_unknown`)."""
+    stage and block are empty where they are unknown (`stage_unknown`), and a layer's `null` is `beta` where the
+    document predates it."""
+    from .null import BETA  # start-up time: numpy only where rows are made
+
     unknown = stage_unknown(doc)
     context = {k: doc.get(k) for k in ROW_CONTEXT}
     try:
@@ -173,6 +176,7 @@ def document_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
         for block in sorted(doc[stage], key=int):
             entry = doc[stage][block]
             rows.append({**context, "stage": None if unknown else int(stage), "block": None if unknown else int(block),
+                         "null": BETA,  # results written before the null was recorded used the Beta null
                          **{k: v for k, v in entry.items() if k != "projections"}})
     net = doc["net"]
     rows.append({**context, "name": "net", "kind": "net", "stage": None, "block": None,

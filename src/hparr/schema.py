@@ -7,15 +7,17 @@ from typing import TYPE_CHECKING, Iterable
 if TYPE_CHECKING:  # start-up time: pandas only where a table is built (`hparr reinit` builds none)
     import pandas as pd
 
-# the columns of one layer, in order; `biased` is a bool, the rest floats unless listed in INTEGERS
+# the columns of one layer, in order; `biased` is a bool, the rest floats unless listed in INTEGERS or TEXT;
+# `null`: the null of the layer's KS test (`hparr.null.null_label`; `beta` in results that predate it)
 LAYER = ("name", "kind", "stage", "block", "N", "d", "mean", "std", "mass", "n_negative",
-         "p_sign", "p_ks", "p_value", "p_adjusted", "biased")
+         "p_sign", "p_ks", "p_value", "p_adjusted", "biased", "null")
 DISTANCES = ("l2_dist", "l_inf_dist")  # only when the analysis had the initial weights
 LAYER_COLUMNS = (*LAYER, *DISTANCES)
-TEXT = ("name", "kind")
+TEXT = ("name", "kind", "null")
 INTEGERS = ("stage", "block", "N", "d", "n_negative", "n_layers", "n_biased")
 # the per-layer fields of a projection document's entry besides projections, mean and mass
-ENTRY_FIELDS = ("name", "kind", "N", "d", "std", "n_negative", "p_sign", "p_ks", "p_value", "p_adjusted", "biased")
+ENTRY_FIELDS = ("name", "kind", "N", "d", "std", "n_negative", "p_sign", "p_ks", "p_value", "p_adjusted", "biased",
+                "null")
 # what the statistics of one layer compute, before the Holm correction over the network
 COMPUTED = LAYER[:LAYER.index("p_adjusted")]
 # what feeds each layer (hparr.inputs): the kind of operation, whether that kind is non-negative (empty: unknown),

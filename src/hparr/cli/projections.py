@@ -47,6 +47,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--include-1x1", action="store_true", help="also analyze 1x1 convolutions")
     p.add_argument("--level", type=float, default=LEVEL,
                    help=f"level of the bias test, Holm-corrected over the layers of a network [{LEVEL}]")
+    p.add_argument("--init-scheme", type=str, default=None, metavar="SCHEME",
+                   help="initialization assumed for the layers whose model does not record how it drew them "
+                        "(every layer without --arch), which sets the null of their KS test: pytorch (PyTorch's "
+                        "default, kaiming uniform), kaiming_uniform, xavier_uniform, uniform, kaiming_normal, "
+                        "xavier_normal, normal, trunc_normal (cut at +/-2 with std 0.02: Gaussian), trunc_normal_tf "
+                        "(cut at 2 sd), or a law: gaussian, uniform, truncnorm(C) [pytorch]")
     p.add_argument("--results", type=str, default="./results", help="results folder [./results]")
     p.add_argument("--log", type=str, default=ORIGINAL_LOG,
                    help=f"log file name; written beside the JSON results (not under ./log as the original) "
@@ -102,7 +108,8 @@ def settings_from_args(args):
         subsample_classes=args.subsample_classes, normalize=args.normalize, with_linear=args.with_linear,
         include_1x1=args.include_1x1, level=args.level, pretrained=args.pretrained, weights=args.weights,
         state_dict_prefix=args.state_dict_prefix, overwrite=args.overwrite, progress=not args.no_progress,
-        num_classes=args.num_classes, in_channels=args.in_channels, input_size=args.input_size, probe_data=probe)
+        num_classes=args.num_classes, in_channels=args.in_channels, input_size=args.input_size, probe_data=probe,
+        **({} if args.init_scheme is None else {"init_scheme": args.init_scheme}))
 
 
 def run(args) -> int:

@@ -21,10 +21,10 @@ import scipy
 import torch
 import torch.nn as nn
 
-from .. import checkpoints, files, schema
+from .. import checkpoints, files, inits, null, schema
 from ..checkpoints import ModelConfig, check_metadata, check_state, snapshot_config
 from ..defaults import LEVEL, check_level
-from ..errors import HparrError
+from ..errors import HparrError, UsageError
 from ..inputs import UNKNOWN_FEED, Feed, fx_feeds, negative_shares
 from ..layers import LayerInfo, Skipped, discover_layers
 from ..models import build_model
@@ -38,12 +38,13 @@ class LayerStats:
     """The statistics of a network's analyzed layers.
 
     columns: the per-layer values, column -> one value per layer, in layer order (name, kind, stage, block, N,
-    d, mean, std, mass, n_negative, p_sign, p_ks, p_value, p_adjusted, biased[, l2_dist, l_inf_dist][,
-    input_kind, input_nonneg, input_neg_share]), and
-    `table` the same as a DataFrame (made on first use); projections: each layer's per-filter projections
+    d, mean, std, mass, n_negative, p_sign, p_ks, p_value, p_adjusted, biased, null[, l2_dist, l_inf_dist][,
+    input_kind, input_nonneg, input_neg_share]), and `table` the same as a DataFrame (made on first use);
+    projections: each layer's per-filter projections
     by name; net: the network summary over the pooled projections (N, mean, std, mass, n_negative,
-    n_layers, n_biased, p_value, biased); skipped: the conv/linear layers not analyzed and why; and the
-    test settings.
+    n_layers, n_biased, p_value, biased); skipped: the conv/linear layers not analyzed and why; the test
+    settings; and `null_assumed`, the layers whose initialization was not recorded when their model was built
+    (`hparr.inits`), whose KS null is that of `init_scheme` (`null.SCHEMES`).
     """
 
     columns: dict[str, list]
@@ -55,6 +56,8 @@ class LayerStats:
     layer_order: str = "forward"
     correction: str = CORRECTION
     std_ddof: int = STD_DDOF
+    init_scheme: str = null.DEFAULT_SCHEME
+    null_assumed: list[str] = field(default_factory=list)
 
     @functools.cached_property
     def table(self) -> pd.DataFrame:
@@ -62,13 +65,39 @@ class LayerStats:
         return pd.DataFrame(self.columns)
 
 
+def check_init_scheme(scheme: str) -> str:
+    """`--init-scheme`: a scheme of `null.SCHEMES` or an entries' law (gaussian, uniform, truncnorm(C))."""
+    try:
+        null.law_of_scheme(scheme)
+    except ValueError as exc:
+        raise UsageError(f"--init-scheme: {exc}") from None
+    return scheme
+
+
+def layer_nulls(layers: Sequence[LayerInfo], dims: Sequence[int],
+                init_scheme: str = null.DEFAULT_SCHEME) -> tuple[list[str], list[str]]:
+    """(the null of each layer's KS test, the names of the layers whose null was assumed): the null of the law
+    recorded for the layer's weight when its model was built (`inits.weight_law`), else that of `init_scheme`."""
+    assumed_law = null.law_of_scheme(check_init_scheme(init_scheme))
+    labels, assumed = [], []
+    for layer, d in zip(layers, dims):
+        law = inits.weight_law(layer.module)
+        if law is None:
+            law = assumed_law
+            assumed.append(layer.name)
+        labels.append(null.null_label(law, d))
+    return labels, assumed
+
+
 def analyze_layers(layers: Sequence[LayerInfo], weights: Mapping[str, Any], normalize: bool = True,
                    init: Mapping[str, Any] | None = None, level: float = LEVEL,
-                   skipped: Sequence[Skipped] = (), inputs: Mapping[str, Mapping[str, Any]] | None = None
-                   ) -> LayerStats:
+                   skipped: Sequence[Skipped] = (), inputs: Mapping[str, Mapping[str, Any]] | None = None,
+                   init_scheme: str = null.DEFAULT_SCHEME) -> LayerStats:
     """The statistics and bias tests of `layers`, from weight tensors keyed like a state_dict
     (`layer.weight_key`); `init` (weights at initialization, same keys) adds the distances, and `inputs`
-    ({layer name: {column: value}} for the columns of `schema.INPUT`, see `input_columns`) what feeds each layer."""
+    ({layer name: {column: value}} for the columns of `schema.INPUT`, see `input_columns`) what feeds each layer.
+    The KS test of a layer uses the null of its recorded initialization, else that of `init_scheme`
+    (`layer_nulls`)."""
     check_level(level, "the test level")
     if not layers:
         raise HparrError("no layers to analyze (every conv layer is skipped; try --with-linear or --include-1x1)")
@@ -84,11 +113,12 @@ def analyze_layers(layers: Sequence[LayerInfo], weights: Mapping[str, Any], norm
         per_filter[layer.name] = p
         cosines.append((cos, d))
         rows.append(row)
-    for row, tests in zip(rows, bias_tests_of_layers(cosines)):
+    nulls, assumed = layer_nulls(layers, [d for _, d in cosines], init_scheme)
+    for row, tests in zip(rows, bias_tests_of_layers(cosines, nulls)):
         row.update(tests)
     p_adjusted = holm([row["p_value"] for row in rows])
     table = {c: [row[c] for row in rows] for c in schema.COMPUTED}
-    table.update(p_adjusted=p_adjusted.tolist(), biased=(p_adjusted <= level).tolist())
+    table.update(p_adjusted=p_adjusted.tolist(), biased=(p_adjusted <= level).tolist(), null=nulls)
     if init is not None:
         table.update({c: [row[c] for row in rows] for c in schema.DISTANCES})
     if inputs is not None:
@@ -100,7 +130,8 @@ def analyze_layers(layers: Sequence[LayerInfo], weights: Mapping[str, Any], norm
            "biased": any(table["biased"])}
     return LayerStats(table, per_filter, net, skipped=[vars(s).copy() for s in skipped], level=level,
                       normalize=normalize,
-                      layer_order="forward" if all(layer.traced for layer in layers) else "modules")
+                      layer_order="forward" if all(layer.traced for layer in layers) else "modules",
+                      init_scheme=init_scheme, null_assumed=assumed)
 
 
 def input_columns(feeds: Mapping[str, Feed], image_nonneg: bool | None = None,
@@ -130,18 +161,21 @@ def weights_of(model_or_state: nn.Module | Mapping[str, Any]) -> Mapping[str, An
 
 def layer_stats(model: nn.Module, normalize: bool = True, with_linear: bool = False,
                 init: nn.Module | Mapping[str, Any] | None = None, include_1x1: bool = False,
-                input_shape: Sequence[int] | None = None, level: float = LEVEL) -> LayerStats:
+                input_shape: Sequence[int] | None = None, level: float = LEVEL,
+                init_scheme: str = null.DEFAULT_SCHEME) -> LayerStats:
     """Statistics and bias tests of every analyzed layer of `model` (see `analyze_layers`); `.table` is
     the per-layer DataFrame and `.net` the network summary.
 
     Layers come from `discover_layers(model, input_shape, with_linear, include_1x1)`; `init` (a model
-    or a state_dict of the same architecture) adds the distances from initialization.
+    or a state_dict of the same architecture) adds the distances from initialization. A model built by
+    `hparr.models.build_model` carries the law of each layer's initialization; for another, every layer's
+    null is that of `init_scheme` (PyTorch's default unless given).
     """
     layers, skipped = discover_layers(model, input_shape, with_linear=with_linear, include_1x1=include_1x1)
     feeds = fx_feeds(model, [layer.name for layer in layers])
     return analyze_layers(layers, weights_of(model), normalize=normalize,
                           init=None if init is None else weights_of(init), level=level, skipped=skipped,
-                          inputs=input_columns(feeds))
+                          inputs=input_columns(feeds), init_scheme=init_scheme)
 
 
 # --- result documents (the original JSON layout plus new fields) and tidy rows ----------------------
@@ -173,7 +207,8 @@ def projection_document(stats_: LayerStats, **fields: Any) -> dict[str, Any]:
     doc.update(fields)
     doc.update(format=PROJECTIONS_FORMAT, level=stats_.level, correction=stats_.correction,
                normalize=stats_.normalize, std_ddof=stats_.std_ddof, layer_order=stats_.layer_order,
-               skipped=stats_.skipped)
+               skipped=stats_.skipped, init_scheme=stats_.init_scheme, null_assumed=stats_.null_assumed,
+               nulls={name: null.describe(name) for name in dict.fromkeys(df["null"])})
     return files.jsonable(doc)
 
 
@@ -188,10 +223,11 @@ class AnalysisOptions:
     include_1x1: bool = False
     level: float = LEVEL
     init_from: str | None = None
+    init_scheme: str = null.DEFAULT_SCHEME  # the initialization assumed where the model does not record one
 
     def as_dict(self) -> dict[str, Any]:
         return {"normalize": self.normalize, "with_linear": self.with_linear, "include_1x1": self.include_1x1,
-                "level": self.level, "init_from": self.init_from}
+                "level": self.level, "init_from": self.init_from, "init_scheme": self.init_scheme}
 
 
 def reusable_result(path: str | os.PathLike, options: AnalysisOptions, fields: Mapping[str, Any] | None = None,
@@ -304,7 +340,8 @@ class SnapshotAnalyzer:
                 identity["init_checkpoint"] = checkpoints.checkpoint_identity(self.options.init_from, init, keys)
             init = {key: w.to(self.device) for key, w in init.items()}
         stats_ = analyze_layers(layers, weights, normalize=self.options.normalize, init=init,
-                                level=self.options.level, skipped=skipped, inputs=inputs)
+                                level=self.options.level, skipped=skipped, inputs=inputs,
+                                init_scheme=self.options.init_scheme)
         if config.arch is None:
             stats_.layer_order = FILE_ORDER
         return projection_document(

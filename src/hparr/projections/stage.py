@@ -20,8 +20,17 @@ from ..defaults import LEVEL, check_level
 from ..errors import UsageError
 from ..layout import results_directory
 from ..models import build_model, check_arch, pretrained_file
+from ..null import DEFAULT_SCHEME
 from ..results import projections_table
-from .analysis import AnalysisOptions, SnapshotAnalyzer, collect_results, load_init_state, log_lines, reusable_result
+from .analysis import (
+    AnalysisOptions,
+    SnapshotAnalyzer,
+    check_init_scheme,
+    collect_results,
+    load_init_state,
+    log_lines,
+    reusable_result,
+)
 
 log = logging.getLogger("hparr.projections")
 
@@ -69,6 +78,7 @@ class ProjectionSettings:
     in_channels: int | None = None
     input_size: int | None = None
     probe_data: Any = None  # hparr.data.DataOptions, or None: no measured input shares
+    init_scheme: str = DEFAULT_SCHEME  # the initialization assumed for layers whose model does not record one
 
     @property
     def relpath(self) -> Path:
@@ -107,6 +117,7 @@ class ProjectionSettings:
         elif k:
             raise UsageError("--subsample-classes needs --dataset")
         check_level(self.level)
+        check_init_scheme(self.init_scheme)
         if self.load_from and (self.pretrained or self.weights):
             raise UsageError("--pretrained analyzes torchvision's weights; it cannot be combined with --load-from")
         if self.probe_data is not None:
@@ -115,7 +126,8 @@ class ProjectionSettings:
     def options(self) -> AnalysisOptions:
         init_from = str(Path(self.init_from).resolve()) if self.init_from else None
         return AnalysisOptions(normalize=self.normalize, with_linear=self.with_linear,
-                               include_1x1=self.include_1x1, level=self.level, init_from=init_from)
+                               include_1x1=self.include_1x1, level=self.level, init_from=init_from,
+                               init_scheme=self.init_scheme)
 
 
 @dataclass

@@ -2,13 +2,15 @@
 of weight tensors or arrays, in float64, that read and write no file.
 
 The standard deviation is the population one (ddof=0). The bias test of a layer combines a two-sided
-exact binomial test of its number of filters with projection <= 0 against Binomial(N, 1/2) and a
-Kolmogorov-Smirnov test of its normalized projections against the exact null: (1 + t)/2 ~
-Beta((d-1)/2, (d-1)/2), the cosine of a uniformly random direction in R^d. The layer's p-value is
-min(1, 2 x the smaller of the two); a layer is biased when its Holm-adjusted p-value (over the
-layers of the network) is <= the level, so the chance that any layer of an untrained network is
-called biased is at most the level (exactly so for Gaussian initializations; for uniform ones the
-null of the cosine is off by O(1/d), far below what the KS test can see with N filters).
+exact binomial test of its number of filters with projection <= 0 against Binomial(N, 1/2) (exact for every
+symmetric initialization) and a Kolmogorov-Smirnov test of its normalized projections against the null of the
+law its weights were drawn from (`hparr.null`): for Gaussian weights the exact (1 + t)/2 ~ Beta((d-1)/2,
+(d-1)/2), the cosine of a uniformly random direction in R^d (`beta`); for uniform weights (PyTorch's default,
+kaiming and xavier uniform) or a normal truncated near its center, that law plus its deviation of order 1/d,
+which a KS test on thousands of filters does see for small d. The layer's p-value is min(1, 2 x the smaller of
+the two); a layer is biased when its Holm-adjusted p-value (over the layers of the network) is <= the level, so
+the chance that any layer of an untrained network is called biased is at most the level (docs/method.md §3.3
+gives the measured rates).
 """
 from __future__ import annotations
 
@@ -76,31 +78,39 @@ def distances(weight, init_weight) -> dict[str, float]:
             "l_inf_dist": float(diff.abs().max() / w0.abs().max())}
 
 
-def bias_tests(cosines, d: int) -> dict[str, float]:
+def bias_tests(cosines, d: int, null_name: str = null.BETA) -> dict[str, float]:
     """p-values of one layer under the null of docs/method.md §3.
 
     p_sign: two-sided exact binomial test of #(cosine <= 0) against Binomial(N, 1/2);
-    p_ks: Kolmogorov-Smirnov test of the cosines against the CDF of `null.distribution(d)` (NaN when d < 2);
+    p_ks: Kolmogorov-Smirnov test of the cosines against the CDF of the null `null_name` in dimension d
+    (`null.cdf`; `beta`, the default, is `null.distribution(d)`), NaN when d < 2;
     p_value: min(1, k x the smallest of the k available p-values).
     """
-    return bias_tests_of_layers([(cosines, d)])[0]
+    return bias_tests_of_layers([(cosines, d)], [null_name])[0]
 
 
-def bias_tests_of_layers(layers: Sequence[tuple[Any, int]]) -> list[dict[str, float]]:
-    """`bias_tests` of many layers, (cosines, d) each, with one evaluation of each law for all of them.
+def bias_tests_of_layers(layers: Sequence[tuple[Any, int]],
+                         nulls: Sequence[str] | None = None) -> list[dict[str, float]]:
+    """`bias_tests` of many layers, (cosines, d) each with its null in `nulls` (all `beta` when None), with
+    one evaluation of each law for all of them.
 
-    The values are those of `scipy.stats.binomtest(K, N, 0.5)` and `scipy.stats.kstest(cosines,
-    null.distribution(d).cdf)` (exact mode), to the last bit or within a few units of it (see `sign_pvalues`
-    and `ks_sf`); tests check this for every small layer size.
+    The values are those of `scipy.stats.binomtest(K, N, 0.5)` and `scipy.stats.kstest(cosines, F)` (exact
+    mode) with F the null's CDF (`null.distribution(d).cdf` for `beta`), to the last bit or within a few units
+    of it (see `sign_pvalues` and `ks_sf`); tests check this for every small layer size.
     """
+    nulls = [null.BETA] * len(layers) if nulls is None else list(nulls)
+    if len(nulls) != len(layers):
+        raise ValueError(f"{len(nulls)} nulls for {len(layers)} layers")
     cos = [np.asarray(c, dtype=np.float64).ravel() for c, _ in layers]
     p_sign = sign_pvalues([np.count_nonzero(c <= 0) for c in cos], [c.size for c in cos]).tolist()
-    tested = [i for i, (_, d) in enumerate(layers) if d >= 2]
     p_ks = [float("nan")] * len(layers)
-    if tested:
+    for name in dict.fromkeys(nulls):  # the layers of one null at once
+        tested = [i for i, (_, d) in enumerate(layers) if d >= 2 and nulls[i] == name]
+        if not tested:
+            continue
         x = [np.sort(cos[i]) for i in tested]
         sizes = [c.size for c in x]
-        f = null.cdf(np.concatenate(x), np.repeat([layers[i][1] for i in tested], sizes))  # all layers at once
+        f = null.cdf(np.concatenate(x), np.repeat([layers[i][1] for i in tested], sizes), name)
         stat = [ks_statistic(part) for part in np.split(f, np.cumsum(sizes)[:-1])]
         p = ks_sf(stat, sizes)
         for i, value in zip(tested, p.tolist()):

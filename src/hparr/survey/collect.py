@@ -292,8 +292,9 @@ def file_identity(path: str | os.PathLike) -> dict[str, Any]:
 
 # one row per network x layer (the CSV's columns, in order)
 COLUMNS = ["network", "format", "layer", "depth", "n_layers", "kind", "N", "d", "mass", "deviation", "mean",
-           "p_value", "p_adjusted", "biased", "null", "null_assumed", "init_scheme", "input_kind", "input_sign", "sign_from", "input_neg_share",
-           "image_nonneg", "init", "arch", "dataset", "seed", "noise", "train_size", "normalized", "source"]
+           "p_value", "p_adjusted", "biased", "null", "null_assumed", "init_scheme", "input_kind", "input_sign",
+           "sign_from", "input_neg_share", "image_nonneg", "init", "arch", "dataset", "seed", "noise", "train_size",
+           "normalized", "source"]
 
 
 def layer_rows(net: Network) -> list[dict[str, Any]]:
