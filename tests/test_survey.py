@@ -316,6 +316,16 @@ def test_survey_of_run_folders_reads_their_results_and_pairs_the_first_layers_by
     for seed in range(2):
         _run_folder(tmp_path / "runs" / f"norm_{seed}", seed, False, shift=0.0)
         _run_folder(tmp_path / "runs" / f"raw_{seed}", seed, True, shift=1.5)
+    # one run's results as an earlier version wrote them: no input kinds, no nulls
+    (old,) = (tmp_path / "runs" / "raw_1" / "results").rglob("lenet_5.json")
+    doc = json.loads(old.read_text())
+    for key in ("init_scheme", "null_assumed", "nulls"):
+        doc.pop(key, None)
+    for stage in (k for k in doc if k.isdigit()):
+        for entry in doc[stage].values():
+            for key in ("input_kind", "input_nonneg", "input_neg_share", "null"):
+                entry.pop(key, None)
+    old.write_text(json.dumps(doc))
     result = survey.run_survey(survey.SurveySettings(inputs=[str(tmp_path / "runs")], out=str(tmp_path / "out")))
     t = result.table
     assert t["network"].nunique() == 4 and set(t["format"]) == {"run"}
@@ -324,6 +334,10 @@ def test_survey_of_run_folders_reads_their_results_and_pairs_the_first_layers_by
     assert dict(zip(first["normalized"], first["input_sign"])) == {True: "signed", False: "nonneg"}
     assert set(t[t["depth"] > 0]["input_sign"]) == {"nonneg"}  # lenet: every later conv follows a ReLU
     assert (t[t["depth"] > 0]["sign_from"] == "graph").all()
+    noted = [n.name for n in result.networks if n.notes]  # only the old results were computed again
+    assert noted == ["runs/raw_1"]
+    assert "analyzed again" in next(n for n in result.networks if n.notes).notes[0]
+    assert set(t["null"]) == {"uniform"} and not t["null_assumed"].any()  # lenet: xavier_uniform, recorded
     (entry,) = result.control
     assert entry["paired_seeds"] == [0, 1] and entry["layer"] == "features.0"
     raw, norm = first[first["normalized"] == False], first[first["normalized"] == True]  # noqa: E712

@@ -157,11 +157,11 @@ def run_network(run_dir: str | os.PathLike, name: str | None = None) -> Network:
     if "stem" in layers.columns and layers["stem"].nunique() > 1:  # several files of that epoch: the first
         layers = layers[layers["stem"] == layers["stem"].iloc[0]]
     notes, reanalyzed = [], []
-    if not any(c in layers.columns and layers[c].notna().any() for c in ("input_kind", "input_nonneg")):
+    if predates_inputs_or_nulls(run.trained_doc):
         reanalyzed = _reanalyzed(run.trained_doc or {}, run_dir)
         layers = reanalyzed[1]
-        notes.append(f"{run_dir}: its result files record no input kinds (written before they were); its trained "
-                     "snapshot was analyzed again")
+        notes.append(f"{run_dir}: its result files record no input kinds or nulls (written before they were); "
+                     "its trained snapshot was analyzed again")
     context, image_nonneg = _run_context(results.read_manifest(run_dir))
     if image_nonneg is None:  # a folder of results without a manifest: what the snapshot recorded
         doc = run.trained_doc or {}
@@ -173,6 +173,13 @@ def run_network(run_dir: str | os.PathLike, name: str | None = None) -> Network:
     return Network(name or str(run_dir), str(run_dir), "run", layers.reset_index(drop=True),
                    image_nonneg=image_nonneg, init="recorded", context=context, notes=notes, null_assumed=assumed,
                    init_scheme=scheme)
+
+
+def predates_inputs_or_nulls(doc: Mapping[str, Any] | None) -> bool:
+    """Whether a projection document was written before hparr recorded what feeds each layer (`input_kind`) and
+    the null of each layer's test (the document's `init_scheme`)."""
+    doc = doc or {}
+    return "init_scheme" not in doc or not any("input_kind" in e for e in results.layer_entries(doc))
 
 
 def _reanalyzed(doc: Mapping[str, Any], run_dir: Path) -> tuple[dict[str, Any], pd.DataFrame]:
