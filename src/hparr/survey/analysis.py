@@ -93,6 +93,15 @@ def by_kind(table: pd.DataFrame, confidence: float = stats.LEVEL) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
+def _plain(value: Any) -> Any:
+    """A setting's value as written: None for a missing one, an integer for a whole number (a CSV's 4000.0)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def control(table: pd.DataFrame, confidence: float = stats.LEVEL) -> list[dict[str, Any]]:
     """The controlled test: the first layer of hparr runs (format "run", depth 0) whose pixels were normalized
     (zero mean: both signs) against runs of the same architecture, data, training-set size and corruption whose
@@ -106,7 +115,7 @@ def control(table: pd.DataFrame, confidence: float = stats.LEVEL) -> list[dict[s
         groups = {bool(v): g for v, g in part.groupby("normalized")}
         if set(groups) != {True, False}:
             continue
-        entry: dict[str, Any] = {**dict(zip(CONTROL_KEY, (None if pd.isna(v) else v for v in key))),
+        entry: dict[str, Any] = {**dict(zip(CONTROL_KEY, (_plain(v) for v in key))),
                                  "layer": str(part["layer"].iloc[0])}
         for normalized, g in groups.items():
             name = "normalized" if normalized else "unnormalized"

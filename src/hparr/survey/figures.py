@@ -32,8 +32,12 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _short(name: str, width: int = 38) -> str:
-    return name if len(name) <= width else "..." + name[-(width - 3):]
+def _short(name: str, width: int = 40) -> str:
+    """A panel's title: the name, its middle left out where it is too long (a run's study and seed stay)."""
+    if len(name) <= width:
+        return name
+    head = (width - 3) // 2
+    return name[:head] + "..." + name[-(width - 3 - head):]
 
 
 def plot_layers(table: pd.DataFrame, path: Path, ncols: int = 4) -> Path:
