@@ -32,8 +32,8 @@ study-fashion: $(STAMP)
 		--snapshot-all-until 2 --eval-split test,train --tb-logdir '' --out runs/study-fashion
 
 # The controlled test of the mechanism (docs/survey.md): lenet on 4,000 real Fashion-MNIST images, clean, 4 seeds,
-# trained on normalized pixels (zero mean: both signs) and on raw pixels in [0, 1] (non-negative), one study each.
-# About 20 minutes on 2 cores. DATA: the folder holding FashionMNIST/, as for study-fashion.
+# trained on normalized pixels (zero mean: both signs) and on raw pixels in [0, 1] (non-negative), one study each:
+# 27 minutes on 2 cores shared with other work (2026-12-07). DATA: the folder holding FashionMNIST/.
 CONTROL = --dataset fashionmnist --data-path $(DATA) --download --train-size 4000 --seeds 0-3 --optimizer adam \
 	--lr 0.001 --epochs 20 --snapshot-every 0 --snapshot-all-until 0 --tb-logdir ''
 survey-control: $(STAMP)
