@@ -276,7 +276,8 @@ def test_survey_refuses_what_it_cannot_read(tmp_path, capsys):
     for argv, code, phrase in (
             (["--networks", str(spec), "--data", str(tmp_path / "data")], 2, "1 file(s) missing below --data"),
             ([str(tmp_path / "study")], 1, "has no finished cell to survey"),
-            ([str(tmp_path / "run")], 1, "holds no projection results of a trained snapshot")):
+            ([str(tmp_path / "run")], 1, "holds no projection results of a trained snapshot"),
+            ([str(tmp_path / "run"), "--init-scheme", "orthogonal"], 2, "unknown initialization scheme")):
         assert main(["survey", *argv, "--out", str(out)]) == code
         err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
         assert len(err) == 1 and phrase in err[0], err

@@ -66,6 +66,10 @@ class SurveySettings:
                 raise UsageError(f"survey input {path}: no such file or folder")
         if self.networks is not None and not Path(self.networks).is_file():
             raise UsageError(f"--networks {self.networks}: no such file")
+        if self.init_scheme is not None:
+            from ..projections.analysis import check_init_scheme  # torch: only where a scheme is named
+
+            check_init_scheme(self.init_scheme)
 
     def options(self) -> SurveyOptions:
         return SurveyOptions(include_1x1=self.include_1x1, with_linear=self.with_linear, level=self.level,
