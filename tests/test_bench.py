@@ -258,3 +258,14 @@ def test_hash_case_times_the_checkpoint_hash_within_the_analysis(tmp_path):
     assert row["algorithm"] == "xxh3-128" and 0 < row["hashed_mb"] <= row["file_mb"]
     assert row["hash_s"] > 0 and row["analyze_s"] > 0 and row["hash_share"] > 0
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_onnx_case_times_the_command_on_an_exported_file_against_the_same_weights_in_torch(tmp_path):
+    from bench.projections_bench import onnx_case
+
+    (row,) = onnx_case(str(tmp_path), num_classes=10, repeats=1)
+    assert row["convs"] == 52 and 5 < row["file_mb"] < 12  # mobilenet_v2's convs, its BatchNorms folded
+    assert row["seconds"] > 0 and row["torch_pt_s"] > 0 and row["cold_process_s"] > row["seconds"]
+    assert row["ratio_vs_torch_pt"] == pytest.approx(row["seconds"] / row["torch_pt_s"], abs=0.02)
+    assert list(tmp_path.iterdir()) == []

@@ -212,6 +212,13 @@ def test_projections_and_reinit_of_an_onnx_file_on_digits(tmp_path, capsys):
     assert entries[1]["input_neg_share"] == 0.0 and entries[0]["input_neg_share"] > 0  # normalized pixels
     assert doc["probe"]["images"] == 256 and doc["probe"]["normalized"] is True
     assert doc["epoch"] == "2"  # `<name>_<N>.onnx` holds the weights after N epochs, as a `.pt` does
+    # with --arch the initializers are read by name as the model's state_dict (a torch export keeps the names), and
+    # the input kinds come from the model's torch.fx graph: both readers agree
+    assert main(["projections", "--arch", "own_model:small_cnn", "--dataset", "digits", "--load-from", str(path),
+                 "--results", str(results), "--no-progress"]) == 0
+    by_arch = layer_entries(json.loads((results / "digits" / "own_model-small_cnn" / "small_2.json").read_text()))
+    assert [e["projections"] for e in by_arch] == [e["projections"] for e in entries]
+    assert [e["input_kind"] for e in by_arch] == [e["input_kind"] for e in entries]
 
     assert main(["reinit", "--load-from", str(path), "--dataset", "digits", "--rand", "--results", str(results),
                  "--max-test-images", "200", "--no-progress", "--eval-processes", "1"]) == 0

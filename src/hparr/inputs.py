@@ -382,7 +382,8 @@ def onnx_graph(model) -> Graph:
 
     def const_positive(name: str) -> bool:
         try:
-            return bool(model.array(name).size) and bool((model.array(name) > 0).all())
+            value = model.array(name)
+            return bool(value.size) and bool((value > 0).all())
         except Exception:  # noqa: BLE001 - an unreadable constant counts as not known to be positive
             return False
 
