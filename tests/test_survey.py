@@ -233,7 +233,8 @@ def test_survey_command_reads_a_networks_file_and_writes_its_files(tmp_path, cap
     out = tmp_path / "out"
     assert main(["survey", "--networks", str(spec), "--data", str(data), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "3 networks, 9 layers" in printed
+    assert "3 networks, 9 layers: 6 with a non-negative input, 3 with an input of both signs, 0 unknown" in printed
+    assert "biased: 6 of 6 against 0 of 3: as predicted" in printed and "within 3 networks, paired" in printed
     table = pd.read_csv(out / "survey.csv")
     assert list(table.columns) == collect.COLUMNS
     assert table.groupby("input_sign").size().to_dict() == {"nonneg": 6, "signed": 3}

@@ -44,9 +44,15 @@ def run(args) -> int:
     result = survey.run_survey(settings)
     written = survey.save(result)
     c = result.comparison
-    s = c["across_layers"]["share_biased"]
-    print(f"{c['networks']} networks, {c['layers']} layers: biased {s['k1']} of {s['n1']} with non-negative "
-          f"input, {s['k2']} of {s['n2']} with input of both signs ({c['layers_unknown']} unknown); "
-          f"{c['reading']['across_layers_share_biased']['boschloo']} (Boschloo p = {s['p_boschloo']:.3g})")
+    s, m = c["across_layers"]["share_biased"], c["across_layers"]["deviation"]
+    w, reading = c["within_networks"]["deviation"], c["reading"]
+    print(f"{c['networks']} networks, {c['layers']} layers: {c['layers_nonneg']} with a non-negative input, "
+          f"{c['layers_signed']} with an input of both signs, {c['layers_unknown']} unknown")
+    print(f"biased: {s['k1']} of {s['n1']} against {s['k2']} of {s['n2']}: "
+          f"{reading['across_layers_share_biased']['boschloo']} (Boschloo p = {s['p_boschloo']:.3g})")
+    print(f"mean |mass - 1/2|: {m['mean1']:.3f} against {m['mean2']:.3f}: "
+          f"{reading['across_layers_deviation']['permutation']} (permutation p = {m['p_permutation']:.3g}); "
+          f"within {w['n']} networks, paired: {reading['within_networks_deviation']['sign']} "
+          f"(sign test p = {w['p_sign']:.3g})")
     print(f"survey in {written['summary.md'].parent}")
     return 0
