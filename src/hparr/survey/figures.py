@@ -15,9 +15,13 @@ from ..null import mass_band
 DPI = 130
 _RC = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 8, "xtick.labelsize": 8,
        "ytick.labelsize": 8, "figure.titlesize": 11}
-# how a layer's input sign is drawn: (colour, marker, label)
-STYLE = {"nonneg": ("tab:orange", "o", "input non-negative"), "signed": ("tab:blue", "s", "input of both signs"),
-         "unknown": ("0.55", "X", "input unknown")}
+# a layer's input sign is its colour, the kind of its input its marker (hparr.inputs kinds; others: KIND_OTHER)
+SIGN_COLOUR = {"nonneg": ("tab:orange", "input non-negative"), "signed": ("tab:blue", "input of both signs"),
+               "unknown": ("0.55", "input sign unknown")}
+KIND_MARKER = {"image": "*", "relu": "o", "relu6": "p", "sigmoid": "8", "prelu": "v", "elu": "<", "silu": "^",
+               "gelu": ">", "mish": "1", "hardswish": "D", "tanh": "d", "batchnorm": "s", "norm": "H", "conv": "P",
+               "sum": "h", "mixed": "X", "unknown": "x"}
+KIND_OTHER = "."
 
 
 def _figure(width: float, height: float):
@@ -41,9 +45,9 @@ def _short(name: str, width: int = 40) -> str:
 
 
 def plot_layers(table: pd.DataFrame, path: Path, ncols: int = 4) -> Path:
-    """One panel per network: each layer's mass against its depth (layer order), coloured and shaped by the
-    sign of its input, filled where the layer's test calls it biased, with the null's 95% band of the mass
-    (0.5 +/- 1.96 / (2 sqrt(N))) as a grey bar."""
+    """One panel per network: each layer's mass against its depth (layer order), coloured by the sign of its
+    input and shaped by the kind of its input, filled where the layer's test calls it biased, with the null's
+    95% band of the mass (0.5 +/- 1.96 / (2 sqrt(N))) as a grey bar."""
     import matplotlib  # on first use: start-up time
     from matplotlib.lines import Line2D
 
@@ -58,13 +62,12 @@ def plot_layers(table: pd.DataFrame, path: Path, ncols: int = 4) -> Path:
             for _, r in part.iterrows():
                 low, high = mass_band(int(r["N"]))
                 ax.plot([r["depth"]] * 2, [low, high], color="0.8", lw=4, solid_capstyle="butt", zorder=1)
-            for sign, (colour, marker, _) in STYLE.items():
-                rows = part[part["input_sign"] == sign]
-                if rows.empty:
-                    continue
+            for (sign, kind), rows in part.groupby(["input_sign", "input_kind"], sort=False, dropna=False):
+                colour = SIGN_COLOUR.get(sign, SIGN_COLOUR["unknown"])[0]
                 biased = rows["biased"].astype(bool).to_numpy()
-                ax.scatter(rows["depth"], rows["mass"], s=28, marker=marker, zorder=3, edgecolors=colour,
-                           facecolors=[colour if b else "white" for b in biased], linewidths=1.2)
+                ax.scatter(rows["depth"], rows["mass"], s=30, marker=KIND_MARKER.get(str(kind), KIND_OTHER),
+                           zorder=3, edgecolors=colour, facecolors=[colour if b else "white" for b in biased],
+                           linewidths=1.2)
             ax.axhline(0.5, color="0.3", lw=0.8, ls="--", zorder=2)
             ax.set_ylim(-0.02, 1.02)
             ax.set_title(_short(str(network)))
@@ -73,12 +76,15 @@ def plot_layers(table: pd.DataFrame, path: Path, ncols: int = 4) -> Path:
             ax.xaxis.get_major_locator().set_params(integer=True)
         for ax in axes[len(networks):]:
             ax.set_visible(False)
-        handles = [Line2D([], [], ls="", marker=m, markeredgecolor=c, markerfacecolor=c, label=label)
-                   for c, m, label in STYLE.values()]
+        handles = [Line2D([], [], ls="", marker="s", markeredgecolor=c, markerfacecolor=c, label=label)
+                   for c, label in SIGN_COLOUR.values()]
         handles += [Line2D([], [], ls="", marker="o", markeredgecolor="0.2", markerfacecolor="white",
                            label="hollow: not biased (Holm)"),
                     Line2D([], [], color="0.8", lw=4, label="null 95% band of the mass")]
-        fig.legend(handles=handles, loc="outside lower center", ncols=5, frameon=False)
+        kinds = list(dict.fromkeys(str(k) for k in table["input_kind"]))
+        handles += [Line2D([], [], ls="", marker=KIND_MARKER.get(k, KIND_OTHER), markeredgecolor="0.2",
+                           markerfacecolor="0.2", label=f"input: {k}") for k in kinds]
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(6, len(handles)), frameon=False)
         fig.suptitle("Each network's layers: mass (share of filters with projection <= 0) against depth")
         return _save(fig, path)
 
