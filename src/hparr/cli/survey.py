@@ -35,6 +35,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seed of a Monte-Carlo permutation test (used when the exact one is too large) [0]")
 
 
+def _g(value: float, spec: str = ".3g") -> str:
+    """A number as printed, "n/a" where there is none (a group without layers)."""
+    return "n/a" if value is None or value != value else format(value, spec)
+
+
 def run(args) -> int:
     from .. import survey  # start-up time: the commands import the library when they run
 
@@ -49,10 +54,10 @@ def run(args) -> int:
     print(f"{c['networks']} networks, {c['layers']} layers: {c['layers_nonneg']} with a non-negative input, "
           f"{c['layers_signed']} with an input of both signs, {c['layers_unknown']} unknown")
     print(f"biased: {s['k1']} of {s['n1']} against {s['k2']} of {s['n2']}: "
-          f"{reading['across_layers_share_biased']['boschloo']} (Boschloo p = {s['p_boschloo']:.3g})")
-    print(f"mean |mass - 1/2|: {m['mean1']:.3f} against {m['mean2']:.3f}: "
-          f"{reading['across_layers_deviation']['permutation']} (permutation p = {m['p_permutation']:.3g}); "
+          f"{reading['across_layers_share_biased']['boschloo']} (Boschloo p = {_g(s['p_boschloo'])})")
+    print(f"mean |mass - 1/2|: {_g(m['mean1'], '.3f')} against {_g(m['mean2'], '.3f')}: "
+          f"{reading['across_layers_deviation']['permutation']} (permutation p = {_g(m['p_permutation'])}); "
           f"within {w['n']} networks, paired: {reading['within_networks_deviation']['sign']} "
-          f"(sign test p = {w['p_sign']:.3g})")
+          f"(sign test p = {_g(w['p_sign'])})")
     print(f"survey in {written['summary.md'].parent}")
     return 0
