@@ -213,6 +213,8 @@ CASES = [
     ("--probe-data of a checkpoint read without its model", ["projections", "--load-from", "{root}/lenet_init_0.pt",
                                                              "--dataset", "digits", "--probe-data"], 1,
      "is read without its model (no --arch)"),
+    ("study on missing dataset files", ["study", "--dataset", "fashionmnist", "--data-path", "{root}/empty",
+                                        "--dry-run", "--out", "{root}/study"], 1, "fashionmnist not found: expected"),
 ]
 
 # the rows of the table that a test of their own checks (a failing GPU, a full disk, a file-size limit, a missing
@@ -237,6 +239,11 @@ ELSEWHERE = {
     "--out a study with other shared flags":
         "tests/test_study.py::test_the_print_launcher_prints_a_reproduce_command_per_cell",
     "onnx extra missing": "tests/test_errors.py::test_an_onnx_file_without_the_onnx_extra_names_the_extra",
+    "unreadable data file": "tests/test_study.py::test_an_unreadable_data_file_is_one_line_before_anything_is_written",
+    "--out a study of other data files":
+        "tests/test_study.py::test_a_rerun_may_read_the_same_data_files_from_another_path_but_not_other_files",
+    "--out in use by another run":
+        "tests/test_study.py::test_a_second_reproduce_into_a_busy_folder_is_refused_naming_the_first",
 }
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -225,16 +226,318 @@ def test_status_of_a_study_from_its_cell_folders(synthetic, tmp_path, capsys):
     assert lines[0] == "finished    cells/lenet/digits/clean/seed_0"
     assert lines[4] == "not started cells/lenet/digits/clean/seed_2"
     assert lines[5] == "5 cells: 4 finished, 1 not started"
-    files.write_text(synthetic / "cells/lenet/digits/clean/seed_2/cell.log", "cell failed: boom\n")
-    assert main(["study", "--status", "--out", str(synthetic)]) == 0
     log = synthetic / "cells/lenet/digits/clean/seed_2/cell.log"
-    assert f"failed      cells/lenet/digits/clean/seed_2; log: {log}" in capsys.readouterr().out
+    cell_log(log.parent, "INFO cell lenet digits clean seed 2", "ERROR cell failed: boom", "Traceback (most recent ...")
+    assert main(["study", "--status", "--out", str(synthetic)]) == 0
+    assert f"failed      cells/lenet/digits/clean/seed_2: boom; log: {log}" in capsys.readouterr().out
     files.write_text(tmp_path / "other" / "a.txt", "x")
     assert main(["study", str(tmp_path / "other"), "--status"]) == 2
     err = capsys.readouterr().err
     assert err == f"hparr study: error: {tmp_path / 'other'} is not a study folder (no study.json)\n"
     assert main(["study", str(tmp_path / "other"), "--dry-run"]) == 2
     assert "a study folder is given with --out" in capsys.readouterr().err
+
+
+def cell_log(folder: Path, *lines: str) -> None:
+    """A cell.log as a cell writes it (date, time, logger, level, message)."""
+    files.write_text(folder / "cell.log", "".join(f"2026-12-03 05:00:00,000 hparr.study {line}\n" for line in lines))
+
+
+def status_lines(study_dir: Path, capsys) -> dict[str, str]:
+    """{cell: its line} of `hparr study STUDY --status`, and "" -> the counts."""
+    assert main(["study", str(study_dir), "--status"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    return {**{line[12:].split(" ")[0].rstrip(":;"): line for line in lines[:-1]}, "": lines[-1]}
+
+
+def test_status_tells_running_pending_failed_and_finished_cells_apart(synthetic, capsys):
+    from types import SimpleNamespace
+
+    from hparr.attempt import Attempt, clock
+    from hparr.errors import HparrError
+    from hparr.layout import ATTEMPT_NAME
+    from hparr.study.runner import record_run
+    from hparr.study.status import STUDY_LOCK
+
+    cells = {name: study.Cell("lenet", "digits", seed, noise) for name, seed, noise in (
+        ("running", 7, 0.0), ("failed", 2, 0.5), ("died", 3, 0.5), ("queued", 3, 0.0), ("requeued", 4, 0.0),
+        ("ended", 5, 0.0), ("not started", 6, 0.0))}
+    name = {k: str(c.relpath) for k, c in cells.items()}
+    folder = {k: synthetic / c.relpath for k, c in cells.items()}
+    doc = json.loads((synthetic / STUDY_NAME).read_text())
+    files.write_json(synthetic / STUDY_NAME, {**doc, "cells": [*doc["cells"], *name.values()]})
+    # failed: its attempt ended with an error, which the record keeps
+    cell_log(folder["failed"], "INFO cell lenet digits noise_50 seed 2")
+    with pytest.raises(HparrError), Attempt(folder["failed"]) as record:
+        record.begin()
+        raise HparrError("fashionmnist not found: expected empty/FashionMNIST/raw/")
+    # died: a process of the test's own begins an attempt and dies without ending it (as kill -9 would)
+    cell_log(folder["died"], "INFO cell lenet digits noise_50 seed 3")
+    died = subprocess.run([sys.executable, "-c", "import os, sys; from hparr.attempt import Attempt; "
+                           "Attempt(sys.argv[1]).__enter__(); print(os.getpid()); os._exit(9)", str(folder["died"])],
+                          capture_output=True, text=True, timeout=120)
+    assert died.returncode == 9, died.stderr
+    # requeued: an attempt that died before the running study began, which queues the cell again
+    files.write_json(folder["requeued"] / ATTEMPT_NAME, {"pid": 1, "host": "elsewhere", "started": time.time() - 60})
+    # ended: an attempt that ended without an error, but whose results are not all there
+    cell_log(folder["ended"], "INFO cell lenet digits clean seed 5")
+    with Attempt(folder["ended"]):
+        pass
+    with Attempt(folder["running"]):  # the test holds the record, as the process running the cell does
+        lock = files.flock(synthetic / STUDY_LOCK)  # a study of the test's own runs two of the cells
+        try:
+            record_run(lock, SimpleNamespace(launcher="local"), [cells["queued"], cells["requeued"]])
+            lines = status_lines(synthetic, capsys)
+        finally:
+            lock.close()
+        record = json.loads((folder["running"] / ATTEMPT_NAME).read_text())
+    me = f"pid {os.getpid()} on {socket.gethostname()}"
+    assert lines[name["running"]] == f"running     {name['running']} ({me} since {clock(record['started'])})"
+    assert lines[name["queued"]] == f"pending     {name['queued']} (queued by hparr study, {me})"
+    assert lines[name["requeued"]] == f"pending     {name['requeued']} (queued by hparr study, {me})"
+    assert lines[name["failed"]] == (f"failed      {name['failed']}: fashionmnist not found: expected "
+                                     f"empty/FashionMNIST/raw/; log: {folder['failed'] / 'cell.log'}")
+    assert lines[name["died"]].startswith(
+        f"failed      {name['died']}: its process (pid {died.stdout.strip()} on {socket.gethostname()}, started ")
+    assert "ended without finishing or recording an error" in lines[name["died"]]
+    assert lines[name["ended"]].startswith(f"failed      {name['ended']}: it ended at ")
+    assert lines[name["not started"]] == f"not started {name['not started']}"
+    assert lines[""] == "12 cells: 4 finished, 1 running, 2 pending, 3 failed, 2 not started"
+    # the study and the cell's run are over: nothing is queued, and the cell that ran left a record of its end
+    after = status_lines(synthetic, capsys)
+    assert after[name["queued"]] == f"not started {name['queued']}"
+    assert after[name["requeued"]].startswith(f"failed      {name['requeued']}: its process (pid 1 on elsewhere")
+    assert after[name["running"]].startswith(f"failed      {name['running']}: it ended at ")
+
+
+def test_slurm_states_and_the_study_running_now_decide_what_a_rerun_may_submit(synthetic, tmp_path, monkeypatch,
+                                                                                 capsys):
+    from types import SimpleNamespace
+
+    from hparr.errors import HparrError
+    from hparr.study.runner import check_not_queued, record_run
+    from hparr.study.status import STUDY_LOCK
+
+    bin_dir = tmp_path / "bin"  # squeue as SLURM answers it for the array's one task
+    files.write_text(bin_dir / "squeue", '#!/bin/sh\necho "77_0|$FAKE_SLURM_STATE"\n')
+    (bin_dir / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    cell = study.Cell("lenet", "digits", 2)
+    doc = json.loads((synthetic / STUDY_NAME).read_text())
+    files.write_json(synthetic / STUDY_NAME, {**doc, "slurm_arrays": [
+        {"job_id": "77", "tasks": {"77_0": str(cell.relpath)}}]})
+    lock = files.flock(synthetic / STUDY_LOCK)  # the rerun's own study, which lists the cell to submit
+    try:
+        record_run(lock, SimpleNamespace(launcher="slurm"), [cell])
+        monkeypatch.setenv("FAKE_SLURM_STATE", "PENDING")
+        with pytest.raises(HparrError, match="1 cell\\(s\\) of .* are still pending in SLURM job 77"):
+            check_not_queued(synthetic, [cell])
+        assert status_lines(synthetic, capsys)[str(cell.relpath)] == f"pending     {cell.relpath} (task 77_0, pending)"
+        monkeypatch.setenv("FAKE_SLURM_STATE", "CANCELLED")  # the array ended: the rerun submits the cell again
+        check_not_queued(synthetic, [cell])
+    finally:
+        lock.close()
+    assert status_lines(synthetic, capsys)[str(cell.relpath)] == f"not started {cell.relpath} (task 77_0, cancelled)"
+
+
+def test_a_failed_cell_records_why_and_a_reproduce_that_fails_first_leaves_nothing(tmp_path):
+    from hparr.data import DataOptions
+    from hparr.errors import HparrError
+    from hparr.pipeline import reproduce
+    from hparr.training import TrainSettings
+
+    settings = TrainSettings("lenet", DataOptions(dataset="fashionmnist", data_path=str(tmp_path / "empty")),
+                             epochs=1, tb_logdir=None, progress=False)
+    with pytest.raises(HparrError, match="fashionmnist not found"):
+        reproduce(settings, tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+    cell = study.Cell("lenet", "fashionmnist", 0)
+    out = tmp_path / "s" / cell.relpath
+    outcome = study.run_cell(study.CellJob(cell, settings, str(out), str(out / "cell.log")))
+    assert outcome.status == "failed" and outcome.error.startswith("fashionmnist not found")
+    status = study.cell_status(tmp_path / "s", str(cell.relpath))
+    assert (status.state, status.detail, status.log) == ("failed", outcome.error, str(out / "cell.log"))
+
+
+def test_a_second_reproduce_into_a_busy_folder_is_refused_naming_the_first(tmp_path, capsys):
+    out = tmp_path / "r"
+    # another process runs there: it holds the attempt record until its stdin closes
+    first = subprocess.Popen([sys.executable, "-c", "import sys; from hparr.attempt import Attempt; "
+                              "held = Attempt(sys.argv[1]).__enter__(); print('ready', flush=True); sys.stdin.read()",
+                              str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline() == "ready\n"
+        record = (out / ".attempt.json").read_bytes()
+        assert main(["reproduce", "--epochs", "1", "--tb-logdir", "", "--out", str(out)]) == 2
+    finally:
+        first.communicate("", timeout=60)
+    err = capsys.readouterr().err
+    assert err.startswith(f"hparr reproduce: error: {out} is in use by another run (pid {first.pid} on "
+                          f"{socket.gethostname()}: ")
+    assert err.endswith("; wait for it to end, or choose another --out\n")
+    assert len(err.splitlines()) == 1 and sorted(p.name for p in out.iterdir()) == [".attempt.json"]
+    assert (out / ".attempt.json").read_bytes() == record  # the refused call wrote nothing
+
+
+def test_a_reproduce_refused_by_its_checks_leaves_the_record_of_the_last_run_as_it_was(tmp_path, capsys):
+    from hparr.attempt import Attempt, read_attempt
+
+    out = tmp_path / "r"
+    files.write_text(out / "notes.txt", "a folder with a run in it")
+    with pytest.raises(UsageError), Attempt(out) as record:
+        record.begin()
+        raise UsageError("the run itself fails")
+    before = (out / ".attempt.json").read_bytes()
+    missing = ["--dataset", "fashionmnist", "--data-path", str(tmp_path / "empty")]
+    assert main(["reproduce", *missing, "--epochs", "1", "--tb-logdir", "", "--out", str(out)]) == 1
+    assert "fashionmnist not found" in capsys.readouterr().err
+    assert (out / ".attempt.json").read_bytes() == before
+    assert read_attempt(out).error == "the run itself fails"
+    assert sorted(p.name for p in out.iterdir()) == [".attempt.json", "notes.txt"]
+
+
+# --- the data files of a study -------------------------------------------------------------------
+
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def data_folder(root: Path, sizes=(300, 40, 200, 30)) -> Path:
+    """Four files named as Fashion-MNIST's, of distinct bytes (the study reads them whole but decodes none)."""
+    for i, (name, size) in enumerate(zip(IDX_FILES, sizes)):
+        files.write_bytes(root / name, bytes((i * 7 + j) % 251 for j in range(size)))
+    return root
+
+
+@pytest.mark.parametrize("how", [["--dry-run"], [], ["--launcher", "print"]], ids=["dry-run", "local", "print"])
+def test_missing_data_files_are_refused_before_the_study_folder_is_made(tmp_path, capsys, how):
+    out = tmp_path / "s"
+    argv = ["study", "--dataset", "digits,fashionmnist", "--data-path", str(tmp_path / "empty"), "--epochs", "1",
+            "--out", str(out), *how]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    expected = tmp_path / "empty" / "FashionMNIST" / "raw"
+    assert err.startswith(f"hparr study: error: fashionmnist not found: expected {expected}/")
+    assert len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_a_rerun_may_read_the_same_data_files_from_another_path_but_not_other_files(tmp_path, capsys):
+    import shutil
+
+    import xxhash
+
+    first = data_folder(tmp_path / "a" / "FashionMNIST" / "raw")
+    moved = tmp_path / "b"  # the same files, straight in --data-path
+    shutil.copytree(first, moved)
+    out = tmp_path / "s"
+    argv = ["study", "--dataset", "fashionmnist", "--epochs", "1", "--tb-logdir", "", "--out", str(out)]
+    assert main([*argv, "--data-path", str(tmp_path / "a"), "--launcher", "print"]) == 0
+    recorded = json.loads((out / STUDY_NAME).read_text())["data_files"]
+    assert recorded == {"fashionmnist": {
+        name: {"size": (first / name).stat().st_size,
+               "hash": "xxh3-128:" + xxhash.xxh3_128((first / name).read_bytes()).hexdigest()} for name in IDX_FILES}}
+    assert main([*argv, "--data-path", str(moved), "--launcher", "print"]) == 0
+    assert json.loads((out / STUDY_NAME).read_text())["shared"]["data"]["data_path"] == str(moved)
+    capsys.readouterr()
+    before = (out / STUDY_NAME).read_bytes()
+    changed = data_folder(tmp_path / "c")
+    (changed / IDX_FILES[3]).write_bytes(bytes(30))  # the same size, another content
+    assert main([*argv, "--data-path", str(changed), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"hparr study: error: --out {out} holds a study of other data files: fashionmnist "
+                          f"{IDX_FILES[3]}: same size, other content (xxh3-128 ")
+    assert err.endswith("; pass the --data-path of its files, or use another --out\n") and len(err.splitlines()) == 1
+    shorter = data_folder(tmp_path / "d", sizes=(300, 40, 199, 30))
+    assert main([*argv, "--data-path", str(shorter), "--launcher", "print"]) == 2
+    assert f"fashionmnist {IDX_FILES[2]}: 200 bytes there, 199 bytes here" in capsys.readouterr().err
+    assert (out / STUDY_NAME).read_bytes() == before  # a refused rerun leaves the study as it was
+
+
+def test_a_study_recorded_without_its_data_files_compares_those_of_its_data_path(tmp_path, capsys, caplog):
+    import shutil
+
+    out = tmp_path / "s"
+    argv = ["study", "--dataset", "fashionmnist", "--epochs", "1", "--tb-logdir", "", "--launcher", "print",
+            "--out", str(out)]
+    first = data_folder(tmp_path / "a")
+    assert main([*argv, "--data-path", str(first)]) == 0
+    doc = json.loads((out / STUDY_NAME).read_text())
+    del doc["data_files"]  # as earlier versions wrote it: the folder alone
+    files.write_json(out / STUDY_NAME, doc)
+    # other files: refused, compared with those in the recorded folder
+    assert main([*argv, "--data-path", str(data_folder(tmp_path / "b", sizes=(300, 40, 200, 31)))]) == 2
+    assert f"other data files: fashionmnist {IDX_FILES[3]}: 30 bytes there, 31 bytes here" in capsys.readouterr().err
+    # the same files elsewhere: taken
+    shutil.copytree(first, tmp_path / "c")
+    assert main([*argv, "--data-path", str(tmp_path / "c")]) == 0
+    assert "data_files" in json.loads((out / STUDY_NAME).read_text())
+    # a study run on a folder that held no data (its cells all failed, as earlier versions let them): mended
+    files.write_json(out / STUDY_NAME, {**doc, "shared": {**doc["shared"], "data": {
+        **doc["shared"]["data"], "data_path": str(tmp_path / "empty")}}})
+    assert main([*argv, "--data-path", str(tmp_path / "c")]) == 0
+    assert f"holds no readable fashionmnist files now: those below --data-path {tmp_path / 'c'}" in caplog.text
+
+
+def test_an_unreadable_data_file_is_one_line_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    import builtins
+    import errno
+
+    from hparr.study import datafiles
+
+    folder = data_folder(tmp_path / "a")
+    locked = folder / IDX_FILES[1]
+
+    def no_permission(path, *args, **kwargs):  # as for a file of another user's without read permission
+        if Path(path) == locked:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(datafiles, "open", no_permission, raising=False)
+    out = tmp_path / "s"
+    assert main(["study", "--dataset", "fashionmnist", "--data-path", str(folder), "--epochs", "1", "--dry-run",
+                 "--out", str(out)]) == 1
+    assert capsys.readouterr().err == f"hparr study: error: cannot read the data file {locked}: Permission denied\n"
+    assert not out.exists()
+
+
+def test_study_help_names_every_grid_axis(capsys, monkeypatch):
+    from hparr.cli.study import GRID
+
+    monkeypatch.setenv("COLUMNS", "2000")  # one line per paragraph: no flag cut at its hyphen
+    with pytest.raises(SystemExit):
+        main(["study", "--help"])
+    text = capsys.readouterr().out
+    axes = text.split("every cell of a grid (")[1].split(")")[0].split(" x ")
+    assert sorted(axes) == sorted(["--seeds", *(f"--{dest.replace('_', '-')}" for dest in GRID)])
+    assert "[_n<N>]" in text
+
+
+def test_the_study_ends_with_a_headline_of_its_cells_and_its_verdict(synthetic, monkeypatch):
+    import hparr.report.study_figures as figures
+    from hparr.study.headline import headline
+    from hparr.study.runner import StudyResult
+
+    monkeypatch.setattr(figures, "draw_all", lambda *args: ([], []))  # figures are tested above
+    written = study_report.build_study_report(synthetic)
+    cells = [study.Cell("lenet", "digits", seed, noise) for noise in (0.0, 0.5) for seed in (0, 1, 2)]
+    outcomes = [study.CellOutcome(cells[0], "skipped", ""), *(study.CellOutcome(c, "finished", "") for c in cells[1:4]),
+                study.CellOutcome(cells[4], "failed", "", "boom")]
+    lines = headline(StudyResult(synthetic, outcomes), written["index.html"], results.read_json(
+        written["statistics.json"]))
+    assert lines[0] == (f"study: 5 cells: 3 finished now, 1 already finished, 1 failed; report: "
+                        f"{synthetic / 'report' / 'index.html'}")
+    # claim 1 on the clean cells, by hand (as in test_study_table_and_claims_from_result_files): the per-seed
+    # changes 0.25 and 0.625 / 3, their t interval over 2 seeds includes 0
+    diffs = [0.25, 0.625 / 3]
+    half = T975_1 * (abs(diffs[0] - diffs[1]) / math.sqrt(2)) / math.sqrt(2)
+    mean = float(np.mean(diffs))
+    setting = json.loads(written["statistics.json"].read_text())["settings"][0]["setting"]
+    assert lines[1] == (f"verdict ({setting}, clean, 2 seeds): bias emerges with training: not supported by this data: "
+                        f"the 95% interval includes 0, mean |mass - 0.5| {mean:+.3f} [{mean - half:+.3f}, "
+                        f"{mean + half:+.3f}] from initialization; the biased layers are the critical ones: not "
+                        f"supported by this data, pooled rho 0.75, permutation p {10 / 36:.2g}")
+    assert len(lines) == 2
+    assert headline(StudyResult(synthetic, outcomes[-1:]), None, None) == [
+        f"study: 1 cells: 0 finished now, 0 already finished, 1 failed; no report: no cell of {synthetic} is finished"]
 
 
 def test_a_cell_whose_folder_cannot_be_made_fails_with_the_reason(tmp_path):
@@ -402,7 +705,7 @@ def fingerprint(folder: Path) -> dict[str, tuple[int, str]]:
 
 
 @pytest.mark.slow
-def test_kill_9_mid_study_then_a_rerun_completes_it_and_keeps_finished_cells(tmp_path):
+def test_kill_9_mid_study_then_a_rerun_completes_it_and_keeps_finished_cells(tmp_path, capsys):
     out = tmp_path / "s"
     argv = [sys.executable, "-m", "hparr", "study", "--seeds", "0-1", "--noise", "0,1", *TINY, "--out", str(out)]
     first = out / "cells/lenet/digits/clean/seed_0"
@@ -416,6 +719,14 @@ def test_kill_9_mid_study_then_a_rerun_completes_it_and_keeps_finished_cells(tmp
             assert proc.poll() is None, proc.stderr.read().decode()
             assert time.monotonic() < deadline
             time.sleep(0.2)
+        # --status while it runs: the cell in training is running, the two the pool has not begun are pending
+        lines = status_lines(out, capsys)
+        assert lines["cells/lenet/digits/clean/seed_0"] == "finished    cells/lenet/digits/clean/seed_0"
+        assert lines["cells/lenet/digits/clean/seed_1"].startswith("running     cells/lenet/digits/clean/seed_1 (pid ")
+        for seed in (0, 1):
+            assert lines[f"cells/lenet/digits/noise_100/seed_{seed}"] == (
+                f"pending     cells/lenet/digits/noise_100/seed_{seed} (queued by hparr study, pid {proc.pid} on "
+                f"{socket.gethostname()})")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:
@@ -423,6 +734,13 @@ def test_kill_9_mid_study_then_a_rerun_completes_it_and_keeps_finished_cells(tmp
             proc.kill()
             proc.wait()
     assert not results.run_finished(second)
+    # the study's worker exits within a second of the study: the cell it ran has failed, the others never began
+    deadline = time.monotonic() + 60
+    while (lines := status_lines(out, capsys))["cells/lenet/digits/clean/seed_1"].startswith("running"):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert "ended without finishing or recording an error" in lines["cells/lenet/digits/clean/seed_1"]
+    assert lines[""] == "4 cells: 1 finished, 1 failed, 2 not started"
     before = fingerprint(first)
     rerun = subprocess.run([*argv, "--jobs", "2"], capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr

@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -242,26 +243,57 @@ class _NoLock:
         pass
 
 
-def flock(path: str | os.PathLike, shared: bool = False, wait: bool = True):
+def flock(path: str | os.PathLike, shared: bool = False, wait: bool = True, patience: float = 0.0):
     """Hold an advisory lock on the file `path` (created empty if missing) until the returned object's
     `close()`, or until the process ends: exclusive, or shared with `shared`. With `wait=False`, None when
-    another process holds a conflicting lock. Where flock does not exist or fails (some network file systems),
-    nothing is locked."""
+    another process holds a conflicting lock, after trying again for `patience` seconds (so that the instant
+    `lock_held` of another process takes to test the lock is not taken for a holder). Where flock does not exist
+    or fails (some network file systems), nothing is locked."""
     try:
         import fcntl  # optional: POSIX only
     except ImportError:
         return _NoLock()
     ensure_dir(Path(path).parent)
-    handle = open(path, "a")  # noqa: SIM115 - the lock lives as long as the open file
+    deadline = time.monotonic() + patience
+    while True:
+        handle = open(path, "a")  # noqa: SIM115 - the lock lives as long as the open file
+        try:
+            fcntl.flock(handle.fileno(),
+                        (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.close()
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.02)
+            continue
+        except OSError:
+            handle.close()
+            return _NoLock()
+        return handle
+
+
+def lock_held(path: str | os.PathLike) -> bool | None:
+    """Whether a process (this one included) holds an exclusive `flock` lock on the file `path`, tested by
+    taking a shared lock and dropping it at once; creates nothing. False when the file does not exist; None
+    where locks cannot be tested (no flock, or a file system without it)."""
     try:
-        fcntl.flock(handle.fileno(), (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
-    except BlockingIOError:
-        handle.close()
+        import fcntl  # optional: POSIX only
+    except ImportError:
         return None
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        return False
     except OSError:
-        handle.close()
-        return _NoLock()
-    return handle
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return None
+        return False
 
 
 def file_stat(path: str | os.PathLike) -> tuple[int, int]:

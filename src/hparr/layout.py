@@ -151,6 +151,7 @@ def epoch_from_filename(path: str | os.PathLike) -> int | None:
 
 MANIFEST_NAME = "manifest.json"  # what `hparr reproduce` produced, in its --out folder
 STUDY_NAME = "study.json"  # a study folder's settings and cells
+ATTEMPT_NAME = ".attempt.json"  # in a --out folder: who runs `hparr reproduce` there, and how it ended
 REPORT_DIR = "report"  # a run's or a study's report, below its folder
 TRACKING_NAME = "tracking.csv"  # the statistics tracked during training, in the run directory
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import checkpoints, files, layout, projections, reinit, report, results, training
+from . import attempt, checkpoints, files, layout, projections, reinit, report, results, rundir, training
 from .defaults import LEVEL, THRESHOLD, check_level, check_threshold
 from .errors import HparrError
 from .results import parse_eval_splits
@@ -93,8 +93,16 @@ def run_reproduce(rs: ReproduceSettings) -> ReproduceResult:
     possibly corrupted labels, its shuffled pixels), and why and at which epoch training stopped.
 
     `eval_splits`: the re-initialization sweep is measured on each ("test", "train": see `reinit.ReinitSettings`);
-    the manifest names the first as its "reinit" result (the report's) and all of them in "reinit_splits"."""
+    the manifest names the first as its "reinit" result (the report's) and all of them in "reinit_splits".
+
+    While it runs, `out_dir/.attempt.json` names its process, and says at the end how it ended (`attempt`); a
+    call refused by the checks leaves it as it was."""
     rs.validate()
+    with attempt.Attempt(rs.out) as record:
+        return _reproduce(rs, record)
+
+
+def _reproduce(rs: ReproduceSettings, record: attempt.Attempt) -> ReproduceResult:
     settings, with_linear, threshold, level, eval_splits = rs.train, rs.with_linear, rs.threshold, rs.level, \
         rs.eval_splits
     out = Path(rs.out)
@@ -103,6 +111,11 @@ def run_reproduce(rs: ReproduceSettings) -> ReproduceResult:
                                    resume_from=settings.resume_from or "auto")
     # checks the settings and the data, and locks the run directory, before anything is written
     with training.Run(settings) as session:
+        # the checks are done (another configuration in the run directory is refused here, as fit would): what
+        # fails from here on is the run's, and stays in its record
+        rundir.claim(session.run_dir, session.other_runs, settings.overwrite, seed_drawn=settings.seed is None,
+                     remove=False)
+        record.begin()
         log.info("[1/4] training %s on %s", settings.arch, settings.data.dataset)
         files.ensure_dir(out)
         if settings.overwrite:

@@ -137,7 +137,10 @@ def test_a_study_array_cancelled_midway_then_rerun_equals_the_local_study(cluste
 
     status = hparr("study", str(out), "--status").stdout.splitlines()
     assert status[0] == f"finished    {CELLS[0]} (task {job_id}_0)"
-    assert status[1].startswith(f"failed      {CELLS[1]} (task {job_id}_1, cancelled); log: {second / 'cell.log'}")
+    # cancelled while it trained: its process died without ending its attempt record
+    assert status[1].startswith(f"failed      {CELLS[1]} (task {job_id}_1, cancelled): its process (pid ")
+    assert "ended without finishing or recording an error" in status[1]
+    assert status[1].endswith(f"; log: {second / 'cell.log'}")
     assert status[2].startswith(f"not started {CELLS[2]} (task {job_id}_2")
     assert status[-1] == "4 cells: 1 finished, 1 failed, 2 not started"
     partial = hparr("report", str(out)).stdout

@@ -11,10 +11,11 @@ from . import reproduce as reproduce_cli
 from . import train as train_cli
 
 DESCRIPTION = (
-    "Runs `hparr reproduce` for every cell of a grid (--arch x --dataset x --subsample-classes x --noise x --seeds) "
-    "into OUT/cells/<arch>/<dataset>[_k]/<condition>/seed_<s>/, skipping finished cells, then writes the study's "
-    "report to OUT/report/ (statistics across seeds and corruptions). Axes take comma lists; --seeds and "
-    "--subsample-classes take ranges too (0-4). Every other flag of `hparr reproduce` applies to every cell.")
+    "Runs `hparr reproduce` for every cell of a grid (--arch x --dataset x --subsample-classes x --train-size x "
+    "--noise x --seeds) into OUT/cells/<arch>/<dataset>[_k][_n<N>]/<condition>/seed_<s>/, skipping finished cells, "
+    "then writes the study's report to OUT/report/ (statistics across seeds and corruptions). Axes take comma lists; "
+    "--seeds and --subsample-classes take ranges too (0-4). Every other flag of `hparr reproduce` applies to every "
+    "cell.")
 
 # grid axes that replace a flag of `hparr reproduce`: dest -> (default, help)
 GRID = {
@@ -45,12 +46,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="local worker processes [every core, at most one per cell to run]")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per local worker; jobs x threads <= cores [cores / jobs]")
-    p.add_argument("--dry-run", action="store_true", help="print one line per cell and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check every cell's settings and data files, print one line per cell and exit; nothing is "
+                        "written")
     p.add_argument("study_dir", nargs="?", default=None, metavar="STUDY",
                    help="with --status: the study folder [--out]")
     p.add_argument("--status", action="store_true",
                    help="print the state of every cell of the study (finished, running, pending, failed with its "
-                        "log) and exit")
+                        "reason and log, not started) and exit")
     slurm = p.add_argument_group("SLURM (--launcher slurm)")
     slurm.add_argument("--partition", type=str, default=None, help="partition of the array's tasks")
     slurm.add_argument("--gpus-per-task", type=int, default=0, help="GPUs per cell [0]")
@@ -136,14 +139,16 @@ def show_status(study_dir: str) -> int:
 
     statuses = study.study_status(study_dir)
     for s in statuses:
-        line = f"{s.state:11s} {s.cell}"
-        if s.task:
-            line += f" (task {s.task}{', ' + s.detail if s.detail else ''})"
+        shown = [f"task {s.task}"] if s.task else []
+        if s.state == "running" or (s.state == "pending" and not (s.task and s.slurm)):
+            shown.append(s.detail)
+        elif s.state != "finished" and s.slurm:
+            shown.append(s.slurm)
+        line = f"{s.state:11s} {s.cell}" + (f" ({', '.join(shown)})" if shown else "")
         if s.state == "failed":
-            line += f"; log: {s.log}" if s.log else "; no log"
+            line += f": {s.detail}" + (f"; log: {s.log}" if s.log else "; no log")
         print(line)
-    counts = {state: sum(s.state == state for s in statuses)
-              for state in ("finished", "running", "pending", "failed", "not started")}
+    counts = {state: sum(s.state == state for s in statuses) for state in study.STATES}
     print(f"{len(statuses)} cells: " + ", ".join(f"{n} {state}" for state, n in counts.items() if n))
     return 0
 
@@ -151,6 +156,8 @@ def show_status(study_dir: str) -> int:
 def run(args) -> int:
     from .. import study  # start-up time: the commands import the library when they run
     from ..report.study import build_study_report  # start-up time, as above
+    from ..results import read_json  # start-up time, as above
+    from ..study.headline import headline  # start-up time, as above
 
     if args.status:
         return show_status(args.study_dir if args.study_dir is not None else args.out)
@@ -199,12 +206,12 @@ def run(args) -> int:
         print(f"study: submitted {count} cell(s) as SLURM job array {job_id} ({result.count('skipped')} already "
               f"finished); follow it with: hparr study {result.out} --status")
         return 0
-    ran, skipped, failed = result.count("finished"), result.count("skipped"), result.failed
-    print(f"study: {len(result.outcomes)} cells: {ran} finished now, {skipped} already finished, "
-          f"{len(failed)} failed ({result.out})")
-    for outcome in failed:
+    for outcome in result.failed:
         print(f"failed: {outcome.cell.describe()}: {outcome.error}; log: {outcome.log}")
-    if ran + skipped:
+    report = statistics = None
+    if result.count("finished") + result.count("skipped"):
         written = build_study_report(result.out)
-        print(f"report in {written['index.html']}")
-    return 1 if failed else 0
+        report, statistics = written["index.html"], read_json(written["statistics.json"])
+    for line in headline(result, report, statistics):
+        print(line)
+    return 1 if result.failed else 0

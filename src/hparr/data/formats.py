@@ -282,6 +282,34 @@ def read_arrays(dataset: str, root: Path, download: bool, train: bool = True) ->
     return _load_cifar(dataset, root, download, train)
 
 
+def dataset_files(dataset: str, root: Path) -> list[Path]:
+    """The files that the loader of `dataset` reads below `root`, found where it finds them but not read
+    (ImageNet: its train/ and val/ folders; digits: none, it is scikit-learn's). Where some are missing, the
+    loader's own error is raised; nothing is downloaded."""
+    found: list[Path] | None = None
+    if dataset == "digits":
+        return []
+    if dataset in _IDX_FOLDERS:
+        found = _find_idx(root, _IDX_FOLDERS[dataset][0])
+    elif dataset == "svhn":
+        found = next(([folder / f for f in _SVHN_FILES] for folder in (root, root / "svhn", root / "SVHN")
+                      if all((folder / f).is_file() for f in _SVHN_FILES)), None)
+    elif dataset in _CIFAR:
+        folder, train_files, test_files = root / _CIFAR[dataset][0], _CIFAR[dataset][1], _CIFAR[dataset][2]
+        found = [folder / f for f in train_files + test_files]
+        found = found if all(p.is_file() for p in found) else None
+    elif dataset == "imagenet":
+        found = [root / "train", root / "val"] if (root / "train").is_dir() and (root / "val").is_dir() else None
+        if found is None:
+            imagenet_folders(root)  # its error says what is missing
+    else:  # a dataset read from a folder tree: the folder
+        found = [root]
+    if found is None:  # the loader says what is missing: it looks for its files before it reads any
+        read_arrays(dataset, root, download=False)
+        raise HparrError(f"{dataset}: the files below {root} that its loader reads could not be listed")
+    return found
+
+
 # --- ImageNet: ImageFolder trees -----------------------------------------------------------------------
 
 def _scan_folder(folder: Path):

@@ -38,12 +38,13 @@ from .slurm import (
     sbatch_message,
     squeue_states,
 )
-from .status import CellStatus, study_status
+from .status import STATES, CellStatus, cell_status, study_status
 
 __all__ = [
-    "CELL_LOG", "HIDDEN_LAUNCHERS", "LAUNCHERS", "MAX_REQUEUES", "REPORT_SUFFIXES", "SUBMITIT_DIR", "Cell", "CellJob",
-    "CellOutcome", "CellStatus", "SlurmCell", "SlurmOptions", "StudyResult", "StudySettings", "cell_dir", "cell_jobs",
-    "check_workers", "check_out", "check_sbatch", "check_train_sizes", "command_line", "make_executor", "parse_floats",
-    "parse_ints", "parse_names", "parse_slurm_extra", "plan", "pool_size", "prepare", "record_array", "run_cell",
-    "run_local", "run_study", "sacct_works", "sbatch_message", "squeue_states", "study_status",
+    "CELL_LOG", "HIDDEN_LAUNCHERS", "LAUNCHERS", "MAX_REQUEUES", "REPORT_SUFFIXES", "STATES", "SUBMITIT_DIR", "Cell",
+    "CellJob", "CellOutcome", "CellStatus", "SlurmCell", "SlurmOptions", "StudyResult", "StudySettings", "cell_dir",
+    "cell_jobs", "cell_status", "check_workers", "check_out", "check_sbatch", "check_train_sizes", "command_line",
+    "make_executor", "parse_floats", "parse_ints", "parse_names", "parse_slurm_extra", "plan", "pool_size", "prepare",
+    "record_array", "run_cell", "run_local", "run_study", "sacct_works", "sbatch_message", "squeue_states",
+    "study_status",
 ]

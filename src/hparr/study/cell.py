@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from .. import files
+from ..attempt import Attempt
 from ..defaults import LEVEL, THRESHOLD
 from ..errors import HparrError, first_line
 from .folder import CELL_LOG, cell_dir
@@ -87,8 +88,10 @@ def run_cell(job: CellJob) -> CellOutcome:
         with _only_to(job.log):
             log.info("cell %s: %s", job.cell.describe(), job.out)
             try:
-                pipeline.reproduce(job.settings, job.out, with_linear=job.with_linear, threshold=job.threshold,
-                                   level=job.level, eval_splits=job.eval_splits)
+                with Attempt(job.out) as record:  # who runs the cell, and how it ended (`hparr study --status`)
+                    record.begin()  # a cell that fails in reproduce's checks has failed: it is recorded
+                    pipeline.reproduce(job.settings, job.out, with_linear=job.with_linear, threshold=job.threshold,
+                                       level=job.level, eval_splits=job.eval_splits)
                 log.info("cell finished in %.1f s", time.perf_counter() - start)
             except Exception as exc:  # noqa: BLE001 - recorded as the cell's failure, the study goes on
                 error = first_line(exc)

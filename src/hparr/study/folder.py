@@ -18,8 +18,9 @@ SUBMITIT_DIR = "submitit"
 
 
 def prepare(settings: StudySettings, cells: Sequence[Cell]) -> Path:
-    """Create the study folder, or check that an existing one is a study of the same shared settings, and
-    write study.json (the grid, the shared flags, the launcher, the versions)."""
+    """Create the study folder, or check that an existing one is a study of the same shared settings and data
+    files, and write study.json (the grid, the shared flags, the data files' sizes and hashes, the launcher,
+    the versions)."""
     out = check_out(settings)
     files.ensure_dir(out)
     previous = results.read_study(out) or {}
@@ -29,7 +30,8 @@ def prepare(settings: StudySettings, cells: Sequence[Cell]) -> Path:
         "grid": {"arch": list(settings.archs), "dataset": list(settings.datasets), "seeds": list(settings.seeds),
                  "noise": list(settings.noises), "subsample_classes": list(settings.subsample_classes),
                  **({"train_size": list(settings.train_sizes)} if settings.train_sizes != (None,) else {})},
-        "flags": list(settings.flags), "shared": settings.shared(), "launcher": settings.launcher,
+        "flags": list(settings.flags), "shared": settings.shared(),
+        "data_files": {**(previous.get("data_files") or {}), **settings.data_files()}, "launcher": settings.launcher,
         **({"slurm": files.jsonable(dataclasses.asdict(settings.slurm))} if settings.launcher == "slurm" else {}),
         **({"slurm_arrays": previous["slurm_arrays"]} if previous.get("slurm_arrays") else {}),
         "cells": known, "versions": versions(with_torch="torch" in sys.modules)})

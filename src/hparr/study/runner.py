@@ -1,7 +1,11 @@
 """The study itself: every cell of the grid not finished yet, run with the chosen launcher under the study's lock."""
 from __future__ import annotations
 
+import json
 import logging
+import os
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -15,21 +19,33 @@ from .grid import Cell
 from .local import pool_size, run_local
 from .settings import StudySettings
 from .slurm import check_sbatch, run_submitit, submit, submitit_quiet
-from .status import study_status
+from .status import SLURM_PENDING, STUDY_LOCK, study_status
 
 log = logging.getLogger("hparr.study")
-
-STUDY_LOCK = ".study.lock"
 
 
 def check_not_queued(out: Path, todo: Sequence[Cell]) -> None:
     """Refuse to submit cells that an earlier array of the study still has queued or running."""
     names = {str(c.relpath) for c in todo}
-    busy = [s for s in study_status(out) if s.cell in names and s.state in ("pending", "running")]
+    busy = [s for s in study_status(out) if s.cell in names and s.task and
+            (s.state == "running" or s.slurm.upper() in SLURM_PENDING)]
     if busy:
         jobs = sorted({s.task.split("_")[0] for s in busy if s.task})
         raise HparrError(f"{len(busy)} cell(s) of {out} are still {busy[0].state} in SLURM job {', '.join(jobs)}: "
                          f"wait for them (hparr study {out} --status), or scancel {' '.join(jobs)}")
+
+
+def record_run(lock, settings: StudySettings, todo: Sequence[Cell]) -> None:
+    """Write who runs the study and the cells it runs into its lock file (`hparr study --status` reads it)."""
+    if not hasattr(lock, "fileno"):
+        return
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+              "launcher": settings.launcher, "cells": [str(c.relpath) for c in todo]}
+    try:
+        os.ftruncate(lock.fileno(), 0)
+        os.write(lock.fileno(), (json.dumps(record) + "\n").encode())
+    except OSError:  # a full disk: --status then calls the cells not started until they start
+        pass
 
 
 @dataclass
@@ -59,7 +75,7 @@ def run_study(settings: StudySettings, on_outcome: Callable[[CellOutcome, int, i
     if settings.launcher == "slurm":
         check_sbatch(settings)
     out = prepare(settings, cells)
-    lock = files.flock(out / STUDY_LOCK, wait=False)
+    lock = files.flock(out / STUDY_LOCK, wait=False, patience=0.5)  # --status tests it for an instant
     if lock is None:
         raise HparrError(f"another `hparr study` is running in {out}")
     try:
@@ -71,6 +87,7 @@ def run_study(settings: StudySettings, on_outcome: Callable[[CellOutcome, int, i
             else:
                 todo.append(cell)
         done, total = len(outcomes), len(cells)
+        record_run(lock, settings, todo)
         if on_outcome is not None:
             for o in outcomes:
                 on_outcome(o, done, total)

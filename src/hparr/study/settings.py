@@ -25,6 +25,8 @@ _PER_CELL_DATA = ("dataset", "noise", "subsample_classes", "train_size")
 # study folder keeps its shared settings
 _RECORDED_WHEN_SET = ("until_train_acc", "train_size_seed")
 
+log = logging.getLogger("hparr.study")
+
 _MEM = re.compile(r"(\d+)\s*([KMGT]?)B?", re.IGNORECASE)
 
 
@@ -141,6 +143,7 @@ class StudySettings:
     flags: Sequence[str] = ()
     progress: bool = True
     wait: bool = True
+    _data_files: dict | None = field(default=None, init=False, repr=False, compare=False)
 
     def cells(self) -> list[Cell]:
         """The grid, arch by arch, then dataset, class subset, training-set size, corruption and seed."""
@@ -166,6 +169,17 @@ class StudySettings:
             out["eval_splits"] = list(self.eval_splits)
         return files.jsonable(out)
 
+    def data_files(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """{dataset: {file name: {"size", "hash"}}} of the files each dataset of the grid is read from (below
+        --data-path; fetched first with --download), each read whole once: missing or unreadable files are
+        refused here, before anything is written (`datafiles`)."""
+        if self._data_files is None:
+            from .datafiles import data_identity
+
+            self._data_files = {d: data_identity(dataclasses.replace(self.base.data, dataset=d))
+                                for d in self.datasets}
+        return self._data_files
+
     def validate(self) -> list[Cell]:
         """Validate the launcher, the grid, every cell's settings and the study folder before anything is written;
         returns the grid."""
@@ -187,8 +201,9 @@ class StudySettings:
         check_threshold(self.threshold)
         check_level(self.level)
         results.parse_eval_splits(self.eval_splits)
-        check_train_sizes(self, cells)
         check_out(self)
+        self.data_files()
+        check_train_sizes(self, cells)
         if launcher in ("slurm", "submitit-local"):
             try:
                 import submitit  # noqa: F401 - optional extra (hparr[slurm])
@@ -245,12 +260,60 @@ def check_out(settings: StudySettings) -> Path:
         if existing is None and any(out.iterdir()) and not _only_a_report(out):
             raise UsageError(f"--out {out} holds files that are not a study (no {layout.STUDY_NAME}); "
                              "choose an empty or new folder")
-        if existing is not None and existing.get("shared") != settings.shared():
-            before, now = existing.get("shared") or {}, settings.shared()
+        if existing is None:
+            return out
+        shared = existing.get("shared") or {}
+        # the data files are compared by their sizes and contents, not by the folder they were read from
+        before, now = _beside_the_files(shared), _beside_the_files(settings.shared())
+        if before != now:
             diff = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             raise UsageError(f"--out {out} holds a study with other shared settings ({', '.join(diff)} differ); "
                              "use another --out")
+        from .datafiles import data_differences
+
+        recorded = existing.get("data_files")
+        if not isinstance(recorded, dict):  # an earlier hparr recorded the folder alone
+            recorded = _files_there_now(settings, shared)
+        differ = data_differences(recorded, settings.data_files())
+        if differ:
+            raise UsageError(f"--out {out} holds a study of other data files: {'; '.join(differ[:4])}"
+                             f"{'; ...' if len(differ) > 4 else ''}; pass the --data-path of its files, or "
+                             "use another --out")
     return out
+
+
+def _files_there_now(settings: StudySettings, shared: dict[str, Any]) -> dict[str, dict]:
+    """The data files, as they are now, of a study that recorded their folder alone (an earlier hparr): those of
+    each dataset below that folder; a dataset with none there now (so that no cell can have read them there) is
+    left out, and the files below --data-path are taken for it, with a warning."""
+    from .datafiles import data_identity
+
+    data = shared.get("data") if isinstance(shared.get("data"), dict) else {}
+    then = data.get("data_path")
+    if then is None or then == settings.base.data.data_path:
+        return settings.data_files()
+    found = {}
+    for dataset in settings.datasets:
+        try:
+            found[dataset] = data_identity(dataclasses.replace(settings.base.data, dataset=dataset, data_path=then,
+                                                               download=False))
+        except HparrError:
+            log.warning("%s records no data files (an earlier hparr), and the --data-path it ran with, %s, holds no "
+                        "readable %s files now: those below --data-path %s are taken for the study's",
+                        Path(settings.out) / layout.STUDY_NAME, then, dataset, settings.base.data.data_path)
+    return found
+
+
+# the data options that say where the files are and whether to fetch them, not what they hold
+_WHERE_THE_FILES_ARE = ("data_path", "download")
+
+
+def _beside_the_files(shared: dict[str, Any]) -> dict[str, Any]:
+    """The shared settings without where the data files are (compared by their content instead)."""
+    data = shared.get("data")
+    if not isinstance(data, dict):
+        return shared
+    return {**shared, "data": {k: v for k, v in data.items() if k not in _WHERE_THE_FILES_ARE}}
 
 
 REPORT_SUFFIXES = (".png", ".pdf", ".csv", ".parquet", ".json", ".md", ".html")
