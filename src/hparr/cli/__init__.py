@@ -22,6 +22,7 @@ COMMANDS = {
     "reproduce": ("reproduce", "the whole study: train, projections, reinit, report"),
     "study": ("study", "a grid of reproduce runs over seeds and corruptions, with statistics across it"),
     "report": ("report", "figures, summary.md and index.html from result files (of a run or a study)"),
+    "survey": ("survey", "the layers of many networks: is a layer biased where its input is non-negative?"),
 }
 
 
