@@ -67,9 +67,9 @@ class SurveySettings:
         if self.networks is not None and not Path(self.networks).is_file():
             raise UsageError(f"--networks {self.networks}: no such file")
         if self.init_scheme is not None:
-            from ..projections.analysis import check_init_scheme  # torch: only where a scheme is named
+            from ..null import check_scheme  # scipy: only where a scheme is named
 
-            check_init_scheme(self.init_scheme)
+            check_scheme(self.init_scheme)
 
     def options(self) -> SurveyOptions:
         return SurveyOptions(include_1x1=self.include_1x1, with_linear=self.with_linear, level=self.level,
