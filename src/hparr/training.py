@@ -19,7 +19,7 @@ from . import checkpoints, distributed, files, layout, rundir, tensorboard_log
 from .data import load_data, make_loader
 from .errors import HparrError, UsageError
 from .layers import check_model
-from .metrics import correct_counts
+from .metrics import autocast, evaluate
 from .models import build_model
 from .provenance import derive_seeds, resolve_seed
 from .snapshots import Snapshots, resolve_resume
@@ -53,7 +53,6 @@ def use_channels_last(model: nn.Module, device: torch.device, choice: str = "aut
     return device.type == "cuda" or max(widths) <= CHANNELS_LAST_MAX_WIDTH
 
 
-
 def compile_model(model: nn.Module, backend: str = "inductor") -> nn.Module:
     """`model` compiled with torch.compile for training steps: a wrapper that shares its parameters, so the
     plain `model` still gives snapshots without the wrapper's `_orig_mod.` prefix and evaluates eagerly.
@@ -74,31 +73,6 @@ def make_optimizer(params, settings: TrainSettings):
     if settings.optimizer == "sgd" and settings.lr_step > 0 and settings.lr_decay > 0:
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=settings.lr_step, gamma=settings.lr_decay)
     return opt, sched
-
-
-def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype: torch.dtype | None = None) -> dict[str, float]:
-    """Mean loss, top-1 and top-5 accuracy (%) over `loader`, summed across ranks under torchrun."""
-    was_training = model.training
-    model.eval()
-    loss_sum, c1, c5, n = 0.0, 0, 0, 0
-    with torch.inference_mode(), _autocast(device, amp_dtype):
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            out = model(x).float()
-            loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
-            a, b = correct_counts(out, y, 5).tolist()
-            c1, c5, n = c1 + a, c5 + b, n + y.numel()
-    model.train(was_training)
-    loss_sum, c1, c5, n = distributed.all_reduce_sum([loss_sum, c1, c5, n], device)
-    if n == 0:
-        raise HparrError("evaluation set is empty")
-    return {"loss": loss_sum / n, "top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "count": int(n)}
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _amp_dtype(amp: str | None) -> torch.dtype | None:
@@ -349,7 +323,7 @@ class Run(Snapshots):
         for x, y in loader:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             self.optimizer.zero_grad(set_to_none=True)
-            with _autocast(self.device, self.amp_dtype):
+            with autocast(self.device, self.amp_dtype):
                 loss = F.cross_entropy(model(x), y)
             if scaler is not None:
                 scaler.scale(loss).backward()

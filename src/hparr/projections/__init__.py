@@ -1,28 +1,23 @@
 """Per-layer hyperplane statistics (docs/method.md §2) and a test of bias against the null of §3.
 
 `stats`: the pure statistics (`projections`, `summarize`, `distances`, `bias_tests`, `holm`); `analysis`: the
-statistics of a network's layers (`analyze_layers`, `layer_stats`), their result documents and
+statistics of a network's layers (`analyze_layers`, `layer_stats`) and their result documents; `snapshots`:
 `SnapshotAnalyzer` for many snapshot files; `stage`: `run_projections`, the stage behind `hparr projections`
 (settings in, result out), and `save`, which writes its result files.
 """
-from .analysis import (
+from .analysis import LayerStats, analyze_layers, input_columns, layer_stats, projection_document, weights_of
+from .snapshots import (
     FILE_ORDER,
     INPUT_KINDS,
     PROBE_IMAGES,
     AnalysisOptions,
-    LayerStats,
     SnapshotAnalyzer,
-    analyze_layers,
     collect_results,
     file_layers,
-    input_columns,
-    layer_stats,
     load_init_state,
     log_lines,
     onnx_layers,
-    projection_document,
     reusable_result,
-    weights_of,
 )
 from .stage import (
     CHECKPOINT_ONLY,

@@ -21,7 +21,7 @@ from ..errors import UsageError
 from ..models import build_model, check_arch, pretrained_file
 from ..null import DEFAULT_SCHEME, check_scheme
 from ..results import projections_table
-from .analysis import (
+from .snapshots import (
     AnalysisOptions,
     SnapshotAnalyzer,
     collect_results,

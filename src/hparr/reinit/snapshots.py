@@ -156,3 +156,24 @@ def load_alternatives(paths: Sequence[Path], trained: Path, config, reference: M
         states[label], sources[label] = state, str(path.resolve())
     order = sorted(states, key=int)
     return {label: states[label] for label in order}, {label: sources[label] for label in order}
+
+
+def inits_difference(there: Any, here: list[str]) -> str:
+    """How two --inits-from lists differ: the first file of each that the other lacks, or the counts."""
+    there = list(there) if isinstance(there, list) else []
+    only_there = [p for p in there if p not in here]
+    only_here = [p for p in here if p not in there]
+    if not only_there and not only_here:
+        return "--inits-from: the same files in another order"
+    names = [Path(p).name for p in only_there + only_here]
+    short = len(set(names)) == len(names)  # file names tell them apart, else their paths do
+
+    def shown(paths: list[str]) -> str:
+        return (Path(paths[0]).name if short else paths[0]) + (f" and {len(paths) - 1} more" if len(paths) > 1 else "")
+
+    if only_there and only_here:
+        return (f"--inits-from {shown(only_there)} there, {shown(only_here)} here "
+                f"({len(there)} file(s) there, {len(here)} here)")
+    if only_there:
+        return f"--inits-from {shown(only_there)} there, not here ({len(there)} file(s) there, {len(here)} here)"
+    return f"--inits-from {shown(only_here)} here, not there ({len(there)} file(s) there, {len(here)} here)"

@@ -29,6 +29,7 @@ from .documents import (
 from .processes import choose_processes, parse_eval_processes
 from .shared_prefix import reinit_sweep
 from .snapshots import (
+    inits_difference,
     load_alternatives,
     read_inits_list,
     snapshot_data_options,
@@ -178,27 +179,6 @@ _OPTION_FLAGS = {"inits_from": "--inits-from", "rand": "--rand", "rand_trials": 
                  "dataset_args": "--dataset-args", "data_input_size": "--input-size"}
 
 
-def _inits_difference(there: Any, here: list[str]) -> str:
-    """How two --inits-from lists differ: the first file of each that the other lacks, or the counts."""
-    there = list(there) if isinstance(there, list) else []
-    only_there = [p for p in there if p not in here]
-    only_here = [p for p in here if p not in there]
-    if not only_there and not only_here:
-        return "--inits-from: the same files in another order"
-    names = [Path(p).name for p in only_there + only_here]
-    short = len(set(names)) == len(names)  # file names tell them apart, else their paths do
-
-    def shown(paths: list[str]) -> str:
-        return (Path(paths[0]).name if short else paths[0]) + (f" and {len(paths) - 1} more" if len(paths) > 1 else "")
-
-    if only_there and only_here:
-        return (f"--inits-from {shown(only_there)} there, {shown(only_here)} here "
-                f"({len(there)} file(s) there, {len(here)} here)")
-    if only_there:
-        return f"--inits-from {shown(only_there)} there, not here ({len(there)} file(s) there, {len(here)} here)"
-    return f"--inits-from {shown(only_here)} here, not there ({len(there)} file(s) there, {len(here)} here)"
-
-
 def _shown_option(key: str, value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
@@ -222,7 +202,7 @@ def stale_reason(settings: ReinitSettings, path: str | os.PathLike) -> str | Non
     else:
         if "include_1x1" not in recorded:  # an earlier hparr re-initialized 1x1 convs too: the same where it had none
             recorded = {**recorded, "include_1x1": _reinitialized_1x1(doc, trained) or current["include_1x1"]}
-        differ = [_inits_difference(recorded.get(k), v) if k == "inits_from" else
+        differ = [inits_difference(recorded.get(k), v) if k == "inits_from" else
                   f"{_OPTION_FLAGS[k]} {_shown_option(k, recorded.get(k))} there, {_shown_option(k, v)} here"
                   for k, v in current.items() if recorded.get(k) != v]
     if differ:
