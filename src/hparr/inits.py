@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
+from torch.nn.parameter import is_lazy
 from torch.overrides import TorchFunctionMode
 
 from . import null
@@ -106,9 +107,10 @@ def _scalar(value) -> float | None:
 
 
 def _key(t: torch.Tensor):
-    """The storage of a tensor (None where it has none worth following: meta, sparse...)."""
+    """The storage of a tensor (None where it has none worth following: meta, sparse, a lazy module's
+    uninitialized parameter...)."""
     try:
-        if t.is_meta or t.layout != torch.strided:
+        if is_lazy(t) or t.is_meta or t.layout != torch.strided:
             return None
         storage = t.untyped_storage()
         return (t.device.type, t.device.index, storage.data_ptr())
@@ -118,6 +120,8 @@ def _key(t: torch.Tensor):
 
 def _whole(t: torch.Tensor) -> bool:
     """Whether `t` covers its storage exactly (an operation on it fills all of it)."""
+    if is_lazy(t):
+        return False
     try:
         return t.storage_offset() == 0 and t.numel() * t.element_size() == t.untyped_storage().nbytes()
     except (RuntimeError, NotImplementedError, TypeError):
@@ -275,7 +279,7 @@ def record_laws(model: nn.Module, recorder: Recorder) -> dict[str, str | None]:
     out = {}
     for name, module in model.named_modules():
         weight = getattr(module, "weight", None)
-        if isinstance(weight, torch.Tensor) and weight.dim() >= 2:
+        if isinstance(weight, torch.Tensor) and not is_lazy(weight) and weight.dim() >= 2:  # lazy: drawn later
             draw = recorder.draw_of(weight)
             law = draw.law() if draw is not None else None
             with contextlib.suppress(AttributeError, TypeError):
