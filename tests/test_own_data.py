@@ -242,7 +242,7 @@ def test_an_image_folder_from_train_to_report(folder, tmp_path, on_path, capsys)
                      "--subsample-classes", 2, "--seed", 0, "--load-from", run_dir, "--init-from",
                      run_dir / "lenet_init_0.pt", "--normalize", "--no-progress")
     assert rc == 0, err
-    results = Path("results/imagefolder_2/lenet/0")
+    results = Path("results/imagefolder_2/train_16/noise_20/lenet/0")  # the run's condition, as its folder
     assert json.loads((results / f"{final.stem}.json").read_text())["dataset"] == "imagefolder"
     for split in ("test", "train"):
         rc, _, err = run(capsys, "reinit", "--arch", "lenet", "--dataset", "imagefolder", "--data-path", folder,
