@@ -99,7 +99,7 @@ def plot_distributions(results: RunResults, out_dir: Path) -> list[Path]:
         for ax in list(axes.flat)[len(layers):]:
             ax.set_visible(False)
         axes.flat[0].legend(loc="upper left")
-        fig.suptitle(f"{results.title}: distribution of the filters' projections per layer"
+        fig.suptitle(f"{results.title}\ndistribution of the filters' projections per layer"
                      + (f"\n{missing_text(results.missing_epochs)}" if results.missing_epochs else ""))
         return _save(fig, out_dir, "distributions")
 
@@ -165,7 +165,7 @@ def plot_epochs(results: RunResults, out_dir: Path) -> list[Path]:
         axes[0, 0].legend(loc="best")
         axes[1, 0].legend(loc="best")
         what = "normalized projections" if normalize else "projections <w, 1>"
-        fig.suptitle(f"{results.title}: mass of negative {what} and their mean, per layer, across epochs"
+        fig.suptitle(f"{results.title}\nmass of negative {what} and their mean, per layer, across epochs"
                      + (f"\n{missing_text(results.missing_epochs)} (dotted lines)" if results.missing_epochs else ""))
         return _save(fig, out_dir, "mass_mean_by_epoch")
 
@@ -194,7 +194,7 @@ def plot_bias_vs_criticality(table: pd.DataFrame, correlation: Mapping[str, Any]
         rho, p = correlation["spearman_rho"], correlation["p_value"]
         stat = (f"Spearman rho = {rho:.2f} (p = {p:.2g}, {correlation['n_layers']} layers)" if not math.isnan(rho)
                 else f"Spearman rho undefined ({correlation['note']})")
-        ax.set_title(f"{title}: bias against criticality\n{stat}" if title else stat)
+        ax.set_title(f"{title}\nbias against criticality: {stat}" if title else stat, wrap=True)
         ax.legend(loc="best")
         ax.grid(alpha=0.3)
         ax.margins(x=0.15, y=0.1)
@@ -202,9 +202,9 @@ def plot_bias_vs_criticality(table: pd.DataFrame, correlation: Mapping[str, Any]
 
 
 def save_heatmap(document: Mapping[str, Any], png: str | os.PathLike | None = None,
-                 pdf: str | os.PathLike | None = None) -> None:
+                 pdf: str | os.PathLike | None = None, title: str | None = None) -> None:
     """Heatmap of the relative top-1 drop stored in a reinit document (rows: epochs, then rand; columns:
-    layers), PNG and/or PDF."""
+    layers), PNG and/or PDF. `title`: what the run is (default: the document's architecture and dataset)."""
     from matplotlib.figure import Figure  # on first use: start-up time
 
     layers = list(document["layers"])
@@ -230,9 +230,12 @@ def save_heatmap(document: Mapping[str, Any], png: str | os.PathLike | None = No
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="white" if dark else "black")
     fig.colorbar(image, ax=ax, label="(acc_trained - acc_reinit) / acc_trained")
     split = document.get("eval_split") or "test"
-    ax.set_title(f"{document.get('arch')} on {document.get('dataset')}, epoch {document.get('epoch')}: "
-                 f"top-1 {document['top1_test']:.2f}% on the {split} set"
-                 + (" (its own training labels)" if split == "train" else ""))
+    if title is None:
+        title = " on ".join(str(document[k]) for k in ("arch", "dataset") if document.get(k)) or "checkpoint"
+    epoch = document.get("epoch")
+    model = f"trained model (epoch {epoch})" if epoch not in (None, "", "None") else "trained model"
+    ax.set_title(f"{title}\n{model}: top-1 {document['top1_test']:.2f}% on the {split} set"
+                 + (" (its own training labels)" if split == "train" else ""), wrap=True)
     for path, fmt in ((png, "png"), (pdf, "pdf")):
         if path is not None:
             with files.atomic_path(path) as tmp:
