@@ -151,6 +151,7 @@ def epoch_from_filename(path: str | os.PathLike) -> int | None:
 MANIFEST_NAME = "manifest.json"  # what `hparr reproduce` produced, in its --out folder
 STUDY_NAME = "study.json"  # a study folder's settings and cells
 REPORT_DIR = "report"  # a run's or a study's report, below its folder
+COMPARISON_DIR = "comparison"  # `hparr report RUN_A RUN_B`'s report, below the runs' common folder
 TRACKING_NAME = "tracking.csv"  # the statistics tracked during training, in the run directory
 
 

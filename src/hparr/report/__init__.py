@@ -75,6 +75,8 @@ def build_reports(folder: str | os.PathLike, out_dir: str | os.PathLike | None =
     out = Path(out_dir) if out_dir is not None else folder / REPORT_DIR
     check_options(threshold, measure)
     found = find_runs(folder, exclude=[out])
+    for study in found.studies:
+        log.warning("warning: %s is a study: left out here; its report: hparr report %s", study, study)
     if len(found.runs) == 1:
         return {found.runs[0].name: build_report(folder, out, threshold, measure, strict, run=found.runs[0])}
     if not found.runs:
