@@ -384,7 +384,7 @@ def plot_distributions(members: Sequence[Member], out: Path, threshold: float) -
                 top = max(top, min(float(np.nanmax(density)), 3 * top))
             ax.set_ylim(0, 1.12 * top if top > 0 else 1)
             ax.axvline(0, color="k", lw=0.7, ls=":")
-            ax.set_title(f"{name} (N={entries[0][2].get('N')}, d={d})")
+            ax.set_title(f"{name} (N={entries[0][2].get('N')}" + (f", d={d})" if d else ")"))
             ax.set_xlabel("normalized projection" if normalized else "projection <w, 1>")
             ax.set_ylabel("density")
         for ax in list(axes.flat)[len(names):]:

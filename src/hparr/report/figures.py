@@ -91,7 +91,7 @@ def plot_distributions(results: RunResults, out_dir: Path) -> list[Path]:
             ax.set_ylim(0, 1.12 * top if top > 0 else 1)
             ax.axvline(0, color="k", lw=0.7, ls=":")
             mass0 = init_by_name.get(e["name"], {}).get("mass")
-            ax.set_title(f"{e['name']} (N={e.get('N')}, d={d})\nmass {e['mass']:.2f}"
+            ax.set_title(f"{e['name']} (N={e.get('N')}" + (f", d={d})" if d else ")") + f"\nmass {e['mass']:.2f}"
                          + (f" (init {mass0:.2f})" if mass0 is not None else "")
                          + (", biased" if e.get("biased") else ""))
             ax.set_xlabel("normalized projection <w,1>/(|w| sqrt d)" if normalize else "projection <w, 1>")

@@ -67,7 +67,10 @@ def answer(results: RunResults, table: pd.DataFrame, correlation: Mapping[str, A
     lines = []
     level, threshold = table.attrs.get("level"), table.attrs["threshold"]
     with_stats = table[table["mass"].notna()]
-    if len(with_stats):
+    if len(with_stats) and with_stats["biased"].isna().all():  # the original code's results: no bias test
+        lines.append(f"- Trained model ({results.trained_label}): the results record no bias test (no p-values): "
+                     f"the masses of the {len(with_stats)} layers are in the table.")
+    elif len(with_stats):
         biased = with_stats["biased"].fillna(False).astype(bool)
         lines.append(f"- Trained model ({results.trained_label}): **{int(biased.sum())} of {len(with_stats)}** "
                      f"layers biased at level {level} ({str(table.attrs.get('correction')).capitalize()}-corrected): "
