@@ -517,8 +517,8 @@ def test_figure_b_follows_each_seed_and_averages_only_while_every_seed_trains(sy
     noisy = seed_lines(data.table, data.curves, 0.5, "b")  # not tracked: the snapshots, epochs 0 and 2
     assert list(noisy[1][0]) == [0.0, 2.0] and list(noisy[1][1]) == [0.5, 0.75]
     # seeds that stopped at different epochs: the mean ends where the first one stopped
-    lines = {0: (np.array([0.0, 1, 2, 3]), np.array([0.5, 0.6, 0.7, 0.8])), 1: (np.array([0.0, 1]), np.array([0.5, 0.9])),
-             2: (np.array([0.0, 1, 2]), np.array([0.4, 0.6, 0.9]))}
+    lines = {0: (np.array([0.0, 1, 2, 3]), np.array([0.5, 0.6, 0.7, 0.8])),
+             1: (np.array([0.0, 1]), np.array([0.5, 0.9])), 2: (np.array([0.0, 1, 2]), np.array([0.4, 0.6, 0.9]))}
     x, y = seed_mean(lines)
     assert list(x) == [0.0, 1.0] and y == pytest.approx([np.mean([0.5, 0.5, 0.4]), np.mean([0.6, 0.9, 0.6])])
     # the grid in words: every training image and every class, not "None" and "0"

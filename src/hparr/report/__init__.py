@@ -3,12 +3,13 @@
 `find_runs` and `load_run` (discovery) find the JSON documents of `hparr projections` and `hparr reinit`:
 those named by the manifest of `hparr reproduce`, else every one below the folder, grouped by training run;
 for one run, one projection run and one re-initialization result are chosen. `build_reports` writes one
-report per run of a folder, and `report.compare` puts several runs side by side. `joined_table` (tables) joins them per layer by module name,
-`bias_vs_criticality` measures the paper's main claim (are the biased layers the critical ones?) as a
-Spearman correlation, and `build_report` writes the figures (PNG and PDF), the layer table (CSV),
-`report.json`, `summary.md` and `index.html`. The null's bands come from `hparr.null`
-(docs/method.md §3); for plain sums the null's spread depends on the initialization's scale, which the
-results do not record: the spread measured at epoch 0 stands in for it, and the figures say so.
+report per run of a folder, and `report.compare` puts several runs side by side. `joined_table` (tables)
+joins a run's results per layer by module name, `bias_vs_criticality` measures the paper's main claim (are
+the biased layers the critical ones?) as a Spearman correlation, and `build_report` writes the figures (PNG
+and PDF), the layer table (CSV), `report.json`, `summary.md` and `index.html`, their titles naming the run's
+condition (`report.condition`). The null's bands come from `hparr.null` (docs/method.md §3); for plain sums
+the null's spread depends on the initialization's scale, which the results do not record: the spread measured
+at epoch 0 stands in for it, and the figures say so.
 """
 from __future__ import annotations
 
