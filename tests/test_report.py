@@ -577,7 +577,7 @@ def test_two_runs_side_by_side(run, tmp_path, capsys, monkeypatch):
         assert (out / f"{name}.png").stat().st_size > 10_000 and f"]({name}.png)" in summary
     assert "<h1>Runs side by side" in (out / "index.html").read_text()
 
-    # one folder of several runs, with --compare; a study is not a run
+    # one folder of several runs, with --compare
     both = tmp_path / "both"
     shutil.move(clean, both / "clean")
     shutil.move(noisy, both / "noisy")

@@ -23,7 +23,7 @@ from ..defaults import THRESHOLD
 from ..errors import UsageError
 from ..layout import COMPARISON_DIR, REPORT_DIR, Corruption
 from ..null import distribution as null_law
-from ..results import REPORT_FORMAT, layer_entries, read_study
+from ..results import REPORT_FORMAT, layer_entries
 from .discovery import FoundRun, RunResults, describe_unusable, find_runs, load_run, tracked_curves
 from .figures import _RC, _figure, _grid, _save
 from .html import markdown_html
@@ -95,10 +95,7 @@ def gather(folders: Sequence[str | os.PathLike], exclude: Sequence[Path] = ()) -
     runs: list[tuple[Path, FoundRun]] = []
     for folder in folders:
         folder = Path(folder)
-        if read_study(folder) is not None:
-            raise UsageError(f"{folder} is a study folder: its report compares its cells (`hparr report {folder}`); "
-                             "compare runs, not studies")
-        found = find_runs(folder, exclude=[*exclude, folder / REPORT_DIR])
+        found = find_runs(folder, exclude=[*exclude, folder / REPORT_DIR])  # a study folder: its cells
         runs += [(folder, run) for run in found.runs]
     if len(runs) < 2:
         raise UsageError(f"nothing to compare: {' and '.join(map(str, folders))} "
