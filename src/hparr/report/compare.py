@@ -30,6 +30,7 @@ from .html import markdown_html
 from .render import condition_lines, markdown_table
 from .tables import bias_vs_criticality, check_options, joined_table
 
+MARKERS = "osD^v<>PX*"
 COMPARE_FIGURES = ("compare_mass_by_epoch", "compare_distributions", "compare_drops", "compare_bias_vs_criticality")
 CAPTIONS = {
     "compare_mass_by_epoch": (
@@ -321,16 +322,17 @@ def plot_mass_by_epoch(members: Sequence[Member], out: Path, threshold: float) -
                     continue
                 sub = sub.assign(epoch=pd.to_numeric(sub["epoch"])).sort_values("epoch")
                 n = n or int(sub["N"].iloc[-1])
-                color = f"C{i % 10}"
+                color, marker = f"C{i % 10}", MARKERS[i % len(MARKERS)]  # a marker each: lines that coincide
                 tracked = tracked_curves(m.results)
                 line = tracked[tracked["name"] == name] if tracked is not None else None
                 if line is not None and len(line):
-                    ax.plot(line["epoch"].to_numpy(float), line["mass"].to_numpy(float), "-", color=color, lw=1.2)
-                    ax.plot(sub["epoch"].to_numpy(float), sub["mass"].to_numpy(float), "o", color=color, ms=3.5,
-                            label=m.label)
+                    ax.plot(line["epoch"].to_numpy(float), line["mass"].to_numpy(float), "-", color=color, lw=1.2,
+                            alpha=0.8)
+                    ax.plot(sub["epoch"].to_numpy(float), sub["mass"].to_numpy(float), marker, color=color, ms=4,
+                            mfc="none", label=m.label)
                 else:
-                    ax.plot(sub["epoch"].to_numpy(float), sub["mass"].to_numpy(float), "o-", color=color, ms=3.5,
-                            lw=1.2, label=m.label)
+                    ax.plot(sub["epoch"].to_numpy(float), sub["mass"].to_numpy(float), "-" + marker, color=color,
+                            ms=4, mfc="none", lw=1.2, alpha=0.8, label=m.label)
             if n:
                 ax.axhspan(*null.mass_band(n), color="0.88", zorder=0, label="null 95% band")
             ax.axhline(0.5, color="0.5", lw=0.8, zorder=0)
@@ -435,7 +437,7 @@ def plot_bias_vs_criticality(members: Sequence[Member], out: Path, threshold: fl
             rho = m.correlation["spearman_rho"]
             stat = f"rho {rho:.2f}" if not math.isnan(rho) else "rho undefined"
             ax.scatter(part["bias"].astype(float), part["drop_reinit_0"].astype(float), s=36, color=f"C{i % 10}",
-                       marker="osD^v<>PX*"[i % 10], label=f"{m.label}: {stat}", zorder=3)
+                       marker=MARKERS[i % len(MARKERS)], label=f"{m.label}: {stat}", zorder=3)
             for _, row in part.iterrows():
                 ax.annotate(row["name"], (float(row["bias"]), float(row["drop_reinit_0"])), xytext=(3, 3),
                             textcoords="offset points", fontsize=7, color=f"C{i % 10}")
