@@ -447,22 +447,20 @@ def run_with_manifest(run: Path, folder: Path, noise: float = 0.0, train_size: i
 
 
 def figure_titles(monkeypatch) -> dict[str, str]:
-    """The titles every figure of a report is saved with (its suptitle, else its axes' titles), by file name."""
+    """The titles every figure of a report is drawn with (its suptitle, else its axes' titles), by file name; the
+    figures are drawn but not rendered to files (the tests above check the files)."""
     from hparr.report import figures
 
     titles: dict[str, str] = {}
-    save = figures._save
 
     def record(fig, out_dir, name):
         titles[name] = fig.get_suptitle() or " | ".join(ax.get_title() for ax in fig.axes)
-        return save(fig, out_dir, name)
+        return []
 
     monkeypatch.setattr(figures, "_save", record)
-    heatmap = figures.save_heatmap
 
     def record_heatmap(document, png=None, pdf=None, title=None):
         titles["reinit_heatmap"] = title
-        return heatmap(document, png, pdf, title)
 
     monkeypatch.setattr(report, "save_heatmap", record_heatmap)
     return titles
@@ -512,7 +510,15 @@ def test_a_clean_full_data_run_keeps_a_short_title(run, tmp_path, monkeypatch):
     assert "labels and pixels: not recorded by the result files (clean or corrupted cannot be told)" in text
 
 
-def test_a_folder_of_several_runs_gets_one_report_per_run(run, tmp_path, capsys):
+def no_figures(monkeypatch) -> None:
+    """The run report without its figures (drawn and checked by the tests above): the text alone."""
+    for name in ("plot_distributions", "plot_epochs", "plot_bias_vs_criticality"):
+        monkeypatch.setattr(report, name, lambda *args, **kwargs: [])
+    monkeypatch.setattr(report, "save_heatmap", lambda *args, **kwargs: None)
+
+
+def test_a_folder_of_several_runs_gets_one_report_per_run(run, tmp_path, capsys, monkeypatch):
+    no_figures(monkeypatch)
     both = tmp_path / "both"
     run_with_manifest(run, both / "clean")
     run_with_manifest(run, both / "noisy", noise=1.0)
@@ -577,7 +583,11 @@ def test_two_runs_side_by_side(run, tmp_path, capsys, monkeypatch):
         assert (out / f"{name}.png").stat().st_size > 10_000 and f"]({name}.png)" in summary
     assert "<h1>Runs side by side" in (out / "index.html").read_text()
 
-    # one folder of several runs, with --compare
+    # one folder of several runs, with --compare (the figures drawn above, not again)
+    from hparr.report import compare
+
+    for name in ("plot_mass_by_epoch", "plot_distributions", "plot_drops", "plot_bias_vs_criticality"):
+        monkeypatch.setattr(compare, name, lambda *args: [])
     both = tmp_path / "both"
     shutil.move(clean, both / "clean")
     shutil.move(noisy, both / "noisy")

@@ -23,7 +23,7 @@ from ..defaults import THRESHOLD
 from ..errors import UsageError
 from ..layout import COMPARISON_DIR, REPORT_DIR, Corruption
 from ..null import distribution as null_law
-from ..results import REPORT_FORMAT, layer_entries
+from ..results import REPORT_FORMAT, layer_entries, seed_of
 from .discovery import FoundRun, RunResults, describe_unusable, find_runs, load_run, tracked_curves
 from .figures import _RC, _figure, _grid, _save
 from .html import markdown_html
@@ -70,7 +70,7 @@ def _describe(results: RunResults) -> dict[str, str]:
     doc = results.trained_doc or results.reinit_doc or {}
     corruption = ("condition not recorded" if c.noise is None else Corruption(c.noise).label)
     out = {"experiment": " on ".join(str(doc[k]) for k in ("arch", "dataset") if doc.get(k)) or "checkpoint",
-           "seed": f"seed {results.experiment.rsplit('seed ', 1)[1]}" if ", seed " in results.experiment else "",
+           "seed": f"seed {seed_of(doc)}" if seed_of(doc) is not None else "",
            "corruption": corruption,
            "train_size": ("" if c.train_size is None else f"{c.train_size} training images" if c.train_size
                           else "all training images"),
