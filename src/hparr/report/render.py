@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
@@ -127,6 +128,13 @@ def condition_lines(results: RunResults) -> list[str]:
     if isinstance(final, Mapping) and all(isinstance(final.get(k), Mapping) for k in ("test", "train")):
         lines.append(f"- Final model: test top-1 {final['test']['top1']:.2f}%, top-1 on its own training set "
                      f"{final['train']['top1']:.2f}% (the labels and pixels it was trained on).")
+    splits = (results.manifest or {}).get("reinit_splits")
+    if isinstance(splits, Mapping):
+        shown = results.condition.eval_split
+        words = {"test": "test images", "train": "training images, with the labels trained on"}
+        lines += [f"- Drops also measured on the {words.get(split, split)}: {relative(Path(path), results.run_dir)} "
+                  f"(this report shows those on the {words.get(shown, shown).split(',')[0]})"
+                  for split, path in splits.items() if split != shown]
     null_line = assumed_null(results)
     return lines + ([f"- {null_line}"] if null_line else [])
 
