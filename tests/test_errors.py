@@ -206,6 +206,8 @@ CASES = [
     ("reproduce with label noise out of range", ["reproduce", "--noise", "2", "--out", "{root}/repro"], 2,
      "noise must be in [0, 1]"),
     ("report of a folder that does not exist", ["report", "{root}/nowhere"], 2, "does not exist"),
+    ("runs side by side with fewer than two runs", ["report", "{root}/results", "--compare"], 2,
+     "nothing to compare: "),
     ("reinit of a snapshot that does not exist", ["reinit", *LENET, "--load-from", "{root}/nowhere.pt", "--rand"],
      2, "no such file"),
     ("a whole pickled model", ["projections", *LENET, "--load-from", "{root}/whole_1.pt"], 1,

@@ -20,6 +20,12 @@ def test_reproduce_writes_the_whole_study_and_reruns_cheaply(tmp_path, capsys):
     run_dir = out / "models" / "digits" / "lenet" / "1"
     assert sorted(p.name for p in run_dir.glob("lenet_*")) == [
         "lenet_0.tar", "lenet_1.tar", "lenet_2.tar", "lenet_3.pt", "lenet_init_0.pt"]
+    # one snapshot per epoch is analyzed (lenet_2.tar holds the weights of the final lenet_3.pt), and the count
+    # printed is the report's
+    assert sorted(p.name for p in (out / "results" / "digits" / "lenet" / "1").glob("*.json")) == [
+        "lenet_0.json", "lenet_1.json", "lenet_3.json", "lenet_init_0.json"]
+    assert "4 snapshots analyzed" in printed
+    assert "normalized, 4 snapshot(s) (epochs 0, 1, 2, 3)" in (out / "report" / "summary.md").read_text()
     proj = pd.read_csv(out / "results" / "digits" / "lenet" / "1" / "projections.csv")
     assert set(proj["epoch"]) == {0, 1, 2, 3}
     reinit = json.loads((out / "results" / "reinit" / "digits" / "lenet" / "1" / "reinit_lenet_3.json").read_text())
@@ -84,6 +90,6 @@ def test_reproduce_writes_the_whole_study_and_reruns_cheaply(tmp_path, capsys):
     assert main([*other, "--overwrite", "--epochs", "1"]) == 0
     assert "replacing the run in" in capsys.readouterr().err
     assert sorted(p.name for p in run_dir.glob("lenet_*")) == ["lenet_0.tar", "lenet_1.pt", "lenet_init_0.pt"]
-    assert sorted(p.name for p in results.glob("*.json")) == ["lenet_0.json", "lenet_1.json", "lenet_init_0.json"]
+    assert sorted(p.name for p in results.glob("*.json")) == ["lenet_1.json", "lenet_init_0.json"]
     assert set(pd.read_csv(results / "projections.csv")["epoch"]) == {0, 1}
     assert report_module.load_run(out, exclude=[report]).unusable == []  # what --strict checks

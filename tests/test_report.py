@@ -17,6 +17,7 @@ from scipy import integrate, stats
 from hparr import checkpoints, files, null, projections, reinit, report
 from hparr import results as results_module
 from hparr.cli import main
+from hparr.errors import UsageError
 from hparr.layers import discover_layers
 from hparr.models import build_model
 from hparr.report import html as report_html
@@ -429,3 +430,210 @@ def test_every_cut_of_a_result_file_reads_as_truncated(tmp_path):
         assert read_result_file(path)[1].startswith("truncated"), (k, doc[:k])
     path.write_text(doc.replace(":", ";", 1))
     assert read_result_file(path)[1].startswith("not JSON")
+
+
+# --- what the report says the run is; several runs; runs side by side ----------------------------------------
+
+def run_with_manifest(run: Path, folder: Path, noise: float = 0.0, train_size: int | None = None,
+                      subsample: int = 0, stopped: tuple[str, int] = ("epochs exhausted", 10),
+                      until: float | None = None, eval_split: str | None = None, source: Path | None = None) -> Path:
+    """A copy of the fixture's run with the manifest `hparr reproduce` writes, recording these settings; with
+    `source`, its results name another folder of snapshots (another training run)."""
+    shutil.copytree(run, folder, ignore=shutil.ignore_patterns("report", "results_plain", "*.pt", "*.tar"))
+    results = folder / "results" / "cifar10" / "lenet" / "0"
+    for path in results.glob("*.json"):
+        doc = load(path)
+        if source is not None:
+            for key in ("source", "load_from"):
+                if key in doc:
+                    doc[key] = str(source / Path(doc[key]).name)
+        if eval_split is not None and "load_from" in doc:
+            doc["eval_split"] = eval_split
+        files.write_json(path, doc)
+    files.write_json(folder / "manifest.json", {
+        **results_module.manifest(folder, results, results / "reinit_lenet_10.json", [0, 5, 10]),
+        "stopped": {"reason": stopped[0], "epoch": stopped[1]},
+        "final": {"test": {"top1": 61.5}, "train": {"top1": 99.25}},
+        "settings": {"arch": "lenet", "seed": 0, "epochs": 200 if until else 10, "until_train_acc": until,
+                     "data": {"dataset": "cifar10", "noise": noise, "subsample_classes": subsample,
+                              "train_size": train_size}}})
+    return folder
+
+
+def figure_titles(monkeypatch) -> dict[str, str]:
+    """The titles every figure of a report is drawn with (its suptitle, else its axes' titles), by file name; the
+    figures are drawn but not rendered to files (the tests above check the files)."""
+    from hparr.report import figures
+
+    titles: dict[str, str] = {}
+
+    def record(fig, out_dir, name):
+        titles[name] = fig.get_suptitle() or " | ".join(ax.get_title() for ax in fig.axes)
+        return []
+
+    monkeypatch.setattr(figures, "_save", record)
+
+    def record_heatmap(document, png=None, pdf=None, title=None):
+        titles["reinit_heatmap"] = title
+
+    monkeypatch.setattr(report, "save_heatmap", record_heatmap)
+    return titles
+
+
+def test_a_noisy_run_is_named_by_its_condition_in_every_title(run, tmp_path, monkeypatch):
+    folder = run_with_manifest(run, tmp_path / "noisy", noise=1.0, train_size=2000, subsample=4,
+                               stopped=("target reached", 57), until=99.0, eval_split="train")
+    titles = figure_titles(monkeypatch)
+    report.build_report(folder)
+    expected = ("lenet on cifar10, seed 0 (noise 100%, 2000 training images, 4 classes, train top-1 99% reached at "
+                "epoch 57, drops on the training images)")
+    out = folder / "report"
+    summary, page = (out / "summary.md").read_text(), (out / "index.html").read_text()
+    assert summary.splitlines()[0] == f"# Hyperplane arrangement bias and layer criticality: {expected}"
+    assert f"<h1>hparr report: {html.escape(expected)}</h1>" in page and f"<title>hparr report: {expected}" in page
+    assert set(titles) == set(FIGURES) and all(expected in t for t in titles.values()), titles
+    assert load(out / "report.json")["title"] == expected
+    run_section = summary.split("## The run")[1].split("##")[0]
+    assert "- Training set: labels: 100% replaced by random classes (label noise); 2000 training images" in run_section
+    assert "4 classes (--subsample-classes)" in run_section
+    assert "- Training stopped: train top-1 99% reached at epoch 57 (at most 200 epochs)." in run_section
+    assert "- Re-initialization drops measured on: the training images, with the labels trained on." in run_section
+    assert "top-1 on its own training set 99.25%" in run_section
+    # the section of the drops names the split they were measured on
+    assert "## Re-initialization: top-1 drop, train loss and agreement" in summary and "train loss" in page
+
+    # pixel shuffle, and a target that was not reached
+    shuffled = run_with_manifest(run, tmp_path / "shuffled", noise=-1.0, stopped=("epochs exhausted", 200), until=99)
+    results = report.load_run(shuffled)
+    assert results.title == "lenet on cifar10, seed 0 (pixel shuffle, train top-1 99% not reached in 200 epochs)"
+
+
+def test_a_clean_full_data_run_keeps_a_short_title(run, tmp_path, monkeypatch):
+    folder = run_with_manifest(run, tmp_path / "clean")
+    titles = figure_titles(monkeypatch)
+    report.build_report(folder)
+    summary = (folder / "report" / "summary.md").read_text()
+    assert summary.splitlines()[0] == "# Hyperplane arrangement bias and layer criticality: lenet on cifar10, seed 0"
+    assert all(t.split("\n")[0] == "lenet on cifar10, seed 0" for t in titles.values()), titles
+    assert "- Training set: labels and pixels: clean; every training image; every class." in summary
+    assert "- Training stopped: after the 10 epochs asked for." in summary
+    # without a manifest, nothing records the training set: the report says so rather than call the run clean
+    results = report.load_run(run, exclude=[run / "report"])
+    assert results.title == "lenet on cifar10, seed 0"
+    text = "\n".join(results.condition.lines())
+    assert "labels and pixels: not recorded by the result files (clean or corrupted cannot be told)" in text
+
+
+def no_figures(monkeypatch) -> None:
+    """The run report without its figures (drawn and checked by the tests above): the text alone."""
+    for name in ("plot_distributions", "plot_epochs", "plot_bias_vs_criticality"):
+        monkeypatch.setattr(report, name, lambda *args, **kwargs: [])
+    monkeypatch.setattr(report, "save_heatmap", lambda *args, **kwargs: None)
+
+
+def test_a_folder_of_several_runs_gets_one_report_per_run(run, tmp_path, capsys, monkeypatch):
+    no_figures(monkeypatch)
+    both = tmp_path / "both"
+    run_with_manifest(run, both / "clean")
+    run_with_manifest(run, both / "noisy", noise=1.0)
+    with pytest.raises(UsageError, match="holds 2 runs: clean, noisy"):
+        report.load_run(both)
+    assert main(["report", str(both)]) == 0
+    printed = capsys.readouterr().out
+    assert f"{both} holds 2 runs: one report each" in printed
+    for name, title in (("clean", "lenet on cifar10, seed 0"), ("noisy", "lenet on cifar10, seed 0 (noise 100%)")):
+        assert f"{name}: wrote {both / 'report' / name}/" in printed
+        first = (both / "report" / name / "summary.md").read_text().splitlines()[0]
+        assert first.endswith(f": {title}")
+
+    # results made by hand: the documents of two training runs (two folders of snapshots) in one results folder
+    by_hand = tmp_path / "by_hand"
+    shutil.copytree(run / "results" / "cifar10", by_hand / "a" / "cifar10")
+    for path in (by_hand / "a" / "cifar10" / "lenet" / "0").glob("*.json"):
+        doc = load(path)
+        for key in ("source", "load_from"):
+            if key in doc:
+                doc[key] = str(tmp_path / "other_models" / Path(doc[key]).name)
+        files.write_json(by_hand / "b" / path.name, doc)
+    found = report.find_runs(by_hand)
+    assert found.names() == ["a/cifar10/lenet/0", "b"]
+    assert all(len(r.projections) == 4 and len(r.reinits) == 1 for r in found.runs)
+    written = report.build_reports(by_hand)
+    assert set(written) == {"a/cifar10/lenet/0", "b"}
+    assert (by_hand / "report" / "a" / "cifar10" / "lenet" / "0" / "layers.csv").read_bytes() == \
+        (by_hand / "report" / "b" / "layers.csv").read_bytes()
+
+
+def test_two_runs_side_by_side(run, tmp_path, capsys, monkeypatch):
+    clean = run_with_manifest(run, tmp_path / "clean")
+    noisy = run_with_manifest(run, tmp_path / "noisy", noise=1.0, stopped=("target reached", 8), until=99.0)
+    layers = load(noisy / "results" / "cifar10" / "lenet" / "0" / "lenet_10.json")
+    for name in ("lenet_10.json", "reinit_lenet_10.json"):  # the noisy run: other masses and drops
+        path = noisy / "results" / "cifar10" / "lenet" / "0" / name
+        doc = load(path)
+        if name == "lenet_10.json":
+            doc["0"]["0"]["mass"] = 0.125
+        else:
+            doc["relative_drop"]["0"][0] = 0.875
+        files.write_json(path, doc)
+    assert main(["report", str(clean), str(noisy)]) == 0
+    out = tmp_path / "comparison"
+    assert f"compared 2 runs; wrote {out}/" in capsys.readouterr().out
+    summary = (out / "summary.md").read_text()
+    assert summary.splitlines()[0] == ("# Runs side by side: lenet on cifar10, seed 0: clean, 10 epochs vs "
+                                       "noise 100%, train top-1 99% reached at epoch 8")
+    first = layer_entries(layers)["features.0"]["name"]
+    table = summary.split(f"### {first}\n")[1].split("###")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| clean") or line.startswith("| noise")]
+    assert len(rows) == 2
+    assert "| 0.125 |" in rows[1] and "| 0.875 |" in rows[1]
+    clean_mass = layer_entries(layers)["features.0"]["mass"]
+    assert f"| {clean_mass:.3f} |" in rows[0]
+    csv = pd.read_csv(out / "layers.csv")
+    assert list(csv["run"].unique()) == ["clean, 10 epochs", "noise 100%, train top-1 99% reached at epoch 8"]
+    own = pd.read_csv(clean / "report" / "layers.csv") if (clean / "report").exists() else None
+    assert own is None  # the comparison does not write the runs' own reports
+    for name in ("compare_mass_by_epoch", "compare_distributions", "compare_drops", "compare_bias_vs_criticality"):
+        assert (out / f"{name}.png").stat().st_size > 10_000 and f"]({name}.png)" in summary
+    assert "<h1>Runs side by side" in (out / "index.html").read_text()
+
+    # one folder of several runs, with --compare (the figures drawn above, not again)
+    from hparr.report import compare
+
+    for name in ("plot_mass_by_epoch", "plot_distributions", "plot_drops", "plot_bias_vs_criticality"):
+        monkeypatch.setattr(compare, name, lambda *args: [])
+    both = tmp_path / "both"
+    shutil.move(clean, both / "clean")
+    shutil.move(noisy, both / "noisy")
+    assert main(["report", str(both), "--compare", "--out", str(tmp_path / "c2")]) == 0
+    again = pd.read_csv(tmp_path / "c2" / "layers.csv")
+    assert list(again["folder"].unique()) == [str(both / "clean"), str(both / "noisy")]
+    assert again.drop(columns="folder").equals(csv.drop(columns="folder"))
+    capsys.readouterr()
+    assert main(["report", str(both / "clean"), "--compare"]) == 2
+    assert "nothing to compare" in capsys.readouterr().err
+
+
+def test_no_none_reaches_the_reader(run, tmp_path, monkeypatch):
+    """Results that record little (no level, no epoch, no architecture): the report says so in words."""
+    titles = figure_titles(monkeypatch)
+    old = tmp_path / "old"
+    keep = ("projections", "mean", "mass", "l2_dist", "l_inf_dist")
+    src = run / "results" / "cifar10" / "lenet" / "0"
+    for stem in ("lenet_init_0", "lenet_10"):
+        doc = load(src / f"{stem}.json")
+        original = {s: {b: {k: e[k] for k in keep} for b, e in blocks.items()} for s, blocks in doc.items()
+                    if s.isdigit()}
+        original.update(net={k: doc["net"][k] for k in ("projections", "mean", "mass")},
+                        **{k: doc[k] for k in ("arch", "dataset", "epoch")}, seed="None")
+        files.write_json(old / f"{stem}.json", original)
+    bare = tmp_path / "bare"
+    rdoc = reinit_doc(run)
+    files.write_json(bare / "reinit.json", {k: rdoc[k] for k in ("init_from_epoch", "top1_test", "layers")})
+    for folder in (old, bare):
+        report.build_report(folder)
+        for name in ("summary.md", "index.html"):
+            text = (folder / "report" / name).read_text().split("## Provenance")[0].split("<h2>Provenance")[0]
+            assert "None" not in text, (folder, name)
+    assert titles and not any("None" in t for t in titles.values()), titles
+    assert "the results record no bias test" in (old / "report" / "summary.md").read_text()

@@ -822,3 +822,27 @@ def test_a_cell_whose_checkpoints_changed_is_not_finished(synthetic):
 
 def read_manifest_reinit(cell: Path) -> Path:
     return Path(results.read_manifest(cell)["reinit"])
+
+
+def test_figure_b_follows_each_seed_and_averages_only_while_every_seed_trains(synthetic):
+    from hparr.report.study_figures import seed_lines, seed_mean
+    from hparr.report.study_text import grid_values
+
+    data = study_report.load_study(synthetic)
+    clean = seed_lines(data.table, data.curves, 0.0, "b")  # tracked: every tracked epoch of each seed
+    assert sorted(clean) == [0, 1] and list(clean[0][0]) == [0.0, 1.0, 2.0]
+    assert list(clean[0][1]) == [0.5, 0.75, 1.0] and list(clean[1][1]) == [0.5, 0.625, 0.75]
+    noisy = seed_lines(data.table, data.curves, 0.5, "b")  # not tracked: the snapshots, epochs 0 and 2
+    assert list(noisy[1][0]) == [0.0, 2.0] and list(noisy[1][1]) == [0.5, 0.75]
+    # seeds that stopped at different epochs: the mean ends where the first one stopped
+    lines = {0: (np.array([0.0, 1, 2, 3]), np.array([0.5, 0.6, 0.7, 0.8])),
+             1: (np.array([0.0, 1]), np.array([0.5, 0.9])), 2: (np.array([0.0, 1, 2]), np.array([0.4, 0.6, 0.9]))}
+    x, y = seed_mean(lines)
+    assert list(x) == [0.0, 1.0] and y == pytest.approx([np.mean([0.5, 0.5, 0.4]), np.mean([0.6, 0.9, 0.6])])
+    # the grid in words: every training image and every class, not "None" and "0"
+    assert grid_values("train_size", [None]) == ["all"] and grid_values("subsample_classes", [0, 4]) == ["all", "4"]
+    assert grid_values("noise", [1.0, -1.0, 0.0]) == ["noise 100%", "pixel shuffle", "clean"]
+    files.write_json(synthetic / STUDY_NAME, {**json.loads((synthetic / STUDY_NAME).read_text()),
+                                              "grid": {"seeds": [0, 1], "train_size": [None]}})
+    text = study_report.summary_markdown(study_report.load_study(synthetic), study_report.claims(data), [], "bias")
+    assert "Grid: seeds: 0, 1; train_size: all." in text and "None" not in text

@@ -226,6 +226,7 @@ MANIFEST_NAME = "manifest.json"  # what `hparr reproduce` produced, in its --out
 STUDY_NAME = "study.json"  # a study folder's settings and cells
 ATTEMPT_NAME = ".attempt.json"  # in a --out folder: who runs `hparr reproduce` there, and how it ended
 REPORT_DIR = "report"  # a run's or a study's report, below its folder
+COMPARISON_DIR = "comparison"  # `hparr report RUN_A RUN_B`'s report, below the runs' common folder
 TRACKING_NAME = "tracking.csv"  # the statistics tracked during training, in the run directory
 
 

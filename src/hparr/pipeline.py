@@ -27,6 +27,13 @@ def reinit_checkpoints(run_dir: Path, epochs: int) -> list[Path]:
     return [chosen[e] for e in sorted(chosen)]
 
 
+def analyzed_snapshots(run_dir: Path, arch: str, epochs: int, final: Path) -> list[Path]:
+    """The snapshots whose projections are computed, one per epoch: every snapshot of the run but the periodic
+    one of the final epoch, which holds the same weights as the final model (both are epoch `epochs`)."""
+    same = run_dir / layout.epoch_name(arch, epochs - 1)
+    return [p for p in checkpoints.find_snapshots(run_dir) if not (p == same and final.is_file())]
+
+
 @dataclass
 class ReproduceResult:
     """What `reproduce` produced below its folder: the run's snapshots, the projection results, the
@@ -38,7 +45,7 @@ class ReproduceResult:
     reinit: Path
     manifest: Path
     report: dict[str, Path]
-    snapshots: int
+    snapshots: int  # the snapshots analyzed, one per epoch: the count the report's projection results hold
     stopped: dict[str, Any] = field(default_factory=dict)  # why and when training stopped: `TrainResult.stopped`
 
 
@@ -141,7 +148,8 @@ def _reproduce(rs: ReproduceSettings, record: attempt.Attempt) -> ReproduceResul
 
     log.info("[2/4] projections of every snapshot")
     analyzed = projections.run_projections(projections.ProjectionSettings(
-        arch=settings.arch, dataset=settings.data.dataset, load_from=[run_dir], init_from=str(init),
+        arch=settings.arch, dataset=settings.data.dataset,
+        load_from=analyzed_snapshots(run_dir, settings.arch, trained.epochs_trained, final), init_from=str(init),
         seed=settings.seed, subsample_classes=settings.data.subsample_classes, normalize=True,
         with_linear=with_linear, level=level, progress=settings.progress, data_path=settings.data.data_path,
         dataset_args=settings.data.dataset_args, input_size=settings.data.input_size,
@@ -185,5 +193,5 @@ def _reproduce(rs: ReproduceSettings, record: attempt.Attempt) -> ReproduceResul
     log.info("[4/4] report")
     written = report.build_report(out, threshold=threshold)
     return ReproduceResult(run_dir=run_dir, final=final_metrics, projections=proj_dir, reinit=reinit_json,
-                           manifest=manifest, report=written, snapshots=len(analyzed.documents),
+                           manifest=manifest, report=written, snapshots=len(epochs),
                            stopped=dict(trained.stopped))

@@ -1,13 +1,15 @@
 """The report of a run, drawn from its result files alone (no model, no data, no training, no torch).
 
-`load_run` (discovery) finds the JSON documents of `hparr projections` and `hparr reinit`: those named
-by the manifest of `hparr reproduce`, else every one below the folder, choosing one projection run and
-one re-initialization result. `joined_table` (tables) joins them per layer by module name,
-`bias_vs_criticality` measures the paper's main claim (are the biased layers the critical ones?) as a
-Spearman correlation, and `build_report` writes the figures (PNG and PDF), the layer table (CSV),
-`report.json`, `summary.md` and `index.html`. The null's bands come from `hparr.null`
-(docs/method.md §3); for plain sums the null's spread depends on the initialization's scale, which the
-results do not record: the spread measured at epoch 0 stands in for it, and the figures say so.
+`find_runs` and `load_run` (discovery) find the JSON documents of `hparr projections` and `hparr reinit`:
+those named by the manifest of `hparr reproduce`, else every one below the folder, grouped by training run;
+for one run, one projection run and one re-initialization result are chosen. `build_reports` writes one
+report per run of a folder, and `report.compare` puts several runs side by side. `joined_table` (tables)
+joins a run's results per layer by module name, `bias_vs_criticality` measures the paper's main claim (are
+the biased layers the critical ones?) as a Spearman correlation, and `build_report` writes the figures (PNG
+and PDF), the layer table (CSV), `report.json`, `summary.md` and `index.html`, their titles naming the run's
+condition (`report.condition`). The null's bands come from `hparr.null` (docs/method.md §3); for plain sums
+the null's spread depends on the initialization's scale, which the results do not record: the spread measured
+at epoch 0 stands in for it, and the figures say so.
 """
 from __future__ import annotations
 
@@ -20,7 +22,17 @@ from ..defaults import THRESHOLD
 from ..errors import HparrError
 from ..results import REPORT_FORMAT
 from . import render
-from .discovery import ProjectionRun, RunResults, describe_unusable, load_run, missing_text, tracked_curves
+from .discovery import (
+    FoundRun,
+    ProjectionRun,
+    RunResults,
+    RunsFound,
+    describe_unusable,
+    find_runs,
+    load_run,
+    missing_text,
+    tracked_curves,
+)
 from .figures import FIGURES, plot_bias_vs_criticality, plot_distributions, plot_epochs, save_heatmap
 from .tables import (
     BIAS_MEASURES,
@@ -31,8 +43,9 @@ from .tables import (
     reinit_measures,
 )
 
-__all__ = ["BIAS_MEASURES", "FIGURES", "ProjectionRun", "RunResults", "bias_measure",
-           "bias_vs_criticality", "build_report", "joined_table", "load_run", "save_heatmap", "tracked_curves"]
+__all__ = ["BIAS_MEASURES", "FIGURES", "FoundRun", "ProjectionRun", "RunResults", "RunsFound", "bias_measure",
+           "bias_vs_criticality", "build_report", "build_reports", "find_runs", "joined_table", "load_run",
+           "save_heatmap", "tracked_curves"]
 
 REPORT_DIR = "report"
 log = logging.getLogger("hparr.report")
@@ -54,9 +67,38 @@ def report_unusable(results: RunResults, strict: bool = False) -> None:
         log.warning("warning: figures: %s", missing_text(results.missing_epochs))
 
 
+def build_reports(folder: str | os.PathLike, out_dir: str | os.PathLike | None = None, threshold: float = THRESHOLD,
+                  measure: str = "mass", strict: bool = False) -> dict[str, dict[str, Path]]:
+    """Write the report of every run of `folder` (see `find_runs`): of its one run to `out_dir` (default
+    FOLDER/report), of each of several runs to OUT/<run's folder> (nested as the run's folder is below
+    `folder`). Returns {run name: {file name: path}}; a study folder below is left to its own report."""
+    folder = Path(folder)
+    out = Path(out_dir) if out_dir is not None else folder / REPORT_DIR
+    check_options(threshold, measure)
+    found = find_runs(folder, exclude=[out])
+    for study in found.studies:
+        log.warning("warning: %s is a study: left out here; its report: hparr report %s", study, study)
+    if len(found.runs) == 1:
+        return {found.runs[0].name: build_report(folder, out, threshold, measure, strict, run=found.runs[0])}
+    if not found.runs:
+        raise HparrError(f"no result files under {folder} outside its study folder(s) "
+                         f"{', '.join(str(s) for s in found.studies)}: report a study with `hparr report STUDY`")
+    return {run.name: build_report(folder, out / run_folder(run.name), threshold, measure, strict, run=run)
+            for run in found.runs}
+
+
+def run_folder(name: str) -> str:
+    """The folder of a run's report below the report of a folder of several runs: the run's own folder below it
+    ("#2" of two runs whose results share a folder: "-run2")."""
+    return name.replace("#", "-run") if name != "." else "this-folder"
+
+
 def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                 threshold: float = THRESHOLD, measure: str = "mass", strict: bool = False) -> dict[str, Path]:
-    """Write the report of `run_dir` to `out_dir` (default RUN_DIR/report) from the result files alone.
+                 threshold: float = THRESHOLD, measure: str = "mass", strict: bool = False,
+                 run: FoundRun | None = None) -> dict[str, Path]:
+    """Write the report of `run_dir` (or of `run`, one of its runs) to `out_dir` (default RUN_DIR/report) from the
+    result files alone. A folder of several runs is refused (a UsageError that names them; `build_reports`
+    writes one report each).
 
     Returns {file name: path} of what was written: the figures (PNG and PDF) that the results allow,
     layers.csv, report.json, summary.md and index.html. Figures of an earlier report that the
@@ -66,7 +108,7 @@ def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / REPORT_DIR
     check_options(threshold, measure)
-    results = load_run(run_dir, exclude=[out])
+    results = load_run(run_dir, exclude=[out], run=run)
     report_unusable(results, strict)
     if results.trained_doc is None and results.reinit_doc is None:
         raise HparrError(f"nothing to report under {run_dir}: no usable projection result (per-layer statistics) "
@@ -81,7 +123,7 @@ def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
         written += plot_epochs(results, out)
         figures += ["distributions", "mass_mean_by_epoch"]
     if results.reinit_doc is not None:
-        save_heatmap(results.reinit_doc, out / "reinit_heatmap.png", out / "reinit_heatmap.pdf")
+        save_heatmap(results.reinit_doc, out / "reinit_heatmap.png", out / "reinit_heatmap.pdf", results.title)
         written += [out / "reinit_heatmap.png", out / "reinit_heatmap.pdf"]
         figures.append("reinit_heatmap")
     if correlation["n_layers"]:
@@ -97,7 +139,8 @@ def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
         table.to_csv(tmp, index=False)
     records = table.to_dict(orient="records")
     files.write_json(out / "report.json", {
-        "format": REPORT_FORMAT, "run_dir": str(run_dir.resolve()),
+        "format": REPORT_FORMAT, "run_dir": str(results.run_dir.resolve()), "title": results.title,
+        "condition": results.condition.to_dict(),
         "inputs": {"projections": [str(p.resolve()) for p in results.projection_run.paths]
                    if results.projection_run else [],
                    "projection_settings": results.projection_run.settings if results.projection_run else None,

@@ -43,10 +43,11 @@ CAPTIONS = {
         "(blue), the mean mass at initialization (black x) and the null's 95% band (grey)."),
     "study_mass_by_epoch": Caption(
         "(b) Mass across epochs",
-        "One panel per condition: each layer's mass, the mean over seeds. Where the cells tracked their training "
-        "(tracking.csv), the line follows every tracked epoch with the 95% t interval over seeds as its band, and "
-        "the points are the snapshots; otherwise the line joins the snapshots and the band is the range of the "
-        "seeds. The grey band is the null's 95% band of the smallest layer."),
+        "One panel per layer, one colour per condition. Thin lines: each seed's mass at every epoch its training "
+        "tracked (tracking.csv), or at its snapshots where it was not tracked, ending with a dot where that seed "
+        "stopped (--until-train-acc stops the seeds of a condition at different epochs). Thick line: the mean over "
+        "the condition's seeds, drawn only up to the epoch where its first seed stopped, so that every point of it "
+        "is a mean over the same seeds. The grey band is where 95% of random layers of that size fall."),
     "study_bias_vs_criticality": Caption(
         "(c) Bias against criticality",
         "One point per layer x seed: its trained bias against its drop under re-initialization to epoch 0, one "

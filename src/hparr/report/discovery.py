@@ -1,10 +1,12 @@
 """Finding and choosing the result files of a run folder, for the report.
 
-`load_run` reads the manifest that `hparr reproduce` writes (`manifest.json`: the projection folder and the
-re-initialization result it produced) and uses exactly those files. A folder without a manifest (results of
-`hparr projections` and `hparr reinit` run by hand, or of the original code) is searched instead: every JSON
-document below it is recognized by its `format` field or by the original code's layout, one projection run
-and one re-initialization result are chosen, and every choice is stated in the notes.
+`find_runs` finds the runs a folder holds. A folder with the manifest that `hparr reproduce` writes
+(`manifest.json`: the projection folder and the re-initialization result it produced) is one run, made of exactly
+those files. Otherwise every manifest below it is a run, and every other JSON document below it is recognized by
+its `format` field or by the original code's layout and grouped by the training run it describes (the folder of the
+snapshots it was computed from, or else its architecture, dataset and seed). `load_run` reads one run: one
+projection run and one re-initialization result are chosen among its documents, and every choice is stated in the
+notes. A folder of several runs is refused there; `hparr report` draws one report per run instead.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from ..errors import HparrError, UsageError
-from ..layout import SNAPSHOT_SUFFIXES, TRACKING_NAME, epoch_from_filename
+from ..layout import MANIFEST_NAME, SNAPSHOT_SUFFIXES, STUDY_NAME, TRACKING_NAME, epoch_from_filename
 from ..results import (
     MANIFEST_FORMAT,
     REPORT_FORMAT,
@@ -30,10 +32,12 @@ from ..results import (
     projections_table,
     read_manifest,
     read_result_file,
+    read_study,
     seed_of,
     stage_unknown,
 )
 from ..trackfile import read_tracking
+from .condition import Condition, condition_of
 
 Found = list[tuple[Path, dict]]
 
@@ -66,15 +70,24 @@ def _classify(paths: Iterable[Path], unusable: list[UnusableResult]) -> tuple[Fo
     return found_p, found_r
 
 
-def _result_files(run_dir: Path, exclude: Sequence[Path], unusable: list[UnusableResult]) -> tuple[Found, Found]:
-    """(projection documents, reinit documents) below `run_dir`, skipping hidden and excluded folders."""
+def _walk(run_dir: Path, exclude: Sequence[Path]) -> tuple[list[Path], list[Path], list[Path]]:
+    """(JSON files, folders holding a manifest, study folders) below `run_dir`, skipping hidden and excluded
+    folders; the files of a folder with a manifest or a study below `run_dir` are not listed (they are its own)."""
     excluded = {p.resolve() for p in exclude}
-    paths = []
+    paths, manifests, studies = [], [], []
     for root, dirs, names in os.walk(run_dir):
         here = Path(root)
+        if here != run_dir and STUDY_NAME in names and read_study(here) is not None:
+            studies.append(here)
+            dirs[:] = []
+            continue
+        if here != run_dir and MANIFEST_NAME in names and read_manifest(here) is not None:
+            manifests.append(here)
+            dirs[:] = []
+            continue
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() not in excluded)
         paths += [here / name for name in sorted(names) if name.endswith(".json") and not name.startswith(".")]
-    return _classify(paths, unusable)
+    return paths, manifests, studies
 
 
 def _manifest_files(manifest: Mapping[str, Any], unusable: list[UnusableResult]) -> tuple[Found, Found]:
@@ -90,6 +103,110 @@ def _condition(doc: Mapping[str, Any]) -> str | None:
     """The run's condition a document records (class subset, training-set size, corruption), or None."""
     c = doc.get("condition")
     return json.dumps([c.get(k) for k in ("subsample_classes", "train_size", "noise")]) if isinstance(c, dict) else None
+
+
+@dataclass
+class FoundRun:
+    """One run of a folder and its result documents: those its manifest names (`manifest` is then the manifest,
+    `directory` its folder), or the documents below the folder that describe one training run. `unreadable`:
+    the files the report cannot read, named in its report."""
+
+    base: Path  # the folder searched
+    name: str  # how the run is named: its folder relative to `base` ("." for `base` itself)
+    projections: Found
+    reinits: Found
+    unreadable: list[UnusableResult] = field(default_factory=list)
+    manifest: dict | None = None
+    directory: Path | None = None
+
+    @property
+    def root(self) -> Path:
+        """The folder the run's paths are given relative to: its manifest's folder, else the folder searched."""
+        return self.directory if self.directory is not None else self.base
+
+
+@dataclass
+class RunsFound:
+    """The runs below a folder, and the study folders below it (each has a report of its own)."""
+
+    runs: list[FoundRun]
+    studies: list[Path] = field(default_factory=list)
+
+    def names(self) -> list[str]:
+        return [r.name for r in self.runs]
+
+
+def _manifest_run(base: Path, folder: Path, manifest: dict) -> FoundRun:
+    unusable: list[UnusableResult] = []
+    found_p, found_r = _manifest_files(manifest, unusable)
+    return FoundRun(base, relative(folder, base), found_p, found_r, unusable, manifest, folder)
+
+
+def _run_key(doc: Mapping[str, Any], where: str) -> tuple:
+    """What identifies the training run a document describes: the folder of the snapshot it was computed from
+    (`where`: "source" for projections, "load_from" for re-initialization), else its experiment."""
+    value = doc.get(where)
+    if isinstance(value, str) and Path(value).is_absolute():
+        return ("folder", str(Path(value).parent))
+    return ("experiment", *_experiment(doc))
+
+
+def _group_runs(base: Path, found_p: Found, found_r: Found, unreadable: list[UnusableResult]) -> list[FoundRun]:
+    """The documents below a folder, grouped by the training run they describe. A re-initialization result
+    joins the run of its trained snapshot's folder, else the one run of its experiment; with none, or several,
+    it is a run of its own. Each run is named by the folder of its documents, relative to `base`."""
+    groups: dict[tuple, tuple[Found, Found]] = {}
+    for path, doc in found_p:
+        groups.setdefault(_run_key(doc, "source"), ([], []))[0].append((path, doc))
+    for path, doc in found_r:
+        key = _run_key(doc, "load_from")
+        if key not in groups:
+            same = [k for k, (p, _) in groups.items() if p and _same_experiment(p[0][1], doc)]
+            key = same[0] if len(same) == 1 else key
+        groups.setdefault(key, ([], []))[1].append((path, doc))
+    runs = []
+    for proj, reinits in groups.values():
+        folders = sorted({str(p.parent) for p, _ in proj} or {str(p.parent) for p, _ in reinits})
+        where = Path(os.path.commonpath(folders))
+        runs.append(FoundRun(base, relative(where, base), proj, reinits, list(unreadable)))
+    runs.sort(key=lambda r: r.name)
+    names = [r.name for r in runs]
+    for i, run in enumerate(runs):  # runs whose results share a folder: numbered
+        if names.count(names[i]) > 1:
+            run.name = f"{names[i]}#{names[:i].count(names[i]) + 1}"
+    return runs
+
+
+def find_runs(run_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = ()) -> RunsFound:
+    """The runs of a folder: the one its manifest names; else one per manifest below it, and the other result
+    documents below it grouped by training run (`_group_runs`). Study folders below are listed apart, and folders
+    in `exclude` are skipped. A UsageError when the folder does not exist, an HparrError when it holds no result
+    file."""
+    base = Path(run_dir)
+    if not base.is_dir():
+        raise UsageError(f"run directory {base} does not exist" if not base.exists() else f"{base} is not a directory")
+    manifest = read_manifest(base)
+    studies: list[Path] = []
+    if manifest is not None:
+        run = _manifest_run(base, base, manifest)
+        found, unreadable = ([run] if run.projections or run.reinits else []), run.unreadable
+    else:
+        paths, manifests, studies = _walk(base, [Path(p) for p in exclude])
+        unreadable = []
+        found_p, found_r = _classify(paths, unreadable)
+        found = [r for r in (_manifest_run(base, m, read_manifest(m)) for m in manifests) if r.projections or r.reinits]
+        found += _group_runs(base, found_p, found_r, unreadable)
+    if not found and not studies:
+        raise HparrError(f"no result files under {base}: expected the JSON files of `hparr projections` "
+                         "and/or `hparr reinit`" + "".join(f"; {describe_unusable(u, base)}" for u in unreadable))
+    return RunsFound(found, studies)
+
+
+def several_runs_text(base: Path, found: RunsFound) -> str:
+    """The one line that names the runs of a folder that holds several."""
+    names = found.names()
+    return (f"{base} holds {len(names)} runs: {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}; "
+            "`hparr report` on the folder writes one report per run, `hparr report --compare` puts them side by side")
 
 
 def _experiment(doc: Mapping[str, Any]) -> tuple:
@@ -145,6 +262,10 @@ class RunResults:
     unusable: list[UnusableResult] = field(default_factory=list)
     missing_epochs: list[int] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # usable result files left out, and why
+    condition: Condition = field(default_factory=Condition)  # what separates the run from a clean, full-data one
+    manifest: dict | None = None  # the manifest of `hparr reproduce` that named the inputs, if any
+    name: str = "."  # the run's folder relative to the folder searched
+    alone: bool = True  # the only run of its folder (a tracking.csv anywhere below it is its own)
 
     def projection_doc(self, epoch: int | None) -> dict | None:
         if self.projection_run is None or epoch is None:
@@ -170,16 +291,23 @@ class RunResults:
         doc = self.trained_doc or {}
         if doc.get("epoch_from"):
             return f"{doc.get('stem')}, position {self.trained_epoch} by file name"
-        return f"epoch {self.trained_epoch}"
+        return f"epoch {self.trained_epoch}" if self.trained_epoch is not None else "epoch not recorded"
 
     @property
-    def title(self) -> str:
-        """`<arch> on <dataset>[, seed <s>]`, for headings."""
+    def experiment(self) -> str:
+        """`<arch> on <dataset>[, seed <s>]`."""
         doc = self.trained_doc or self.reinit_doc or {}
         seed = seed_of(doc)
         what = doc.get("arch") or (f"checkpoint {doc['stem']}" if doc.get("stem") else "checkpoint")
         return what + (f" on {doc['dataset']}" if doc.get("dataset") else "") + \
             (f", seed {seed}" if seed is not None else "")
+
+    @property
+    def title(self) -> str:
+        """`<arch> on <dataset>[, seed <s>][ (<condition>)]`, for headings: the condition names what separates
+        the run from a clean, full-data one (label noise, pixel shuffle, training-set size, class subset, why
+        training stopped, drops measured on the training images); a clean, full-data run has none."""
+        return self.experiment + self.condition.suffix()
 
 
 def relative(path: Path, base: Path) -> str:
@@ -236,27 +364,27 @@ def _projection_runs(found: Sequence[tuple[Path, dict]], base: Path, notes: list
     return runs
 
 
-def load_run(run_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = ()) -> RunResults:
-    """Find, choose and tabulate the result files of `run_dir`: those its manifest names, else every result
-    file below it (folders in `exclude` are skipped).
+def load_run(run_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = (),
+             run: FoundRun | None = None) -> RunResults:
+    """Find, choose and tabulate the result files of one run: `run` (one of `find_runs(run_dir)`), or the one
+    run of `run_dir` (those files its manifest names, else the result files below it; folders in `exclude` are
+    skipped). A folder that holds several runs is a UsageError that names them.
 
     Projection runs are grouped by folder and settings; a normalized run is preferred, then one of the
     experiment (arch, dataset, seed) of a re-initialization result, then the one with most snapshots.
     The re-initialization result of that experiment whose trained snapshot is one of the run's
     snapshots is preferred, then the latest epoch. Every choice is stated in `notes`.
     """
-    base = Path(run_dir)
-    if not base.is_dir():
-        raise UsageError(f"run directory {base} does not exist" if not base.exists() else f"{base} is not a directory")
-    unreadable: list[UnusableResult] = []
-    manifest = read_manifest(base)
-    if manifest is not None:
-        found_p, found_r = _manifest_files(manifest, unreadable)
-    else:
-        found_p, found_r = _result_files(base, [Path(p) for p in exclude], unreadable)
-    if not found_p and not found_r:
-        raise HparrError(f"no result files under {base}: expected the JSON files of `hparr projections` "
-                         "and/or `hparr reinit`" + "".join(f"; {describe_unusable(u, base)}" for u in unreadable))
+    alone = run is None
+    if run is None:
+        found = find_runs(run_dir, exclude)
+        if len(found.runs) != 1:
+            raise (UsageError(several_runs_text(Path(run_dir), found)) if found.runs else
+                   HparrError(f"no result files under {run_dir}: it holds the study "
+                              f"{', '.join(map(str, found.studies))}; report that folder"))
+        run = found.runs[0]
+    base = run.root
+    unreadable, found_p, found_r = list(run.unreadable), run.projections, run.reinits
     notes: list[str] = []
     reinits = [(p, complete_reinit_doc(d)) for p, d in found_r]
     skipped: list[str] = []
@@ -328,8 +456,9 @@ def load_run(run_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = 
         notes.append("no projection results found: no bias statistics")
 
     table = projections_table(chosen.docs) if chosen else pd.DataFrame()
+    condition = condition_of(run.manifest, chosen.docs[-1:] if chosen else [], reinit_doc)
     return RunResults(base, chosen, table, reinit_doc, reinit_path, trained_epoch, notes, other_runs, unusable,
-                      missing_epochs, skipped)
+                      missing_epochs, skipped, condition, run.manifest, run.name, alone)
 
 
 # --- result files that cannot be used ---------------------------------------------------------------
@@ -412,7 +541,7 @@ def tracked_curves(results: RunResults) -> pd.DataFrame | None:
         return None
     beside = [Path(str(d["source"])).parent / TRACKING_NAME for d in results.projection_run.docs if d.get("source")]
     candidates = list(dict.fromkeys(p for p in beside if p.is_file()))
-    if not candidates:
+    if not candidates and results.alone:
         for root, dirs, names in os.walk(results.run_dir):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             candidates += [Path(root) / TRACKING_NAME] if TRACKING_NAME in names else []

@@ -91,7 +91,7 @@ def plot_distributions(results: RunResults, out_dir: Path) -> list[Path]:
             ax.set_ylim(0, 1.12 * top if top > 0 else 1)
             ax.axvline(0, color="k", lw=0.7, ls=":")
             mass0 = init_by_name.get(e["name"], {}).get("mass")
-            ax.set_title(f"{e['name']} (N={e.get('N')}, d={d})\nmass {e['mass']:.2f}"
+            ax.set_title(f"{e['name']} (N={e.get('N')}" + (f", d={d})" if d else ")") + f"\nmass {e['mass']:.2f}"
                          + (f" (init {mass0:.2f})" if mass0 is not None else "")
                          + (", biased" if e.get("biased") else "")
                          + (f"; input {e['input_kind']}" + (" >= 0" if e.get("input_nonneg") is True else "")
@@ -103,7 +103,7 @@ def plot_distributions(results: RunResults, out_dir: Path) -> list[Path]:
         for ax in list(axes.flat)[len(layers):]:
             ax.set_visible(False)
         axes.flat[0].legend(loc="upper left")
-        fig.suptitle(f"{results.title}: distribution of the filters' projections per layer"
+        fig.suptitle(f"{results.title}\ndistribution of the filters' projections per layer"
                      + ("\ngreen triangle: the layer's input is non-negative"
                         if any(e.get("input_nonneg") is True for e in layers) else "")
                      + (f"\n{missing_text(results.missing_epochs)}" if results.missing_epochs else ""))
@@ -171,7 +171,7 @@ def plot_epochs(results: RunResults, out_dir: Path) -> list[Path]:
         axes[0, 0].legend(loc="best")
         axes[1, 0].legend(loc="best")
         what = "normalized projections" if normalize else "projections <w, 1>"
-        fig.suptitle(f"{results.title}: mass of negative {what} and their mean, per layer, across epochs"
+        fig.suptitle(f"{results.title}\nmass of negative {what} and their mean, per layer, across epochs"
                      + (f"\n{missing_text(results.missing_epochs)} (dotted lines)" if results.missing_epochs else ""))
         return _save(fig, out_dir, "mass_mean_by_epoch")
 
@@ -200,7 +200,7 @@ def plot_bias_vs_criticality(table: pd.DataFrame, correlation: Mapping[str, Any]
         rho, p = correlation["spearman_rho"], correlation["p_value"]
         stat = (f"Spearman rho = {rho:.2f} (p = {p:.2g}, {correlation['n_layers']} layers)" if not math.isnan(rho)
                 else f"Spearman rho undefined ({correlation['note']})")
-        ax.set_title(f"{title}: bias against criticality\n{stat}" if title else stat)
+        ax.set_title(f"{title}\nbias against criticality: {stat}" if title else stat, wrap=True)
         ax.legend(loc="best")
         ax.grid(alpha=0.3)
         ax.margins(x=0.15, y=0.1)
@@ -208,9 +208,9 @@ def plot_bias_vs_criticality(table: pd.DataFrame, correlation: Mapping[str, Any]
 
 
 def save_heatmap(document: Mapping[str, Any], png: str | os.PathLike | None = None,
-                 pdf: str | os.PathLike | None = None) -> None:
+                 pdf: str | os.PathLike | None = None, title: str | None = None) -> None:
     """Heatmap of the relative top-1 drop stored in a reinit document (rows: epochs, then rand; columns:
-    layers), PNG and/or PDF."""
+    layers), PNG and/or PDF. `title`: what the run is (default: the document's architecture and dataset)."""
     from matplotlib.figure import Figure  # on first use: start-up time
 
     layers = list(document["layers"])
@@ -236,9 +236,12 @@ def save_heatmap(document: Mapping[str, Any], png: str | os.PathLike | None = No
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="white" if dark else "black")
     fig.colorbar(image, ax=ax, label="(acc_trained - acc_reinit) / acc_trained")
     split = document.get("eval_split") or "test"
-    ax.set_title(f"{document.get('arch')} on {document.get('dataset')}, epoch {document.get('epoch')}: "
-                 f"top-1 {document['top1_test']:.2f}% on the {split} set"
-                 + (" (its own training labels)" if split == "train" else ""))
+    if title is None:
+        title = " on ".join(str(document[k]) for k in ("arch", "dataset") if document.get(k)) or "checkpoint"
+    epoch = document.get("epoch")
+    model = f"trained model (epoch {epoch})" if epoch not in (None, "", "None") else "trained model"
+    ax.set_title(f"{title}\n{model}: top-1 {document['top1_test']:.2f}% on the {split} set"
+                 + (" (its own training labels)" if split == "train" else ""), wrap=True)
     for path, fmt in ((png, "png"), (pdf, "pdf")):
         if path is not None:
             with files.atomic_path(path) as tmp:

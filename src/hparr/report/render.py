@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
@@ -68,7 +69,10 @@ def answer(results: RunResults, table: pd.DataFrame, correlation: Mapping[str, A
     lines = []
     level, threshold = table.attrs.get("level"), table.attrs["threshold"]
     with_stats = table[table["mass"].notna()]
-    if len(with_stats):
+    if len(with_stats) and with_stats["biased"].isna().all():  # the original code's results: no bias test
+        lines.append(f"- Trained model ({results.trained_label}): the results record no bias test (no p-values): "
+                     f"the masses of the {len(with_stats)} layers are in the table.")
+    elif len(with_stats):
         biased = with_stats["biased"].fillna(False).astype(bool)
         lines.append(f"- Trained model ({results.trained_label}): **{int(biased.sum())} of {len(with_stats)}** "
                      f"layers biased at level {level} ({str(table.attrs.get('correction')).capitalize()}-corrected): "
@@ -117,6 +121,45 @@ def provenance(results: RunResults) -> dict[str, Any]:
     }
 
 
+def condition_lines(results: RunResults) -> list[str]:
+    """What the run is, as Markdown bullets: the training set, why training stopped, the split of the drops, and
+    the null the bias test assumed where the results record it."""
+    lines = results.condition.lines()
+    final = (results.manifest or {}).get("final")
+    if isinstance(final, Mapping) and all(isinstance(final.get(k), Mapping) for k in ("test", "train")):
+        lines.append(f"- Final model: test top-1 {final['test']['top1']:.2f}%, top-1 on its own training set "
+                     f"{final['train']['top1']:.2f}% (the labels and pixels it was trained on).")
+    splits = (results.manifest or {}).get("reinit_splits")
+    if isinstance(splits, Mapping):
+        shown = results.condition.eval_split
+        words = {"test": "test images", "train": "training images, with the labels trained on"}
+        lines += [f"- Drops also measured on the {words.get(split, split)}: {relative(Path(path), results.run_dir)} "
+                  f"(this report shows those on the {words.get(shown, shown).split(',')[0]})"
+                  for split, path in splits.items() if split != shown]
+    null_line = assumed_null(results)
+    return lines + ([f"- {null_line}"] if null_line else [])
+
+
+def assumed_null(results: RunResults) -> str:
+    """The null distribution the bias tests assumed, where the projection results record one per layer or per
+    document ("" where they record none)."""
+    doc = results.trained_doc or {}
+    values = [e.get("null") for e in layer_entries(doc)] + [doc.get("null")]
+    named = list(dict.fromkeys(str(v) for v in values if isinstance(v, str) and v))
+    return f"Null of the bias test: {', '.join(named)}." if named else ""
+
+
+def layers_legend(table: pd.DataFrame) -> str:
+    """The sentence under the layer table that says what its columns are."""
+    level = table.attrs.get("level")
+    biased = (f"p (Holm): adjusted over the layers, biased when <= {level:g}; " if isinstance(level, (int, float))
+              else "p (Holm): adjusted over the layers; ")
+    return ("mass: share of filters with projection <= 0; p-value: the layer's bias test (sign test and KS test "
+            f"against the null), {biased}l2 dist from init: ||W - W0|| / ||W0||; drop: (acc trained - acc "
+            f"re-initialized) / acc trained; robust when the drop to epoch 0 is <= {table.attrs['threshold']:g}, "
+            "else critical. Every digit is in layers.csv.")
+
+
 def _missing_caption(results: RunResults, figure: str) -> str:
     """The caption's mark of the epochs missing from a figure drawn from the projection results."""
     if figure not in ("distributions", "mass_mean_by_epoch") or not results.missing_epochs:
@@ -134,13 +177,9 @@ def summary_markdown(results: RunResults, table: pd.DataFrame, correlation: Mapp
              "**Question.** Are the trained layers' hyperplane arrangements biased (their filters agree in "
              "orientation relative to the identity line far beyond a random initialization), and are the "
              "biased layers the critical ones of Zhang et al. (re-initializing them to their initial values "
-             "hurts accuracy)?", "", "## Answer in numbers", "", *answer(results, table, correlation), "",
-             "## Layers", "", markdown_table(display_table(table)), "",
-             f"mass: share of filters with projection <= 0; p-value: the layer's bias test (sign test and KS test "
-             f"against the null), p (Holm): adjusted over the layers, biased when <= {table.attrs.get('level')}; "
-             "l2 dist from init: ||W - W0|| / ||W0||; drop: (acc trained - acc re-initialized) / acc trained; "
-             f"robust when the drop to epoch 0 is <= {table.attrs['threshold']:g}, else critical. "
-             "Every digit is in layers.csv.", ""]
+             "hurts accuracy)?", "", "## The run", "", *condition_lines(results), "",
+             "## Answer in numbers", "", *answer(results, table, correlation), "",
+             "## Layers", "", markdown_table(display_table(table)), "", layers_legend(table), ""]
     lines += null_note(results.trained_doc)  # which null the bias tests used, and any assumption
     missing_p = list(table.loc[table["missing"] == "projections", "name"])
     missing_r = list(table.loc[table["missing"] == "reinit", "name"])
@@ -192,11 +231,13 @@ def index_html(results: RunResults, table: pd.DataFrame, correlation: Mapping[st
     unusable = f"<h2>Result files not used</h2><ul>{unusable}</ul>\n" if unusable else ""
     reinit = reinit_html(results.reinit_doc) if results.reinit_doc is not None else ""
     title = f"hparr report: {results.title}"
+    run_items = "".join(f"<li>{html.inline(line[2:])}</li>" for line in condition_lines(results))
     return html.page(title, f"<h1>{e(title)}</h1>\n"
                      "<p><strong>Question.</strong> Are the trained layers' hyperplane arrangements biased, and are "
                      "the biased layers the critical ones of Zhang et al.?</p>\n"
+                     f"<h2>The run</h2><ul>{run_items}</ul>\n"
                      f"<h2>Answer in numbers</h2><ul>{answer_items}</ul>\n<h2>Layers</h2>\n"
-                     f"{html.frame(display_table(table))}\n"
+                     f"{html.frame(display_table(table))}\n<p>{e(layers_legend(table))}</p>\n"
                      f"<p>Full precision: <a href=\"layers.csv\">layers.csv</a>; summary: "
                      f"<a href=\"summary.md\">summary.md</a>.</p>\n{reinit}<h2>Figures</h2>\n{figs}\n{unusable}"
                      "<h2>Inputs</h2><ul>" + "".join(f"<li>{e(i)}</li>" for i in inputs)
@@ -231,7 +272,7 @@ def reinit_section(doc: Mapping[str, Any] | None) -> str:
     split = doc.get("eval_split") or "test"
     lines = [f"## Re-initialization: top-1 drop, {split} loss and agreement", "",
              markdown_table(reinit_display(doc)), "",
-             f"Trained: top-1 {doc['top1_test']:.2f}%"
+             f"Trained: {split} top-1 {doc['top1_test']:.2f}%"
              + (f", {split} loss {trained_loss:.3f}" if trained_loss is not None else "") + ". "
              + ("Measured on the training images with the labels the model was trained on. " if split == "train"
                 else "") +
@@ -246,6 +287,7 @@ def reinit_section(doc: Mapping[str, Any] | None) -> str:
 
 def reinit_html(doc: Mapping[str, Any]) -> str:
     """The same section for index.html."""
-    return ("<h2>Re-initialization: top-1 drop, test loss and agreement</h2>\n"
+    split = doc.get("eval_split") or "test"
+    return (f"<h2>Re-initialization: top-1 drop, {html.escape(split)} loss and agreement</h2>\n"
             + html.frame(reinit_display(doc))
             + '\n<p>All alternatives: <a href="reinit.csv">reinit.csv</a>.</p>\n')

@@ -112,57 +112,86 @@ def plot_mass_by_condition(table: pd.DataFrame, out: Path) -> list[Path]:
         return _save(fig, out, "study_mass_by_condition")
 
 
-def plot_mass_by_epoch(table: pd.DataFrame, out: Path, tracked: pd.DataFrame) -> list[Path]:
-    """(b) per condition, each layer's mass across epochs, the mean over seeds: along the tracked epochs with
-    the 95% t interval over seeds as a band where `tracked` (`tracked_by_epoch`) has the layer, the snapshots
-    as points; otherwise through the snapshots, with the seeds' range as the band."""
-    followed = len(tracked) > 0
-    with _condition_panels(table, 3.8, 3.3) as (fig, axes, panels):
-        for ax, (key, part, noise, label) in zip(axes.flat, panels):
-            layers = _layers(part)
-            smallest = min(n for _, n in layers)
-            ax.axhspan(*null.mass_band(smallest), color="0.88", label=f"null 95% band (N={smallest})")
-            ax.axhline(0.5, color="0.5", lw=0.8)
-            sub = part[part["noise"] == noise]
-            lines = _tracked_part(tracked, key, noise)
-            for j, (layer, _) in enumerate(layers):
-                color = f"C{j % 10}"
-                by_epoch = sub[sub["layer"] == layer].groupby("epoch")["mass"]
-                epochs = np.array(sorted(by_epoch.groups), dtype=float)
-                mean = by_epoch.mean().to_numpy(float)
-                line = lines[lines["layer"] == layer]
-                if len(line):
-                    x = line["epoch"].to_numpy(float)
-                    ax.fill_between(x, line["mass_low"].to_numpy(float), line["mass_high"].to_numpy(float),
-                                    color=color, alpha=0.18, lw=0)
-                    ax.plot(x, line["mass"].to_numpy(float), "-", color=color, lw=1.2, label=layer)
-                    ax.plot(epochs, mean, "o", color=color, ms=3)
-                    continue
-                ax.fill_between(epochs, by_epoch.min().to_numpy(float), by_epoch.max().to_numpy(float),
-                                color=color, alpha=0.18, lw=0)
-                ax.plot(epochs, mean, "o-", color=color, ms=3, lw=1.2, label=layer)
+def plot_mass_by_epoch(table: pd.DataFrame, out: Path, curves: pd.DataFrame) -> list[Path]:
+    """(b) one panel per layer (per setting): each condition in one colour, each seed's mass across epochs as a
+    thin line (every tracked epoch from `curves`, the cells' tracking.csv rows, else its snapshots) ending with a
+    dot where that seed stopped, and the mean over the condition's seeds as a thick line up to the epoch where
+    its first seed stopped (beyond it the mean would be over fewer seeds); the null's band of the layer's size."""
+    import matplotlib  # on first use: start-up time
+
+    panels = [(key, part, layer, n) for key, part in _settings(table) for layer, n in _layers(part)]
+    several = table.groupby(["arch", "dataset", "subsample", "train_size"]).ngroups > 1
+    nrows, ncols = _panels(len(panels), 3)
+    with matplotlib.rc_context(_RC):
+        fig = _figure(4.4 * ncols, 3.5 * nrows + 1.4)
+        axes = fig.subplots(nrows, ncols, squeeze=False)
+        legend: dict[str, Any] = {}
+        for ax, (key, part, layer, n) in zip(axes.flat, panels):
+            ax.axhspan(*null.mass_band(n), color="0.88", zorder=0)
+            ax.axhline(0.5, color="0.5", lw=0.8, zorder=0)
+            tracked = _tracked_part(curves, key) if len(curves) else curves
+            for i, (noise, label) in enumerate(_conditions(part)):
+                color = f"C{i % 10}"
+                lines = seed_lines(part, tracked, noise, layer)
+                for x, y in lines.values():
+                    ax.plot(x, y, "-", color=color, lw=0.7, alpha=0.45, zorder=2)
+                    ax.plot(x[-1:], y[-1:], "o", color=color, ms=3, alpha=0.8, zorder=3)
+                x, y = seed_mean(lines)
+                handle, = ax.plot(x, y, "-", color=color, lw=2.2, zorder=4)
+                name = (f"{_setting_title(key)}: " if several else "") + label
+                legend.setdefault(name, (handle, f"{name}: {len(lines)} seed(s), mean to epoch {x[-1]:g}"
+                                         if len(x) else f"{name}: {len(lines)} seed(s)"))
             ax.set_ylim(-0.03, 1.03)
-            untracked = "\nnot tracked; band: seeds' range" if followed and not len(lines) else ""
-            title = f"{_setting_title(key)}: {label} ({sub['seed'].nunique()} seeds)"
-            # a long setting (a class subset, a training-set size) goes on a line of its own, within the panel
-            ax.set_title((title.replace(": ", "\n", 1) if len(title) > 45 else title) + untracked)
+            ax.set_title((f"{_setting_title(key)}\n" if several else "") + f"{layer} (N={n})")
             ax.set_xlabel("epoch")
             ax.set_ylabel("mass (share p <= 0)")
         _hide_unused(axes, len(panels))
-        axes.flat[0].legend(loc="best", ncols=2)
-        title = CAPTIONS["study_mass_by_epoch"].title
-        _suptitle(fig, f"{title}, mean over seeds\nline: every tracked epoch, band: its 95% t interval over seeds; "
-                       "points: snapshots" if followed else
-                       f"{title}: mean over seeds (line), range of the seeds (band)")
+        from matplotlib.lines import Line2D
+        from matplotlib.patches import Patch
+
+        handles = [h for h, _ in legend.values()] + [Line2D([], [], color="0.3", lw=0.7, marker="o", ms=3),
+                                                      Patch(color="0.88")]
+        labels = [t for _, t in legend.values()] + ["one seed (dot: where it stopped)", "null 95% band"]
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 3))
+        setting = "" if several else f", {_setting_title(next(iter(_settings(table)))[0])}"
+        _suptitle(fig, f"{CAPTIONS['study_mass_by_epoch'].title} per layer{setting}\nthick: the mean over seeds up "
+                       "to the epoch where the first seed stopped; thin: each seed")
         return _save(fig, out, "study_mass_by_epoch")
 
 
-def _tracked_part(tracked: pd.DataFrame, key, noise: float) -> pd.DataFrame:
-    """The rows of `tracked` of one setting (arch, dataset, subsample, train size) and condition, by epoch."""
+def seed_lines(part: pd.DataFrame, tracked: pd.DataFrame, noise: float, layer: str
+               ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """{seed: (epochs, mass)} of one layer of one condition: every tracked epoch where the cell tracked its
+    training (`tracked`: its tracking.csv rows), else its snapshots."""
+    out = {}
+    rows = part[(part["noise"] == noise) & (part["layer"] == layer)]
+    for seed, sub in rows.groupby("seed", sort=True):
+        line = tracked[(tracked["noise"] == noise) & (tracked["layer"] == layer) & (tracked["seed"] == seed)] \
+            if len(tracked) else tracked
+        source = line if len(line) else sub
+        source = source.assign(epoch=pd.to_numeric(source["epoch"])).sort_values("epoch", kind="stable")
+        source = source.drop_duplicates("epoch", keep="last")  # several tracked steps of one epoch: its end
+        out[int(seed)] = (source["epoch"].to_numpy(float), source["mass"].to_numpy(float))
+    return out
+
+
+def seed_mean(lines: Mapping[int, tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """The mean over seeds at the epochs every seed has, up to the epoch where the first seed stopped."""
+    if not lines:
+        return np.array([]), np.array([])
+    stop = min(float(x[-1]) for x, _ in lines.values() if len(x))
+    frames = [pd.Series(y, index=x) for x, y in lines.values()]
+    both = pd.concat(frames, axis=1, join="inner").sort_index()
+    both = both[both.index <= stop]
+    return both.index.to_numpy(float), both.mean(axis=1).to_numpy(float)
+
+
+def _tracked_part(tracked: pd.DataFrame, key) -> pd.DataFrame:
+    """The rows of `tracked` of one setting (arch, dataset, subsample, train size)."""
     arch, dataset, subsample, train_size = key
     keep = ((tracked["arch"] == arch) & (tracked["dataset"] == dataset) & (tracked["subsample"] == subsample)
-            & (tracked["train_size"] == train_size) & (tracked["noise"] == noise))
-    return tracked[keep].sort_values("epoch", kind="stable")
+            & (tracked["train_size"] == train_size))
+    return tracked[keep]
 
 
 def plot_bias_vs_criticality(table: pd.DataFrame, numbers: Mapping[str, Any], out: Path, threshold: float,
@@ -249,7 +278,7 @@ def draw_all(data, numbers: Mapping[str, Any], out: Path, threshold: float, meas
     written). Figures of an earlier report are replaced."""
     written = []
     written += plot_mass_by_condition(data.table, out)
-    written += plot_mass_by_epoch(data.table, out, data.tracked)
+    written += plot_mass_by_epoch(data.table, out, data.curves)
     written += plot_bias_vs_criticality(data.table, numbers, out, threshold, measure_text)
     names = list(STUDY_FIGURES)
     on_train = data.table[(data.table["noise"] == 0) | (data.table["regime"] == "memorized")]

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ..defaults import LEVEL
+from ..layout import Corruption
 from .captions import CAPTIONS, METHODS
 from .render import markdown_table
 from .stats import CHANGE_WORDS, verdict
@@ -126,12 +127,27 @@ def condition_table(numbers: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def grid_values(axis: str, values: Any) -> list[str]:
+    """A grid axis's values in words: a corruption by its label, "all" for every training image (a train size of
+    None or 0) or every class (a class subset of 0), "none" where an axis recorded no value."""
+    values = values if isinstance(values, (list, tuple)) else [values]
+    out = []
+    for v in values:
+        if axis == "noise" and isinstance(v, (int, float)):
+            out.append(Corruption(float(v)).label)
+        elif axis in ("train_size", "subsample_classes") and not v:
+            out.append("all")
+        else:
+            out.append("none" if v is None else str(v))
+    return out or ["none"]
+
+
 def summary_markdown(data: StudyData, numbers: Mapping[str, Any], figures: Sequence[str], measure_text: str) -> str:
     grid = data.study.get("grid", {})
     lines = [f"# Study: {len(data.cells)} finished cells", "",
              "**Question.** Across seeds and corruptions: does hyperplane-arrangement bias emerge with training and "
              "go with learning, does memorization change it, and are the biased layers the critical ones?", "",
-             "Grid: " + "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in grid.items()) + ".", ""]
+             "Grid: " + "; ".join(f"{k}: {', '.join(grid_values(k, v))}" for k, v in grid.items()) + ".", ""]
     if data.missing:
         lines += [f"Not finished ({len(data.missing)}): " + ", ".join(data.missing) + ". The numbers below use the "
                   "finished cells only.", ""]
