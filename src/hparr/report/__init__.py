@@ -22,18 +22,9 @@ from ..defaults import THRESHOLD
 from ..errors import HparrError
 from ..results import REPORT_FORMAT
 from . import render
-from .discovery import (
-    FoundRun,
-    ProjectionRun,
-    RunResults,
-    RunsFound,
-    describe_unusable,
-    find_runs,
-    load_run,
-    missing_text,
-    tracked_curves,
-)
+from .discovery import FoundRun, RunResults, RunsFound, find_runs, load_run
 from .figures import FIGURES, plot_bias_vs_criticality, plot_distributions, plot_epochs, save_heatmap
+from .found import ProjectionRun, describe_unusable, missing_text, tracked_curves
 from .tables import (
     BIAS_MEASURES,
     bias_measure,

@@ -36,6 +36,24 @@ CAPTIONS = {
         "One point per layer: its bias (x) against its accuracy drop when re-initialized to epoch 0 (y); red = "
         "biased by the test. The paper's claim predicts a positive rank correlation: the biased layers are the "
         "critical ones. Above the dashed line a layer is critical."),
+    # runs side by side (`hparr report RUN_A RUN_B`)
+    "compare_mass_by_epoch": Caption(
+        "Mass across epochs, run against run",
+        "One panel per layer: each run's mass (share of filters with projection <= 0) at its snapshots (points) "
+        "and, where its training was tracked (tracking.csv), at every tracked epoch (line); one colour per run. A "
+        "run's line ends where its training stopped. The grey band holds 95% of random layers of that size."),
+    "compare_distributions": Caption(
+        "Trained projections, run against run",
+        "One panel per layer: the histogram of each run's trained projections (one colour per run, outlines), "
+        "with the null density of a random filter (black) where the runs' projections are normalized."),
+    "compare_drops": Caption(
+        "Drop under re-initialization to epoch 0, run against run",
+        "Per layer, one bar per run: the relative top-1 drop when the layer is re-initialized to its initial "
+        "values, measured on the split each run names; above the dashed line a layer is critical."),
+    "compare_bias_vs_criticality": Caption(
+        "Bias against criticality, run against run",
+        "One point per layer and run: its trained bias against its drop under re-initialization to epoch 0, one "
+        "colour per run, with each run's Spearman rho over its layers."),
     # the study report (`hparr report STUDY`)
     "study_mass_by_condition": Caption(
         "(a) Trained mass per layer against the condition",

@@ -24,33 +24,15 @@ from ..errors import UsageError
 from ..layout import COMPARISON_DIR, REPORT_DIR, Corruption
 from ..null import distribution as null_law
 from ..results import REPORT_FORMAT, layer_entries, seed_of
-from .discovery import FoundRun, RunResults, describe_unusable, find_runs, load_run, tracked_curves
+from .captions import CAPTIONS
+from .discovery import FoundRun, RunResults, find_runs, load_run
 from .figures import _RC, _figure, _grid, _save
+from .found import describe_unusable, tracked_curves
 from .html import markdown_html
 from .render import condition_lines, markdown_table
 from .tables import bias_vs_criticality, check_options, joined_table
 
 MARKERS = "osD^v<>PX*"
-COMPARE_FIGURES = ("compare_mass_by_epoch", "compare_distributions", "compare_drops", "compare_bias_vs_criticality")
-CAPTIONS = {
-    "compare_mass_by_epoch": (
-        "Mass across epochs, run against run",
-        "One panel per layer: each run's mass (share of filters with projection <= 0) at its snapshots (points) "
-        "and, where its training was tracked (tracking.csv), at every tracked epoch (line); one colour per run. A "
-        "run's line ends where its training stopped. The grey band holds 95% of random layers of that size."),
-    "compare_distributions": (
-        "Trained projections, run against run",
-        "One panel per layer: the histogram of each run's trained projections (one colour per run, outlines), "
-        "with the null density of a random filter (black) where the runs' projections are normalized."),
-    "compare_drops": (
-        "Drop under re-initialization to epoch 0, run against run",
-        "Per layer, one bar per run: the relative top-1 drop when the layer is re-initialized to its initial "
-        "values, measured on the split each run names; above the dashed line a layer is critical."),
-    "compare_bias_vs_criticality": (
-        "Bias against criticality, run against run",
-        "One point per layer and run: its trained bias against its drop under re-initialization to epoch 0, one "
-        "colour per run, with each run's Spearman rho over its layers."),
-}
 
 
 @dataclass
@@ -450,5 +432,3 @@ def plot_bias_vs_criticality(members: Sequence[Member], out: Path, threshold: fl
         _suptitle(fig, members, "bias against criticality, one point per layer and run")
         return _save(fig, out, "compare_bias_vs_criticality")
 
-
-__all__ = ["COMPARE_FIGURES", "Member", "build_comparison", "default_out", "gather", "run_labels"]

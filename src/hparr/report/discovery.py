@@ -19,84 +19,27 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from ..errors import HparrError, UsageError
-from ..layout import MANIFEST_NAME, SNAPSHOT_SUFFIXES, STUDY_NAME, TRACKING_NAME, epoch_from_filename
+from ..layout import SNAPSHOT_SUFFIXES, epoch_from_filename
 from ..results import (
-    MANIFEST_FORMAT,
-    REPORT_FORMAT,
     complete_projection_doc,
     complete_reinit_doc,
     epoch_of,
-    is_projection_doc,
-    is_reinit_doc,
-    layer_entries,
     projections_table,
     read_manifest,
-    read_result_file,
-    read_study,
     seed_of,
     stage_unknown,
 )
-from ..trackfile import read_tracking
 from .condition import Condition, condition_of
-
-Found = list[tuple[Path, dict]]
-
-
-@dataclass(frozen=True)
-class UnusableResult:
-    """A JSON file of the run that the report cannot use, why, and the snapshot epoch it stands for where
-    that is known."""
-
-    path: Path
-    reason: str
-    epoch: int | None = None
-
-
-def _classify(paths: Iterable[Path], unusable: list[UnusableResult]) -> tuple[Found, Found]:
-    """(projection documents, reinit documents) among the JSON files `paths`; the others are added to
-    `unusable` with the reason (an earlier report's and a manifest's own files excepted)."""
-    found_p, found_r = [], []
-    for path in paths:
-        doc, reason = read_result_file(path)
-        if reason is not None:
-            unusable.append(UnusableResult(path, reason))
-        elif is_projection_doc(doc):
-            found_p.append((path, doc))
-        elif is_reinit_doc(doc):
-            found_r.append((path, doc))
-        elif not (isinstance(doc, dict) and doc.get("format") in (REPORT_FORMAT, MANIFEST_FORMAT)):
-            unusable.append(UnusableResult(path, "another format: neither a projection nor a re-initialization "
-                                                 "result"))
-    return found_p, found_r
-
-
-def _walk(run_dir: Path, exclude: Sequence[Path]) -> tuple[list[Path], list[Path], list[Path]]:
-    """(JSON files, folders holding a manifest, study folders) below `run_dir`, skipping hidden and excluded
-    folders; the files of a folder with a manifest or a study below `run_dir` are not listed (they are its own)."""
-    excluded = {p.resolve() for p in exclude}
-    paths, manifests, studies = [], [], []
-    for root, dirs, names in os.walk(run_dir):
-        here = Path(root)
-        if here != run_dir and STUDY_NAME in names and read_study(here) is not None:
-            studies.append(here)
-            dirs[:] = []
-            continue
-        if here != run_dir and MANIFEST_NAME in names and read_manifest(here) is not None:
-            manifests.append(here)
-            dirs[:] = []
-            continue
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() not in excluded)
-        paths += [here / name for name in sorted(names) if name.endswith(".json") and not name.startswith(".")]
-    return paths, manifests, studies
-
-
-def _manifest_files(manifest: Mapping[str, Any], unusable: list[UnusableResult]) -> tuple[Found, Found]:
-    """The documents a manifest names: its projection folder's and its re-initialization result."""
-    folder = manifest.get("projections")
-    paths = sorted(p for p in Path(folder).glob("*.json") if not p.name.startswith(".")) if folder else []
-    found_p, _ = _classify(paths, unusable)
-    _, found_r = _classify([Path(manifest["reinit"])] if manifest.get("reinit") else [], unusable)
-    return found_p, found_r
+from .found import (
+    Found,
+    ProjectionRun,
+    UnusableResult,
+    classify,
+    describe_unusable,
+    manifest_files,
+    relative,
+    walk,
+)
 
 
 def _condition(doc: Mapping[str, Any]) -> str | None:
@@ -138,7 +81,7 @@ class RunsFound:
 
 def _manifest_run(base: Path, folder: Path, manifest: dict) -> FoundRun:
     unusable: list[UnusableResult] = []
-    found_p, found_r = _manifest_files(manifest, unusable)
+    found_p, found_r = manifest_files(manifest, unusable)
     return FoundRun(base, relative(folder, base), found_p, found_r, unusable, manifest, folder)
 
 
@@ -191,9 +134,9 @@ def find_runs(run_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] =
         run = _manifest_run(base, base, manifest)
         found, unreadable = ([run] if run.projections or run.reinits else []), run.unreadable
     else:
-        paths, manifests, studies = _walk(base, [Path(p) for p in exclude])
+        paths, manifests, studies = walk(base, [Path(p) for p in exclude])
         unreadable = []
-        found_p, found_r = _classify(paths, unreadable)
+        found_p, found_r = classify(paths, unreadable)
         found = [r for r in (_manifest_run(base, m, read_manifest(m)) for m in manifests) if r.projections or r.reinits]
         found += _group_runs(base, found_p, found_r, unreadable)
     if not found and not studies:
@@ -220,26 +163,6 @@ def _same_experiment(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 
 
 _SETTINGS = ("normalize", "with_linear", "include_1x1", "level", "init_from", "num_classes")
-
-
-@dataclass
-class ProjectionRun:
-    """The projection documents of one folder made with the same settings, one per epoch."""
-
-    directory: Path
-    settings: dict[str, Any]
-    docs: list[dict]
-    paths: list[Path]
-
-    @property
-    def normalize(self) -> bool | None:
-        return self.settings.get("normalize")
-
-    def describe(self, base: Path) -> str:
-        where = relative(self.directory, base)
-        kind = {True: "normalized", False: "unnormalized (plain sums)"}.get(self.normalize, "normalization unknown")
-        epochs = ", ".join(str(epoch_of(d)) for d in self.docs)
-        return f"{where}: {kind}, {len(self.docs)} snapshot(s) (epochs {epochs})"
 
 
 @dataclass
@@ -308,13 +231,6 @@ class RunResults:
         the run from a clean, full-data one (label noise, pixel shuffle, training-set size, class subset, why
         training stopped, drops measured on the training images); a clean, full-data run has none."""
         return self.experiment + self.condition.suffix()
-
-
-def relative(path: Path, base: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(base.resolve())) or "."
-    except ValueError:
-        return str(path)
 
 
 def _number_unknown_epochs(members: Sequence[tuple[Path, dict]], base: Path, notes: list[str]) -> dict[Path, int]:
@@ -514,51 +430,3 @@ def unusable_results(unreadable: Sequence[UnusableResult], runs: Sequence[Projec
     missing = sorted({u.epoch for u in out if u.epoch is not None and u.path.parent.resolve()
                       == chosen.directory.resolve()} - have)
     return out, missing
-
-
-def describe_unusable(item: UnusableResult, base: Path) -> str:
-    return (f"{relative(item.path, base)}: {item.reason}"
-            + (f" (snapshot of epoch {item.epoch})" if item.epoch is not None else ""))
-
-
-def missing_text(epochs: Sequence[int]) -> str:
-    """The caption's mark of the epochs without a usable result ("" when none)."""
-    if not epochs:
-        return ""
-    return (f"epoch{'s' if len(epochs) > 1 else ''} {', '.join(map(str, epochs))} missing: "
-            f"{'their projection results' if len(epochs) > 1 else 'its projection result'} cannot be used")
-
-
-def tracked_curves(results: RunResults) -> pd.DataFrame | None:
-    """The rows of the training run's `tracking.csv` (`hparr train` tracks every epoch, see hparr.trackfile)
-    for the chosen projection run, or None when there is none.
-
-    The file is looked for beside the analyzed snapshots, then below the run directory; it is used when its
-    projections are normalized like the projection run's and it tracks layers of the trained model. The file
-    used (or why one was not) is stated in `results.notes`.
-    """
-    if results.projection_run is None:
-        return None
-    beside = [Path(str(d["source"])).parent / TRACKING_NAME for d in results.projection_run.docs if d.get("source")]
-    candidates = list(dict.fromkeys(p for p in beside if p.is_file()))
-    if not candidates and results.alone:
-        for root, dirs, names in os.walk(results.run_dir):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            candidates += [Path(root) / TRACKING_NAME] if TRACKING_NAME in names else []
-    names = {e["name"] for e in layer_entries(results.trained_doc)}
-    for path in candidates:
-        try:
-            rows = read_tracking(path)
-        except HparrError as exc:
-            results.notes.append(f"{exc}; not used")
-            continue
-        rows = rows[rows["epoch"].notna() & rows["name"].isin(names)]
-        if "normalize" in rows and results.normalize is not None and (rows["normalize"] != results.normalize).any():
-            results.notes.append(f"{relative(path, results.run_dir)} tracks "
-                                 f"{'normalized' if not results.normalize else 'unnormalized'} projections; not used")
-            continue
-        if len(rows):
-            results.notes.append(f"mass and mean across epochs: the lines follow {relative(path, results.run_dir)} "
-                                 f"({rows['step'].nunique()} tracked points, up to epoch {rows['epoch'].max():g})")
-            return rows.sort_values(["step"], kind="stable")
-    return None

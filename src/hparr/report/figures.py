@@ -14,7 +14,8 @@ from .. import files, null
 from ..defaults import THRESHOLD
 from ..null import distribution as null_law
 from ..results import alternative_label, drop_frame, layer_entries
-from .discovery import RunResults, missing_text, tracked_curves
+from .discovery import RunResults
+from .found import missing_text, tracked_curves
 
 FIGURES = ("distributions", "mass_mean_by_epoch", "reinit_heatmap", "bias_vs_criticality")
 DPI = 130

@@ -14,7 +14,8 @@ from ..provenance import versions
 from ..results import RAND, layer_entries
 from . import html
 from .captions import CAPTIONS
-from .discovery import RunResults, describe_unusable, missing_text, relative
+from .discovery import RunResults
+from .found import describe_unusable, missing_text, relative
 from .tables import reinit_measures
 
 DISPLAY = [("layer", "name"), ("stage.block", None), ("N", "N"), ("d", "d"), ("mass", "mass"),

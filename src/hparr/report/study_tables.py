@@ -29,7 +29,8 @@ from ..errors import HparrError
 from ..layout import CELLS_DIR, MANIFEST_NAME, Corruption
 from ..results import drop_frame, read_json, read_manifest, read_study, run_finished
 from ..schema import typed
-from .discovery import load_run, tracked_curves
+from .discovery import load_run
+from .found import tracked_curves
 from .stats import (
     CONFIDENCE,
     N_BOOTSTRAP,
