@@ -24,7 +24,7 @@ def test_reproduce_writes_the_whole_study_and_reruns_cheaply(tmp_path, capsys):
     # printed is the report's
     assert sorted(p.name for p in (out / "results" / "digits" / "lenet" / "1").glob("*.json")) == [
         "lenet_0.json", "lenet_1.json", "lenet_3.json", "lenet_init_0.json"]
-    assert "4 snapshots analyzed" in printed
+    assert printed[-1].startswith("4 snapshots analyzed; ")
     assert "normalized, 4 snapshot(s) (epochs 0, 1, 2, 3)" in (out / "report" / "summary.md").read_text()
     proj = pd.read_csv(out / "results" / "digits" / "lenet" / "1" / "projections.csv")
     assert set(proj["epoch"]) == {0, 1, 2, 3}

@@ -137,17 +137,7 @@ def condition_lines(results: RunResults) -> list[str]:
         lines += [f"- Drops also measured on the {words.get(split, split)}: {relative(Path(path), results.run_dir)} "
                   f"(this report shows those on the {words.get(shown, shown).split(',')[0]})"
                   for split, path in splits.items() if split != shown]
-    null_line = assumed_null(results)
-    return lines + ([f"- {null_line}"] if null_line else [])
-
-
-def assumed_null(results: RunResults) -> str:
-    """The null distribution the bias tests assumed, where the projection results record one per layer or per
-    document ("" where they record none)."""
-    doc = results.trained_doc or {}
-    values = [e.get("null") for e in layer_entries(doc)] + [doc.get("null")]
-    named = list(dict.fromkeys(str(v) for v in values if isinstance(v, str) and v))
-    return f"Null of the bias test: {', '.join(named)}." if named else ""
+    return lines
 
 
 def layers_legend(table: pd.DataFrame) -> str:
