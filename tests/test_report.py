@@ -139,6 +139,8 @@ def test_table_values_equal_the_json_values(run, built):
             for key in ("mass", "mean", "p_value", "p_adjusted", "l2_dist", "l_inf_dist", "N", "d"):
                 assert row[key] == e[key] and rec[key] == e[key], key
             assert bool(row["biased"]) == e["biased"] == rec["biased"]
+            for key in ("null", "input_kind"):  # the null of the layer's test and what feeds it, as recorded
+                assert row[key] == e[key] == rec[key], key
             assert rec["bias"] == abs(e["mass"] - 0.5)
             assert rec["mass_init"] == init_entries[name]["mass"]
             assert pd.isna(row["missing"])

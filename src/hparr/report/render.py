@@ -18,7 +18,7 @@ from .discovery import RunResults
 from .found import describe_unusable, missing_text, relative
 from .tables import reinit_measures
 
-DISPLAY = [("layer", "name"), ("stage.block", None), ("N", "N"), ("d", "d"), ("mass", "mass"),
+DISPLAY = [("layer", "name"), ("stage.block", None), ("input", "input_kind"), ("N", "N"), ("d", "d"), ("mass", "mass"),
            ("mass at init", "mass_init"), ("mean", "mean"), ("p-value", "p_value"), ("p (Holm)", "p_adjusted"),
            ("biased", "biased"), ("l2 dist from init", "l2_dist"), ("top-1 trained %", "top1_trained"),
            ("top-1 reinit epoch 0 %", "top1_reinit_0"), ("drop reinit 0", "drop_reinit_0"),
@@ -42,6 +42,9 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
                 values.append("")
             elif col == "biased":
                 values.append("yes" if v else "no")
+            elif col == "input_kind":  # what feeds the layer, marked where its values are all >= 0
+                nonneg = table["input_nonneg"].iloc[len(values)] if "input_nonneg" in table else None
+                values.append(f"{v} (>= 0)" if not pd.isna(nonneg) and bool(nonneg) else str(v))
             elif col in _FORMATS:
                 values.append(format(float(v), _FORMATS[col]))
             else:
@@ -145,7 +148,8 @@ def layers_legend(table: pd.DataFrame) -> str:
     level = table.attrs.get("level")
     biased = (f"p (Holm): adjusted over the layers, biased when <= {level:g}; " if isinstance(level, (int, float))
               else "p (Holm): adjusted over the layers; ")
-    return ("mass: share of filters with projection <= 0; p-value: the layer's bias test (sign test and KS test "
+    return ("input: the operation that feeds the layer, (>= 0) where its values are non-negative; "
+            "mass: share of filters with projection <= 0; p-value: the layer's bias test (sign test and KS test "
             f"against the null), {biased}l2 dist from init: ||W - W0|| / ||W0||; drop: (acc trained - acc "
             f"re-initialized) / acc trained; robust when the drop to epoch 0 is <= {table.attrs['threshold']:g}, "
             "else critical. Every digit is in layers.csv.")

@@ -108,7 +108,7 @@ def joined_table(results: RunResults, threshold: float = THRESHOLD, measure: str
                "N": e.get("N"), "d": e.get("d"), **{k: _num(e.get(k)) for k in
                                                      ("mass", "mean", "std", "p_value", "p_adjusted",
                                                       "l2_dist", "l_inf_dist")},
-               "biased": e.get("biased"), **{k: e.get(k) for k in INPUT},
+               "biased": e.get("biased"), "null": e.get("null"), **{k: e.get(k) for k in INPUT},
                "mass_init": _num(init.get(name, {}).get("mass")),
                "mean_init": _num(init.get(name, {}).get("mean"))}
         row["bias"] = bias_measure(row["mass"], _num(row["N"]), row["p_value"], measure) if e else float("nan")
