@@ -355,3 +355,23 @@ def test_the_critical_count_uses_the_epoch_0_row_else_the_first_alternative_and_
     assert critical_headline({**doc, "top1_test": 0.0, "relative_drop": {"0": [None, None, None]}}) == (
         "critical layers: undefined on the test images (the trained model's top-1 there is 0.00%, so a relative "
         "drop is not)")
+
+
+def test_a_refused_reinit_writes_no_log_and_no_folder(tmp_path, capsys):
+    """A snapshot that the model cannot take is refused in one line, and the results folder is not even made
+    (the log file is started before the snapshot is read, and removed with its folders on a refusal)."""
+    snapshot = tmp_path / "alexnet_1.pt"
+    files.save_torch(build_model("alexnet", 10, 1).state_dict(), snapshot)
+    results = tmp_path / "results"
+    rc, out, err = run_cli(capsys, "--arch", "lenet", "--dataset", "digits", "--load-from", snapshot, "--rand",
+                           "--results", results, "--no-progress")
+    errors = [line for line in err.splitlines() if line.startswith("hparr reinit: error:")]
+    assert rc == 1 and len(errors) == 1 and "does not match this architecture" in errors[0] and "Traceback" not in err
+    assert not results.exists()
+    # a log that was there before stays, with what it held
+    log = results / "digits" / "lenet" / "reinit_weights.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("an earlier run\n")
+    rc, out, err = run_cli(capsys, "--arch", "lenet", "--dataset", "digits", "--load-from", snapshot, "--rand",
+                           "--results", results, "--no-progress")
+    assert rc == 1 and log.read_text().startswith("an earlier run\n")

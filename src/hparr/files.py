@@ -174,18 +174,22 @@ def jsonable(value: Any) -> Any:
 
 
 @contextlib.contextmanager
-def log_to(path: str | os.PathLike | None, logger: str = "hparr",
-           what: str = "files") -> Iterator[Callable[[str], None]]:
+def log_to(path: str | os.PathLike | None, logger: str = "hparr", what: str = "files",
+           nothing_on_refusal: bool = False) -> Iterator[Callable[[str], None]]:
     """Append the messages of `logger` to the file `path` while the block runs (None: no file).
 
     Yields a function that appends one more line, as it is, to the file alone (not to the console). A log is
     the one file written as a stream rather than atomically: each message is appended as it comes. A write
-    that fails (a full disk, ...) stops the work with the one-line error of `write_error`.
+    that fails (a full disk, ...) stops the work with the one-line error of `write_error`. With
+    `nothing_on_refusal`, a block that ends in an HparrError (its inputs refused) leaves nothing behind: a log
+    file this call started is removed, with the folders made for it.
     """
     if path is None:
         yield lambda line: None
         return
     path = Path(path)
+    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]  # deepest first
+    started = not path.exists()
     ensure_dir(path.parent)
     try:
         handler = _LogFileHandler(path, what)
@@ -197,6 +201,15 @@ def log_to(path: str | os.PathLike | None, logger: str = "hparr",
     root.addHandler(handler)
     try:
         yield lambda line: _append(handler, line)
+    except HparrError:
+        if nothing_on_refusal and started:
+            root.removeHandler(handler)
+            with contextlib.suppress(OSError):
+                handler.close()
+                path.unlink(missing_ok=True)
+                for folder in made:
+                    folder.rmdir()  # an OSError where something else was written there: kept
+        raise
     finally:
         root.removeHandler(handler)
         with contextlib.suppress(OSError):

@@ -115,7 +115,7 @@ def run(args) -> int:
             print(critical_headline(complete_reinit_doc(read_json(target))))
             return 0
         print(f"hparr reinit: recomputing {target}: {why}", file=sys.stderr)
-    with files.log_to(target.parent / args.log) as note:
+    with files.log_to(target.parent / args.log, nothing_on_refusal=True) as note:  # a refused run writes no log
         out = reinit.run_reinit(settings)
         written = reinit.save(out, args.results, plots=args.plots)
         lines = reinit.summary_lines(out.document)
