@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from ..errors import UsageError, first_line
-from ..files import jsonable
+from ..files import digest, hasher, jsonable
 from .catalog import DatasetInfo, canonical_dataset_args, parse_dataset_args
-from .own import OwnData, channel_stats, check_normalization, digest, hasher
+from .own import OwnData, channel_stats, check_normalization
 
 log = logging.getLogger("hparr.data")
 

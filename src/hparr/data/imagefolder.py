@@ -23,8 +23,9 @@ import numpy as np
 
 from .. import files, layout
 from ..errors import HparrError, UsageError, first_line
+from ..files import digest, hasher
 from .catalog import IMAGEFOLDER, DatasetInfo
-from .own import OwnData, channel_stats, digest, hasher
+from .own import OwnData, channel_stats
 
 log = logging.getLogger("hparr.data")
 

@@ -7,22 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
-import xxhash
 
 from ..errors import UsageError
+from ..files import HASH_ALGORITHM
 from .catalog import DatasetInfo
-
-HASH_ALGORITHM = "xxh3-128"
-
-
-def hasher():
-    """A new content hasher (xxh3-128: a 100 MB image folder hashes in a few milliseconds)."""
-    return xxhash.xxh3_128()
-
-
-def digest(h) -> str:
-    """`<algorithm>:<hex digest>` of a hasher from `hasher()`."""
-    return f"{HASH_ALGORITHM}:{h.hexdigest()}"
 
 
 @dataclass

@@ -11,20 +11,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import HparrError
+from ..files import digest, hasher
 
-HASH = "xxh3-128"
 _CHUNK = 1 << 20
-
-
-def _hasher():
-    import xxhash  # a dependency; imported where data files are hashed
-
-    return xxhash.xxh3_128()
 
 
 def file_identity(path: Path) -> dict[str, Any]:
     """{"size", "hash"} of a file, reading all of it (so an unreadable file is found here, in one line)."""
-    h, size = _hasher(), 0
+    h, size = hasher(), 0
     try:
         with open(path, "rb") as fh:
             while chunk := fh.read(_CHUNK):
@@ -32,7 +26,7 @@ def file_identity(path: Path) -> dict[str, Any]:
                 size += len(chunk)
     except OSError as exc:
         raise unreadable(path, exc) from None
-    return {"size": size, "hash": f"{HASH}:{h.hexdigest()}"}
+    return {"size": size, "hash": digest(h)}
 
 
 def folder_identity(path: Path) -> dict[str, Any]:
@@ -46,10 +40,10 @@ def folder_identity(path: Path) -> dict[str, Any]:
                 entries.append((full.relative_to(path).as_posix(), full.stat().st_size))
     except OSError as exc:
         raise unreadable(Path(exc.filename or path), exc) from None
-    h = _hasher()
+    h = hasher()
     for name, size in sorted(entries):
         h.update(f"{name}\0{size}\n".encode())
-    return {"files": len(entries), "size": sum(size for _, size in entries), "hash": f"{HASH}:{h.hexdigest()}"}
+    return {"files": len(entries), "size": sum(size for _, size in entries), "hash": digest(h)}
 
 
 def _raise(exc: OSError) -> None:
