@@ -333,8 +333,9 @@ def read_checkpoint(path: str | os.PathLike, mmap: bool = True) -> Checkpoint:
     key = (str(path.resolve()), path.stat().st_mtime_ns)
     if ignored and key not in _NAMED:
         _NAMED.add(key)
-        log.warning("%s: ignored %d entr%s of its state_dict that %s not tensors: %s", path, len(ignored),
-                    "y" if len(ignored) == 1 else "ies", "is" if len(ignored) == 1 else "are", _listed(ignored))
+        log.warning("%s: ignored %d entr%s of its state_dict that %s: %s", path, len(ignored),
+                    "y" if len(ignored) == 1 else "ies", "is not a tensor" if len(ignored) == 1 else "are not tensors",
+                    _listed(ignored))
     return Checkpoint(path, fmt, obj, state, ignored=tuple(ignored))
 
 
