@@ -364,7 +364,7 @@ def test_reproduce_records_the_stop_and_both_splits(tmp_path):
     assert train_doc["trained_correct"]["top1"] == round(manifest["final"]["train"]["top1"] * 150 / 100)
     assert manifest["epochs"] == [0, 1] and results.run_finished(tmp_path / "run")
     # the study reads both splits' drops of the cell
-    rows, _ = study_report._cell_rows(tmp_path / "run", tmp_path, "mass")
+    rows, _ = study_report.cell_rows(tmp_path / "run", tmp_path, "mass")
     drops = results.drop_frame(train_doc)
     assert [r["drop_reinit_0_train"] for r in rows if r["trained"]] == pytest.approx(list(drops.loc["0"]))
     assert {r["regime"] for r in rows} == {"neither"} and {r["train_size"] for r in rows} == {150}

@@ -4,7 +4,9 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 import shutil
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -334,7 +336,7 @@ def test_a_manifest_names_the_inputs(run, built, tmp_path):
     manifest = json.loads((copy / "manifest.json").read_text())
     assert manifest["projections"] == "results/cifar10/lenet/0" and manifest["epochs"] == [0, 4, 10]
     loaded = report.load_run(copy)
-    assert loaded.projection_run.directory == folder.resolve() and not loaded.other_runs  # results_plain unread
+    assert loaded.projection_folder.directory == folder.resolve() and not loaded.other_runs  # results_plain unread
     assert loaded.reinit_path == folder / "reinit_lenet_10.json"
     # a stray result elsewhere in the folder is not read when a manifest names the inputs
     shutil.copy(folder / "reinit_lenet_10.json", copy / "results" / "reinit_stray.json")
@@ -410,15 +412,87 @@ def test_one_spearman_and_one_verdict():
 
 def test_one_html_renderer_for_markdown():
     text = ("# Title <1>\n\nA **bold** word and a [link](a.csv).\n\n- one\n- two\n\n"
-            "| a | b |\n|---|---|\n| 1 | x&y |\n\n![fig](f.png)")
+            "| a | b | c |\n|---|---|---|\n| 1 | x&y | 0.5 ± 0.1 |\n| a \\| b | -1.1e-10 | 97.78% |\n\n"
+            "![fig](f.png)\n\n"
+            "two lines\nof one paragraph\n\n```json\n{\"a\": \"<b>\"}\n\n  **not bold**\n```\nafter")
     page = report_html.markdown_html(text, "t & u")
     assert page.startswith("<!DOCTYPE html>") and "<title>t &amp; u</title>" in page
     assert "<h1>Title &lt;1&gt;</h1>" in page and "<strong>bold</strong>" in page
     assert '<a href="a.csv">link</a>' in page and "<ul>\n<li>one</li>\n<li>two</li>\n</ul>" in page
-    assert "<table><tr><th>a</th><th>b</th></tr><tr><td>1</td><td>x&amp;y</td></tr></table>" in page
+    # numbers (with a unit or a spread) right-aligned, text left; an escaped bar is a bar inside its cell
+    assert ("<table><tr><th>a</th><th>b</th><th>c</th></tr><tr><td class=\"num\">1</td><td>x&amp;y</td>"
+            "<td class=\"num\">0.5 ± 0.1</td></tr><tr><td>a | b</td><td class=\"num\">-1.1e-10</td>"
+            "<td class=\"num\">97.78%</td></tr></table>") in page
     assert '<a href="f.png"><img src="f.png" alt="fig"></a>' in page
-    # the run report's page and the study report's share the page and its style
+    assert "<p>two lines of one paragraph</p>" in page
+    # a fenced block is shown as it is: escaped, its blank line and Markdown kept
+    assert "<pre>{&quot;a&quot;: &quot;&lt;b&gt;&quot;}\n\n  **not bold**</pre>\n<p>after</p>" in page
+    # every report page shares the page and its style
     assert report_html.STYLE in page
+
+
+def markdown_text(cell: str) -> str:
+    """What a line of the report's Markdown reads as: links and bold marks dropped, images (not text) dropped,
+    escaped bars as bars."""
+    cell = re.sub(r"!\[[^\]]*\]\([^)]*\)", "", cell)
+    cell = re.sub(r"\[([^\]]+)\]\([^)]*\)", r"\1", cell)
+    return cell.replace("**", "").replace("\\|", "|").strip()
+
+
+class PageParts(HTMLParser):
+    """The headings, table cells, list items (their text) and images (their source) of an HTML page."""
+
+    def __init__(self, page: str):
+        super().__init__()
+        self.parts: dict[str, list[str]] = {"heading": [], "cell": [], "item": [], "image": []}
+        self.open: tuple[str, list[str]] | None = None
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        kind = ("heading" if re.fullmatch(r"h[1-6]", tag) else "cell" if tag in ("th", "td") else
+                "item" if tag == "li" else None)
+        if kind is not None:
+            self.open = (kind, [])
+        if tag == "img":
+            self.parts["image"].append(dict(attrs)["src"])
+
+    def handle_data(self, data):
+        if self.open is not None:
+            self.open[1].append(data)
+
+    def handle_endtag(self, tag):
+        if self.open is not None and tag in ("h1", "h2", "h3", "h4", "h5", "h6", "th", "td", "li"):
+            self.parts[self.open[0]].append("".join(self.open[1]).strip())
+            self.open = None
+
+
+def assert_page_is_its_markdown(folder: Path, title: str) -> None:
+    """A report's index.html is its summary.md rendered by the one renderer, and the page shows every heading,
+    table cell, bullet and figure of the Markdown, word for word (so the two cannot say different things)."""
+    summary, page = (folder / "summary.md").read_text(), (folder / "index.html").read_text()
+    assert page == report_html.markdown_html(summary, title)
+    lines, fenced = [], False
+    for line in summary.splitlines():
+        fenced ^= line.startswith("```")
+        if not (fenced or line.startswith("```")):
+            lines.append(line)
+    expected = {"heading": [markdown_text(re.sub(r"^#+ ", "", x)) for x in lines if re.match(r"#+ ", x)],
+                "cell": [markdown_text(c) for x in lines if x.startswith("|") and not x.startswith("|---")
+                         for c in re.split(r"(?<!\\)\|", x)[1:-1]],
+                "item": [markdown_text(x[2:]) for x in lines if x.startswith("- ")],
+                "image": re.findall(r"!\[[^\]]*\]\(([^)]+)\)", summary)}
+    got = PageParts(page).parts
+    for kind, items in expected.items():
+        assert got[kind] == items, kind
+    assert expected["heading"] and expected["item"]
+
+
+def test_one_html_renderer_draws_the_run_page(run, built):
+    out = run / "report"
+    assert_page_is_its_markdown(out, f"hparr report: {load(out / 'report.json')['title']}")
+    page = (out / "index.html").read_text()
+    assert '<a href="layers.csv">layers.csv</a>' in page and '<a href="reinit.csv">reinit.csv</a>' in page
+    assert "<h2>Re-initialization: top-1 drop, test loss and agreement</h2>" in page
 
 
 def test_every_cut_of_a_result_file_reads_as_truncated(tmp_path):
@@ -473,7 +547,7 @@ def figure_titles(monkeypatch) -> dict[str, str]:
         titles[name] = fig.get_suptitle() or " | ".join(ax.get_title() for ax in fig.axes)
         return []
 
-    monkeypatch.setattr(figures, "_save", record)
+    monkeypatch.setattr(figures, "save_figure", record)
 
     def record_heatmap(document, png=None, pdf=None, title=None):
         titles["reinit_heatmap"] = title
@@ -492,7 +566,11 @@ def test_a_noisy_run_is_named_by_its_condition_in_every_title(run, tmp_path, mon
     out = folder / "report"
     summary, page = (out / "summary.md").read_text(), (out / "index.html").read_text()
     assert summary.splitlines()[0] == f"# Hyperplane arrangement bias and layer criticality: {expected}"
-    assert f"<h1>hparr report: {html.escape(expected)}</h1>" in page and f"<title>hparr report: {expected}" in page
+    assert f"<title>hparr report: {expected}" in page
+    # the page is the Markdown rendered: its heading too, and the split the drops were measured on
+    assert_page_is_its_markdown(out, f"hparr report: {expected}")
+    assert f"<h1>Hyperplane arrangement bias and layer criticality: {html.escape(expected)}</h1>" in page
+    assert "<h2>Re-initialization: top-1 drop, train loss and agreement</h2>" in page and "test loss" not in page
     assert set(titles) == set(FIGURES) and all(expected in t for t in titles.values()), titles
     assert load(out / "report.json")["title"] == expected
     run_section = summary.split("## The run")[1].split("##")[0]

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_report import assert_page_is_its_markdown
 
 from hparr import files, results, study
 from hparr.cli import main
@@ -521,8 +522,9 @@ def test_the_study_ends_with_a_headline_of_its_cells_and_its_verdict(synthetic, 
     cells = [study.Cell("lenet", "digits", seed, noise) for noise in (0.0, 0.5) for seed in (0, 1, 2)]
     outcomes = [study.CellOutcome(cells[0], "skipped", ""), *(study.CellOutcome(c, "finished", "") for c in cells[1:4]),
                 study.CellOutcome(cells[4], "failed", "", "boom")]
-    lines = headline(StudyResult(synthetic, outcomes), written["index.html"], results.read_json(
-        written["statistics.json"]))
+    # the statistics the report returns are those it wrote: the command need not read them back
+    assert written.statistics == results.read_json(written.files["statistics.json"])
+    lines = headline(StudyResult(synthetic, outcomes), written.files["index.html"], written.statistics)
     assert lines[0] == (f"study: 5 cells: 3 finished now, 1 already finished, 1 failed; report: "
                         f"{synthetic / 'report' / 'index.html'}")
     # claim 1 on the clean cells, by hand (as in test_study_table_and_claims_from_result_files): the per-seed
@@ -530,7 +532,7 @@ def test_the_study_ends_with_a_headline_of_its_cells_and_its_verdict(synthetic, 
     diffs = [0.25, 0.625 / 3]
     half = T975_1 * (abs(diffs[0] - diffs[1]) / math.sqrt(2)) / math.sqrt(2)
     mean = float(np.mean(diffs))
-    setting = json.loads(written["statistics.json"].read_text())["settings"][0]["setting"]
+    setting = written.statistics["settings"][0]["setting"]
     assert lines[1] == (f"verdict ({setting}, clean, 2 seeds): bias emerges with training: not supported by this data: "
                         f"the 95% interval includes 0, mean |mass - 0.5| {mean:+.3f} [{mean - half:+.3f}, "
                         f"{mean + half:+.3f}] from initialization; the biased layers are the critical ones: not "
@@ -654,7 +656,7 @@ def test_tracked_curves_over_seeds(synthetic):
     assert at.loc[("a", 2.0), "share_biased"] == 0.5 and at.loc[("b", 2.0), "share_biased"] == 1.0
     assert (at.xs(0.0, level="epoch")["share_biased"] == 0).all()
 
-    written = study_report.build_study_report(synthetic)
+    written = study_report.build_study_report(synthetic).files
     saved = pd.read_csv(written["tracked_by_epoch.csv"])
     assert saved.shape == tracked.shape and np.allclose(saved["mass"], tracked["mass"])
     assert "tracked_by_epoch.csv: the tracked training of 2 cells" in written["summary.md"].read_text()
@@ -663,7 +665,7 @@ def test_tracked_curves_over_seeds(synthetic):
 @pytest.mark.slow
 def test_the_study_report_is_drawn_without_torch(synthetic):
     code = ("import sys; from hparr.report.study import build_study_report; "
-            f"w = build_study_report({str(synthetic)!r}); assert 'torch' not in sys.modules; print(sorted(w))")
+            f"w = build_study_report({str(synthetic)!r}); assert 'torch' not in sys.modules; print(sorted(w.files))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     report = synthetic / "report"
@@ -679,6 +681,7 @@ def test_the_study_report_is_drawn_without_torch(synthetic):
     stats = json.loads((report / "statistics.json").read_text())
     assert stats["settings"][0]["conditions"][0]["criticality"]["rho"] == pytest.approx(0.75)
     assert "<strong>not supported by this data</strong>" in (report / "index.html").read_text()
+    assert_page_is_its_markdown(report, f"hparr study: {synthetic.name}")  # with its figures
 
 
 def test_hparr_report_recognizes_a_study(synthetic, tmp_path, capsys, monkeypatch):
@@ -691,6 +694,14 @@ def test_hparr_report_recognizes_a_study(synthetic, tmp_path, capsys, monkeypatc
     assert "1 cell(s) of the study are not finished and missing from the report: cells/lenet/digits/clean/seed_2" \
         in printed
     assert (tmp_path / "r" / "study.csv").is_file()
+
+
+def test_one_html_renderer_draws_the_study_page(synthetic, monkeypatch):
+    import hparr.report.study_figures as figures
+
+    monkeypatch.setattr(figures, "draw_all", lambda *args: ([], []))  # the page with figures: the slow test above
+    written = study_report.build_study_report(synthetic)
+    assert_page_is_its_markdown(written.files["index.html"].parent, f"hparr study: {synthetic.name}")
 
 
 # --- end to end ----------------------------------------------------------------------------------

@@ -178,7 +178,9 @@ def _reproduce(rs: ReproduceSettings, record: attempt.Attempt) -> ReproduceResul
         else:
             if path.is_file():
                 log.warning("recomputing %s: %s", path, why)
-            path = reinit.save(reinit.run_reinit(swept), root / "reinit", plots="")[0]
+            swept_run = reinit.run_reinit(swept)
+            path = reinit.save(swept_run, root / "reinit")[0]
+            report.save_reinit_plots(swept_run.document, path)  # its heatmap beside it
         reinit_files[split] = path
     reinit_json = reinit_files[eval_splits[0]]
 

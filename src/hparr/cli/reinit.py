@@ -117,7 +117,11 @@ def run(args) -> int:
         print(f"hparr reinit: recomputing {target}: {why}", file=sys.stderr)
     with files.log_to(target.parent / args.log, nothing_on_refusal=True) as note:  # a refused run writes no log
         out = reinit.run_reinit(settings)
-        written = reinit.save(out, args.results, plots=args.plots)
+        written = reinit.save(out, args.results)
+        if args.plots is not None:  # the report draws the heatmap; matplotlib and scipy only when asked for
+            from ..report.figures import save_reinit_plots
+
+            written += save_reinit_plots(out.document, written[0], args.plots)
         lines = reinit.summary_lines(out.document)
         headline = critical_headline(out.document)
         for line in (*lines, headline):

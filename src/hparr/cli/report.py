@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from .. import report
 from ..defaults import THRESHOLD
@@ -51,9 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "settings) is an error (exit 1) instead of a warning named in the report")
 
 
-def _say_missing(statistics) -> None:
+def _say_missing(statistics: dict) -> None:
     """How many cells of a study its report leaves out (not finished yet, or failed)."""
-    missing = json.loads(Path(statistics).read_text()).get("missing", [])
+    missing = statistics.get("missing", [])
     if missing:
         print(f"{len(missing)} cell(s) of the study are not finished and missing from the report: "
               + ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else ""))
@@ -64,16 +62,16 @@ def run(args) -> int:
     folders = args.run_dir
     options = {"threshold": args.threshold, "measure": args.bias_measure}
     if len(folders) > 1 or args.compare:  # runs side by side
-        written = build_comparison(folders, args.out, strict=args.strict, **options)
-        print(f"compared {len(json.loads(written['report.json'].read_text())['runs'])} runs; "
-              f"wrote {written['index.html'].parent}/ ({', '.join(written)})")
+        compared = build_comparison(folders, args.out, strict=args.strict, **options)
+        print(f"compared {len(compared.members)} runs; "
+              f"wrote {compared.files['index.html'].parent}/ ({', '.join(compared.files)})")
         return 0
     folder = folders[0]
     if read_study(folder) is not None:  # a folder of `hparr study`: the study's report
         written = build_study_report(folder, args.out, **options)
-        for path in written.values():
+        for path in written.files.values():
             print(f"wrote {path}")
-        _say_missing(written["statistics.json"])
+        _say_missing(written.statistics)
         return 0
     reports = report.build_reports(folder, args.out, strict=args.strict, **options)
     if len(reports) == 1:

@@ -156,7 +156,6 @@ def show_status(study_dir: str) -> int:
 def run(args) -> int:
     from .. import study  # start-up time: the commands import the library when they run
     from ..report.study import build_study_report  # start-up time, as above
-    from ..results import read_json  # start-up time, as above
     from ..study.headline import headline  # start-up time, as above
 
     if args.status:
@@ -211,7 +210,7 @@ def run(args) -> int:
     report = statistics = None
     if result.count("finished") + result.count("skipped"):
         written = build_study_report(result.out)
-        report, statistics = written["index.html"], read_json(written["statistics.json"])
+        report, statistics = written.files["index.html"], written.statistics
     for line in headline(result, report, statistics):
         print(line)
     return 1 if result.failed else 0

@@ -411,20 +411,9 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
     return ReinitRun(document=document, result=result, relpath=trained.relpath)
 
 
-def save(run: ReinitRun, root: str | os.PathLike, plots: str | os.PathLike | None = None) -> list[Path]:
-    """Write the results document to `root`/`run.relpath`; with `plots`, also the heatmap of the relative
-    drop, as PNG and PDF: beside the document when `plots` is "" (the bare --plots), else under
-    `plots`/<dataset>/<arch>/ (the original code's --plots PATH). Returns the files written."""
+def save(run: ReinitRun, root: str | os.PathLike) -> list[Path]:
+    """Write the results document to `root`/`run.relpath`. Returns the files written (that one). Its heatmap is
+    the report's: `report.save_reinit_plots` (`hparr reinit --plots`)."""
     json_path = Path(root) / run.relpath
     files.write_json(json_path, run.document)
-    written = [json_path]
-    if plots is not None:
-        # start-up time: the report package (scipy.stats, matplotlib) only when plots are asked for
-        from ..report.figures import save_heatmap
-
-        folder = json_path.parent if str(plots) == "" else \
-            Path(plots) / layout.folder_name(str(run.document["dataset"])) / str(run.document["arch"])
-        png, pdf = folder / f"{run.stem}.png", folder / f"{run.stem}.pdf"
-        save_heatmap(run.document, png, pdf)
-        written += [png, pdf]
-    return written
+    return [json_path]

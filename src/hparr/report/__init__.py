@@ -2,14 +2,15 @@
 
 `find_runs` and `load_run` (discovery) find the JSON documents of `hparr projections` and `hparr reinit`:
 those named by the manifest of `hparr reproduce`, else every one below the folder, grouped by training run;
-for one run, one projection run and one re-initialization result are chosen. `build_reports` writes one
-report per run of a folder, and `report.compare` puts several runs side by side. `joined_table` (tables)
-joins a run's results per layer by module name, `bias_vs_criticality` measures the paper's main claim (are
-the biased layers the critical ones?) as a Spearman correlation, and `build_report` writes the figures (PNG
-and PDF), the layer table (CSV), `report.json`, `summary.md` and `index.html`, their titles naming the run's
-condition (`report.condition`). The null's bands come from `hparr.null` (docs/method.md §3); for plain sums
-the null's spread depends on the initialization's scale, which the results do not record: the spread measured
-at epoch 0 stands in for it, and the figures say so.
+for one run, one folder of projection results and one re-initialization result are chosen. `build_reports`
+writes one report per run of a folder, and `report.compare` puts several runs side by side. `joined_table`
+(tables) joins a run's results per layer by module name, `bias_vs_criticality` measures the paper's main claim
+(are the biased layers the critical ones?) as a Spearman correlation, and `build_report` writes the figures (PNG
+and PDF), the layer table (CSV), `report.json`, `summary.md` and `index.html` (summary.md rendered by
+`report.html`), their titles naming the run's condition (`report.condition`). `save_reinit_plots` draws the
+heatmap that `hparr reinit --plots` writes beside a re-initialization result. The null's bands come from
+`hparr.null` (docs/method.md §3); for plain sums the null's spread depends on the initialization's scale, which
+the results do not record: the spread measured at epoch 0 stands in for it, and the figures say so.
 """
 from __future__ import annotations
 
@@ -23,8 +24,16 @@ from ..errors import HparrError
 from ..results import REPORT_FORMAT
 from . import render
 from .discovery import FoundRun, RunResults, RunsFound, find_runs, load_run
-from .figures import FIGURES, plot_bias_vs_criticality, plot_distributions, plot_epochs, save_heatmap
-from .found import ProjectionRun, describe_unusable, missing_text, tracked_curves
+from .figures import (
+    FIGURES,
+    plot_bias_vs_criticality,
+    plot_distributions,
+    plot_epochs,
+    save_heatmap,
+    save_reinit_plots,
+)
+from .found import ProjectionFolder, describe_unusable, missing_text, tracked_curves
+from .html import markdown_html
 from .tables import (
     BIAS_MEASURES,
     bias_measure,
@@ -34,9 +43,9 @@ from .tables import (
     reinit_measures,
 )
 
-__all__ = ["BIAS_MEASURES", "FIGURES", "FoundRun", "ProjectionRun", "RunResults", "RunsFound", "bias_measure",
+__all__ = ["BIAS_MEASURES", "FIGURES", "FoundRun", "ProjectionFolder", "RunResults", "RunsFound", "bias_measure",
            "bias_vs_criticality", "build_report", "build_reports", "find_runs", "joined_table", "load_run",
-           "save_heatmap", "tracked_curves"]
+           "save_heatmap", "save_reinit_plots", "tracked_curves"]
 
 REPORT_DIR = "report"
 log = logging.getLogger("hparr.report")
@@ -92,7 +101,7 @@ def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     writes one report each).
 
     Returns {file name: path} of what was written: the figures (PNG and PDF) that the results allow,
-    layers.csv, report.json, summary.md and index.html. Figures of an earlier report that the
+    layers.csv, report.json, summary.md and index.html (summary.md rendered). Figures of an earlier report that the
     results no longer allow are removed. Result files that cannot be used are named on stderr and in
     the report; with `strict` they are an error and nothing is written.
     """
@@ -132,9 +141,9 @@ def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     files.write_json(out / "report.json", {
         "format": REPORT_FORMAT, "run_dir": str(results.run_dir.resolve()), "title": results.title,
         "condition": results.condition.to_dict(),
-        "inputs": {"projections": [str(p.resolve()) for p in results.projection_run.paths]
-                   if results.projection_run else [],
-                   "projection_settings": results.projection_run.settings if results.projection_run else None,
+        "inputs": {"projections": [str(p.resolve()) for p in results.projection_folder.paths]
+                   if results.projection_folder else [],
+                   "projection_settings": results.projection_folder.settings if results.projection_folder else None,
                    "reinit": str(results.reinit_path.resolve()) if results.reinit_path else None,
                    "other_projection_runs": results.other_runs},
         "trained_epoch": results.trained_epoch, "threshold": table.attrs["threshold"], "bias_measure": measure,
@@ -145,7 +154,6 @@ def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
                              for u in results.unusable],
         "missing_epochs": results.missing_epochs, **provenance})
     summary = render.summary_markdown(results, table, correlation, figures, provenance)
-    page = render.index_html(results, table, correlation, figures, provenance)
     if results.reinit_doc is not None:  # loss and agreement next to the top-1 drop
         with files.atomic_path(out / "reinit.csv") as tmp:
             reinit_measures(results.reinit_doc).to_csv(tmp, index=False)
@@ -153,7 +161,7 @@ def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     else:
         (out / "reinit.csv").unlink(missing_ok=True)
     files.write_text(out / "summary.md", summary)
-    files.write_text(out / "index.html", page)
+    files.write_text(out / "index.html", markdown_html(summary, f"hparr report: {results.title}"))
     written += [out / "layers.csv", out / "report.json", out / "summary.md", out / "index.html"]
     return {p.name: p for p in written}
 

@@ -26,7 +26,11 @@ CAPTIONS = {
         "Mass and mean across epochs",
         "Per layer, top: the share of filters with projection <= 0 (mass) at each snapshot (points) and, where the "
         "training run tracked it (tracking.csv), at every tracked epoch (line); bottom: the mean projection. The "
-        "grey band is where 95% of random (untrained) layers of that size fall; points outside it are biased."),
+        "grey band is where 95% of random (untrained) layers with that many filters fall: for the mass, 0.5 +/- "
+        "1.96 / (2 sqrt(N)); for the mean, +/- 1.96 / sqrt(N d), or from the spread at epoch 0 for plain sums. A "
+        "point outside it is where a random layer lands in about 5% of draws, at that snapshot alone and uncorrected "
+        "for the many layers and snapshots: whether a layer is biased is its Holm-corrected test (the layer "
+        "table's p (Holm))."),
     "reinit_heatmap": Caption(
         "Re-initialization heatmap",
         "Rows: the snapshot a layer was re-initialized from (epoch 0 = initialization; rand = a fresh random draw); "

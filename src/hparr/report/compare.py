@@ -26,7 +26,7 @@ from ..null import distribution as null_law
 from ..results import REPORT_FORMAT, layer_entries, seed_of
 from .captions import CAPTIONS
 from .discovery import FoundRun, RunResults, find_runs, load_run
-from .figures import _RC, _figure, _grid, _save
+from .figures import RC_PARAMS, grid_shape, new_figure, save_figure
 from .found import describe_unusable, tracked_curves
 from .html import markdown_html
 from .render import condition_lines, markdown_table
@@ -93,11 +93,19 @@ def default_out(folders: Sequence[str | os.PathLike]) -> Path:
     return common / COMPARISON_DIR
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """What `build_comparison` wrote and computed."""
+
+    files: dict[str, Path]  # {file name: path} of every file written
+    members: list[Member]  # the runs side by side, in the order of the tables and figures
+
+
 def build_comparison(folders: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None,
-                     threshold: float = THRESHOLD, measure: str = "mass", strict: bool = False) -> dict[str, Path]:
-    """Write the comparison of every run of `folders` to `out_dir` (default: see `default_out`). Returns
-    {file name: path}. Result files a run cannot use are named on stderr and in the summary; with `strict`
-    they are an error and nothing is written."""
+                     threshold: float = THRESHOLD, measure: str = "mass", strict: bool = False) -> Comparison:
+    """Write the comparison of every run of `folders` to `out_dir` (default: see `default_out`). Returns the
+    files written and the runs compared. Result files a run cannot use are named on stderr and in the summary;
+    with `strict` they are an error and nothing is written."""
     from . import report_unusable  # the run report's: one wording of unusable files
 
     check_options(threshold, measure)
@@ -136,8 +144,8 @@ def build_comparison(folders: Sequence[str | os.PathLike], out_dir: str | os.Pat
         "runs": [{"label": m.label, "folder": m.where, "run_dir": str(m.results.run_dir.resolve()),
                   "title": m.results.title, "condition": m.results.condition.to_dict(),
                   "trained_epoch": m.results.trained_epoch,
-                  "projections": [str(p.resolve()) for p in m.results.projection_run.paths]
-                  if m.results.projection_run else [],
+                  "projections": [str(p.resolve()) for p in m.results.projection_folder.paths]
+                  if m.results.projection_folder else [],
                   "reinit": str(m.results.reinit_path.resolve()) if m.results.reinit_path else None,
                   "bias_vs_criticality": dict(m.correlation), "notes": m.results.notes,
                   "unusable_results": [{"path": str(u.path.resolve()), "reason": u.reason} for u in
@@ -147,7 +155,7 @@ def build_comparison(folders: Sequence[str | os.PathLike], out_dir: str | os.Pat
     files.write_text(out / "summary.md", text)
     files.write_text(out / "index.html", markdown_html(text, f"hparr report: {title}"))
     written += [out / "layers.csv", out / "report.json", out / "summary.md", out / "index.html"]
-    return {p.name: p for p in written}
+    return Comparison({p.name: p for p in written}, members)
 
 
 def comparison_title(members: Sequence[Member]) -> str:
@@ -250,8 +258,8 @@ def summary_markdown(members: Sequence[Member], figures: Sequence[str], title: s
     lines += ["## Inputs", ""]
     for m in members:
         r = m.results
-        if r.projection_run is not None:
-            lines.append(f"- {m.label}: projections {r.projection_run.describe(r.run_dir)} (below {r.run_dir})")
+        if r.projection_folder is not None:
+            lines.append(f"- {m.label}: projections {r.projection_folder.describe(r.run_dir)} (below {r.run_dir})")
         if r.reinit_path is not None:
             lines.append(f"- {m.label}: re-initialization {r.reinit_path}")
         lines += [f"- {m.label}: {n}" for n in r.notes]
@@ -289,9 +297,9 @@ def plot_mass_by_epoch(members: Sequence[Member], out: Path, threshold: float) -
     names = _layer_names(members)
     if not names:
         return []
-    nrows, ncols = _grid(len(names))
-    with matplotlib.rc_context(_RC):
-        fig = _figure(3.6 * ncols, 3.0 * nrows + 1.4)
+    nrows, ncols = grid_shape(len(names))
+    with matplotlib.rc_context(RC_PARAMS):
+        fig = new_figure(3.6 * ncols, 3.0 * nrows + 1.4)
         axes = fig.subplots(nrows, ncols, squeeze=False)
         for ax, name in zip(axes.flat, names):
             n = None
@@ -326,7 +334,7 @@ def plot_mass_by_epoch(members: Sequence[Member], out: Path, threshold: float) -
             ax.set_visible(False)
         _legend(fig, axes)
         _suptitle(fig, members, "mass across epochs, per layer")
-        return _save(fig, out, "compare_mass_by_epoch")
+        return save_figure(fig, out, "compare_mass_by_epoch")
 
 
 def plot_distributions(members: Sequence[Member], out: Path, threshold: float) -> list[Path]:
@@ -337,9 +345,9 @@ def plot_distributions(members: Sequence[Member], out: Path, threshold: float) -
     if not names:
         return []
     normalized = all(m.results.normalize is True for m in members if m.results.trained_doc is not None)
-    nrows, ncols = _grid(len(names))
-    with matplotlib.rc_context(_RC):
-        fig = _figure(3.6 * ncols, 2.9 * nrows + 1.4)
+    nrows, ncols = grid_shape(len(names))
+    with matplotlib.rc_context(RC_PARAMS):
+        fig = new_figure(3.6 * ncols, 2.9 * nrows + 1.4)
         axes = fig.subplots(nrows, ncols, squeeze=False)
         for ax, name in zip(axes.flat, names):
             entries = [(i, m, next((e for e in layer_entries(m.results.trained_doc) if e["name"] == name), None))
@@ -372,7 +380,7 @@ def plot_distributions(members: Sequence[Member], out: Path, threshold: float) -
             ax.set_visible(False)
         _legend(fig, axes)
         _suptitle(fig, members, "trained projections per layer")
-        return _save(fig, out, "compare_distributions")
+        return save_figure(fig, out, "compare_distributions")
 
 
 def plot_drops(members: Sequence[Member], out: Path, threshold: float) -> list[Path]:
@@ -385,8 +393,8 @@ def plot_drops(members: Sequence[Member], out: Path, threshold: float) -> list[P
     names = [n for n in _layer_names(members, with_stats=False)
              if any(m.table.loc[m.table["name"] == n, "drop_reinit_0"].notna().any() for m in with_drops)]
     width = 0.8 / len(members)
-    with matplotlib.rc_context(_RC):
-        fig = _figure(max(6.0, 0.45 * len(names) * len(members) + 2.5), 4.6)
+    with matplotlib.rc_context(RC_PARAMS):
+        fig = new_figure(max(6.0, 0.45 * len(names) * len(members) + 2.5), 4.6)
         ax = fig.subplots()
         x = np.arange(len(names))
         for i, m in enumerate(members):
@@ -401,7 +409,7 @@ def plot_drops(members: Sequence[Member], out: Path, threshold: float) -> list[P
         ax.legend(loc="best", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
         _suptitle(fig, members, "drop under re-initialization to epoch 0, per layer")
-        return _save(fig, out, "compare_drops")
+        return save_figure(fig, out, "compare_drops")
 
 
 def plot_bias_vs_criticality(members: Sequence[Member], out: Path, threshold: float) -> list[Path]:
@@ -412,8 +420,8 @@ def plot_bias_vs_criticality(members: Sequence[Member], out: Path, threshold: fl
     parts = [(i, m, p) for i, m, p in parts if len(p)]
     if not parts:
         return []
-    with matplotlib.rc_context(_RC):
-        fig = _figure(7.0, 5.2)
+    with matplotlib.rc_context(RC_PARAMS):
+        fig = new_figure(7.0, 5.2)
         ax = fig.subplots()
         for i, m, part in parts:
             rho = m.correlation["spearman_rho"]
@@ -430,5 +438,5 @@ def plot_bias_vs_criticality(members: Sequence[Member], out: Path, threshold: fl
         ax.grid(alpha=0.3)
         ax.margins(x=0.15, y=0.1)
         _suptitle(fig, members, "bias against criticality, one point per layer and run")
-        return _save(fig, out, "compare_bias_vs_criticality")
+        return save_figure(fig, out, "compare_bias_vs_criticality")
 

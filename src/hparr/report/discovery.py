@@ -32,7 +32,7 @@ from ..results import (
 from .condition import Condition, condition_of
 from .found import (
     Found,
-    ProjectionRun,
+    ProjectionFolder,
     UnusableResult,
     classify,
     describe_unusable,
@@ -175,7 +175,7 @@ class RunResults:
     """
 
     run_dir: Path
-    projection_run: ProjectionRun | None
+    projection_folder: ProjectionFolder | None
     projections: pd.DataFrame
     reinit_doc: dict | None
     reinit_path: Path | None
@@ -191,9 +191,9 @@ class RunResults:
     alone: bool = True  # the only run of its folder (a tracking.csv anywhere below it is its own)
 
     def projection_doc(self, epoch: int | None) -> dict | None:
-        if self.projection_run is None or epoch is None:
+        if self.projection_folder is None or epoch is None:
             return None
-        return next((d for d in self.projection_run.docs if epoch_of(d) == epoch), None)
+        return next((d for d in self.projection_folder.docs if epoch_of(d) == epoch), None)
 
     @property
     def trained_doc(self) -> dict | None:
@@ -205,7 +205,7 @@ class RunResults:
 
     @property
     def normalize(self) -> bool | None:
-        return self.projection_run.normalize if self.projection_run else None
+        return self.projection_folder.normalize if self.projection_folder else None
 
     @property
     def trained_label(self) -> str:
@@ -251,15 +251,16 @@ def _number_unknown_epochs(members: Sequence[tuple[Path, dict]], base: Path, not
     return numbered
 
 
-def _projection_runs(found: Sequence[tuple[Path, dict]], base: Path, notes: list[str],
-                     preferred: set[str] = frozenset()) -> list[ProjectionRun]:
-    """Runs of documents grouped by folder and settings; of two documents of one epoch, the one whose
-    snapshot is in `preferred` (the re-initialized models) is kept, else the last by file name."""
+def _projection_folders(found: Sequence[tuple[Path, dict]], base: Path, notes: list[str],
+                        preferred: set[str] = frozenset()) -> list[ProjectionFolder]:
+    """The projection documents grouped by folder and settings, one ProjectionFolder per group; of two documents
+    of one epoch, the one whose snapshot is in `preferred` (the re-initialized models) is kept, else the last by
+    file name."""
     groups: dict[tuple, list[tuple[Path, dict]]] = {}
     for path, doc in found:
         key = (str(path.parent.resolve()), *_experiment(doc), *(json.dumps(doc.get(k)) for k in _SETTINGS))
         groups.setdefault(key, []).append((path, doc))
-    runs = []
+    folders = []
     for key, members in groups.items():
         by_epoch: dict[int, tuple[Path, dict]] = {}
         numbered = _number_unknown_epochs(members, base, notes)
@@ -275,9 +276,9 @@ def _projection_runs(found: Sequence[tuple[Path, dict]], base: Path, notes: list
         if by_epoch:
             chosen = [by_epoch[e] for e in sorted(by_epoch)]
             first = chosen[0][1]
-            runs.append(ProjectionRun(Path(key[0]), {k: first.get(k) for k in _SETTINGS},
-                                      [d for _, d in chosen], [p for p, _ in chosen]))
-    return runs
+            folders.append(ProjectionFolder(Path(key[0]), {k: first.get(k) for k in _SETTINGS},
+                                            [d for _, d in chosen], [p for p, _ in chosen]))
+    return folders
 
 
 def load_run(run_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = (),
@@ -286,7 +287,7 @@ def load_run(run_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = 
     run of `run_dir` (those files its manifest names, else the result files below it; folders in `exclude` are
     skipped). A folder that holds several runs is a UsageError that names them.
 
-    Projection runs are grouped by folder and settings; a normalized run is preferred, then one of the
+    Projection documents are grouped by folder and settings; a normalized folder is preferred, then one of the
     experiment (arch, dataset, seed) of a re-initialization result, then the one with most snapshots.
     The re-initialization result of that experiment whose trained snapshot is one of the run's
     snapshots is preferred, then the latest epoch. Every choice is stated in `notes`.
@@ -304,17 +305,17 @@ def load_run(run_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = 
     notes: list[str] = []
     reinits = [(p, complete_reinit_doc(d)) for p, d in found_r]
     skipped: list[str] = []
-    runs = _projection_runs(found_p, base, notes, {str(d["load_from"]) for _, d in reinits if d.get("load_from")})
+    folders = _projection_folders(found_p, base, notes, {str(d["load_from"]) for _, d in reinits if d.get("load_from")})
 
-    def run_rank(r: ProjectionRun):
+    def rank(r: ProjectionFolder):
         sources = {str(d.get("source")) for d in r.docs}
         return (r.normalize is True, any(str(d.get("load_from")) in sources for _, d in reinits),
                 any(_same_experiment(r.docs[0], d) for _, d in reinits), len(r.docs), str(r.directory))
 
-    runs.sort(key=run_rank, reverse=True)
-    chosen = runs[0] if runs else None
-    unusable, missing_epochs = unusable_results(unreadable, runs, chosen)
-    other_runs = [r.describe(base) for r in runs[1:] if r.directory != chosen.directory]
+    folders.sort(key=rank, reverse=True)
+    chosen = folders[0] if folders else None
+    unusable, missing_epochs = unusable_results(unreadable, folders, chosen)
+    other_runs = [r.describe(base) for r in folders[1:] if r.directory != chosen.directory]
     if chosen is not None:
         if any(stage_unknown(d) for d in chosen.docs):
             notes.append("checkpoint only (projections without --arch): every conv weight of the file, in the "
@@ -347,7 +348,7 @@ def load_run(run_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = 
     else:
         notes.append("no re-initialization result found: no heatmap, no accuracy drops")
     skipped += [f"{relative(p, base)}: a projection result of another run ({r.describe(base)})"
-                for r in runs[1:] if r.directory != chosen.directory for p in r.paths]
+                for r in folders[1:] if r.directory != chosen.directory for p in r.paths]
 
     trained_epoch = None
     if chosen is not None:
@@ -379,7 +380,7 @@ def load_run(run_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = 
 
 # --- result files that cannot be used ---------------------------------------------------------------
 
-def _snapshot_epochs(run: ProjectionRun) -> dict[str, int]:
+def _snapshot_epochs(run: ProjectionFolder) -> dict[str, int]:
     """Snapshot stem -> epoch, from the run folder's projections.csv and the snapshots beside the run's
     sources (by the file-name rule: nothing is loaded)."""
     epochs: dict[str, int] = {}
@@ -399,8 +400,8 @@ def _snapshot_epochs(run: ProjectionRun) -> dict[str, int]:
     return epochs
 
 
-def unusable_results(unreadable: Sequence[UnusableResult], runs: Sequence[ProjectionRun],
-                     chosen: ProjectionRun | None) -> tuple[list[UnusableResult], list[int]]:
+def unusable_results(unreadable: Sequence[UnusableResult], runs: Sequence[ProjectionFolder],
+                     chosen: ProjectionFolder | None) -> tuple[list[UnusableResult], list[int]]:
     """Every result file that the report cannot use, with the reason, and the epochs missing from the chosen
     projection run because of them.
 

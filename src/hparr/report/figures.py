@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .. import files, null
+from .. import files, layout, null
 from ..defaults import THRESHOLD
 from ..null import distribution as null_law
 from ..results import alternative_label, drop_frame, layer_entries
@@ -20,18 +20,21 @@ from .found import missing_text, tracked_curves
 FIGURES = ("distributions", "mass_mean_by_epoch", "reinit_heatmap", "bias_vs_criticality")
 DPI = 130
 
-_RC = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "legend.fontsize": 8,
-       "xtick.labelsize": 9, "ytick.labelsize": 9, "figure.titlesize": 12}
+# the font sizes of every report figure (run, comparison, study), as matplotlib rc parameters
+RC_PARAMS = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "legend.fontsize": 8,
+             "xtick.labelsize": 9, "ytick.labelsize": 9, "figure.titlesize": 12}
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
+    """A matplotlib Figure of `width` x `height` inches, laid out by the constrained engine."""
     from matplotlib.figure import Figure  # on first use: start-up time
 
     # A bare Figure renders with Agg (PNG) or the PDF backend on save; no pyplot state, nothing to close.
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _save(fig, out_dir: Path, name: str) -> list[Path]:
+def save_figure(fig, out_dir: Path, name: str) -> list[Path]:
+    """Write `fig` as `out_dir`/`name`.png and .pdf (atomically, at DPI); returns the two paths."""
     written = []
     for fmt in ("png", "pdf"):
         path = out_dir / f"{name}.{fmt}"
@@ -42,7 +45,8 @@ def _save(fig, out_dir: Path, name: str) -> list[Path]:
     return written
 
 
-def _grid(n: int, ncols: int = 4) -> tuple[int, int]:
+def grid_shape(n: int, ncols: int = 4) -> tuple[int, int]:
+    """(rows, columns) of a grid of `n` panels, at most `ncols` columns wide."""
     ncols = max(1, min(ncols, n))
     return math.ceil(n / ncols), ncols
 
@@ -55,9 +59,9 @@ def plot_distributions(results: RunResults, out_dir: Path) -> list[Path]:
     layers = layer_entries(trained)
     init_by_name = {e["name"]: e for e in layer_entries(init) if init is not trained}
     normalize = results.normalize is True
-    nrows, ncols = _grid(len(layers))
-    with matplotlib.rc_context(_RC):
-        fig = _figure(3.4 * ncols, 2.9 * nrows + 0.6)
+    nrows, ncols = grid_shape(len(layers))
+    with matplotlib.rc_context(RC_PARAMS):
+        fig = new_figure(3.4 * ncols, 2.9 * nrows + 0.6)
         axes = fig.subplots(nrows, ncols, squeeze=False)
         for ax, e in zip(axes.flat, layers):
             p = np.asarray(e["projections"], dtype=float)
@@ -108,7 +112,7 @@ def plot_distributions(results: RunResults, out_dir: Path) -> list[Path]:
                      + ("\ngreen triangle: the layer's input is non-negative"
                         if any(e.get("input_nonneg") is True for e in layers) else "")
                      + (f"\n{missing_text(results.missing_epochs)}" if results.missing_epochs else ""))
-        return _save(fig, out_dir, "distributions")
+        return save_figure(fig, out_dir, "distributions")
 
 
 def plot_epochs(results: RunResults, out_dir: Path) -> list[Path]:
@@ -125,9 +129,9 @@ def plot_epochs(results: RunResults, out_dir: Path) -> list[Path]:
     names = [e["name"] for e in layer_entries(results.trained_doc)]
     normalize = results.normalize is True
     init = {e["name"]: e for e in layer_entries(results.init_doc)}
-    nrows, ncols = _grid(len(names))
-    with matplotlib.rc_context(_RC):
-        fig = _figure(3.3 * ncols, 4.4 * nrows + 0.6)
+    nrows, ncols = grid_shape(len(names))
+    with matplotlib.rc_context(RC_PARAMS):
+        fig = new_figure(3.3 * ncols, 4.4 * nrows + 0.6)
         axes = fig.subplots(2 * nrows, ncols, squeeze=False)
         for i, name in enumerate(names):
             r, c = divmod(i, ncols)
@@ -174,7 +178,7 @@ def plot_epochs(results: RunResults, out_dir: Path) -> list[Path]:
         what = "normalized projections" if normalize else "projections <w, 1>"
         fig.suptitle(f"{results.title}\nmass of negative {what} and their mean, per layer, across epochs"
                      + (f"\n{missing_text(results.missing_epochs)} (dotted lines)" if results.missing_epochs else ""))
-        return _save(fig, out_dir, "mass_mean_by_epoch")
+        return save_figure(fig, out_dir, "mass_mean_by_epoch")
 
 
 def plot_bias_vs_criticality(table: pd.DataFrame, correlation: Mapping[str, Any], out_dir: Path,
@@ -184,8 +188,8 @@ def plot_bias_vs_criticality(table: pd.DataFrame, correlation: Mapping[str, Any]
 
     sub = table[table["name"].isin(correlation["layers"])]
     threshold = table.attrs.get("threshold", THRESHOLD)
-    with matplotlib.rc_context(_RC):
-        fig = _figure(6.4, 4.8)
+    with matplotlib.rc_context(RC_PARAMS):
+        fig = new_figure(6.4, 4.8)
         ax = fig.subplots()
         for biased, color, label in ((True, "C3", "biased"), (False, "C0", "not biased")):
             part = sub[sub["biased"].fillna(False) == biased]
@@ -205,7 +209,7 @@ def plot_bias_vs_criticality(table: pd.DataFrame, correlation: Mapping[str, Any]
         ax.legend(loc="best")
         ax.grid(alpha=0.3)
         ax.margins(x=0.15, y=0.1)
-        return _save(fig, out_dir, "bias_vs_criticality")
+        return save_figure(fig, out_dir, "bias_vs_criticality")
 
 
 def save_heatmap(document: Mapping[str, Any], png: str | os.PathLike | None = None,
@@ -247,3 +251,16 @@ def save_heatmap(document: Mapping[str, Any], png: str | os.PathLike | None = No
         if path is not None:
             with files.atomic_path(path) as tmp:
                 fig.savefig(tmp, format=fmt, dpi=150)
+
+
+def save_reinit_plots(document: Mapping[str, Any], json_path: str | os.PathLike,
+                      plots: str | os.PathLike = "") -> list[Path]:
+    """The heatmap of a re-initialization result saved at `json_path` (`hparr reinit --plots`), as PNG and PDF
+    named after it: beside it when `plots` is "" (the bare --plots), else under `plots`/<dataset>/<arch>/ (the
+    original code's --plots PATH). Returns the files written."""
+    json_path = Path(json_path)
+    folder = json_path.parent if str(plots) == "" else \
+        Path(plots) / layout.folder_name(str(document["dataset"])) / str(document["arch"])
+    png, pdf = folder / f"{json_path.stem}.png", folder / f"{json_path.stem}.pdf"
+    save_heatmap(document, png, pdf)
+    return [png, pdf]

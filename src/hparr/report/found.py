@@ -1,6 +1,6 @@
 """What the report finds in a folder: the result documents (projections, re-initialization), the files it cannot
-use and why, the projection documents of one folder and settings (`ProjectionRun`), and the curves a training run
-tracked (`tracked_curves`). No torch; `discovery` groups and chooses among them."""
+use and why, the projection documents of one folder and settings (`ProjectionFolder`), and the curves a training
+run tracked (`tracked_curves`). No torch; `discovery` groups and chooses among them."""
 from __future__ import annotations
 
 import os
@@ -93,8 +93,9 @@ def relative(path: Path, base: Path) -> str:
 
 
 @dataclass
-class ProjectionRun:
-    """The projection documents of one folder made with the same settings, one per epoch."""
+class ProjectionFolder:
+    """The projection documents of one results folder made with the same settings, one per epoch (a folder of
+    results: one training run's snapshots analyzed alike)."""
 
     directory: Path
     settings: dict[str, Any]
@@ -133,9 +134,9 @@ def tracked_curves(results) -> pd.DataFrame | None:
     projections are normalized like the projection run's and it tracks layers of the trained model. The file
     used (or why one was not) is stated in `results.notes`.
     """
-    if results.projection_run is None:
+    if results.projection_folder is None:
         return None
-    beside = [Path(str(d["source"])).parent / TRACKING_NAME for d in results.projection_run.docs if d.get("source")]
+    beside = [Path(str(d["source"])).parent / TRACKING_NAME for d in results.projection_folder.docs if d.get("source")]
     candidates = list(dict.fromkeys(p for p in beside if p.is_file()))
     if not candidates and results.alone:
         for root, dirs, names in os.walk(results.run_dir):

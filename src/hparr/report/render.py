@@ -1,4 +1,5 @@
-"""The report as text: the answer in numbers, the layer table for reading, summary.md and index.html."""
+"""The report as text: the answer in numbers, the layer table for reading, and summary.md (index.html is summary.md
+rendered by `report.html`)."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,6 @@ import scipy
 from ..null import note as null_note
 from ..provenance import versions
 from ..results import RAND, layer_entries
-from . import html
 from .captions import CAPTIONS
 from .discovery import RunResults
 from .found import describe_unusable, missing_text, relative
@@ -29,7 +29,7 @@ _FORMATS = {"mass": ".3f", "mass_init": ".3f", "mean": ".3g", "p_value": ".2g", 
 
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The layer table as rounded strings, for summary.md and index.html (the CSV keeps every digit)."""
+    """The layer table as rounded strings, for summary.md (the CSV keeps every digit)."""
     out = {}
     for header, col in DISPLAY:
         if col is None:
@@ -152,7 +152,7 @@ def layers_legend(table: pd.DataFrame) -> str:
             "mass: share of filters with projection <= 0; p-value: the layer's bias test (sign test and KS test "
             f"against the null), {biased}l2 dist from init: ||W - W0|| / ||W0||; drop: (acc trained - acc "
             f"re-initialized) / acc trained; robust when the drop to epoch 0 is <= {table.attrs['threshold']:g}, "
-            "else critical. Every digit is in layers.csv.")
+            "else critical. Every digit is in [layers.csv](layers.csv).")
 
 
 def _missing_caption(results: RunResults, figure: str) -> str:
@@ -194,9 +194,9 @@ def summary_markdown(results: RunResults, table: pd.DataFrame, correlation: Mapp
         lines += ["## Result files not used", ""]
         lines += [f"- {describe_unusable(u, base)}" for u in results.unusable] + [""]
     lines += ["## Inputs", ""]
-    if results.projection_run is not None:
-        lines.append(f"- Projections: {results.projection_run.describe(base)}; files: "
-                     + ", ".join(relative(p, base) for p in results.projection_run.paths))
+    if results.projection_folder is not None:
+        lines.append(f"- Projections: {results.projection_folder.describe(base)}; files: "
+                     + ", ".join(relative(p, base) for p in results.projection_folder.paths))
     for other in results.other_runs:
         lines.append(f"- Projection run not used: {other}")
     if results.reinit_path is not None:
@@ -206,37 +206,6 @@ def summary_markdown(results: RunResults, table: pd.DataFrame, correlation: Mapp
     lines += [f"- {n}" for n in results.notes]
     lines += ["", "## Provenance", "", "```json", json.dumps(provenance, indent=2, default=str), "```", ""]
     return "\n".join(lines)
-
-
-def index_html(results: RunResults, table: pd.DataFrame, correlation: Mapping[str, Any], figures: Sequence[str],
-               provenance: Mapping[str, Any]) -> str:
-    """index.html: what summary.md says, as a page."""
-    e = html.escape
-    answer_items = "".join(f"<li>{html.inline(line[2:])}</li>" for line in answer(results, table, correlation))
-    figs = "".join(f'<section><h3>{e(CAPTIONS[n].title)}</h3>'
-                   f'<p>{e(CAPTIONS[n].text + _missing_caption(results, n))}</p>'
-                   f'<a href="{e(n)}.pdf"><img src="{e(n)}.png" alt="{e(CAPTIONS[n].title)}"></a></section>'
-                   for n in figures)
-    inputs = [f"Projections: {results.projection_run.describe(results.run_dir)}"] if results.projection_run else []
-    inputs += [f"Projection run not used: {o}" for o in results.other_runs]
-    if results.reinit_path is not None:
-        inputs.append(f"Re-initialization: {relative(results.reinit_path, results.run_dir)}")
-    inputs += results.notes
-    unusable = "".join(f"<li>{e(describe_unusable(u, results.run_dir))}</li>" for u in results.unusable)
-    unusable = f"<h2>Result files not used</h2><ul>{unusable}</ul>\n" if unusable else ""
-    reinit = reinit_html(results.reinit_doc) if results.reinit_doc is not None else ""
-    title = f"hparr report: {results.title}"
-    run_items = "".join(f"<li>{html.inline(line[2:])}</li>" for line in condition_lines(results))
-    return html.page(title, f"<h1>{e(title)}</h1>\n"
-                     "<p><strong>Question.</strong> Are the trained layers' hyperplane arrangements biased, and are "
-                     "the biased layers the critical ones of Zhang et al.?</p>\n"
-                     f"<h2>The run</h2><ul>{run_items}</ul>\n"
-                     f"<h2>Answer in numbers</h2><ul>{answer_items}</ul>\n<h2>Layers</h2>\n"
-                     f"{html.frame(display_table(table))}\n<p>{e(layers_legend(table))}</p>\n"
-                     f"<p>Full precision: <a href=\"layers.csv\">layers.csv</a>; summary: "
-                     f"<a href=\"summary.md\">summary.md</a>.</p>\n{reinit}<h2>Figures</h2>\n{figs}\n{unusable}"
-                     "<h2>Inputs</h2><ul>" + "".join(f"<li>{e(i)}</li>" for i in inputs)
-                     + f"</ul>\n<h2>Provenance</h2><pre>{e(json.dumps(provenance, indent=2, default=str))}</pre>")
 
 
 def reinit_display(doc: Mapping[str, Any]) -> pd.DataFrame:
@@ -275,14 +244,7 @@ def reinit_section(doc: Mapping[str, Any] | None) -> str:
              "top-1 class is the trained model's"
              + (f"; rand: mean ± standard deviation of {doc['rand_trials']['k']} re-randomizations"
                 if isinstance(doc.get("rand_trials"), Mapping) else "")
-             + f"; re-initialized at once: {doc.get('granularity', 'layer')}. Every alternative is in reinit.csv.",
+             + f"; re-initialized at once: {doc.get('granularity', 'layer')}. "
+             "Every alternative is in [reinit.csv](reinit.csv).",
              ""]
     return "\n".join(lines)
-
-
-def reinit_html(doc: Mapping[str, Any]) -> str:
-    """The same section for index.html."""
-    split = doc.get("eval_split") or "test"
-    return (f"<h2>Re-initialization: top-1 drop, {html.escape(split)} loss and agreement</h2>\n"
-            + html.frame(reinit_display(doc))
-            + '\n<p>All alternatives: <a href="reinit.csv">reinit.csv</a>.</p>\n')

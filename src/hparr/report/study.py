@@ -8,7 +8,9 @@ and tests reach as `report.study.<name>`.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .. import files
 from ..defaults import THRESHOLD
@@ -22,8 +24,8 @@ from .study_tables import (
     REGIME_RULE,
     TRACKED_COLUMNS,
     StudyData,
-    _cell_rows,
     cell_regime,
+    cell_rows,
     cell_table,
     claims,
     load_study,
@@ -31,16 +33,24 @@ from .study_tables import (
 from .study_text import answer_lines, summary_markdown
 from .tables import BIAS_MEASURES, check_options
 
-__all__ = ["COLUMNS", "CURVE_COLUMNS", "REGIME_RULE", "TRACKED_COLUMNS", "StudyData", "_cell_rows", "answer_lines",
-           "build_study_report", "cell_regime", "cell_table", "claims", "load_study", "not_above_chance",
+__all__ = ["COLUMNS", "CURVE_COLUMNS", "REGIME_RULE", "TRACKED_COLUMNS", "StudyData", "StudyReport", "answer_lines",
+           "build_study_report", "cell_regime", "cell_rows", "cell_table", "claims", "load_study", "not_above_chance",
            "pooled_spearman", "spearman_across", "summary_markdown", "t_interval"]
 
 
+@dataclass(frozen=True)
+class StudyReport:
+    """What `build_study_report` wrote and computed."""
+
+    files: dict[str, Path]  # {file name: path} of every file written
+    statistics: dict[str, Any]  # the content of statistics.json, as written (JSON values: NaN as None)
+
+
 def build_study_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                       threshold: float = THRESHOLD, measure: str = "mass") -> dict[str, Path]:
+                       threshold: float = THRESHOLD, measure: str = "mass") -> StudyReport:
     """Write the report of a study folder to `out_dir` (default STUDY/report): study.csv, study.parquet,
     tracked_by_epoch.csv (when the cells tracked their training), statistics.json, figures (a)-(d) as PNG and
-    PDF, summary.md and index.html. Returns {file name: path}."""
+    PDF, summary.md and index.html (summary.md rendered). Returns the files written and the statistics."""
     check_options(threshold, measure)
     data = load_study(study_dir, measure)
     out = Path(out_dir) if out_dir is not None else data.study_dir / "report"
@@ -63,12 +73,13 @@ def build_study_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike 
     measure_text = BIAS_MEASURES[measure]
     figures, paths = study_figures.draw_all(data, numbers, out, threshold, measure_text)
     written += paths
-    files.write_json(out / "statistics.json", {
+    statistics = files.jsonable({
         "format": "hparr-study-report-1", "study_dir": str(data.study_dir.resolve()), "missing": data.missing,
         "threshold": threshold, **numbers, "cells": data.cells.to_dict(orient="records"),
         "versions": versions(with_torch=False)})
+    files.write_json(out / "statistics.json", statistics)
     text = summary_markdown(data, numbers, figures, measure_text)
     files.write_text(out / "summary.md", text)
     files.write_text(out / "index.html", markdown_html(text, f"hparr study: {data.study_dir.name}"))
     written += [out / "statistics.json", out / "summary.md", out / "index.html"]
-    return {p.name: p for p in written}
+    return StudyReport({p.name: p for p in written}, statistics)

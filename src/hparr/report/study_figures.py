@@ -13,7 +13,7 @@ import pandas as pd
 from .. import null
 from ..layout import Corruption
 from .captions import CAPTIONS
-from .figures import _RC, _figure, _save
+from .figures import RC_PARAMS, new_figure, save_figure
 from .stats import t_interval
 
 STUDY_FIGURES = ("study_mass_by_condition", "study_mass_by_epoch", "study_bias_vs_criticality",
@@ -51,8 +51,8 @@ def _condition_panels(table: pd.DataFrame, width: float, height: float):
 
     panels = [(key, part, noise, label) for key, part in _settings(table) for noise, label in _conditions(part)]
     nrows, ncols = _panels(len(panels), 4)
-    with matplotlib.rc_context(_RC):
-        fig = _figure(width * ncols, height * nrows + 0.8)
+    with matplotlib.rc_context(RC_PARAMS):
+        fig = new_figure(width * ncols, height * nrows + 0.8)
         yield fig, fig.subplots(nrows, ncols, squeeze=False), panels
 
 
@@ -78,8 +78,8 @@ def plot_mass_by_condition(table: pd.DataFrame, out: Path) -> list[Path]:
 
     panels = [(key, part, layer, n) for key, part in _settings(table) for layer, n in _layers(part)]
     nrows, ncols = _panels(len(panels))
-    with matplotlib.rc_context(_RC):
-        fig = _figure(3.0 * ncols, 3.1 * nrows + 0.6)
+    with matplotlib.rc_context(RC_PARAMS):
+        fig = new_figure(3.0 * ncols, 3.1 * nrows + 0.6)
         axes = fig.subplots(nrows, ncols, squeeze=False)
         for ax, (key, part, layer, n) in zip(axes.flat, panels):
             conditions = _conditions(part)
@@ -109,7 +109,7 @@ def plot_mass_by_condition(table: pd.DataFrame, out: Path) -> list[Path]:
         _hide_unused(axes, len(panels))
         axes.flat[0].legend(loc="best")
         _suptitle(fig, CAPTIONS["study_mass_by_condition"].title)
-        return _save(fig, out, "study_mass_by_condition")
+        return save_figure(fig, out, "study_mass_by_condition")
 
 
 def plot_mass_by_epoch(table: pd.DataFrame, out: Path, curves: pd.DataFrame) -> list[Path]:
@@ -122,8 +122,8 @@ def plot_mass_by_epoch(table: pd.DataFrame, out: Path, curves: pd.DataFrame) -> 
     panels = [(key, part, layer, n) for key, part in _settings(table) for layer, n in _layers(part)]
     several = table.groupby(["arch", "dataset", "subsample", "train_size"]).ngroups > 1
     nrows, ncols = _panels(len(panels), 3)
-    with matplotlib.rc_context(_RC):
-        fig = _figure(4.4 * ncols, 3.5 * nrows + 1.4)
+    with matplotlib.rc_context(RC_PARAMS):
+        fig = new_figure(4.4 * ncols, 3.5 * nrows + 1.4)
         axes = fig.subplots(nrows, ncols, squeeze=False)
         legend: dict[str, Any] = {}
         for ax, (key, part, layer, n) in zip(axes.flat, panels):
@@ -156,7 +156,7 @@ def plot_mass_by_epoch(table: pd.DataFrame, out: Path, curves: pd.DataFrame) -> 
         setting = "" if several else f", {_setting_title(next(iter(_settings(table)))[0])}"
         _suptitle(fig, f"{CAPTIONS['study_mass_by_epoch'].title} per layer{setting}\nthick: the mean over seeds up "
                        "to the epoch where the first seed stopped; thin: each seed")
-        return _save(fig, out, "study_mass_by_epoch")
+        return save_figure(fig, out, "study_mass_by_epoch")
 
 
 def seed_lines(part: pd.DataFrame, tracked: pd.DataFrame, noise: float, layer: str
@@ -230,7 +230,7 @@ def plot_bias_vs_criticality(table: pd.DataFrame, numbers: Mapping[str, Any], ou
         _suptitle(fig, CAPTIONS[name].title + (" with their own labels, clean and memorized cells\n" if on_train
                                                else ", ") + f"one point per layer x seed (dashed: critical above "
                                                             f"{threshold:g})")
-        return _save(fig, out, name)
+        return save_figure(fig, out, name)
 
 
 def plot_bias_vs_learning(cells: pd.DataFrame, numbers: Mapping[str, Any], out: Path, measure_text: str) -> list[Path]:
@@ -242,8 +242,8 @@ def plot_bias_vs_learning(cells: pd.DataFrame, numbers: Mapping[str, Any], out: 
     conditions = sorted({(float(n), c) for n, c in cells[["noise", "condition"]].itertuples(index=False)},
                         key=lambda p: Corruption(p[0]).order)
     colors = {c: f"C{i % 10}" for i, (_, c) in enumerate(conditions)}
-    with matplotlib.rc_context(_RC):
-        fig = _figure(10.0, 7.6)
+    with matplotlib.rc_context(RC_PARAMS):
+        fig = new_figure(10.0, 7.6)
         axes = fig.subplots(2, 2, squeeze=False)
         for r, (ycol, ylabel) in enumerate((("share_biased", "share of biased layers"),
                                             ("bias", f"mean bias ({measure_text.split(',')[0]})"))):
@@ -269,7 +269,7 @@ def plot_bias_vs_learning(cells: pd.DataFrame, numbers: Mapping[str, Any], out: 
                 ax.grid(alpha=0.3)
         axes[0, 0].legend(loc="best", fontsize=7)
         _suptitle(fig, f"{CAPTIONS['study_bias_vs_learning'].title}, one point per cell")
-        return _save(fig, out, "study_bias_vs_learning")
+        return save_figure(fig, out, "study_bias_vs_learning")
 
 
 def draw_all(data, numbers: Mapping[str, Any], out: Path, threshold: float, measure_text: str

@@ -41,7 +41,7 @@ from .stats import (
     spearman_across,
     t_interval,
 )
-from .tables import _num, bias_measure, check_options, layer_columns
+from .tables import as_float, bias_measure, check_options, layer_columns
 
 # a cell's identity, then the per-layer columns of hparr.schema that the study keeps (the layer as `layer`)
 CELL_KEY = ["arch", "dataset", "subsample", "train_size", "noise", "condition", "seed", "cell"]
@@ -118,7 +118,7 @@ def _clean_cell_at_chance(cell_dir: Path) -> bool:
     return bool(classes) and not_above_chance(float(test["top1"]), int(test["count"]), int(classes))
 
 
-def _cell_rows(cell_dir: Path, base: Path, measure: str) -> tuple[list[dict[str, Any]], pd.DataFrame]:
+def cell_rows(cell_dir: Path, base: Path, measure: str) -> tuple[list[dict[str, Any]], pd.DataFrame]:
     """The cell's rows of the study table and its tracked curves (empty when training was not tracked)."""
     manifest = read_manifest(cell_dir)
     settings = manifest.get("settings") or {}
@@ -159,7 +159,7 @@ def _cell_rows(cell_dir: Path, base: Path, measure: str) -> tuple[list[dict[str,
                      "d": r.get("d"), "mass": mass, "mean": r.get("mean"), "std": r.get("std"),
                      "p_value": r.get("p_value"), "p_adjusted": r.get("p_adjusted"), "biased": r.get("biased"),
                      "l2_dist": r.get("l2_dist"), "mass_init": float(init[name]["mass"]) if name in init else np.nan,
-                     "bias": bias_measure(mass, _num(r.get("N")), _num(r.get("p_value")), measure),
+                     "bias": bias_measure(mass, as_float(r.get("N")), as_float(r.get("p_value")), measure),
                      "drop_reinit_0": drop("0"), "drop_rand": drop("rand"),
                      "drop_reinit_0_train": drop("0", drops_train), "drop_rand_train": drop("rand", drops_train),
                      "test_top1": float(final["test"]["top1"]), "train_top1": float(final["train"]["top1"])})
@@ -186,7 +186,7 @@ def load_study(study_dir: str | os.PathLike, measure: str = "mass") -> StudyData
     cells = finished_cells(base)
     if not cells:
         raise HparrError(f"no finished cell under {base / CELLS_DIR}: run `hparr study` first")
-    parts = [_cell_rows(c, base, measure) for c in cells]
+    parts = [cell_rows(c, base, measure) for c in cells]
     table = pd.DataFrame([row for rows, _ in parts for row in rows], columns=COLUMNS)
     typed(table)
     table["biased"] = table["biased"].astype("boolean")

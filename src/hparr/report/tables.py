@@ -32,7 +32,8 @@ def _merge_order(first: Sequence[str], second: Sequence[str]) -> list[str]:
     return out
 
 
-def _num(value: Any) -> float:
+def as_float(value: Any) -> float:
+    """`value` as a float: NaN for None and for a value that is not a number."""
     try:
         return float("nan") if value is None else float(value)
     except (TypeError, ValueError):
@@ -90,12 +91,12 @@ def joined_table(results: RunResults, threshold: float = THRESHOLD, measure: str
     r_stage_block = dict(zip(r_layers, doc.get("layer_stage_block") or [])) if doc else {}
     acc = doc["init_from_epoch"] if doc else {}
     drops = doc["relative_drop"] if doc else {}
-    top1 = _num(doc["top1_test"]) if doc else float("nan")
+    top1 = as_float(doc["top1_test"]) if doc else float("nan")
 
     def after(label: str, i: int) -> tuple[float, float]:
         if label not in acc:
             return float("nan"), float("nan")
-        return _num(acc[label][i]), _num(drops[label][i])
+        return as_float(acc[label][i]), as_float(drops[label][i])
 
     rows = []
     for name in _merge_order(list(entries), r_layers):
@@ -105,13 +106,13 @@ def joined_table(results: RunResults, threshold: float = THRESHOLD, measure: str
         if not e and name in r_stage_block:
             stage, block = r_stage_block[name]
         row = {"name": name, "kind": e.get("kind", r_kinds.get(name)), "stage": stage, "block": block,
-               "N": e.get("N"), "d": e.get("d"), **{k: _num(e.get(k)) for k in
+               "N": e.get("N"), "d": e.get("d"), **{k: as_float(e.get(k)) for k in
                                                      ("mass", "mean", "std", "p_value", "p_adjusted",
                                                       "l2_dist", "l_inf_dist")},
                "biased": e.get("biased"), "null": e.get("null"), **{k: e.get(k) for k in INPUT},
-               "mass_init": _num(init.get(name, {}).get("mass")),
-               "mean_init": _num(init.get(name, {}).get("mean"))}
-        row["bias"] = bias_measure(row["mass"], _num(row["N"]), row["p_value"], measure) if e else float("nan")
+               "mass_init": as_float(init.get(name, {}).get("mass")),
+               "mean_init": as_float(init.get(name, {}).get("mean"))}
+        row["bias"] = bias_measure(row["mass"], as_float(row["N"]), row["p_value"], measure) if e else float("nan")
         row["top1_trained"] = top1 if i is not None else float("nan")
         row["top1_reinit_0"], row["drop_reinit_0"] = after("0", i) if i is not None else (float("nan"),) * 2
         row["top1_rand"], row["drop_rand"] = after(RAND, i) if i is not None else (float("nan"),) * 2
@@ -169,9 +170,9 @@ def reinit_measures(doc: Mapping[str, Any] | None) -> pd.DataFrame:
             row = {"label": label, "layer": layer, "index": i, "relative_drop": float(drop.loc[label, layer])}
             for m in ("top1", "loss", "agreement"):
                 values = sources[m].get(label)
-                row[m] = _num(values[i]) if values is not None else float("nan")
+                row[m] = as_float(values[i]) if values is not None else float("nan")
             for m in REINIT_MEASURES:
                 values = std_sources[m] if label == RAND else None
-                row[f"{m}_sd"] = _num(values[i]) if values is not None else float("nan")
+                row[f"{m}_sd"] = as_float(values[i]) if values is not None else float("nan")
             rows.append(row)
     return pd.DataFrame(rows, columns=columns)
