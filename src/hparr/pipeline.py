@@ -121,10 +121,10 @@ def _reproduce(rs: ReproduceSettings, record: attempt.Attempt) -> ReproduceResul
                                    resume_from=settings.resume_from or "auto")
     # checks the settings and the data, and locks the run directory, before anything is written
     with training.setup(settings) as session:
-        # the checks are done (another configuration in the run directory is refused here, as fit would): what
+        # the checks are done (another configuration in the run directory is refused here, as train would): what
         # fails from here on is the run's, and stays in its record
         training.claim(session.run_dir, session.other_runs, settings.overwrite, seed_drawn=settings.seed is None,
-                     remove=False)
+                       remove=False)
         record.begin()
         log.info("[1/4] training %s on %s", settings.arch, settings.data.dataset)
         files.ensure_dir(out)
