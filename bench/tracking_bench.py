@@ -10,6 +10,7 @@ lenet on digits is trained by `hparr train`'s own epochs, with the settings of `
 CIFAR-10 epoch."""
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -24,12 +25,11 @@ CIFAR10_BATCHES = 391  # one epoch of the 50,000 CIFAR-10 training images in bat
 
 
 def tracker_for(model, in_channels: int, size: int, out: Path):
-    """A tracker in a plain loop: distances from the current weights, a SummaryWriter and a CSV file."""
-    from torch.utils.tensorboard import SummaryWriter
+    """A tracker in a plain loop: distances from the current weights, the TensorBoard writer of `hparr train` (a
+    step's values as one event) and a CSV file."""
+    from hparr.training import BiasTracker, TensorBoard
 
-    from hparr.track import BiasTracker
-
-    writer = SummaryWriter(str(out / "tb"))
+    writer = TensorBoard(out / "tb")
     return writer, BiasTracker(model, writer=writer, csv_path=out / "tracking.csv",
                                input_shape=(2, in_channels, size, size))
 
@@ -69,23 +69,24 @@ def lenet_digits(lr: float = 0.01, epochs: int = 30) -> dict:
     settings of `make demo` (`hparr reproduce`: lr 0.01, 30 epochs). With lr 0.001 (`hparr train`'s default)
     the weights stay near their initialization longer, where the exact KS law costs most."""
     from hparr.data import DataOptions
-    from hparr.training import Run, TrainSettings
+    from hparr.training import TrainSettings, loader, open_writer, setup, start_tracking, train_one_epoch
 
     with tempfile.TemporaryDirectory() as tmp:
-        run = Run(TrainSettings(arch="lenet", data=DataOptions(dataset="digits"), epochs=epochs, lr=lr, seed=0,
-                                models_path=str(Path(tmp) / "models"), tb_logdir=str(Path(tmp) / "tb"),
-                                progress=False, log=None))
-        loader = run.loader("train")
+        settings = TrainSettings(arch="lenet", data=DataOptions(dataset="digits"), epochs=epochs, lr=lr, seed=0,
+                                 models_path=str(Path(tmp) / "models"), tb_logdir=str(Path(tmp) / "tb"),
+                                 progress=False, log=None)
+        with setup(settings) as prepared:
+            train_loader = loader(prepared, "train")
 
-        def train_epoch(epoch: int) -> None:
-            run.model.train()
-            run._train_epoch(run.model, loader, epoch, None)
+            def train_epoch(epoch: int) -> None:
+                train_one_epoch(prepared, prepared.model, train_loader, epoch)
 
-        train_epoch(0)  # warm-up before timing
-        with run._writer() as writer:
-            tracker = run._start_tracking(writer, len(loader))  # as `hparr train` sets it up (and its first step)
-            t = alternate(train_epoch, tracker, epochs // 2, len(loader))
-    return {"case": "track_lenet_digits", "lr": lr, "epochs": epochs, "batches_per_epoch": len(loader),
+            train_epoch(0)  # warm-up before timing
+            with open_writer(prepared.run_dir, settings.models_path, settings.tb_logdir) as writer:
+                # as `hparr train` sets it up (and its first step)
+                tracker = start_tracking(prepared, writer, len(train_loader))
+                t = alternate(train_epoch, tracker, epochs // 2, len(train_loader))
+    return {"case": "track_lenet_digits", "lr": lr, "epochs": epochs, "batches_per_epoch": len(train_loader),
             "layers": len(tracker.layers), "epoch_s_without": t["without_s"], "epoch_s_with": t["with_s"],
             "track_ms": 1e3 * t["track_s"], "track_ms_max": 1e3 * t["track_max_s"],
             "track_share_of_epoch": t["track_s"] / t["without_s"],
@@ -108,7 +109,7 @@ def vgg11_32px(batches: int = 4, rounds: int = 2) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         writer, tracker = tracker_for(model, 3, 32, Path(tmp))
-        with writer:
+        with contextlib.closing(writer):
             train_steps(model, held, 2)  # warm-up before timing
             tracker.step(0, epoch=0)
             t = alternate(train_epoch, tracker, rounds, batches)

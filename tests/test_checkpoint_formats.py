@@ -15,7 +15,7 @@ from hparr.cli import main
 from hparr.errors import HparrError, UsageError
 from hparr.models import build_model
 from hparr.results import SNAPSHOT_FORMAT
-from hparr.snapshots import save_snapshot
+from hparr.training import write_snapshot
 
 
 def lightning_checkpoint(path, model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -73,7 +73,7 @@ def same_weights(tmp_path_factory):
     d = root / "files"
     d.mkdir()
     (root / "lightning_5.ckpt").rename(d / "lightning_5.ckpt")
-    save_snapshot(d / "hparr_5.pt", {"format": SNAPSHOT_FORMAT, "arch": "lenet", "epochs_completed": 5,
+    write_snapshot(d / "hparr_5.pt", {"format": SNAPSHOT_FORMAT, "arch": "lenet", "epochs_completed": 5,
                                         "model_state_dict": weights})
     torch.save(weights, d / "bare_5.pt")
     torch.save(weights, d / "legacy_5.pt", _use_new_zipfile_serialization=False)

@@ -7,7 +7,7 @@ import torch
 from hparr import checkpoints as ck
 from hparr.errors import HparrError, UsageError
 from hparr.models import build_model
-from hparr.snapshots import save_snapshot
+from hparr.training import write_snapshot
 
 
 def original_tar(model, epoch):
@@ -84,7 +84,7 @@ def test_mismatched_architecture_names_keys_and_shapes():
 def test_find_snapshots_and_newest(tmp_path):
     model = build_model("lenet")
     for e in (0, 1, 2):
-        save_snapshot(tmp_path / f"lenet_{e}.tar",
+        write_snapshot(tmp_path / f"lenet_{e}.tar",
                          {"epochs_completed": e + 1, "model_state_dict": model.state_dict()})
     (tmp_path / "lenet_9.tar").write_bytes(b"torn")
     assert len(ck.find_snapshots(str(tmp_path / "*.tar"))) == 4
@@ -106,7 +106,7 @@ def test_recorded_normalization_reads_every_layout():
 
 def test_newest_snapshot_reads_snapshots_memory_mapped(tmp_path, monkeypatch):
     for epoch in (1, 3, 2):
-        save_snapshot(tmp_path / f"lenet_{epoch - 1}.tar",
+        write_snapshot(tmp_path / f"lenet_{epoch - 1}.tar",
                          {"epochs_completed": epoch, "model_state_dict": {"w": torch.zeros(2)}})
     (tmp_path / "lenet_9.tar").write_bytes(b"torn")
     calls = []
@@ -118,8 +118,7 @@ def test_weight_configuration_compares_only_what_changes_the_weights():
     from dataclasses import asdict, replace
 
     from hparr.data import DataOptions
-    from hparr.rundir import configuration_differences, weight_configuration
-    from hparr.training import TrainSettings
+    from hparr.training import TrainSettings, configuration_differences, weight_configuration
 
     seeds = {"seed": 0, "noise_seed": 11, "split_seed": 12, "class_sample_seed": 13}
     base = TrainSettings(arch="lenet", data=DataOptions(dataset="digits"), lr=0.01, seed=0)

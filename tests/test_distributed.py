@@ -55,11 +55,11 @@ def test_two_process_gloo_run_matches_a_single_process_run(tmp_path):
 def test_select_device_takes_this_ranks_gpu_or_warns_and_falls_back():
     import torch
 
-    from hparr import distributed
+    from hparr.training import select_device
 
     warnings = []
-    assert distributed.select_device(False, warn=warnings.append) == torch.device("cpu") and warnings == []
-    device = distributed.select_device(True, local_rank=0, warn=warnings.append)
+    assert select_device(False, warn=warnings.append) == torch.device("cpu") and warnings == []
+    device = select_device(True, local_rank=0, warn=warnings.append)
     if torch.cuda.is_available():
         assert device == torch.device("cuda", 0) and warnings == []
     else:

@@ -357,10 +357,10 @@ def test_bad_input_is_one_line_with_the_right_exit_code(snapshots, capsys, monke
 def test_out_of_gpu_memory_suggests_a_smaller_batch(tmp_path, monkeypatch, capsys):
     import hparr.training
 
-    def exhausted(self):
+    def exhausted(settings, prepared=None):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(hparr.training.Run, "fit", exhausted)
+    monkeypatch.setattr(hparr.training, "train", exhausted)
     assert main(["train", *LENET, "--epochs", "1", "--tb-logdir", "", "--models-path", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "out of memory" in err and "--batch-size" in err and "Traceback" not in err

@@ -13,14 +13,14 @@ from scipy import stats
 
 from hparr import checkpoints as ck
 from hparr import data as hd
-from hparr import fakedata, reinit, rundir
+from hparr import fakedata, reinit
 from hparr.cli import main
 from hparr.data import DataOptions, load_data, make_loader
 from hparr.errors import HparrError, UsageError
 from hparr.layout import Corruption
 from hparr.models import build_model
 from hparr.report import study as study_report
-from hparr.training import Run, TrainSettings, train
+from hparr.training import TrainSettings, configuration_differences, setup, train, weight_configuration
 
 
 def idx_arrays(n_train: int = 60, n_test: int = 20, seed: int = 5):
@@ -168,9 +168,9 @@ def test_train_size_is_part_of_the_run_and_recorded(tmp_path):
     assert sum(snap["data"]["train_subset"]["per_class"]) == 120
     assert snap["data"]["label_noise"]["count"] == 120  # the noise corrupts the subset
     assert snap["seeds"]["train_size_seed"] == snap["data"]["train_subset"]["seed"]
-    other = rundir.weight_configuration({**snap["settings"], "data": {**snap["settings"]["data"], "train_size": 60}},
-                                        snap["seeds"])
-    assert rundir.configuration_differences(rundir.weight_configuration(snap["settings"], snap["seeds"]), other) == [
+    other = weight_configuration({**snap["settings"], "data": {**snap["settings"]["data"], "train_size": 60}},
+                                 snap["seeds"])
+    assert configuration_differences(weight_configuration(snap["settings"], snap["seeds"]), other) == [
         "--train-size 120 there, 60 here"]
 
 
@@ -256,7 +256,8 @@ def test_reinit_on_the_train_split_equals_a_plain_loop_over_the_trained_labels(t
     assert doc["train_data"]["train_subset"]["size"] == 150
 
     # the oracle: the images and labels the run trained on, normalized by hand, each layer swapped by hand
-    trained_on = Run(s).data
+    with setup(s, writes=False) as prepared:
+        trained_on = prepared.data
     x = (trained_on.train.images.float() / 255 - trained_on.mean[0]) / trained_on.std[0]
     y = trained_on.train.labels
     model = build_model("lenet", 10, 1, 32, seed=0)

@@ -18,8 +18,8 @@ from hparr import projections, report
 from hparr.cli import main
 from hparr.layers import discover_layers
 from hparr.models import build_model
-from hparr.track import BiasTracker
 from hparr.trackfile import COLUMNS, read_tracking
+from hparr.training import BiasTracker
 
 EPOCHS, PER_EPOCH, EVERY = 3, 11, 4  # digits: 1347 training images in batches of 128 -> 11 steps per epoch
 STATS = ("N", "d", "stage", "block", "mean", "std", "mass", "n_negative", "p_sign", "p_ks", "p_value",
@@ -121,10 +121,13 @@ def test_tensorboard_tags_and_values_are_the_snapshot_statistics(tracked):
 
 
 def test_a_writer_of_one_value_at_a_time_gets_the_same_events(tmp_path):
-    """A step goes to a torch SummaryWriter as one event; a writer with only `add_scalar` and `add_histogram`
-    (tensorboardX's, several Lightning loggers at once) gets the same tags, values and histograms value by value."""
+    """A step goes to a writer with `add_summary` (torch's public FileWriter, the writer of `hparr train`) as one
+    event; a torch SummaryWriter, whose public calls take one value each, gets the same tags, values and
+    histograms value by value, and so does a writer with only `add_scalar` and `add_histogram` (tensorboardX's,
+    several Lightning loggers at once)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from torch.utils.tensorboard import SummaryWriter
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from torch.utils.tensorboard import FileWriter, SummaryWriter
 
     class OneByOne:
         def __init__(self, writer):
@@ -137,18 +140,30 @@ def test_a_writer_of_one_value_at_a_time_gets_the_same_events(tmp_path):
             self.writer.add_histogram(*args, **kwargs)
 
     model = build_model("lenet", 10, 1, 32, seed=1)
-    with SummaryWriter(str(tmp_path / "one")) as one, SummaryWriter(str(tmp_path / "each")) as each:
+    one = FileWriter(str(tmp_path / "one"))
+    with SummaryWriter(str(tmp_path / "summary")) as summary, SummaryWriter(str(tmp_path / "each")) as each:
         BiasTracker(model, writer=one, input_shape=(1, 1, 32, 32)).step(5)
+        BiasTracker(model, writer=summary, input_shape=(1, 1, 32, 32)).step(5)
         BiasTracker(model, writer=OneByOne(each), input_shape=(1, 1, 32, 32)).step(5)
-    one, each = (EventAccumulator(str(tmp_path / d), size_guidance={"scalars": 0, "histograms": 0}).Reload()
-                 for d in ("one", "each"))
-    assert one.Tags()["scalars"] and sorted(one.Tags()["scalars"]) == sorted(each.Tags()["scalars"])
-    for tag in one.Tags()["scalars"]:
-        assert [(e.step, e.value) for e in one.Scalars(tag)] == [(e.step, e.value) for e in each.Scalars(tag)]
-    assert len(one.Tags()["histograms"]) == 6 and sorted(one.Tags()["histograms"]) == sorted(each.Tags()["histograms"])
-    for tag in one.Tags()["histograms"]:
-        (a,), (b,) = one.Histograms(tag), each.Histograms(tag)
-        assert a.step == b.step == 5 and a.histogram_value == b.histogram_value
+    one.close()
+
+    def summaries(folder):
+        (path,) = (tmp_path / folder).iterdir()
+        return [e for e in EventFileLoader(str(path)).Load() if e.HasField("summary")]
+
+    assert len(summaries("one")) == 1 and len(summaries("summary")) == len(summaries("each")) > 1
+    loaded = {d: EventAccumulator(str(tmp_path / d), size_guidance={"scalars": 0, "histograms": 0}).Reload()
+              for d in ("one", "summary", "each")}
+    one = loaded["one"]
+    for other in (loaded["summary"], loaded["each"]):
+        assert one.Tags()["scalars"] and sorted(one.Tags()["scalars"]) == sorted(other.Tags()["scalars"])
+        for tag in one.Tags()["scalars"]:
+            assert [(e.step, e.value) for e in one.Scalars(tag)] == [(e.step, e.value) for e in other.Scalars(tag)]
+        assert len(one.Tags()["histograms"]) == 6
+        assert sorted(one.Tags()["histograms"]) == sorted(other.Tags()["histograms"])
+        for tag in one.Tags()["histograms"]:
+            (a,), (b,) = one.Histograms(tag), other.Histograms(tag)
+            assert a.step == b.step == 5 and a.histogram_value == b.histogram_value
 
 
 def test_resume_after_a_stop_continues_without_duplicate_or_missing_rows(tracked, tmp_path):

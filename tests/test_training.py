@@ -9,8 +9,7 @@ import torch
 from hparr import checkpoints as ck
 from hparr.cli import main
 from hparr.data import DataOptions
-from hparr.snapshots import TOP_LEVEL_FACTS
-from hparr.training import TrainSettings, train
+from hparr.training import TOP_LEVEL_FACTS, TrainSettings, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -269,7 +268,7 @@ def lock_held(run_dir: Path, proc, timeout: float = 300.0) -> dict:
     import json
     import time
 
-    from hparr.rundir import LOCK_NAME
+    from hparr.training import LOCK_NAME
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -341,7 +340,7 @@ def test_the_run_directory_lock_names_its_holder_and_leaves_nothing_behind(tmp_p
     import os
 
     from hparr.errors import UsageError
-    from hparr.rundir import LOCK_NAME, RunDirectoryLock
+    from hparr.training import LOCK_NAME, RunDirectoryLock
 
     run_dir = tmp_path / "a" / "b" / "c"
     lock = RunDirectoryLock.acquire(run_dir)
@@ -361,7 +360,7 @@ def test_the_run_directory_lock_names_its_holder_and_leaves_nothing_behind(tmp_p
 
 
 def test_a_refused_run_writes_nothing_and_train_log_is_untouched(tmp_path, capsys):
-    from hparr.rundir import RunDirectoryLock
+    from hparr.training import RunDirectoryLock
 
     first = train(settings(tmp_path, epochs=1))
     run_dir = Path(first.run_dir)
@@ -406,7 +405,7 @@ def test_a_run_of_adam_from_before_its_weight_decay_counted_is_the_same_configur
     from dataclasses import asdict
 
     from hparr.results import SNAPSHOT_FORMAT
-    from hparr.rundir import other_configurations, weight_configuration
+    from hparr.training import other_configurations, weight_configuration
 
     seeds = {"seed": 0}
     old = asdict(settings(tmp_path, optimizer="adam", weight_decay=1e-4))
@@ -425,7 +424,7 @@ def test_a_run_of_adam_from_before_its_weight_decay_counted_is_the_same_configur
 
 
 def test_target_outlook_extrapolates_the_last_epochs_rate_to_the_cap():
-    from hparr.train_settings import target_outlook
+    from hparr.training import target_outlook
 
     history = [{"epoch": e, "train_top1": a} for e, a in enumerate([10.0, 20.0, 26.0, 30.0, 33.0, 35.0, 36.0], 1)]
     # epochs 2..7 (window 5): (36 - 20) / 5 = 3.2 points per epoch; at epoch 20: 36 + 3.2 * 13 = 77.6
@@ -441,35 +440,38 @@ def test_target_outlook_extrapolates_the_last_epochs_rate_to_the_cap():
     assert target_outlook(falling, 99, 20)["projected"] == 0.0  # 5 + 12 (5 - 26) / 5 < 0: clipped at 0
 
 
-def test_an_out_of_reach_target_is_said_in_the_log_the_final_snapshot_and_the_headline(tmp_path, capsys,
-                                                                                        monkeypatch):
-    import hparr.train_settings
+def test_an_out_of_reach_target_is_said_in_the_log_the_final_snapshot_and_the_headline(tmp_path, capsys):
+    from hparr.training import OUTLOOK_EPOCHS
 
-    monkeypatch.setattr(hparr.train_settings, "OUTLOOK_EPOCHS", 1)  # the rate of one epoch, for a 3-epoch test
-    argv = ["train", "--arch", "lenet", "--dataset", "digits", "--train-size", "100", "--epochs", "3", "--lr", "1e-6",
-            "--until-train-acc", "100", "--seed", "0", "--models-path", str(tmp_path), "--tb-logdir", "",
-            "--no-progress", "--no-track"]
+    window = OUTLOOK_EPOCHS  # said first at epoch window + 1, the first with an epoch `window` before it
+    epochs = window + 2
+    argv = ["train", "--arch", "lenet", "--dataset", "digits", "--train-size", "100", "--epochs", str(epochs),
+            "--lr", "1e-6", "--until-train-acc", "100", "--seed", "0", "--models-path", str(tmp_path), "--tb-logdir",
+            "", "--no-progress", "--no-track"]
     assert main(argv) == 0
     out = capsys.readouterr()
     run_dir = tmp_path / "digits" / "train_100" / "lenet" / "0"
-    snap = ck.torch_load(run_dir / "lenet_3.pt")
+    snap = ck.torch_load(run_dir / f"lenet_{epochs}.pt")
     history = {h["epoch"]: h["train_top1"] for h in snap["history"]}
     seen = snap["stopped"]["out_of_reach"]
-    rate = history[2] - history[1]
-    assert seen == {"epoch": 2, "train_top1": history[2], "rate": pytest.approx(rate), "window": 1,
-                    "projected": pytest.approx(min(100.0, max(0.0, history[2] + rate)))}
-    assert snap["stopped"]["reason"] == "epochs exhausted" and snap["stopped"]["epoch"] == 3
-    said = (f"own-label train top-1 {history[2]:.2f}% at epoch 2 of 3, {rate:+.2f} points/epoch over the last 1 "
-            f"epochs: --until-train-acc 100 looks out of reach within --epochs 3 at this rate")
+    k = window + 1
+    rate = (history[k] - history[1]) / window
+    assert seen == {"epoch": k, "train_top1": history[k], "rate": pytest.approx(rate), "window": window,
+                    "projected": pytest.approx(min(100.0, max(0.0, history[k] + rate * (epochs - k))))}
+    assert snap["stopped"]["reason"] == "epochs exhausted" and snap["stopped"]["epoch"] == epochs
+    said = (f"own-label train top-1 {history[k]:.2f}% at epoch {k} of {epochs}, {rate:+.2f} points/epoch over the "
+            f"last {window} epochs: --until-train-acc 100 looks out of reach within --epochs {epochs} at this rate")
     assert said in out.err and said in (run_dir / "train.log").read_text()
+    assert out.err.count("looks out of reach") == 1  # said once
     # the epochs' lines say how long is left (at most: the target may stop it earlier); the last one does not
     lines = [line for line in out.err.splitlines() if line.startswith("epoch ")]
-    assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"]
-    assert all(" s/epoch, at most " in line and line.endswith(" left") for line in lines[:2])
-    assert "left" not in lines[2] and lines[0].split()[2:4] == ["train", "loss"]
+    assert [line.split()[1] for line in lines] == [f"{e}/{epochs}" for e in range(1, epochs + 1)]
+    assert all(" s/epoch, at most " in line and line.endswith(" left") for line in lines[:-1])
+    assert "left" not in lines[-1] and lines[0].split()[2:4] == ["train", "loss"]
     # the headline: the final model's epoch of the cap, why it stopped, its accuracies by split
     final = snap["metrics"]["test"]["top1"]
     assert out.out.splitlines() == [
-        f"final model, epoch 3 of 3 (epochs exhausted; --until-train-acc 100 not reached, out of reach at the rate "
-        f"of epochs 1-2): test top-1 {final:.2f}%, train top-1 {history[3]:.2f}% (the labels it was trained on)",
+        f"final model, epoch {epochs} of {epochs} (epochs exhausted; --until-train-acc 100 not reached, out of reach "
+        f"at the rate of epochs 1-{k}): test top-1 {final:.2f}%, train top-1 {history[epochs]:.2f}% (the labels it "
+        "was trained on)",
         f"snapshots in {run_dir}"]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import attempt, checkpoints, files, layout, projections, reinit, report, results, rundir, training
+from . import attempt, checkpoints, files, layout, projections, reinit, report, results, training
 from .defaults import LEVEL, THRESHOLD, check_level, check_threshold
 from .errors import HparrError
 from .results import parse_eval_splits
@@ -120,11 +120,11 @@ def _reproduce(rs: ReproduceSettings, record: attempt.Attempt) -> ReproduceResul
                                    tb_logdir=str(out / "tensorboard") if settings.tb_logdir else None,
                                    resume_from=settings.resume_from or "auto")
     # checks the settings and the data, and locks the run directory, before anything is written
-    with training.Run(settings) as session:
-        # the checks are done (another configuration in the run directory is refused here, as fit would): what
+    with training.setup(settings) as session:
+        # the checks are done (another configuration in the run directory is refused here, as train would): what
         # fails from here on is the run's, and stays in its record
-        rundir.claim(session.run_dir, session.other_runs, settings.overwrite, seed_drawn=settings.seed is None,
-                     remove=False)
+        training.claim(session.run_dir, session.other_runs, settings.overwrite, seed_drawn=settings.seed is None,
+                       remove=False)
         record.begin()
         log.info("[1/4] training %s on %s", settings.arch, settings.data.dataset)
         files.ensure_dir(out)
@@ -133,12 +133,12 @@ def _reproduce(rs: ReproduceSettings, record: attempt.Attempt) -> ReproduceResul
             if removed:
                 log.warning("--overwrite: removed %d result file(s) of %s under %s; they are computed again",
                             len(removed), settings.arch, out / "results")
-        trained = session.fit()
+        trained = training.train(settings, session)
         if not trained.converged:
             raise HparrError("training stalled (--kill-plateaus): no final model to analyze")
         # the final model on the training set with the labels it was trained on (corrupted under --noise,
         # pixel-shuffled images under --noise -1): how well it fit, or memorized, its own data
-        final_metrics = {**trained.final, "train": session.evaluate("train")}
+        final_metrics = {**trained.final, "train": training.evaluate_split(session, "train")}
         num_classes = session.data.num_classes
     run_dir = Path(trained.run_dir)
     init = layout.snapshot_file(run_dir, settings.arch, layout.init_name(settings.arch, settings.pretrained))

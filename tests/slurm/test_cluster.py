@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 
 from hparr import results
-from hparr.rundir import LOCK_NAME
+from hparr.training import LOCK_NAME
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -145,7 +145,8 @@ def final_headline(documents: dict[str, dict]) -> str:
 
 
 def run(args) -> int:
-    from .. import distributed, projections  # start-up time, as above
+    from .. import projections  # start-up time, as above
+    from ..training import select_device  # start-up time, as above
 
     check_model_shape(args)
     own_shape = None not in (args.num_classes, args.in_channels, args.input_size)
@@ -154,7 +155,7 @@ def run(args) -> int:
         require_arch_and_dataset(args)
     settings = settings_from_args(args)
     settings.validate()
-    settings.device = distributed.select_device(
+    settings.device = select_device(
         args.cuda, warn=lambda message: print(f"hparr projections: warning: {message}", file=sys.stderr))
     result = projections.run_projections(settings, args.results)
     out_dir = projections.save(result, args.results, parquet=args.parquet, log_name=args.log)

@@ -38,7 +38,7 @@ def run(args) -> int:
 
     from ..pipeline import ReproduceSettings, run_reproduce  # start-up time, as above
     from ..provenance import available_cores  # start-up time, as above
-    from ..train_settings import final_headline  # start-up time, as above
+    from ..training import final_headline  # start-up time, as above
 
     if args.evaluate or args.evaluate_train:  # flags of `hparr train` that this command takes but cannot use
         raise UsageError("--evaluate/--evaluate-train do not apply to reproduce; use `hparr train`")

@@ -43,7 +43,7 @@ CHANNELS_LAST = ("auto", "on", "off")
 
 
 def _optimizers() -> tuple[str, ...]:
-    from ..train_settings import OPTIMIZERS  # start-up time: the command modules import torch only when they run
+    from ..training import OPTIMIZERS  # start-up time: the command modules import torch only when they run
 
     return OPTIMIZERS
 
@@ -220,8 +220,7 @@ def run(args) -> int:
     import torch  # start-up time, as above (and the listings above need no torch)
 
     from ..provenance import available_cores  # start-up time, as above
-    from ..train_settings import final_headline  # start-up time, as above
-    from ..training import EvaluateSettings, Run, evaluate_snapshot  # start-up time, as above
+    from ..training import EvaluateSettings, evaluate_snapshot, final_headline, setup, train  # start-up time, as above
 
     setup_logging()
     torch.set_num_threads(available_cores())
@@ -233,8 +232,8 @@ def run(args) -> int:
         if args.json:
             print(json.dumps({"split": split, **m}))
         return 0
-    with Run(settings) as session:
-        summary = session.fit()
+    with setup(settings) as session:
+        summary = train(settings, session)
     if not session.ctx.is_main:  # rank 0 alone reports
         return 0
     if args.json:

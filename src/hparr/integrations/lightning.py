@@ -1,4 +1,4 @@
-"""`BiasCallback`: the per-layer bias statistics of `hparr.track` in a PyTorch Lightning `Trainer`.
+"""`BiasCallback`: the per-layer bias statistics of `hparr.training.BiasTracker` in a PyTorch Lightning `Trainer`.
 
     from hparr.integrations.lightning import BiasCallback
     trainer = lightning.Trainer(callbacks=[BiasCallback(csv_path="tracking.csv")], logger=TensorBoardLogger("tb"))
@@ -55,7 +55,7 @@ class _Tracking:
         # not on_fit_start: a resumed trainer restores its step counter between the two
         if not trainer.is_global_zero:
             return
-        from ..track import BiasTracker
+        from ..training import BiasTracker
 
         net = pl_module
         for part in (self.module.split(".") if self.module else []):
@@ -68,7 +68,7 @@ class _Tracking:
             else:
                 self._others.append(logger)
         resumed = self._init_state is not None  # restored from a checkpoint, or a second fit of this callback
-        writer = writers[0] if len(writers) == 1 else _Fanout(writers) if writers else None  # one: a step's one event
+        writer = writers[0] if len(writers) == 1 else _Fanout(writers) if writers else None
         self.tracker = BiasTracker(net, init_state=self._init_state, writer=writer,
                                    csv_path=self.csv_path, append=resumed, **self.options)
         if not resumed:
@@ -150,7 +150,7 @@ def __getattr__(name: str):
         pl = _lightning()
 
         class BiasCallback(_Tracking, pl.Callback):
-            """Per-layer bias statistics (`hparr.track.BiasTracker`) while a Lightning `Trainer` fits.
+            """Per-layer bias statistics (`hparr.training.BiasTracker`) while a Lightning `Trainer` fits.
 
             csv_path: the tracking file (none by default); every_n_steps: also track every that many optimizer
             steps (0: only when training starts and after each epoch); module: the (dotted) attribute of the

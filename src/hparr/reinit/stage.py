@@ -11,13 +11,14 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-from .. import checkpoints, distributed, files, layout
+from .. import checkpoints, files, layout
 from ..data import DataOptions, load_data, make_loader, source_change
 from ..defaults import INCLUDE_1X1
 from ..errors import HparrError, UsageError
 from ..layers import is_1x1
 from ..models import build_model, check_arch
 from ..results import REINIT_FORMAT, check_eval_split, read_json
+from ..training import select_device
 from .documents import (
     EVAL_SPLIT_TEXT,
     aggregate_rand_trials,
@@ -304,7 +305,7 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
     if config.num_classes != data.num_classes or config.in_channels != data.in_channels:
         raise HparrError(f"{load_from} is a model of {config.num_classes} classes and {config.in_channels} input "
                          f"channels; the test set has {data.num_classes} and {data.in_channels}")
-    device = distributed.select_device(settings.cuda)
+    device = select_device(settings.cuda)
     onnx = None
     if trained.checkpoint.graph is not None and settings.arch is None:  # an ONNX model, converted to torch
         from .onnx_model import onnx_trained

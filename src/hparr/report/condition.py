@@ -13,8 +13,8 @@ from typing import Any, Iterable, Mapping
 
 from ..layout import Corruption
 
-TARGET_REACHED = "target reached"  # hparr.train_settings.STOP_REASONS["target"], read here without torch
-PLATEAU = "plateau"  # hparr.train_settings.STOP_REASONS["plateau"]
+TARGET_REACHED = "target reached"  # hparr.training.STOP_REASONS["target"], read here without torch
+PLATEAU = "plateau"  # hparr.training.STOP_REASONS["plateau"]
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
 `step`, computes their statistics from the weights of that moment with `hparr.projections.analyze_layers`
 (so the values are those of `hparr projections` on a snapshot of the same weights): mass, mean, std,
 the distances from initialization, the bias test's p-values and the biased flag. It writes them to a
-TensorBoard `SummaryWriter` (scalars `bias/mass/<layer>`, `bias/mean/<layer>`, `bias/l2_dist/<layer>`,
+TensorBoard writer (scalars `bias/mass/<layer>`, `bias/mean/<layer>`, `bias/l2_dist/<layer>`,
 `bias/biased_layers`, and a histogram `bias/projections/<layer>` of each layer's projections) and to a
 tidy CSV file (see `hparr.trackfile`), rewritten whole and atomically at each flush by a thread of its own.
 
@@ -31,11 +31,11 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from . import files
-from .defaults import LEVEL
-from .layers import discover_layers
-from .projections import LayerStats, analyze_layers, weights_of
-from .trackfile import COLUMNS, csv_text, read_tracking
+from .. import files
+from ..defaults import LEVEL
+from ..layers import discover_layers
+from ..projections import LayerStats, analyze_layers, weights_of
+from ..trackfile import COLUMNS, csv_text, read_tracking
 
 TAGS = ("mass", "mean", "l2_dist")
 HISTOGRAM_BINS = 30  # at most; a layer of fewer filters has one bin per filter
@@ -70,7 +70,8 @@ class BiasTracker:
 
     init_state: the weights the distances are measured from (a model or a state_dict); None takes a
     copy of the model's analyzed weights now. writer: a `SummaryWriter` (or anything with `add_scalar`
-    and `add_histogram`), or None. csv_path: the tracking file; rows already in it are kept and new rows
+    and `add_histogram`), a `torch.utils.tensorboard.FileWriter` (anything with `add_summary`: a step's values
+    as one event), or None. csv_path: the tracking file; rows already in it are kept and new rows
     appended (with `append=False` it is started anew at the first write). The other options are those of
     `hparr projections` (`input_shape` is the dummy input used once to find the layers, batch included);
     `distances=False` leaves out the distances from initialization.
@@ -133,20 +134,18 @@ class BiasTracker:
         return stats
 
     def _log(self, global_step: int, scalars: Mapping[str, float], histograms: Mapping[str, np.ndarray]) -> None:
-        """The step's scalars and histograms (a diverged layer has none: the training loss says why). To a
-        torch SummaryWriter, or a writer with `add_summary(summary, global_step)`, they go as one event, whose
-        record costs one write of the event file, instead of one event per value."""
-        # start-up time: tensorboard is imported only by a tracker that logs to a writer
-        from tensorboard.compat.proto.summary_pb2 import Summary
-        from torch.utils.tensorboard import SummaryWriter, summary
-
+        """The step's scalars and histograms (a diverged layer has none: the training loss says why). A writer
+        with `add_summary(summary, global_step)` (torch's `FileWriter`, the writer of `hparr train`) gets them as
+        one event, whose record costs one write of the event file; any other (a torch `SummaryWriter`, whose
+        public calls take one value each) value by value, with the same tags, steps and values."""
         histograms = {f"bias/projections/{name}": np.asarray(p) for name, p in histograms.items()
                       if np.isfinite(p).all()}
-        if isinstance(self.writer, SummaryWriter):  # its event file, as add_scalar and add_histogram reach it
-            add_summary = self.writer._get_file_writer().add_summary
-        else:
-            add_summary = getattr(self.writer, "add_summary", None)
+        add_summary = getattr(self.writer, "add_summary", None)
         if add_summary is not None:
+            # start-up time: tensorboard is imported only by a tracker that logs to a writer
+            from tensorboard.compat.proto.summary_pb2 import Summary
+            from torch.utils.tensorboard import summary
+
             values = [v for tag, x in scalars.items() for v in summary.scalar(tag, x).value]
             values += [v for tag, p in histograms.items() for v in summary.histogram(tag, p, _bins(p)).value]
             add_summary(Summary(value=values), global_step)

@@ -1,24 +1,28 @@
-"""TensorBoard logging of a training run: a writer whose failed writes are one-line errors, per-epoch scalars and
-the final metrics with the run's hyperparameters."""
+"""TensorBoard logging of a training run: an event file whose failed writes are one-line errors, per-epoch scalars
+and the final metrics with the run's hyperparameters."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from . import files
+from .. import files
 
 
 class TensorBoard:
-    """A SummaryWriter whose failed writes (a full disk, ...) are one-line HparrErrors naming its folder."""
+    """One event file of TensorBoard in `log_dir`, written through torch's public `FileWriter` and the summaries of
+    `torch.utils.tensorboard.summary`, with the calls of a `SummaryWriter` that a run makes (`add_scalar`,
+    `add_text`, `add_hparams`) and `add_summary`, which takes a summary of many values as one event (the bias
+    tracker's step). Its failed writes (a full disk, ...) are one-line HparrErrors naming its folder."""
 
     def __init__(self, log_dir: Path):
-        from torch.utils.tensorboard import SummaryWriter  # start-up time: tensorboard loads only when a run logs
+        # start-up time: tensorboard loads only when a run logs
+        from torch.utils.tensorboard import FileWriter, summary
 
         self.log_dir = log_dir
-        self._writer = self._call(SummaryWriter, log_dir=str(log_dir))
+        self._summary = summary
+        self._file = self._call(FileWriter, str(log_dir))
 
     def _call(self, method, *args, **kwargs):
         try:
@@ -26,16 +30,29 @@ class TensorBoard:
         except OSError as exc:  # raised by the writer's thread, or again by each later call
             raise (files.write_error(exc, self.log_dir, "snapshots") or exc) from None
 
-    def add_summary(self, summary, global_step: int) -> None:
-        """A summary of many values as one event (the bias tracker's step)."""
-        self._call(self._writer._get_file_writer().add_summary, summary, global_step)
+    def add_summary(self, summary, global_step: int | None = None) -> None:
+        """A summary (of one value or many) as one event at `global_step`."""
+        self._call(self._file.add_summary, summary, global_step)
 
-    def __getattr__(self, name: str):
-        if name.startswith("_"):
-            raise AttributeError(name)
-        attr = getattr(self._writer, name)
-        return functools.partial(self._call, attr) if callable(attr) else attr
+    def add_scalar(self, tag: str, value: float, global_step: int | None = None) -> None:
+        self.add_summary(self._summary.scalar(tag, value), global_step)
 
+    def add_text(self, tag: str, text: str, global_step: int | None = None) -> None:
+        self.add_summary(self._summary.text(tag, text), global_step)
+
+    def add_hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        """The hyperparameters and the metrics of this run, as `SummaryWriter.add_hparams(..., run_name=".")`
+        records them: the experiment, the session's start and end, and each metric as a scalar."""
+        for summary in self._summary.hparams(dict(hparams), dict(metrics)):
+            self.add_summary(summary)
+        for tag, value in metrics.items():
+            self.add_scalar(tag, value)
+
+    def flush(self) -> None:
+        self._call(self._file.flush)
+
+    def close(self) -> None:
+        self._call(self._file.close)
 
 
 @contextlib.contextmanager
@@ -74,4 +91,4 @@ def log_final(writer: TensorBoard, test: Mapping[str, Any], epoch: int, settings
     writer.add_scalar("Accuracy/test/top1", test["top1"], epoch)
     writer.add_scalar("Accuracy/test/top5", test["top5"], epoch)
     hparams = {k: v for k, v in settings.items() if isinstance(v, (int, float, str, bool))}
-    writer.add_hparams(hparams, {"hparam/test_top1": test["top1"]}, run_name=".")
+    writer.add_hparams(hparams, {"hparam/test_top1": test["top1"]})

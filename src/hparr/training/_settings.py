@@ -7,10 +7,10 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .data import DataOptions
-from .errors import UsageError
-from .models import check_arch
-from .provenance import derive_seeds
+from ..data import DataOptions
+from ..errors import UsageError
+from ..models import check_arch
+from ..provenance import derive_seeds
 
 # why a training run stopped, as its final snapshot, its result and the manifest of `reproduce` record it
 STOP_REASONS = {"epochs": "epochs exhausted", "target": "target reached", "plateau": "plateau"}

@@ -15,12 +15,12 @@ import weakref
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from . import files, layout
-from .checkpoints import torch_load
-from .data.own import source_key
-from .errors import HparrError, UsageError
-from .layout import SNAPSHOT_SUFFIXES
-from .results import SNAPSHOT_FORMAT
+from .. import files, layout
+from ..checkpoints import torch_load
+from ..data import source_key
+from ..errors import HparrError, UsageError
+from ..layout import SNAPSHOT_SUFFIXES
+from ..results import SNAPSHOT_FORMAT
 
 log = logging.getLogger("hparr.train")
 
@@ -40,7 +40,7 @@ def _sgd(c: Mapping[str, Any]) -> bool:
     return c.get("optimizer") == "sgd"
 
 
-def _split(c: Mapping[str, Any]) -> bool:
+def _has_validation_split(c: Mapping[str, Any]) -> bool:
     return (c.get("data.split") or 0) > 0
 
 
@@ -72,8 +72,9 @@ WEIGHT_SETTINGS: tuple[tuple[str, Callable[[Mapping[str, Any], Any], Any] | None
     ("seeds.class_sample_seed", _when(lambda c: (c.get("data.subsample_classes") or 0) > 0)),
     ("data.noise", None), ("seeds.noise_seed", _when(lambda c: (c.get("data.noise") or 0) != 0)),
     ("data.train_size", None), ("seeds.train_size_seed", _when(lambda c: c.get("data.train_size") is not None)),
-    ("data.split", None), ("data.stratified", _when(_split)), ("data.shuffle", _when(_split)),
-    ("seeds.split_seed", _when(lambda c: _split(c) and bool(c.get("data.shuffle")))),
+    ("data.split", None), ("data.stratified", _when(_has_validation_split)),
+    ("data.shuffle", _when(_has_validation_split)),
+    ("seeds.split_seed", _when(lambda c: _has_validation_split(c) and bool(c.get("data.shuffle")))),
     ("data.augmentation", None), ("data.unnormalize", None),
     ("seeds.seed", None), ("batch_size", None), ("optimizer", None), ("lr", None),
     ("momentum", _when(_sgd)), ("weight_decay", None), ("lr_step", _schedule), ("lr_decay", _schedule),
