@@ -75,3 +75,30 @@ def trained_like(model: nn.Module, seed: int = 5, strength: float = 0.4, shift: 
                 if shifted is None or key.rsplit(".", 1)[0] in shifted:
                     value.add_(shift * scale)
     return out
+
+
+def command_parser(command: str):
+    """The parser of `hparr COMMAND` alone, whose `arguments` list its flags (`hparr.cli.args.ArgumentParser`)."""
+    import importlib
+
+    from hparr.cli import COMMANDS
+    from hparr.cli.args import ArgumentParser
+
+    parser = ArgumentParser(prog=f"hparr {command}")
+    importlib.import_module(f"hparr.cli.{COMMANDS[command][0]}").add_arguments(parser)
+    return parser
+
+
+def help_entries(parser) -> dict[str, str]:
+    """{a flag's first option string: its entry in the printed help, on one line} (wide lines: set COLUMNS=400)."""
+    entries: dict[str, str] = {}
+    flag = None
+    for line in parser.format_help().splitlines():
+        if line.startswith("  -"):
+            flag = line.split()[0].rstrip(",")
+            entries[flag] = line
+        elif flag is not None and line.startswith("   "):
+            entries[flag] += " " + line.strip()
+        else:
+            flag = None
+    return {flag: " ".join(text.split()) for flag, text in entries.items()}

@@ -53,7 +53,7 @@ def test_help_texts_say_what_each_flag_does_in_its_command(capsys):
     assert "--dataset DATASET dataset to train on" in train
     assert "seed of initialization, data order and dropout (a random one is drawn and recorded if unset)" in train
     assert ("weight_decay of torch.optim.SGD or torch.optim.Adam, an L2 penalty added to the gradient (Adam's is not "
-            "AdamW's decoupled decay) [1e-4 with sgd, 0 with adam, as in the paper's code]") in train
+            "AdamW's decoupled decay) [0.0001 with sgd, 0 with adam, as in the paper's code]") in train
     reproduce = help_text(capsys, "reproduce")
     assert "--seed SEED seed of initialization, data order and dropout [0]" in reproduce  # never drawn there
     assert "drawn" not in reproduce

@@ -229,14 +229,17 @@ def test_invalid_options(cifar10, imagenet):
             DataOptions(**{"dataset": "cifar10", **kw}).validate()
     with pytest.raises(UsageError, match="noise"):
         _cifar(cifar10[0], noise=1.5)
-    with pytest.raises(UsageError, match="4 classes.*has 3"):
+    with pytest.raises(UsageError, match=r"^--subsample-classes must be 0 \(all\) or 2\.\.3, got 4$"):  # its folders
         load_data(DataOptions(dataset="imagenet", data_path=str(imagenet), subsample_classes=4))
     DataOptions(dataset="cifar10", noise=-1, split=0.5, subsample_classes=10).validate()
 
 
 def test_a_class_subset_is_all_classes_or_two_to_the_class_count():
-    for dataset, n in (("digits", 10), ("cifar100", 100), ("imagenet", 1000)):
-        assert [hd.check_subsample_classes(dataset, k) for k in (0, 2, n)] == [0, 2, n]
+    # one rule: the class count is the catalog's where it is fixed, else unknown until the data is read (ImageNet's
+    # class folders, an image folder, a factory's data), then the count read
+    for dataset, n in (("digits", 10), ("cifar100", 100), ("imagenet", "the class count"),
+                       ("imagefolder", "the class count")):
+        assert [hd.check_subsample_classes(dataset, k) for k in (0, 2, 10)] == [0, 2, 10]
         for k in (1, -1, 2.0, True, "3"):
             with pytest.raises(UsageError) as refused:
                 DataOptions(dataset=dataset, subsample_classes=k).validate()
@@ -245,6 +248,9 @@ def test_a_class_subset_is_all_classes_or_two_to_the_class_count():
     with pytest.raises(UsageError, match=r"2\.\.10, got 11"):
         hd.check_subsample_classes("cifar10", 11)
     assert hd.check_subsample_classes("imagenet", 1001) == 1001  # bounded by its class folders when read
+    with pytest.raises(UsageError, match=r"2\.\.1000, got 1001"):
+        hd.check_subsample_classes("imagenet", 1001, num_classes=1000)  # as read
+    assert hd.check_subsample_classes("imagefolder", 3, num_classes=3) == 3
 
 
 def test_train_refuses_a_single_class_subset_and_writes_nothing(tmp_path, capsys, monkeypatch):

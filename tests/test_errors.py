@@ -21,12 +21,14 @@ import torch
 
 from hparr import checkpoints as ck
 from hparr import files
-from hparr.cli import main
+from hparr.cli import build_parser, main
 from hparr.data import DataOptions
 from hparr.models import build_model
 from hparr.projections import ProjectionSettings, run_projections
 from hparr.projections import save as save_projections
 from hparr.training import TrainSettings, train
+
+from conftest import command_parser, help_entries
 
 
 @pytest.fixture(scope="module")
@@ -523,22 +525,17 @@ def test_study_with_slurm_needs_submitit_and_sbatch(snapshots, capsys, monkeypat
 
 
 def _shown_defaults(command: str) -> dict[str, str]:
-    """{flag: the text in brackets that ends its help} of a command's --help."""
-    import re
-
-    from hparr.cli import build_parser
-
-    sub = build_parser(command)._subparsers._group_actions[0].choices[command]
-    return {a.option_strings[0]: m.group(1) for a in sub._actions
-            if a.option_strings and a.help and (m := re.search(r"\[([^\[\]]*)\]$", a.help))}
+    """{flag: the text in brackets that ends its help} of a command's --help, as printed."""
+    return {flag: m.group(1) for flag, text in help_entries(command_parser(command)).items()
+            if (m := re.search(r"\[([^\[\]]*)\]$", text))}
 
 
-def test_each_command_help_shows_the_defaults_it_uses():
-    from hparr.cli import build_parser
-
+def test_each_command_help_shows_the_defaults_it_uses(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")
     for command in ("train", "reproduce", "study", "projections", "reinit", "report"):
-        sub = build_parser(command)._subparsers._group_actions[0].choices[command]
-        defaults = {a.option_strings[0]: a.default for a in sub._actions if a.option_strings}
+        parser = command_parser(command)
+        parsed = vars(build_parser(command).parse_args([command] + (["RUN"] if command == "report" else [])))
+        defaults = {a.option_strings[0]: parsed.get(a.dest) for a in parser.arguments if a.option_strings}
         for flag, shown in _shown_defaults(command).items():
             value = defaults[flag]
             if isinstance(value, (int, float, str)) and not isinstance(value, bool) and shown not in ("off",) \

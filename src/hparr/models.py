@@ -258,6 +258,15 @@ def _did_you_mean(name: str, names: list[str]) -> str:
     return f"; did you mean {', '.join(close)}?" if close else ""
 
 
+def check_model_shape(num_classes: int | None, in_channels: int | None, input_size: int | None) -> None:
+    """A model's shape where it is given instead of the dataset's (--num-classes, --in-channels, --input-size
+    of `hparr projections` and `hparr reinit`): at least 1 each; None is not given."""
+    for flag, value in (("--num-classes", num_classes), ("--in-channels", in_channels),
+                        ("--input-size", input_size)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
+
+
 def check_arch(arch: str) -> str:
     """Return `arch` if it is known, else raise a UsageError that lists the names.
 

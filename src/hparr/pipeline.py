@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import attempt, checkpoints, files, layout, projections, reinit, report, results, training
-from .defaults import LEVEL, THRESHOLD, check_level, check_threshold
+from .data import DataOptions
+from .defaults import LEVEL, REPRODUCE_RECIPE, THRESHOLD, check_level, check_threshold
 from .errors import HparrError
 from .results import parse_eval_splits
 from .training import TrainSettings
@@ -49,14 +50,23 @@ class ReproduceResult:
     stopped: dict[str, Any] = field(default_factory=dict)  # why and when training stopped: `TrainResult.stopped`
 
 
+def reproduce_recipe(**changes: Any) -> TrainSettings:
+    """The training settings of `defaults.REPRODUCE_RECIPE`, with `changes` ({option of TrainSettings or of its
+    DataOptions: value}, as the recipe is keyed)."""
+    options = {**REPRODUCE_RECIPE, **changes}
+    data_fields = {f.name for f in dataclasses.fields(DataOptions)}
+    data = DataOptions(**{k: v for k, v in options.items() if k in data_fields})
+    return TrainSettings(data=data, **{k: v for k, v in options.items() if k not in data_fields})
+
+
 @dataclass
 class ReproduceSettings:
-    """Every option of `hparr reproduce`: the training run's settings, the folder everything goes to, and the
-    analysis options (`with_linear`, the bias tests' `level`, the criticality `threshold`, the re-initialization
-    sweep's `eval_splits`)."""
+    """Every option of `hparr reproduce`: the training run's settings (by default the recipe,
+    `reproduce_recipe()`), the folder everything goes to, and the analysis options (`with_linear`, the bias tests'
+    `level`, the criticality `threshold`, the re-initialization sweep's `eval_splits`)."""
 
-    train: TrainSettings
-    out: str
+    train: TrainSettings = field(default_factory=reproduce_recipe)
+    out: str = "runs/reproduce"
     with_linear: bool = False
     threshold: float = THRESHOLD
     level: float = LEVEL
@@ -164,7 +174,8 @@ def _reproduce(rs: ReproduceSettings, record: attempt.Attempt) -> ReproduceResul
             inits_from=reinit_checkpoints(run_dir, trained.epochs_trained), rand=True, with_linear=with_linear,
             seed=trained.seed if settings.seed is None else settings.seed,
             batch_size=max(settings.batch_size, 256), cuda=settings.cuda, workers=settings.workers,
-            progress=settings.progress and sys.stderr.isatty(), eval_split=split)
+            progress=settings.progress and sys.stderr.isatty(), eval_split=split,
+            eval_processes=1)  # one process: a study already runs one cell per core
         path = reinit.result_path(swept, root / "reinit")
         reinit.adopt_earlier_result(swept, root / "reinit")  # a result of an earlier version's folder, kept
         why = "not computed yet"

@@ -1,11 +1,9 @@
 """`hparr projections`: the paper's compute_projections.py, for one model or many snapshots at once."""
 from __future__ import annotations
 
-import argparse
 import sys
 
-from ..defaults import LEVEL
-from .args import dataset_name
+from .args import ArgumentParser, dataset_name
 from .train import add_arch_argument, require_arch_and_dataset
 
 DESCRIPTION = (
@@ -19,57 +17,60 @@ DESCRIPTION = (
 ORIGINAL_LOG = "positive_orthant.log"  # the original code's log file name (it wrote it under ./log)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: ArgumentParser) -> None:
+    """The flags of `hparr projections`, their defaults those of `ProjectionSettings` but --normalize's (a switch:
+    the original compute_projections.py's plain sums unless it is given; the library's default is the cosine, as
+    `hparr reproduce` computes them)."""
+    from ..projections import ProjectionSettings  # start-up time: the library imports torch (the defaults are its)
+
+    settings = ProjectionSettings
     add_arch_argument(p)
     p.add_argument("--dataset", type=dataset_name, default=None,
                    help="dataset the model was trained on (sets classes, channels, image size; any case); "
                         "run without it to list the datasets (not needed without --arch, or with --num-classes, "
                         "--in-channels and --input-size)")
-    p.add_argument("--data-path", type=str, default="./data",
+    p.add_argument("--data-path", type=str, setting=settings,
                    help="folder holding the dataset files (for --probe-data), or with --dataset imagefolder the "
-                        "image folder, whose classes, channels and size the model has [./data]")
-    p.add_argument("--dataset-args", type=str, default=None, metavar="K=V,...",
+                        "image folder, whose classes, channels and size the model has [%(default)s]")
+    p.add_argument("--dataset-args", type=str, setting=settings, metavar="K=V,...",
                    help="with --dataset module.path:factory: its keyword arguments [none]")
-    p.add_argument("--subsample-classes", type=int, default=0,
-                   help="the snapshots come from a run on this many classes (0 = all) [0]; results go to "
-                        "<results>/<dataset>_<K>/")
-    p.add_argument("--load-from", nargs="+", action="extend", default=None, metavar="PATH",
+    p.add_argument("--subsample-classes", type=int, setting=settings,
+                   help="the snapshots come from a run on this many classes (0 = all) [%(default)s]; results go "
+                        "to <results>/<dataset>_<K>/")
+    p.add_argument("--load-from", nargs="+", action="extend", setting=settings, metavar="PATH",
                    help="checkpoint files (hparr or original snapshots, state_dicts, .safetensors, Lightning "
                         ".ckpt, ONNX models), sharded .safetensors folders, directories or globs (repeatable); "
                         "without it the random "
                         "initialization (or --pretrained weights) is analyzed")
-    p.add_argument("--init-from", type=str, default=None, metavar="FILE",
+    p.add_argument("--init-from", type=str, setting=settings, metavar="FILE",
                    help="snapshot at initialization: adds l2_dist and l_inf_dist per layer")
-    p.add_argument("--pretrained", action="store_true",
+    p.add_argument("--pretrained", action="store_true", setting=settings,
                    help="analyze the ImageNet weights of --arch from the local torch hub (or Hugging Face) cache")
-    p.add_argument("--weights", type=str, default=None, metavar="FILE",
+    p.add_argument("--weights", type=str, setting=settings, metavar="FILE",
                    help="file of pretrained weights to analyze, any checkpoint format (implies --pretrained)")
-    p.add_argument("--state-dict-prefix", type=str, default=None, metavar="PREFIX",
+    p.add_argument("--state-dict-prefix", type=str, setting=settings, metavar="PREFIX",
                    help="read the weights under this key prefix of the checkpoints (e.g. 'model.' of a Lightning "
                         "module); found automatically against the model's keys when omitted")
     p.add_argument("--cuda", action="store_true", help="compute on the GPU (falls back to the CPU with a warning)")
     p.add_argument("--normalize", action="store_true",
                    help="cosine projections <w,1>/(||w|| sqrt(d)) instead of the plain sums <w,1>")
-    p.add_argument("--with-linear", action="store_true", help="also analyze Linear layers")
-    p.add_argument("--include-1x1", action="store_true", help="also analyze 1x1 convolutions")
-    p.add_argument("--level", type=float, default=LEVEL,
-                   help=f"level of the bias test, Holm-corrected over the layers of a network [{LEVEL}]")
-    p.add_argument("--init-scheme", type=str, default=None, metavar="SCHEME",
-                   help="initialization assumed for the layers whose model does not record how it drew them "
-                        "(every layer without --arch), which sets the null of their KS test: pytorch (PyTorch's "
-                        "default, kaiming uniform), kaiming_uniform, xavier_uniform, uniform, kaiming_normal, "
-                        "xavier_normal, normal, trunc_normal (cut at +/-2 with std 0.02: Gaussian), trunc_normal_tf "
-                        "(cut at 2 sd), or a law: gaussian, uniform, truncnorm(C) [pytorch]")
-    p.add_argument("--results", type=str, default="./results", help="results folder [./results]")
+    p.add_argument("--with-linear", action="store_true", setting=settings, help="also analyze Linear layers")
+    p.add_argument("--include-1x1", action="store_true", setting=settings, help="also analyze 1x1 convolutions")
+    p.add_argument("--level", type=float, setting=settings,
+                   help="level of the bias test, Holm-corrected over the layers of a network [%(default)g]")
+    add_init_scheme_argument(p, "initialization assumed for the layers whose model does not record how it drew "
+                                "them (every layer without --arch), which sets the null of their KS test", settings)
+    p.add_argument("--results", type=str, default="./results", help="results folder [%(default)s]")
     p.add_argument("--log", type=str, default=ORIGINAL_LOG,
-                   help=f"log file name; written beside the JSON results (not under ./log as the original) "
-                        f"[{ORIGINAL_LOG}]")
-    p.add_argument("--seed", type=int, default=None,
+                   help="log file name; written beside the JSON results (not under ./log as the original) "
+                        "[%(default)s]")
+    p.add_argument("--seed", type=int, setting=settings,
                    help="seed of the run (results go to <arch>/<seed>/; unset: the seed the snapshots record); "
                         "random initialization uses it (0 if unset)")
     p.add_argument("--parquet", action="store_true", help="also write the table as projections.parquet")
-    p.add_argument("--overwrite", action="store_true", help="recompute snapshots whose JSON already exists")
-    p.add_argument("--strict", action="store_true",
+    p.add_argument("--overwrite", action="store_true", setting=settings,
+                   help="recompute snapshots whose JSON already exists")
+    p.add_argument("--strict", action="store_true", setting=settings,
                    help="refuse a snapshot holding tensors that --arch does not have (by default they are named "
                         "and ignored: only the conv weights are read)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -79,16 +80,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "negative values in every layer's input (needs --arch, or ONNX files)")
     p.add_argument("--unnormalize", action="store_true",
                    help="--probe-data: no mean/std normalization of the images (pixels in [0, 1])")
-    add_model_shape_arguments(p)
+    add_model_shape_arguments(p, settings)
 
 
-def add_model_shape_arguments(p: argparse.ArgumentParser) -> None:
-    """--num-classes, --in-channels and --input-size: the model's shape where the dataset does not imply it."""
-    p.add_argument("--num-classes", type=int, default=None, metavar="N",
+def add_init_scheme_argument(p: ArgumentParser, what: str, settings, default: str | None = None) -> None:
+    """--init-scheme, of `hparr projections` and `hparr survey`: `what` it is to the command, then the schemes
+    and laws it takes; its default is the `init_scheme` of `settings`, shown as `default` where given (a command
+    whose unset value means another one's)."""
+    p.add_argument("--init-scheme", type=str, setting=settings, metavar="SCHEME",
+                   help=f"{what}: pytorch (PyTorch's default, kaiming uniform), kaiming_uniform, xavier_uniform, "
+                        "uniform, kaiming_normal, xavier_normal, normal, trunc_normal (cut at +/-2 with std 0.02: "
+                        "Gaussian), trunc_normal_tf (cut at 2 sd), or a law: gaussian, uniform, truncnorm(C) "
+                        f"[{default or '%(default)s'}]")
+
+
+def add_model_shape_arguments(p: ArgumentParser, settings) -> None:
+    """--num-classes, --in-channels and --input-size: the model's shape where the dataset does not imply it
+    (their defaults those of `settings`: None, the dataset's)."""
+    p.add_argument("--num-classes", type=int, setting=settings, metavar="N",
                    help="classes of the model's output, instead of the dataset's [the dataset's]")
-    p.add_argument("--in-channels", type=int, default=None, metavar="C",
+    p.add_argument("--in-channels", type=int, setting=settings, metavar="C",
                    help="input channels of the model, instead of the dataset's [the dataset's]")
-    p.add_argument("--input-size", type=int, default=None, metavar="S",
+    p.add_argument("--input-size", type=int, setting=settings, metavar="S",
                    help="input height and width of the model, instead of the dataset's [the dataset's]")
 
 
@@ -123,7 +136,7 @@ def settings_from_args(args):
         progress=not args.no_progress,
         num_classes=args.num_classes, in_channels=args.in_channels, input_size=args.input_size, probe_data=probe,
         data_path=args.data_path, dataset_args=canonical_dataset_args(args.dataset_args),
-        **({} if args.init_scheme is None else {"init_scheme": args.init_scheme}))
+        init_scheme=args.init_scheme)
 
 
 def final_headline(documents: dict[str, dict]) -> str:

@@ -1,11 +1,9 @@
 """`hparr reinit`: the paper's reinit_layers.py (layer re-initialization test of Zhang et al.)."""
 from __future__ import annotations
 
-import argparse
 import sys
 
-from ..results import EVAL_SPLITS
-from .args import choice
+from .args import ArgumentParser, choice
 
 DESCRIPTION = (
     "Reinit network weights and compute drop in performance. For each conv layer (1x1 ones with --include-1x1, "
@@ -24,64 +22,71 @@ GRANULARITIES = ("layer", "block", "stage")
 METHODS = ("auto", "shared", "plain")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: ArgumentParser) -> None:
+    """The flags of `hparr reinit`, their defaults those of `ReinitSettings` and `DataOptions`."""
+    from ..reinit import ReinitSettings  # start-up time: the library imports torch (the defaults are its)
+    from ..results import EVAL_SPLITS  # start-up time, as above
     from .projections import add_model_shape_arguments
     from .train import add_arch_argument, add_data_arguments
 
     add_arch_argument(p)
     add_data_arguments(p, dataset_help="dataset the model was trained on, whose test or training images are "
                                        "evaluated")
+    reinit = ReinitSettings
     p.add_argument("--load-from", type=str, default="",
                    help="the trained snapshot to evaluate (an ONNX model needs no --arch: its graph is run)")
-    p.add_argument("--inits-from", type=str, default=None,
+    p.add_argument("--inits-from", type=str, setting=reinit,
                    help="snapshots to re-initialize from: a text file of paths (one per line; blank lines are "
                         "ignored, missing files skipped with a warning) or a directory of snapshots")
-    p.add_argument("--state-dict-prefix", type=str, default=None, metavar="PREFIX",
+    p.add_argument("--state-dict-prefix", type=str, setting=reinit, metavar="PREFIX",
                    help="read the weights under this key prefix of the checkpoints (e.g. 'model.' of a Lightning "
                         "module); found automatically against the model's keys when omitted")
-    p.add_argument("--rand", action="store_true",
+    p.add_argument("--rand", action="store_true", setting=reinit,
                    help="also re-randomize each layer from a fresh initialization (seed derived from --seed)")
-    p.add_argument("--rand-trials", type=int, default=1, metavar="K",
+    p.add_argument("--rand-trials", type=int, setting=reinit, metavar="K",
                    help="draw K independent re-randomizations (seeds derived from --seed) and report their mean "
-                        "and standard deviation per layer; implies --rand [1]")
-    p.add_argument("--with-linear", action="store_true", help="also re-initialize the Linear layers")
-    p.add_argument("--include-1x1", action="store_true",
+                        "and standard deviation per layer; implies --rand [%(default)s]")
+    p.add_argument("--with-linear", action="store_true", setting=reinit,
+                   help="also re-initialize the Linear layers")
+    p.add_argument("--include-1x1", action="store_true", setting=reinit,
                    help="also re-initialize 1x1 convolutions one at a time (left out by default, as hparr projections "
                         "leaves them out; a block or stage of --granularity always includes them)")
-    p.add_argument("--granularity", choices=GRANULARITIES, type=choice(GRANULARITIES), default="layer",
+    p.add_argument("--granularity", choices=GRANULARITIES, type=choice(GRANULARITIES), setting=reinit,
                    help="re-initialize one layer at a time, one residual block (all its convs) or one stage "
-                        "(all the layers at one resolution) at once, as Zhang et al. did for ResNets [layer]")
-    p.add_argument("--with-bn", action="store_true",
+                        "(all the layers at one resolution) at once, as Zhang et al. did for ResNets [%(default)s]")
+    p.add_argument("--with-bn", action="store_true", setting=reinit,
                    help="also re-initialize the BatchNorm after each re-initialized layer (its parameters and "
                         "running statistics); without it BatchNorm stays as trained")
-    p.add_argument("--cuda", action="store_true", help="evaluate on the GPU (falls back to the CPU with a warning)")
-    p.add_argument("--results", type=str, default="./results", help="results folder [./results]")
+    p.add_argument("--cuda", action="store_true", setting=reinit,
+                   help="evaluate on the GPU (falls back to the CPU with a warning)")
+    p.add_argument("--results", type=str, default="./results", help="results folder [%(default)s]")
     p.add_argument("--log", type=str, default="reinit_weights.log",
-                   help="log file name, written beside the JSON results [reinit_weights.log]")
-    p.add_argument("--seed", type=int, default=None,
+                   help="log file name, written beside the JSON results [%(default)s]")
+    p.add_argument("--seed", type=int, setting=reinit,
                    help="seed the model was trained with (results go to <arch>/<seed>/; unset: the seed the "
                         "snapshot records); the re-randomization seed is derived from it")
-    p.add_argument("--workers", "-j", type=int, default=1, help="data loading processes (ImageNet only) [1]")
-    p.add_argument("--batch-size", type=int, default=128, help="evaluation batch size [128]")
-    p.add_argument("--max-test-images", type=int, default=0, metavar="N",
-                   help="evaluate on the first N images of the test set only (0 = all) [0]")
-    p.add_argument("--eval-split", type=choice(EVAL_SPLITS), default="test", metavar="SPLIT",
+    p.add_argument("--workers", "-j", type=int, setting=reinit,
+                   help="data loading processes (ImageNet only) [%(default)s]")
+    p.add_argument("--batch-size", type=int, setting=reinit, help="evaluation batch size [%(default)s]")
+    p.add_argument("--max-test-images", type=int, setting=reinit, metavar="N",
+                   help="evaluate on the first N images of the test set only (0 = all) [%(default)s]")
+    p.add_argument("--eval-split", type=choice(EVAL_SPLITS), setting=reinit, metavar="SPLIT",
                    help="measure the accuracies on the test set (the paper's), or on the training images with the "
                         "labels the model was trained on (corrupted where they were; no augmentation): test or "
-                        "train [test]")
+                        "train [%(default)s]")
     p.add_argument("--overwrite", action="store_true", help="recompute a result that already exists")
     p.add_argument("--plots", nargs="?", const="", default=None, metavar="DIR",
                    help="also write the heatmap of the relative drop (PNG, PDF): beside the JSON result, or with "
                         "DIR under DIR/<dataset>/<arch>/ as the original code did")
-    p.add_argument("--method", choices=METHODS, type=choice(METHODS), default="auto",
+    p.add_argument("--method", choices=METHODS, type=choice(METHODS), setting=reinit,
                    help="auto/shared: run the trained part before each layer once per batch; plain: swap, "
-                        "evaluate the whole network, restore (same accuracies, slower) [auto]")
-    p.add_argument("--eval-processes", type=str, default="auto", metavar="N|auto",
+                        "evaluate the whole network, restore (same accuracies, slower) [%(default)s]")
+    p.add_argument("--eval-processes", type=str, setting=reinit, metavar="N|auto",
                    help="worker processes sharing the evaluation batches, one torch thread each (CPU; the same "
                         "counts as one process); auto: one per core for a small model, else one process with "
-                        "all threads [auto]")
+                        "all threads [%(default)s]")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_model_shape_arguments(p)
+    add_model_shape_arguments(p, reinit)
 
 
 def run(args) -> int:

@@ -1,36 +1,45 @@
 """`hparr reproduce`: the whole study for one configuration, in one command."""
 from __future__ import annotations
 
-import argparse
-
-from ..defaults import LEVEL, THRESHOLD
+from ..defaults import REPRODUCE_RECIPE
 from ..errors import UsageError
-from ..results import EVAL_SPLITS
 from . import train as train_cli
-from .args import choices_list
+from .args import ArgumentParser, choices_list, default_of
+
+
+def _flags(options) -> str:
+    """Options of the library as the flags that set them: {"lr": 0.01} -> "--lr 0.01"."""
+    return " ".join(f"--{name.replace('_', '-')} {value}" for name, value in options.items())
+
 
 DESCRIPTION = ("Train with snapshots, compute the projections of every snapshot (with distances from "
                "initialization), run the layer re-initialization sweep against every checkpoint and --rand, and "
                "draw the report. Every flag of `hparr train` passes through; snapshots, TensorBoard logs, results "
-               "and the report all go under --out. The defaults train lenet on the embedded digits dataset.")
+               "and the report all go under --out. Where no flag says otherwise it trains the recipe "
+               f"{_flags(REPRODUCE_RECIPE)} (hparr.defaults.REPRODUCE_RECIPE; every other option as `hparr train`).")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: ArgumentParser) -> None:
+    """The flags of `hparr train`, their defaults the recipe's, and the analysis flags, their defaults those of
+    `pipeline.ReproduceSettings`."""
+    from ..pipeline import ReproduceSettings  # start-up time: the library imports torch (the defaults are its)
+    from ..results import EVAL_SPLITS  # start-up time, as above
+
     train_cli.add_arguments(p, seed_drawn=False)
-    p.add_argument("--out", type=str, default="runs/reproduce",
-                   help="folder for snapshots, results and the report [runs/reproduce]")
-    p.add_argument("--with-linear", action="store_true", help="also analyze and re-initialize Linear layers")
-    p.add_argument("--threshold", type=float, default=THRESHOLD,
-                   help=f"relative accuracy drop above which a layer is called critical [{THRESHOLD}]")
-    p.add_argument("--level", type=float, default=LEVEL, help=f"significance level of the bias tests [{LEVEL}]")
-    p.add_argument("--eval-split", type=choices_list(EVAL_SPLITS), default="test", metavar="SPLITS",
+    p.add_argument("--out", type=str, setting=ReproduceSettings,
+                   help="folder for snapshots, results and the report [%(default)s]")
+    p.add_argument("--with-linear", action="store_true", setting=ReproduceSettings,
+                   help="also analyze and re-initialize Linear layers")
+    p.add_argument("--threshold", type=float, setting=ReproduceSettings,
+                   help="relative accuracy drop above which a layer is called critical [%(default)g]")
+    p.add_argument("--level", type=float, setting=ReproduceSettings,
+                   help="significance level of the bias tests [%(default)g]")
+    splits = ",".join(default_of(ReproduceSettings, "eval_splits"))  # the comma list of the field's splits
+    p.add_argument("--eval-split", type=choices_list(EVAL_SPLITS), default=splits, metavar="SPLITS",
                    help="where the re-initialization sweep measures accuracy: test, train (the training images with "
-                        "the labels trained on) or test,train for both; the report shows the first [test]")
-    # a recipe that reaches >= 95% on digits in a few minutes on 2 CPU cores
+                        "the labels trained on) or test,train for both; the report shows the first [%(default)s]")
     train_cli.set_defaults(p, shown={"models_path": "ignored: OUT/models", "tb_logdir": "OUT/tensorboard",
-                                     "resume_from": "auto: a rerun resumes"},
-                           arch="lenet", dataset="digits", epochs=30, lr=0.01, seed=0, snapshot_every=5,
-                           snapshot_all_until=10, batch_size=128)
+                                     "resume_from": "auto: a rerun resumes"}, presets=REPRODUCE_RECIPE)
 
 
 def run(args) -> int:

@@ -6,9 +6,11 @@ import argparse
 import math
 import sys
 
+from ..defaults import REPRODUCE_RECIPE
 from ..errors import UsageError
 from . import reproduce as reproduce_cli
 from . import train as train_cli
+from .args import ArgumentParser, default_of
 
 DESCRIPTION = (
     "Runs `hparr reproduce` for every cell of a grid (--arch x --dataset x --subsample-classes x --train-size x "
@@ -17,34 +19,58 @@ DESCRIPTION = (
     "--seeds and --subsample-classes take ranges too (0-4). Every other flag of `hparr reproduce` applies to every "
     "cell.")
 
-# grid axes that replace a flag of `hparr reproduce`: dest -> (default, help)
+# grid axes that replace a flag of `hparr reproduce`: dest -> help
 GRID = {
-    "arch": ("lenet", "architectures, comma list [lenet]"),
-    "dataset": ("digits", "datasets, comma list [digits]"),
-    "noise": ("0", "corruptions, comma list: label-noise ratios in [0, 1], -1 = pixel shuffle [0]"),
-    "subsample_classes": ("0", "class-subset sizes, comma list or ranges (0 = all classes) [0]"),
-    "train_size": (None, "training-set sizes (stratified, seeded subsets), comma list, e.g. 2000,8000 [all]"),
+    "arch": "architectures, comma list [%(default)s]",
+    "dataset": "datasets, comma list [%(default)s]",
+    "noise": "corruptions, comma list: label-noise ratios in [0, 1], -1 = pixel shuffle [%(default)s]",
+    "subsample_classes": "class-subset sizes, comma list or ranges (0 = all classes) [%(default)s]",
+    "train_size": "training-set sizes (stratified, seeded subsets), comma list, e.g. 2000,8000 [all]",
 }
 # flags of `hparr reproduce` that are not shared cell settings
 _NOT_SHARED = {*GRID, "seed", "out", "help", "no_progress", "json"}
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def listed(values) -> str | None:
+    """A grid axis of the library as its flag's comma list ((0.0, 0.5) -> "0,0.5"); (None,) -> None (unset)."""
+    if list(values) == [None]:
+        return None
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def grid_defaults() -> dict[str, str | None]:
+    """The default grid: one cell, the recipe of `hparr reproduce` (its arch, dataset and seed), on the full data
+    without corruption (the axes' defaults of `StudySettings`); {dest: comma list}."""
+    from ..study import StudySettings  # start-up time: the library is imported when the flags are added
+
+    return {"arch": REPRODUCE_RECIPE["arch"], "dataset": REPRODUCE_RECIPE["dataset"],
+            "seeds": str(REPRODUCE_RECIPE["seed"]),
+            **{dest: listed(default_of(StudySettings, axis)) for dest, axis in
+               (("noise", "noises"), ("subsample_classes", "subsample_classes"), ("train_size", "train_sizes"))}}
+
+
+def add_arguments(p: ArgumentParser) -> None:
+    """The flags of `hparr reproduce` (the grid's axes as comma lists), and the study's, their defaults those of
+    `StudySettings` and `SlurmOptions`."""
+    from ..study import SlurmOptions, StudySettings  # start-up time, as above
+
     reproduce_cli.add_arguments(p)
-    for action in p._actions:
+    for action in p.arguments:
         if action.dest in GRID:
-            action.type, action.help = str, GRID[action.dest][1]
+            action.type, action.help = str, GRID[action.dest]
         elif action.dest == "seed":
             action.help = argparse.SUPPRESS
         elif action.dest == "out":
-            action.help = "the study folder [runs/study]"
-    p.add_argument("--seeds", type=str, default="0", help="seeds, comma list or ranges, e.g. 0-4 [0]")
-    p.add_argument("--launcher", type=str, default="local",
+            action.help = "the study folder [%(default)s]"
+    grid = grid_defaults()
+    p.add_argument("--seeds", type=str, default=grid.pop("seeds"),
+                   help="seeds, comma list or ranges, e.g. 0-4 [%(default)s]")
+    p.add_argument("--launcher", type=str, setting=StudySettings,
                    help="local: a pool of worker processes on this machine; slurm: one SLURM job array through "
-                        "submitit; print: print the `hparr reproduce` command of every cell [local]")
-    p.add_argument("--jobs", type=int, default=None,
+                        "submitit; print: print the `hparr reproduce` command of every cell [%(default)s]")
+    p.add_argument("--jobs", type=int, setting=StudySettings,
                    help="local worker processes [every core, at most one per cell to run]")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=int, setting=StudySettings,
                    help="torch threads per local worker; jobs x threads <= cores [cores / jobs]")
     p.add_argument("--dry-run", action="store_true",
                    help="check every cell's settings and data files, print one line per cell and exit; nothing is "
@@ -55,33 +81,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="print the state of every cell of the study (finished, running, pending, failed with its "
                         "reason and log, not started) and exit")
     slurm = p.add_argument_group("SLURM (--launcher slurm)")
-    slurm.add_argument("--partition", type=str, default=None, help="partition of the array's tasks")
-    slurm.add_argument("--gpus-per-task", type=int, default=0, help="GPUs per cell [0]")
-    slurm.add_argument("--cpus-per-task", type=int, default=4, help="CPU cores per cell (its torch threads) [4]")
-    slurm.add_argument("--time", type=int, default=240, help="time limit of a cell, in minutes [240]")
-    slurm.add_argument("--array-parallelism", type=int, default=64, help="cells running at once, at most [64]")
-    slurm.add_argument("--mem", type=str, default=None,
+    slurm.add_argument("--partition", type=str, setting=SlurmOptions, help="partition of the array's tasks")
+    slurm.add_argument("--gpus-per-task", type=int, setting=SlurmOptions, help="GPUs per cell [%(default)s]")
+    slurm.add_argument("--cpus-per-task", type=int, setting=SlurmOptions,
+                       help="CPU cores per cell (its torch threads) [%(default)s]")
+    slurm.add_argument("--time", type=int, setting=(SlurmOptions, "time_min"),
+                       help="time limit of a cell, in minutes [%(default)s]")
+    slurm.add_argument("--array-parallelism", type=int, setting=SlurmOptions,
+                       help="cells running at once, at most [%(default)s]")
+    slurm.add_argument("--mem", type=str, setting=SlurmOptions,
                        help="memory of each cell, an sbatch size such as 4G or 500M [the partition's default]")
-    slurm.add_argument("--account", type=str, default=None, help="account charged for the array")
-    slurm.add_argument("--qos", type=str, default=None, help="quality of service of the array")
-    slurm.add_argument("--constraint", type=str, default=None, help="node features the cells need")
+    slurm.add_argument("--account", type=str, setting=SlurmOptions, help="account charged for the array")
+    slurm.add_argument("--qos", type=str, setting=SlurmOptions, help="quality of service of the array")
+    slurm.add_argument("--constraint", type=str, setting=SlurmOptions, help="node features the cells need")
     slurm.add_argument("--slurm-extra", action="append", default=[], metavar="KEY=VALUE",
                        help="another sbatch option, e.g. mail-type=END (repeatable)")
     slurm.add_argument("--setup", action="append", default=[], metavar="CMD",
                        help="a shell line run in the job before the cell, e.g. 'module load cuda' (repeatable)")
     slurm.add_argument("--no-wait", action="store_true",
                        help="submit the array, record its job id in study.json and exit; follow it with --status")
-    p.set_defaults(**{dest: default for dest, (default, _) in GRID.items()}, seed=None, out="runs/study")
+    p.set_defaults(**grid, seed=None)
+    for dest in (*grid, "seed"):  # comma lists, or refused (--seed): no longer a setting's value
+        p.settings.pop(dest, None)
+    for dest in ("out", "with_linear", "threshold", "level"):  # the study's options, as the cells' reproduce
+        p.set_setting(dest, StudySettings)
     train_cli.set_defaults(p, shown={"models_path": "ignored: OUT/cells/.../models",
                                      "tb_logdir": "OUT/cells/.../tensorboard"})
 
 
 def shared_flags(args) -> list[str]:
     """The flags of `hparr reproduce` given to the study that every cell shares, as a command line."""
-    reference = argparse.ArgumentParser(add_help=False)
+    reference = ArgumentParser(add_help=False)
     reproduce_cli.add_arguments(reference)
     argv: list[str] = []
-    for action in reference._actions:
+    for action in reference.arguments:
         if action.dest in _NOT_SHARED or not action.option_strings:
             continue
         value = getattr(args, action.dest, action.default)

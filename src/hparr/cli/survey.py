@@ -1,9 +1,7 @@
 """`hparr survey`: the layers of many networks, and the mechanism's prediction tested across them."""
 from __future__ import annotations
 
-import argparse
-
-from ..defaults import LEVEL
+from .args import ArgumentParser
 
 DESCRIPTION = (
     "One row per network and layer across any mix of hparr runs and studies (their result files), checkpoints "
@@ -14,25 +12,33 @@ DESCRIPTION = (
     "normalization) to --out. See docs/survey.md.")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: ArgumentParser) -> None:
+    """The flags of `hparr survey`, their defaults those of `SurveySettings`."""
+    from ..null import DEFAULT_SCHEME  # start-up time: the library imports numpy and torch (the defaults are its)
+    from ..survey import SurveySettings  # start-up time, as above
+    from .projections import add_init_scheme_argument
+
+    settings = SurveySettings
     p.add_argument("inputs", nargs="*", metavar="FILE_OR_DIR",
                    help="an hparr run or study folder, a checkpoint or ONNX file, or a folder of such files")
-    p.add_argument("--networks", type=str, default=None, metavar="FILE",
+    p.add_argument("--networks", type=str, setting=settings, metavar="FILE",
                    help="a networks file: published networks, where their weight files are below --data, what "
                         "their input is and what feeds each layer (docs/survey.md)")
-    p.add_argument("--data", type=str, default="data/survey", metavar="DIR",
-                   help="the folder of the --networks files [data/survey]")
-    p.add_argument("--out", type=str, default="runs/survey", metavar="DIR", help="output folder [runs/survey]")
-    p.add_argument("--include-1x1", action="store_true", help="also analyze 1x1 convolutions of files")
-    p.add_argument("--with-linear", action="store_true", help="also analyze Linear layers of files")
-    p.add_argument("--level", type=float, default=LEVEL,
-                   help=f"level of the tests (and of the bias tests of the files analyzed here) [{LEVEL}]")
-    p.add_argument("--init-scheme", type=str, default=None, metavar="SCHEME",
-                   help="initialization assumed for the layers of checkpoints and ONNX files that do not record "
-                        "theirs, which sets the null of their bias test (as hparr projections --init-scheme; a "
-                        "networks file's entry may name its own) [hparr projections' default]")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of a Monte-Carlo permutation test (used when the exact one is too large) [0]")
+    p.add_argument("--data", type=str, setting=settings, metavar="DIR",
+                   help="the folder of the --networks files [%(default)s]")
+    p.add_argument("--out", type=str, setting=settings, metavar="DIR", help="output folder [%(default)s]")
+    p.add_argument("--include-1x1", action="store_true", setting=settings,
+                   help="also analyze 1x1 convolutions of files")
+    p.add_argument("--with-linear", action="store_true", setting=settings, help="also analyze Linear layers of files")
+    p.add_argument("--level", type=float, setting=settings,
+                   help="level of the tests (and of the bias tests of the files analyzed here) [%(default)g]")
+    add_init_scheme_argument(p, "initialization assumed for the layers of checkpoints and ONNX files that do not "
+                                "record theirs, which sets the null of their bias test (a networks file's entry may "
+                                "name its own), as hparr projections --init-scheme", settings,
+                             default=f"{DEFAULT_SCHEME}, hparr projections' default")
+    p.add_argument("--seed", type=int, setting=settings,
+                   help="seed of a Monte-Carlo permutation test (used when the exact one is too large) "
+                        "[%(default)s]")
 
 
 def _g(value: float, spec: str = ".3g") -> str:

@@ -6,28 +6,34 @@ import json
 import logging
 import re
 import sys
+from typing import Any
 
-from .args import arch_name, choice, dataset_name
+from .args import ArgumentParser, arch_name, choice, dataset_name
 
 DESCRIPTION = "Model training/finetuning, with snapshots in the original code's layout."
 
 
-def add_data_arguments(p: argparse.ArgumentParser, dataset_help: str = "dataset to train on") -> None:
-    """The dataset flags shared by train, reinit and reproduce (`dataset_help`: what --dataset is to the command)."""
+def add_data_arguments(p: ArgumentParser, dataset_help: str = "dataset to train on") -> None:
+    """The dataset flags shared by train, reinit and reproduce (`dataset_help`: what --dataset is to the command),
+    their defaults those of `DataOptions`. --dataset alone has none: without it the datasets are listed, as the
+    original code did."""
+    from ..data import DataOptions  # start-up time: the data package imports torch (the flags' defaults are its)
+
     p.add_argument("--dataset", type=dataset_name, default=None,
                    help=f"{dataset_help}: a built-in one (any case), imagefolder (your images in --data-path: "
                         "train/<class>/*, val/<class>/*), or module.path:factory (your torch Datasets); run "
                         "without it to list the datasets")
-    p.add_argument("--data-path", type=str, default="./data", help="folder holding the dataset files [./data]")
-    p.add_argument("--dataset-args", type=str, default=None, metavar="K=V,...",
+    p.add_argument("--data-path", type=str, setting=DataOptions,
+                   help="folder holding the dataset files [%(default)s]")
+    p.add_argument("--dataset-args", type=str, setting=DataOptions, metavar="K=V,...",
                    help="keyword arguments of a --dataset module.path:factory, e.g. n=400,gray=True (recorded; a "
                         "rerun passes the same) [none]")
-    p.add_argument("--download", action="store_true",
+    p.add_argument("--download", action="store_true", setting=DataOptions,
                    help="download MNIST/Fashion-MNIST/KMNIST/CIFAR/SVHN into --data-path if missing")
-    p.add_argument("--subsample-classes", type=int, default=0,
-                   help="use only this many classes (0 = all) [0]")
-    p.add_argument("--class-sample-seed", type=int, default=None, help="seed for choosing the classes")
-    p.add_argument("--unnormalize", action="store_true",
+    p.add_argument("--subsample-classes", type=int, setting=DataOptions,
+                   help="use only this many classes (0 = all) [%(default)s]")
+    p.add_argument("--class-sample-seed", type=int, setting=DataOptions, help="seed for choosing the classes")
+    p.add_argument("--unnormalize", action="store_true", setting=DataOptions,
                    help="no mean/std normalization: pixel values in [0, 1]")
 
 
@@ -42,104 +48,119 @@ AMP = ("bf16", "fp16")
 CHANNELS_LAST = ("auto", "on", "off")
 
 
-def _optimizers() -> tuple[str, ...]:
-    from ..training import OPTIMIZERS  # start-up time: the command modules import torch only when they run
+def add_arguments(p: ArgumentParser, seed_drawn: bool = True) -> None:
+    """The flags of `hparr train`, their defaults those of `TrainSettings` and `DataOptions` (`seed_drawn`: an
+    unset --seed draws one; False where the command sets its own default seed)."""
+    from ..data import DataOptions  # start-up time, as above
+    from ..training import DEFAULT_WEIGHT_DECAY, OPTIMIZERS, PLATEAU_EPOCHS, TrainSettings  # start-up time, as above
 
-    return OPTIMIZERS
-
-
-def add_arguments(p: argparse.ArgumentParser, seed_drawn: bool = True) -> None:
-    """The flags of `hparr train` (`seed_drawn`: an unset --seed draws one; False where the command sets its own
-    default seed)."""
     add_arch_argument(p)
     add_data_arguments(p)
-    p.add_argument("--input-size", type=int, default=None, metavar="S",
+    train = TrainSettings
+    p.add_argument("--input-size", type=int, setting=DataOptions, metavar="S",
                    help="resize the images of --dataset imagefolder to SxS [their own size]")
-    p.add_argument("--noise", type=float, default=0.0,
-                   help="ratio of corrupted training labels in [0, 1]; -1 = pixel shuffle instead [0]")
-    p.add_argument("--noise-seed", type=int, default=None, help="seed for label corruption / pixel shuffle")
-    p.add_argument("--augmentation", action="store_true", help="enable data augmentation")
-    p.add_argument("--pretrained", action="store_true", help="start from torchvision's ImageNet weights")
-    p.add_argument("--weights", type=str, default=None,
+    p.add_argument("--noise", type=float, setting=DataOptions,
+                   help="ratio of corrupted training labels in [0, 1]; -1 = pixel shuffle instead [%(default)g]")
+    p.add_argument("--noise-seed", type=int, setting=DataOptions, help="seed for label corruption / pixel shuffle")
+    p.add_argument("--augmentation", action="store_true", setting=DataOptions, help="enable data augmentation")
+    p.add_argument("--pretrained", action="store_true", setting=train,
+                   help="start from torchvision's ImageNet weights")
+    p.add_argument("--weights", type=str, setting=train,
                    help="file of pretrained weights, any checkpoint format (implies --pretrained)")
-    p.add_argument("--state-dict-prefix", type=str, default=None, metavar="PREFIX",
+    p.add_argument("--state-dict-prefix", type=str, setting=train, metavar="PREFIX",
                    help="read the weights under this key prefix of the checkpoints (e.g. 'model.' of a Lightning "
                         "module); found automatically against the model's keys when omitted")
-    p.add_argument("--split", type=float, default=0.0,
-                   help="fraction of the training set held out for validation (0 = none) [0]")
-    p.add_argument("--stratified", action="store_true", help="validation split with equal samples per class")
-    p.add_argument("--split-seed", type=int, default=None, help="seed for shuffling before the split")
-    p.add_argument("--shuffle", action="store_true", help="shuffle the training data before the split")
-    p.add_argument("--train-size", type=int, default=None, metavar="N",
+    p.add_argument("--split", type=float, setting=DataOptions,
+                   help="fraction of the training set held out for validation (0 = none) [%(default)g]")
+    p.add_argument("--stratified", action="store_true", setting=DataOptions,
+                   help="validation split with equal samples per class")
+    p.add_argument("--split-seed", type=int, setting=DataOptions, help="seed for shuffling before the split")
+    p.add_argument("--shuffle", action="store_true", setting=DataOptions,
+                   help="shuffle the training data before the split")
+    p.add_argument("--train-size", type=int, setting=DataOptions, metavar="N",
                    help="train on a stratified, seeded subset of N training images (taken after the class subset "
                         "and the validation split; --noise corrupts that subset) [all]")
-    p.add_argument("--train-size-seed", type=int, default=None,
+    p.add_argument("--train-size-seed", type=int, setting=DataOptions,
                    help="seed for choosing the --train-size subset (derived from --seed if unset)")
     p.add_argument("--evaluate", "--test-only", action="store_true",
                    help="evaluate the --resume-from snapshot on the test set and exit")
     p.add_argument("--evaluate-train", action="store_true",
                    help="evaluate the --resume-from snapshot on the training set and exit")
-    p.add_argument("--cuda", action="store_true", help="use the GPU (falls back to the CPU with a warning)")
-    p.add_argument("--amp", nargs="?", const="bf16", default=None, choices=AMP, type=choice(AMP),
+    p.add_argument("--cuda", action="store_true", setting=train,
+                   help="use the GPU (falls back to the CPU with a warning)")
+    p.add_argument("--amp", nargs="?", const="bf16", setting=train, choices=AMP, type=choice(AMP),
                    help="mixed precision on the GPU (bf16 by default; fp16 uses a GradScaler)")
-    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+    p.add_argument("--compile", nargs="?", const="inductor", setting=train, metavar="BACKEND",
                    help="torch.compile the model for training, with BACKEND (inductor by default); snapshots keep "
                         "plain keys and evaluation stays eager")
-    p.add_argument("--sync-bn", action="store_true", help="synchronized BatchNorm under torchrun")
-    p.add_argument("--channels-last", choices=CHANNELS_LAST, type=choice(CHANNELS_LAST), default="auto",
-                   help="channels_last memory format: auto = on the GPU, and on the CPU for narrow convnets [auto]")
-    p.add_argument("--workers", "-j", type=int, default=1, help="data loading processes (ImageNet only) [1]")
-    p.add_argument("--epochs", type=int, default=20,
-                   help="number of training epochs (the cap with --until-train-acc) [20]")
-    p.add_argument("--until-train-acc", type=float, default=None, metavar="PCT",
+    p.add_argument("--sync-bn", action="store_true", setting=train, help="synchronized BatchNorm under torchrun")
+    p.add_argument("--channels-last", choices=CHANNELS_LAST, type=choice(CHANNELS_LAST), setting=train,
+                   help="channels_last memory format: auto = on the GPU, and on the CPU for narrow convnets "
+                        "[%(default)s]")
+    p.add_argument("--workers", "-j", type=int, setting=train,
+                   help="data loading processes (ImageNet only) [%(default)s]")
+    p.add_argument("--epochs", type=int, setting=train,
+                   help="number of training epochs (the cap with --until-train-acc) [%(default)s]")
+    p.add_argument("--until-train-acc", type=float, setting=train, metavar="PCT",
                    help="stop after the first epoch whose top-1 on the model's own training labels (corrupted where "
                         "they are; eval mode, no augmentation) reaches PCT %%; the final snapshot is that epoch's "
                         "[off]")
-    p.add_argument("--start-epoch", type=int, default=0, help="starting epoch (for a bare-weights resume) [0]")
-    p.add_argument("--batch-size", type=int, default=128, help="minibatch size [128]")
-    p.add_argument("--optimizer", type=choice(_optimizers), default="sgd", help="sgd or adam (any case) [sgd]")
-    p.add_argument("--lr", type=float, default=0.001, help="base learning rate [0.001]")
-    p.add_argument("--lr-step", type=int, default=0, help="decay the lr every this many epochs [off]")
-    p.add_argument("--lr-decay", type=float, default=0.0, help="lr decay factor [off]")
-    p.add_argument("--weight-decay", type=float, default=None,
+    p.add_argument("--start-epoch", type=int, setting=train,
+                   help="starting epoch (for a bare-weights resume) [%(default)s]")
+    p.add_argument("--batch-size", type=int, setting=train, help="minibatch size [%(default)s]")
+    p.add_argument("--optimizer", type=choice(OPTIMIZERS), setting=train,
+                   help=f"{' or '.join(OPTIMIZERS)} (any case) [%(default)s]")
+    p.add_argument("--lr", type=float, setting=train, help="base learning rate [%(default)g]")
+    p.add_argument("--lr-step", type=int, setting=train,
+                   help="decay the lr every this many epochs [%(default)s = off]")
+    p.add_argument("--lr-decay", type=float, setting=train, help="lr decay factor [%(default)g = off]")
+    decay = ", ".join(f"{value:g} with {name}" for name, value in DEFAULT_WEIGHT_DECAY.items())
+    p.add_argument("--weight-decay", type=float, setting=train,
                    help="weight decay: the weight_decay of torch.optim.SGD or torch.optim.Adam, an L2 penalty added "
-                        "to the gradient (Adam's is not AdamW's decoupled decay) [1e-4 with sgd, 0 with adam, as in "
-                        "the paper's code]")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum [0.9]")
-    p.add_argument("--models-path", type=str, default="./models", help="where snapshots are stored [./models]")
-    p.add_argument("--seed", type=int, default=None,
+                        f"to the gradient (Adam's is not AdamW's decoupled decay) [{decay}, as in the paper's code]")
+    p.add_argument("--momentum", type=float, setting=train, help="SGD momentum [%(default)g]")
+    p.add_argument("--models-path", type=str, setting=train, help="where snapshots are stored [%(default)s]")
+    p.add_argument("--seed", type=int, setting=train,
                    help="seed of initialization, data order and dropout" + (
                        " (a random one is drawn and recorded if unset)" if seed_drawn else ""))
-    p.add_argument("--tb-logdir", type=str, default="./tensorboard", help="TensorBoard folder [./tensorboard]")
-    p.add_argument("--snapshot-every", type=int, default=0, help="snapshot every E epochs [0 = only the last]")
-    p.add_argument("--snapshot-all-until", type=int, default=0,
-                   help="snapshot every epoch until this one, then every --snapshot-every")
-    p.add_argument("--resume-from", type=str, default=None,
+    p.add_argument("--tb-logdir", type=str, setting=train, help="TensorBoard folder [%(default)s]")
+    p.add_argument("--snapshot-every", type=int, setting=train,
+                   help="snapshot every E epochs [%(default)s = only the last]")
+    p.add_argument("--snapshot-all-until", type=int, setting=train,
+                   help="snapshot every epoch until this one, then every --snapshot-every [%(default)s = none]")
+    p.add_argument("--resume-from", type=str, setting=train,
                    help="snapshot to resume from; 'auto' or a directory picks the run's newest complete one")
-    p.add_argument("--overwrite", action="store_true",
+    p.add_argument("--overwrite", action="store_true", setting=train,
                    help="replace a run of another configuration (lr, optimizer, data options, seed, ...) whose "
                         "snapshots are in the run directory; without it such a run is never overwritten")
-    p.add_argument("--kill-plateaus", action="store_true",
-                   help="stop when validation accuracy stalls in the first 10 epochs")
-    p.add_argument("--train-acc", action="store_true", help="also report training accuracy at snapshots")
-    p.add_argument("--log", type=str, default="train.log", help="log file name, in the run directory [train.log]")
+    p.add_argument("--kill-plateaus", action="store_true", setting=train,
+                   help=f"stop when the top-1 accuracy of an epoch equals the one before, within the first "
+                        f"{PLATEAU_EPOCHS} epochs: on the validation split (--split), else on the training set (the "
+                        "labels it is trained on)")
+    p.add_argument("--train-acc", action="store_true", setting=train,
+                   help="also report training accuracy at snapshots")
+    p.add_argument("--log", type=str, setting=train, help="log file name, in the run directory [%(default)s]")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-track", action="store_true",
                    help="do not track the per-layer bias statistics during training (tracking.csv, bias/* in "
                         "TensorBoard)")
-    p.add_argument("--track-every-steps", type=int, default=0, metavar="K",
-                   help="also track the bias statistics every K optimizer steps, not only after each epoch [0 = off]")
+    p.add_argument("--track-every-steps", type=int, setting=train, metavar="K",
+                   help="also track the bias statistics every K optimizer steps, not only after each epoch "
+                        "[%(default)s = off]")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
 
 
-def set_defaults(p: argparse.ArgumentParser, shown: dict[str, str] | None = None, **defaults) -> None:
-    """`p.set_defaults(**defaults)`, with each flag's help ending in the default this command uses ("[30]"),
-    or the text of `shown` ({dest: text}) for a flag whose value this command sets itself."""
+def set_defaults(p: ArgumentParser, shown: dict[str, str] | None = None, presets: Any = None, **defaults) -> None:
+    """Another default for some of a command's flags: those of the preset mapping `presets` (recorded as their
+    source, `ArgumentParser.settings`) and `defaults`. Each such flag's help ends in its default ("[30]"), or in
+    the text of `shown` ({dest: text}) for a flag whose value this command sets itself."""
+    for dest in presets or {}:
+        p.set_setting(dest, presets)
     p.set_defaults(**defaults)
-    texts = {dest: "unset" if value is None else str(value) for dest, value in defaults.items()}
+    texts = {dest: "%(default)s" for dest in [*(presets or {}), *defaults]}
     texts.update(shown or {})
-    for action in p._actions:
-        if action.dest in texts and action.help not in (None, argparse.SUPPRESS):
+    for action in p.arguments:
+        if action.dest in texts and action.help not in (None, argparse.SUPPRESS):  # "[0 = off]" becomes "[5]"
             action.help = re.sub(r"\s*\[[^\[\]]*\]$", "", action.help) + f" [{texts[action.dest]}]"
 
 

@@ -102,13 +102,17 @@ def augmentation_text(dataset: str) -> str:
     return _AUGMENT_TEXT["imagenet" if dataset == "imagenet" else augmentation_rule(dataset)]
 
 
-def check_subsample_classes(dataset: str, k: Any) -> int:
-    """A --subsample-classes value: 0 (all classes) or 2..the dataset's class count (one class leaves nothing
-    to classify). The upper bound of ImageNet, an image folder and a factory's data is their number of classes,
-    checked when they are read."""
-    n = dataset_info(dataset).num_classes if is_builtin(dataset) else "the class count"
+def check_subsample_classes(dataset: str, k: Any, num_classes: int | None = None) -> int:
+    """The one rule of --subsample-classes: 0 (all classes) or 2..the dataset's class count (one class leaves
+    nothing to classify). The class count is `num_classes` where the data was read, else the catalog's where it
+    is fixed: a built-in dataset's, but ImageNet's (its class folders may be fewer than 1000), an image folder's
+    and a factory's are their data's, and the upper bound waits until they are read (`load_data` checks it
+    again then)."""
+    if num_classes is None and is_builtin(dataset) and dataset != "imagenet":
+        num_classes = dataset_info(dataset).num_classes
     integer = not isinstance(k, bool) and isinstance(k, (int, np.integer))
-    if not integer or k < 0 or k == 1 or (is_builtin(dataset) and dataset != "imagenet" and k > n):
+    if not integer or k < 0 or k == 1 or (num_classes is not None and k > num_classes):
+        n = "the class count" if num_classes is None else num_classes
         raise UsageError(f"--subsample-classes must be 0 (all) or 2..{n}, got {k if integer else repr(k)}")
     return int(k)
 

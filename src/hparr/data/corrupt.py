@@ -11,9 +11,8 @@ from ..errors import HparrError, UsageError
 
 
 def choose_classes(num_classes: int, k: int, seed: int) -> list[int]:
-    """k distinct class ids out of num_classes, sorted (k = 0: None is handled by the caller)."""
-    if not 0 < k <= num_classes:
-        raise UsageError(f"cannot subsample {k} classes out of {num_classes}")
+    """k distinct class ids out of num_classes, sorted: k a class subset that `check_subsample_classes` allows
+    for num_classes, but 0 (all classes, which the caller handles by choosing none)."""
     rng = np.random.default_rng(seed)
     return sorted(int(c) for c in rng.choice(num_classes, size=k, replace=False))
 

@@ -25,7 +25,15 @@ import torch
 from ..errors import HparrError, UsageError
 from ..layout import Corruption
 from ..provenance import versions
-from .catalog import DataOptions, DatasetInfo, augmentation_text, canonical_dataset_args, dataset_info, dataset_kind
+from .catalog import (
+    DataOptions,
+    DatasetInfo,
+    augmentation_text,
+    canonical_dataset_args,
+    check_subsample_classes,
+    dataset_info,
+    dataset_kind,
+)
 from .corrupt import choose_classes, corrupt_labels, shuffle_pixels, split_indices, stratified_subset, subsample_indices
 from .factory import read_factory
 from .formats import imagenet_folders, missing_files, read_arrays
@@ -210,10 +218,8 @@ def load_data(options: DataOptions, splits: tuple[str, ...] = SPLITS) -> Data:
 
     train_idx, test_idx = np.arange(len(y_train)), np.arange(len(y_test))
     classes = None
-    k = int(options.subsample_classes)
+    k = check_subsample_classes(options.dataset, options.subsample_classes, num_classes)  # the count read
     if k:
-        if k > num_classes:
-            raise UsageError(f"cannot subsample {k} classes: {options.dataset} has {num_classes}")
         classes = choose_classes(num_classes, k, seeds["class_sample_seed"])
         train_idx, y_train = subsample_indices(y_train, classes)
         test_idx, y_test = subsample_indices(y_test, classes)

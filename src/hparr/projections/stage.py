@@ -15,10 +15,10 @@ from tqdm import tqdm
 
 from .. import checkpoints, files, layout
 from ..checkpoints import ModelConfig, find_snapshots
-from ..data import DataOptions, dataset_info, describe, is_builtin
+from ..data import DataOptions, check_subsample_classes, dataset_info, describe, is_builtin
 from ..defaults import INCLUDE_1X1, LEVEL, check_level
 from ..errors import UsageError
-from ..models import build_model, check_arch, pretrained_file
+from ..models import build_model, check_arch, check_model_shape, pretrained_file
 from ..null import DEFAULT_SCHEME, check_scheme
 from ..results import projections_table
 from .snapshots import (
@@ -35,14 +35,6 @@ log = logging.getLogger("hparr.projections")
 
 CHECKPOINT_ONLY = "checkpoint"  # the results folder of checkpoint-only projections, in place of the arch
 NO_DATASET = "no-dataset"
-
-
-def check_model_shape(num_classes: int | None, in_channels: int | None, input_size: int | None) -> None:
-    """--num-classes, --in-channels and --input-size, where given: at least 1."""
-    for flag, value in (("--num-classes", num_classes), ("--in-channels", in_channels),
-                        ("--input-size", input_size)):
-        if value is not None and value < 1:
-            raise UsageError(f"{flag} must be >= 1, got {value}")
 
 
 @dataclass
@@ -135,19 +127,12 @@ class ProjectionSettings:
                 raise UsageError("--init-from, --pretrained and --weights need --arch (a model to match them with)")
         else:
             check_arch(self.arch)
-        k = self.subsample_classes
         if self.dataset is not None:
             self.data_options().validate()
-        if self.dataset is not None and not is_builtin(self.dataset):
-            if k < 0 or k == 1:
-                raise UsageError(f"--subsample-classes must be 0 (all) or 2..the class count, got {k}")
-        elif self.dataset is not None:
-            info = dataset_info(self.dataset)
-            if k < 0 or k > info.num_classes or k == 1:
-                raise UsageError(f"--subsample-classes must be 0 (all) or 2..{info.num_classes}, got {k}")
+            check_subsample_classes(self.dataset, self.subsample_classes)
         elif self.dataset_args is not None:
             raise UsageError("--dataset-args needs --dataset module.path:factory")
-        elif k:
+        elif self.subsample_classes:
             raise UsageError("--subsample-classes needs --dataset")
         check_level(self.level)
         check_scheme(self.init_scheme)

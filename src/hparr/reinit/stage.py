@@ -16,7 +16,7 @@ from ..data import DataOptions, load_data, make_loader, source_change
 from ..defaults import INCLUDE_1X1
 from ..errors import HparrError, UsageError
 from ..layers import is_1x1
-from ..models import build_model, check_arch
+from ..models import build_model, check_arch, check_model_shape
 from ..results import REINIT_FORMAT, check_eval_split, read_json
 from ..training import select_device
 from .documents import (
@@ -75,7 +75,9 @@ class ReinitSettings:
     in_channels: int | None = None
     input_size: int | None = None
     eval_split: str = "test"  # "test" (the paper's), or "train": the images and labels the model was trained on
-    eval_processes: int | str = 1  # worker processes sharing the batches (one torch thread each), or "auto"
+    # worker processes sharing the batches (one torch thread each), or "auto": one per core for a small model
+    # (`processes.choose_processes`), as `hparr reinit --eval-processes` by default
+    eval_processes: int | str = "auto"
 
     def validate(self) -> None:
         """Raise a UsageError (one line) for a bad option; nothing is read or written."""
@@ -87,10 +89,7 @@ class ReinitSettings:
             raise UsageError(f"--rand-trials must be >= 1, got {self.rand_trials}")
         if self.max_test_images < 0:
             raise UsageError(f"--max-test-images must be >= 0 (0 = all), got {self.max_test_images}")
-        for flag, value in (("--num-classes", self.num_classes), ("--in-channels", self.in_channels),
-                            ("--input-size", self.input_size)):
-            if value is not None and value < 1:
-                raise UsageError(f"{flag} must be >= 1, got {value}")
+        check_model_shape(self.num_classes, self.in_channels, self.input_size)
         if self.method not in ("auto", "shared", "plain"):
             raise UsageError(f"--method must be auto, shared or plain, got {self.method!r}")
         parse_eval_processes(self.eval_processes)
