@@ -48,7 +48,6 @@ DIFFERENT = {
     ("train", "dataset"): "without --dataset the datasets are listed, as the original code did",
     ("reinit", "dataset"): "without --dataset the datasets are listed, as the original code did",
     ("study", "seed"): "refused in a study: its seeds are --seeds",
-    ("projections", "normalize"): "a switch: the original compute_projections.py's plain sums unless given",
 }
 # flags whose help shows what the command does with them instead of a default
 SHOWN_OTHERWISE = {"models_path", "tb_logdir", "resume_from"}

@@ -18,9 +18,7 @@ ORIGINAL_LOG = "positive_orthant.log"  # the original code's log file name (it w
 
 
 def add_arguments(p: ArgumentParser) -> None:
-    """The flags of `hparr projections`, their defaults those of `ProjectionSettings` but --normalize's (a switch:
-    the original compute_projections.py's plain sums unless it is given; the library's default is the cosine, as
-    `hparr reproduce` computes them)."""
+    """The flags of `hparr projections`, their defaults those of `ProjectionSettings`."""
     from ..projections import ProjectionSettings  # start-up time: the library imports torch (the defaults are its)
 
     settings = ProjectionSettings
@@ -52,7 +50,7 @@ def add_arguments(p: ArgumentParser) -> None:
                    help="read the weights under this key prefix of the checkpoints (e.g. 'model.' of a Lightning "
                         "module); found automatically against the model's keys when omitted")
     p.add_argument("--cuda", action="store_true", help="compute on the GPU (falls back to the CPU with a warning)")
-    p.add_argument("--normalize", action="store_true",
+    p.add_argument("--normalize", action="store_true", setting=settings,
                    help="cosine projections <w,1>/(||w|| sqrt(d)) instead of the plain sums <w,1>")
     p.add_argument("--with-linear", action="store_true", setting=settings, help="also analyze Linear layers")
     p.add_argument("--include-1x1", action="store_true", setting=settings, help="also analyze 1x1 convolutions")

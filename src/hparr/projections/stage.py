@@ -55,7 +55,7 @@ class ProjectionSettings:
     init_from: str | None = None
     seed: int | None = None
     subsample_classes: int = 0
-    normalize: bool = True
+    normalize: bool = False  # the original compute_projections.py's plain sums <w,1>; True: the cosine
     with_linear: bool = False
     include_1x1: bool = INCLUDE_1X1
     level: float = LEVEL
