@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from ..defaults import LEVEL
+from ..layout import PROJECTIONS_LOG
 from .args import dataset_name
 from .train import add_arch_argument, require_arch_and_dataset
 
@@ -16,7 +17,6 @@ DESCRIPTION = (
     "tidy table of every snapshot x layer (projections.csv) beside them. Without --load-from it analyzes the "
     "random initialization of --arch with --seed (init_<arch>.json, epoch 0), or with --pretrained "
     "torchvision's ImageNet weights (pretrained_<arch>.json, epoch -1).")
-ORIGINAL_LOG = "positive_orthant.log"  # the original code's log file name (it wrote it under ./log)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,9 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "xavier_normal, normal, trunc_normal (cut at +/-2 with std 0.02: Gaussian), trunc_normal_tf "
                         "(cut at 2 sd), or a law: gaussian, uniform, truncnorm(C) [pytorch]")
     p.add_argument("--results", type=str, default="./results", help="results folder [./results]")
-    p.add_argument("--log", type=str, default=ORIGINAL_LOG,
+    p.add_argument("--log", type=str, default=PROJECTIONS_LOG,
                    help=f"log file name; written beside the JSON results (not under ./log as the original) "
-                        f"[{ORIGINAL_LOG}]")
+                        f"[{PROJECTIONS_LOG}]")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the run (results go to <arch>/<seed>/; unset: the seed the snapshots record); "
                         "random initialization uses it (0 if unset)")

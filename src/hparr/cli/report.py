@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .. import report
 from ..defaults import THRESHOLD
+from ..layout import PAGE_NAME, REPORT_NAME, STATISTICS_NAME
 from ..report import BIAS_MEASURES
 from ..report.compare import build_comparison
 from ..report.study import build_study_report
@@ -65,15 +66,15 @@ def run(args) -> int:
     options = {"threshold": args.threshold, "measure": args.bias_measure}
     if len(folders) > 1 or args.compare:  # runs side by side
         written = build_comparison(folders, args.out, strict=args.strict, **options)
-        print(f"compared {len(json.loads(written['report.json'].read_text())['runs'])} runs; "
-              f"wrote {written['index.html'].parent}/ ({', '.join(written)})")
+        print(f"compared {len(json.loads(written[REPORT_NAME].read_text())['runs'])} runs; "
+              f"wrote {written[PAGE_NAME].parent}/ ({', '.join(written)})")
         return 0
     folder = folders[0]
     if read_study(folder) is not None:  # a folder of `hparr study`: the study's report
         written = build_study_report(folder, args.out, **options)
         for path in written.values():
             print(f"wrote {path}")
-        _say_missing(written["statistics.json"])
+        _say_missing(written[STATISTICS_NAME])
         return 0
     reports = report.build_reports(folder, args.out, strict=args.strict, **options)
     if len(reports) == 1:
@@ -82,5 +83,5 @@ def run(args) -> int:
         return 0
     print(f"{folder} holds {len(reports)} runs: one report each")
     for name, written in reports.items():
-        print(f"{name}: wrote {written['index.html'].parent}/ ({len(written)} files)")
+        print(f"{name}: wrote {written[PAGE_NAME].parent}/ ({len(written)} files)")
     return 0

@@ -5,6 +5,7 @@ import argparse
 
 from ..defaults import LEVEL, THRESHOLD
 from ..errors import UsageError
+from ..layout import PAGE_NAME, REPORT_DIR
 from ..results import EVAL_SPLITS
 from . import train as train_cli
 from .args import choices_list
@@ -49,5 +50,5 @@ def run(args) -> int:
     torch.set_num_threads(available_cores())
     out = run_reproduce(settings)
     print(final_headline(out.final, out.stopped, settings.train.epochs, settings.train.until_train_acc))
-    print(f"{out.snapshots} snapshots analyzed; report in {args.out}/report/index.html")
+    print(f"{out.snapshots} snapshots analyzed; report in {args.out}/{REPORT_DIR}/{PAGE_NAME}")
     return 0

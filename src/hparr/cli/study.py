@@ -7,6 +7,7 @@ import math
 import sys
 
 from ..errors import UsageError
+from ..layout import PAGE_NAME, STATISTICS_NAME
 from . import reproduce as reproduce_cli
 from . import train as train_cli
 
@@ -211,7 +212,7 @@ def run(args) -> int:
     report = statistics = None
     if result.count("finished") + result.count("skipped"):
         written = build_study_report(result.out)
-        report, statistics = written["index.html"], read_json(written["statistics.json"])
+        report, statistics = written[PAGE_NAME], read_json(written[STATISTICS_NAME])
     for line in headline(result, report, statistics):
         print(line)
     return 1 if result.failed else 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..defaults import LEVEL
+from ..layout import SUMMARY_NAME
 
 DESCRIPTION = (
     "One row per network and layer across any mix of hparr runs and studies (their result files), checkpoints "
@@ -59,5 +60,5 @@ def run(args) -> int:
           f"{reading['across_layers_deviation']['permutation']} (permutation p = {_g(m['p_permutation'])}); "
           f"within {w['n']} networks, paired: {reading['within_networks_deviation']['sign']} "
           f"(sign test p = {_g(w['p_sign'])})")
-    print(f"survey in {written['summary.md'].parent}")
+    print(f"survey in {written[SUMMARY_NAME].parent}")
     return 0

@@ -7,6 +7,7 @@ import logging
 import re
 import sys
 
+from ..layout import TRAIN_LOG
 from .args import arch_name, choice, dataset_name
 
 DESCRIPTION = "Model training/finetuning, with snapshots in the original code's layout."
@@ -122,7 +123,7 @@ def add_arguments(p: argparse.ArgumentParser, seed_drawn: bool = True) -> None:
     p.add_argument("--kill-plateaus", action="store_true",
                    help="stop when validation accuracy stalls in the first 10 epochs")
     p.add_argument("--train-acc", action="store_true", help="also report training accuracy at snapshots")
-    p.add_argument("--log", type=str, default="train.log", help="log file name, in the run directory [train.log]")
+    p.add_argument("--log", type=str, default=TRAIN_LOG, help=f"log file name, in the run directory [{TRAIN_LOG}]")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-track", action="store_true",
                    help="do not track the per-layer bias statistics during training (tracking.csv, bias/* in "
