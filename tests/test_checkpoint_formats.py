@@ -233,5 +233,6 @@ def test_find_snapshots_lists_every_format(same_weights, tmp_path):
     found = ck.find_snapshots(root / "files")
     assert {p.name for p in found} >= {"lightning_5.ckpt", "st_5.safetensors", "legacy_5.pt"}
     assert ck.find_snapshots(root / "sharded_5") == [root / "sharded_5"]
-    assert ck.epoch_from_filename("st_5.safetensors") == 5 and ck.epoch_from_filename(root / "sharded_5") == 5
+    assert ck.epoch_from_filename_or_raise("st_5.safetensors") == 5
+    assert ck.epoch_from_filename_or_raise(root / "sharded_5") == 5
     assert ck.snapshot_epoch_or_none({}, "model.safetensors") is None

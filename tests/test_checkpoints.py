@@ -32,12 +32,12 @@ def test_original_formats_load(tmp_path):
 
 
 def test_epoch_from_filename_rule():
-    assert ck.epoch_from_filename("vgg11_pretrained_0.pt") == -1
-    assert ck.epoch_from_filename("/a/vgg11_init_0.pt") == 0
-    assert ck.epoch_from_filename("vgg11_9.tar") == 10
-    assert ck.epoch_from_filename("vgg11_30.pt") == 30  # the final model ran 30 epochs
+    assert ck.epoch_from_filename_or_raise("vgg11_pretrained_0.pt") == -1
+    assert ck.epoch_from_filename_or_raise("/a/vgg11_init_0.pt") == 0
+    assert ck.epoch_from_filename_or_raise("vgg11_9.tar") == 10
+    assert ck.epoch_from_filename_or_raise("vgg11_30.pt") == 30  # the final model ran 30 epochs
     with pytest.raises(HparrError):
-        ck.epoch_from_filename("weights.pt")
+        ck.epoch_from_filename_or_raise("weights.pt")
 
 
 def test_metadata_beats_file_name():

@@ -17,7 +17,7 @@ from hparr import fakedata, reinit
 from hparr.cli import main
 from hparr.data import DataOptions, load_data, make_loader
 from hparr.errors import HparrError, UsageError
-from hparr.layout import Corruption
+from hparr.layout import RUN_REPORT_FILES, Corruption
 from hparr.models import build_model
 from hparr.report import study as study_report
 from hparr.training import TrainSettings, configuration_differences, setup, train, weight_configuration
@@ -363,14 +363,14 @@ def test_reproduce_records_the_stop_and_both_splits(tmp_path):
     train_doc = results.read_json(manifest["reinit_splits"]["train"])
     assert train_doc["eval_split"] == "train" and train_doc["num_test"] == 150
     assert train_doc["trained_correct"]["top1"] == round(manifest["final"]["train"]["top1"] * 150 / 100)
-    assert manifest["epochs"] == [0, 1] and results.run_finished(tmp_path / "run")
+    assert manifest["epochs"] == [0, 1] and results.run_finished(tmp_path / "run", RUN_REPORT_FILES)
     # the study reads both splits' drops of the cell
     rows, _ = study_report.cell_rows(tmp_path / "run", tmp_path, "mass")
     drops = results.drop_frame(train_doc)
     assert [r["drop_reinit_0_train"] for r in rows if r["trained"]] == pytest.approx(list(drops.loc["0"]))
     assert {r["regime"] for r in rows} == {"neither"} and {r["train_size"] for r in rows} == {150}
     manifest["reinit_splits"]["train"].unlink()
-    assert not results.run_finished(tmp_path / "run")
+    assert not results.run_finished(tmp_path / "run", RUN_REPORT_FILES)
 
 
 def test_a_study_takes_train_sizes_as_an_axis_and_eval_splits(tmp_path, capsys):

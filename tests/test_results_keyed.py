@@ -215,11 +215,13 @@ def test_reinit_from_a_run_directory_skips_every_file_of_the_trained_epoch(tmp_p
     settings = reinit.ReinitSettings(load_from=str(run_dir / "lenet_2.pt"), data=DataOptions(dataset="digits"),
                                      arch="lenet", inits_from=str(run_dir), max_test_images=32)
     path = tmp_path / "R" / "digits" / "lenet" / "reinit_lenet_2.json"
-    assert reinit.result_path(settings, tmp_path / "R") == path and reinit.stale_reason(settings, path) is None
+    trained = reinit.read_trained(settings)
+    assert reinit.result_path(trained, tmp_path / "R") == path
+    assert reinit.judge_result(settings, trained, path) == (doc, None)
     earlier = tmp_path / "earlier.json"
     earlier.write_text(json.dumps({**doc, "init_from_epoch": {**doc["init_from_epoch"], "2": [50.0] * 6}}))
-    assert reinit.stale_reason(settings, earlier) == \
-        "it re-initializes from epoch 2, the trained snapshot's own (an earlier hparr)"
+    assert reinit.judge_result(settings, trained, earlier) == \
+        (None, "it re-initializes from epoch 2, the trained snapshot's own (an earlier hparr)")
 
     # a rerun from the same files in another folder is refused, naming a file of each (their names are the same)
     shutil.copytree(run_dir, tmp_path / "copy")
@@ -274,3 +276,28 @@ def test_snapshot_names_of_a_custom_arch_carry_no_colon(tmp_path, capsys, monkey
     messages = [r.getMessage() for r in caplog.records]
     assert any(re.search(r"resumed from .*own_model:small_cnn_init_0\.pt", m) for m in messages)
     assert not any("tracking without the distances from initialization" in m for m in messages)
+
+
+def test_each_command_reads_each_checkpoint_once(tmp_path, capsys, monkeypatch):
+    """Paths are computed from what was read, never by reading again: `hparr reinit` reads its trained snapshot
+    once (its result's path, an earlier version's result, the reuse check and the sweep share it), and `hparr
+    projections` each snapshot once (the run's condition, then its tensors)."""
+    for seed, name in ((0, "lenet_init_0.pt"), (1, "lenet_1.pt")):
+        torch.save(build_model("lenet", 10, 1, seed=seed).state_dict(), tmp_path / name)
+    reads: list[str] = []
+    load = torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **k: reads.append(Path(f).name) or load(f, *a, **k))
+    reinit_argv = ["reinit", "--arch", "lenet", "--dataset", "digits", "--load-from", tmp_path / "lenet_1.pt",
+                   "--inits-from", tmp_path, "--results", tmp_path / "R", "--max-test-images", 32, "--no-progress"]
+    for kept in (False, True):  # computed, then kept
+        reads.clear()
+        rc, out, err = run(capsys, *reinit_argv)
+        logging.getLogger("hparr").handlers.clear()
+        assert rc == 0 and ("kept" in out) == kept, err
+        assert reads.count("lenet_1.pt") == 1, reads
+    reads.clear()
+    rc, out, err = run(capsys, "projections", "--arch", "lenet", "--dataset", "digits", "--load-from", tmp_path,
+                       "--results", tmp_path / "P", "--no-progress")
+    logging.getLogger("hparr").handlers.clear()
+    assert rc == 0 and "2 computed" in out, (out, err)
+    assert sorted(reads) == ["lenet_1.pt", "lenet_init_0.pt"], reads

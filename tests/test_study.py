@@ -22,7 +22,7 @@ from test_report import assert_page_is_its_markdown
 from hparr import files, results, study
 from hparr.cli import main
 from hparr.errors import UsageError
-from hparr.layout import MANIFEST_NAME, STUDY_NAME, TRACKING_NAME, Corruption
+from hparr.layout import MANIFEST_NAME, RUN_REPORT_FILES, STUDY_NAME, TRACKING_NAME, Corruption
 from hparr.report import study as study_report
 from hparr.trackfile import COLUMNS, csv_text
 
@@ -726,7 +726,8 @@ def test_kill_9_mid_study_then_a_rerun_completes_it_and_keeps_finished_cells(tmp
     try:
         deadline = time.monotonic() + 900
         # kill once the first cell is finished and the second has begun training
-        while not (results.run_finished(first) and (second / "models/digits/lenet/1/lenet_init_0.pt").exists()):
+        while not (results.run_finished(first, RUN_REPORT_FILES)
+                   and (second / "models/digits/lenet/1/lenet_init_0.pt").exists()):
             assert proc.poll() is None, proc.stderr.read().decode()
             assert time.monotonic() < deadline
             time.sleep(0.2)
@@ -744,7 +745,7 @@ def test_kill_9_mid_study_then_a_rerun_completes_it_and_keeps_finished_cells(tmp
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert not results.run_finished(second)
+    assert not results.run_finished(second, RUN_REPORT_FILES)
     # the study's worker exits within a second of the study: the cell it ran has failed, the others never began
     deadline = time.monotonic() + 60
     while (lines := status_lines(out, capsys))["cells/lenet/digits/clean/seed_1"].startswith("running"):
@@ -758,7 +759,7 @@ def test_kill_9_mid_study_then_a_rerun_completes_it_and_keeps_finished_cells(tmp
     assert "study: 4 cells: 3 finished now, 1 already finished, 0 failed" in rerun.stdout
     assert fingerprint(first) == before  # the finished cell was skipped, not rewritten
     for cell in ("clean/seed_1", "noise_100/seed_0", "noise_100/seed_1"):
-        assert results.run_finished(out / "cells/lenet/digits" / cell)
+        assert results.run_finished(out / "cells/lenet/digits" / cell, RUN_REPORT_FILES)
     # the interrupted cell resumed from its snapshots rather than starting again
     assert "resumed from" in (second / "cell.log").read_text()
     manifest = results.read_manifest(out / "cells/lenet/digits/noise_100/seed_0")
@@ -784,7 +785,7 @@ def test_a_submitit_job_array_runs_the_cells_and_a_failed_cell_is_reported(tmp_p
     assert (f"failed: lenet digits clean seed 1: cannot create output directory {blocked / 'models'}"
             in captured.out) and f"log: {log}" in captured.out
     assert "Traceback" in log.read_text() and "Traceback" not in captured.err
-    assert results.run_finished(out / "cells/lenet/digits/clean/seed_0")
+    assert results.run_finished(out / "cells/lenet/digits/clean/seed_0", RUN_REPORT_FILES)
     assert any((out / "submitit").rglob("*_submitted.pkl"))  # went through submitit's job array
     summary = (out / "report" / "summary.md").read_text()
     assert "Study: 1 finished cells" in summary and "cells/lenet/digits/clean/seed_1" in summary
@@ -816,7 +817,7 @@ def test_one_seed_is_undetermined_and_a_clean_cell_at_chance_is_flagged(syntheti
 
 def test_a_cell_whose_checkpoints_changed_is_not_finished(synthetic):
     cell = synthetic / "cells" / "lenet" / "digits" / "clean" / "seed_0"
-    assert results.run_finished(cell)
+    assert results.run_finished(cell, RUN_REPORT_FILES)
     snapshot = cell / "models" / "lenet_2.pt"
     snapshot.parent.mkdir(parents=True, exist_ok=True)
     snapshot.write_bytes(b"weights")
@@ -826,9 +827,9 @@ def test_a_cell_whose_checkpoints_changed_is_not_finished(synthetic):
     doc["inputs"] = {"trained": {"path": str(snapshot), "size": st.st_size, "mtime_ns": st.st_mtime_ns},
                      "inits": {}}
     files.write_json(reinit, doc)
-    assert results.run_finished(cell)
+    assert results.run_finished(cell, RUN_REPORT_FILES)
     os.utime(snapshot, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # retrained since
-    assert not results.run_finished(cell)
+    assert not results.run_finished(cell, RUN_REPORT_FILES)
 
 
 def read_manifest_reinit(cell: Path) -> Path:

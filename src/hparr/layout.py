@@ -1,7 +1,10 @@
 """Every path and name of hparr's on-disk layout, and the one corruption value that names part of it.
 
-Run directories keep the original code's layout (docs/method.md, "File formats"); results, study cells and
-result files are named here and nowhere else. Torch-free: the report and the study read the layout too.
+Run directories keep the original code's layout (docs/method.md, "File formats"); run directories, results,
+reports, study cells, logs, locks and caches are named here and nowhere else (tests/test_layout.py fails when
+another module spells one of these names). Its functions only compute paths: none reads a file, except that
+`run_directory` and `snapshot_file` look whether an older name exists. Torch-free: the report and the study
+read the layout too.
 """
 from __future__ import annotations
 
@@ -219,19 +222,34 @@ def epoch_from_filename(path: str | os.PathLike) -> int | None:
     return number if suffix in (".pt", ".safetensors", ".onnx", "") else number + 1
 
 
-# --- result files ---------------------------------------------------------------------------------
+# --- the folder of `hparr reproduce --out` (a study's cells are such folders) ------------------------------
 
-DATA_CACHE_DIR = ".hparr-cache"  # an image folder's decoded images, below its --data-path
-MANIFEST_NAME = "manifest.json"  # what `hparr reproduce` produced, in its --out folder
-STUDY_NAME = "study.json"  # a study folder's settings and cells
-ATTEMPT_NAME = ".attempt.json"  # in a --out folder: who runs `hparr reproduce` there, and how it ended
+MODELS_DIR = "models"  # the run directories (`run_directory`), as --models-path
+TENSORBOARD_DIR = "tensorboard"  # the TensorBoard logs, as --tb-logdir
+RESULTS_DIR = "results"  # the projection results (`results_directory`), as --results
+REINIT_DIR = "reinit"  # the re-initialization results, below RESULTS_DIR
 REPORT_DIR = "report"  # a run's or a study's report, below its folder
-COMPARISON_DIR = "comparison"  # `hparr report RUN_A RUN_B`'s report, below the runs' common folder
-TRACKING_NAME = "tracking.csv"  # the statistics tracked during training, in the run directory
+MANIFEST_NAME = "manifest.json"  # what `hparr reproduce` produced, in its --out folder
+ATTEMPT_NAME = ".attempt.json"  # in a --out folder: who runs `hparr reproduce` there, and how it ended
+
+# --- in a run directory ---------------------------------------------------------------------------
+
+TRACKING_NAME = "tracking.csv"  # the statistics tracked during training
+TRAIN_LOG = "train.log"  # the log of `hparr train` (its --log default)
+TRAIN_LOCK_NAME = ".train.lock"  # while a run writes there: who holds it, as JSON
+
+# --- in a results folder --------------------------------------------------------------------------
+
+PROJECTIONS_LOG = "positive_orthant.log"  # `hparr projections`' log (the original code's name, under ./log)
+REINIT_LOG = "reinit_weights.log"  # `hparr reinit`'s log, beside its result (the original code's name)
+PROJECTIONS_TABLE = "projections.csv"  # the tidy table of a folder's projection results
+PROJECTIONS_PARQUET = "projections.parquet"  # the same table, with --parquet
+RESULT_SUFFIXES = (".json", ".csv", ".parquet", ".log", ".png", ".pdf")  # what `reproduce --overwrite` removes
 
 
-def projection_name(stem: str) -> str:
-    """The projections document of the snapshot `<stem>.<suffix>`."""
+def result_name(stem: str) -> str:
+    """The result document `<stem>.json`: of the snapshot `<stem>.<suffix>` (projections), or of a
+    `reinit_stem` (re-initialization)."""
     return f"{stem}.json"
 
 
@@ -243,7 +261,43 @@ def reinit_stem(load_from: str | os.PathLike, granularity: str = "layer", with_b
             + ("_bn" if with_bn else "") + ("" if eval_split == "test" else f"_{eval_split}"))
 
 
-# --- study cells ----------------------------------------------------------------------------------
+# --- reports ----------------------------------------------------------------------------------------
+
+COMPARISON_DIR = "comparison"  # `hparr report RUN_A RUN_B`'s report, below the runs' common folder
+REPORT_NAME = "report.json"  # what a report was made from, and its numbers
+SUMMARY_NAME = "summary.md"  # the report's text (also the survey's)
+PAGE_NAME = "index.html"  # the report's page, from the same text
+LAYERS_TABLE = "layers.csv"  # one row per layer (of a run, or of the compared runs)
+REINIT_TABLE = "reinit.csv"  # the re-initialization drops of a run, one row per layer
+HEATMAP_STEM = "reinit_heatmap"  # the figure of the relative drops (.png and .pdf)
+STATISTICS_NAME = "statistics.json"  # a study report's numbers
+STUDY_TABLE = "study.csv"  # a study report's tidy table (and study.parquet)
+STUDY_PARQUET = "study.parquet"
+TRACKED_TABLE = "tracked_by_epoch.csv"  # a study report's tracked training of its cells
+REPORT_SUFFIXES = (".png", ".pdf", ".csv", ".parquet", ".json", ".md", ".html")  # the files a report folder holds
+# the files below a run's folder that a finished report leaves (`results.run_finished` asks for them)
+RUN_REPORT_FILES = tuple(Path(REPORT_DIR) / name for name in (REPORT_NAME, SUMMARY_NAME, PAGE_NAME))
+
+# --- the survey's output folder -------------------------------------------------------------------
+
+SURVEY_TABLE, SURVEY_NETWORKS, SURVEY_KINDS = "survey.csv", "networks.csv", "by_kind.csv"
+SURVEY_VERDICTS = "verdicts.json"
+SURVEY_FIGURE, SURVEY_CONTROL_FIGURE = "survey.png", "control.png"
+
+
+# --- study folders and cells ----------------------------------------------------------------------
+
+STUDY_NAME = "study.json"  # a study folder's settings and cells
+STUDY_LOCK = ".study.lock"  # held by the `hparr study` that runs cells in the folder; its record names them
+WORKERS_LOCK = ".workers.lock"  # held by the local launcher's worker pool
+CELL_LOG = "cell.log"  # in a cell's folder: the log of its `hparr reproduce`
+SUBMITIT_DIR = "submitit"  # below the study folder: submitit's files of the SLURM jobs
+
+
+def submitit_stderr(study_dir: str | os.PathLike, task: str) -> Path:
+    """The stderr file submitit writes for the array task `task` (`<task>_0_log.err`, its own naming)."""
+    return Path(study_dir) / SUBMITIT_DIR / task / f"{task}_0_log.err"
+
 
 CELLS_DIR = "cells"  # a study's cells: STUDY/cells/<arch>/<dataset>[_k][_n<N>]/<condition>/seed_<s>/
 
@@ -261,7 +315,16 @@ def cell_path(arch: str, dataset: str, seed: int, noise: float = 0.0, subsample_
             / Corruption(noise).condition / f"seed_{seed}")
 
 
-# --- the cache of computed nulls ----------------------------------------------------------------------
+# --- caches: decoded images, computed nulls ----------------------------------------------------------
+
+DATA_CACHE_DIR = ".hparr-cache"  # an image folder's decoded images, below its --data-path
+
+
+def data_cache_file(root: str | os.PathLike, kind: str, key: str) -> Path:
+    """`<root>/.hparr-cache/<kind>-<key>.pt`: the decoded images of the data below `root` (`key`: of their
+    files and options)."""
+    return Path(root) / DATA_CACHE_DIR / f"{kind}-{key}.pt"
+
 
 def cache_dir() -> Path:
     """Where hparr keeps what it computes once per machine (the null tables of `hparr.null`): $HPARR_CACHE_DIR,

@@ -84,12 +84,12 @@ def remove_results(results: Path, settings: TrainSettings, seed: int | None = No
     its condition (`layout.results_directory`; `seed`: the run's seed as resolved, else `settings.seed`)."""
     removed = []
     data = settings.data
-    for folder in (results, results / "reinit"):
+    for folder in (results, results / layout.REINIT_DIR):
         where = layout.results_directory(folder, data.dataset, settings.arch, settings.seed if seed is None else seed,
                                          data.subsample_classes, data.noise, data.train_size)
         if where.is_dir():
             for path in sorted(where.iterdir()):
-                if path.is_file() and (path.suffix in (".json", ".csv", ".parquet", ".log", ".png", ".pdf")):
+                if path.is_file() and path.suffix in layout.RESULT_SUFFIXES:
                     files.remove(path)
                     removed.append(path)
     return removed
@@ -126,8 +126,8 @@ def _reproduce(rs: ReproduceSettings, record: attempt.Attempt) -> ReproduceResul
     settings, with_linear, threshold, level, eval_splits = rs.train, rs.with_linear, rs.threshold, rs.level, \
         rs.eval_splits
     out = Path(rs.out)
-    settings = dataclasses.replace(settings, models_path=str(out / "models"),
-                                   tb_logdir=str(out / "tensorboard") if settings.tb_logdir else None,
+    settings = dataclasses.replace(settings, models_path=str(out / layout.MODELS_DIR),
+                                   tb_logdir=str(out / layout.TENSORBOARD_DIR) if settings.tb_logdir else None,
                                    resume_from=settings.resume_from or "auto")
     # checks the settings and the data, and locks the run directory, before anything is written
     with training.setup(settings) as session:
@@ -139,10 +139,10 @@ def _reproduce(rs: ReproduceSettings, record: attempt.Attempt) -> ReproduceResul
         log.info("[1/4] training %s on %s", settings.arch, settings.data.dataset)
         files.ensure_dir(out)
         if settings.overwrite:
-            removed = remove_results(out / "results", settings, session.seed)
+            removed = remove_results(out / layout.RESULTS_DIR, settings, session.seed)
             if removed:
                 log.warning("--overwrite: removed %d result file(s) of %s under %s; they are computed again",
-                            len(removed), settings.arch, out / "results")
+                            len(removed), settings.arch, out / layout.RESULTS_DIR)
         trained = training.train(settings, session)
         if not trained.converged:
             raise HparrError("training stalled (--kill-plateaus): no final model to analyze")
@@ -154,7 +154,7 @@ def _reproduce(rs: ReproduceSettings, record: attempt.Attempt) -> ReproduceResul
     init = layout.snapshot_file(run_dir, settings.arch, layout.init_name(settings.arch, settings.pretrained))
     final = layout.snapshot_file(run_dir, settings.arch,
                                  layout.final_name(settings.arch, trained.epochs_trained, settings.pretrained))
-    root = out / "results"
+    root = out / layout.RESULTS_DIR
 
     log.info("[2/4] projections of every snapshot")
     analyzed = projections.run_projections(projections.ProjectionSettings(
@@ -168,29 +168,30 @@ def _reproduce(rs: ReproduceSettings, record: attempt.Attempt) -> ReproduceResul
 
     log.info("[3/4] layer re-initialization (every checkpoint and --rand)")
     reinit_files: dict[str, Path] = {}
+    final_read = None  # the final model's file as read: once, for every split
+    inits = reinit_checkpoints(run_dir, trained.epochs_trained)
     for split in eval_splits:
         swept = reinit.ReinitSettings(
             load_from=str(final), data=settings.data, arch=settings.arch,
-            inits_from=reinit_checkpoints(run_dir, trained.epochs_trained), rand=True, with_linear=with_linear,
+            inits_from=inits, rand=True, with_linear=with_linear,
             seed=trained.seed if settings.seed is None else settings.seed,
             batch_size=max(settings.batch_size, 256), cuda=settings.cuda, workers=settings.workers,
             progress=settings.progress and sys.stderr.isatty(), eval_split=split,
             eval_processes=1)  # one process: a study already runs one cell per core
-        path = reinit.result_path(swept, root / "reinit")
-        reinit.adopt_earlier_result(swept, root / "reinit")  # a result of an earlier version's folder, kept
-        why = "not computed yet"
-        if path.is_file():
-            try:
-                why = reinit.stale_reason(swept, path)
-            except HparrError as exc:  # other options: this run's own result, computed again
-                why = str(exc)
-        if why is None:
+        final_model = reinit.read_trained(swept, final_read)
+        final_read = final_model.checkpoint
+        path = reinit.result_path(final_model, root / layout.REINIT_DIR)
+        reinit.adopt_earlier_result(swept, final_model, root / layout.REINIT_DIR)  # an earlier version's, kept
+        # a result of other options is this run's own: computed again
+        kept, why = results.reuse_or_recompute(path, lambda p: reinit.judge_result(swept, final_model, p),
+                                               other_options=results.RECOMPUTE)
+        if kept is not None:
             log.info("kept %s (already computed from the same checkpoints and options)", path)
         else:
-            if path.is_file():
+            if why is not None:
                 log.warning("recomputing %s: %s", path, why)
-            swept_run = reinit.run_reinit(swept)
-            path = reinit.save(swept_run, root / "reinit")[0]
+            swept_run = reinit.run_reinit(swept, final_model)
+            path = reinit.save(swept_run, root / layout.REINIT_DIR)[0]
             report.save_reinit_plots(swept_run.document, path)  # its heatmap beside it
         reinit_files[split] = path
     reinit_json = reinit_files[eval_splits[0]]

@@ -12,9 +12,10 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from . import schema
+from .errors import HparrError, UsageError
 from .files import file_stat
 from .layout import MANIFEST_NAME, STUDY_NAME
 
@@ -206,6 +207,34 @@ def projections_table(docs: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     return df.drop(columns=["_net", "_epoch"]).reset_index(drop=True)
 
 
+# --- a result already on disk: reused, or computed again -----------------------------------------------
+
+REFUSE, RECOMPUTE = "refuse", "recompute"  # what becomes of a result computed with other options
+
+
+def reuse_or_recompute(path: str | os.PathLike, judge: Callable[[Path], tuple[Any, str | None]], *,
+                       overwrite: bool = False, other_options: str = REFUSE) -> tuple[Any, str | None]:
+    """What to do about the result file at `path` that a computation would write: (its document, None) to reuse
+    it, (None, why) to compute it again, and (None, None) to compute it where there is none (or `overwrite`).
+
+    `judge(path)` reads the file: (its document, None) when it was computed from the same inputs, else (None,
+    why not); for a result computed with other options it raises a UsageError. With `other_options` REFUSE that
+    error is the answer (`hparr reinit` refuses to replace it unless --overwrite); with RECOMPUTE the result is
+    computed again, and the error's text says why (`hparr projections`, and `hparr reproduce` for its own
+    results)."""
+    if other_options not in (REFUSE, RECOMPUTE):
+        raise ValueError(f"other_options must be {REFUSE!r} or {RECOMPUTE!r}, got {other_options!r}")
+    path = Path(path)
+    if overwrite or not path.is_file():
+        return None, None
+    if other_options == REFUSE:
+        return judge(path)
+    try:
+        return judge(path)
+    except HparrError as exc:
+        return None, str(exc)
+
+
 # --- the manifest of `hparr reproduce` -----------------------------------------------------------
 
 EVAL_SPLITS = ("test", "train")  # where a re-initialization sweep measures accuracy (`hparr reinit --eval-split`)
@@ -213,8 +242,6 @@ EVAL_SPLITS = ("test", "train")  # where a re-initialization sweep measures accu
 
 def check_eval_split(split: Any) -> str:
     if split not in EVAL_SPLITS:
-        from .errors import UsageError
-
         raise UsageError(f"--eval-split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
     return split
 
@@ -223,8 +250,6 @@ def parse_eval_splits(splits: str | Sequence[str]) -> tuple[str, ...]:
     """The splits of `--eval-split test,train` (a comma list or a sequence), each once, in order."""
     items = [p.strip() for p in splits.split(",")] if isinstance(splits, str) else [str(p) for p in splits]
     if not items or not all(items):
-        from .errors import UsageError
-
         raise UsageError(f"--eval-split: malformed list {splits!r}; use test, train or test,train")
     return tuple(dict.fromkeys(check_eval_split(p) for p in items))
 
@@ -260,9 +285,10 @@ def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     return doc
 
 
-def run_finished(run_dir: str | os.PathLike) -> bool:
-    """Whether `hparr reproduce` completed in `run_dir`: its manifest (with the final metrics), every file
-    the manifest names, and the report are there."""
+def run_finished(run_dir: str | os.PathLike, also: Iterable[str | os.PathLike] = ()) -> bool:
+    """Whether the results of `hparr reproduce` are complete in `run_dir`: its manifest (with the final metrics)
+    and every file the manifest names are there, and so are the files `also` (paths relative to `run_dir`; the
+    study passes the report's, `layout.RUN_REPORT_FILES`)."""
     run_dir = Path(run_dir)
     doc = read_manifest(run_dir)
     if doc is None or not isinstance(doc.get("final"), dict) or not doc.get("projections") or not doc.get("reinit"):
@@ -271,7 +297,7 @@ def run_finished(run_dir: str | os.PathLike) -> bool:
     splits = doc.get("reinit_splits") if isinstance(doc.get("reinit_splits"), dict) else {}
     return (Path(doc["reinit"]).is_file() and all(Path(p).is_file() for p in splits.values())
             and folder.is_dir() and any(folder.glob("*.json"))
-            and all((run_dir / "report" / name).is_file() for name in ("report.json", "summary.md", "index.html"))
+            and all((run_dir / name).is_file() for name in also)
             and all(checkpoints_unchanged(read_json(p)) for p in {doc["reinit"], *splits.values()}))
 
 

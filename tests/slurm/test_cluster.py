@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 
 from hparr import results
+from hparr.layout import RUN_REPORT_FILES
 from hparr.training import LOCK_NAME
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -126,14 +127,15 @@ def test_a_study_array_cancelled_midway_then_rerun_equals_the_local_study(cluste
     # one cell at a time: cancel the array once the first cell is finished and the second has a snapshot; the
     # second is held stopped meanwhile, so that it cannot finish in the seconds a cancel takes, however fast the machine
     first, second = out / CELLS[0], out / CELLS[1]
-    wait_for(lambda: results.run_finished(first) and any(second.rglob("lenet_init_0.pt")) and training_pid(second),
+    wait_for(lambda: results.run_finished(first, RUN_REPORT_FILES) and any(second.rglob("lenet_init_0.pt"))
+             and training_pid(second),
              "the second cell", every=0.05)
     held = hold_stopped(training_pid(second))
-    assert not results.run_finished(second)
+    assert not results.run_finished(second, RUN_REPORT_FILES)
     subprocess.run(["scancel", job_id], check=True, timeout=60)
     wait_for(lambda: not ACTIVE & set(task_states(job_id).values()), "the cancelled array to end")
     held.join(timeout=60)
-    assert not results.run_finished(second)
+    assert not results.run_finished(second, RUN_REPORT_FILES)
 
     status = hparr("study", str(out), "--status").stdout.splitlines()
     assert status[0] == f"finished    {CELLS[0]} (task {job_id}_0)"
@@ -156,7 +158,8 @@ def test_a_study_array_cancelled_midway_then_rerun_equals_the_local_study(cluste
     assert console.count("sacct does not answer here") == 1 and "Bypassing" not in console
     assert "Traceback" not in console and "warn" not in console.lower()
     for cell in CELLS[1:]:  # each cell ran with the study's Python, its log in its folder, its duration reported
-        assert results.run_finished(out / cell) and "cell finished in" in (out / cell / "cell.log").read_text()
+        assert results.run_finished(out / cell, RUN_REPORT_FILES)
+        assert "cell finished in" in (out / cell / "cell.log").read_text()
         ran = float(re.search(r"cell finished in ([\d.]+) s", (out / cell / "cell.log").read_text()).group(1))
         describe = f"lenet digits {cell.split('/')[3]} seed {cell[-1]}"
         line = next(x for x in rerun.stderr.splitlines() if describe in x and "finished" in x)

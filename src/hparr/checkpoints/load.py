@@ -153,8 +153,9 @@ def recorded_normalization(meta: Mapping[str, Any]) -> dict[str, Any] | None:
 
 # --- epoch labels ------------------------------------------------------------------------------
 
-def epoch_from_filename(path: str | os.PathLike) -> int:
-    """The original file-name rule (`layout.epoch_from_filename`); an error for a name without a number."""
+def epoch_from_filename_or_raise(path: str | os.PathLike) -> int:
+    """`layout.epoch_from_filename` (the original file-name rule, its one home), raising an HparrError for a name
+    without a number instead of returning None."""
     epoch = layout.epoch_from_filename(path)
     if epoch is None:
         raise HparrError(f"cannot tell the epoch of {path}: its name does not end in _<number>")
@@ -169,7 +170,7 @@ def snapshot_epoch(obj: Any, path: str | os.PathLike) -> int:
         if "epoch" in obj and "model_state_dict" in obj:  # the original .tar: 0-based finished epoch
             return int(obj["epoch"]) + 1
     try:
-        return epoch_from_filename(path)
+        return epoch_from_filename_or_raise(path)
     except HparrError:
         # a name without a number: the epoch the checkpoint records itself (Lightning's, or the `epoch` of a
         # {"net": ..., "epoch": ...} dict of popular CIFAR repositories), as it records it

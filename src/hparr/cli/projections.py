@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 
+from ..layout import PROJECTIONS_LOG
 from .args import ArgumentParser, dataset_name
 from .train import add_arch_argument, require_arch_and_dataset
 
@@ -14,7 +15,6 @@ DESCRIPTION = (
     "tidy table of every snapshot x layer (projections.csv) beside them. Without --load-from it analyzes the "
     "random initialization of --arch with --seed (init_<arch>.json, epoch 0), or with --pretrained "
     "torchvision's ImageNet weights (pretrained_<arch>.json, epoch -1).")
-ORIGINAL_LOG = "positive_orthant.log"  # the original code's log file name (it wrote it under ./log)
 
 
 def add_arguments(p: ArgumentParser) -> None:
@@ -59,7 +59,7 @@ def add_arguments(p: ArgumentParser) -> None:
     add_init_scheme_argument(p, "initialization assumed for the layers whose model does not record how it drew "
                                 "them (every layer without --arch), which sets the null of their KS test", settings)
     p.add_argument("--results", type=str, default="./results", help="results folder [%(default)s]")
-    p.add_argument("--log", type=str, default=ORIGINAL_LOG,
+    p.add_argument("--log", type=str, default=PROJECTIONS_LOG,
                    help="log file name; written beside the JSON results (not under ./log as the original) "
                         "[%(default)s]")
     p.add_argument("--seed", type=int, setting=settings,

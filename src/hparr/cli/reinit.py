@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 
+from ..layout import REINIT_LOG
 from .args import ArgumentParser, choice
 
 DESCRIPTION = (
@@ -60,7 +61,7 @@ def add_arguments(p: ArgumentParser) -> None:
     p.add_argument("--cuda", action="store_true", setting=reinit,
                    help="evaluate on the GPU (falls back to the CPU with a warning)")
     p.add_argument("--results", type=str, default="./results", help="results folder [%(default)s]")
-    p.add_argument("--log", type=str, default="reinit_weights.log",
+    p.add_argument("--log", type=str, default=REINIT_LOG,
                    help="log file name, written beside the JSON results [%(default)s]")
     p.add_argument("--seed", type=int, setting=reinit,
                    help="seed the model was trained with (results go to <arch>/<seed>/; unset: the seed the "
@@ -95,7 +96,7 @@ def run(args) -> int:
     require_arch_and_dataset(args, need_arch=not args.load_from)
     from .. import files, reinit
     from ..reinit.documents import critical_headline
-    from ..results import complete_reinit_doc, read_json
+    from ..results import REFUSE, complete_reinit_doc, reuse_or_recompute
 
     setup_logging()
     settings = reinit.ReinitSettings(
@@ -108,20 +109,24 @@ def run(args) -> int:
         in_channels=args.in_channels, input_size=args.input_size, eval_split=args.eval_split,
         eval_processes=args.eval_processes)
     settings.validate()
-    target = reinit.result_path(settings, args.results)
-    earlier = None if args.overwrite else reinit.adopt_earlier_result(settings, args.results)
+    trained = reinit.read_trained(settings)  # the one read of the trained snapshot
+    target = reinit.result_path(trained, args.results)
+    earlier = None if args.overwrite else reinit.adopt_earlier_result(settings, trained, args.results)
     if earlier is not None:
         print(f"hparr reinit: kept {earlier} (an earlier version's folder), copied to {target}", file=sys.stderr)
-    if target.is_file() and not args.overwrite:  # a finished result is kept: a rerun of a crashed batch skips it
-        why = reinit.stale_reason(settings, target)  # other options: a UsageError, the file left as it is
-        if why is None:
-            print(f"kept {target} (already computed from the same checkpoints and options; --overwrite to "
-                  "recompute)")
-            print(critical_headline(complete_reinit_doc(read_json(target))))
-            return 0
+    # a finished result is kept (a rerun of a crashed batch skips it); one of other options is refused (a
+    # UsageError, the file left as it is) unless --overwrite
+    kept, why = reuse_or_recompute(target, lambda path: reinit.judge_result(settings, trained, path),
+                                   overwrite=args.overwrite, other_options=REFUSE)
+    if kept is not None:
+        print(f"kept {target} (already computed from the same checkpoints and options; --overwrite to "
+              "recompute)")
+        print(critical_headline(complete_reinit_doc(kept)))
+        return 0
+    if why is not None:
         print(f"hparr reinit: recomputing {target}: {why}", file=sys.stderr)
     with files.log_to(target.parent / args.log, nothing_on_refusal=True) as note:  # a refused run writes no log
-        out = reinit.run_reinit(settings)
+        out = reinit.run_reinit(settings, trained)
         written = reinit.save(out, args.results)
         if args.plots is not None:  # the report draws the heatmap; matplotlib and scipy only when asked for
             from ..report.figures import save_reinit_plots

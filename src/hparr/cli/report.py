@@ -5,6 +5,7 @@ import argparse
 
 from .. import report
 from ..defaults import THRESHOLD
+from ..layout import PAGE_NAME
 from ..report import BIAS_MEASURES
 from ..report.compare import build_comparison
 from ..report.study import build_study_report
@@ -64,7 +65,7 @@ def run(args) -> int:
     if len(folders) > 1 or args.compare:  # runs side by side
         compared = build_comparison(folders, args.out, strict=args.strict, **options)
         print(f"compared {len(compared.members)} runs; "
-              f"wrote {compared.files['index.html'].parent}/ ({', '.join(compared.files)})")
+              f"wrote {compared.files[PAGE_NAME].parent}/ ({', '.join(compared.files)})")
         return 0
     folder = folders[0]
     if read_study(folder) is not None:  # a folder of `hparr study`: the study's report
@@ -80,5 +81,5 @@ def run(args) -> int:
         return 0
     print(f"{folder} holds {len(reports)} runs: one report each")
     for name, written in reports.items():
-        print(f"{name}: wrote {written['index.html'].parent}/ ({len(written)} files)")
+        print(f"{name}: wrote {written[PAGE_NAME].parent}/ ({len(written)} files)")
     return 0

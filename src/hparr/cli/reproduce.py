@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..defaults import REPRODUCE_RECIPE
 from ..errors import UsageError
+from ..layout import PAGE_NAME, REPORT_DIR
 from . import train as train_cli
 from .args import ArgumentParser, choices_list, default_of
 
@@ -58,5 +59,5 @@ def run(args) -> int:
     torch.set_num_threads(available_cores())
     out = run_reproduce(settings)
     print(final_headline(out.final, out.stopped, settings.train.epochs, settings.train.until_train_acc))
-    print(f"{out.snapshots} snapshots analyzed; report in {args.out}/report/index.html")
+    print(f"{out.snapshots} snapshots analyzed; report in {args.out}/{REPORT_DIR}/{PAGE_NAME}")
     return 0

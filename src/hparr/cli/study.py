@@ -8,6 +8,7 @@ import sys
 
 from ..defaults import REPRODUCE_RECIPE
 from ..errors import UsageError
+from ..layout import PAGE_NAME
 from . import reproduce as reproduce_cli
 from . import train as train_cli
 from .args import ArgumentParser, default_of
@@ -243,7 +244,7 @@ def run(args) -> int:
     report = statistics = None
     if result.count("finished") + result.count("skipped"):
         written = build_study_report(result.out)
-        report, statistics = written.files["index.html"], written.statistics
+        report, statistics = written.files[PAGE_NAME], written.statistics
     for line in headline(result, report, statistics):
         print(line)
     return 1 if result.failed else 0

@@ -1,6 +1,7 @@
 """`hparr survey`: the layers of many networks, and the mechanism's prediction tested across them."""
 from __future__ import annotations
 
+from ..layout import SUMMARY_NAME
 from .args import ArgumentParser
 
 DESCRIPTION = (
@@ -65,5 +66,5 @@ def run(args) -> int:
           f"{reading['across_layers_deviation']['permutation']} (permutation p = {_g(m['p_permutation'])}); "
           f"within {w['n']} networks, paired: {reading['within_networks_deviation']['sign']} "
           f"(sign test p = {_g(w['p_sign'])})")
-    print(f"survey in {written['summary.md'].parent}")
+    print(f"survey in {written[SUMMARY_NAME].parent}")
     return 0

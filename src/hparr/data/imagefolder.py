@@ -220,7 +220,7 @@ def decode_folder(listing: FolderList, input_size: int | None = None) -> OwnData
 # --- the cache ----------------------------------------------------------------------------------------------
 
 def cache_path(root: Path, key: str) -> Path:
-    return root / layout.DATA_CACHE_DIR / f"{IMAGEFOLDER}-{key}.pt"
+    return layout.data_cache_file(root, IMAGEFOLDER, key)
 
 
 def _read_cache(path: Path, key: str) -> OwnData | None:

@@ -20,13 +20,13 @@ import torch.nn as nn
 from .. import checkpoints, null
 from ..checkpoints import ModelConfig, check_metadata, check_state, snapshot_config
 from ..defaults import INCLUDE_1X1, LEVEL
-from ..errors import HparrError
+from ..errors import HparrError, UsageError
 from ..inputs import UNKNOWN_FEED, Feed, fx_feeds
 from ..layers import ONE_BY_ONE, LayerInfo, Skipped, discover_layers, is_1x1
 from ..models import build_model
 from ..probe import negative_shares
 from ..provenance import versions
-from ..results import PROJECTIONS_FORMAT, document_rows, read_json
+from ..results import PROJECTIONS_FORMAT, RECOMPUTE, document_rows, read_json, reuse_or_recompute
 from .analysis import analyze_layers, input_columns, layer_weight, projection_document
 
 log = logging.getLogger("hparr.projections")
@@ -50,36 +50,72 @@ class AnalysisOptions:
                 "level": self.level, "init_from": self.init_from, "init_scheme": self.init_scheme}
 
 
+@dataclass(frozen=True)
+class SnapshotFile:
+    """A snapshot file to analyze, read once (`read_snapshot`): what it records besides its tensors (`meta`: the
+    condition of its run is read from it), and the file as read (`checkpoint`) where keeping it costs no memory."""
+
+    path: Path
+    format: str  # `checkpoints.checkpoint_format`
+    meta: Any
+    # memory-mapped torch files and safetensors, whose tensors are read when used; None where the read holds the
+    # tensors in memory (an ONNX model's graph, a file of torch's legacy format): read again when analyzed
+    checkpoint: checkpoints.Checkpoint | None = None
+
+
+LAZY_FORMATS = ("torch-zip", "safetensors", "sharded-safetensors")  # formats read without their tensors
+
+
+def read_snapshot(path: str | os.PathLike) -> SnapshotFile:
+    """The snapshot file at `path`, read once (`SnapshotFile`)."""
+    path = Path(path)
+    fmt = checkpoints.checkpoint_format(path)
+    if fmt in LAZY_FORMATS:
+        ckpt = checkpoints.read_checkpoint(path)
+        return SnapshotFile(path, fmt, ckpt.obj, ckpt)
+    return SnapshotFile(path, fmt, checkpoints.snapshot_metadata(path))
+
+
 def reusable_result(path: str | os.PathLike, options: AnalysisOptions, fields: Mapping[str, Any] | None = None,
-                    checkpoint: str | os.PathLike | None = None, init_from: str | os.PathLike | None = None,
+                    checkpoint: str | os.PathLike | SnapshotFile | None = None,
+                    init_from: str | os.PathLike | None = None,
                     state_dict_prefix: str | None = None) -> tuple[dict[str, Any] | None, str | None]:
     """(the result document at `path`, None) when it was computed from the same inputs, else (None, why not):
-    None when there is no readable result there.
+    None when there is no result there. A result that differs in anything is computed again
+    (`results.reuse_or_recompute` with RECOMPUTE).
 
     The same inputs: the options that change its numbers (`options`, and `fields` such as the class count or
     the seed of a random initialization, as the document records them), and the same `checkpoint` file and
-    `init_from` file, with the same tensors (`checkpoints.identity_change`).
+    `init_from` file, with the same tensors (`checkpoints.identity_change`; a `SnapshotFile` read already is
+    not read again).
     """
-    path = Path(path)
-    if not path.is_file():
-        return None, None
-    doc = read_json(path)  # unreadable: computed again
-    if not isinstance(doc, dict) or doc.get("format") != PROJECTIONS_FORMAT or "net" not in doc:
-        return None, f"{path.name} is not a readable result"
     wanted = {**options.as_dict(), **(fields or {})}
-    differ = [f"{k} {doc.get(k)!r} there, {v!r} here" for k, v in wanted.items() if doc.get(k) != v]
-    if differ:
-        return None, f"computed with other settings ({', '.join(differ)})"
-    for key, source in (("checkpoint", checkpoint), ("init_checkpoint", init_from)):
-        if source is not None:
-            recorded = doc.get(key)
-            keys = recorded.get("keys") if isinstance(recorded, dict) else None
-            why = checkpoints.identity_change(
-                recorded, source, lambda src=source: checkpoints.load_state(src, prefix=state_dict_prefix,
-                                                                          reference=keys))
-            if why is not None:
-                return None, ("--init-from: " if key == "init_checkpoint" else "") + why
-    return doc, None
+    held = checkpoint.checkpoint if isinstance(checkpoint, SnapshotFile) else None
+    if isinstance(checkpoint, SnapshotFile):
+        checkpoint = checkpoint.path
+
+    def state_of(source: str | os.PathLike, keys: Any) -> Mapping[str, Any]:
+        if held is not None and source == checkpoint:
+            return checkpoints.match_prefix(held.state, keys, state_dict_prefix, source=str(source))
+        return checkpoints.load_state(source, prefix=state_dict_prefix, reference=keys)
+
+    def judge(found: Path) -> tuple[dict[str, Any] | None, str | None]:
+        doc = read_json(found)  # unreadable: computed again
+        if not isinstance(doc, dict) or doc.get("format") != PROJECTIONS_FORMAT or "net" not in doc:
+            return None, f"{found.name} is not a readable result"
+        differ = [f"{k} {doc.get(k)!r} there, {v!r} here" for k, v in wanted.items() if doc.get(k) != v]
+        if differ:
+            raise UsageError(f"computed with other settings ({', '.join(differ)})")
+        for key, source in (("checkpoint", checkpoint), ("init_checkpoint", init_from)):
+            if source is not None:
+                recorded = doc.get(key)
+                keys = recorded.get("keys") if isinstance(recorded, dict) else None
+                why = checkpoints.identity_change(recorded, source, lambda src=source, k=keys: state_of(src, k))
+                if why is not None:
+                    return None, ("--init-from: " if key == "init_checkpoint" else "") + why
+        return doc, None
+
+    return reuse_or_recompute(path, judge, other_options=RECOMPUTE)
 
 
 INPUT_KINDS = "hparr-inputs-1"  # how the input kinds of a result were read (`hparr.inputs`)
@@ -171,11 +207,12 @@ class SnapshotAnalyzer:
             include_1x1=self.options.include_1x1, init_from=self.options.init_from, **identity,
             inputs=self.inputs, versions={**versions(), "scipy": scipy.__version__})
 
-    def analyze_file(self, path: str | os.PathLike) -> dict[str, Any]:
+    def analyze_file(self, path: str | os.PathLike | SnapshotFile) -> dict[str, Any]:
         """The result document of one snapshot file (plain state_dict, original .tar, `hparr train`'s, or an
-        ONNX model)."""
-        path = Path(path)
-        ckpt = checkpoints.read_checkpoint(path)
+        ONNX model); a `SnapshotFile` that holds the file as read is not read again."""
+        held = path.checkpoint if isinstance(path, SnapshotFile) else None
+        path = Path(path.path if isinstance(path, SnapshotFile) else path)
+        ckpt = held if held is not None else checkpoints.read_checkpoint(path)
         obj = ckpt.obj
         check_metadata(obj, str(path), self.dataset, self.seed)
         extra: dict[str, Any] = {}

@@ -24,10 +24,12 @@ from ..results import projections_table
 from .snapshots import (
     AnalysisOptions,
     SnapshotAnalyzer,
+    SnapshotFile,
     collect_results,
     file_order,
     load_init_state,
     log_lines,
+    read_snapshot,
     reusable_result,
 )
 
@@ -74,10 +76,10 @@ class ProjectionSettings:
     dataset_args: str | None = None  # the arguments of a factory dataset (module.path:factory)
     init_scheme: str = DEFAULT_SCHEME  # the initialization assumed for layers whose model does not record one
 
-    def condition(self, paths: Sequence[str | os.PathLike] = ()) -> layout.RunCondition:
-        """The condition of the run that the snapshot files `paths` come from: what they record
-        (`checkpoints.run_condition`), else the flags (--dataset, --subsample-classes, --seed)."""
-        records = [(str(p), checkpoints.snapshot_metadata(p)) for p in paths]
+    def condition(self, snapshots: Sequence[SnapshotFile] = ()) -> layout.RunCondition:
+        """The condition of the run that the snapshot files `snapshots` (read by `read_snapshot`) come from: what
+        they record (`checkpoints.run_condition`), else the flags (--dataset, --subsample-classes, --seed)."""
+        records = [(str(snapshot.path), snapshot.meta) for snapshot in snapshots]
         return checkpoints.run_condition(records, {"dataset": self.dataset,
                                                    "subsample_classes": self.subsample_classes or None,
                                                    "seed": self.seed})
@@ -182,8 +184,9 @@ def run_projections(settings: ProjectionSettings, root: str | os.PathLike | None
         if twice:
             raise UsageError(f"several snapshots are named {', '.join(twice)}: their results would overwrite "
                              "each other; analyze them into different --results folders")
-        jobs = [(p.stem, p) for p in paths]
-        condition = s.condition(paths)
+        snapshots = [read_snapshot(p) for p in paths]  # each file is read once: its condition, then its tensors
+        jobs: list[tuple[str, SnapshotFile | None]] = [(p.path.stem, p) for p in snapshots]
+        condition = s.condition(snapshots)
     else:
         jobs = [(f"{'pretrained' if pretrained else 'init'}_{s.arch}", None)]
         condition = s.condition()
@@ -208,7 +211,7 @@ def run_projections(settings: ProjectionSettings, root: str | os.PathLike | None
                               "input_size": config.input_size}
     for stem, path in tqdm(jobs, desc="projections", unit="snapshot", file=sys.stderr,
                            disable=not s.progress or not sys.stderr.isatty()):
-        name = f"{stem}.json"
+        name = layout.result_name(stem)
         doc = why = None
         if not s.overwrite and out_dir is not None:
             wanted = dict(fields)
@@ -219,7 +222,7 @@ def run_projections(settings: ProjectionSettings, root: str | os.PathLike | None
             if path is not None:  # a snapshot may record its own configuration; its tensors are compared
                 wanted = {"arch": s.arch}
                 if s.arch is None:  # the layers' order of checkpoint-only projections
-                    wanted["file_order"] = file_order(checkpoints.checkpoint_format(path))
+                    wanted["file_order"] = file_order(path.format)
             wanted["inputs"] = analyzer.inputs  # how the input kinds were read, and the probe
             doc, why = reusable_result(out_dir / name, options, wanted, checkpoint=path,
                                        init_from=options.init_from, state_dict_prefix=s.state_dict_prefix)
@@ -254,10 +257,10 @@ def run_projections(settings: ProjectionSettings, root: str | os.PathLike | None
 
 
 def save(result: ProjectionsResult, root: str | os.PathLike, parquet: bool = False,
-         log_name: str | None = "positive_orthant.log") -> Path:
+         log_name: str | None = layout.PROJECTIONS_LOG) -> Path:
     """Write the documents this run computed (and those it kept from an earlier version's folder) to
     `root`/`result.relpath`/<stem>.json (the run's condition, `layout.results_directory`), the tidy table of
-    every document in that folder made with the same options (`projections.csv`, and `.parquet` with
+    every document in that folder made with the same options (`layout.PROJECTIONS_TABLE`, and `.parquet` with
     `parquet`), and append their summary lines to the log file there. Returns the folder."""
     out_dir = Path(root) / result.relpath
     for name in result.adopted:
@@ -268,10 +271,10 @@ def save(result: ProjectionsResult, root: str | os.PathLike, parquet: bool = Fal
             for line in log_lines(result.documents[name]):
                 note(line)
     table = table_of(result, root)
-    with files.atomic_path(out_dir / "projections.csv") as tmp:
+    with files.atomic_path(out_dir / layout.PROJECTIONS_TABLE) as tmp:
         table.to_csv(tmp, index=False)
     if parquet:
-        with files.atomic_path(out_dir / "projections.parquet") as tmp:
+        with files.atomic_path(out_dir / layout.PROJECTIONS_PARQUET) as tmp:
             table.to_parquet(tmp, index=False)
     return out_dir
 

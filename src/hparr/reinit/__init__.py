@@ -40,12 +40,14 @@ from .snapshots import read_inits_list
 from .stage import (
     ReinitRun,
     ReinitSettings,
+    TrainedSnapshot,
     adopt_earlier_result,
+    judge_result,
+    read_trained,
     reinit_options,
     result_path,
     run_reinit,
     save,
-    stale_reason,
 )
 from .sweep import Batches, ReinitResult, first_images, plain_reinit_sweep
 from .units import (
@@ -63,9 +65,8 @@ from .units import (
 
 __all__ = ["BATCHNORM_NOTE", "BATCHNORM_REINIT_NOTE", "BATCHNORM_TENSORS", "Batches", "EVAL_SPLIT_TEXT",
            "GRANULARITIES", "LAYER_TENSORS", "NotShareable", "ReinitResult", "ReinitRun", "ReinitSettings",
-           "SharedPrefixPlan", "Unit", "adopt_earlier_result", "aggregate_rand_trials", "batchnorms_after",
-           "choose_processes",
-           "eval_split_of", "first_images", "groups_of", "make_units", "parse_eval_processes", "plain_reinit_sweep",
-           "rand_labels", "rand_trial_seeds", "read_inits_list", "reinit_document", "reinit_groups", "reinit_layers",
-           "reinit_options", "reinit_sweep", "result_path", "run_reinit", "save", "stale_reason", "summary_lines",
-           "unit_fields", "unit_tensors"]
+           "SharedPrefixPlan", "TrainedSnapshot", "Unit", "adopt_earlier_result", "aggregate_rand_trials",
+           "batchnorms_after", "choose_processes", "eval_split_of", "first_images", "groups_of", "judge_result",
+           "make_units", "parse_eval_processes", "plain_reinit_sweep", "rand_labels", "rand_trial_seeds",
+           "read_inits_list", "read_trained", "reinit_document", "reinit_groups", "reinit_layers", "reinit_options",
+           "reinit_sweep", "result_path", "run_reinit", "save", "summary_lines", "unit_fields", "unit_tensors"]

@@ -77,7 +77,7 @@ def onnx_alternatives(paths: Sequence[Path], trained: Path, reference: Mapping[s
                              "model from ONNX files of the same graph")
         state = onnx_file.to_torch(ckpt.graph).module.state_dict()
         checkpoints.check_state(reference, state, str(path))
-        label = str(checkpoints.epoch_from_filename(path))
+        label = str(checkpoints.epoch_from_filename_or_raise(path))
         if label in sources:
             raise HparrError(f"{sources[label]} and {path} are both snapshots of epoch {label}")
         states[label], sources[label] = state, str(path.resolve())

@@ -99,12 +99,13 @@ class ReinitSettings:
         self.data.validate()
 
 
-@dataclass
-class _Trained:
-    """The trained checkpoint as the settings name it: the file read, its metadata, architecture and data
-    options, and where its result goes."""
+@dataclass(frozen=True)
+class TrainedSnapshot:
+    """The trained snapshot that settings name, read once per command (`read_trained`): the file as read, its
+    metadata, architecture and data options, the condition of its run, and where its result goes. Every step
+    of a command (`result_path`, `adopt_earlier_result`, `reuse_or_recompute`, `run_reinit`) takes it."""
 
-    checkpoint: Any  # checkpoints.Checkpoint
+    checkpoint: checkpoints.Checkpoint
     meta: dict[str, Any]
     arch: str
     data: DataOptions
@@ -113,13 +114,15 @@ class _Trained:
     earlier_relpath: Path  # where a version that did not name the condition in results folders put it
 
 
-def _trained(settings: ReinitSettings) -> _Trained:
+def read_trained(settings: ReinitSettings, checkpoint: checkpoints.Checkpoint | None = None) -> TrainedSnapshot:
+    """Read the trained snapshot of `settings` (--load-from): the one read of it in a command. `checkpoint`: the
+    file as read already (by the sweep of another --eval-split), which is not read again."""
     if not settings.load_from:
         raise UsageError("--load-from is required: the trained snapshot to evaluate")
     path = Path(settings.load_from)
     if not path.exists():
         raise UsageError(f"--load-from {path}: no such file or folder")
-    ckpt = checkpoints.read_checkpoint(path)
+    ckpt = checkpoint if checkpoint is not None and checkpoint.path == path else checkpoints.read_checkpoint(path)
     obj = ckpt.obj if isinstance(ckpt.obj, dict) else {}
     # keep the metadata only (a bare state_dict has none), not a second copy of the weights
     meta = {k: v for k, v in obj.items() if k not in _SNAPSHOT_STATES and not isinstance(v, torch.Tensor)}
@@ -142,9 +145,10 @@ def _trained(settings: ReinitSettings) -> _Trained:
     condition = checkpoints.run_condition([(str(path), meta)], {
         "dataset": data.dataset, "subsample_classes": data.subsample_classes or None,
         "train_size": settings.data.train_size, "noise": settings.data.noise or None, "seed": settings.seed})
-    name = f"{layout.reinit_stem(path, settings.granularity, settings.with_bn, settings.eval_split)}.json"
+    name = layout.result_name(layout.reinit_stem(path, settings.granularity, settings.with_bn, settings.eval_split))
     earlier = layout.earlier_results_directory("", data.dataset, folder, settings.seed, data.subsample_classes)
-    return _Trained(ckpt, meta, arch, data, condition, condition.results_directory("", folder) / name, earlier / name)
+    return TrainedSnapshot(ckpt, meta, arch, data, condition, condition.results_directory("", folder) / name,
+                           earlier / name)
 
 
 def _init_paths(settings: ReinitSettings) -> list[Path]:
@@ -185,16 +189,16 @@ def _shown_option(key: str, value: Any) -> str:
     return "unset" if value is None else str(value)
 
 
-def stale_reason(settings: ReinitSettings, path: str | os.PathLike) -> str | None:
-    """Whether the result at `path` can be reused for `settings`: None when it was computed from the same
-    options and the same checkpoints (`checkpoints.identity_change`), else why it must be computed again (its
-    checkpoints changed, or it cannot be read). A result computed with other options raises a UsageError:
-    replacing it takes --overwrite."""
+def judge_result(settings: ReinitSettings, trained: TrainedSnapshot,
+                 path: str | os.PathLike) -> tuple[dict[str, Any] | None, str | None]:
+    """Whether the result at `path` can be reused for `settings` (the judge of `results.reuse_or_recompute`):
+    (its document, None) when it was computed from the same options and the same checkpoints
+    (`checkpoints.identity_change`), else (None, why it must be computed again: its checkpoints changed, or it
+    cannot be read). A result computed with other options raises a UsageError: replacing it takes --overwrite."""
     path = Path(path)
     doc = read_json(path)
     if not isinstance(doc, dict) or doc.get("format") != REINIT_FORMAT:
-        return f"{path.name} is not a readable result"
-    trained = _trained(settings)
+        return None, f"{path.name} is not a readable result"
     current = reinit_options(settings, trained.data, _init_paths(settings))
     recorded = doc.get("options")
     if not isinstance(recorded, dict):
@@ -210,23 +214,29 @@ def stale_reason(settings: ReinitSettings, path: str | os.PathLike) -> str | Non
                          "replace it, or choose another --results folder")
     rows = doc.get("init_from_epoch") if isinstance(doc.get("init_from_epoch"), dict) else {}
     if doc.get("epoch") is not None and str(doc["epoch"]) in rows:
-        return f"it re-initializes from epoch {doc['epoch']}, the trained snapshot's own (an earlier hparr)"
+        return None, f"it re-initializes from epoch {doc['epoch']}, the trained snapshot's own (an earlier hparr)"
     inputs = doc.get("inputs") if isinstance(doc.get("inputs"), dict) else {}
     prefix = settings.state_dict_prefix
     checks = [("the trained snapshot", inputs.get("trained"), trained.checkpoint.path)]
     inits = inputs.get("inits") if isinstance(inputs.get("inits"), dict) else {}
     checks += [(f"--inits-from epoch {label}", ident, Path(ident.get("path", "")))
                for label, ident in inits.items() if isinstance(ident, dict)]
+    held = trained.checkpoint
+
+    def state_of(source: Path, keys: Any) -> Mapping[str, Any]:  # the trained snapshot's, as read already
+        if source == held.path:
+            return checkpoints.match_prefix(held.state, keys, prefix, source=str(source))
+        return checkpoints.load_state(source, prefix=prefix, reference=keys)
+
     for what, ident, source in checks:
         keys = ident.get("keys") if isinstance(ident, dict) else None
-        why = checkpoints.identity_change(
-            ident, source, lambda src=source, k=keys: checkpoints.load_state(src, prefix=prefix, reference=k))
+        why = checkpoints.identity_change(ident, source, lambda src=source, k=keys: state_of(src, k))
         if why is not None:
-            return f"{what}: {why}"
-    return None
+            return None, f"{what}: {why}"
+    return doc, None
 
 
-def _reinitialized_1x1(doc: Mapping[str, Any], trained: _Trained) -> bool:
+def _reinitialized_1x1(doc: Mapping[str, Any], trained: TrainedSnapshot) -> bool:
     """Whether a result re-initialized a 1x1 conv of the trained model (its layers, by their weights' shapes)."""
     shapes = checkpoints.shapes_of(trained.checkpoint.state)
     for name in doc.get("layers") or []:
@@ -237,18 +247,18 @@ def _reinitialized_1x1(doc: Mapping[str, Any], trained: _Trained) -> bool:
     return False
 
 
-def result_path(settings: ReinitSettings, root: str | os.PathLike) -> Path:
-    """The file below the results folder `root` where the result of `settings` goes (and is found by a rerun):
-    `<root>/<the run's condition>/<arch>[/<seed>]/reinit_<snapshot>[...].json` (`layout.results_directory`)."""
-    return Path(root) / _trained(settings).relpath
+def result_path(trained: TrainedSnapshot, root: str | os.PathLike) -> Path:
+    """The file below the results folder `root` where the result of the trained snapshot `trained` goes (and is
+    found by a rerun): `<root>/<the run's condition>/<arch>[/<seed>]/reinit_<snapshot>[...].json`
+    (`layout.results_directory`). Nothing is read."""
+    return Path(root) / trained.relpath
 
 
-def adopt_earlier_result(settings: ReinitSettings, root: str | os.PathLike) -> Path | None:
+def adopt_earlier_result(settings: ReinitSettings, trained: TrainedSnapshot, root: str | os.PathLike) -> Path | None:
     """Where the result of `settings` is missing below `root` but a version of hparr that did not name the run's
     condition in results folders wrote it (`layout.earlier_results_directory`), from the same trained snapshot,
     checkpoints and options: copy it to `result_path` (recording the condition) and return the file it came
     from. None otherwise (nothing is written)."""
-    trained = _trained(settings)
     target, earlier = Path(root) / trained.relpath, Path(root) / trained.earlier_relpath
     if target.exists() or earlier == target or not earlier.is_file():
         return None
@@ -256,7 +266,7 @@ def adopt_earlier_result(settings: ReinitSettings, root: str | os.PathLike) -> P
     if not isinstance(doc, dict) or doc.get("load_from") != str(trained.checkpoint.path.resolve()):
         return None  # another run's result
     try:
-        if stale_reason(settings, earlier) is not None:
+        if judge_result(settings, trained, earlier)[0] is None:
             return None
     except UsageError:  # computed with other options: left where it is
         return None
@@ -278,14 +288,15 @@ class ReinitRun:
         return self.relpath.stem
 
 
-def run_reinit(settings: ReinitSettings) -> ReinitRun:
-    """Load the trained snapshot, the alternatives and the test set; sweep; return the results document."""
+def run_reinit(settings: ReinitSettings, trained: TrainedSnapshot | None = None) -> ReinitRun:
+    """Load the trained snapshot (`trained`, where the caller read it already), the alternatives and the test
+    set; sweep; return the results document."""
     settings.validate()
     if settings.rand_trials > 1 and not settings.rand:
         settings = dataclasses.replace(settings, rand=True)
     init_paths = _init_paths(settings)
 
-    trained = _trained(settings)
+    trained = trained if trained is not None else read_trained(settings)
     load_from, meta, arch, seed = trained.checkpoint.path, trained.meta, trained.arch, settings.seed
     state = trained.checkpoint.state
     epoch = checkpoints.snapshot_epoch_or_none(trained.checkpoint.obj, load_from)
@@ -316,7 +327,6 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
         state = checkpoints.match_prefix(state, model, settings.state_dict_prefix, source=str(load_from))
         checkpoints.load_weights(model, dict(state), source=str(load_from))
     inputs: dict[str, Any] = {"trained": checkpoints.checkpoint_identity(load_from, state, list(state))}
-    trained.checkpoint = None
     del state
     model.to(device)
     reference = {k: tuple(v.shape) for k, v in model.state_dict().items()}

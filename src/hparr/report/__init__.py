@@ -21,6 +21,7 @@ from pathlib import Path
 from .. import files
 from ..defaults import THRESHOLD
 from ..errors import HparrError
+from ..layout import HEATMAP_STEM, LAYERS_TABLE, PAGE_NAME, REINIT_TABLE, REPORT_DIR, REPORT_NAME, SUMMARY_NAME
 from ..results import REPORT_FORMAT
 from . import render
 from .discovery import FoundRun, RunResults, RunsFound, find_runs, load_run
@@ -47,7 +48,6 @@ __all__ = ["BIAS_MEASURES", "FIGURES", "FoundRun", "ProjectionFolder", "RunResul
            "bias_vs_criticality", "build_report", "build_reports", "find_runs", "joined_table", "load_run",
            "save_heatmap", "save_reinit_plots", "tracked_curves"]
 
-REPORT_DIR = "report"
 log = logging.getLogger("hparr.report")
 
 
@@ -123,9 +123,9 @@ def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
         written += plot_epochs(results, out)
         figures += ["distributions", "mass_mean_by_epoch"]
     if results.reinit_doc is not None:
-        save_heatmap(results.reinit_doc, out / "reinit_heatmap.png", out / "reinit_heatmap.pdf", results.title)
-        written += [out / "reinit_heatmap.png", out / "reinit_heatmap.pdf"]
-        figures.append("reinit_heatmap")
+        save_heatmap(results.reinit_doc, out / f"{HEATMAP_STEM}.png", out / f"{HEATMAP_STEM}.pdf", results.title)
+        written += [out / f"{HEATMAP_STEM}.png", out / f"{HEATMAP_STEM}.pdf"]
+        figures.append(HEATMAP_STEM)
     if correlation["n_layers"]:
         written += plot_bias_vs_criticality(table, correlation, out, results.title)
         figures.append("bias_vs_criticality")
@@ -135,10 +135,10 @@ def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
                 (out / f"{name}.{fmt}").unlink(missing_ok=True)
 
     provenance = render.provenance(results)
-    with files.atomic_path(out / "layers.csv") as tmp:
+    with files.atomic_path(out / LAYERS_TABLE) as tmp:
         table.to_csv(tmp, index=False)
     records = table.to_dict(orient="records")
-    files.write_json(out / "report.json", {
+    files.write_json(out / REPORT_NAME, {
         "format": REPORT_FORMAT, "run_dir": str(results.run_dir.resolve()), "title": results.title,
         "condition": results.condition.to_dict(),
         "inputs": {"projections": [str(p.resolve()) for p in results.projection_folder.paths]
@@ -155,13 +155,13 @@ def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
         "missing_epochs": results.missing_epochs, **provenance})
     summary = render.summary_markdown(results, table, correlation, figures, provenance)
     if results.reinit_doc is not None:  # loss and agreement next to the top-1 drop
-        with files.atomic_path(out / "reinit.csv") as tmp:
+        with files.atomic_path(out / REINIT_TABLE) as tmp:
             reinit_measures(results.reinit_doc).to_csv(tmp, index=False)
-        written.append(out / "reinit.csv")
+        written.append(out / REINIT_TABLE)
     else:
-        (out / "reinit.csv").unlink(missing_ok=True)
-    files.write_text(out / "summary.md", summary)
-    files.write_text(out / "index.html", markdown_html(summary, f"hparr report: {results.title}"))
-    written += [out / "layers.csv", out / "report.json", out / "summary.md", out / "index.html"]
+        (out / REINIT_TABLE).unlink(missing_ok=True)
+    files.write_text(out / SUMMARY_NAME, summary)
+    files.write_text(out / PAGE_NAME, markdown_html(summary, f"hparr report: {results.title}"))
+    written += [out / LAYERS_TABLE, out / REPORT_NAME, out / SUMMARY_NAME, out / PAGE_NAME]
     return {p.name: p for p in written}
 

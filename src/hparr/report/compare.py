@@ -21,7 +21,7 @@ import pandas as pd
 from .. import files, null
 from ..defaults import THRESHOLD
 from ..errors import UsageError
-from ..layout import COMPARISON_DIR, REPORT_DIR, Corruption
+from ..layout import COMPARISON_DIR, LAYERS_TABLE, PAGE_NAME, REPORT_DIR, REPORT_NAME, SUMMARY_NAME, Corruption
 from ..null import distribution as null_law
 from ..results import REPORT_FORMAT, layer_entries, seed_of
 from .captions import CAPTIONS
@@ -135,10 +135,10 @@ def build_comparison(folders: Sequence[str | os.PathLike], out_dir: str | os.Pat
                 (out / f"{name}.{fmt}").unlink(missing_ok=True)
     long = pd.concat([m.table.assign(run=m.label, folder=m.where) for m in members], ignore_index=True)
     long = long[["run", "folder", *[c for c in long.columns if c not in ("run", "folder")]]]
-    with files.atomic_path(out / "layers.csv") as tmp:
+    with files.atomic_path(out / LAYERS_TABLE) as tmp:
         long.to_csv(tmp, index=False)
     title = comparison_title(members)
-    files.write_json(out / "report.json", {
+    files.write_json(out / REPORT_NAME, {
         "format": REPORT_FORMAT, "kind": "comparison", "title": title, "threshold": float(threshold),
         "bias_measure": measure, "figures": figures,
         "runs": [{"label": m.label, "folder": m.where, "run_dir": str(m.results.run_dir.resolve()),
@@ -152,9 +152,9 @@ def build_comparison(folders: Sequence[str | os.PathLike], out_dir: str | os.Pat
                                        m.results.unusable]} for m in members],
         "layers": long.to_dict(orient="records")})
     text = summary_markdown(members, figures, title)
-    files.write_text(out / "summary.md", text)
-    files.write_text(out / "index.html", markdown_html(text, f"hparr report: {title}"))
-    written += [out / "layers.csv", out / "report.json", out / "summary.md", out / "index.html"]
+    files.write_text(out / SUMMARY_NAME, text)
+    files.write_text(out / PAGE_NAME, markdown_html(text, f"hparr report: {title}"))
+    written += [out / LAYERS_TABLE, out / REPORT_NAME, out / SUMMARY_NAME, out / PAGE_NAME]
     return Comparison({p.name: p for p in written}, members)
 
 

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from ..errors import HparrError, UsageError
-from ..layout import SNAPSHOT_SUFFIXES, epoch_from_filename
+from ..layout import PROJECTIONS_TABLE, SNAPSHOT_SUFFIXES, epoch_from_filename
 from ..results import (
     complete_projection_doc,
     complete_reinit_doc,
@@ -390,7 +390,7 @@ def _snapshot_epochs(run: ProjectionFolder) -> dict[str, int]:
             epoch = epoch_from_filename(path)
             if path.suffix in SNAPSHOT_SUFFIXES and not path.name.startswith(".") and epoch is not None:
                 epochs.setdefault(path.stem, epoch)
-    csv = run.directory / "projections.csv"
+    csv = run.directory / PROJECTIONS_TABLE
     if csv.is_file():
         try:
             listed = pd.read_csv(csv, usecols=["stem", "epoch"]).dropna().drop_duplicates("stem")

@@ -12,12 +12,13 @@ from scipy import stats
 
 from .. import files, layout, null
 from ..defaults import THRESHOLD
+from ..layout import HEATMAP_STEM
 from ..null import distribution as null_law
 from ..results import alternative_label, drop_frame, layer_entries
 from .discovery import RunResults
 from .found import missing_text, tracked_curves
 
-FIGURES = ("distributions", "mass_mean_by_epoch", "reinit_heatmap", "bias_vs_criticality")
+FIGURES = ("distributions", "mass_mean_by_epoch", HEATMAP_STEM, "bias_vs_criticality")  # <name>.png, .pdf
 DPI = 130
 
 # the font sizes of every report figure (run, comparison, study), as matplotlib rc parameters

@@ -14,6 +14,15 @@ from typing import Any
 
 from .. import files
 from ..defaults import THRESHOLD
+from ..layout import (
+    PAGE_NAME,
+    REPORT_DIR,
+    STATISTICS_NAME,
+    STUDY_PARQUET,
+    STUDY_TABLE,
+    SUMMARY_NAME,
+    TRACKED_TABLE,
+)
 from ..provenance import versions
 from . import study_figures
 from .html import markdown_html
@@ -53,23 +62,23 @@ def build_study_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike 
     PDF, summary.md and index.html (summary.md rendered). Returns the files written and the statistics."""
     check_options(threshold, measure)
     data = load_study(study_dir, measure)
-    out = Path(out_dir) if out_dir is not None else data.study_dir / "report"
+    out = Path(out_dir) if out_dir is not None else data.study_dir / REPORT_DIR
     files.ensure_dir(out)
     numbers = claims(data)
     written: list[Path] = []
-    with files.atomic_path(out / "study.csv") as tmp:
+    with files.atomic_path(out / STUDY_TABLE) as tmp:
         data.table.to_csv(tmp, index=False)
-    written.append(out / "study.csv")
+    written.append(out / STUDY_TABLE)
     try:
-        with files.atomic_path(out / "study.parquet") as tmp:
+        with files.atomic_path(out / STUDY_PARQUET) as tmp:
             data.table.to_parquet(tmp, index=False)
-        written.append(out / "study.parquet")
+        written.append(out / STUDY_PARQUET)
     except ImportError:  # no pyarrow: the CSV alone
         pass
     if len(data.tracked):
-        with files.atomic_path(out / "tracked_by_epoch.csv") as tmp:
+        with files.atomic_path(out / TRACKED_TABLE) as tmp:
             data.tracked.to_csv(tmp, index=False)
-        written.append(out / "tracked_by_epoch.csv")
+        written.append(out / TRACKED_TABLE)
     measure_text = BIAS_MEASURES[measure]
     figures, paths = study_figures.draw_all(data, numbers, out, threshold, measure_text)
     written += paths
@@ -77,9 +86,9 @@ def build_study_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike 
         "format": "hparr-study-report-1", "study_dir": str(data.study_dir.resolve()), "missing": data.missing,
         "threshold": threshold, **numbers, "cells": data.cells.to_dict(orient="records"),
         "versions": versions(with_torch=False)})
-    files.write_json(out / "statistics.json", statistics)
+    files.write_json(out / STATISTICS_NAME, statistics)
     text = summary_markdown(data, numbers, figures, measure_text)
-    files.write_text(out / "summary.md", text)
-    files.write_text(out / "index.html", markdown_html(text, f"hparr study: {data.study_dir.name}"))
-    written += [out / "statistics.json", out / "summary.md", out / "index.html"]
+    files.write_text(out / SUMMARY_NAME, text)
+    files.write_text(out / PAGE_NAME, markdown_html(text, f"hparr study: {data.study_dir.name}"))
+    written += [out / STATISTICS_NAME, out / SUMMARY_NAME, out / PAGE_NAME]
     return StudyReport({p.name: p for p in written}, statistics)

@@ -26,7 +26,7 @@ import pandas as pd
 
 from ..defaults import THRESHOLD
 from ..errors import HparrError
-from ..layout import CELLS_DIR, MANIFEST_NAME, Corruption
+from ..layout import CELLS_DIR, MANIFEST_NAME, RUN_REPORT_FILES, Corruption
 from ..results import drop_frame, read_json, read_manifest, read_study, run_finished
 from ..schema import typed
 from .discovery import load_run
@@ -173,7 +173,7 @@ def finished_cells(study_dir: Path) -> list[Path]:
     """The finished cell folders below STUDY/cells, in path order."""
     root = study_dir / CELLS_DIR
     found = sorted(p.parent for p in root.rglob(MANIFEST_NAME)) if root.is_dir() else []
-    return [p for p in found if run_finished(p)]
+    return [p for p in found if run_finished(p, RUN_REPORT_FILES)]
 
 
 def load_study(study_dir: str | os.PathLike, measure: str = "mass") -> StudyData:

@@ -12,15 +12,15 @@ Modules: `grid` (cells, list parsing), `settings` (StudySettings, SlurmOptions a
 (study.json, cell folders and command lines), `cell` (one cell), `local` and `slurm` (the launchers), `status`
 and `runner` (the study itself).
 """
+from ..layout import CELL_LOG, SUBMITIT_DIR
 from .cell import CellJob, CellOutcome, cell_jobs, run_cell
-from .folder import CELL_LOG, SUBMITIT_DIR, cell_dir, command_line, plan, prepare
+from .folder import cell_dir, command_line, plan, prepare
 from .grid import Cell, parse_floats, parse_ints, parse_names
 from .local import pool_size, run_local
 from .runner import StudyResult, run_study
 from .settings import (
     HIDDEN_LAUNCHERS,
     LAUNCHERS,
-    REPORT_SUFFIXES,
     SlurmOptions,
     StudySettings,
     check_out,
@@ -41,7 +41,7 @@ from .slurm import (
 from .status import STATES, CellStatus, cell_status, study_status
 
 __all__ = [
-    "CELL_LOG", "HIDDEN_LAUNCHERS", "LAUNCHERS", "MAX_REQUEUES", "REPORT_SUFFIXES", "STATES", "SUBMITIT_DIR", "Cell",
+    "CELL_LOG", "HIDDEN_LAUNCHERS", "LAUNCHERS", "MAX_REQUEUES", "STATES", "SUBMITIT_DIR", "Cell",
     "CellJob", "CellOutcome", "CellStatus", "SlurmCell", "SlurmOptions", "StudyResult", "StudySettings", "cell_dir",
     "cell_jobs", "cell_status", "check_workers", "check_out", "check_sbatch", "check_train_sizes", "command_line",
     "make_executor", "parse_floats", "parse_ints", "parse_names", "parse_slurm_extra", "plan", "pool_size", "prepare",

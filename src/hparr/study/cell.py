@@ -13,7 +13,8 @@ from .. import files
 from ..attempt import Attempt
 from ..defaults import LEVEL, THRESHOLD
 from ..errors import HparrError, first_line
-from .folder import CELL_LOG, cell_dir
+from ..layout import CELL_LOG
+from .folder import cell_dir
 from .grid import Cell
 from .settings import StudySettings
 

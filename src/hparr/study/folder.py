@@ -13,9 +13,6 @@ from ..provenance import versions
 from .grid import Cell, unique
 from .settings import StudySettings, check_out
 
-CELL_LOG = "cell.log"
-SUBMITIT_DIR = "submitit"
-
 
 def prepare(settings: StudySettings, cells: Sequence[Cell]) -> Path:
     """Create the study folder, or check that an existing one is a study of the same shared settings and data
@@ -53,4 +50,5 @@ def command_line(settings: StudySettings, cell: Cell) -> str:
 
 def plan(settings: StudySettings, cells: Sequence[Cell]) -> list[tuple[Cell, Path, bool]]:
     """(cell, folder, finished) for each cell."""
-    return [(c, cell_dir(settings, c), results.run_finished(cell_dir(settings, c))) for c in cells]
+    return [(c, folder, results.run_finished(folder, layout.RUN_REPORT_FILES))
+            for c, folder in ((c, cell_dir(settings, c)) for c in cells)]

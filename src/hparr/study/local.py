@@ -13,14 +13,12 @@ from typing import Iterator
 
 from .. import files
 from ..errors import UsageError, first_line
+from ..layout import WORKERS_LOCK
 from ..provenance import available_cores
 from .cell import CellJob, CellOutcome, run_cell
 from .settings import StudySettings, check_workers
 
 log = logging.getLogger("hparr.study")
-
-WORKERS_LOCK = ".workers.lock"
-
 
 def pool_size(jobs: int | None, threads: int | None, todo: int, cores: int | None = None) -> tuple[int, int]:
     """(worker processes, torch threads each) of the local launcher, with jobs x threads <= cores."""

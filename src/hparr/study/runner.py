@@ -12,9 +12,10 @@ from typing import Callable, Sequence
 
 from .. import files
 from ..errors import HparrError, UsageError
+from ..layout import CELL_LOG
 from ..provenance import available_cores
 from .cell import CellOutcome, cell_jobs
-from .folder import CELL_LOG, plan, prepare
+from .folder import plan, prepare
 from .grid import Cell
 from .local import pool_size, run_local
 from .settings import StudySettings

@@ -316,13 +316,10 @@ def _beside_the_files(shared: dict[str, Any]) -> dict[str, Any]:
     return {**shared, "data": {k: v for k, v in data.items() if k not in _WHERE_THE_FILES_ARE}}
 
 
-REPORT_SUFFIXES = (".png", ".pdf", ".csv", ".parquet", ".json", ".md", ".html")
-
-
 def _only_a_report(out: Path) -> bool:
     """Whether `out` holds nothing but a study report's files in report/ (such as the figures of a study kept
     without its cells): a study may be run there, and its report replaces them."""
     entries = list(out.iterdir())
-    if [e.name for e in entries] != ["report"] or not entries[0].is_dir():
+    if [e.name for e in entries] != [layout.REPORT_DIR] or not entries[0].is_dir():
         return False
-    return all(p.is_file() and p.suffix in REPORT_SUFFIXES for p in entries[0].rglob("*"))
+    return all(p.is_file() and p.suffix in layout.REPORT_SUFFIXES for p in entries[0].rglob("*"))

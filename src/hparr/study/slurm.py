@@ -14,8 +14,8 @@ from typing import Iterable, Iterator, Sequence
 
 from .. import files, layout, results
 from ..errors import HparrError, UsageError, first_line
+from ..layout import SUBMITIT_DIR
 from .cell import CellJob, CellOutcome, run_cell
-from .folder import SUBMITIT_DIR
 from .grid import unique
 from .settings import StudySettings
 

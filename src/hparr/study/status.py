@@ -23,10 +23,8 @@ from pathlib import Path
 from .. import files, layout, results
 from ..attempt import AttemptRecord, clock, pid_alive, read_attempt, read_record
 from ..errors import UsageError
-from .folder import CELL_LOG, SUBMITIT_DIR
+from ..layout import CELL_LOG, STUDY_LOCK
 from .slurm import squeue_states
-
-STUDY_LOCK = ".study.lock"  # held by the `hparr study` that runs cells in the folder; its record names them
 
 SLURM_PENDING = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "SUSPENDED")
 SLURM_RUNNING = ("RUNNING", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT")
@@ -116,7 +114,7 @@ def cell_status(out: Path, cell: str, task: str | None = None, slurm_state: str 
     slurm = slurm_state.lower()
     status = lambda state, detail="", log_file=None: CellStatus(  # noqa: E731
         cell, state, str(log_file) if log_file else None, task, detail, slurm)
-    if results.run_finished(folder):
+    if results.run_finished(folder, layout.RUN_REPORT_FILES):
         return status("finished", log_file=log)
     attempt = read_attempt(folder)
     running = attempt.running if attempt is not None else False
@@ -131,7 +129,7 @@ def cell_status(out: Path, cell: str, task: str | None = None, slurm_state: str 
     if study_run is not None and (attempt is None or attempt.started is None or study_run.started is None
                                   or attempt.started < study_run.started):
         return status("pending", f"queued by hparr study, {study_run.who()}")
-    stderr = out / SUBMITIT_DIR / task / f"{task}_0_log.err" if task else None
+    stderr = layout.submitit_stderr(out, task) if task else None
     if attempt is not None:
         return status("failed", _why(attempt, log), log if log.exists() else stderr)
     if log.exists():

@@ -14,6 +14,15 @@ import pandas as pd
 from .. import files
 from ..defaults import LEVEL, check_level
 from ..errors import UsageError
+from ..layout import (
+    SUMMARY_NAME,
+    SURVEY_CONTROL_FIGURE,
+    SURVEY_FIGURE,
+    SURVEY_KINDS,
+    SURVEY_NETWORKS,
+    SURVEY_TABLE,
+    SURVEY_VERDICTS,
+)
 from ..provenance import versions
 from . import analysis, figures
 from .collect import (
@@ -29,10 +38,6 @@ from .collect import (
 from .stats import LEVEL as CONFIDENCE
 
 SURVEY_FORMAT = "hparr-survey-1"
-# the files `save` writes, below the output folder
-TABLE_NAME, NETWORKS_NAME, KINDS_NAME = "survey.csv", "networks.csv", "by_kind.csv"
-VERDICTS_NAME, SUMMARY_NAME = "verdicts.json", "summary.md"
-FIGURE_NAME, CONTROL_FIGURE_NAME = "survey.png", "control.png"
 
 
 @dataclass
@@ -229,8 +234,8 @@ def summary_text(result: SurveyResult, nets: pd.DataFrame) -> str:
                 lines.append(f"\n- {text}, [0, 1] minus normalized, paired by seed ({p['n']} seeds): mean "
                              f"{_f(p['mean'])} {_ci(p['mean_low'], p['mean_high'])}; exact sign test p = "
                              f"{_f(p['p_sign'], '.3g')}.")
-    lines += ["", f"Written by hparr survey; the tables are {TABLE_NAME}, {NETWORKS_NAME} and {KINDS_NAME}, the "
-              f"tests with their inputs and versions {VERDICTS_NAME}.", ""]
+    lines += ["", f"Written by hparr survey; the tables are {SURVEY_TABLE}, {SURVEY_NETWORKS} and {SURVEY_KINDS}, the "
+              f"tests with their inputs and versions {SURVEY_VERDICTS}.", ""]
     return "\n".join(lines)
 
 
@@ -241,7 +246,7 @@ def save(result: SurveyResult, out: str | os.PathLike | None = None) -> dict[str
     out_dir = files.ensure_dir(Path(out if out is not None else result.settings.out))
     nets = network_summary(result)
     written: dict[str, Path] = {}
-    for name, frame in ((TABLE_NAME, result.table), (NETWORKS_NAME, nets), (KINDS_NAME, result.kinds)):
+    for name, frame in ((SURVEY_TABLE, result.table), (SURVEY_NETWORKS, nets), (SURVEY_KINDS, result.kinds)):
         with files.atomic_path(out_dir / name) as tmp:
             frame.to_csv(tmp, index=False)
         written[name] = out_dir / name
@@ -249,12 +254,12 @@ def save(result: SurveyResult, out: str | os.PathLike | None = None) -> dict[str
            "versions": versions(with_torch="torch" in sys.modules), "prediction": result.comparison,
            "by_kind": result.kinds.to_dict(orient="records"), "control": result.control,
            "networks": nets.to_dict(orient="records")}
-    files.write_json(out_dir / VERDICTS_NAME, files.jsonable(doc))
-    written[VERDICTS_NAME] = out_dir / VERDICTS_NAME
+    files.write_json(out_dir / SURVEY_VERDICTS, files.jsonable(doc))
+    written[SURVEY_VERDICTS] = out_dir / SURVEY_VERDICTS
     files.write_text(out_dir / SUMMARY_NAME, summary_text(result, nets))
     written[SUMMARY_NAME] = out_dir / SUMMARY_NAME
-    written[FIGURE_NAME] = figures.plot_layers(result.table, out_dir / FIGURE_NAME)
-    control = figures.plot_control(result.table, result.control, out_dir / CONTROL_FIGURE_NAME)
+    written[SURVEY_FIGURE] = figures.plot_layers(result.table, out_dir / SURVEY_FIGURE)
+    control = figures.plot_control(result.table, result.control, out_dir / SURVEY_CONTROL_FIGURE)
     if control is not None:
-        written[CONTROL_FIGURE_NAME] = control
+        written[SURVEY_CONTROL_FIGURE] = control
     return written

@@ -192,7 +192,7 @@ def claim(run_dir: Path, others: list[tuple[Path, list[str]]], overwrite: bool, 
 
 # --- one writer per run directory -----------------------------------------------------------------
 
-LOCK_NAME = ".train.lock"  # in the run directory while a run writes there: who holds it, as JSON
+LOCK_NAME = layout.TRAIN_LOCK_NAME  # in the run directory while a run writes there: who holds it, as JSON
 
 
 class RunDirectoryLock:

@@ -9,6 +9,7 @@ import torch
 
 from ..data import DataOptions
 from ..errors import UsageError
+from ..layout import TRAIN_LOG
 from ..models import check_arch
 from ..provenance import derive_seeds
 
@@ -54,7 +55,7 @@ class TrainSettings:
     sync_bn: bool = False
     workers: int = 1
     progress: bool = True
-    log: str | None = "train.log"
+    log: str | None = TRAIN_LOG
     track: bool = True
     track_every_steps: int = 0
     until_train_acc: float | None = None  # stop after the first epoch whose own-label train top-1 (%) reaches it
