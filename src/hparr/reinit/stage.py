@@ -100,7 +100,7 @@ class ReinitSettings:
 
 
 @dataclass
-class _Trained:
+class TrainedSnapshot:
     """The trained checkpoint as the settings name it: the file read, its metadata, architecture and data
     options, and where its result goes."""
 
@@ -113,7 +113,8 @@ class _Trained:
     earlier_relpath: Path  # where a version that did not name the condition in results folders put it
 
 
-def _trained(settings: ReinitSettings) -> _Trained:
+def read_trained(settings: ReinitSettings) -> TrainedSnapshot:
+    """Read the checkpoint `settings.load_from` names and resolve its architecture, data options and result paths."""
     if not settings.load_from:
         raise UsageError("--load-from is required: the trained snapshot to evaluate")
     path = Path(settings.load_from)
@@ -144,7 +145,8 @@ def _trained(settings: ReinitSettings) -> _Trained:
         "train_size": settings.data.train_size, "noise": settings.data.noise or None, "seed": settings.seed})
     name = f"{layout.reinit_stem(path, settings.granularity, settings.with_bn, settings.eval_split)}.json"
     earlier = layout.earlier_results_directory("", data.dataset, folder, settings.seed, data.subsample_classes)
-    return _Trained(ckpt, meta, arch, data, condition, condition.results_directory("", folder) / name, earlier / name)
+    return TrainedSnapshot(ckpt, meta, arch, data, condition, condition.results_directory("", folder) / name,
+                           earlier / name)
 
 
 def _init_paths(settings: ReinitSettings) -> list[Path]:
@@ -194,7 +196,7 @@ def stale_reason(settings: ReinitSettings, path: str | os.PathLike) -> str | Non
     doc = read_json(path)
     if not isinstance(doc, dict) or doc.get("format") != REINIT_FORMAT:
         return f"{path.name} is not a readable result"
-    trained = _trained(settings)
+    trained = read_trained(settings)
     current = reinit_options(settings, trained.data, _init_paths(settings))
     recorded = doc.get("options")
     if not isinstance(recorded, dict):
@@ -226,7 +228,7 @@ def stale_reason(settings: ReinitSettings, path: str | os.PathLike) -> str | Non
     return None
 
 
-def _reinitialized_1x1(doc: Mapping[str, Any], trained: _Trained) -> bool:
+def _reinitialized_1x1(doc: Mapping[str, Any], trained: TrainedSnapshot) -> bool:
     """Whether a result re-initialized a 1x1 conv of the trained model (its layers, by their weights' shapes)."""
     shapes = checkpoints.shapes_of(trained.checkpoint.state)
     for name in doc.get("layers") or []:
@@ -240,7 +242,7 @@ def _reinitialized_1x1(doc: Mapping[str, Any], trained: _Trained) -> bool:
 def result_path(settings: ReinitSettings, root: str | os.PathLike) -> Path:
     """The file below the results folder `root` where the result of `settings` goes (and is found by a rerun):
     `<root>/<the run's condition>/<arch>[/<seed>]/reinit_<snapshot>[...].json` (`layout.results_directory`)."""
-    return Path(root) / _trained(settings).relpath
+    return Path(root) / read_trained(settings).relpath
 
 
 def adopt_earlier_result(settings: ReinitSettings, root: str | os.PathLike) -> Path | None:
@@ -248,7 +250,7 @@ def adopt_earlier_result(settings: ReinitSettings, root: str | os.PathLike) -> P
     condition in results folders wrote it (`layout.earlier_results_directory`), from the same trained snapshot,
     checkpoints and options: copy it to `result_path` (recording the condition) and return the file it came
     from. None otherwise (nothing is written)."""
-    trained = _trained(settings)
+    trained = read_trained(settings)
     target, earlier = Path(root) / trained.relpath, Path(root) / trained.earlier_relpath
     if target.exists() or earlier == target or not earlier.is_file():
         return None
@@ -265,7 +267,7 @@ def adopt_earlier_result(settings: ReinitSettings, root: str | os.PathLike) -> P
 
 
 @dataclass
-class ReinitRun:
+class ReinitOutput:
     """What `run_reinit` produced: the results document, the sweep, and where below a results folder
     the document goes (`relpath`, see `result_path`)."""
 
@@ -278,14 +280,14 @@ class ReinitRun:
         return self.relpath.stem
 
 
-def run_reinit(settings: ReinitSettings) -> ReinitRun:
+def run_reinit(settings: ReinitSettings) -> ReinitOutput:
     """Load the trained snapshot, the alternatives and the test set; sweep; return the results document."""
     settings.validate()
     if settings.rand_trials > 1 and not settings.rand:
         settings = dataclasses.replace(settings, rand=True)
     init_paths = _init_paths(settings)
 
-    trained = _trained(settings)
+    trained = read_trained(settings)
     load_from, meta, arch, seed = trained.checkpoint.path, trained.meta, trained.arch, settings.seed
     state = trained.checkpoint.state
     epoch = checkpoints.snapshot_epoch_or_none(trained.checkpoint.obj, load_from)
@@ -408,10 +410,10 @@ def run_reinit(settings: ReinitSettings) -> ReinitRun:
         document["onnx"] = onnx.describe
         if settings.rand:
             document["notes"] = [*document.get("notes", []), RAND_NOTE]
-    return ReinitRun(document=document, result=result, relpath=trained.relpath)
+    return ReinitOutput(document=document, result=result, relpath=trained.relpath)
 
 
-def save(run: ReinitRun, root: str | os.PathLike, plots: str | os.PathLike | None = None) -> list[Path]:
+def save(run: ReinitOutput, root: str | os.PathLike, plots: str | os.PathLike | None = None) -> list[Path]:
     """Write the results document to `root`/`run.relpath`; with `plots`, also the heatmap of the relative
     drop, as PNG and PDF: beside the document when `plots` is "" (the bare --plots), else under
     `plots`/<dataset>/<arch>/ (the original code's --plots PATH). Returns the files written."""
