@@ -85,20 +85,19 @@ class SlurmOptions:
         return min(90, max(5, self.time_min * 6))
 
     def executor_parameters(self) -> dict[str, Any]:
-        """The parameters of submitit's AutoExecutor."""
-        params: dict[str, Any] = dict(name="hparr-study", timeout_min=self.time_min, nodes=1, tasks_per_node=1,
-                                      cpus_per_task=self.cpus_per_task,
-                                      slurm_array_parallelism=self.array_parallelism,
-                                      slurm_signal_delay_s=self.signal_delay_s)
+        """The parameters of submitit's SlurmExecutor (its `update_parameters`): its names for sbatch's flags."""
+        params: dict[str, Any] = dict(job_name="hparr-study", time=self.time_min, nodes=1, ntasks_per_node=1,
+                                      cpus_per_task=self.cpus_per_task, array_parallelism=self.array_parallelism,
+                                      signal_delay_s=self.signal_delay_s)
         for key, value in (("partition", self.partition), ("gpus_per_task", self.gpus_per_task),
                            ("mem", self.mem), ("account", self.account), ("qos", self.qos),
                            ("constraint", self.constraint)):
             if value:
-                params[f"slurm_{key}"] = value.strip() if isinstance(value, str) else value
+                params[key] = value.strip() if isinstance(value, str) else value
         if self.extra:
-            params["slurm_additional_parameters"] = dict(self.extra)
+            params["additional_parameters"] = dict(self.extra)
         if self.setup:
-            params["slurm_setup"] = list(self.setup)
+            params["setup"] = list(self.setup)
         return params
 
     def describe(self) -> str:
