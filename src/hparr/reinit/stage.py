@@ -328,7 +328,7 @@ def run_reinit(settings: ReinitSettings) -> ReinitOutput:
                               unit_includes_1x1(settings.granularity, settings.include_1x1))
 
     if onnx is not None:
-        from .onnx_model import onnx_alternatives, rerandomizer
+        from .onnx_model import onnx_alternatives, rerandomizer  # the ONNX branch alone, as ONNX_ARCH above
 
         alternatives, sources, inputs["inits"] = onnx_alternatives(init_paths, load_from, reference)
         draw = rerandomizer(model)
@@ -365,7 +365,7 @@ def run_reinit(settings: ReinitSettings) -> ReinitOutput:
         count = min(count, -(-settings.max_test_images // settings.batch_size))
     sharing = choose_processes(parse_eval_processes(settings.eval_processes), model, device, count)
     if settings.progress:
-        from tqdm import tqdm
+        from tqdm import tqdm  # start-up time: only with a progress bar
 
         batches = tqdm(batches, desc="reinit", unit="batch", file=sys.stderr)
     groups = groups_of(infos, settings.granularity)
@@ -404,7 +404,7 @@ def run_reinit(settings: ReinitSettings) -> ReinitOutput:
     if settings.rand_trials > 1:
         document = aggregate_rand_trials(document, settings.rand_trials, trial_seeds)
     if onnx is not None:
-        from .onnx_model import RAND_NOTE, renamed_document
+        from .onnx_model import RAND_NOTE, renamed_document  # the ONNX branch alone, as above
 
         document = renamed_document(document, onnx.converted)
         document["onnx"] = onnx.describe
