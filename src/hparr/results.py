@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from . import schema
+from .errors import UsageError
 from .files import file_stat
 from .layout import MANIFEST_NAME, STUDY_NAME
 
@@ -40,7 +41,7 @@ def relative_drops(trained_acc: float, accuracies: Mapping[str, Sequence[float]]
 
 def drop_frame(doc: Mapping[str, Any]) -> pd.DataFrame:
     """The relative drop stored in a reinit document as a table (rows: labels, columns: layers; NaN for none)."""
-    import pandas as pd
+    import pandas as pd  # start-up time: pandas only for tables (the commands read results)
 
     drops = {label: [float("nan") if v is None else float(v) for v in values]
              for label, values in doc["relative_drop"].items()}
@@ -193,7 +194,7 @@ def document_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
 def projections_table(docs: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """The tidy table of many projection documents (one row per snapshot x layer, plus "net" rows),
     sorted by epoch then layer order."""
-    import pandas as pd
+    import pandas as pd  # start-up time, as above
 
     rows = [r for doc in docs for r in document_rows(doc)]
     df = pd.DataFrame(rows)
@@ -213,8 +214,6 @@ EVAL_SPLITS = ("test", "train")  # where a re-initialization sweep measures accu
 
 def check_eval_split(split: Any) -> str:
     if split not in EVAL_SPLITS:
-        from .errors import UsageError
-
         raise UsageError(f"--eval-split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
     return split
 
@@ -223,8 +222,6 @@ def parse_eval_splits(splits: str | Sequence[str]) -> tuple[str, ...]:
     """The splits of `--eval-split test,train` (a comma list or a sequence), each once, in order."""
     items = [p.strip() for p in splits.split(",")] if isinstance(splits, str) else [str(p) for p in splits]
     if not items or not all(items):
-        from .errors import UsageError
-
         raise UsageError(f"--eval-split: malformed list {splits!r}; use test, train or test,train")
     return tuple(dict.fromkeys(check_eval_split(p) for p in items))
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..results import EVAL_SPLITS
+from ..results import EVAL_SPLITS, complete_reinit_doc, read_json
 from .args import choice
+from .projections import add_model_shape_arguments
+from .train import add_arch_argument, add_data_arguments, data_options, require_arch_and_dataset, setup_logging
 
 DESCRIPTION = (
     "Reinit network weights and compute drop in performance. For each conv layer (1x1 ones with --include-1x1, "
@@ -25,9 +27,6 @@ METHODS = ("auto", "shared", "plain")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .projections import add_model_shape_arguments
-    from .train import add_arch_argument, add_data_arguments
-
     add_arch_argument(p)
     add_data_arguments(p, dataset_help="dataset the model was trained on, whose test or training images are "
                                        "evaluated")
@@ -85,12 +84,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from .train import data_options, require_arch_and_dataset, setup_logging
-
     require_arch_and_dataset(args, need_arch=not args.load_from)
-    from .. import files, reinit
+    from .. import files, reinit  # start-up time: the library (torch) when the command runs
     from ..reinit.documents import critical_headline
-    from ..results import complete_reinit_doc, read_json
 
     setup_logging()
     settings = reinit.ReinitSettings(

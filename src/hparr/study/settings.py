@@ -13,6 +13,7 @@ from typing import Any, Iterable, Sequence
 from .. import files, layout, results
 from ..defaults import LEVEL, THRESHOLD, check_level, check_threshold
 from ..errors import HparrError, UsageError
+from .datafiles import data_differences, data_identity
 from .grid import Cell
 
 LAUNCHERS = ("local", "slurm", "print")
@@ -173,8 +174,6 @@ class StudySettings:
         --data-path; fetched first with --download), each read whole once: missing or unreadable files are
         refused here, before anything is written (`datafiles`)."""
         if self._data_files is None:
-            from .datafiles import data_identity
-
             self._data_files = {d: data_identity(dataclasses.replace(self.base.data, dataset=d))
                                 for d in self.datasets}
         return self._data_files
@@ -268,8 +267,6 @@ def check_out(settings: StudySettings) -> Path:
             diff = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             raise UsageError(f"--out {out} holds a study with other shared settings ({', '.join(diff)} differ); "
                              "use another --out")
-        from .datafiles import data_differences
-
         recorded = existing.get("data_files")
         if not isinstance(recorded, dict):  # an earlier hparr recorded the folder alone
             recorded = _files_there_now(settings, shared)
@@ -285,8 +282,6 @@ def _files_there_now(settings: StudySettings, shared: dict[str, Any]) -> dict[st
     """The data files, as they are now, of a study that recorded their folder alone (an earlier hparr): those of
     each dataset below that folder; a dataset with none there now (so that no cell can have read them there) is
     left out, and the files below --data-path are taken for it, with a warning."""
-    from .datafiles import data_identity
-
     data = shared.get("data") if isinstance(shared.get("data"), dict) else {}
     then = data.get("data_path")
     if then is None or then == settings.base.data.data_path:
