@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from .common import emit, machine, timed, torchvision_cifar10
+from .fakedata import random_images, random_labels, write_cifar10
 
 ARCHS = ("vgg11", "resnet18")
 MODES = ("fp32", "bf16", "bf16_compile")
@@ -93,7 +94,6 @@ def forever(loader):
 
 
 def write_data(root: Path, sizes: Sizes) -> None:
-    from hparr.fakedata import random_images, random_labels, write_cifar10
 
     write_cifar10(root, random_images(sizes.train_images, 3, 32, 32, seed=1),
                   random_labels(sizes.train_images, 10, seed=1),

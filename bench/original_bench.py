@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .common import ROOT, timed
+from .fakedata import random_images, random_labels, write_cifar10
 
 ORIGINAL_SCRIPT = "reinit_layers.py"
 LAUNCHER = Path(__file__).resolve().with_name("original_launcher.py")
@@ -58,7 +59,6 @@ def write_original_snapshots(directory: Path) -> tuple[Path, Path]:
 
 def write_work(root: Path, images: int) -> list[str]:
     """The files both scripts read, under `root`; returns the arguments both take (but --results)."""
-    from hparr.fakedata import random_images, random_labels, write_cifar10
 
     write_cifar10(root / "data", random_images(10, 3, 32, 32, seed=1), random_labels(10, 10, seed=1),
                   random_images(images, 3, 32, 32, seed=2), random_labels(images, 10, seed=2))

@@ -75,14 +75,15 @@ def _loader(n: int, seed: int = 0):
                         channels_last=True)
 
 
-def alternate(first: Callable[[Iterable], Any], second: Callable[[Iterable], Any], batches: Sequence):
+def alternate(first: Callable[[Iterable], Any], second: Callable[[Iterable], Any], batches: Sequence,
+              clock: Callable[[], float] = time.perf_counter):
     """Run `first(batches)` and `second(batches)` in turns, one batch each: first on batch 0, second on
     batch 0, first on batch 1, and so on. Each runs in its own thread, but only one at a time.
 
     Returns (results, seconds, setup): the two results; for each side, the seconds it spent on each
     batch (from handing the batch out to the request for the next one); for each side, the seconds
-    from its start to its request for the first batch. An exception in either side is raised here,
-    after both have stopped.
+    from its start to its request for the first batch, all read off `clock`. An exception in either side is
+    raised here, after both have stopped.
     """
     turn = threading.Condition()
     state = {"turn": 0, "done": [False, False]}
@@ -103,17 +104,17 @@ def alternate(first: Callable[[Iterable], Any], second: Callable[[Iterable], Any
     def fed(side: int, started: float):
         for i, batch in enumerate(batches):
             if i == 0:
-                setup[side] = time.perf_counter() - started
-            handed = time.perf_counter()
+                setup[side] = clock() - started
+            handed = clock()
             yield batch
-            seconds[side].append(time.perf_counter() - handed)
+            seconds[side].append(clock() - handed)
             give(side)
             wait(side)
 
     def run(side: int, fn: Callable[[Iterable], Any]) -> None:
         try:
             wait(side)
-            results[side] = fn(fed(side, time.perf_counter()))
+            results[side] = fn(fed(side, clock()))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller after both sides stop
             errors[side] = exc
         finally:

@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from .common import pick, timed, torchvision_cifar10
+from .fakedata import random_images, random_labels, write_cifar10
 
 N_IMAGES = 50_000
 BATCH = 128
 
 
 def write_dataset(root: Path, images: int = N_IMAGES) -> None:
-    from hparr.fakedata import random_images, random_labels, write_cifar10
 
     write_cifar10(root, random_images(images, 3, 32, 32, seed=1), random_labels(images, 10, seed=1),
                   random_images(100, 3, 32, 32, seed=2), random_labels(100, 10, seed=2))

@@ -58,21 +58,25 @@ def test_interleaved_counts_both_sides_and_stops_at_max_batches():
 
 
 def test_alternate_takes_turns_batch_by_batch_and_times_each_side():
-    log = []
+    # a clock that only the work moves: each side spends known seconds before its first batch and on each batch
+    now, log = [0.0], []
 
-    def side(name):
+    def side(name, setup, per_batch):
         def consume(batches):
+            now[0] += setup
             for i, b in enumerate(batches):
                 log.append((name, i, b))
+                now[0] += per_batch(b)
             return name
         return consume
 
-    results, seconds, setup = alternate(side("shared"), side("plain"), [10, 11, 12])
+    results, seconds, setup = alternate(side("shared", 0.5, lambda b: b), side("plain", 2.0, lambda b: 3.0),
+                                        [10, 11, 12], clock=lambda: now[0])
     assert results == ["shared", "plain"]
     assert log == [("shared", 0, 10), ("plain", 0, 10), ("shared", 1, 11), ("plain", 1, 11),
                    ("shared", 2, 12), ("plain", 2, 12)]
-    assert [len(s) for s in seconds] == [3, 3] and all(t >= 0 for s in seconds for t in s)
-    assert len(setup) == 2
+    assert seconds == ([10.0, 11.0, 12.0], [3.0, 3.0, 3.0]) and setup == [0.5, 2.0]
+    assert now[0] == 0.5 + 2.0 + 33.0 + 9.0
 
 
 def test_alternate_raises_an_error_of_either_side_once_both_stop():
@@ -271,16 +275,40 @@ def test_onnx_case_times_the_command_on_an_exported_file_against_the_same_weight
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_null_case_gives_every_cell_its_rate_and_limit_and_the_beta_nulls_rate():
+def test_the_null_case_gives_every_cell_its_rate_and_limit_and_the_beta_nulls_rate(monkeypatch):
+    from bench import null_bench
     from bench.null_bench import cells, fpr_row
 
     draws, grid = cells("full")
     assert draws == 400 and [d for d, _ in grid] == [4, 9, 25, 27, 144, 576, 4608]
     assert all(ns == [16, 64, 256, 1024, 4096, 16384] for _, ns in grid)  # the whole grid
     assert all(n * d <= 2 ** 23 for d, ns in cells("default")[1] for n in ns)
+
+    # the tests of the 40 draws of a cell, made up: draw r has p-value r / 100 under the law's null (p <= 0.05 for
+    # r = 0..5: 6 of 40), its KS p-value r / 200 (11 of 40), its sign p-value 1 - r / 100 (none), and under the
+    # Beta null (called without nulls) (r + 30) / 100 for N = 16 (none) and r / 400 for N = 64 (21 of 40)
+    calls = []
+
+    def tests(layers, nulls=None):
+        calls.append((len(layers), {c.shape for c, _ in layers}, {d for _, d in layers}, nulls and set(nulls)))
+        n = layers[0][0].size
+        if nulls is None:
+            return [{"p_value": (r + 30) / 100 if n == 16 else r / 400} for r in range(len(layers))]
+        return [{"p_value": r / 100, "p_ks": r / 200, "p_sign": 1 - r / 100} for r in range(len(layers))]
+
+    monkeypatch.setattr(null_bench, "bias_tests_of_layers", tests)
     row = fpr_row("uniform", 4, [16, 64], draws=40)
-    assert row["null"] == "uniform" and row["N"] == [16, 64]
-    assert row["limit"] == round(0.05 + 2 * (0.0475 / 40) ** 0.5, 4)
-    assert all(0 <= row[k][i] <= 1 for k in ("fpr", "fpr_ks", "fpr_sign", "fpr_beta_null") for i in range(2))
-    assert row["within"] == all(f <= row["limit"] for f in row["fpr"])
+    assert row["null"] == "uniform" and row["N"] == [16, 64] and row["draws"] == 40
+    assert row["limit"] == 0.1189  # 0.05 + 2 sqrt(0.05 x 0.95 / 40) = 0.11892
+    assert row["fpr"] == [0.15, 0.15] and row["fpr_ks"] == [0.275, 0.275] and row["fpr_sign"] == [0.0, 0.0]
+    assert row["fpr_beta_null"] == [0.0, 0.525]
+    assert row["within"] is False  # 0.15 > 0.1189
+    assert calls == [(40, {(16,)}, {4}, {"uniform"}), (40, {(16,)}, {4}, None),
+                     (40, {(64,)}, {4}, {"uniform"}), (40, {(64,)}, {4}, None)]
+    # a Gaussian cell's null is the Beta law itself: its rate under the Beta null is its rate, with no second call
+    calls.clear()
+    row = fpr_row("gaussian", 9, [16], draws=100)
+    assert row["limit"] == 0.0936 and row["fpr"] == row["fpr_beta_null"] == [0.06] and row["within"] is True
+    assert calls == [(100, {(16,)}, {9}, {"beta"})]
+    monkeypatch.undo()  # and so with the real tests, on real draws
     assert fpr_row("gaussian", 9, [16], draws=20)["fpr_beta_null"] == fpr_row("gaussian", 9, [16], draws=20)["fpr"]

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from bench import fakedata
 from hparr import data as hd
-from hparr import fakedata
 from hparr.cli import main
 from hparr.data import DataOptions, ImageSet, ResidentLoader, TensorLoader, formats, load_data, make_loader
 from hparr.data import load as loading

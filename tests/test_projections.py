@@ -224,18 +224,41 @@ def test_the_sign_test_is_binomtests_for_every_small_layer():
     assert (got == expected).mean() > 0.99 and got[2 * k == n].tolist() == [1.0] * int((2 * k == n).sum())
 
 
-def test_the_ks_law_is_scipys_for_every_small_layer():
-    """`ks_sf` equals scipy's `kstwo.sf` for every N up to 141 and statistics across its branches: to within
-    1e-13 where it takes the Durbin matrix, to the last bit elsewhere."""
+@pytest.mark.parametrize("durbin", ["scipy's", "absent"])
+def test_the_ks_law_is_scipys_for_every_small_layer(durbin, monkeypatch):
+    """`ks_sf` equals scipy's `kstwo.sf`, the law of `ks_1samp`'s exact mode, for every N up to 141 and statistics
+    across its branches. With scipy's Durbin matrix (`scipy.stats._ksstats._kolmogn_DMTW`, private to scipy):
+    within 1e-13 (absolute) where `ks_sf` takes it, to the last bit elsewhere. With a scipy that lacks it (the
+    guarded import finds none): `kstwo.sf` everywhere, to the last bit."""
+    from hparr.projections import stats as ks_module
+
+    calls = []
+    if durbin == "absent":
+        monkeypatch.setattr(ks_module, "_kolmogn_DMTW", None)
+    else:
+        real = ks_module._kolmogn_DMTW
+        assert real is not None, "this scipy has no _kolmogn_DMTW: ks_sf falls back to the slower kstwo.sf"
+        monkeypatch.setattr(ks_module, "_kolmogn_DMTW", lambda n, d, cdf: calls.append(n) or real(n, d, cdf=cdf))
+    tolerance = 1e-13 if durbin == "scipy's" else 0.0
     n = np.repeat(np.arange(1, 142), 12)
     stat = np.sqrt(np.tile([0.3, 0.754, 0.755, 0.9, 1.3, 2.0, 2.7, 3.3, 3.99, 4.0, 4.01, 6.0], 141) / n)
     stat = np.minimum(stat, 0.999)
     expected = stats.kstwo.sf(stat, n)
     got = P.ks_sf(stat, n)
-    durbin = np.array([_pomeranz_range(int(k), float(x)) for k, x in zip(n, stat)])
-    assert durbin.sum() > 600 and (~durbin).sum() > 600
-    np.testing.assert_array_equal(got[~durbin], expected[~durbin])
-    np.testing.assert_allclose(got[durbin], expected[durbin], rtol=0, atol=1e-13)
+    in_range = np.array([_pomeranz_range(int(k), float(x)) for k, x in zip(n, stat)])
+    assert in_range.sum() > 600 and (~in_range).sum() > 600
+    assert len(calls) == (in_range.sum() if durbin == "scipy's" else 0)
+    np.testing.assert_array_equal(got[~in_range], expected[~in_range])
+    np.testing.assert_allclose(got[in_range], expected[in_range], rtol=0, atol=tolerance)
+    # samples tested as ks_1samp tests them in its exact mode, against the uniform law
+    rng, sampled = np.random.default_rng(3), 0
+    for size in (10, 30, 64, 100, 140):
+        for _ in range(4):
+            x = rng.uniform(size=size) ** rng.choice([1.0, 1.1, 1.3])
+            exact = stats.ks_1samp(x, stats.uniform.cdf, method="exact")
+            sampled += _pomeranz_range(size, exact.statistic)
+            assert abs(P.ks_sf(exact.statistic, size) - exact.pvalue) <= tolerance
+    assert sampled >= 5
 
 
 def test_holm_follows_its_definition():

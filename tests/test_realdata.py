@@ -11,9 +11,10 @@ import pytest
 import torch
 from scipy import stats
 
+from bench import fakedata
 from hparr import checkpoints as ck
 from hparr import data as hd
-from hparr import fakedata, reinit
+from hparr import reinit
 from hparr.cli import main
 from hparr.data import DataOptions, load_data, make_loader
 from hparr.errors import HparrError, UsageError

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from bench import fakedata as formats
 from hparr import checkpoints, cli, files, reinit
-from hparr import fakedata as formats
 from hparr.cli import main
 from hparr.data import DataOptions, load_data, make_loader
 from hparr.data import formats as data_formats

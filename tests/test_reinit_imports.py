@@ -36,7 +36,7 @@ CIFAR_SCRIPT = """
 import sys
 from hparr import files
 from hparr.cli import main
-from hparr.fakedata import random_images, random_labels, write_cifar10
+from bench.fakedata import random_images, random_labels, write_cifar10
 from hparr.models import build_model
 root = sys.argv[1]
 write_cifar10(root + "/data", random_images(10, 3, 32, 32, seed=1), random_labels(10, 10, seed=1),

@@ -156,7 +156,7 @@ def test_a_folder_holding_only_a_study_report_takes_a_study(tmp_path, capsys):
 
 
 def test_slurm_array_resources(tmp_path, monkeypatch):
-    pytest.importorskip("submitit")
+    submitit = pytest.importorskip("submitit")
     from hparr.training import TrainSettings
 
     bin_dir = tmp_path / "bin"  # submitit's SLURM executor wants srun on PATH
@@ -168,11 +168,11 @@ def test_slurm_array_resources(tmp_path, monkeypatch):
                                        partition="gpu", gpus_per_task=1, cpus_per_task=8, time_min=30,
                                        array_parallelism=4))
     executor = study.make_executor(settings, "slurm")
-    assert executor.cluster == "slurm"
-    assert executor._executor.parameters == {
+    assert isinstance(executor, submitit.SlurmExecutor)
+    assert executor.parameters == {
         "job_name": "hparr-study", "time": 30, "nodes": 1, "ntasks_per_node": 1, "cpus_per_task": 8,
         "array_parallelism": 4, "partition": "gpu", "gpus_per_task": 1, "signal_delay_s": 90}
-    assert executor._executor.max_num_timeout == study.MAX_REQUEUES
+    assert executor.max_num_timeout == study.MAX_REQUEUES
 
 
 def test_cluster_options_reach_sbatch_and_dry_run(tmp_path, monkeypatch, capsys):
@@ -189,7 +189,7 @@ def test_cluster_options_reach_sbatch_and_dry_run(tmp_path, monkeypatch, capsys)
                                  setup=["module load cuda"])
     settings = study.StudySettings(base=TrainSettings("lenet"), archs=["lenet"], datasets=["digits"], seeds=[0],
                                    out=str(tmp_path / "s"), slurm=options)
-    parameters = study.make_executor(settings, "slurm")._executor.parameters
+    parameters = study.make_executor(settings, "slurm").parameters
     assert {k: parameters[k] for k in ("mem", "account", "qos", "constraint", "setup", "additional_parameters",
                                        "signal_delay_s")} == {
         "mem": "4G", "account": "proj", "qos": "low", "constraint": "a100", "setup": ["module load cuda"],

@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
+
+from .residual import LeafTracer
 
 
 @dataclass(frozen=True)
@@ -285,8 +288,6 @@ def _function_name(node) -> str:
 
 def _const_value(gm, arg) -> Any:
     """The value of a constant argument of an fx node: a number, or the tensor of a get_attr node."""
-    import torch.fx as fx
-
     if isinstance(arg, fx.Node):
         if arg.op != "get_attr":
             return None
@@ -306,10 +307,6 @@ def _positive(value: Any) -> bool:
 def fx_graph(model: nn.Module) -> tuple[Graph, dict[str, Any]]:
     """The graph of a torch model (traced with torch.fx, convolution, Linear and BatchNorm modules as leaves) and
     {module name: the value its first call reads}. Raises whatever tracing raises."""
-    import torch.fx as fx
-
-    from .residual import LeafTracer
-
     gm = LeafTracer.trace(model)
     ops: dict[Any, Op] = {}
     const: set = set()

@@ -5,13 +5,18 @@ the global torch RNG and the same seed always gives the same initialization.
 """
 from __future__ import annotations
 
+import difflib
+import importlib
+import inspect
 import os
+import sys
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from . import inits
+from .checkpoints import load_state, shapes_of
 from .errors import HparrError, UsageError
 
 TIMM, TORCHVISION = "timm:", "torchvision:"
@@ -122,7 +127,7 @@ def _replace_first_conv(model: nn.Module, in_channels: int, **overrides) -> None
 def _tvm():
     """torchvision.models, imported on first use: importing it costs about a second, which lenet and the MLPs
     do not need."""
-    import torchvision.models
+    import torchvision.models  # start-up time: about a second, on first use
 
     return torchvision.models
 
@@ -145,9 +150,6 @@ def is_factory(arch: str) -> bool:
 def import_factory(arch: str, flag: str = "--arch"):
     """The callable named by `module.path:factory`, imported from the current directory or PYTHONPATH (`flag`: the
     option that names it, in messages)."""
-    import importlib
-    import sys
-
     module_name, _, attr = arch.partition(":")
     if not module_name or not attr:
         raise UsageError(f"{flag} {arch!r}: give your own model as module.path:factory")
@@ -170,8 +172,6 @@ def import_factory(arch: str, flag: str = "--arch"):
 
 def _call_factory(arch: str, num_classes: int, in_channels: int) -> nn.Module:
     """The user's factory called with `num_classes` and `in_channels` where its signature accepts them."""
-    import inspect
-
     factory = import_factory(arch)
     try:
         params = inspect.signature(factory).parameters
@@ -245,15 +245,13 @@ def supported_archs() -> list[str]:
 
 def _timm():
     try:
-        import timm
+        import timm  # optional extra (hparr[timm])
     except ImportError:
         raise UsageError("timm:NAME needs timm: pip install 'hparr[timm]'") from None
     return timm
 
 
 def _did_you_mean(name: str, names: list[str]) -> str:
-    import difflib
-
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
     return f"; did you mean {', '.join(close)}?" if close else ""
 
@@ -330,7 +328,7 @@ def _timm_pretrained_file(name: str) -> Path:
     if cfg.file:
         return Path(cfg.file)
     if cfg.hf_hub_id:
-        from huggingface_hub import constants, try_to_load_from_cache
+        from huggingface_hub import constants, try_to_load_from_cache  # timm's dependency (hparr[timm])
 
         repo = cfg.hf_hub_id.split("@")[0]
         filenames = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
@@ -367,8 +365,6 @@ def load_pretrained(model: nn.Module, arch: str, weights: str | os.PathLike | No
             "the torch hub cache, set by TORCH_HOME"
         raise HparrError(f"pretrained weights for {arch} not found (offline): looked for {path} ({cache}); "
                          f"copy the file {path.name} there or pass --weights FILE")
-    from .checkpoints import load_state, shapes_of
-
     state = load_state(path, prefix=prefix, reference=model)
     own = model.state_dict()
     shapes = shapes_of(state)

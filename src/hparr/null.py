@@ -33,6 +33,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import files
+from .errors import HparrError, UsageError
+
 Z95 = 1.959963984540054
 
 # --- entry laws, nulls and initialization schemes ----------------------------------------------------
@@ -98,8 +101,6 @@ def law_of_scheme(scheme: str) -> str:
 
 def check_scheme(scheme: str, flag: str = "--init-scheme") -> str:
     """`scheme` if `law_of_scheme` knows it, else a UsageError naming `flag`."""
-    from .errors import UsageError
-
     try:
         law_of_scheme(scheme)
     except ValueError as exc:
@@ -168,7 +169,7 @@ def distribution(d: int):
     """The law of the normalized projection of a random d-dimensional filter with Gaussian weights (d >= 2),
     a frozen scipy distribution on [-1, 1]: `beta((d-1)/2, (d-1)/2, loc=-1, scale=2)` (built once per d:
     freezing a scipy distribution costs more than the test that uses it)."""
-    from scipy import stats
+    from scipy import stats  # start-up time: scipy.stats only where a law is evaluated
 
     if d < 2:
         raise ValueError(f"the null needs d >= 2, got {d}")
@@ -181,7 +182,7 @@ def cdf(t, d, null: str = BETA):
     (each d >= 2). For `beta`, `scipy.stats.beta.cdf(t, a, a, loc=-1, scale=2)` with a = (d-1)/2 (the values
     of `distribution(d).cdf(t)`, in one call for the filters of many layers); for another null, that plus the
     deviation of `deviation(null, d)`."""
-    from scipy import stats
+    from scipy import stats  # start-up time, as above
 
     a = (np.asarray(d, dtype=np.float64) - 1) / 2
     p = stats.beta.cdf(t, a, a, loc=-1, scale=2)
@@ -202,7 +203,7 @@ def kurtosis(law: str) -> float:
         return 0.0
     if law == UNIFORM:
         return -1.2
-    from scipy import stats
+    from scipy import stats  # start-up time, as above
 
     c = truncation(check_law(law))
     return float(stats.truncnorm(-c, c).stats(moments="k"))
@@ -220,7 +221,7 @@ class Edgeworth:
     kappa: float
 
     def apply(self, p: np.ndarray, t: np.ndarray) -> np.ndarray:
-        from scipy import stats
+        from scipy import stats  # start-up time, as above
 
         with np.errstate(divide="ignore", invalid="ignore"):
             big_t = np.sqrt(self.d - 1) * t / np.sqrt(1 - t * t)
@@ -296,9 +297,6 @@ def _cached_table(law: str, d: int) -> Table | None:
 
 def _store_table(table: Table) -> None:
     """Write the table to the cache folder; a folder that cannot be written only means computing it again."""
-    from . import files
-    from .errors import HparrError
-
     try:
         files.write_json(_table_path(table.law, table.d), table.as_dict())
     except (OSError, HparrError):

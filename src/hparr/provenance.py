@@ -4,16 +4,17 @@ from __future__ import annotations
 import os
 import platform
 import secrets
+import sys
 import zlib
 
 import numpy as np
+
+from . import __version__
 
 
 def versions(with_torch: bool = True) -> dict[str, str]:
     """Versions of Python and of the libraries that shape the numbers (without torch and torchvision, for
     what never imports them, such as the report)."""
-    from . import __version__
-
     out = {"hparr": __version__, "python": platform.python_version()}
     if with_torch:  # read from the installed distributions: importing torchvision costs about a second
         out.update(torch=_installed("torch"), torchvision=_installed("torchvision"))
@@ -23,8 +24,7 @@ def versions(with_torch: bool = True) -> dict[str, str]:
 def _installed(name: str) -> str:
     """The version of a package: its module's own (with the build tag, e.g. +cu130) when it is already
     imported, else the installed distribution's."""
-    import sys
-    from importlib import metadata
+    from importlib import metadata  # start-up time: it imports email, zipfile and csv, needed here alone
 
     module = sys.modules.get(name)
     if module is not None and getattr(module, "__version__", None):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
 
 
@@ -28,8 +29,6 @@ class LeafTracer:
 
     @staticmethod
     def trace(model: nn.Module):
-        import torch.fx as fx
-
         class Tracer(fx.Tracer):
             def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
                 if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase)):
@@ -44,8 +43,6 @@ class LeafTracer:
         """{node: shape of its output} for the nodes of the traced `gm` whose output is a tensor, from one run
         on `example` (a plain interpreter: torch.fx's ShapeProp would import the symbolic-shapes machinery and
         sympy, about 0.3 s of every command's start-up)."""
-        import torch.fx as fx
-
         shapes: dict = {}
 
         class Recorder(fx.Interpreter):

@@ -41,7 +41,7 @@ def relative_drops(trained_acc: float, accuracies: Mapping[str, Sequence[float]]
 
 def drop_frame(doc: Mapping[str, Any]) -> pd.DataFrame:
     """The relative drop stored in a reinit document as a table (rows: labels, columns: layers; NaN for none)."""
-    import pandas as pd
+    import pandas as pd  # start-up time: pandas only for tables (the commands read results)
 
     drops = {label: [float("nan") if v is None else float(v) for v in values]
              for label, values in doc["relative_drop"].items()}
@@ -194,7 +194,7 @@ def document_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
 def projections_table(docs: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """The tidy table of many projection documents (one row per snapshot x layer, plus "net" rows),
     sorted by epoch then layer order."""
-    import pandas as pd
+    import pandas as pd  # start-up time, as above
 
     rows = [r for doc in docs for r in document_rows(doc)]
     df = pd.DataFrame(rows)

@@ -36,7 +36,7 @@ def ordered(columns: Iterable[str], first: Iterable[str] = ()) -> list[str]:
 
 def typed(df: pd.DataFrame, integers: Iterable[str] = ()) -> pd.DataFrame:
     """`df` with its integer columns (the schema's and `integers`) as nullable integers, in place."""
-    import pandas as pd
+    import pandas as pd  # start-up time: pandas only for tables
 
     for col in (*INTEGERS, *integers):
         if col in df.columns:

@@ -33,7 +33,7 @@ _OTHER_CONV_OPS = {"ConvTranspose": "transposed convolution (its weight is laid 
 def require_onnx(path: str | os.PathLike):
     """The `onnx` module, or an HparrError saying which extra to install."""
     try:
-        import onnx
+        import onnx  # optional extra (hparr[onnx])
     except ImportError:
         raise HparrError(f"{path} is an ONNX model: reading it needs the onnx extra ({EXTRA})") from None
     return onnx
@@ -210,7 +210,7 @@ def topological_nodes(nodes: Sequence[Any], available: set[str],
 def _attribute(node: GraphNode, name: str, default: Any = None) -> Any:
     for attr in node.proto.attribute:
         if attr.name == name:
-            from onnx import helper
+            from onnx import helper  # optional extra (hparr[onnx])
 
             return helper.get_attribute_value(attr)
     return default
@@ -300,7 +300,7 @@ def to_torch(model: OnnxModel) -> TorchGraph:
     """The graph as a torch module, with onnx2torch, and every tensor read (external data included). An
     operator onnx2torch cannot convert is refused in one line naming it and its node."""
     try:
-        import onnx2torch
+        import onnx2torch  # optional extra (hparr[onnx])
         from onnx2torch.node_converters import get_converter
     except ImportError:
         raise HparrError(f"running {model.path} on data needs onnx2torch, of the onnx extra ({EXTRA})") from None

@@ -119,7 +119,7 @@ def settings_from_args(args):
 
     probe = None
     if args.probe_data:
-        from ..data import DataOptions
+        from ..data import DataOptions  # start-up time, as above
 
         if args.dataset is None:
             raise UsageError("--probe-data needs --dataset: the data whose test images are run through the models")

@@ -4,7 +4,10 @@ from __future__ import annotations
 import sys
 
 from ..layout import REINIT_LOG
+from ..results import EVAL_SPLITS, REFUSE, complete_reinit_doc, reuse_or_recompute
 from .args import ArgumentParser, choice
+from .projections import add_model_shape_arguments
+from .train import add_arch_argument, add_data_arguments, data_options, require_arch_and_dataset, setup_logging
 
 DESCRIPTION = (
     "Reinit network weights and compute drop in performance. For each conv layer (1x1 ones with --include-1x1, "
@@ -26,9 +29,6 @@ METHODS = ("auto", "shared", "plain")
 def add_arguments(p: ArgumentParser) -> None:
     """The flags of `hparr reinit`, their defaults those of `ReinitSettings` and `DataOptions`."""
     from ..reinit import ReinitSettings  # start-up time: the library imports torch (the defaults are its)
-    from ..results import EVAL_SPLITS  # start-up time, as above
-    from .projections import add_model_shape_arguments
-    from .train import add_arch_argument, add_data_arguments
 
     add_arch_argument(p)
     add_data_arguments(p, dataset_help="dataset the model was trained on, whose test or training images are "
@@ -91,12 +91,9 @@ def add_arguments(p: ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from .train import data_options, require_arch_and_dataset, setup_logging
-
     require_arch_and_dataset(args, need_arch=not args.load_from)
-    from .. import files, reinit
+    from .. import files, reinit  # start-up time: the library (torch) when the command runs
     from ..reinit.documents import critical_headline
-    from ..results import REFUSE, complete_reinit_doc, reuse_or_recompute
 
     setup_logging()
     settings = reinit.ReinitSettings(

@@ -24,6 +24,7 @@ import numpy as np
 from .. import files, layout
 from ..errors import HparrError, UsageError, first_line
 from ..files import digest, hasher
+from ..provenance import available_cores
 from .catalog import IMAGEFOLDER, DatasetInfo
 from .own import OwnData, channel_stats
 
@@ -160,8 +161,6 @@ def _decode(root: Path, path: Path, gray: bool, size: int) -> tuple[np.ndarray, 
 
 
 def _workers() -> int:
-    from ..provenance import available_cores
-
     return max(1, min(8, available_cores()))
 
 

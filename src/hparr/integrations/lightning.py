@@ -25,10 +25,10 @@ from ..errors import HparrError
 
 def _lightning():
     try:
-        import lightning.pytorch as pl
+        import lightning.pytorch as pl  # optional extra (hparr[lightning])
     except ImportError:
         try:
-            import pytorch_lightning as pl
+            import pytorch_lightning as pl  # optional extra, its older name
         except ImportError:
             raise HparrError("BiasCallback needs PyTorch Lightning: pip install 'hparr[lightning]'") from None
     return pl
@@ -55,7 +55,7 @@ class _Tracking:
         # not on_fit_start: a resumed trainer restores its step counter between the two
         if not trainer.is_global_zero:
             return
-        from ..training import BiasTracker
+        from ..training import BiasTracker  # start-up time: the tracker (torch, scipy) once training starts
 
         net = pl_module
         for part in (self.module.split(".") if self.module else []):

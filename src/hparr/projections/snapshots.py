@@ -21,7 +21,7 @@ from .. import checkpoints, null
 from ..checkpoints import ModelConfig, check_metadata, check_state, snapshot_config
 from ..defaults import INCLUDE_1X1, LEVEL
 from ..errors import HparrError, UsageError
-from ..inputs import UNKNOWN_FEED, Feed, fx_feeds
+from ..inputs import UNKNOWN_FEED, Feed, fx_feeds, onnx_feeds
 from ..layers import ONE_BY_ONE, LayerInfo, Skipped, discover_layers, is_1x1
 from ..models import build_model
 from ..probe import negative_shares
@@ -326,8 +326,6 @@ def onnx_layers(graph: Any, options: AnalysisOptions):
     the graph's topological order, named by their nodes; what feeds each (`hparr.inputs.onnx_feeds`); and the
     analyzed weights, read lazily from the initializers. Stage and block are unknown (stage 0, numbered in
     order), as for a checkpoint read without its model."""
-    from ..inputs import onnx_feeds
-
     onnx_file = _onnx_file()
     found, skipped = onnx_file.graph_layers(graph, options.with_linear, options.include_1x1)
     onnx_file.check_no_conv(graph, found, options.with_linear)

@@ -24,7 +24,7 @@ from scipy import stats
 from .. import null
 from ..errors import HparrError
 
-try:  # scipy's Durbin matrix evaluation of the exact KS law (see `ks_sf`)
+try:  # scipy's Durbin matrix evaluation of the exact KS law (see `ks_sf`); private to scipy, hence guarded
     from scipy.stats._ksstats import _kolmogn_DMTW
 except ImportError:  # a scipy without it: its public `kstwo` alone, slower, gives the same law
     _kolmogn_DMTW = None
@@ -137,8 +137,9 @@ def ks_sf(stat, n) -> np.ndarray:
     law of `kstest`'s exact mode), elementwise. Where scipy evaluates it by Pomeranz's recursion (N <= 140,
     1 < ND < N - 1, D < 1/2 and 0.754693 < ND^2 <= 4; a Python loop of 2N + 2 steps, near a millisecond for
     N = 64), scipy's Durbin matrix evaluation of the same law (Marsaglia, Tsang & Wang 2003) is used
-    instead: ten times faster, and equal to within 1e-13 there, where the p-values are above 3e-4 (a test
-    checks every N of that range)."""
+    instead: ten times faster, and equal to within 1e-13 there, where the p-values are above 3e-4. That function
+    is private to scipy; where a scipy lacks it, `kstwo.sf` serves every N (a test checks every N of that range,
+    with and without it)."""
     stat, n = np.broadcast_arrays(np.asarray(stat, dtype=np.float64), np.asarray(n))
     shape, stat, n = stat.shape, stat.ravel(), n.ravel()
     t = n * stat

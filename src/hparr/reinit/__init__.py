@@ -38,7 +38,7 @@ from .processes import choose_processes, parse_eval_processes
 from .shared_prefix import NotShareable, SharedPrefixPlan, reinit_sweep
 from .snapshots import read_inits_list
 from .stage import (
-    ReinitRun,
+    ReinitOutput,
     ReinitSettings,
     TrainedSnapshot,
     adopt_earlier_result,
@@ -64,7 +64,7 @@ from .units import (
 )
 
 __all__ = ["BATCHNORM_NOTE", "BATCHNORM_REINIT_NOTE", "BATCHNORM_TENSORS", "Batches", "EVAL_SPLIT_TEXT",
-           "GRANULARITIES", "LAYER_TENSORS", "NotShareable", "ReinitResult", "ReinitRun", "ReinitSettings",
+           "GRANULARITIES", "LAYER_TENSORS", "NotShareable", "ReinitResult", "ReinitOutput", "ReinitSettings",
            "SharedPrefixPlan", "TrainedSnapshot", "Unit", "adopt_earlier_result", "aggregate_rand_trials",
            "batchnorms_after", "choose_processes", "eval_split_of", "first_images", "groups_of", "judge_result",
            "make_units", "parse_eval_processes", "plain_reinit_sweep", "rand_labels", "rand_trial_seeds",

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from .. import checkpoints
+from ..checkpoints import onnx_file
 from ..errors import HparrError, first_line
 from ..layers import layer_kind
 
@@ -35,8 +36,6 @@ def onnx_trained(graph: Any, in_channels: int, image_size: int, num_classes: int
     """The ONNX model `graph` (`onnx_file.OnnxModel`) converted to a torch module, after checking that it takes
     images of (in_channels, image_size, image_size), that it runs on a batch of 2 of them, and that it gives
     `num_classes` outputs: each a one-line HparrError."""
-    from ..checkpoints import onnx_file  # the optional extra, only for an ONNX file
-
     path = graph.path
     shape = onnx_file.graph_input_shape(graph)
     want = (in_channels, image_size, image_size)
@@ -63,8 +62,6 @@ def onnx_alternatives(paths: Sequence[Path], trained: Path, reference: Mapping[s
     re-initialize from, each converted to torch and checked against the trained model's module keys and
     shapes (`reference`); the label is the epoch of the file name (`<name>_<epoch>.onnx`). The identity records
     the file's own tensors (its initializers), as the trained file's does."""
-    from ..checkpoints import onnx_file
-
     states: dict[str, Mapping[str, torch.Tensor]] = {}
     sources: dict[str, str] = {}
     identities: dict[str, dict] = {}

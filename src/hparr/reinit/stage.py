@@ -275,7 +275,7 @@ def adopt_earlier_result(settings: ReinitSettings, trained: TrainedSnapshot, roo
 
 
 @dataclass
-class ReinitRun:
+class ReinitOutput:
     """What `run_reinit` produced: the results document, the sweep, and where below a results folder
     the document goes (`relpath`, see `result_path`)."""
 
@@ -288,7 +288,7 @@ class ReinitRun:
         return self.relpath.stem
 
 
-def run_reinit(settings: ReinitSettings, trained: TrainedSnapshot | None = None) -> ReinitRun:
+def run_reinit(settings: ReinitSettings, trained: TrainedSnapshot | None = None) -> ReinitOutput:
     """Load the trained snapshot (`trained`, where the caller read it already), the alternatives and the test
     set; sweep; return the results document."""
     settings.validate()
@@ -336,7 +336,7 @@ def run_reinit(settings: ReinitSettings, trained: TrainedSnapshot | None = None)
                               unit_includes_1x1(settings.granularity, settings.include_1x1))
 
     if onnx is not None:
-        from .onnx_model import onnx_alternatives, rerandomizer
+        from .onnx_model import onnx_alternatives, rerandomizer  # the ONNX branch alone, as ONNX_ARCH above
 
         alternatives, sources, inputs["inits"] = onnx_alternatives(init_paths, load_from, reference)
         draw = rerandomizer(model)
@@ -373,7 +373,7 @@ def run_reinit(settings: ReinitSettings, trained: TrainedSnapshot | None = None)
         count = min(count, -(-settings.max_test_images // settings.batch_size))
     sharing = choose_processes(parse_eval_processes(settings.eval_processes), model, device, count)
     if settings.progress:
-        from tqdm import tqdm
+        from tqdm import tqdm  # start-up time: only with a progress bar
 
         batches = tqdm(batches, desc="reinit", unit="batch", file=sys.stderr)
     groups = groups_of(infos, settings.granularity)
@@ -412,16 +412,16 @@ def run_reinit(settings: ReinitSettings, trained: TrainedSnapshot | None = None)
     if settings.rand_trials > 1:
         document = aggregate_rand_trials(document, settings.rand_trials, trial_seeds)
     if onnx is not None:
-        from .onnx_model import RAND_NOTE, renamed_document
+        from .onnx_model import RAND_NOTE, renamed_document  # the ONNX branch alone, as above
 
         document = renamed_document(document, onnx.converted)
         document["onnx"] = onnx.describe
         if settings.rand:
             document["notes"] = [*document.get("notes", []), RAND_NOTE]
-    return ReinitRun(document=document, result=result, relpath=trained.relpath)
+    return ReinitOutput(document=document, result=result, relpath=trained.relpath)
 
 
-def save(run: ReinitRun, root: str | os.PathLike) -> list[Path]:
+def save(run: ReinitOutput, root: str | os.PathLike) -> list[Path]:
     """Write the results document to `root`/`run.relpath`. Returns the files written (that one). Its heatmap is
     the report's: `report.save_reinit_plots` (`hparr reinit --plots`)."""
     json_path = Path(root) / run.relpath

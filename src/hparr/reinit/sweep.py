@@ -56,7 +56,7 @@ class ReinitResult:
 
     def relative_drop(self):
         """(acc_trained - acc_reinit) / acc_trained of top-1, a DataFrame: rows labels, columns layers."""
-        import pandas as pd
+        import pandas as pd  # start-up time: pandas only for this table
 
         return pd.DataFrame.from_dict(relative_drops(self.trained_accuracy(), self.accuracy()), orient="index",
                                       columns=list(self.layers))

@@ -146,7 +146,7 @@ def plot_mass_by_epoch(table: pd.DataFrame, out: Path, curves: pd.DataFrame) -> 
             ax.set_xlabel("epoch")
             ax.set_ylabel("mass (share p <= 0)")
         _hide_unused(axes, len(panels))
-        from matplotlib.lines import Line2D
+        from matplotlib.lines import Line2D  # on first use: start-up time
         from matplotlib.patches import Patch
 
         handles = [h for h, _ in legend.values()] + [Line2D([], [], color="0.3", lw=0.7, marker="o", ms=3),

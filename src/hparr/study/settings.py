@@ -13,6 +13,7 @@ from typing import Any, Iterable, Sequence
 from .. import files, layout, results
 from ..defaults import LEVEL, THRESHOLD, check_level, check_threshold
 from ..errors import HparrError, UsageError
+from .datafiles import data_differences, data_identity
 from .grid import Cell
 
 LAUNCHERS = ("local", "slurm", "print")
@@ -85,20 +86,19 @@ class SlurmOptions:
         return min(90, max(5, self.time_min * 6))
 
     def executor_parameters(self) -> dict[str, Any]:
-        """The parameters of submitit's AutoExecutor."""
-        params: dict[str, Any] = dict(name="hparr-study", timeout_min=self.time_min, nodes=1, tasks_per_node=1,
-                                      cpus_per_task=self.cpus_per_task,
-                                      slurm_array_parallelism=self.array_parallelism,
-                                      slurm_signal_delay_s=self.signal_delay_s)
+        """The parameters of submitit's SlurmExecutor (its `update_parameters`): its names for sbatch's flags."""
+        params: dict[str, Any] = dict(job_name="hparr-study", time=self.time_min, nodes=1, ntasks_per_node=1,
+                                      cpus_per_task=self.cpus_per_task, array_parallelism=self.array_parallelism,
+                                      signal_delay_s=self.signal_delay_s)
         for key, value in (("partition", self.partition), ("gpus_per_task", self.gpus_per_task),
                            ("mem", self.mem), ("account", self.account), ("qos", self.qos),
                            ("constraint", self.constraint)):
             if value:
-                params[f"slurm_{key}"] = value.strip() if isinstance(value, str) else value
+                params[key] = value.strip() if isinstance(value, str) else value
         if self.extra:
-            params["slurm_additional_parameters"] = dict(self.extra)
+            params["additional_parameters"] = dict(self.extra)
         if self.setup:
-            params["slurm_setup"] = list(self.setup)
+            params["setup"] = list(self.setup)
         return params
 
     def describe(self) -> str:
@@ -174,8 +174,6 @@ class StudySettings:
         --data-path; fetched first with --download), each read whole once: missing or unreadable files are
         refused here, before anything is written (`datafiles`)."""
         if self._data_files is None:
-            from .datafiles import data_identity
-
             self._data_files = {d: data_identity(dataclasses.replace(self.base.data, dataset=d))
                                 for d in self.datasets}
         return self._data_files
@@ -269,8 +267,6 @@ def check_out(settings: StudySettings) -> Path:
             diff = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             raise UsageError(f"--out {out} holds a study with other shared settings ({', '.join(diff)} differ); "
                              "use another --out")
-        from .datafiles import data_differences
-
         recorded = existing.get("data_files")
         if not isinstance(recorded, dict):  # an earlier hparr recorded the folder alone
             recorded = _files_there_now(settings, shared)
@@ -286,8 +282,6 @@ def _files_there_now(settings: StudySettings, shared: dict[str, Any]) -> dict[st
     """The data files, as they are now, of a study that recorded their folder alone (an earlier hparr): those of
     each dataset below that folder; a dataset with none there now (so that no cell can have read them there) is
     left out, and the files below --data-path are taken for it, with a warning."""
-    from .datafiles import data_identity
-
     data = shared.get("data") if isinstance(shared.get("data"), dict) else {}
     then = data.get("data_path")
     if then is None or then == settings.base.data.data_path:

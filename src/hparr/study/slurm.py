@@ -1,16 +1,18 @@
 """The SLURM launcher: the cells as one job array through submitit (or submitit's local executor), followed with
-sacct or squeue, and sbatch asked beforehand whether it takes the job (`sbatch --test-only`)."""
+sacct (submitit's) or squeue (hparr's), and sbatch asked beforehand whether it takes the job (`sbatch --test-only`
+on a script of the same #SBATCH lines). Only submitit's public API is used."""
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import shlex
 import subprocess
 import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from .. import files, layout, results
 from ..errors import HparrError, UsageError, first_line
@@ -23,16 +25,29 @@ log = logging.getLogger("hparr.study")
 
 # how many times a cell past its time limit (or preempted) is requeued to resume from its snapshots
 MAX_REQUEUES = 10
+# the states in which squeue shows a task that has ended (a task it no longer lists has ended too); any other state,
+# PREEMPTED included (a requeue follows), is a task still queued or running
+SQUEUE_ENDED = frozenset({"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
+                          "REVOKED", "TIMEOUT"})
+GONE = "no longer in squeue"
+# the parameters of submitit's SlurmExecutor that are no sbatch flag of their own: the array's size limit, the
+# delay of its --signal, lines run before the cell, and flags given as they are
+NOT_FLAGS = ("array_parallelism", "signal_delay_s", "setup", "additional_parameters")
 
 
 def make_executor(settings: StudySettings, cluster: str, folder: str | os.PathLike | None = None):
-    """The submitit executor of a study: SLURM ("slurm") or submitit's local executor ("local"), one task per
-    cell, with the resources of `settings.slurm`; its files go to STUDY/submitit/<job id>/ (or `folder`)."""
+    """The submitit executor of a study: `submitit.SlurmExecutor` ("slurm") or `submitit.LocalExecutor` ("local"),
+    one task per cell, with the resources of `settings.slurm` (the local one: its time limit); its files go to
+    STUDY/submitit/<job id>/ (or `folder`)."""
     import submitit  # optional extra (hparr[slurm])
 
     folder = Path(folder) if folder is not None else Path(settings.out) / SUBMITIT_DIR / "%j"
-    executor = submitit.AutoExecutor(folder=folder, cluster=cluster, slurm_max_num_timeout=MAX_REQUEUES)
-    executor.update_parameters(**settings.slurm.executor_parameters())
+    if cluster == "slurm":
+        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=MAX_REQUEUES)
+        executor.update_parameters(**settings.slurm.executor_parameters())
+    else:
+        executor = submitit.LocalExecutor(folder=folder)
+        executor.update_parameters(timeout_min=settings.slurm.time_min, nodes=1, tasks_per_node=1)
     return executor
 
 
@@ -90,27 +105,33 @@ def squeue_states(job_ids: Iterable[str]) -> dict[str, str] | None:
     return states
 
 
-def _squeue_watcher():
-    """A submitit watcher that follows the array with `squeue` instead of `sacct`: a task SLURM no longer
-    lists has ended (its result file, or its absence, tells how)."""
-    from submitit.slurm.slurm import SlurmInfoWatcher  # optional extra (hparr[slurm])
-
-    class SqueueWatcher(SlurmInfoWatcher):
-        def update(self) -> None:
-            todo = self._registered - self._finished
-            if not todo:
-                return
-            self._num_calls += 1
-            states = squeue_states(todo)
-            self._last_status_check = time.time()
-            if states is None:
-                return
-            for job_id in todo:
-                self._info_dict[job_id] = {"JobID": job_id, "State": states.get(job_id, "ENDED")}
-                if self.is_done(job_id, mode="cache"):
-                    self._finished.add(job_id)
-
-    return SqueueWatcher(delay_s=60)
+def ended_by_squeue(jobs: Sequence, every: float = 10.0, grace: float = 15.0) -> Iterator[tuple[Any, str | None]]:
+    """Follow submitit's array tasks `jobs` with squeue where sacct does not answer. Yields (job, None) for a task
+    whose result file is there, and (job, its last state) for one that squeue has shown ended, or no longer listed,
+    for `grace` seconds without a result file (a shared file system may show the file late); polls every `every` s."""
+    todo = list(jobs)
+    ended_since: dict[str, float] = {}  # the tasks seen ended without a result file: since when
+    while todo:
+        waiting = []
+        for job in todo:
+            if job.paths.result_pickle.exists():
+                yield job, None
+            else:
+                waiting.append(job)
+        states = squeue_states(str(job.job_id) for job in waiting) if waiting else {}
+        todo, now = [], time.monotonic()
+        for job in waiting:
+            task = str(job.job_id)
+            state = None if states is None else states.get(task, GONE)  # None: squeue did not answer
+            if state is not None and state != GONE and state.upper() not in SQUEUE_ENDED:
+                ended_since.pop(task, None)  # queued or running (again, once requeued)
+                todo.append(job)
+            elif state is not None and now - ended_since.setdefault(task, now) >= grace:
+                yield job, state
+            else:
+                todo.append(job)
+        if todo:
+            time.sleep(every)
 
 
 @contextlib.contextmanager
@@ -157,13 +178,16 @@ def run_submitit(settings: StudySettings, jobs: list[CellJob], cluster: str) -> 
         submitted = submit(settings, jobs, cluster)
         if cluster == "slurm" and not sacct_works():
             log.info("sacct does not answer here (no SLURM accounting): following the array with squeue")
-            watcher = _squeue_watcher()
-            for job in submitted:
-                job.watcher = watcher
-                watcher.register_job(str(job.job_id))
+            ended = ended_by_squeue(submitted)
+        else:  # submitit follows the tasks (sacct on SLURM); a task without a result raises in `result()`
+            ended = ((done, None) for done in as_completed(submitted, poll_frequency=2 if cluster == "local" else 10))
         by_job = {id(j): job for j, job in zip(submitted, jobs)}
-        for done in as_completed(submitted, poll_frequency=2 if cluster == "local" else 10):
+        for done, state in ended:
             job = by_job[id(done)]
+            if state is not None:
+                yield CellOutcome(job.cell, "failed", job.log, f"the array task {done.job_id} ended ({state}) "
+                                  f"without a result (see {done.paths.stderr})")
+                continue
             try:
                 yield done.result()
             except Exception as exc:  # noqa: BLE001 - the task died (time limit, node failure, cancelled)
@@ -175,9 +199,8 @@ def check_sbatch(settings: StudySettings) -> None:
     """Ask sbatch whether it takes the cells' job with the study's options (`sbatch --test-only`, nothing is
     submitted); a refusal is one line quoting sbatch."""
     with tempfile.TemporaryDirectory(prefix="hparr-sbatch-") as tmp:
-        executor = make_executor(settings, "slurm", folder=tmp)._executor
         script = Path(tmp) / "test.sh"
-        script.write_text(executor._make_submission_file_text("true", "test"))
+        script.write_text(sbatch_test_script(make_executor(settings, "slurm", folder=tmp).parameters))
         try:
             done = subprocess.run(["sbatch", "--test-only", str(script)], capture_output=True, text=True,
                                   timeout=120, cwd=tmp)
@@ -185,6 +208,21 @@ def check_sbatch(settings: StudySettings) -> None:
             raise HparrError(f"--launcher slurm: sbatch --test-only did not answer: {first_line(exc)}") from None
     if done.returncode != 0:
         raise UsageError(f"sbatch refuses the cells' job: {sbatch_message(done.stderr + done.stdout)}")
+
+
+def sbatch_test_script(parameters: dict) -> str:
+    """A batch script that runs `true` with the #SBATCH lines that submitit writes for a SlurmExecutor's
+    `parameters`: each parameter as its flag (job_name as --job-name), --signal, then the flags given as they are.
+    The array's own lines (--array, --output, --error) are left out: hparr sets none of them."""
+    import submitit  # optional extra (hparr[slurm])
+
+    flags = {key.replace("_", "-"): value for key, value in parameters.items() if key not in NOT_FLAGS}
+    flags["signal"] = f"{submitit.JobEnvironment.USR_SIG}@{parameters['signal_delay_s']}"
+    extra = parameters.get("additional_parameters") or {}
+    flags.update({key.replace("_", "-"): value for key, value in extra.items()})
+    lines = [f"#SBATCH --{key}" if value is True else f"#SBATCH --{key}={shlex.quote(str(value))}"
+             for key, value in sorted(flags.items())]
+    return "\n".join(["#!/bin/bash", *lines, "true", ""])
 
 
 def sbatch_message(text: str) -> str:

@@ -11,6 +11,7 @@ import pandas as pd
 
 from .. import files
 from ..null import mass_band
+from .analysis import CONTROL_KEY
 
 DPI = 130
 _RC = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 8, "xtick.labelsize": 8,
@@ -96,7 +97,6 @@ def plot_control(table: pd.DataFrame, control: Sequence[dict[str, Any]], path: P
         return None
     import matplotlib  # on first use: start-up time
 
-    from .analysis import CONTROL_KEY
 
     runs = table[(table["format"] == "run") & (table["depth"] == 0) & table["normalized"].notna()]
     with matplotlib.rc_context(_RC):

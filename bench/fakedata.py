@@ -1,4 +1,4 @@
-"""Small datasets written in the official on-disk formats, for tests, benchmarks and demos.
+"""Small datasets written in the official on-disk formats, for the tests and the benchmarks.
 
 Everything here goes through `hparr.files` and writes files that the real loaders of `hparr.data`
 (and torchvision's) read as they read the published datasets:
@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from . import files
+from hparr import files
 
 
 def random_images(n: int, channels: int, height: int, width: int, seed: int = 0) -> np.ndarray:
