@@ -62,7 +62,7 @@ def __getattr__(name: str):
     """`BiasTracker`, imported when first asked for (start-up time: the tracker loads scipy and pandas, which a
     run that does not track never needs)."""
     if name == "BiasTracker":
-        from ._track import BiasTracker
+        from ._track import BiasTracker  # start-up time: scipy and pandas, only when asked for
 
         return BiasTracker
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
