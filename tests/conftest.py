@@ -78,11 +78,11 @@ def trained_like(model: nn.Module, seed: int = 5, strength: float = 0.4, shift: 
 
 
 def command_parser(command: str):
-    """The parser of `hparr COMMAND` alone, whose `arguments` list its flags (`hparr.cli.args.ArgumentParser`)."""
+    """The parser of `hparr COMMAND` alone, whose `arguments` list its flags (`hparr.cli._args.ArgumentParser`)."""
     import importlib
 
     from hparr.cli import COMMANDS
-    from hparr.cli.args import ArgumentParser
+    from hparr.cli._args import ArgumentParser
 
     parser = ArgumentParser(prog=f"hparr {command}")
     importlib.import_module(f"hparr.cli.{COMMANDS[command][0]}").add_arguments(parser)

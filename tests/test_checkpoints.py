@@ -111,7 +111,7 @@ def test_newest_snapshot_reads_snapshots_memory_mapped(tmp_path, monkeypatch):
     (tmp_path / "lenet_9.tar").write_bytes(b"torn")
     calls = []
     load = ck.torch_load
-    monkeypatch.setattr(ck.load, "torch_load", lambda path, mmap=False: calls.append(mmap) or load(path, mmap=mmap))
+    monkeypatch.setattr(ck._load, "torch_load", lambda path, mmap=False: calls.append(mmap) or load(path, mmap=mmap))
     assert ck.newest_snapshot(tmp_path) == tmp_path / "lenet_2.tar"
     assert calls and all(calls)
 def test_weight_configuration_compares_only_what_changes_the_weights():

@@ -15,7 +15,7 @@ from bench import fakedata
 from hparr import data as hd
 from hparr.cli import main
 from hparr.data import DataOptions, ImageSet, ResidentLoader, TensorLoader, formats, load_data, make_loader
-from hparr.data import load as loading
+from hparr.data import _load as loading
 from hparr.errors import HparrError, UsageError
 
 N_TRAIN, N_TEST = 5000, 1000

@@ -4,7 +4,7 @@ parsers' own list (`ArgumentParser.arguments`); the expected values come from th
 import pytest
 
 from hparr.cli import build_parser
-from hparr.cli.args import ArgumentParser, default_of
+from hparr.cli._args import ArgumentParser, default_of
 from hparr.data import DataOptions
 from hparr.defaults import REPRODUCE_RECIPE
 from hparr.pipeline import ReproduceSettings, reproduce_recipe
@@ -109,7 +109,7 @@ def test_a_hardcoded_default_is_caught():
     """A flag given another default than its option's fails the test above: its parsed value is compared with the
     dataclass, not with what the CLI wrote."""
     parser = command_parser("train")
-    parser.set_defaults(lr=0.01)  # as if cli/train.py wrote default=0.01
+    parser.set_defaults(lr=0.01)  # as if cli/_train.py wrote default=0.01
     assert parser.parse_args([]).lr != default_of(*expected("train", "lr")[:2])
     with pytest.raises(TypeError, match="either given or taken"):
         ArgumentParser().add_argument("--lr", type=float, default=0.01, setting=TrainSettings)

@@ -16,8 +16,9 @@ from PIL import Image
 from hparr import layout
 from hparr.checkpoints import torch_load
 from hparr.cli import main
-from hparr.data import DataOptions, check_files, dataset_kind, describe, imagefolder, load_data
-from hparr.data.factory import materialize
+from hparr.data import DataOptions, check_files, dataset_kind, describe, load_data
+from hparr.data import _imagefolder as imagefolder
+from hparr.data._factory import materialize
 from hparr.errors import HparrError, UsageError
 
 TESTS = Path(__file__).resolve().parent

@@ -230,7 +230,7 @@ def test_the_ks_law_is_scipys_for_every_small_layer(durbin, monkeypatch):
     across its branches. With scipy's Durbin matrix (`scipy.stats._ksstats._kolmogn_DMTW`, private to scipy):
     within 1e-13 (absolute) where `ks_sf` takes it, to the last bit elsewhere. With a scipy that lacks it (the
     guarded import finds none): `kstwo.sf` everywhere, to the last bit."""
-    from hparr.projections import stats as ks_module
+    from hparr.projections import _stats as ks_module
 
     calls = []
     if durbin == "absent":

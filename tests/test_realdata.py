@@ -394,8 +394,8 @@ def test_a_study_takes_train_sizes_as_an_axis_and_eval_splits(tmp_path, capsys):
 
 
 def test_the_train_split_figure_is_drawn_where_the_cells_measured_it(tmp_path, monkeypatch):
-    from hparr.report import study_figures
-    from hparr.report.study_figures import draw_all
+    from hparr.report import _study_figures as study_figures
+    from hparr.report._study_figures import draw_all
 
     # the study's other figures are drawn and checked in test_study.py: here only (c) and (c') are drawn
     for other in ("plot_mass_by_condition", "plot_mass_by_epoch", "plot_bias_vs_learning"):

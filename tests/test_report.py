@@ -22,7 +22,7 @@ from hparr.cli import main
 from hparr.errors import UsageError
 from hparr.layers import discover_layers
 from hparr.models import build_model
-from hparr.report import html as report_html
+from hparr.report import _html as report_html
 from hparr.report import stats as report_stats
 from hparr.results import drop_frame
 
@@ -321,7 +321,7 @@ def test_the_report_imports_no_torch():
     import subprocess
     import sys
 
-    code = "import sys, hparr.report, hparr.cli.report; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, hparr.report, hparr.cli._report; assert 'torch' not in sys.modules, 'torch imported'"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
 

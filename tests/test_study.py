@@ -257,8 +257,8 @@ def test_status_tells_running_pending_failed_and_finished_cells_apart(synthetic,
     from hparr.attempt import Attempt, clock
     from hparr.errors import HparrError
     from hparr.layout import ATTEMPT_NAME
-    from hparr.study.runner import record_run
-    from hparr.study.status import STUDY_LOCK
+    from hparr.study._runner import record_run
+    from hparr.study._status import STUDY_LOCK
 
     cells = {name: study.Cell("lenet", "digits", seed, noise) for name, seed, noise in (
         ("running", 7, 0.0), ("failed", 2, 0.5), ("died", 3, 0.5), ("queued", 3, 0.0), ("requeued", 4, 0.0),
@@ -316,8 +316,8 @@ def test_slurm_states_and_the_study_running_now_decide_what_a_rerun_may_submit(s
     from types import SimpleNamespace
 
     from hparr.errors import HparrError
-    from hparr.study.runner import check_not_queued, record_run
-    from hparr.study.status import STUDY_LOCK
+    from hparr.study._runner import check_not_queued, record_run
+    from hparr.study._status import STUDY_LOCK
 
     bin_dir = tmp_path / "bin"  # squeue as SLURM answers it for the array's one task
     files.write_text(bin_dir / "squeue", '#!/bin/sh\necho "77_0|$FAKE_SLURM_STATE"\n')
@@ -482,7 +482,7 @@ def test_an_unreadable_data_file_is_one_line_before_anything_is_written(tmp_path
     import builtins
     import errno
 
-    from hparr.study import datafiles
+    from hparr.study import _datafiles as datafiles
 
     folder = data_folder(tmp_path / "a")
     locked = folder / IDX_FILES[1]
@@ -501,7 +501,7 @@ def test_an_unreadable_data_file_is_one_line_before_anything_is_written(tmp_path
 
 
 def test_study_help_names_every_grid_axis(capsys, monkeypatch):
-    from hparr.cli.study import GRID
+    from hparr.cli._study import GRID
 
     monkeypatch.setenv("COLUMNS", "2000")  # one line per paragraph: no flag cut at its hyphen
     with pytest.raises(SystemExit):
@@ -513,9 +513,9 @@ def test_study_help_names_every_grid_axis(capsys, monkeypatch):
 
 
 def test_the_study_ends_with_a_headline_of_its_cells_and_its_verdict(synthetic, monkeypatch):
-    import hparr.report.study_figures as figures
+    import hparr.report._study_figures as figures
+    from hparr.study._runner import StudyResult
     from hparr.study.headline import headline
-    from hparr.study.runner import StudyResult
 
     monkeypatch.setattr(figures, "draw_all", lambda *args: ([], []))  # figures are tested above
     written = study_report.build_study_report(synthetic)
@@ -685,7 +685,7 @@ def test_the_study_report_is_drawn_without_torch(synthetic):
 
 
 def test_hparr_report_recognizes_a_study(synthetic, tmp_path, capsys, monkeypatch):
-    import hparr.report.study_figures as figures
+    import hparr.report._study_figures as figures
 
     monkeypatch.setattr(figures, "draw_all", lambda *args: ([], []))  # figures are tested above
     assert main(["report", str(synthetic), "--out", str(tmp_path / "r")]) == 0
@@ -697,7 +697,7 @@ def test_hparr_report_recognizes_a_study(synthetic, tmp_path, capsys, monkeypatc
 
 
 def test_one_html_renderer_draws_the_study_page(synthetic, monkeypatch):
-    import hparr.report.study_figures as figures
+    import hparr.report._study_figures as figures
 
     monkeypatch.setattr(figures, "draw_all", lambda *args: ([], []))  # the page with figures: the slow test above
     written = study_report.build_study_report(synthetic)
@@ -837,8 +837,8 @@ def read_manifest_reinit(cell: Path) -> Path:
 
 
 def test_figure_b_follows_each_seed_and_averages_only_while_every_seed_trains(synthetic):
-    from hparr.report.study_figures import seed_lines, seed_mean
-    from hparr.report.study_text import grid_values
+    from hparr.report._study_figures import seed_lines, seed_mean
+    from hparr.report._study_text import grid_values
 
     data = study_report.load_study(synthetic)
     clean = seed_lines(data.table, data.curves, 0.0, "b")  # tracked: every tracked epoch of each seed

@@ -11,7 +11,7 @@ import pytest
 
 from hparr import files, study
 from hparr.errors import UsageError
-from hparr.study.slurm import GONE, ended_by_squeue, sbatch_test_script
+from hparr.study._slurm import GONE, ended_by_squeue, sbatch_test_script
 
 submitit = pytest.importorskip("submitit")
 
@@ -123,7 +123,7 @@ def test_a_task_ended_without_its_result_is_given_grace_and_a_requeued_one_is_fo
             late.paths.result_pickle.write_bytes(b"result")
 
     states.write_text(answers[0])
-    monkeypatch.setattr("hparr.study.slurm.time", SimpleNamespace(monotonic=lambda: now[0], sleep=sleep))
+    monkeypatch.setattr("hparr.study._slurm.time", SimpleNamespace(monotonic=lambda: now[0], sleep=sleep))
     follow = ended_by_squeue([late, requeued], every=10, grace=25)
     assert next(follow) == (late, None) and now[0] == 20  # not failed at first sight: its result came late
     # failed 25 s after it was last seen ended, counted from when it failed, not from its time limit (0 s)

@@ -12,8 +12,10 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from hparr.survey import analysis, collect, fetch
-from hparr.survey import stats as st
+from hparr.survey import _analysis as analysis
+from hparr.survey import _collect as collect
+from hparr.survey import _stats as st
+from hparr.survey import fetch
 
 # --- statistics against plain loops ------------------------------------------------------------------
 

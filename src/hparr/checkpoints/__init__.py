@@ -1,6 +1,6 @@
 """Checkpoints: loading every supported format safely (`load`, `formats`), and the identity a result records of
 the checkpoint it was computed from (`identity`). Callers use the names below (`checkpoints.load_state`)."""
-from .formats import (
+from ._formats import (
     CHECKPOINT_SUFFIXES,
     ORDERED_FORMATS,
     SHARD_INDEX,
@@ -9,7 +9,7 @@ from .formats import (
     checkpoint_format,
     shapes_of,
 )
-from .identity import (
+from ._identity import (
     HASH,
     checkpoint_identity,
     identity_change,
@@ -18,7 +18,7 @@ from .identity import (
     snapshot_metadata,
     tensors_digest,
 )
-from .load import (
+from ._load import (
                       STATE_DICT_KEYS,
                       Checkpoint,
                       ModelConfig,

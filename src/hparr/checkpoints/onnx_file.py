@@ -19,7 +19,7 @@ import torch
 
 from ..errors import HparrError, first_line
 from ..layers import Skipped
-from .formats import LazyState
+from ._formats import LazyState
 
 EXTRA = "pip install 'hparr[onnx]'"
 CONV_OPS = ("Conv",)

@@ -12,17 +12,17 @@ from .. import __doc__ as package_doc
 from .. import __version__
 from ..errors import HparrError, first_line
 from ..files import WRITE_ERRNOS
-from .args import ArgumentParser, CommandLineError
+from ._args import ArgumentParser, CommandLineError
 
 # subcommand -> (module under hparr.cli, one-line help)
 COMMANDS = {
-    "train": ("train", "train a model with snapshots (the paper's train.py)"),
-    "projections": ("projections", "per-layer hyperplane statistics and bias tests (compute_projections.py)"),
-    "reinit": ("reinit", "layer re-initialization test of Zhang et al. (reinit_layers.py)"),
-    "reproduce": ("reproduce", "the whole study: train, projections, reinit, report"),
-    "study": ("study", "a grid of reproduce runs over seeds and corruptions, with statistics across it"),
-    "report": ("report", "figures, summary.md and index.html from result files (of a run or a study)"),
-    "survey": ("survey", "the layers of many networks: is a layer biased where its input is non-negative?"),
+    "train": ("_train", "train a model with snapshots (the paper's train.py)"),
+    "projections": ("_projections", "per-layer hyperplane statistics and bias tests (compute_projections.py)"),
+    "reinit": ("_reinit", "layer re-initialization test of Zhang et al. (reinit_layers.py)"),
+    "reproduce": ("_reproduce", "the whole study: train, projections, reinit, report"),
+    "study": ("_study", "a grid of reproduce runs over seeds and corruptions, with statistics across it"),
+    "report": ("_report", "figures, summary.md and index.html from result files (of a run or a study)"),
+    "survey": ("_survey", "the layers of many networks: is a layer biased where its input is non-negative?"),
 }
 
 

@@ -10,7 +10,7 @@
   constants; `check_files`, whether its files are there;
 - `loaders`: `make_loader` and the loaders it picks.
 """
-from .catalog import (
+from ._catalog import (
     CROP_PADDING,
     DATASETS,
     IMAGEFOLDER,
@@ -23,7 +23,7 @@ from .catalog import (
     is_builtin,
     parse_dataset_args,
 )
-from .corrupt import (
+from ._corrupt import (
     choose_classes,
     corrupt_labels,
     image_permutation,
@@ -32,10 +32,9 @@ from .corrupt import (
     stratified_subset,
     subsample_indices,
 )
-from .formats import read_idx, read_svhn_mat
-from .imagenet import FolderSet, imagenet_transform
-from .load import Data, ImageSet, check_files, describe, keep_decoded, load_data, own_data
-from .loaders import (
+from ._imagenet import FolderSet, imagenet_transform
+from ._load import Data, ImageSet, check_files, describe, keep_decoded, load_data, own_data
+from ._loaders import (
     DeviceLoader,
     EpochSampler,
     ResidentLoader,
@@ -44,7 +43,8 @@ from .loaders import (
     rank_indices,
     resident_pixels,
 )
-from .own import OwnData, SourceKey, channel_stats, source_change, source_key
+from ._own import OwnData, SourceKey, channel_stats, source_change, source_key
+from .formats import read_idx, read_svhn_mat
 
 __all__ = [
     "CROP_PADDING", "DATASETS", "Data", "DataOptions", "DatasetInfo", "DeviceLoader", "EpochSampler", "FolderSet",

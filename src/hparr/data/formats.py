@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import HparrError, first_line
-from .catalog import dataset_info
+from ._catalog import dataset_info
 
 try:
     from numpy._core import multiarray

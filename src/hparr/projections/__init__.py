@@ -5,8 +5,8 @@ statistics of a network's layers (`analyze_layers`, `layer_stats`) and their res
 `SnapshotAnalyzer` for many snapshot files; `stage`: `run_projections`, the stage behind `hparr projections`
 (settings in, result out), and `save`, which writes its result files.
 """
-from .analysis import LayerStats, analyze_layers, input_columns, layer_stats, projection_document, weights_of
-from .snapshots import (
+from ._analysis import LayerStats, analyze_layers, input_columns, layer_stats, projection_document, weights_of
+from ._snapshots import (
     FILE_ORDER,
     INPUT_KINDS,
     PROBE_IMAGES,
@@ -19,17 +19,7 @@ from .snapshots import (
     onnx_layers,
     reusable_result,
 )
-from .stage import (
-    CHECKPOINT_ONLY,
-    NO_DATASET,
-    ProjectionSettings,
-    ProjectionsResult,
-    check_model_shape,
-    run_projections,
-    save,
-    table_of,
-)
-from .stats import (
+from ._stats import (
     CORRECTION,
     STD_DDOF,
     bias_tests,
@@ -42,6 +32,16 @@ from .stats import (
     projections,
     sign_pvalues,
     summarize,
+)
+from .stage import (
+    CHECKPOINT_ONLY,
+    NO_DATASET,
+    ProjectionSettings,
+    ProjectionsResult,
+    check_model_shape,
+    run_projections,
+    save,
+    table_of,
 )
 
 __all__ = [

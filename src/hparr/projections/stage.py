@@ -21,7 +21,7 @@ from ..errors import UsageError
 from ..models import build_model, check_arch, check_model_shape, pretrained_file
 from ..null import DEFAULT_SCHEME, check_scheme
 from ..results import projections_table
-from .snapshots import (
+from ._snapshots import (
     AnalysisOptions,
     SnapshotAnalyzer,
     SnapshotFile,

@@ -22,6 +22,33 @@ The package: `units` (what one alternative replaces), `sweep` (the plain referen
 worker processes), `snapshots` (the snapshot files read), `documents` (the results document) and `stage`
 (settings, run, save).
 """
+from ._processes import choose_processes, parse_eval_processes
+from ._shared_prefix import NotShareable, SharedPrefixPlan, reinit_sweep
+from ._stage import (
+    ReinitOutput,
+    ReinitSettings,
+    TrainedSnapshot,
+    adopt_earlier_result,
+    judge_result,
+    read_trained,
+    reinit_options,
+    result_path,
+    run_reinit,
+    save,
+)
+from ._sweep import Batches, ReinitResult, first_images, plain_reinit_sweep
+from ._units import (
+    BATCHNORM_TENSORS,
+    GRANULARITIES,
+    LAYER_TENSORS,
+    Unit,
+    batchnorms_after,
+    groups_of,
+    make_units,
+    reinit_groups,
+    reinit_layers,
+    unit_tensors,
+)
 from .documents import (
     BATCHNORM_NOTE,
     BATCHNORM_REINIT_NOTE,
@@ -34,34 +61,7 @@ from .documents import (
     summary_lines,
     unit_fields,
 )
-from .processes import choose_processes, parse_eval_processes
-from .shared_prefix import NotShareable, SharedPrefixPlan, reinit_sweep
 from .snapshots import read_inits_list
-from .stage import (
-    ReinitOutput,
-    ReinitSettings,
-    TrainedSnapshot,
-    adopt_earlier_result,
-    judge_result,
-    read_trained,
-    reinit_options,
-    result_path,
-    run_reinit,
-    save,
-)
-from .sweep import Batches, ReinitResult, first_images, plain_reinit_sweep
-from .units import (
-    BATCHNORM_TENSORS,
-    GRANULARITIES,
-    LAYER_TENSORS,
-    Unit,
-    batchnorms_after,
-    groups_of,
-    make_units,
-    reinit_groups,
-    reinit_layers,
-    unit_tensors,
-)
 
 __all__ = ["BATCHNORM_NOTE", "BATCHNORM_REINIT_NOTE", "BATCHNORM_TENSORS", "Batches", "EVAL_SPLIT_TEXT",
            "GRANULARITIES", "LAYER_TENSORS", "NotShareable", "ReinitResult", "ReinitOutput", "ReinitSettings",

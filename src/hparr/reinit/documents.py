@@ -10,7 +10,7 @@ import numpy as np
 from ..defaults import THRESHOLD
 from ..provenance import derive_seeds, versions
 from ..results import EVAL_SPLITS, RAND, REINIT_FORMAT, relative_drops
-from .sweep import ReinitResult
+from ._sweep import ReinitResult
 
 BATCHNORM_NOTE = ("BatchNorm parameters and running statistics are left as trained; only the weight "
                   "and bias of the re-initialized layer change")

@@ -7,7 +7,7 @@ writes one report per run of a folder, and `report.compare` puts several runs si
 (tables) joins a run's results per layer by module name, `bias_vs_criticality` measures the paper's main claim
 (are the biased layers the critical ones?) as a Spearman correlation, and `build_report` writes the figures (PNG
 and PDF), the layer table (CSV), `report.json`, `summary.md` and `index.html` (summary.md rendered by
-`report.html`), their titles naming the run's condition (`report.condition`). `save_reinit_plots` draws the
+`report._html`), their titles naming the run's condition (`report._condition`). `save_reinit_plots` draws the
 heatmap that `hparr reinit --plots` writes beside a re-initialization result. The null's bands come from
 `hparr.null` (docs/method.md §3); for plain sums the null's spread depends on the initialization's scale, which
 the results do not record: the spread measured at epoch 0 stands in for it, and the figures say so.
@@ -23,7 +23,17 @@ from ..defaults import THRESHOLD
 from ..errors import HparrError
 from ..layout import HEATMAP_STEM, LAYERS_TABLE, PAGE_NAME, REINIT_TABLE, REPORT_DIR, REPORT_NAME, SUMMARY_NAME
 from ..results import REPORT_FORMAT
-from . import render
+from . import _render as render
+from ._found import ProjectionFolder, describe_unusable, missing_text, tracked_curves
+from ._html import markdown_html
+from ._tables import (
+    BIAS_MEASURES,
+    bias_measure,
+    bias_vs_criticality,
+    check_options,
+    joined_table,
+    reinit_measures,
+)
 from .discovery import FoundRun, RunResults, RunsFound, find_runs, load_run
 from .figures import (
     FIGURES,
@@ -32,16 +42,6 @@ from .figures import (
     plot_epochs,
     save_heatmap,
     save_reinit_plots,
-)
-from .found import ProjectionFolder, describe_unusable, missing_text, tracked_curves
-from .html import markdown_html
-from .tables import (
-    BIAS_MEASURES,
-    bias_measure,
-    bias_vs_criticality,
-    check_options,
-    joined_table,
-    reinit_measures,
 )
 
 __all__ = ["BIAS_MEASURES", "FIGURES", "FoundRun", "ProjectionFolder", "RunResults", "RunsFound", "bias_measure",

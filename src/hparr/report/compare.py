@@ -24,13 +24,13 @@ from ..errors import UsageError
 from ..layout import COMPARISON_DIR, LAYERS_TABLE, PAGE_NAME, REPORT_DIR, REPORT_NAME, SUMMARY_NAME, Corruption
 from ..null import distribution as null_law
 from ..results import REPORT_FORMAT, layer_entries, seed_of
-from .captions import CAPTIONS
+from ._captions import CAPTIONS
+from ._found import describe_unusable, tracked_curves
+from ._html import markdown_html
+from ._render import condition_lines, markdown_table
+from ._tables import bias_vs_criticality, check_options, joined_table
 from .discovery import FoundRun, RunResults, find_runs, load_run
 from .figures import RC_PARAMS, grid_shape, new_figure, save_figure
-from .found import describe_unusable, tracked_curves
-from .html import markdown_html
-from .render import condition_lines, markdown_table
-from .tables import bias_vs_criticality, check_options, joined_table
 
 MARKERS = "osD^v<>PX*"
 

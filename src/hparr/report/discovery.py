@@ -29,8 +29,8 @@ from ..results import (
     seed_of,
     stage_unknown,
 )
-from .condition import Condition, condition_of
-from .found import (
+from ._condition import Condition, condition_of
+from ._found import (
     Found,
     ProjectionFolder,
     UnusableResult,

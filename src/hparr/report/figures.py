@@ -15,8 +15,8 @@ from ..defaults import THRESHOLD
 from ..layout import HEATMAP_STEM
 from ..null import distribution as null_law
 from ..results import alternative_label, drop_frame, layer_entries
+from ._found import missing_text, tracked_curves
 from .discovery import RunResults
-from .found import missing_text, tracked_curves
 
 FIGURES = ("distributions", "mass_mean_by_epoch", HEATMAP_STEM, "bias_vs_criticality")  # <name>.png, .pdf
 DPI = 130

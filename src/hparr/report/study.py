@@ -1,8 +1,8 @@
 """The report of a study (`hparr study`), drawn from its cells' result files alone (no model, no data, no torch).
 
 `build_study_report` writes it: the tables of `report.study_tables` (loading, the claims in numbers), the figures
-of `report.study_figures`, the text of `report.study_text` (captions and methods from `report.captions`) and the
-page of `report.html`; the statistics are `report.stats`. This module also re-exports the names that callers
+of `report._study_figures`, the text of `report._study_text` (captions and methods from `report._captions`) and the
+page of `report._html`; the statistics are `report.stats`. This module also re-exports the names that callers
 and tests reach as `report.study.<name>`.
 """
 from __future__ import annotations
@@ -24,8 +24,10 @@ from ..layout import (
     TRACKED_TABLE,
 )
 from ..provenance import versions
-from . import study_figures
-from .html import markdown_html
+from . import _study_figures as study_figures
+from ._html import markdown_html
+from ._study_text import answer_lines, summary_markdown
+from ._tables import BIAS_MEASURES, check_options
 from .stats import not_above_chance, pooled_spearman, spearman_across, t_interval
 from .study_tables import (
     COLUMNS,
@@ -39,8 +41,6 @@ from .study_tables import (
     claims,
     load_study,
 )
-from .study_text import answer_lines, summary_markdown
-from .tables import BIAS_MEASURES, check_options
 
 __all__ = ["COLUMNS", "CURVE_COLUMNS", "REGIME_RULE", "TRACKED_COLUMNS", "StudyData", "StudyReport", "answer_lines",
            "build_study_report", "cell_regime", "cell_rows", "cell_table", "claims", "load_study", "not_above_chance",

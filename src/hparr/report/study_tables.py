@@ -29,8 +29,9 @@ from ..errors import HparrError
 from ..layout import CELLS_DIR, MANIFEST_NAME, RUN_REPORT_FILES, Corruption
 from ..results import drop_frame, read_json, read_manifest, read_study, run_finished
 from ..schema import typed
+from ._found import tracked_curves
+from ._tables import as_float, bias_measure, check_options, layer_columns
 from .discovery import load_run
-from .found import tracked_curves
 from .stats import (
     CONFIDENCE,
     N_BOOTSTRAP,
@@ -41,7 +42,6 @@ from .stats import (
     spearman_across,
     t_interval,
 )
-from .tables import as_float, bias_measure, check_options, layer_columns
 
 # a cell's identity, then the per-layer columns of hparr.schema that the study keeps (the layer as `layer`)
 CELL_KEY = ["arch", "dataset", "subsample", "train_size", "noise", "condition", "seed", "cell"]

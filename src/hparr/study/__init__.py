@@ -13,12 +13,12 @@ Modules: `grid` (cells, list parsing), `settings` (StudySettings, SlurmOptions a
 and `runner` (the study itself).
 """
 from ..layout import CELL_LOG, SUBMITIT_DIR
-from .cell import CellJob, CellOutcome, cell_jobs, run_cell
-from .folder import cell_dir, command_line, plan, prepare
-from .grid import Cell, parse_floats, parse_ints, parse_names
-from .local import pool_size, run_local
-from .runner import StudyResult, run_study
-from .settings import (
+from ._cell import CellJob, CellOutcome, cell_jobs, run_cell
+from ._folder import cell_dir, command_line, plan, prepare
+from ._grid import Cell, parse_floats, parse_ints, parse_names
+from ._local import pool_size, run_local
+from ._runner import StudyResult, run_study
+from ._settings import (
     HIDDEN_LAUNCHERS,
     LAUNCHERS,
     SlurmOptions,
@@ -28,7 +28,7 @@ from .settings import (
     check_workers,
     parse_slurm_extra,
 )
-from .slurm import (
+from ._slurm import (
     MAX_REQUEUES,
     SlurmCell,
     check_sbatch,
@@ -38,7 +38,7 @@ from .slurm import (
     sbatch_message,
     squeue_states,
 )
-from .status import STATES, CellStatus, cell_status, study_status
+from ._status import STATES, CellStatus, cell_status, study_status
 
 __all__ = [
     "CELL_LOG", "HIDDEN_LAUNCHERS", "LAUNCHERS", "MAX_REQUEUES", "STATES", "SUBMITIT_DIR", "Cell",

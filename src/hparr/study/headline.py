@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from .runner import StudyResult
+from ._runner import StudyResult
 
 
 def _number(value: Any) -> float:

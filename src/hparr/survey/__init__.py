@@ -7,8 +7,8 @@ the survey's table, one row per network x layer with the sign of the layer's inp
 (normalized against [0, 1] pixels); `figures`; `stage`: `run_survey` (settings in, result out) and `save`;
 `fetch`: the published networks' weight files, from the packages that ship them.
 """
-from .collect import COLUMNS, Network, SurveyOptions, input_sign, survey_table
-from .stage import SurveyResult, SurveySettings, run_survey, save
+from ._collect import COLUMNS, Network, SurveyOptions, input_sign, survey_table
+from ._stage import SurveyResult, SurveySettings, run_survey, save
 
 __all__ = ["COLUMNS", "Network", "SurveyOptions", "SurveyResult", "SurveySettings", "input_sign", "run_survey",
            "save", "survey_table"]

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 from .. import files
 from ..errors import HparrError
-from .collect import read_networks_file
+from ._collect import read_networks_file
 
 WHEELS = "wheels"
 
