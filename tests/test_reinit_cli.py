@@ -57,7 +57,7 @@ def run_cli(capsys, *args):
     return rc, out.out, out.err
 
 
-def expected_counts(root: Path, final: Path, doc: dict) -> reinit.ReinitResult:
+def expected_counts(root: Path, final: Path, doc: dict) -> reinit.SweepCounts:
     """The plain loop on weights and test data loaded independently of the command."""
     data = load_data(DataOptions(dataset="cifar10", data_path=str(root / "data")))
     model = build_model("lenet", 10, 3, 32)

@@ -190,9 +190,9 @@ def _reproduce(rs: ReproduceSettings, record: attempt.Attempt) -> ReproduceResul
         else:
             if why is not None:
                 log.warning("recomputing %s: %s", path, why)
-            swept_run = reinit.run_reinit(swept, final_model)
-            path = reinit.save(swept_run, root / layout.REINIT_DIR)[0]
-            report.save_reinit_plots(swept_run.document, path)  # its heatmap beside it
+            swept_result = reinit.run_reinit(swept, final_model)
+            path = reinit.save(swept_result, root / layout.REINIT_DIR)[0]
+            report.save_reinit_plots(swept_result.document, path)  # its heatmap beside it
         reinit_files[split] = path
     reinit_json = reinit_files[eval_splits[0]]
 

@@ -25,7 +25,7 @@ worker processes), `snapshots` (the snapshot files read), `documents` (the resul
 from ._processes import choose_processes, parse_eval_processes
 from ._shared_prefix import NotShareable, SharedPrefixPlan, reinit_sweep
 from ._stage import (
-    ReinitOutput,
+    ReinitResult,
     ReinitSettings,
     TrainedSnapshot,
     adopt_earlier_result,
@@ -36,7 +36,7 @@ from ._stage import (
     run_reinit,
     save,
 )
-from ._sweep import Batches, ReinitResult, first_images, plain_reinit_sweep
+from ._sweep import Batches, SweepCounts, first_images, plain_reinit_sweep
 from ._units import (
     BATCHNORM_TENSORS,
     GRANULARITIES,
@@ -64,7 +64,7 @@ from .documents import (
 from .snapshots import read_inits_list
 
 __all__ = ["BATCHNORM_NOTE", "BATCHNORM_REINIT_NOTE", "BATCHNORM_TENSORS", "Batches", "EVAL_SPLIT_TEXT",
-           "GRANULARITIES", "LAYER_TENSORS", "NotShareable", "ReinitResult", "ReinitOutput", "ReinitSettings",
+           "GRANULARITIES", "LAYER_TENSORS", "NotShareable", "SweepCounts", "ReinitResult", "ReinitSettings",
            "SharedPrefixPlan", "TrainedSnapshot", "Unit", "adopt_earlier_result", "aggregate_rand_trials",
            "batchnorms_after", "choose_processes", "eval_split_of", "first_images", "groups_of", "judge_result",
            "make_units", "parse_eval_processes", "plain_reinit_sweep", "rand_labels", "rand_trial_seeds",

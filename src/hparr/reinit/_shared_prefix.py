@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ..errors import HparrError, first_line
 from ..residual import LeafTracer
 from ._processes import run_in_processes
-from ._sweep import Batches, ReinitResult, device_of, plain_batch, run_sweep
+from ._sweep import Batches, SweepCounts, device_of, plain_batch, run_sweep
 from ._units import LAYER_TENSORS, Unit, make_units, prepare
 
 log = logging.getLogger("hparr.reinit")
@@ -214,7 +214,7 @@ def _shared_batch(plan: SharedPrefixPlan):
 def reinit_sweep(model: nn.Module, alternatives: Mapping[str, Mapping[str, torch.Tensor]], batches: Batches,
                  layers: Sequence[str] | None = None, with_linear: bool = False, topk: int = 5,
                  method: str = "auto", groups: Mapping[str, Sequence[str]] | None = None,
-                 with_bn: bool = False, processes: int = 1) -> ReinitResult:
+                 with_bn: bool = False, processes: int = 1) -> SweepCounts:
     """Accuracy of the model with each layer in turn given each alternative's weight and bias.
 
     `alternatives` maps a label (an epoch, "rand") to a state_dict (or a callable returning one); `batches`

@@ -21,7 +21,7 @@ from ..results import REINIT_FORMAT, check_eval_split, read_json
 from ..training import select_device
 from ._processes import choose_processes, parse_eval_processes
 from ._shared_prefix import reinit_sweep
-from ._sweep import ReinitResult, first_images
+from ._sweep import SweepCounts, first_images
 from ._units import GRANULARITIES, discover, groups_of, unit_includes_1x1
 from .documents import (
     EVAL_SPLIT_TEXT,
@@ -275,12 +275,12 @@ def adopt_earlier_result(settings: ReinitSettings, trained: TrainedSnapshot, roo
 
 
 @dataclass
-class ReinitOutput:
+class ReinitResult:
     """What `run_reinit` produced: the results document, the sweep, and where below a results folder
     the document goes (`relpath`, see `result_path`)."""
 
     document: dict[str, Any]
-    result: ReinitResult
+    result: SweepCounts
     relpath: Path
 
     @property
@@ -288,7 +288,7 @@ class ReinitOutput:
         return self.relpath.stem
 
 
-def run_reinit(settings: ReinitSettings, trained: TrainedSnapshot | None = None) -> ReinitOutput:
+def run_reinit(settings: ReinitSettings, trained: TrainedSnapshot | None = None) -> ReinitResult:
     """Load the trained snapshot (`trained`, where the caller read it already), the alternatives and the test
     set; sweep; return the results document."""
     settings.validate()
@@ -418,12 +418,12 @@ def run_reinit(settings: ReinitSettings, trained: TrainedSnapshot | None = None)
         document["onnx"] = onnx.describe
         if settings.rand:
             document["notes"] = [*document.get("notes", []), RAND_NOTE]
-    return ReinitOutput(document=document, result=result, relpath=trained.relpath)
+    return ReinitResult(document=document, result=result, relpath=trained.relpath)
 
 
-def save(run: ReinitOutput, root: str | os.PathLike) -> list[Path]:
-    """Write the results document to `root`/`run.relpath`. Returns the files written (that one). Its heatmap is
-    the report's: `report.save_reinit_plots` (`hparr reinit --plots`)."""
-    json_path = Path(root) / run.relpath
-    files.write_json(json_path, run.document)
+def save(result: ReinitResult, root: str | os.PathLike) -> list[Path]:
+    """Write the results document to `root`/`result.relpath`. Returns the files written (that one). Its heatmap
+    is the report's: `report.save_reinit_plots` (`hparr reinit --plots`)."""
+    json_path = Path(root) / result.relpath
+    files.write_json(json_path, result.document)
     return [json_path]

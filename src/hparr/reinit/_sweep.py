@@ -21,7 +21,7 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 # --- results -------------------------------------------------------------------------------------
 
 @dataclass
-class ReinitResult:
+class SweepCounts:
     """Correct-prediction counts of a sweep: `correct[a, l] = (top-1, top-k)` for alternative a, layer l."""
 
     layers: list[str]
@@ -104,7 +104,7 @@ def device_of(model: nn.Module) -> torch.device:
 def plain_reinit_sweep(model: nn.Module, alternatives: Mapping[str, Mapping[str, torch.Tensor]],
                        batches: Batches, layers: Sequence[str] | None = None, with_linear: bool = False,
                        topk: int = 5, groups: Mapping[str, Sequence[str]] | None = None,
-                       with_bn: bool = False) -> ReinitResult:
+                       with_bn: bool = False) -> SweepCounts:
     """The reference: for each layer and alternative, swap the parameters in, evaluate the whole network, restore.
 
     `alternatives` maps a label to a state_dict (only the layers' weight/bias are read). `batches`
@@ -157,13 +157,13 @@ def run_sweep(model, units, params, batches, topk, per_batch, method, notes=()):
     return sweep_result(tally, total, units, params, k, method, notes)
 
 
-def sweep_result(tally: Tally | None, total: int, units, params, k: int, method: str, notes=()) -> ReinitResult:
+def sweep_result(tally: Tally | None, total: int, units, params, k: int, method: str, notes=()) -> SweepCounts:
     """The result of a sweep from its tally over `total` images."""
     if not total:
         raise HparrError("the test set is empty")
     c = tally.trained.cpu().tolist()
     counts = tally.counts.cpu().numpy()
-    return ReinitResult(layers=[u.name for u in units], labels=list(params), correct=counts[:, :, :2].copy(),
+    return SweepCounts(layers=[u.name for u in units], labels=list(params), correct=counts[:, :, :2].copy(),
                         trained_correct=(int(c[0]), int(c[1])), total=total, topk=k, method=method,
                         notes=list(notes), agree=counts[:, :, 2].copy(),
                         loss=tally.loss.cpu().numpy() / total, trained_loss=float(tally.trained_loss) / total,

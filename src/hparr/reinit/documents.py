@@ -10,7 +10,7 @@ import numpy as np
 from ..defaults import THRESHOLD
 from ..provenance import derive_seeds, versions
 from ..results import EVAL_SPLITS, RAND, REINIT_FORMAT, relative_drops
-from ._sweep import ReinitResult
+from ._sweep import SweepCounts
 
 BATCHNORM_NOTE = ("BatchNorm parameters and running statistics are left as trained; only the weight "
                   "and bias of the re-initialized layer change")
@@ -29,7 +29,7 @@ def eval_split_of(document: Mapping[str, Any]) -> str:
     return split if split in EVAL_SPLITS else "test"
 
 
-def unit_fields(result: ReinitResult, granularity: str = "layer", with_bn: bool = False) -> dict[str, Any]:
+def unit_fields(result: SweepCounts, granularity: str = "layer", with_bn: bool = False) -> dict[str, Any]:
     """Result-document fields beyond top-1/top-5: the test loss and the prediction agreement with the
     trained model per alternative and unit, the granularity and the groups re-initialized together."""
     out: dict[str, Any] = {"granularity": granularity, "with_bn": with_bn, "groups": dict(result.groups or {})}
@@ -84,7 +84,7 @@ def aggregate_rand_trials(document: Mapping[str, Any], trials: int, seeds: Seque
     return doc
 
 
-def reinit_document(result: ReinitResult, *, arch: str, dataset: str, seed: int | None, epoch: int | None,
+def reinit_document(result: SweepCounts, *, arch: str, dataset: str, seed: int | None, epoch: int | None,
                     **fields: Any) -> dict[str, Any]:
     """The original JSON (`init_from_epoch: {epoch: [top-1 per layer]}`, top1_test, top5_test, arch,
     dataset, seed, epoch) plus layer names, top-5, counts, the relative drops and provenance."""
