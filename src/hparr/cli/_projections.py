@@ -5,7 +5,7 @@ import sys
 
 from ..layout import PROJECTIONS_LOG
 from ._args import ArgumentParser, dataset_name
-from ._train import add_arch_argument, require_arch_and_dataset
+from ._train import add_arch_argument, add_state_dict_prefix_argument, require_arch_and_dataset
 
 DESCRIPTION = (
     "Per-layer statistics of the conv filters' orientation relative to the identity line (projections, "
@@ -46,9 +46,7 @@ def add_arguments(p: ArgumentParser) -> None:
                    help="analyze the ImageNet weights of --arch from the local torch hub (or Hugging Face) cache")
     p.add_argument("--weights", type=str, setting=settings, metavar="FILE",
                    help="file of pretrained weights to analyze, any checkpoint format (implies --pretrained)")
-    p.add_argument("--state-dict-prefix", type=str, setting=settings, metavar="PREFIX",
-                   help="read the weights under this key prefix of the checkpoints (e.g. 'model.' of a Lightning "
-                        "module); found automatically against the model's keys when omitted")
+    add_state_dict_prefix_argument(p, settings)
     p.add_argument("--cuda", action="store_true", help="compute on the GPU (falls back to the CPU with a warning)")
     p.add_argument("--normalize", action="store_true", setting=settings,
                    help="cosine projections <w,1>/(||w|| sqrt(d)) instead of the plain sums <w,1>")

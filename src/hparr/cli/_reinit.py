@@ -7,7 +7,14 @@ from ..layout import REINIT_LOG
 from ..results import EVAL_SPLITS, REFUSE, complete_reinit_doc, reuse_or_recompute
 from ._args import ArgumentParser, choice
 from ._projections import add_model_shape_arguments
-from ._train import add_arch_argument, add_data_arguments, data_options, require_arch_and_dataset, setup_logging
+from ._train import (
+    add_arch_argument,
+    add_data_arguments,
+    add_state_dict_prefix_argument,
+    data_options,
+    require_arch_and_dataset,
+    setup_logging,
+)
 
 DESCRIPTION = (
     "Reinit network weights and compute drop in performance. For each conv layer (1x1 ones with --include-1x1, "
@@ -39,9 +46,7 @@ def add_arguments(p: ArgumentParser) -> None:
     p.add_argument("--inits-from", type=str, setting=reinit,
                    help="snapshots to re-initialize from: a text file of paths (one per line; blank lines are "
                         "ignored, missing files skipped with a warning) or a directory of snapshots")
-    p.add_argument("--state-dict-prefix", type=str, setting=reinit, metavar="PREFIX",
-                   help="read the weights under this key prefix of the checkpoints (e.g. 'model.' of a Lightning "
-                        "module); found automatically against the model's keys when omitted")
+    add_state_dict_prefix_argument(p, reinit)
     p.add_argument("--rand", action="store_true", setting=reinit,
                    help="also re-randomize each layer from a fresh initialization (seed derived from --seed)")
     p.add_argument("--rand-trials", type=int, setting=reinit, metavar="K",

@@ -44,6 +44,13 @@ def add_arch_argument(p: argparse.ArgumentParser) -> None:
                         "called with num_classes and in_channels when it takes them); run without it to list them")
 
 
+def add_state_dict_prefix_argument(p: argparse.ArgumentParser, settings) -> None:
+    """--state-dict-prefix of train, projections and reinit, its default the field of `settings` (a dataclass)."""
+    p.add_argument("--state-dict-prefix", type=str, setting=settings, metavar="PREFIX",
+                   help="read the weights under this key prefix of the checkpoints (e.g. 'model.' of a Lightning "
+                        "module); found automatically against the model's keys when omitted")
+
+
 AMP = ("bf16", "fp16")
 CHANNELS_LAST = ("auto", "on", "off")
 
@@ -67,9 +74,7 @@ def add_arguments(p: ArgumentParser, seed_drawn: bool = True) -> None:
                    help="start from torchvision's ImageNet weights")
     p.add_argument("--weights", type=str, setting=train,
                    help="file of pretrained weights, any checkpoint format (implies --pretrained)")
-    p.add_argument("--state-dict-prefix", type=str, setting=train, metavar="PREFIX",
-                   help="read the weights under this key prefix of the checkpoints (e.g. 'model.' of a Lightning "
-                        "module); found automatically against the model's keys when omitted")
+    add_state_dict_prefix_argument(p, train)
     p.add_argument("--split", type=float, setting=DataOptions,
                    help="fraction of the training set held out for validation (0 = none) [%(default)g]")
     p.add_argument("--stratified", action="store_true", setting=DataOptions,
