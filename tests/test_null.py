@@ -161,6 +161,23 @@ def test_the_ks_test_uses_the_nulls_cdf():
     assert several[1] == P.bias_tests(cos[:500], 27)
 
 
+def test_the_density_the_report_draws_is_the_tested_nulls():
+    """The histograms' black curve is the density of the null the layer's test used: scipy's Beta pdf for the
+    Gaussian null; for the uniform null, the slope of its CDF, which is a density (it integrates to the CDF's
+    rise) and is the histogram of uniform filters, not the Beta curve (d = 9: more mass near 0)."""
+    t = np.linspace(-1, 1, 2001)
+    np.testing.assert_array_equal(null.density(t, 9), stats.beta.pdf(t, 4, 4, loc=-1, scale=2))
+    uniform, beta = null.density(t, 9, null.UNIFORM), null.density(t, 9)
+    assert np.all(uniform >= 0) and np.trapezoid(uniform, t) == pytest.approx(1.0, abs=2e-3)
+    draws = null.draw_cosines(null.UNIFORM, 9, 1 << 22, np.random.default_rng(5))
+    inner = np.abs(t) <= 0.2  # the histogram of uniform filters near 0, against the two curves
+    counts, edges = np.histogram(draws, bins=10, range=(-0.2, 0.2), density=False)
+    empirical = counts / (draws.size * np.diff(edges))
+    centre = (edges[:-1] + edges[1:]) / 2
+    ours, theirs = np.interp(centre, t[inner], uniform[inner]), np.interp(centre, t[inner], beta[inner])
+    assert np.abs(ours - empirical).max() < 0.02 < np.abs(theirs - empirical).max()
+
+
 def test_a_null_table_is_simulated_once_cached_on_disk_and_matches_an_independent_simulation(tmp_path, monkeypatch):
     monkeypatch.setenv("HPARR_CACHE_DIR", str(tmp_path))
     null.deviation.cache_clear()

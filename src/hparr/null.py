@@ -196,6 +196,16 @@ def cdf(t, d, null: str = BETA):
     return p[()]
 
 
+def density(t, d: int, null: str = BETA) -> np.ndarray:
+    """The density of the null `null` for filters of `d` weights on the increasing grid `t` (what the report's
+    histograms draw): for `beta`, `scipy.stats.beta.pdf(t, a, a, loc=-1, scale=2)` with a = (d-1)/2; for
+    another null, the slope of its `cdf` on the grid (`numpy.gradient`), which integrates to that CDF's rise."""
+    t = np.asarray(t, dtype=np.float64)
+    if null == BETA:
+        return distribution(d).pdf(t)
+    return np.gradient(cdf(t, d, null), t)
+
+
 def kurtosis(law: str) -> float:
     """The excess kurtosis of the entries' law: 0 for the Gaussian, -6/5 for the uniform, that of
     `scipy.stats.truncnorm(-c, c)` for a truncation at c."""

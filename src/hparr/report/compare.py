@@ -22,7 +22,8 @@ from .. import files, null
 from ..defaults import THRESHOLD
 from ..errors import UsageError
 from ..layout import COMPARISON_DIR, LAYERS_TABLE, PAGE_NAME, REPORT_DIR, REPORT_NAME, SUMMARY_NAME, Corruption
-from ..null import distribution as null_law
+from ..null import BETA
+from ..null import density as null_density
 from ..results import REPORT_FORMAT, layer_entries, seed_of
 from ._captions import CAPTIONS
 from ._found import describe_unusable, tracked_curves
@@ -368,7 +369,7 @@ def plot_distributions(members: Sequence[Member], out: Path, threshold: float) -
             d = entries[0][2].get("d")
             if normalized and d and int(d) >= 2:
                 t = np.linspace(-lim, lim, 400)
-                density = null_law(int(d)).pdf(t)
+                density = null_density(t, int(d), entries[0][2].get("null") or BETA)  # the null its test used
                 ax.plot(t, density, color="k", lw=1.1, label="null: random filter")
                 top = max(top, min(float(np.nanmax(density)), 3 * top))
             ax.set_ylim(0, 1.12 * top if top > 0 else 1)

@@ -13,7 +13,6 @@ from scipy import stats
 from .. import files, layout, null
 from ..defaults import THRESHOLD
 from ..layout import HEATMAP_STEM
-from ..null import distribution as null_law
 from ..results import alternative_label, drop_frame, layer_entries
 from ._found import missing_text, tracked_curves
 from .discovery import RunResults
@@ -85,8 +84,8 @@ def plot_distributions(results: RunResults, out_dir: Path) -> list[Path]:
             heights.append(h.max())
             t = np.linspace(-lim, lim, 400)
             density = None
-            if normalize and d and d >= 2:
-                density = null_law(d).pdf(t)
+            if normalize and d and d >= 2:  # the null the layer's test used (docs/method.md §3.3)
+                density = null.density(t, d, e.get("null") or null.BETA)
                 ax.plot(t, density, color="k", lw=1.3, label="null: random filter")
             elif not normalize and null_sd > 0:
                 density = stats.norm.pdf(t, scale=null_sd)
