@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import textwrap
 from pathlib import Path
 from typing import Any, Mapping
@@ -13,7 +12,7 @@ import pandas as pd
 from .. import null
 from ..layout import Corruption
 from ._captions import CAPTIONS
-from .figures import RC_PARAMS, new_figure, save_figure
+from .figures import RC_PARAMS, grid_shape, hide_unused, new_figure, save_figure
 from .stats import t_interval
 
 STUDY_FIGURES = ("study_mass_by_condition", "study_mass_by_epoch", "study_bias_vs_criticality",
@@ -33,16 +32,6 @@ def _layers(part: pd.DataFrame) -> list[tuple[str, int]]:
     return [(r["layer"], int(r["N"])) for _, r in rows.iterrows()]
 
 
-def _panels(n: int, ncols: int = MAX_COLUMNS) -> tuple[int, int]:
-    ncols = max(1, min(ncols, n))
-    return math.ceil(n / ncols), ncols
-
-
-def _hide_unused(axes, used: int) -> None:
-    for ax in list(axes.flat)[used:]:
-        ax.set_visible(False)
-
-
 @contextlib.contextmanager
 def _condition_panels(table: pd.DataFrame, width: float, height: float):
     """A figure with one panel per setting x condition, inside the report's style: yields (fig, axes, panels),
@@ -50,7 +39,7 @@ def _condition_panels(table: pd.DataFrame, width: float, height: float):
     import matplotlib  # on first use: start-up time
 
     panels = [(key, part, noise, label) for key, part in _settings(table) for noise, label in _conditions(part)]
-    nrows, ncols = _panels(len(panels), 4)
+    nrows, ncols = grid_shape(len(panels), 4)
     with matplotlib.rc_context(RC_PARAMS):
         fig = new_figure(width * ncols, height * nrows + 0.8)
         yield fig, fig.subplots(nrows, ncols, squeeze=False), panels
@@ -77,7 +66,7 @@ def plot_mass_by_condition(table: pd.DataFrame, out: Path) -> list[Path]:
     import matplotlib  # on first use: start-up time
 
     panels = [(key, part, layer, n) for key, part in _settings(table) for layer, n in _layers(part)]
-    nrows, ncols = _panels(len(panels))
+    nrows, ncols = grid_shape(len(panels), MAX_COLUMNS)
     with matplotlib.rc_context(RC_PARAMS):
         fig = new_figure(3.0 * ncols, 3.1 * nrows + 0.6)
         axes = fig.subplots(nrows, ncols, squeeze=False)
@@ -106,7 +95,7 @@ def plot_mass_by_condition(table: pd.DataFrame, out: Path) -> list[Path]:
             ax.set_ylim(-0.03, 1.03)
             ax.set_title(f"{_setting_title(key)}\n{layer} (N={n})")
             ax.set_ylabel("trained mass (share p <= 0)")
-        _hide_unused(axes, len(panels))
+        hide_unused(axes, len(panels))
         axes.flat[0].legend(loc="best")
         _suptitle(fig, CAPTIONS["study_mass_by_condition"].title)
         return save_figure(fig, out, "study_mass_by_condition")
@@ -121,7 +110,7 @@ def plot_mass_by_epoch(table: pd.DataFrame, out: Path, curves: pd.DataFrame) -> 
 
     panels = [(key, part, layer, n) for key, part in _settings(table) for layer, n in _layers(part)]
     several = table.groupby(["arch", "dataset", "subsample", "train_size"]).ngroups > 1
-    nrows, ncols = _panels(len(panels), 3)
+    nrows, ncols = grid_shape(len(panels), 3)
     with matplotlib.rc_context(RC_PARAMS):
         fig = new_figure(4.4 * ncols, 3.5 * nrows + 1.4)
         axes = fig.subplots(nrows, ncols, squeeze=False)
@@ -145,7 +134,7 @@ def plot_mass_by_epoch(table: pd.DataFrame, out: Path, curves: pd.DataFrame) -> 
             ax.set_title((f"{_setting_title(key)}\n" if several else "") + f"{layer} (N={n})")
             ax.set_xlabel("epoch")
             ax.set_ylabel("mass (share p <= 0)")
-        _hide_unused(axes, len(panels))
+        hide_unused(axes, len(panels))
         from matplotlib.lines import Line2D  # on first use: start-up time
         from matplotlib.patches import Patch
 
@@ -225,7 +214,7 @@ def plot_bias_vs_criticality(table: pd.DataFrame, numbers: Mapping[str, Any], ou
             ax.set_ylabel("drop, re-initialized to epoch 0" + (" (train)" if on_train else ""))
             ax.grid(alpha=0.3)
             ax.legend(loc="best", fontsize=7)
-        _hide_unused(axes, len(panels))
+        hide_unused(axes, len(panels))
         name = "study_bias_vs_criticality" + ("_train" if on_train else "")
         _suptitle(fig, CAPTIONS[name].title + (" with their own labels, clean and memorized cells\n" if on_train
                                                else ", ") + f"one point per layer x seed (dashed: critical above "

@@ -31,7 +31,7 @@ from ._html import markdown_html
 from ._render import condition_lines, markdown_table
 from ._tables import bias_vs_criticality, check_options, joined_table
 from .discovery import FoundRun, RunResults, find_runs, load_run
-from .figures import RC_PARAMS, grid_shape, new_figure, save_figure
+from .figures import RC_PARAMS, grid_shape, hide_unused, new_figure, save_figure
 
 MARKERS = "osD^v<>PX*"
 
@@ -331,8 +331,7 @@ def plot_mass_by_epoch(members: Sequence[Member], out: Path, threshold: float) -
             ax.set_title(f"{name}" + (f" (N={n})" if n else ""))
             ax.set_xlabel("epoch")
             ax.set_ylabel("mass (share p <= 0)")
-        for ax in list(axes.flat)[len(names):]:
-            ax.set_visible(False)
+        hide_unused(axes, len(names))
         _legend(fig, axes)
         _suptitle(fig, members, "mass across epochs, per layer")
         return save_figure(fig, out, "compare_mass_by_epoch")
@@ -377,8 +376,7 @@ def plot_distributions(members: Sequence[Member], out: Path, threshold: float) -
             ax.set_title(f"{name} (N={entries[0][2].get('N')}" + (f", d={d})" if d else ")"))
             ax.set_xlabel("normalized projection" if normalized else "projection <w, 1>")
             ax.set_ylabel("density")
-        for ax in list(axes.flat)[len(names):]:
-            ax.set_visible(False)
+        hide_unused(axes, len(names))
         _legend(fig, axes)
         _suptitle(fig, members, "trained projections per layer")
         return save_figure(fig, out, "compare_distributions")

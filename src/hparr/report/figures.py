@@ -51,6 +51,12 @@ def grid_shape(n: int, ncols: int = 4) -> tuple[int, int]:
     return math.ceil(n / ncols), ncols
 
 
+def hide_unused(axes, used: int) -> None:
+    """Hide the panels of a grid after the first `used` (a grid of `grid_shape` has up to ncols - 1 spare)."""
+    for ax in list(axes.flat)[used:]:
+        ax.set_visible(False)
+
+
 def plot_distributions(results: RunResults, out_dir: Path) -> list[Path]:
     """Histograms of each layer's projections at epoch 0 and trained, with the null density overlaid."""
     import matplotlib  # on first use: start-up time
@@ -105,8 +111,7 @@ def plot_distributions(results: RunResults, out_dir: Path) -> list[Path]:
                 ax.plot(0.03, 0.94, marker="^", color="C2", ms=9, transform=ax.transAxes, clip_on=False)
             ax.set_xlabel("normalized projection <w,1>/(|w| sqrt d)" if normalize else "projection <w, 1>")
             ax.set_ylabel("density")
-        for ax in list(axes.flat)[len(layers):]:
-            ax.set_visible(False)
+        hide_unused(axes, len(layers))
         axes.flat[0].legend(loc="upper left")
         fig.suptitle(f"{results.title}\ndistribution of the filters' projections per layer"
                      + ("\ngreen triangle: the layer's input is non-negative"
