@@ -235,9 +235,9 @@ def test_invalid_options(cifar10, imagenet):
 
 
 def test_a_class_subset_is_all_classes_or_two_to_the_class_count():
-    # one rule: the class count is the catalog's where it is fixed, else unknown until the data is read (ImageNet's
-    # class folders, an image folder, a factory's data), then the count read
-    for dataset, n in (("digits", 10), ("cifar100", 100), ("imagenet", "the class count"),
+    # one rule: the class count is the catalog's for a built-in dataset (ImageNet's 1000 until its class folders
+    # are read), else unknown until the data is read (an image folder, a factory's data), then the count read
+    for dataset, n in (("digits", 10), ("cifar100", 100), ("imagenet", 1000),
                        ("imagefolder", "the class count")):
         assert [hd.check_subsample_classes(dataset, k) for k in (0, 2, 10)] == [0, 2, 10]
         for k in (1, -1, 2.0, True, "3"):
@@ -247,7 +247,8 @@ def test_a_class_subset_is_all_classes_or_two_to_the_class_count():
             assert str(refused.value) == f"--subsample-classes must be 0 (all) or 2..{n}, got {shown}"
     with pytest.raises(UsageError, match=r"2\.\.10, got 11"):
         hd.check_subsample_classes("cifar10", 11)
-    assert hd.check_subsample_classes("imagenet", 1001) == 1001  # bounded by its class folders when read
+    with pytest.raises(UsageError, match=r"2\.\.1000, got 1001"):  # ImageNet-1k: at most 1000 before it is read
+        hd.check_subsample_classes("imagenet", 1001)
     with pytest.raises(UsageError, match=r"2\.\.1000, got 1001"):
         hd.check_subsample_classes("imagenet", 1001, num_classes=1000)  # as read
     assert hd.check_subsample_classes("imagefolder", 3, num_classes=3) == 3

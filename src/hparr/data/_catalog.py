@@ -104,11 +104,11 @@ def augmentation_text(dataset: str) -> str:
 
 def check_subsample_classes(dataset: str, k: Any, num_classes: int | None = None) -> int:
     """The one rule of --subsample-classes: 0 (all classes) or 2..the dataset's class count (one class leaves
-    nothing to classify). The class count is `num_classes` where the data was read, else the catalog's where it
-    is fixed: a built-in dataset's, but ImageNet's (its class folders may be fewer than 1000), an image folder's
-    and a factory's are their data's, and the upper bound waits until they are read (`load_data` checks it
-    again then)."""
-    if num_classes is None and is_builtin(dataset) and dataset != "imagenet":
+    nothing to classify). The class count is `num_classes` where the data was read, else the catalog's for a
+    built-in dataset (ImageNet's 1000 bounds it before its class folders, which may be fewer, are read and
+    `load_data` checks it again); an image folder's and a factory's are their data's, and the upper bound waits
+    until they are read."""
+    if num_classes is None and is_builtin(dataset):
         num_classes = dataset_info(dataset).num_classes
     integer = not isinstance(k, bool) and isinstance(k, (int, np.integer))
     if not integer or k < 0 or k == 1 or (num_classes is not None and k > num_classes):
