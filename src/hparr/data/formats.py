@@ -286,18 +286,34 @@ def _download(name: str, root: Path) -> None:
         raise HparrError(f"downloading {name} to {root} failed: {first_line(exc, None)}") from None
 
 
+def _located(dataset: str, root: Path) -> list[Path] | None:
+    """The files that the loader of `dataset` reads below `root`, found where it finds them (ImageNet: its
+    train/ and val/ folders; digits: none; a dataset read from a folder tree: the folder), or None where some are
+    missing; nothing is read."""
+    if dataset == "digits":
+        return []
+    if dataset in _IDX_FOLDERS:
+        return _find_idx(root, _IDX_FOLDERS[dataset][0])
+    if dataset == "svhn":
+        return _find_svhn(root)
+    if dataset in _CIFAR:
+        folder, train_files, test_files = root / _CIFAR[dataset][0], _CIFAR[dataset][1], _CIFAR[dataset][2]
+        return [folder / f for f in train_files + test_files] if _cifar_not_found(dataset, root) is None else None
+    if dataset == "imagenet":
+        return [root / "train", root / "val"] if (root / "train").is_dir() and (root / "val").is_dir() else None
+    return [root]
+
+
 def missing_files(dataset: str, root: Path) -> HparrError | None:
     """The error that reading the built-in `dataset` below `root` would raise because its files are not there (the
     one message of it), or None when they are; nothing is read or downloaded."""
-    if dataset == "digits":
+    if _located(dataset, root) is not None:
         return None
     if dataset in _IDX_FOLDERS:
-        return _idx_not_found(dataset, root) if _find_idx(root, _IDX_FOLDERS[dataset][0]) is None else None
+        return _idx_not_found(dataset, root)
     if dataset == "svhn":
-        return _svhn_not_found(root) if _find_svhn(root) is None else None
+        return _svhn_not_found(root)
     if dataset == "imagenet":
-        if (root / "train").is_dir() and (root / "val").is_dir():
-            return None
         return _imagenet_not_found(root)
     return _cifar_not_found(dataset, root)
 
@@ -318,29 +334,10 @@ def read_arrays(dataset: str, root: Path, download: bool, train: bool = True) ->
 
 def dataset_files(dataset: str, root: Path) -> list[Path]:
     """The files that the loader of `dataset` reads below `root`, found where it finds them but not read
-    (ImageNet: its train/ and val/ folders; digits: none, it is scikit-learn's). Where some are missing, the
-    loader's own error is raised; nothing is downloaded."""
-    found: list[Path] | None = None
-    if dataset == "digits":
-        return []
-    if dataset in _IDX_FOLDERS:
-        found = _find_idx(root, _IDX_FOLDERS[dataset][0])
-    elif dataset == "svhn":
-        found = next(([folder / f for f in _SVHN_FILES] for folder in (root, root / "svhn", root / "SVHN")
-                      if all((folder / f).is_file() for f in _SVHN_FILES)), None)
-    elif dataset in _CIFAR:
-        folder, train_files, test_files = root / _CIFAR[dataset][0], _CIFAR[dataset][1], _CIFAR[dataset][2]
-        found = [folder / f for f in train_files + test_files]
-        found = found if all(p.is_file() for p in found) else None
-    elif dataset == "imagenet":
-        found = [root / "train", root / "val"] if (root / "train").is_dir() and (root / "val").is_dir() else None
-        if found is None:
-            imagenet_folders(root)  # its error says what is missing
-    else:  # a dataset read from a folder tree: the folder
-        found = [root]
-    if found is None:  # the loader's own message of what is missing
-        raise missing_files(dataset, root) or HparrError(
-            f"{dataset}: the files below {root} that its loader reads could not be listed")
+    (`_located`). Where some are missing, the loader's own error is raised; nothing is downloaded."""
+    found = _located(dataset, root)
+    if found is None:
+        raise missing_files(dataset, root)
     return found
 
 
