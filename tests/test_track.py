@@ -280,6 +280,26 @@ def test_the_report_draws_every_tracked_epoch(tracked, tmp_path):
     assert "tracking.csv" in (tmp_path / "report" / "summary.md").read_text()
 
 
+def test_the_report_of_a_folder_finds_the_tracking_of_its_one_run_below_it(tracked, tmp_path):
+    """Snapshots analyzed from a copy (no tracking.csv beside them): `hparr report FOLDER` of a folder that holds
+    one run takes the tracking.csv below that folder, as `build_report` of the folder does."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tracked["run_dir"], copy, ignore=shutil.ignore_patterns("tracking.csv", "*.log", "*.lock"))
+    root = tmp_path / "root"
+    analyzed = projections.run_projections(projections.ProjectionSettings(
+        arch="lenet", dataset="digits", load_from=[copy], init_from=str(copy / "lenet_init_0.pt"), seed=0,
+        normalize=True, progress=False))
+    projections.save(analyzed, root / "results")
+    (root / "models").mkdir()
+    shutil.copy(tracked["run_dir"] / "tracking.csv", root / "models" / "tracking.csv")
+    shutil.rmtree(copy)
+    written = report.build_reports(root)
+    assert len(written) == 1
+    assert "models/tracking.csv" in (root / "report" / "summary.md").read_text()
+
+
 def test_tracker_in_a_plain_loop_and_its_file(tmp_path):
     model = build_model("lenet", 10, 1, 32, seed=1)
     path = tmp_path / "tracking.csv"

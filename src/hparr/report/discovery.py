@@ -61,6 +61,7 @@ class FoundRun:
     unreadable: list[UnusableResult] = field(default_factory=list)
     manifest: dict | None = None
     directory: Path | None = None
+    alone: bool = False  # the only run of the folder searched (a tracking.csv anywhere below it is its own)
 
     @property
     def root(self) -> Path:
@@ -142,6 +143,8 @@ def find_runs(run_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] =
     if not found and not studies:
         raise HparrError(f"no result files under {base}: expected the JSON files of `hparr projections` "
                          "and/or `hparr reinit`" + "".join(f"; {describe_unusable(u, base)}" for u in unreadable))
+    if len(found) == 1:
+        found[0].alone = True
     return RunsFound(found, studies)
 
 
@@ -292,7 +295,6 @@ def load_run(run_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = 
     The re-initialization result of that experiment whose trained snapshot is one of the run's
     snapshots is preferred, then the latest epoch. Every choice is stated in `notes`.
     """
-    alone = run is None
     if run is None:
         found = find_runs(run_dir, exclude)
         if len(found.runs) != 1:
@@ -375,7 +377,7 @@ def load_run(run_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = 
     table = projections_table(chosen.docs) if chosen else pd.DataFrame()
     condition = condition_of(run.manifest, chosen.docs[-1:] if chosen else [], reinit_doc)
     return RunResults(base, chosen, table, reinit_doc, reinit_path, trained_epoch, notes, other_runs, unusable,
-                      missing_epochs, skipped, condition, run.manifest, run.name, alone)
+                      missing_epochs, skipped, condition, run.manifest, run.name, run.alone)
 
 
 # --- result files that cannot be used ---------------------------------------------------------------
