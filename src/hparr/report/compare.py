@@ -299,6 +299,7 @@ def plot_mass_by_epoch(members: Sequence[Member], out: Path, threshold: float) -
     if not names:
         return []
     nrows, ncols = grid_shape(len(names))
+    tracked_runs = [tracked_curves(m.results) for m in members]  # each run's tracking.csv read once (and noted once)
     with matplotlib.rc_context(RC_PARAMS):
         fig = new_figure(3.6 * ncols, 3.0 * nrows + 1.4)
         axes = fig.subplots(nrows, ncols, squeeze=False)
@@ -314,7 +315,7 @@ def plot_mass_by_epoch(members: Sequence[Member], out: Path, threshold: float) -
                 sub = sub.assign(epoch=pd.to_numeric(sub["epoch"])).sort_values("epoch")
                 n = n or int(sub["N"].iloc[-1])
                 color, marker = f"C{i % 10}", MARKERS[i % len(MARKERS)]  # a marker each: lines that coincide
-                tracked = tracked_curves(m.results)
+                tracked = tracked_runs[i]
                 line = tracked[tracked["name"] == name] if tracked is not None else None
                 if line is not None and len(line):
                     ax.plot(line["epoch"].to_numpy(float), line["mass"].to_numpy(float), "-", color=color, lw=1.2,
