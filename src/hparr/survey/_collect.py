@@ -22,16 +22,12 @@ import pandas as pd
 from .. import results
 from ..errors import HparrError, UsageError
 from ..layout import CELLS_DIR, MANIFEST_NAME, STUDY_NAME
+from ..null import BETA
 
 NETWORKS_FORMAT = "hparr-survey-networks-1"
 ONNX_SUFFIX = ".onnx"
 FILE_SUFFIXES = (".pt", ".pth", ".tar", ".ckpt", ".safetensors", ".bin", ONNX_SUFFIX)
-SIGNS = ("nonneg", "signed", "unknown")
-# where a layer's input sign comes from, most direct first
-SIGN_FROM = ("measured", "graph", "image", "declared", "none")
 IMAGE = "image"  # the input kind of a layer fed by the network's input (hparr.inputs)
-# null of the bias test of results that record none: the only one before the null matched the initialization
-RECORDED_NULL_DEFAULT = "beta"
 
 
 @dataclass
@@ -316,7 +312,7 @@ def layer_rows(net: Network) -> list[dict[str, Any]]:
                      "kind": row.get("kind"), "N": int(row["N"]), "d": int(row["d"]), "mass": mass,
                      "deviation": abs(mass - 0.5), "mean": float(row["mean"]), "p_value": row.get("p_value"),
                      "p_adjusted": row.get("p_adjusted"), "biased": bool(row.get("biased")),
-                     "null": null if _present(null) else RECORDED_NULL_DEFAULT,
+                     "null": null if _present(null) else BETA,  # results that record none
                      "null_assumed": None if net.null_assumed is None else str(row["name"]) in net.null_assumed,
                      "init_scheme": net.init_scheme,
                      "input_kind": kind, "input_sign": sign, "sign_from": how,
