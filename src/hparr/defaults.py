@@ -42,3 +42,7 @@ def check_threshold(threshold: Any, name: str = "--threshold") -> float:
     if not 0 < _finite(name, threshold) < 1:
         raise UsageError(f"{name} must be in (0, 1), got {threshold}")
     return float(threshold)
+
+# why a training run stopped, as its final snapshot, its results and its report say it (read without torch by the
+# report): --epochs ran out, --until-train-acc was reached, --kill-plateaus saw a plateau
+STOP_REASONS = MappingProxyType({"epochs": "epochs exhausted", "target": "target reached", "plateau": "plateau"})

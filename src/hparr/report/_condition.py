@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
+from ..defaults import STOP_REASONS
 from ..layout import Corruption
 
-TARGET_REACHED = "target reached"  # hparr.training.STOP_REASONS["target"], read here without torch
-PLATEAU = "plateau"  # hparr.training.STOP_REASONS["plateau"]
+TARGET_REACHED, PLATEAU = STOP_REASONS["target"], STOP_REASONS["plateau"]
 
 
 @dataclass(frozen=True)

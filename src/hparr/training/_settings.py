@@ -8,14 +8,13 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..data import DataOptions
+from ..defaults import STOP_REASONS
 from ..errors import UsageError
 from ..layout import TRAIN_LOG
 from ..models import check_arch
 from ..provenance import derive_seeds
 
 # why a training run stopped, as its final snapshot, its result and the manifest of `reproduce` record it
-STOP_REASONS = {"epochs": "epochs exhausted", "target": "target reached", "plateau": "plateau"}
-
 OPTIMIZERS = ("sgd", "adam")
 # the weight decay of a run that sets none, per optimizer: the paper's code gave SGD 1e-4 and Adam none
 DEFAULT_WEIGHT_DECAY = {"sgd": 1e-4, "adam": 0.0}
