@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import re
@@ -170,20 +171,16 @@ def set_defaults(p: ArgumentParser, shown: dict[str, str] | None = None, presets
 
 
 def data_options(args, resize: bool = True):
-    """The data options of a parsed command line (`resize`: whether its --input-size resizes the data, as in train,
-    or is the model's shape, as in reinit)."""
+    """The data options of a parsed command line: every field of `DataOptions` that the command has a flag for,
+    the others their field's default (`resize`: whether its --input-size resizes the data, as in train, or is the
+    model's shape, as in reinit)."""
     from ..data import DataOptions, canonical_dataset_args  # start-up time: the commands import torch when they run
 
-    return DataOptions(
-        dataset=args.dataset, data_path=args.data_path, download=args.download,
-        input_size=getattr(args, "input_size", None) if resize else None,
-        dataset_args=canonical_dataset_args(getattr(args, "dataset_args", None)),
-        noise=getattr(args, "noise", 0.0), noise_seed=getattr(args, "noise_seed", None),
-        subsample_classes=args.subsample_classes, class_sample_seed=args.class_sample_seed,
-        split=getattr(args, "split", 0.0), split_seed=getattr(args, "split_seed", None),
-        stratified=getattr(args, "stratified", False), shuffle=getattr(args, "shuffle", False),
-        augmentation=getattr(args, "augmentation", False), unnormalize=args.unnormalize,
-        train_size=getattr(args, "train_size", None), train_size_seed=getattr(args, "train_size_seed", None))
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(DataOptions) if hasattr(args, f.name)}
+    given["dataset_args"] = canonical_dataset_args(given.get("dataset_args"))
+    if not resize:
+        given.pop("input_size", None)
+    return DataOptions(**given)
 
 
 def require_arch_and_dataset(args, need_arch: bool = True) -> None:
