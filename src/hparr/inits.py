@@ -30,11 +30,6 @@ ATTRIBUTE = "hparr_weight_law"  # the module attribute that holds the law of its
 _CLIP_MASS = 1e-9  # a clamp that cuts less than this mass of a normal only truncates it further
 
 
-def _ndtr(x: float) -> float:
-    """The standard normal CDF (`scipy._ndtr`; scipy is not imported to build a model)."""
-    return 0.5 * math.erfc(-x / math.sqrt(2))
-
-
 def _ndtri(p: float) -> float:
     """Its inverse (`scipy._ndtri`), -inf at 0 and inf at 1."""
     if p <= 0:
@@ -65,7 +60,7 @@ class Draw:
             return null.GAUSSIAN
         c = min(-self.lo, self.hi)
         # an asymmetric truncation: symmetric to within a mass that does not count
-        if abs(_ndtr(-c) - _ndtr(-max(-self.lo, self.hi))) > _CLIP_MASS:
+        if abs(null.ndtr(-c) - null.ndtr(-max(-self.lo, self.hi))) > _CLIP_MASS:
             return None
         return null.GAUSSIAN if math.isinf(c) else null.truncnorm_law(c)
 
@@ -88,8 +83,8 @@ class Draw:
             return None
         lo, hi = (low - self.loc) / self.scale, (high - self.loc) / self.scale
         # clamping moves the mass beyond the bounds onto them: only a negligible mass may move
-        if _ndtr(min(lo, self.hi)) - _ndtr(self.lo) > _CLIP_MASS or \
-                _ndtr(-max(hi, self.lo)) - _ndtr(-self.hi) > _CLIP_MASS:
+        if null.ndtr(min(lo, self.hi)) - null.ndtr(self.lo) > _CLIP_MASS or \
+                null.ndtr(-max(hi, self.lo)) - null.ndtr(-self.hi) > _CLIP_MASS:
             return None
         return replace(self, lo=max(self.lo, lo), hi=min(self.hi, hi))
 

@@ -112,7 +112,7 @@ def null_label(law: str, d: int) -> str:
     """The null of the KS test for filters of `d` weights drawn from `law`: `beta` for the Gaussian (and a
     truncation whose effect on the whole filter is below `NEGLIGIBLE` in total variation), else the law."""
     c = truncation(check_law(law))
-    if law == GAUSSIAN or (c is not None and d * 2 * _ndtr(-c) <= NEGLIGIBLE):
+    if law == GAUSSIAN or (c is not None and d * 2 * ndtr(-c) <= NEGLIGIBLE):
         return BETA
     return law
 
@@ -131,7 +131,7 @@ def describe(null: str) -> str:
     raise ValueError(f"unknown null {null!r}")
 
 
-def _ndtr(x: float) -> float:
+def ndtr(x: float) -> float:
     """The standard normal CDF (`scipy.special.ndtr`), without importing scipy."""
     return 0.5 * math.erfc(-x / math.sqrt(2))
 
@@ -338,7 +338,7 @@ def draw_weights(law: str, shape: tuple[int, ...], rng: np.random.Generator, dty
         return w
     c = truncation(check_law(law))
     size = math.prod(shape)
-    keep = 1 - 2 * _ndtr(-c)
+    keep = 1 - 2 * ndtr(-c)
     out = np.empty(0, dtype=dtype)
     while out.size < size:
         g = rng.standard_normal(int((size - out.size) / keep * 1.02) + 64, dtype=dtype)
