@@ -99,12 +99,12 @@ def list_folder(root: str | os.PathLike) -> FolderList:
     if not classes:
         raise _usage(root, f"{TRAIN_FOLDER}/ holds no class folder; {_expected(root)}")
     eval_classes = class_folders(root / eval_folder)
-    unknown = [c for c in eval_classes if c not in set(classes)]
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = [c for c in eval_classes if c not in index]
     if unknown:
         raise _usage(root, f"{eval_folder}/ has class folder(s) that {TRAIN_FOLDER}/ does not have: "
                            f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
     extensions = image_extensions()
-    index = {c: i for i, c in enumerate(classes)}
     listed: dict[str, list[tuple[str, int, int, int]]] = {}
     for split, folder in (("train", TRAIN_FOLDER), ("test", eval_folder)):
         entries = []
