@@ -287,9 +287,9 @@ def check_outlook(settings: TrainSettings, history: list[dict[str, Any]]) -> dic
 
 
 def report_epoch(s: Setup, writer: TensorBoard | None, epoch: int, record: Mapping[str, Any],
-                 per_epoch: float | None = None) -> None:
-    """The epoch's line (its train loss, lr, top-1 per split measured, and with `per_epoch`, the mean
-    seconds per epoch of this process, the time left to --epochs), and its TensorBoard scalars."""
+                 per_epoch: float) -> None:
+    """The epoch's line (its train loss, lr, top-1 per split measured, and from `per_epoch`, the mean seconds
+    per epoch of this process, the time left to --epochs), and its TensorBoard scalars."""
     settings = s.settings
     parts = [f"epoch {epoch + 1}/{settings.epochs}", f"train loss {record['train_loss']:.4f}",
              f"lr {record['lr']:.3g}"]
@@ -297,7 +297,7 @@ def report_epoch(s: Setup, writer: TensorBoard | None, epoch: int, record: Mappi
         if f"{split}_top1" in record:
             parts.append(f"{split} top1 {record[f'{split}_top1']:.2f}%")
     left = settings.epochs - (epoch + 1)
-    if per_epoch is not None and left > 0:
+    if left > 0:
         parts.append(f"{per_epoch:.1f} s/epoch, {'at most' if settings.until_train_acc is not None else 'about'} "
                      f"{duration_text(left * per_epoch)} left")
     if s.ctx.is_main:
