@@ -12,8 +12,6 @@ own host. Torch-free.
 """
 from __future__ import annotations
 
-import contextlib
-import itertools
 import json
 import os
 import shlex
@@ -72,26 +70,21 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def read_record(path: str | os.PathLike, tries: int = 5) -> dict[str, Any] | None:
-    """The JSON record in the lock file `path`: None when there is none; {} when it cannot be read whole
-    (its holder is writing it, or it is not JSON)."""
-    for _ in range(tries):
-        try:
-            doc = json.loads(Path(path).read_text())
-            return doc if isinstance(doc, dict) else {}
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            time.sleep(0.02)  # its holder is writing it
-    return {}
-
-
 def read_attempt(out: str | os.PathLike) -> AttemptRecord | None:
     """The record of the latest attempt at the folder `out`, or None when none ran there (or one that failed
     before writing anything removed it)."""
-    path = Path(out) / ATTEMPT_NAME
+    found = read_lock_record(Path(out) / ATTEMPT_NAME)
+    return None if found is None else found[0]
+
+
+def read_lock_record(path: str | os.PathLike) -> tuple[AttemptRecord, dict[str, Any]] | None:
+    """The record of the holder of the lock file `path` (an attempt record, or another lock that names its holder
+    the same way: a study's), with the whole JSON document it was read from (for the fields of other records: a
+    study's cells); None when there is no such file. A document that cannot be read whole is {} (its record
+    then names no one)."""
+    path = Path(path)
     held = files.lock_held(path)
-    doc = read_record(path)
+    doc = files.read_record(path)
     if doc is None:
         return None
     if held is False and doc.get("ended") is None:
@@ -103,7 +96,7 @@ def read_attempt(out: str | os.PathLike) -> AttemptRecord | None:
 
     return AttemptRecord(pid=number("pid", int), host=doc.get("host"), command=str(doc.get("command", "")),
                          started=number("started", float), ended=number("ended", float),
-                         error=doc.get("error") if isinstance(doc.get("error"), str) else None, held=held)
+                         error=doc.get("error") if isinstance(doc.get("error"), str) else None, held=held), doc
 
 
 def clock(when: float | None) -> str:
@@ -135,26 +128,13 @@ class Attempt:
     def __enter__(self) -> Attempt:
         if self._key in _recording or os.environ.get("RANK", "0") != "0":
             return self
-        made = list(itertools.takewhile(lambda p: not p.exists(), [self.out, *self.out.parents]))
-        for _ in range(100):
-            # patience: a `hparr study --status` tests the lock for an instant
-            handle = files.flock(self.path, wait=False, patience=0.5)
-            if handle is None:
-                doc = read_record(self.path) or {}
-                command = str(doc.get("command", "?"))
-                who = (f"pid {doc.get('pid', '?')} on {doc.get('host', '?')}: "
-                       f"{command if len(command) <= 300 else command[:300] + ' ...'}") if doc else \
-                    "a process that did not say which"
-                raise UsageError(f"{self.out} is in use by another run ({who}); wait for it to end, or choose "
-                                 "another --out")
-            if not hasattr(handle, "fileno"):  # no file locks here: the record alone
-                break
-            with contextlib.suppress(FileNotFoundError):
-                if os.stat(self.path).st_ino == os.fstat(handle.fileno()).st_ino:
-                    break
-            handle.close()  # locked a record that its holder removed as it ended: lock the new one
-        else:
-            raise HparrError(f"cannot lock {self.path}: it keeps changing")
+        made = files.missing_folders(self.out)
+        # patience: a `hparr study --status` tests the lock for an instant
+        handle = files.lock_current(self.path, patience=0.5)
+        if handle is None:
+            who = files.holder_text(files.read_record(self.path))
+            raise UsageError(f"{self.out} is in use by another run ({who}); wait for it to end, or choose "
+                             "another --out")
         self._handle, self._made = handle, made
         _recording.add(self._key)
         try:
@@ -183,11 +163,7 @@ class Attempt:
                     self._write_in_place(self._before)
                 else:
                     files.remove(self.path)
-                    for folder in self._made:
-                        try:
-                            folder.rmdir()
-                        except OSError:
-                            break
+                    files.remove_if_empty(self._made)
             else:  # atomically: a reader sees the record of the run or the record of its end
                 error = None if exc is None else "interrupted" if isinstance(exc, KeyboardInterrupt) else \
                     f"exited with code {exc.code}" \
@@ -199,13 +175,11 @@ class Attempt:
             self._release()
 
     def _write_in_place(self, data: bytes) -> None:
-        """Into the locked file itself (an atomic rename would leave the lock on the old file); a reader retries
-        a torn read."""
-        if not hasattr(self._handle, "fileno"):
+        """Into the locked file itself (`files.write_in_place`); where nothing is locked, atomically."""
+        if hasattr(self._handle, "fileno"):
+            files.write_in_place(self._handle, data)
+        else:
             files.write_bytes(self.path, data)
-            return
-        os.ftruncate(self._handle.fileno(), 0)
-        os.write(self._handle.fileno(), data)
 
     def _release(self) -> None:
         self._handle.close()

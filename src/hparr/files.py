@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import logging
 import math
@@ -17,7 +18,7 @@ import secrets
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from .errors import HparrError, first_line
 
@@ -32,6 +33,23 @@ def ensure_dir(path: str | os.PathLike) -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise HparrError(f"output directory {path} is not writable")
     return path
+
+
+def missing_folders(path: str | os.PathLike) -> list[Path]:
+    """The folders among `path` and its parents that do not exist yet, deepest first: those that writing
+    `path` makes, for `remove_if_empty` to take away again."""
+    path = Path(path)
+    return list(itertools.takewhile(lambda p: not p.exists(), [path, *path.parents]))
+
+
+def remove_if_empty(made: Iterable[Path]) -> None:
+    """Remove the folders `made` (from `missing_folders`: deepest first) while they are empty; a folder that
+    holds anything stays, and so do its parents."""
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 # the causes of a failed write that are the user's to fix, not a bug
@@ -203,7 +221,7 @@ def log_to(path: str | os.PathLike | None, logger: str = "hparr", what: str = "f
         yield lambda line: None
         return
     path = Path(path)
-    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]  # deepest first
+    made = missing_folders(path.parent)
     started = not path.exists()
     ensure_dir(path.parent)
     try:
@@ -222,8 +240,7 @@ def log_to(path: str | os.PathLike | None, logger: str = "hparr", what: str = "f
             with contextlib.suppress(OSError):
                 handler.close()
                 path.unlink(missing_ok=True)
-                for folder in made:
-                    folder.rmdir()  # an OSError where something else was written there: kept
+                remove_if_empty(made)  # a folder where something else was written: kept
         raise
     finally:
         root.removeHandler(handler)
@@ -298,6 +315,65 @@ def flock(path: str | os.PathLike, shared: bool = False, wait: bool = True, pati
             handle.close()
             return _NoLock()
         return handle
+
+
+def lock_current(path: str | os.PathLike, patience: float = 0.0, changing: str | None = None):
+    """An exclusive lock on the file `path` (made if missing, with its folders) that is still the file at `path`
+    once locked, as `flock(path, wait=False, patience=patience)` returns it: None when another process holds it.
+    A lock file that its holder removes as it releases it can be locked just after its removal, or be removed
+    between the making of its folder and its opening: then the new file is locked instead. After 100 such
+    changes, an HparrError (`changing`, or "cannot lock PATH: it keeps changing")."""
+    for _ in range(100):
+        try:
+            handle = flock(path, wait=False, patience=patience)
+        except FileNotFoundError:  # its folder went with a holder that released it meanwhile: make it again
+            continue
+        if handle is None or not hasattr(handle, "fileno"):  # held; or a file system without flock: no lock
+            return handle
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                return handle
+        handle.close()  # locked a file that its holder removed as it released it
+    raise HparrError(changing or f"cannot lock {path}: it keeps changing")
+
+
+def write_in_place(handle, data: bytes) -> None:
+    """Replace the content of the file that `handle` (from `flock`) locks with `data`, in place: an atomic rename
+    would leave the lock on the old file, so a reader retries a torn read (`read_record`). An OSError (a full
+    disk, ...) is the caller's."""
+    os.ftruncate(handle.fileno(), 0)
+    os.write(handle.fileno(), data)
+
+
+def write_holder(handle, record: Mapping[str, Any]) -> None:
+    """Write the record of a lock's holder (pid, host, ...) into the file that `handle` locks, as one line of
+    JSON (`write_in_place`); `read_record` reads it back and `holder_text` names the holder from it."""
+    write_in_place(handle, (json.dumps(record) + "\n").encode())
+
+
+def read_record(path: str | os.PathLike, tries: int = 5) -> dict[str, Any] | None:
+    """The JSON record in the lock file `path` (`write_holder`): None when there is no such file; {} when it
+    cannot be read whole after `tries` tries 20 ms apart (its holder is writing it, or it is not JSON)."""
+    for _ in range(tries):
+        try:
+            doc = json.loads(Path(path).read_text())
+            return doc if isinstance(doc, dict) else {}
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            time.sleep(0.02)  # its holder is writing it
+    return {}
+
+
+def holder_text(doc: Mapping[str, Any] | None) -> str:
+    """The holder of a lock, from its record (`read_record`), for the message that refuses a second process:
+    "pid 12 on host: hparr train ..." (the command cut at 300 characters), or "a process that did not say
+    which" where there is no record to read."""
+    if not doc:
+        return "a process that did not say which"
+    command = str(doc.get("command", "?"))
+    return (f"pid {doc.get('pid', '?')} on {doc.get('host', '?')}: "
+            f"{command if len(command) <= 300 else command[:300] + ' ...'}")
 
 
 def lock_held(path: str | os.PathLike) -> bool | None:

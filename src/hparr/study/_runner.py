@@ -1,7 +1,6 @@
 """The study itself: every cell of the grid not finished yet, run with the chosen launcher under the study's lock."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -43,8 +42,7 @@ def record_run(lock, settings: StudySettings, todo: Sequence[Cell]) -> None:
     record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
               "launcher": settings.launcher, "cells": [str(c.relpath) for c in todo]}
     try:
-        os.ftruncate(lock.fileno(), 0)
-        os.write(lock.fileno(), (json.dumps(record) + "\n").encode())
+        files.write_holder(lock, record)
     except OSError:  # a full disk: --status then calls the cells not started until they start
         pass
 

@@ -20,8 +20,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import files, layout, results
-from ..attempt import AttemptRecord, clock, pid_alive, read_attempt, read_record
+from .. import layout, results
+from ..attempt import AttemptRecord, clock, read_attempt, read_lock_record
 from ..errors import UsageError
 from ..layout import CELL_LOG, STUDY_LOCK
 from ._slurm import squeue_states
@@ -50,36 +50,21 @@ class CellStatus:
 
 @dataclass
 class StudyRun:
-    """The `hparr study` process running cells in a study folder now: who, since when, and the cells it runs."""
+    """The `hparr study` process running cells in a study folder now: its record in the study's lock (who, since
+    when) and the cells it runs."""
 
-    pid: int | None
-    host: str | None
-    started: float | None
+    record: AttemptRecord
     cells: frozenset[str]
-
-    def who(self) -> str:
-        return f"pid {self.pid if self.pid is not None else '?'} on {self.host or '?'}"
 
 
 def running_study(out: Path) -> StudyRun | None:
     """The `hparr study` that holds the study's lock now, or None."""
-    path = out / STUDY_LOCK
-    held = files.lock_held(path)
-    if held is False:
+    found = read_lock_record(out / STUDY_LOCK)
+    if found is None or not found[1] or found[0].running is not True:
         return None
-    doc = read_record(path)
-    if not doc:
-        return None
-    if held is None:  # no file locks here: its process id, on its own host
-        import socket  # start-up time: only where file locks cannot be tested
-
-        if doc.get("host") != socket.gethostname() or not isinstance(doc.get("pid"), int) or \
-                not pid_alive(doc["pid"]):
-            return None
+    record, doc = found
     cells = doc.get("cells") if isinstance(doc.get("cells"), list) else []
-    started = doc.get("started")
-    return StudyRun(doc.get("pid"), doc.get("host"), float(started) if isinstance(started, (int, float)) else None,
-                    frozenset(str(c) for c in cells))
+    return StudyRun(record, frozenset(str(c) for c in cells))
 
 
 def last_error_line(log: Path) -> str | None:
@@ -126,9 +111,10 @@ def cell_status(out: Path, cell: str, task: str | None = None, slurm_state: str 
         return status("pending", "queued by SLURM")
     if slurm_state in SLURM_RUNNING:
         return status("running", "its SLURM task is starting", log)
-    if study_run is not None and (attempt is None or attempt.started is None or study_run.started is None
-                                  or attempt.started < study_run.started):
-        return status("pending", f"queued by hparr study, {study_run.who()}")
+    run = study_run.record if study_run is not None else None
+    if run is not None and (attempt is None or attempt.started is None or run.started is None
+                            or attempt.started < run.started):
+        return status("pending", f"queued by hparr study, {run.who()}")
     stderr = layout.submitit_stderr(out, task) if task else None
     if attempt is not None:
         return status("failed", _why(attempt, log), log if log.exists() else stderr)

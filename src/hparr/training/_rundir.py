@@ -3,14 +3,11 @@ compared with those its snapshots record) and one writer at a time (an exclusive
 from __future__ import annotations
 
 import contextlib
-import itertools
-import json
 import logging
 import os
 import shlex
 import socket
 import sys
-import time
 import weakref
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -209,34 +206,22 @@ class RunDirectoryLock:
     def acquire(cls, run_dir: str | os.PathLike) -> RunDirectoryLock:
         """Lock `run_dir` (made if missing), or raise a UsageError naming the process that holds it."""
         run_dir = Path(run_dir)
-        made = list(itertools.takewhile(lambda p: not p.exists(), [run_dir, *run_dir.parents]))
+        made = files.missing_folders(run_dir)
         path = run_dir / LOCK_NAME
-        for _ in range(100):
-            try:
-                handle = files.flock(path, wait=False)
-            except FileNotFoundError:  # the folder went with a run that released it meanwhile: make it again
-                continue
-            if handle is None:
-                raise UsageError(f"{run_dir} is in use by another training run ({holder(path)}); wait for it to "
-                                 "end, or choose another --models-path")
-            if not hasattr(handle, "fileno"):  # a file system without flock: nothing is locked
-                return cls(path, handle, [])
-            try:
-                current = os.stat(path).st_ino
-            except FileNotFoundError:
-                current = None
-            if current != os.fstat(handle.fileno()).st_ino:  # locked a file its holder removed as it released it
-                handle.close()
-                continue
-            try:  # who holds it, for the message of a refused run (unbuffered); a full disk leaves it unsaid
+        handle = files.lock_current(path,
+                                    changing=f"cannot lock {run_dir}: its lock file {path.name} keeps changing")
+        if handle is None:
+            raise UsageError(f"{run_dir} is in use by another training run ({holder(path)}); wait for it to "
+                             "end, or choose another --models-path")
+        if not hasattr(handle, "fileno"):  # a file system without flock: nothing is locked
+            return cls(path, handle, [])
+        try:  # who holds it, for the message of a refused run (unbuffered); a full disk leaves it unsaid
+            files.write_holder(handle, {"pid": os.getpid(), "host": socket.gethostname(),
+                                        "command": shlex.join(sys.orig_argv)})
+        except OSError:
+            with contextlib.suppress(OSError):
                 os.ftruncate(handle.fileno(), 0)
-                os.write(handle.fileno(), (json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                                       "command": shlex.join(sys.orig_argv)}) + "\n").encode())
-            except OSError:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(handle.fileno(), 0)
-            return cls(path, handle, made)
-        raise HparrError(f"cannot lock {run_dir}: its lock file {path.name} keeps changing")
+        return cls(path, handle, made)
 
     def release(self) -> None:
         self._release()
@@ -250,21 +235,10 @@ def _unlock(path: Path, handle, made: list[Path]) -> None:
         except OSError:
             pass
     handle.close()
-    for folder in made:  # deepest first; a folder holding anything stays, and so do its parents
-        try:
-            folder.rmdir()
-        except OSError:
-            break
+    files.remove_if_empty(made)
 
 
-def holder(path: Path, tries: int = 20) -> str:
-    """Who holds the lock file `path`, as its holder recorded it ("pid 12 on host: hparr train ...")."""
-    for _ in range(tries):
-        try:
-            info = json.loads(path.read_text())
-            command = str(info.get("command", ""))
-            return (f"pid {info['pid']} on {info['host']}: "
-                    f"{command if len(command) <= 300 else command[:300] + ' ...'}")
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            time.sleep(0.05)  # its holder is writing it
-    return "a process that did not say which"
+def holder(path: Path) -> str:
+    """Who holds the lock file `path`, as its holder recorded it ("pid 12 on host: hparr train ..."); its record
+    is waited for up to a second (the holder writes it just after it locks)."""
+    return files.holder_text(files.read_record(path, tries=50))
