@@ -313,12 +313,15 @@ class Checkpoint:
 _NAMED: set[tuple[str, int]] = set()  # the files whose left-out entries were named already in this process
 
 
-def read_checkpoint(path: str | os.PathLike, mmap: bool = True) -> Checkpoint:
+def read_checkpoint(path: str | os.PathLike, mmap: bool = True, checkpoint: Checkpoint | None = None) -> Checkpoint:
     """Read any supported checkpoint: hparr's and the original code's snapshots, a bare state_dict,
     a Lightning .ckpt, a .safetensors file or a folder of shards, an ONNX model; only
     `torch.load(weights_only=True)`, the safetensors library and the onnx package ever read them. Entries of a
-    state_dict that are not tensors are left out and named once in the log (`Checkpoint.ignored`)."""
+    state_dict that are not tensors are left out and named once in the log (`Checkpoint.ignored`).
+    `checkpoint`: a file read already, returned as it is when it is the one at `path` (not read again)."""
     path = Path(path)
+    if checkpoint is not None and checkpoint.path == path:
+        return checkpoint
     fmt = checkpoint_format(path)
     if fmt == "onnx":
         from .onnx_file import read_onnx  # the optional extra, imported only for an ONNX file
@@ -396,12 +399,13 @@ def match_prefix(state: Mapping[str, Any], reference: Any = None, prefix: str | 
 
 
 def load_state(path: str | os.PathLike, prefix: str | None = None, reference: Any = None,
-               mmap: bool = True) -> Mapping[str, torch.Tensor]:
+               mmap: bool = True, checkpoint: Checkpoint | None = None) -> Mapping[str, torch.Tensor]:
     """The model state_dict of any supported checkpoint file or folder (see `read_checkpoint`).
 
     `prefix` (`--state-dict-prefix`) or `reference` (the model, its state_dict or its keys, against
     which a prefix such as Lightning's `model.` is found) select and strip a key prefix. A .safetensors
-    state is lazy: a tensor is read when it is looked up.
+    state is lazy: a tensor is read when it is looked up. `checkpoint`: a file read already, used when it is the
+    one at `path` (not read again).
     """
-    ckpt = read_checkpoint(path, mmap=mmap)
+    ckpt = read_checkpoint(path, mmap=mmap, checkpoint=checkpoint)
     return match_prefix(ckpt.state, reference, prefix, source=str(path))

@@ -94,11 +94,6 @@ def reusable_result(path: str | os.PathLike, options: AnalysisOptions, fields: M
     if isinstance(checkpoint, SnapshotFile):
         checkpoint = checkpoint.path
 
-    def state_of(source: str | os.PathLike, keys: Any) -> Mapping[str, Any]:
-        if held is not None and source == checkpoint:
-            return checkpoints.match_prefix(held.state, keys, state_dict_prefix, source=str(source))
-        return checkpoints.load_state(source, prefix=state_dict_prefix, reference=keys)
-
     def judge(found: Path) -> tuple[dict[str, Any] | None, str | None]:
         doc = read_json(found)  # unreadable: computed again
         if not isinstance(doc, dict) or doc.get("format") != PROJECTIONS_FORMAT or "net" not in doc:
@@ -110,7 +105,9 @@ def reusable_result(path: str | os.PathLike, options: AnalysisOptions, fields: M
             if source is not None:
                 recorded = doc.get(key)
                 keys = recorded.get("keys") if isinstance(recorded, dict) else None
-                why = checkpoints.identity_change(recorded, source, lambda src=source, k=keys: state_of(src, k))
+                why = checkpoints.identity_change(
+                    recorded, source, lambda src=source, k=keys: checkpoints.load_state(
+                        src, prefix=state_dict_prefix, reference=k, checkpoint=held))
                 if why is not None:
                     return None, ("--init-from: " if key == "init_checkpoint" else "") + why
         return doc, None
@@ -212,7 +209,7 @@ class SnapshotAnalyzer:
         ONNX model); a `SnapshotFile` that holds the file as read is not read again."""
         held = path.checkpoint if isinstance(path, SnapshotFile) else None
         path = Path(path.path if isinstance(path, SnapshotFile) else path)
-        ckpt = held if held is not None else checkpoints.read_checkpoint(path)
+        ckpt = checkpoints.read_checkpoint(path, checkpoint=held)
         obj = ckpt.obj
         check_metadata(obj, str(path), self.dataset, self.seed)
         extra: dict[str, Any] = {}

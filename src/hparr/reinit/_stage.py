@@ -122,7 +122,7 @@ def read_trained(settings: ReinitSettings, checkpoint: checkpoints.Checkpoint | 
     path = Path(settings.load_from)
     if not path.exists():
         raise UsageError(f"--load-from {path}: no such file or folder")
-    ckpt = checkpoint if checkpoint is not None and checkpoint.path == path else checkpoints.read_checkpoint(path)
+    ckpt = checkpoints.read_checkpoint(path, checkpoint=checkpoint)
     obj = ckpt.obj if isinstance(ckpt.obj, dict) else {}
     # keep the metadata only (a bare state_dict has none), not a second copy of the weights
     meta = {k: v for k, v in obj.items() if k not in _SNAPSHOT_STATES and not isinstance(v, torch.Tensor)}
@@ -221,16 +221,10 @@ def judge_result(settings: ReinitSettings, trained: TrainedSnapshot,
     inits = inputs.get("inits") if isinstance(inputs.get("inits"), dict) else {}
     checks += [(f"--inits-from epoch {label}", ident, Path(ident.get("path", "")))
                for label, ident in inits.items() if isinstance(ident, dict)]
-    held = trained.checkpoint
-
-    def state_of(source: Path, keys: Any) -> Mapping[str, Any]:  # the trained snapshot's, as read already
-        if source == held.path:
-            return checkpoints.match_prefix(held.state, keys, prefix, source=str(source))
-        return checkpoints.load_state(source, prefix=prefix, reference=keys)
-
-    for what, ident, source in checks:
+    for what, ident, source in checks:  # the trained snapshot's tensors as read already, not read again
         keys = ident.get("keys") if isinstance(ident, dict) else None
-        why = checkpoints.identity_change(ident, source, lambda src=source, k=keys: state_of(src, k))
+        why = checkpoints.identity_change(ident, source, lambda src=source, k=keys: checkpoints.load_state(
+            src, prefix=prefix, reference=k, checkpoint=trained.checkpoint))
         if why is not None:
             return None, f"{what}: {why}"
     return doc, None
