@@ -17,7 +17,7 @@ from ..defaults import INCLUDE_1X1
 from ..errors import HparrError, UsageError
 from ..layers import is_1x1
 from ..models import build_model, check_arch, check_model_shape
-from ..results import REINIT_FORMAT, check_eval_split, read_json
+from ..results import REINIT_FORMAT, adopt_earlier, check_eval_split, read_json
 from ..training import select_device
 from ._processes import choose_processes, parse_eval_processes
 from ._shared_prefix import reinit_sweep
@@ -254,17 +254,11 @@ def adopt_earlier_result(settings: ReinitSettings, trained: TrainedSnapshot, roo
     checkpoints and options: copy it to `result_path` (recording the condition) and return the file it came
     from. None otherwise (nothing is written)."""
     target, earlier = Path(root) / trained.relpath, Path(root) / trained.earlier_relpath
-    if target.exists() or earlier == target or not earlier.is_file():
+    doc = adopt_earlier(target, earlier, lambda path: judge_result(settings, trained, path),
+                        trained.condition.as_dict())
+    if doc is None:  # none, another run's result, or one computed with other options (left where it is)
         return None
-    doc = read_json(earlier)
-    if not isinstance(doc, dict) or doc.get("load_from") != str(trained.checkpoint.path.resolve()):
-        return None  # another run's result
-    try:
-        if judge_result(settings, trained, earlier)[0] is None:
-            return None
-    except UsageError:  # computed with other options: left where it is
-        return None
-    files.write_json(target, {**doc, "condition": trained.condition.as_dict()})
+    files.write_json(target, doc)
     return earlier
 
 
