@@ -339,11 +339,12 @@ def read_checkpoint(path: str | os.PathLike, mmap: bool = True, checkpoint: Chec
         _NAMED.add(key)
         log.warning("%s: ignored %d entr%s of its state_dict that %s: %s", path, len(ignored),
                     "y" if len(ignored) == 1 else "ies", "is not a tensor" if len(ignored) == 1 else "are not tensors",
-                    _listed(ignored))
+                    listed(ignored))
     return Checkpoint(path, fmt, obj, state, ignored=tuple(ignored))
 
 
-def _listed(names: list[str], most: int = 6) -> str:
+def listed(names: list[str], most: int = 6) -> str:
+    """`names` joined by commas for a message, the first `most` of them and then how many there are in all."""
     return ", ".join(names[:most]) + (f" ... ({len(names)} in all)" if len(names) > most else "")
 
 

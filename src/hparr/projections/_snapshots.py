@@ -20,7 +20,7 @@ import torch.nn as nn
 from .. import checkpoints, null
 from ..checkpoints import ModelConfig, check_metadata, check_state, snapshot_config
 from ..defaults import INCLUDE_1X1, LEVEL
-from ..errors import HparrError, UsageError
+from ..errors import HparrError, UsageError, first_line
 from ..inputs import UNKNOWN_FEED, Feed, fx_feeds, onnx_feeds
 from ..layers import ONE_BY_ONE, LayerInfo, Skipped, discover_layers, is_1x1
 from ..models import build_model
@@ -243,8 +243,7 @@ class SnapshotAnalyzer:
             if extra_keys:
                 ignored["not_in_model"] = extra_keys
                 log.warning("%s: ignored %d tensor(s) that %s does not have: %s (--strict refuses them)", path,
-                            len(extra_keys), config.arch, ", ".join(extra_keys[:6])
-                            + (f" ... ({len(extra_keys)} in all)" if len(extra_keys) > 6 else ""))
+                            len(extra_keys), config.arch, checkpoints.listed(extra_keys))
             feeds = self._feeds[config]
             if self.probe is not None:
                 model = self._models[config]
@@ -304,8 +303,7 @@ class SnapshotAnalyzer:
             shares = negative_shares(model, modules, [b.to(device) for b in batches])
         except RuntimeError as exc:
             raise HparrError(f"--probe-data: running {options.dataset} test images through {source} failed: "
-                             f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__}"
-                             ) from None
+                             f"{first_line(exc)}") from None
         record = {**self.inputs["probe"], "images": int(images.shape[0]), "normalized": not options.unnormalize,
                   "mean": [float(v) for v in data.mean], "std": [float(v) for v in data.std]}
         return shares, record
