@@ -22,7 +22,7 @@ from ..checkpoints import ModelConfig, check_metadata, check_state, snapshot_con
 from ..defaults import INCLUDE_1X1, LEVEL
 from ..errors import HparrError, UsageError, first_line
 from ..inputs import UNKNOWN_FEED, Feed, fx_feeds, onnx_feeds
-from ..layers import ONE_BY_ONE, LayerInfo, Skipped, discover_layers, is_1x1
+from ..layers import LINEAR_SKIPPED, ONE_BY_ONE, LayerInfo, Skipped, discover_layers, is_1x1
 from ..models import build_model
 from ..probe import negative_shares
 from ..provenance import versions
@@ -376,7 +376,7 @@ def file_layers(state: Mapping[str, Any], options: AnalysisOptions, source: str,
             kind = "conv"
         elif len(shape) == 2:
             if not options.with_linear:
-                skipped.append(Skipped(name, "linear", "linear layer (use --with-linear)"))
+                skipped.append(Skipped(name, "linear", LINEAR_SKIPPED))
                 continue
             kind = "linear"
         else:
