@@ -19,6 +19,7 @@ import torch
 from .. import layout
 from ..errors import HparrError, UsageError, first_line
 from ._formats import CHECKPOINT_SUFFIXES, SHARD_INDEX, checkpoint_format, open_safetensors, open_sharded, rename
+from .onnx_file import read_onnx
 
 log = logging.getLogger("hparr.checkpoints")
 
@@ -324,8 +325,6 @@ def read_checkpoint(path: str | os.PathLike, mmap: bool = True, checkpoint: Chec
         return checkpoint
     fmt = checkpoint_format(path)
     if fmt == "onnx":
-        from .onnx_file import read_onnx  # the optional extra, imported only for an ONNX file
-
         graph = read_onnx(path)
         return Checkpoint(path, fmt, {}, graph.state(), graph)
     if fmt == "safetensors":

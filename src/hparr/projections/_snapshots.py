@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from .. import checkpoints, null
-from ..checkpoints import ModelConfig, check_metadata, check_state, snapshot_config
+from ..checkpoints import ModelConfig, check_metadata, check_state, onnx_file, snapshot_config
 from ..defaults import INCLUDE_1X1, LEVEL
 from ..errors import HparrError, UsageError, first_line
 from ..inputs import UNKNOWN_FEED, Feed, fx_feeds, onnx_feeds
@@ -222,7 +222,7 @@ class SnapshotAnalyzer:
             config = self.default
             layers, skipped, feeds, state = onnx_layers(ckpt.graph, self.options)
             fields["file_order"] = file_order(ckpt.format)
-            extra["onnx"] = _onnx_file().describe(ckpt.graph)
+            extra["onnx"] = onnx_file.describe(ckpt.graph)
             if self.probe is not None:
                 run = _onnx_module(ckpt.graph, layers)
         elif self.default.arch is None:  # no model: every conv weight of the file, in the network's order if known
@@ -309,19 +309,12 @@ class SnapshotAnalyzer:
         return shares, record
 
 
-def _onnx_file():
-    from ..checkpoints import onnx_file  # the optional extra: only for ONNX files
-
-    return onnx_file
-
-
 def onnx_layers(graph: Any, options: AnalysisOptions):
     """(layers, skipped, feeds, weights) of an ONNX model (`checkpoints.onnx_file.OnnxModel`) read without
     converting it: its Conv nodes (and with `with_linear` its Gemm/MatMul nodes) whose weight is a constant, in
     the graph's topological order, named by their nodes; what feeds each (`hparr.inputs.onnx_feeds`); and the
     analyzed weights, read lazily from the initializers. Stage and block are unknown (stage 0, numbered in
     order), as for a checkpoint read without its model."""
-    onnx_file = _onnx_file()
     found, skipped = onnx_file.graph_layers(graph, options.with_linear, options.include_1x1)
     onnx_file.check_no_conv(graph, found, options.with_linear)
     layers = [LayerInfo(g.node.name, None, g.kind, 0, i, i, g.weight, g.shape, traced=False, unit=g.node.name)
@@ -331,9 +324,9 @@ def onnx_layers(graph: Any, options: AnalysisOptions):
 
 def _onnx_module(graph: Any, layers: Sequence[LayerInfo]):
     """An ONNX model converted to a torch module, {layer: its module}, and the graph's static input shape."""
-    converted = _onnx_file().to_torch(graph)
+    converted = onnx_file.to_torch(graph)
     return (converted.module, {layer.name: converted.modules[layer.name] for layer in layers},
-            _onnx_file().graph_input_shape(graph))
+            onnx_file.graph_input_shape(graph))
 
 
 FILE_ORDER = "file"  # the layer order of checkpoint-only projections: stage and block unknown

@@ -19,6 +19,7 @@ from ..layers import is_1x1
 from ..models import build_model, check_arch, check_model_shape
 from ..results import REINIT_FORMAT, adopt_earlier, check_eval_split, read_json
 from ..training import select_device
+from ._onnx_model import ONNX_ARCH, RAND_NOTE, onnx_alternatives, onnx_trained, renamed_document, rerandomizer
 from ._processes import choose_processes, parse_eval_processes
 from ._shared_prefix import reinit_sweep
 from ._sweep import SweepCounts, first_images
@@ -131,7 +132,6 @@ def read_trained(settings: ReinitSettings, checkpoint: checkpoints.Checkpoint | 
     folder = arch
     if arch is None and ckpt.graph is not None:  # an ONNX model without --arch: its graph, converted to torch
         from ..projections.stage import CHECKPOINT_ONLY  # the folder of its projections, where --dataset is given
-        from ._onnx_model import ONNX_ARCH
 
         arch, folder = ONNX_ARCH, CHECKPOINT_ONLY
     elif arch is None:
@@ -306,8 +306,6 @@ def run_reinit(settings: ReinitSettings, trained: TrainedSnapshot | None = None)
     device = select_device(settings.cuda)
     onnx = None
     if trained.checkpoint.graph is not None and settings.arch is None:  # an ONNX model, converted to torch
-        from ._onnx_model import onnx_trained
-
         onnx = onnx_trained(trained.checkpoint.graph, config.in_channels, config.input_size, config.num_classes)
         model = onnx.module
     else:
@@ -324,8 +322,6 @@ def run_reinit(settings: ReinitSettings, trained: TrainedSnapshot | None = None)
                               unit_includes_1x1(settings.granularity, settings.include_1x1))
 
     if onnx is not None:
-        from ._onnx_model import onnx_alternatives, rerandomizer  # the ONNX branch alone, as ONNX_ARCH above
-
         alternatives, sources, inputs["inits"] = onnx_alternatives(init_paths, load_from, reference)
         draw = rerandomizer(model)
     else:
@@ -400,8 +396,6 @@ def run_reinit(settings: ReinitSettings, trained: TrainedSnapshot | None = None)
     if settings.rand_trials > 1:
         document = aggregate_rand_trials(document, settings.rand_trials, trial_seeds)
     if onnx is not None:
-        from ._onnx_model import RAND_NOTE, renamed_document  # the ONNX branch alone, as above
-
         document = renamed_document(document, onnx.converted)
         document["onnx"] = onnx.describe
         if settings.rand:
