@@ -121,8 +121,8 @@ def test_projections_read_only_the_analyzed_tensors(same_weights, monkeypatch):
     opened = []
     real = ck.read_checkpoint
 
-    def spy(path, mmap=True):
-        opened.append(real(path, mmap))
+    def spy(path, mmap=True, checkpoint=None):
+        opened.append(real(path, mmap, checkpoint))
         return opened[-1]
 
     monkeypatch.setattr(ck, "read_checkpoint", spy)

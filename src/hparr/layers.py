@@ -71,6 +71,8 @@ def layer_kind(module: nn.Module) -> str | None:
 
 
 ONE_BY_ONE = "1x1 convolution (use --include-1x1)"  # why a 1x1 conv is left out (see `is_1x1`)
+LINEAR_SKIPPED = "linear layer (use --with-linear)"  # why a linear layer is left out (without --with-linear)
+TRANSPOSED_SKIPPED = "transposed convolution (its weight is laid out input-first)"  # why one is left out, always
 
 
 def is_1x1(kernel_size: Sequence[int]) -> bool:
@@ -91,11 +93,11 @@ def skip_reason(module: nn.Module, with_linear: bool = False, include_1x1: bool 
         return "lazy layer whose weight is not initialized"
     if kind == CONV:
         if getattr(module, "transposed", False):
-            return "transposed convolution (its weight is laid out input-first)"
+            return TRANSPOSED_SKIPPED
         if is_1x1(module.kernel_size) and not include_1x1:
             return ONE_BY_ONE
     elif not with_linear:
-        return "linear layer (use --with-linear)"
+        return LINEAR_SKIPPED
     return None
 
 

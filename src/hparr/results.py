@@ -235,6 +235,24 @@ def reuse_or_recompute(path: str | os.PathLike, judge: Callable[[Path], tuple[An
         return None, str(exc)
 
 
+
+def adopt_earlier(target: str | os.PathLike, earlier: str | os.PathLike,
+                  judge: Callable[[Path], tuple[Any, str | None]],
+                  condition: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The result an earlier version of hparr wrote at `earlier` (a results folder that did not name the run's
+    condition, `layout.earlier_results_directory`) where none is at `target` yet: its document with the run's
+    `condition` recorded, when `judge(earlier)` (as for `reuse_or_recompute`) finds it computed from the same
+    inputs; None otherwise, and where one computed with other options (a UsageError) is left where it is.
+    Nothing is written: the caller keeps the document."""
+    target, earlier = Path(target), Path(earlier)
+    if target.exists() or earlier == target or not earlier.is_file():
+        return None
+    try:
+        doc, _ = judge(earlier)
+    except UsageError:
+        return None
+    return None if doc is None else {**doc, "condition": dict(condition)}
+
 # --- the manifest of `hparr reproduce` -----------------------------------------------------------
 
 EVAL_SPLITS = ("test", "train")  # where a re-initialization sweep measures accuracy (`hparr reinit --eval-split`)

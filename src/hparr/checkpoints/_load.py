@@ -19,6 +19,7 @@ import torch
 from .. import layout
 from ..errors import HparrError, UsageError, first_line
 from ._formats import CHECKPOINT_SUFFIXES, SHARD_INDEX, checkpoint_format, open_safetensors, open_sharded, rename
+from .onnx_file import read_onnx
 
 log = logging.getLogger("hparr.checkpoints")
 
@@ -313,16 +314,17 @@ class Checkpoint:
 _NAMED: set[tuple[str, int]] = set()  # the files whose left-out entries were named already in this process
 
 
-def read_checkpoint(path: str | os.PathLike, mmap: bool = True) -> Checkpoint:
+def read_checkpoint(path: str | os.PathLike, mmap: bool = True, checkpoint: Checkpoint | None = None) -> Checkpoint:
     """Read any supported checkpoint: hparr's and the original code's snapshots, a bare state_dict,
     a Lightning .ckpt, a .safetensors file or a folder of shards, an ONNX model; only
     `torch.load(weights_only=True)`, the safetensors library and the onnx package ever read them. Entries of a
-    state_dict that are not tensors are left out and named once in the log (`Checkpoint.ignored`)."""
+    state_dict that are not tensors are left out and named once in the log (`Checkpoint.ignored`).
+    `checkpoint`: a file read already, returned as it is when it is the one at `path` (not read again)."""
     path = Path(path)
+    if checkpoint is not None and checkpoint.path == path:
+        return checkpoint
     fmt = checkpoint_format(path)
     if fmt == "onnx":
-        from .onnx_file import read_onnx  # the optional extra, imported only for an ONNX file
-
         graph = read_onnx(path)
         return Checkpoint(path, fmt, {}, graph.state(), graph)
     if fmt == "safetensors":
@@ -336,11 +338,12 @@ def read_checkpoint(path: str | os.PathLike, mmap: bool = True) -> Checkpoint:
         _NAMED.add(key)
         log.warning("%s: ignored %d entr%s of its state_dict that %s: %s", path, len(ignored),
                     "y" if len(ignored) == 1 else "ies", "is not a tensor" if len(ignored) == 1 else "are not tensors",
-                    _listed(ignored))
+                    listed(ignored))
     return Checkpoint(path, fmt, obj, state, ignored=tuple(ignored))
 
 
-def _listed(names: list[str], most: int = 6) -> str:
+def listed(names: list[str], most: int = 6) -> str:
+    """`names` joined by commas for a message, the first `most` of them and then how many there are in all."""
     return ", ".join(names[:most]) + (f" ... ({len(names)} in all)" if len(names) > most else "")
 
 
@@ -396,12 +399,13 @@ def match_prefix(state: Mapping[str, Any], reference: Any = None, prefix: str | 
 
 
 def load_state(path: str | os.PathLike, prefix: str | None = None, reference: Any = None,
-               mmap: bool = True) -> Mapping[str, torch.Tensor]:
+               mmap: bool = True, checkpoint: Checkpoint | None = None) -> Mapping[str, torch.Tensor]:
     """The model state_dict of any supported checkpoint file or folder (see `read_checkpoint`).
 
     `prefix` (`--state-dict-prefix`) or `reference` (the model, its state_dict or its keys, against
     which a prefix such as Lightning's `model.` is found) select and strip a key prefix. A .safetensors
-    state is lazy: a tensor is read when it is looked up.
+    state is lazy: a tensor is read when it is looked up. `checkpoint`: a file read already, used when it is the
+    one at `path` (not read again).
     """
-    ckpt = read_checkpoint(path, mmap=mmap)
+    ckpt = read_checkpoint(path, mmap=mmap, checkpoint=checkpoint)
     return match_prefix(ckpt.state, reference, prefix, source=str(path))

@@ -18,14 +18,14 @@ import numpy as np
 import torch
 
 from ..errors import HparrError, first_line
-from ..layers import Skipped
+from ..layers import LINEAR_SKIPPED, ONE_BY_ONE, TRANSPOSED_SKIPPED, Skipped, is_1x1
 from ._formats import LazyState
 
 EXTRA = "pip install 'hparr[onnx]'"
 CONV_OPS = ("Conv",)
 LINEAR_OPS = ("Gemm", "MatMul")
 # convolutions whose weight is not a float filter bank laid out (out, in/groups, *kernel)
-_OTHER_CONV_OPS = {"ConvTranspose": "transposed convolution (its weight is laid out input-first)",
+_OTHER_CONV_OPS = {"ConvTranspose": TRANSPOSED_SKIPPED,
                    "QLinearConv": "quantized convolution (integer weights)",
                    "ConvInteger": "quantized convolution (integer weights)"}
 
@@ -237,8 +237,8 @@ def graph_layers(model: OnnxModel, with_linear: bool = False, include_1x1: bool 
             if not 3 <= len(shape) <= 5:
                 skipped.append(Skipped(node.name, "conv", f"weight of shape {shape}"))
                 continue
-            if all(k == 1 for k in shape[2:]) and not include_1x1:
-                skipped.append(Skipped(node.name, "conv", "1x1 convolution (use --include-1x1)"))
+            if is_1x1(shape[2:]) and not include_1x1:
+                skipped.append(Skipped(node.name, "conv", ONE_BY_ONE))
                 continue
             layers.append(GraphLayer(node, weight, "conv", shape, int(_attribute(node, "group", 1))))
         elif node.op_type in LINEAR_OPS and len(node.inputs) > 1:
@@ -246,7 +246,7 @@ def graph_layers(model: OnnxModel, with_linear: bool = False, include_1x1: bool 
             if model.tensor_proto(weight) is None or len(model.shape(weight)) != 2:
                 continue  # a product of two computed values (attention) or of higher rank: no layer
             if not with_linear:
-                skipped.append(Skipped(node.name, "linear", "linear layer (use --with-linear)"))
+                skipped.append(Skipped(node.name, "linear", LINEAR_SKIPPED))
                 continue
             stored = model.shape(weight)
             transposed = node.op_type == "MatMul" or not _attribute(node, "transB", 0)

@@ -18,11 +18,11 @@ import torch
 import torch.nn as nn
 
 from .. import checkpoints, null
-from ..checkpoints import ModelConfig, check_metadata, check_state, snapshot_config
+from ..checkpoints import ModelConfig, check_metadata, check_state, onnx_file, snapshot_config
 from ..defaults import INCLUDE_1X1, LEVEL
-from ..errors import HparrError, UsageError
+from ..errors import HparrError, UsageError, first_line
 from ..inputs import UNKNOWN_FEED, Feed, fx_feeds, onnx_feeds
-from ..layers import ONE_BY_ONE, LayerInfo, Skipped, discover_layers, is_1x1
+from ..layers import LINEAR_SKIPPED, ONE_BY_ONE, LayerInfo, Skipped, discover_layers, is_1x1
 from ..models import build_model
 from ..probe import negative_shares
 from ..provenance import versions
@@ -94,11 +94,6 @@ def reusable_result(path: str | os.PathLike, options: AnalysisOptions, fields: M
     if isinstance(checkpoint, SnapshotFile):
         checkpoint = checkpoint.path
 
-    def state_of(source: str | os.PathLike, keys: Any) -> Mapping[str, Any]:
-        if held is not None and source == checkpoint:
-            return checkpoints.match_prefix(held.state, keys, state_dict_prefix, source=str(source))
-        return checkpoints.load_state(source, prefix=state_dict_prefix, reference=keys)
-
     def judge(found: Path) -> tuple[dict[str, Any] | None, str | None]:
         doc = read_json(found)  # unreadable: computed again
         if not isinstance(doc, dict) or doc.get("format") != PROJECTIONS_FORMAT or "net" not in doc:
@@ -110,7 +105,9 @@ def reusable_result(path: str | os.PathLike, options: AnalysisOptions, fields: M
             if source is not None:
                 recorded = doc.get(key)
                 keys = recorded.get("keys") if isinstance(recorded, dict) else None
-                why = checkpoints.identity_change(recorded, source, lambda src=source, k=keys: state_of(src, k))
+                why = checkpoints.identity_change(
+                    recorded, source, lambda src=source, k=keys: checkpoints.load_state(
+                        src, prefix=state_dict_prefix, reference=k, checkpoint=held))
                 if why is not None:
                     return None, ("--init-from: " if key == "init_checkpoint" else "") + why
         return doc, None
@@ -212,7 +209,7 @@ class SnapshotAnalyzer:
         ONNX model); a `SnapshotFile` that holds the file as read is not read again."""
         held = path.checkpoint if isinstance(path, SnapshotFile) else None
         path = Path(path.path if isinstance(path, SnapshotFile) else path)
-        ckpt = held if held is not None else checkpoints.read_checkpoint(path)
+        ckpt = checkpoints.read_checkpoint(path, checkpoint=held)
         obj = ckpt.obj
         check_metadata(obj, str(path), self.dataset, self.seed)
         extra: dict[str, Any] = {}
@@ -225,7 +222,7 @@ class SnapshotAnalyzer:
             config = self.default
             layers, skipped, feeds, state = onnx_layers(ckpt.graph, self.options)
             fields["file_order"] = file_order(ckpt.format)
-            extra["onnx"] = _onnx_file().describe(ckpt.graph)
+            extra["onnx"] = onnx_file.describe(ckpt.graph)
             if self.probe is not None:
                 run = _onnx_module(ckpt.graph, layers)
         elif self.default.arch is None:  # no model: every conv weight of the file, in the network's order if known
@@ -246,8 +243,7 @@ class SnapshotAnalyzer:
             if extra_keys:
                 ignored["not_in_model"] = extra_keys
                 log.warning("%s: ignored %d tensor(s) that %s does not have: %s (--strict refuses them)", path,
-                            len(extra_keys), config.arch, ", ".join(extra_keys[:6])
-                            + (f" ... ({len(extra_keys)} in all)" if len(extra_keys) > 6 else ""))
+                            len(extra_keys), config.arch, checkpoints.listed(extra_keys))
             feeds = self._feeds[config]
             if self.probe is not None:
                 model = self._models[config]
@@ -307,17 +303,10 @@ class SnapshotAnalyzer:
             shares = negative_shares(model, modules, [b.to(device) for b in batches])
         except RuntimeError as exc:
             raise HparrError(f"--probe-data: running {options.dataset} test images through {source} failed: "
-                             f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__}"
-                             ) from None
+                             f"{first_line(exc)}") from None
         record = {**self.inputs["probe"], "images": int(images.shape[0]), "normalized": not options.unnormalize,
                   "mean": [float(v) for v in data.mean], "std": [float(v) for v in data.std]}
         return shares, record
-
-
-def _onnx_file():
-    from ..checkpoints import onnx_file  # the optional extra: only for ONNX files
-
-    return onnx_file
 
 
 def onnx_layers(graph: Any, options: AnalysisOptions):
@@ -326,7 +315,6 @@ def onnx_layers(graph: Any, options: AnalysisOptions):
     the graph's topological order, named by their nodes; what feeds each (`hparr.inputs.onnx_feeds`); and the
     analyzed weights, read lazily from the initializers. Stage and block are unknown (stage 0, numbered in
     order), as for a checkpoint read without its model."""
-    onnx_file = _onnx_file()
     found, skipped = onnx_file.graph_layers(graph, options.with_linear, options.include_1x1)
     onnx_file.check_no_conv(graph, found, options.with_linear)
     layers = [LayerInfo(g.node.name, None, g.kind, 0, i, i, g.weight, g.shape, traced=False, unit=g.node.name)
@@ -336,9 +324,9 @@ def onnx_layers(graph: Any, options: AnalysisOptions):
 
 def _onnx_module(graph: Any, layers: Sequence[LayerInfo]):
     """An ONNX model converted to a torch module, {layer: its module}, and the graph's static input shape."""
-    converted = _onnx_file().to_torch(graph)
+    converted = onnx_file.to_torch(graph)
     return (converted.module, {layer.name: converted.modules[layer.name] for layer in layers},
-            _onnx_file().graph_input_shape(graph))
+            onnx_file.graph_input_shape(graph))
 
 
 FILE_ORDER = "file"  # the layer order of checkpoint-only projections: stage and block unknown
@@ -381,7 +369,7 @@ def file_layers(state: Mapping[str, Any], options: AnalysisOptions, source: str,
             kind = "conv"
         elif len(shape) == 2:
             if not options.with_linear:
-                skipped.append(Skipped(name, "linear", "linear layer (use --with-linear)"))
+                skipped.append(Skipped(name, "linear", LINEAR_SKIPPED))
                 continue
             kind = "linear"
         else:

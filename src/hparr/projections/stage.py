@@ -20,7 +20,7 @@ from ..defaults import INCLUDE_1X1, LEVEL, check_level
 from ..errors import UsageError
 from ..models import build_model, check_arch, check_model_shape, pretrained_file
 from ..null import DEFAULT_SCHEME, check_scheme
-from ..results import projections_table
+from ..results import adopt_earlier, projections_table
 from ._snapshots import (
     AnalysisOptions,
     SnapshotAnalyzer,
@@ -229,13 +229,15 @@ def run_projections(settings: ProjectionSettings, root: str | os.PathLike | None
             if why is not None:
                 replaced[name] = why
                 log.info("recomputing %s: %s", out_dir / name, why)
-            elif doc is None and path is not None and earlier_dir != out_dir and (earlier_dir / name).is_file():
+            elif doc is None and path is not None:
                 # written by an earlier version into the folder without the condition: kept where it is the
                 # result of this very file (the same tensors), and copied into the condition's folder
-                doc, _ = reusable_result(earlier_dir / name, options, wanted, checkpoint=path,
-                                         init_from=options.init_from, state_dict_prefix=s.state_dict_prefix)
+                doc = adopt_earlier(out_dir / name, earlier_dir / name,
+                                    lambda found, p=path, w=wanted: reusable_result(
+                                        found, options, w, checkpoint=p, init_from=options.init_from,
+                                        state_dict_prefix=s.state_dict_prefix),
+                                    condition.as_dict())
                 if doc is not None:
-                    doc = {**doc, "condition": condition.as_dict()}
                     adopted[name] = earlier_dir / name
         if doc is None:
             if path is not None:

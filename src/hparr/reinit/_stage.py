@@ -17,8 +17,9 @@ from ..defaults import INCLUDE_1X1
 from ..errors import HparrError, UsageError
 from ..layers import is_1x1
 from ..models import build_model, check_arch, check_model_shape
-from ..results import REINIT_FORMAT, check_eval_split, read_json
+from ..results import REINIT_FORMAT, adopt_earlier, check_eval_split, read_json
 from ..training import select_device
+from ._onnx_model import ONNX_ARCH, RAND_NOTE, onnx_alternatives, onnx_trained, renamed_document, rerandomizer
 from ._processes import choose_processes, parse_eval_processes
 from ._shared_prefix import reinit_sweep
 from ._sweep import SweepCounts, first_images
@@ -122,7 +123,7 @@ def read_trained(settings: ReinitSettings, checkpoint: checkpoints.Checkpoint | 
     path = Path(settings.load_from)
     if not path.exists():
         raise UsageError(f"--load-from {path}: no such file or folder")
-    ckpt = checkpoint if checkpoint is not None and checkpoint.path == path else checkpoints.read_checkpoint(path)
+    ckpt = checkpoints.read_checkpoint(path, checkpoint=checkpoint)
     obj = ckpt.obj if isinstance(ckpt.obj, dict) else {}
     # keep the metadata only (a bare state_dict has none), not a second copy of the weights
     meta = {k: v for k, v in obj.items() if k not in _SNAPSHOT_STATES and not isinstance(v, torch.Tensor)}
@@ -131,7 +132,6 @@ def read_trained(settings: ReinitSettings, checkpoint: checkpoints.Checkpoint | 
     folder = arch
     if arch is None and ckpt.graph is not None:  # an ONNX model without --arch: its graph, converted to torch
         from ..projections.stage import CHECKPOINT_ONLY  # the folder of its projections, where --dataset is given
-        from ._onnx_model import ONNX_ARCH
 
         arch, folder = ONNX_ARCH, CHECKPOINT_ONLY
     elif arch is None:
@@ -221,16 +221,10 @@ def judge_result(settings: ReinitSettings, trained: TrainedSnapshot,
     inits = inputs.get("inits") if isinstance(inputs.get("inits"), dict) else {}
     checks += [(f"--inits-from epoch {label}", ident, Path(ident.get("path", "")))
                for label, ident in inits.items() if isinstance(ident, dict)]
-    held = trained.checkpoint
-
-    def state_of(source: Path, keys: Any) -> Mapping[str, Any]:  # the trained snapshot's, as read already
-        if source == held.path:
-            return checkpoints.match_prefix(held.state, keys, prefix, source=str(source))
-        return checkpoints.load_state(source, prefix=prefix, reference=keys)
-
-    for what, ident, source in checks:
+    for what, ident, source in checks:  # the trained snapshot's tensors as read already, not read again
         keys = ident.get("keys") if isinstance(ident, dict) else None
-        why = checkpoints.identity_change(ident, source, lambda src=source, k=keys: state_of(src, k))
+        why = checkpoints.identity_change(ident, source, lambda src=source, k=keys: checkpoints.load_state(
+            src, prefix=prefix, reference=k, checkpoint=trained.checkpoint))
         if why is not None:
             return None, f"{what}: {why}"
     return doc, None
@@ -260,17 +254,11 @@ def adopt_earlier_result(settings: ReinitSettings, trained: TrainedSnapshot, roo
     checkpoints and options: copy it to `result_path` (recording the condition) and return the file it came
     from. None otherwise (nothing is written)."""
     target, earlier = Path(root) / trained.relpath, Path(root) / trained.earlier_relpath
-    if target.exists() or earlier == target or not earlier.is_file():
+    doc = adopt_earlier(target, earlier, lambda path: judge_result(settings, trained, path),
+                        trained.condition.as_dict())
+    if doc is None:  # none, another run's result, or one computed with other options (left where it is)
         return None
-    doc = read_json(earlier)
-    if not isinstance(doc, dict) or doc.get("load_from") != str(trained.checkpoint.path.resolve()):
-        return None  # another run's result
-    try:
-        if judge_result(settings, trained, earlier)[0] is None:
-            return None
-    except UsageError:  # computed with other options: left where it is
-        return None
-    files.write_json(target, {**doc, "condition": trained.condition.as_dict()})
+    files.write_json(target, doc)
     return earlier
 
 
@@ -318,8 +306,6 @@ def run_reinit(settings: ReinitSettings, trained: TrainedSnapshot | None = None)
     device = select_device(settings.cuda)
     onnx = None
     if trained.checkpoint.graph is not None and settings.arch is None:  # an ONNX model, converted to torch
-        from ._onnx_model import onnx_trained
-
         onnx = onnx_trained(trained.checkpoint.graph, config.in_channels, config.input_size, config.num_classes)
         model = onnx.module
     else:
@@ -336,8 +322,6 @@ def run_reinit(settings: ReinitSettings, trained: TrainedSnapshot | None = None)
                               unit_includes_1x1(settings.granularity, settings.include_1x1))
 
     if onnx is not None:
-        from ._onnx_model import onnx_alternatives, rerandomizer  # the ONNX branch alone, as ONNX_ARCH above
-
         alternatives, sources, inputs["inits"] = onnx_alternatives(init_paths, load_from, reference)
         draw = rerandomizer(model)
     else:
@@ -412,8 +396,6 @@ def run_reinit(settings: ReinitSettings, trained: TrainedSnapshot | None = None)
     if settings.rand_trials > 1:
         document = aggregate_rand_trials(document, settings.rand_trials, trial_seeds)
     if onnx is not None:
-        from ._onnx_model import RAND_NOTE, renamed_document  # the ONNX branch alone, as above
-
         document = renamed_document(document, onnx.converted)
         document["onnx"] = onnx.describe
         if settings.rand:
