@@ -303,10 +303,11 @@ def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     return doc
 
 
-def run_finished(run_dir: str | os.PathLike, also: Iterable[str | os.PathLike] = ()) -> bool:
+def run_finished(run_dir: str | os.PathLike, also: Iterable[str | os.PathLike]) -> bool:
     """Whether the results of `hparr reproduce` are complete in `run_dir`: its manifest (with the final metrics)
     and every file the manifest names are there, and so are the files `also` (paths relative to `run_dir`; the
-    study passes the report's, `layout.RUN_REPORT_FILES`)."""
+    study passes the report's, `layout.RUN_REPORT_FILES`; no default, so that no caller leaves the report out by
+    omission)."""
     run_dir = Path(run_dir)
     doc = read_manifest(run_dir)
     if doc is None or not isinstance(doc.get("final"), dict) or not doc.get("projections") or not doc.get("reinit"):
